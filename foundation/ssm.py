@@ -1,0 +1,329 @@
+"""Selective scan (Mamba's S6 recurrence) with a fused-kernel path on CUDA and a chunked path on CPU.
+
+The recurrence, per batch ``b``, channel ``d`` and state ``n`` (``t`` = time)::
+
+    h[t] = exp(delta[t] * A[d, n]) * h[t-1] + delta[t] * B[n, t] * u[t]
+    y[t] = sum_n C[n, t] * h[t, n]  (+ D[d] * u[t])   (* silu(z[t]))
+
+``selective_scan`` has the signature and semantics of ``mamba_ssm``'s ``selective_scan_fn``. It runs
+``mamba_ssm``'s fused kernel when that package imports and the tensors are on CUDA, and otherwise our own
+pure-PyTorch scan (:class:`_ChunkedScan`), which is built for a memory-bound CPU:
+
+* Time is cut into ``n_chunks`` chunks of ``K`` steps. The recurrence runs step by step *inside* a chunk but
+  for all chunks at once (``K`` Python iterations over ``[b, d, n_chunks, n]`` tensors), the chunk-boundary
+  states are then carried across chunks sequentially (``n_chunks`` tiny iterations), and a second pass inside
+  the chunks produces ``y``. About ``2K + L/K`` Python steps instead of ``L``.
+* Decays are applied as products of ``exp(delta * A) <= 1`` step by step, never as ``exp(-cumsum)``: that
+  log-space trick overflows in fp32 once ``|sum delta * A|`` passes ~88 (chunks longer than ~16 steps or
+  large ``delta``), while a product of numbers in ``[0, 1]`` can only underflow towards its true value 0.
+* The forward pass saves only its (rearranged) inputs and the chunk-start states (``O(b d n L / K)``); the
+  ``[b, d, L, n]`` states are never stored. The backward pass recomputes them a group of chunks at a time and
+  runs the adjoint (reverse-time) recurrence, as ``mamba_ssm``'s CUDA kernel does. Activation memory is
+  therefore ``O(b d L)``, not ``O(b d L n)``.
+
+``selective_scan_ref`` is a plain loop over time for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_backend", "chunked_scan"]
+
+# Elements per ``[K, b, d, chunks, n]`` buffer in the backward pass (4 such buffers live at once): 2**22 fp32
+# elements = 16 MiB, small enough to stay cache- and memory-friendly on a laptop-class CPU.
+_BWD_BUFFER_ELEMENTS = 1 << 22
+
+
+@functools.lru_cache(maxsize=1)
+def _load_mamba_scan() -> Callable | None:
+    """``mamba_ssm``'s fused ``selective_scan_fn``, or None where it cannot be imported.
+
+    mamba-ssm imports its CUDA extension at module import time, so on a CPU-only install even its
+    reference implementation raises; any import failure simply means "use our path".
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except (ImportError, OSError, RuntimeError):
+        return None
+    return selective_scan_fn
+
+
+def _is_cuda(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
+def selective_scan_backend(u: torch.Tensor) -> str:
+    """``"mamba_ssm"`` when the fused kernel will run for tensors like ``u``, else ``"torch"``."""
+    return "mamba_ssm" if _is_cuda(u) and _load_mamba_scan() is not None else "torch"
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be [b, d, l], got shape {tuple(u.shape)}")
+    b, d, l = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta must match u {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective_scan: A must be [d={d}, n], got {tuple(A.shape)}")
+    if A.is_complex():
+        raise NotImplementedError("selective_scan: complex A is not supported (Mamba's real-valued S6 only)")
+    n = A.shape[1]
+    for name, m in (("B", B), ("C", C)):
+        if m.dim() == 2:
+            if m.shape != (d, n):
+                raise ValueError(f"selective_scan: time-invariant {name} must be [d={d}, n={n}], got {tuple(m.shape)}")
+        elif m.dim() == 3:
+            if m.shape != (b, n, l):
+                raise ValueError(f"selective_scan: {name} must be [b={b}, n={n}, l={l}], got {tuple(m.shape)}")
+        elif m.dim() == 4:
+            if m.shape[0] != b or m.shape[2:] != (n, l) or d % m.shape[1] != 0:
+                raise ValueError(
+                    f"selective_scan: grouped {name} must be [b={b}, g, n={n}, l={l}] with g dividing d={d}, "
+                    f"got {tuple(m.shape)}"
+                )
+        else:
+            raise ValueError(f"selective_scan: {name} must have 2, 3 or 4 dims, got {tuple(m.shape)}")
+    if D is not None and D.shape != (d,):
+        raise ValueError(f"selective_scan: D must be [d={d}], got {tuple(D.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z must match u {tuple(u.shape)}, got {tuple(z.shape)}")
+    if delta_bias is not None and delta_bias.shape != (d,):
+        raise ValueError(f"selective_scan: delta_bias must be [d={d}], got {tuple(delta_bias.shape)}")
+
+
+def _grouped(m: torch.Tensor, b: int, l: int) -> torch.Tensor:
+    """B or C as ``[b, g, n, l]`` (``g`` groups of channels sharing it)."""
+    if m.dim() == 3:
+        return m.unsqueeze(1)
+    if m.dim() == 2:  # time-invariant [d, n]: one group per channel (memory-heavy, rarely used)
+        return m[None, :, :, None].expand(b, -1, -1, l)
+    return m
+
+
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """Sequential reference: one recurrence step per time step (slow; for tests).
+
+    Shapes as in :func:`selective_scan`. Computes in float32 (float64 stays float64) and returns ``y`` in
+    ``u``'s dtype, like ``mamba_ssm``'s ``selective_scan_ref``.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    ct = torch.promote_types(dtype_in, torch.float32)
+    b, d, l = u.shape
+    u, delta, A = u.to(ct), delta.to(ct), A.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    Bg, Cg = _grouped(B, b, l).to(ct), _grouped(C, b, l).to(ct)
+    Bd = Bg.repeat_interleave(d // Bg.shape[1], dim=1)  # [b, d, n, l]
+    Cd = Cg.repeat_interleave(d // Cg.shape[1], dim=1)
+    h = u.new_zeros(b, d, A.shape[1])
+    ys = []
+    for t in range(l):
+        dt = delta[:, :, t, None]
+        h = torch.exp(dt * A) * h + dt * Bd[..., t] * u[:, :, t, None]
+        ys.append((h * Cd[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if l else u.new_zeros(b, d, 0)
+    out = y if D is None else y + u * D.to(ct)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(ct))
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+def _default_chunk(l: int) -> int:
+    # 2K + L/K Python steps is smallest at K = sqrt(L/2); clamp so per-step tensors stay large enough to
+    # amortise dispatch overhead at short L and the chunk loop stays short at long L.
+    return int(min(64, max(8, round(math.sqrt(max(l, 1) / 2)))))
+
+
+def _decay(dk: torch.Tensor, A_: torch.Tensor) -> torch.Tensor:
+    """``exp(delta * A)`` for one step: ``[b, g, h, c] x [g, h, 1, n] -> [b, g, h, c, n]``."""
+    return torch.exp(dk.unsqueeze(-1) * A_)
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """Core recurrence ``y[t] = C[t] . h[t]`` on step-major chunked tensors, with a recomputing backward.
+
+    Inputs (all already in the compute dtype, time padded to ``n_chunks * K``):
+    ``dk, uk: [K, b, g, h, c]``, ``A: [g, h, n]``, ``Bk, Ck: [K, b, g, c, n]``.
+    Outputs ``y: [K, b, g, h, c]`` and the last state ``[b, g, h, n]``.
+    """
+
+    @staticmethod
+    def forward(ctx, dk, uk, A, Bk, Ck):
+        K, b, g, hh, c = dk.shape
+        n = A.shape[-1]
+        A_ = A.unsqueeze(2)  # [g, h, 1, n]
+        # Pass 1: each chunk's end state starting from zero, all chunks at once.
+        hloc = None
+        for k in range(K):
+            inj = (dk[k] * uk[k]).unsqueeze(-1) * Bk[k].unsqueeze(2)
+            hloc = inj if hloc is None else torch.addcmul(inj, _decay(dk[k], A_), hloc)
+        # Whole-chunk decay exp(A * sum(delta)): an exponent <= 0, so no overflow.
+        P = torch.exp(dk.sum(0).unsqueeze(-1) * A_)
+        # Pass 2: carry the state across chunk boundaries.
+        hs = hloc.new_empty(b, g, hh, c, n)
+        state = hloc.new_zeros(b, g, hh, n)
+        for ci in range(c):
+            hs[:, :, :, ci] = state
+            state = torch.addcmul(hloc[:, :, :, ci], P[:, :, :, ci], state)
+        del hloc, P
+        # Pass 3: rerun inside the chunks from the true start states, reading out y.
+        y = dk.new_empty(K, b, g, hh, c)
+        hcur = hs
+        for k in range(K):
+            inj = (dk[k] * uk[k]).unsqueeze(-1) * Bk[k].unsqueeze(2)
+            hcur = torch.addcmul(inj, _decay(dk[k], A_), hcur)
+            y[k] = torch.einsum("bghcn,bgcn->bghc", hcur, Ck[k])
+        ctx.save_for_backward(dk, uk, A, Bk, Ck, hs)
+        return y, state
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        dk, uk, A, Bk, Ck, hs = ctx.saved_tensors
+        K, b, g, hh, c = dk.shape
+        n = A.shape[-1]
+        A_ = A.unsqueeze(2)
+        gy = gy.contiguous()
+        # Pass 1: adjoint inside each chunk with nothing flowing in from later chunks; zeta is what flows out
+        # of the chunk's first step into the previous chunk's last state (a[first] * lambda_local[first]).
+        lam = None
+        a_next = None
+        for k in reversed(range(K)):
+            cg = gy[k].unsqueeze(-1) * Ck[k].unsqueeze(2)
+            lam = cg if lam is None else torch.addcmul(cg, a_next, lam)
+            a_next = _decay(dk[k], A_)
+        zeta = a_next * lam
+        del lam, a_next
+        P = torch.exp(dk.sum(0).unsqueeze(-1) * A_)
+        # Pass 2: rho[c] = dL/dh flowing into chunk c's last step from the future.
+        rho = zeta.new_empty(b, g, hh, c, n)
+        r = glast.to(dk.dtype) if glast is not None else zeta.new_zeros(b, g, hh, n)
+        for ci in reversed(range(c)):
+            rho[:, :, :, ci] = r
+            r = torch.addcmul(zeta[:, :, :, ci], P[:, :, :, ci], r)
+        del zeta, P
+
+        ddelta = torch.empty_like(dk)
+        du = torch.empty_like(uk)
+        dB = torch.empty_like(Bk)
+        dC = torch.empty_like(Ck)
+        dA = torch.zeros_like(A)
+        du_k = dk * uk  # delta * u, [K, b, g, h, c]
+        group = max(1, _BWD_BUFFER_ELEMENTS // max(1, K * b * g * hh * n))
+        for c0 in range(0, c, group):
+            sl = slice(c0, min(c, c0 + group))
+            cn = sl.stop - sl.start
+            dks, uks, Bks, Cks, gys = dk[:, :, :, :, sl], uk[:, :, :, :, sl], Bk[:, :, :, sl], Ck[:, :, :, sl], gy[..., sl]
+            hbuf = dk.new_empty(K, b, g, hh, cn, n)
+            abuf = dk.new_empty(K, b, g, hh, cn, n)
+            lbuf = dk.new_empty(K, b, g, hh, cn, n)
+            # Recompute the states of this group of chunks.
+            hcur = hs[:, :, :, sl]
+            for k in range(K):
+                torch.exp(dks[k].unsqueeze(-1) * A_, out=abuf[k])
+                inj = (dks[k] * uks[k]).unsqueeze(-1) * Bks[k].unsqueeze(2)
+                hcur = torch.addcmul(inj, abuf[k], hcur, out=hbuf[k])
+            # Adjoint: lambda[t] = C[t] g[t] + a[t+1] lambda[t+1].
+            lam = rho[:, :, :, sl]
+            for k in reversed(range(K)):
+                lam = torch.addcmul(lam, gys[k].unsqueeze(-1), Cks[k].unsqueeze(2), out=lbuf[k])
+                if k:
+                    lam = abuf[k] * lam
+            # dL/d(delta*A)[t] = lambda[t] * h[t-1] * a[t]  (in place over abuf).
+            W = abuf.mul_(lbuf)
+            W[1:].mul_(hbuf[:-1])
+            W[0].mul_(hs[:, :, :, sl])
+            dA += torch.einsum("kbghcn,kbghc->ghn", W, dks)
+            v = torch.einsum("kbghcn,kbgcn->kbghc", lbuf, Bks)  # sum_n lambda B
+            ddelta[..., sl] = torch.einsum("kbghcn,ghn->kbghc", W, A) + v * uks
+            du[..., sl] = v * dks
+            dB[:, :, :, sl] = torch.einsum("kbghcn,kbghc->kbgcn", lbuf, du_k[..., sl])
+            dC[:, :, :, sl] = torch.einsum("kbghcn,kbghc->kbgcn", hbuf, gys)
+            del hbuf, abuf, lbuf, W, v
+        return ddelta, du, dA, dB, dC
+
+
+def chunked_scan(u, delta, A, B, C, chunk_size: int | None = None):
+    """Our CPU scan of the bare recurrence: ``y[t] = C[t] . h[t]`` (no D, z, bias or softplus).
+
+    ``u, delta: [b, d, l]``, ``A: [d, n]``, ``B, C: [b, g, n, l]`` (``g`` divides ``d``; ``g = 1`` is the
+    ungrouped case). Returns ``(y [b, d, l], last_state [b, d, n])`` in the compute dtype (float32, or
+    float64 for float64 inputs).
+    """
+    b, d, l = u.shape
+    g = B.shape[1]
+    if C.shape[1] != g:  # B and C grouped differently: expand both to per-channel groups
+        B = B.repeat_interleave(d // g, dim=1)
+        C = C.repeat_interleave(d // C.shape[1], dim=1)
+        g = d
+    K = chunk_size or _default_chunk(l)
+    nc = max(1, -(-l // K))
+    pad = nc * K - l
+    if pad:
+        # delta = 0 at padded steps: decay exp(0) = 1 and no input, so the last state is carried through.
+        u, delta, B, C = (F.pad(x, (0, pad)) for x in (u, delta, B, C))
+    dk = rearrange(delta, "b (g h) (c k) -> k b g h c", g=g, k=K).contiguous()
+    uk = rearrange(u, "b (g h) (c k) -> k b g h c", g=g, k=K).contiguous()
+    Bk = rearrange(B, "b g n (c k) -> k b g c n", k=K).contiguous()
+    Ck = rearrange(C, "b g n (c k) -> k b g c n", k=K).contiguous()
+    Ag = rearrange(A, "(g h) n -> g h n", g=g).contiguous()
+    y, last = _ChunkedScan.apply(dk, uk, Ag, Bk, Ck)
+    y = rearrange(y, "k b g h c -> b (g h) (c k)")[..., :l]
+    return y, rearrange(last, "b g h n -> b (g h) n")
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """Mamba's selective scan (``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` semantics).
+
+    Args:
+        u: ``[b, d, l]`` input.
+        delta: ``[b, d, l]`` step sizes (before ``delta_bias`` / softplus).
+        A: ``[d, n]`` real, normally negative (``-exp(A_log)``).
+        B, C: ``[b, n, l]``, grouped ``[b, g, n, l]`` (``g`` divides ``d``), or time-invariant ``[d, n]``.
+        D: ``[d]`` skip connection, optional.
+        z: ``[b, d, l]``; the output is multiplied by ``silu(z)``, optional.
+        delta_bias: ``[d]`` added to ``delta`` before the softplus, optional.
+        delta_softplus: apply ``softplus`` to ``delta``.
+        return_last_state: also return the final state ``[b, d, n]`` (float32).
+
+    Returns:
+        ``y [b, d, l]`` in ``u``'s dtype, and ``last_state [b, d, n]`` when asked for.
+
+    On CUDA with ``mamba_ssm`` installed this is its fused kernel; otherwise :func:`chunked_scan` (float32
+    compute, float64 for float64 inputs).
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if selective_scan_backend(u) == "mamba_ssm":
+        return _load_mamba_scan()(
+            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+            delta_softplus=delta_softplus, return_last_state=return_last_state,
+        )
+    dtype_in = u.dtype
+    ct = torch.promote_types(dtype_in, torch.float32)
+    b, d, l = u.shape
+    uc, delta, A = u.to(ct), delta.to(ct), A.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    y, last = chunked_scan(uc, delta, A, _grouped(B, b, l).to(ct), _grouped(C, b, l).to(ct))
+    if D is not None:
+        y = y + uc * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    y = y.to(dtype_in)
+    return (y, last) if return_last_state else y
