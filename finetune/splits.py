@@ -1,0 +1,208 @@
+"""Train / validation / test splits by subject or recording, never by window.
+
+Windows cut from one recording are strongly correlated (same electrodes, same session, overlapping
+spans), so a window-level split measures memorisation of the recording, not generalisation. Every
+split here assigns whole *groups* (a subject, or a recording when subjects are unknown or too few) to
+exactly one side.
+
+Protocol: k-fold cross-validation over groups with scikit-learn's :class:`StratifiedGroupKFold`
+(shuffled by ``seed``, class proportions kept as even as the groups allow). Fold ``f`` is the test
+set, fold ``(f + 1) % k`` the validation set for early stopping, the rest trains. With few groups
+``k`` shrinks to the number of groups (at least 3 are needed for three disjoint sides). With only two
+groups (e.g. the two left/right imagery runs of the single EEGMMIDB subject) one group is the test
+set and validation is a held-out *time block* at the end of each training recording, which keeps the
+test recording untouched; the split records that it did so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+__all__ = ["Split", "group_names", "kfold_split", "split_windows"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into one task's window list, and which groups went where."""
+
+    train: np.ndarray  # [n_train] int64
+    val: np.ndarray  # [n_val] int64
+    test: np.ndarray  # [n_test] int64
+    group_key: str  # "subject" | "recording"
+    fold: int
+    n_folds: int
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # side -> group names
+    val_protocol: str = "held-out groups"
+
+    def describe(self) -> dict:
+        """JSON-friendly summary for the report."""
+        return {
+            "group_key": self.group_key,
+            "fold": self.fold,
+            "n_folds": self.n_folds,
+            "val_protocol": self.val_protocol,
+            "n_windows": {"train": int(self.train.size), "val": int(self.val.size), "test": int(self.test.size)},
+            "groups": {k: list(v) for k, v in self.groups.items()},
+        }
+
+
+def group_names(metas: Sequence[Mapping], key: str) -> list[str]:
+    """The group of each window: ``corpus/subject`` or ``corpus/recording``.
+
+    The corpus is part of the name because subject ids like ``"1"`` repeat across corpora.
+    """
+    if key not in ("subject", "recording"):
+        raise ValueError(f"group key must be 'subject' or 'recording', got {key!r}")
+    out = []
+    for i, m in enumerate(metas):
+        value = m.get(key)
+        if value is None or value == "":
+            raise KeyError(f"window {i} ({m.get('corpus')}/{m.get('recording')}) has no '{key}' in its metadata")
+        out.append(f"{m.get('corpus', '')}/{value}")
+    return out
+
+
+def choose_group_key(metas: Sequence[Mapping], prefer: str = "subject", min_groups: int = 3) -> str:
+    """``prefer`` when every window has it and there are at least ``min_groups`` of them, else "recording".
+
+    Subject-level splits are the stricter protocol; recordings are the fallback for corpora that do
+    not identify subjects (Bonn) or have a single subject (our EEGMMIDB excerpt).
+    """
+    if prefer == "subject":
+        subjects = [m.get("subject") for m in metas]
+        if all(s not in (None, "") for s in subjects):
+            names = set(group_names(metas, "subject"))
+            if len(names) >= min_groups:
+                return "subject"
+    return "recording"
+
+
+def kfold_split(
+    groups: Sequence[str],
+    labels: Sequence[int],
+    *,
+    n_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    onsets: Sequence[float] | None = None,
+    recordings: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    group_key: str = "group",
+) -> Split:
+    """Group k-fold split of ``len(groups)`` windows.
+
+    Args:
+        groups: ``[n]`` group name of each window.
+        labels: ``[n]`` class index of each window (stratification).
+        n_folds: requested folds; reduced to the number of groups when there are fewer.
+        fold: which fold is the test set, ``0 <= fold < n_folds`` (after reduction).
+        seed: shuffles the assignment of groups to folds.
+        onsets, recordings: ``[n]`` window onsets and recording names, only needed for the two-group
+            fallback (validation = last ``val_fraction`` of each training recording in time).
+    """
+    groups = np.asarray(groups, dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    if groups.shape[0] != labels.shape[0]:
+        raise ValueError(f"{groups.shape[0]} groups but {labels.shape[0]} labels")
+    unique = sorted(set(groups.tolist()))
+    n_groups = len(unique)
+    if n_groups < 2:
+        raise ValueError(
+            f"cannot split by {group_key}: only {n_groups} {group_key}(s) ({unique}); a held-out test set needs at least 2"
+        )
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    k = min(n_folds, n_groups)
+    if not 0 <= fold < k:
+        raise ValueError(f"fold {fold} out of range: {k} folds over {n_groups} {group_key}s")
+
+    if n_groups == 2:
+        return _two_group_split(groups, unique, fold, seed, onsets, recordings, val_fraction, group_key)
+
+    # StratifiedGroupKFold wants integer-coded groups; its shuffle is seeded by random_state.
+    codes = np.asarray([unique.index(g) for g in groups.tolist()])
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold_of_window = np.empty(groups.shape[0], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
+        for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(codes)), labels, codes)):
+            fold_of_window[test_idx] = f
+    val_fold = (fold + 1) % k
+    idx = np.arange(groups.shape[0])
+    test = idx[fold_of_window == fold]
+    val = idx[fold_of_window == val_fold]
+    train = idx[(fold_of_window != fold) & (fold_of_window != val_fold)]
+    for side, arr in (("train", train), ("val", val), ("test", test)):
+        if arr.size == 0:
+            raise ValueError(f"fold {fold}/{k} leaves the {side} set empty (groups: {n_groups})")
+    return Split(
+        train=train,
+        val=val,
+        test=test,
+        group_key=group_key,
+        fold=fold,
+        n_folds=k,
+        groups={side: tuple(sorted(set(groups[arr].tolist()))) for side, arr in (("train", train), ("val", val), ("test", test))},
+    )
+
+
+def _two_group_split(groups, unique, fold, seed, onsets, recordings, val_fraction, group_key) -> Split:
+    if onsets is None or recordings is None:
+        raise ValueError(f"only 2 {group_key}s: the time-block validation fallback needs window onsets and recordings")
+    order = np.random.default_rng(seed).permutation(2)
+    test_group = unique[order[fold]]
+    onsets = np.asarray(onsets, dtype=np.float64)
+    recordings = np.asarray(recordings, dtype=object)
+    idx = np.arange(groups.shape[0])
+    test = idx[groups == test_group]
+    rest = idx[groups != test_group]
+    val_mask = np.zeros(groups.shape[0], dtype=bool)
+    for rec in sorted(set(recordings[rest].tolist())):
+        members = rest[recordings[rest] == rec]
+        cut = np.quantile(onsets[members], 1.0 - val_fraction)
+        val_mask[members[onsets[members] >= cut]] = True
+    val = idx[val_mask]
+    train = np.setdiff1d(rest, val)
+    if train.size == 0 or val.size == 0:
+        raise ValueError(f"only 2 {group_key}s and too few windows to hold out a validation block")
+    return Split(
+        train=train,
+        val=val,
+        test=test,
+        group_key=group_key,
+        fold=fold,
+        n_folds=2,
+        groups={"train": (unique[order[1 - fold]],), "val": (unique[order[1 - fold]],), "test": (test_group,)},
+        val_protocol=f"last {val_fraction:.0%} (by onset) of each training recording; test {group_key} untouched",
+    )
+
+
+def split_windows(
+    metas: Sequence[Mapping],
+    labels: Sequence[int],
+    *,
+    group_by: str = "subject",
+    n_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+) -> Split:
+    """Split one task's windows (their metadata dicts) by subject, falling back to recording.
+
+    Args:
+        metas: ``[n]`` window metadata (``corpus, subject, recording, onset_s``).
+        labels: ``[n]`` class indices.
+        group_by: preferred group key; "subject" falls back to "recording" when subjects are
+            missing or fewer than 3.
+    """
+    key = choose_group_key(metas, prefer=group_by)
+    groups = group_names(metas, key)
+    recs = group_names(metas, "recording")
+    onsets = [float(m.get("onset_s", 0.0)) for m in metas]
+    return kfold_split(
+        groups, labels, n_folds=n_folds, fold=fold, seed=seed, onsets=onsets, recordings=recs, group_key=key
+    )
