@@ -212,8 +212,10 @@ def classify_channels(names: Sequence[str]) -> list[tuple[str | None, str]]:
     are reported as unknown instead of mapping ``A1``/``A2`` to the ears.
     """
     upper = [n.strip().upper() for n in names]
-    abc = [n for n in upper if _BIOSEMI_ABC.match(n)]
-    is_abc = len(abc) >= 3 and any(n not in ("A1", "A2", "M1", "M2") for n in abc)
+    # C3, F4, A1 ... are both 10-20 names and ABC labels; only labels that no 10-20 system uses (A3, B1,
+    # E12, ...) reveal the ABC layout, and then every letter-number label is a cap position.
+    foreign = [n for n in upper if _BIOSEMI_ABC.match(n) and n not in _ID and n not in _OLD_NAMES]
+    is_abc = len(foreign) >= 2
     out = []
     for raw, up in zip(names, upper):
         if is_abc and _BIOSEMI_ABC.match(up):
