@@ -1,0 +1,285 @@
+"""STFT maps, Gaussian-smoothed masks and the masked spectral loss (tokenizer/spectral.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tokenizer.spectral import (
+    FAMILIES,
+    MaskConfig,
+    STFTConfig,
+    apply_mask,
+    corrupt,
+    istft,
+    masked_spectral_loss,
+    sample_masks,
+    spectral_target,
+    stft,
+    to_patches,
+)
+
+SFREQ = 200.0
+
+
+def _one_family(name: str, **kw) -> MaskConfig:
+    weights = tuple(1.0 if f == name else 0.0 for f in FAMILIES)
+    return MaskConfig(family_weights=weights, **kw)
+
+
+def _pink_alpha(b: int, c: int, t: int, seed: int = 0) -> torch.Tensor:
+    """Simulated EEG in 100 µV units: 1/f noise (~20 µV) plus a 10 Hz alpha rhythm."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((b, c, t))
+    freqs = np.fft.rfftfreq(t, 1 / SFREQ)
+    shaped = np.fft.irfft(np.fft.rfft(white) / np.sqrt(np.maximum(freqs, 0.5)), n=t)
+    shaped *= 0.2 / shaped.std()
+    tt = np.arange(t) / SFREQ
+    alpha = 0.3 * np.sin(2 * np.pi * 10 * tt + rng.uniform(0, 2 * np.pi, (b, c, 1)))
+    return torch.from_numpy(shaped + alpha).float()
+
+
+def _real_recording(shared_data, seconds: int = 30) -> torch.Tensor:
+    """A real resting-state recording as [1, c, t] at 200 Hz in 100 µV units (read with MNE)."""
+    mne = pytest.importorskip("mne")
+    raw = mne.io.read_raw_fif(shared_data / "unlabeled/yasa/data_resting_EO_200Hz_raw.fif", preload=True, verbose="error")
+    raw.pick("eeg")
+    if raw.info["sfreq"] != SFREQ:
+        raw.resample(SFREQ, verbose="error")
+    data = raw.get_data(stop=int(seconds * SFREQ)) * 1e6 / 100.0  # V -> µV -> 100 µV units
+    return torch.from_numpy(data).float()[None]
+
+
+# ------------------------------------------------------------------------------------------------- STFT
+
+
+def test_default_stft_geometry():
+    cfg = STFTConfig()
+    assert cfg.n_freqs == 101 and cfg.bin_hz == 1.0
+    assert cfg.n_frames(6000) == 121
+    spec = stft(torch.randn(2, 3, 6000), cfg)
+    assert spec.shape == (2, 3, 101, 121) and spec.is_complex()
+    assert torch.allclose(cfg.frequencies()[:4], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_stft_istft_round_trip(dtype, tol):
+    x = _pink_alpha(2, 3, 2000).to(dtype)
+    y = istft(stft(x), x.shape[-1])
+    assert y.shape == x.shape and y.dtype == dtype
+    assert (y - x).abs().max().item() < tol
+
+
+def test_round_trip_other_window_and_hop():
+    cfg = STFTConfig(n_fft=128, hop=32, window="hamming", sfreq=SFREQ)
+    x = torch.randn(1, 2, 1000, dtype=torch.float64)
+    assert (istft(stft(x, cfg), 1000, cfg) - x).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("freq", [3, 10, 22, 40])
+def test_sinusoid_target_peaks_at_its_bin(freq):
+    t = torch.arange(2000) / SFREQ
+    x = (0.5 * torch.sin(2 * math.pi * freq * t + 0.3)).view(1, 1, -1)
+    target = spectral_target(stft(x))  # [1, 1, f, n]
+    # Skip the two frames at each end, where center=True's reflect padding folds the sine onto itself.
+    peak_bins = target[0, 0, :, 2:-2].argmax(dim=0)
+    assert (peak_bins == freq).all(), peak_bins.tolist()
+    # Log target: the peak stands far above the leakage floor two bins away.
+    interior = target[0, 0, :, 5:-5]
+    assert (interior[freq] - interior[freq + 3]).min() > 3.0
+
+
+def test_stft_rejects_short_signals_and_bad_configs():
+    with pytest.raises(ValueError, match="too short"):
+        stft(torch.randn(1, 1, 50))
+    with pytest.raises(ValueError, match="STFTConfig.hop"):
+        STFTConfig(hop=0)
+    with pytest.raises(ValueError, match="STFTConfig.window"):
+        STFTConfig(window="kaiser")
+    with pytest.raises(ValueError, match="STFTConfig.target"):
+        STFTConfig(target="phase")
+
+
+def test_to_patches_aligns_frames_with_patches():
+    cfg = STFTConfig()
+    frames = torch.arange(121.0).view(1, 1, 1, 121).expand(2, 3, 101, 121)
+    out = to_patches(frames, 200, cfg)  # [b c p (k f)]
+    assert out.shape == (2, 3, 30, 4 * 101)
+    per_patch = out.view(2, 3, 30, 4, 101)[0, 0, :, :, 0]
+    # Frame index i has its centre at sample 50 i, i.e. in patch i // 4.
+    assert torch.equal(per_patch, torch.arange(120.0).view(30, 4))
+
+
+# ------------------------------------------------------------------------------------------------ masks
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_mask_fraction_per_map(family, fraction):
+    n_freqs, n_frames = 101, 121
+    cfg = _one_family(family, fraction=fraction)
+    masks = sample_masks((4, 5), n_freqs, n_frames, cfg, generator=torch.Generator().manual_seed(1))
+    assert masks.shape == (4, 5, n_freqs, n_frames)
+    assert masks.min() >= 0 and masks.max() <= 1
+    size = {"time": n_frames, "freq": n_freqs, "timefreq": n_freqs * n_frames}[family]
+    per_map = masks.flatten(2).mean(-1)
+    assert (per_map - fraction).abs().max().item() <= 0.5 / size + 1e-5
+    # Not a uniform haze: each map hides some bins almost completely and leaves others nearly untouched.
+    assert (masks.flatten(2).amax(-1) > 0.95).all() and (masks.flatten(2).amin(-1) < 0.05).all()
+
+
+def test_mixed_families_fraction_and_mix():
+    cfg = MaskConfig(fraction=0.5)
+    masks, fam = sample_masks((16, 8), 101, 41, cfg, generator=torch.Generator().manual_seed(2), return_families=True)
+    assert abs(masks.mean().item() - 0.5) < 0.02
+    counts = torch.bincount(fam.flatten(), minlength=3)
+    assert (counts > 20).all(), counts  # all three families drawn from 128 maps at equal weights
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_masks_are_smooth(family):
+    cfg = _one_family(family, sigma_time=1.5, sigma_freq=2.0)
+    masks = sample_masks((4, 6), 101, 121, cfg, generator=torch.Generator().manual_seed(3))
+    # A Gaussian-smoothed step rises at most by the kernel's peak weight per bin: 1 / (sigma sqrt(2 pi)).
+    d_time = (masks[..., 1:] - masks[..., :-1]).abs().max().item()
+    d_freq = (masks[..., 1:, :] - masks[..., :-1, :]).abs().max().item()
+    assert d_time <= 1 / (1.5 * math.sqrt(2 * math.pi)) + 2e-3  # + discretisation of the kernel
+    assert d_freq <= 1 / (2.0 * math.sqrt(2 * math.pi)) + 2e-3
+    assert max(d_time, d_freq) > 0.05  # the masks do have edges
+
+
+def test_families_mask_the_axis_they_name():
+    gen = torch.Generator().manual_seed(4)
+    time_m = sample_masks((3, 4), 101, 121, _one_family("time"), generator=gen)
+    assert torch.equal(time_m, time_m[:, :, :1, :].expand_as(time_m))  # constant along frequency
+    assert (time_m.std(dim=-1) > 0.1).all()  # varies along time
+    freq_m = sample_masks((3, 4), 101, 121, _one_family("freq"), generator=gen)
+    assert torch.equal(freq_m, freq_m[..., :1].expand_as(freq_m))  # constant along time
+    assert (freq_m.std(dim=-2) > 0.1).all()
+    tf_m = sample_masks((3, 4), 101, 121, _one_family("timefreq"), generator=gen)
+    assert (tf_m.std(dim=-1) > 1e-3).float().mean() > 0.3  # many frequency rows vary over time
+    assert (tf_m.std(dim=-2) > 1e-3).float().mean() > 0.3  # and many frames vary over frequency
+
+
+def test_band_bias_targets_physiological_bands():
+    cfg = _one_family("freq", band_bias=1.0, fraction=0.2, sigma_freq=1.0)
+    masks = sample_masks((8, 8), 101, 21, cfg, generator=torch.Generator().manual_seed(5))
+    profile = masks[..., 0].mean(dim=(0, 1))  # [f]
+    # Bands cover 0.5-30 Hz; Gaussian fringes (3 sigma) reach at most 33 Hz.
+    assert profile[34:].max().item() == 0.0
+    assert profile[:30].mean().item() > 0.5
+    uniform = sample_masks((8, 8), 101, 21, _one_family("freq", fraction=0.2), generator=torch.Generator().manual_seed(5))
+    assert uniform[..., 40:, 0].mean().item() > 0.1  # without the bias the high bins get masked too
+
+
+def test_masks_reproducible_with_generator_and_shared_across_channels():
+    a = sample_masks((2, 3), 51, 33, generator=torch.Generator().manual_seed(7))
+    b = sample_masks((2, 3), 51, 33, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    shared = sample_masks((2, 3), 51, 33, MaskConfig(share_across_channels=True), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(shared[:, 0], shared[:, 2]) and not torch.equal(shared[0, 0], shared[1, 0])
+
+
+def test_mask_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="fraction"):
+        MaskConfig(fraction=1.2)
+    with pytest.raises(ValueError, match="family_weights"):
+        MaskConfig(family_weights=(0.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="time_width"):
+        MaskConfig(time_width=(5, 2))
+    with pytest.raises(ValueError, match="band_bias"):
+        MaskConfig(band_bias=-0.1)
+
+
+# ------------------------------------------------------------------------------------------------- loss
+
+
+def test_loss_ignores_unmasked_bins_and_padded_channels():
+    gen = torch.Generator().manual_seed(8)
+    target = torch.randn(2, 3, 21, 17, generator=gen)
+    mask = sample_masks((2, 3), 21, 17, generator=gen)
+    mask[mask < 0.05] = 0.0  # give the test a clean "unmasked" set
+    pred = torch.randn(2, 3, 21, 17, generator=gen)
+    base = masked_spectral_loss(pred, target, mask)
+    changed = torch.where(mask == 0, pred + 100.0, pred)
+    assert torch.allclose(masked_spectral_loss(changed, target, mask), base)
+    touched = torch.where(mask > 0.5, pred + 1.0, pred)
+    assert masked_spectral_loss(touched, target, mask) > base + 0.1
+    # Padded channel: anything there is ignored.
+    channel_mask = torch.tensor([[True, True, False], [True, True, True]])
+    with_pad = masked_spectral_loss(pred, target, mask, channel_mask)
+    wild = pred.clone()
+    wild[0, 2] = 1e6
+    assert torch.allclose(masked_spectral_loss(wild, target, mask, channel_mask), with_pad)
+    # Exact value: mask-weighted mean of squared errors.
+    expected = (mask * (pred - target) ** 2).sum() / mask.sum()
+    assert torch.allclose(base, expected)
+    with pytest.raises(ValueError, match="same shape"):
+        masked_spectral_loss(pred[..., :3], target, mask)
+
+
+def test_loss_gradient_only_on_masked_bins():
+    target = torch.zeros(1, 1, 5, 4)
+    mask = torch.zeros(1, 1, 5, 4)
+    mask[..., 1:3, :] = 1.0
+    pred = torch.ones(1, 1, 5, 4, requires_grad=True)
+    masked_spectral_loss(pred, target, mask).backward()
+    assert (pred.grad[..., [0, 3, 4], :] == 0).all() and (pred.grad[..., 1:3, :] != 0).all()
+
+
+# ---------------------------------------------------------------------------------------------- corrupt
+
+
+def _check_corruption(x: torch.Tensor, channel_mask: torch.Tensor | None = None):
+    cfg = STFTConfig()
+    out = corrupt(x, generator=torch.Generator().manual_seed(9), channel_mask=channel_mask)
+    x_masked, target, mask = out  # unpacks as pretrain uses it
+    b, c, t = x.shape
+    assert x_masked.shape == x.shape and target.shape == mask.shape == (b, c, 101, cfg.n_frames(t))
+    assert torch.isfinite(x_masked).all() and torch.isfinite(target).all()
+    assert torch.allclose(target, spectral_target(stft(x)), atol=1e-5)
+    # The hidden energy is gone: re-analysing the corrupted signal, bins hidden almost completely keep
+    # only a small part of their original energy (istft of a masked map is a least-squares fit, not exact).
+    clean = stft(x).abs() ** 2
+    again = stft(x_masked).abs() ** 2
+    core = mask > 0.99
+    if channel_mask is not None:
+        core &= channel_mask[:, :, None, None]
+    assert core.any()
+    assert (again[core].sum() / clean[core].sum()).item() < 0.15
+    # Unmasked bins keep theirs.
+    free = mask < 0.01
+    if channel_mask is not None:
+        free &= channel_mask[:, :, None, None]
+    assert (again[free].sum() / clean[free].sum()).item() > 0.7
+    return out
+
+
+def test_corrupt_on_simulated_eeg_with_padding():
+    x = _pink_alpha(3, 4, 2000)
+    channel_mask = torch.tensor([[True] * 4, [True, True, True, False], [True, False, False, False]])
+    x = x * channel_mask[:, :, None]
+    out = _check_corruption(x, channel_mask)
+    assert (out.mask[~channel_mask] == 0).all()
+    assert abs(out.mask[channel_mask].mean().item() - 0.5) < 0.03
+    with pytest.raises(ValueError, match="channel_mask"):
+        corrupt(x, channel_mask=channel_mask[:, :2])
+
+
+@pytest.mark.shared_data
+def test_real_recording_round_trip_and_corruption(shared_data):
+    x = _real_recording(shared_data)  # [1, 2, 6000]
+    assert x.shape[-1] == 6000 and 0.01 < x.std().item() < 10  # plausible EEG amplitude in 100 µV units
+    assert (istft(stft(x), x.shape[-1]) - x).abs().max().item() < 1e-5 * max(1.0, x.abs().max().item())
+    _check_corruption(x)
+
+
+def test_apply_mask_zeroes_hidden_bins():
+    spec = stft(torch.randn(1, 2, 400))
+    mask = torch.zeros(spec.shape)
+    mask[..., 10:20, :] = 1.0
+    out = apply_mask(spec, mask)
+    assert (out[..., 10:20, :] == 0).all() and torch.equal(out[..., :10, :], spec[..., :10, :])

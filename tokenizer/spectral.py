@@ -1,0 +1,468 @@
+"""STFT maps of EEG and Gaussian-smoothed spectral masks: the SpecMoE-style pretraining target.
+
+The pipeline a pretraining objective runs on a batch ``x [b, c, t]`` (200 Hz, 100 µV units)::
+
+    out = corrupt(x, generator=g, channel_mask=channel_mask)
+    # out.x_masked [b, c, t]: the signal with the hidden time-frequency energy removed (what the backbone sees)
+    # out.target   [b, c, f, n]: log-magnitude STFT of the clean signal (what it must reconstruct)
+    # out.mask     [b, c, f, n]: soft mask in [0, 1], 1 = hidden (where the loss counts)
+    loss = masked_spectral_loss(pred, out.target, out.mask, channel_mask)
+
+Defaults and why
+----------------
+* STFT (``STFTConfig``): a 1-s periodic Hann window (``n_fft = 200`` samples at 200 Hz), so the bins are
+  1 Hz apart and bin ``k`` is ``k`` Hz (0..100 Hz, ``f = 101`` bins); hop 50 samples (0.25 s, 75 % overlap,
+  which satisfies the Hann COLA/NOLA condition so ``istft(stft(x)) == x``); ``center=True`` with reflect
+  padding, so frame ``i`` is centred on sample ``i * hop`` and a window of ``t`` samples has
+  ``n = t // hop + 1`` frames. One second resolves the delta..beta rhythms to 1 Hz while a 0.25-s hop
+  still tracks bursts such as sleep spindles (0.5-2 s).
+* Target: ``log(|S| + log_eps)`` of the clean STFT. EEG power falls roughly as 1/f, so a linear-magnitude
+  MSE would be dominated by delta and ignore beta/gamma; the log evens the bands out. ``log_eps = 1e-2``
+  (in the STFT of 100-µV units: about the magnitude of 0.1 µV white noise) keeps near-silent bins
+  (above the 75 Hz low-pass, padded channels) from producing huge negative targets.
+* Masks (``MaskConfig``): three families, chosen per (sample, channel) map by ``family_weights``:
+  ``"time"`` (bands of frames, constant along frequency), ``"freq"`` (bands of bins, constant along time)
+  and ``"timefreq"`` (rectangular patches). Each family is a union of hard bands, added until the masked
+  count reaches ``round(fraction * size)`` (bands are trimmed so it never overshoots), then smoothed with
+  a Gaussian (``sigma_time`` frames, ``sigma_freq`` bins) using half-sample-symmetric padding, which keeps
+  the total mass, so the soft mask's mean equals the hard mask's: ``|mean - fraction| <= 1 / (2 * size)``
+  (size = frames for "time", bins for "freq", bins x frames for "timefreq"). Soft edges mean a hidden alpha
+  burst cannot be read off a sharp boundary in the unmasked neighbours, and the reconstruction loss
+  weighs the mask's core more than its fringe.
+* ``band_bias``: the probability that a frequency band (or a patch's frequency extent) is placed exactly
+  on one of the physiological bands (delta 0.5-4, theta 4-8, alpha 8-13, beta 13-30 Hz) instead of
+  uniformly; 0 by default (uniform), raise it to make the model reconstruct whole rhythms.
+
+Frames and backbone patches: with the defaults a 1-s patch of the backbone covers ``k = patch_size // hop = 4``
+frame centres; ``to_patches`` rearranges ``[b, c, f, n] -> [b, c, p, (k f)]`` (dropping the last frame,
+whose centre is the end of the window) so that one token can predict its own frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+FAMILIES: tuple[str, ...] = ("time", "freq", "timefreq")
+PHYSIOLOGICAL_BANDS_HZ: tuple[tuple[float, float], ...] = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0))
+_WINDOWS = {
+    "hann": torch.hann_window,
+    "hamming": torch.hamming_window,
+    "blackman": torch.blackman_window,
+}
+_TARGETS = ("log_magnitude", "magnitude")
+
+
+@dataclass(frozen=True)
+class STFTConfig:
+    """Short-time Fourier transform settings (see the module docstring for why these defaults)."""
+
+    n_fft: int = 200
+    hop: int = 50
+    win_length: int | None = None  # None -> n_fft
+    window: str = "hann"  # "hann" | "hamming" | "blackman" | "rect" (periodic variants)
+    center: bool = True
+    sfreq: float = 200.0
+    target: str = "log_magnitude"  # "log_magnitude" | "magnitude"
+    log_eps: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.n_fft < 2:
+            raise ValueError(f"STFTConfig.n_fft must be >= 2, got {self.n_fft}")
+        if not 1 <= self.hop <= self.window_length:
+            raise ValueError(f"STFTConfig.hop must be in [1, win_length={self.window_length}], got {self.hop}")
+        if self.win_length is not None and not 1 <= self.win_length <= self.n_fft:
+            raise ValueError(f"STFTConfig.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}")
+        if self.window not in (*_WINDOWS, "rect"):
+            raise ValueError(f"STFTConfig.window must be one of {sorted((*_WINDOWS, 'rect'))}, got {self.window!r}")
+        if self.target not in _TARGETS:
+            raise ValueError(f"STFTConfig.target must be one of {_TARGETS}, got {self.target!r}")
+        if self.sfreq <= 0 or self.log_eps <= 0:
+            raise ValueError(f"STFTConfig.sfreq and log_eps must be > 0, got {self.sfreq}, {self.log_eps}")
+
+    @property
+    def window_length(self) -> int:
+        return self.n_fft if self.win_length is None else self.win_length
+
+    @property
+    def n_freqs(self) -> int:
+        """Number of one-sided frequency bins, ``n_fft // 2 + 1``."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def bin_hz(self) -> float:
+        """Spacing of the frequency bins in Hz (1.0 with the defaults)."""
+        return self.sfreq / self.n_fft
+
+    def n_frames(self, length: int) -> int:
+        """Number of frames the STFT of ``length`` samples has."""
+        if self.center:
+            return length // self.hop + 1
+        if length < self.n_fft:
+            raise ValueError(f"signal of {length} samples is shorter than STFTConfig.n_fft={self.n_fft}")
+        return (length - self.n_fft) // self.hop + 1
+
+    def frequencies(self) -> torch.Tensor:
+        """Bin centre frequencies in Hz, ``[f]``."""
+        return torch.arange(self.n_freqs, dtype=torch.float32) * self.bin_hz
+
+    def make_window(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.window == "rect":
+            return torch.ones(self.window_length, device=device, dtype=dtype)
+        return _WINDOWS[self.window](self.window_length, periodic=True, device=device, dtype=dtype)
+
+
+def stft(x: torch.Tensor, config: STFTConfig = STFTConfig()) -> torch.Tensor:
+    """Complex STFT per channel: ``x [..., t]`` (e.g. ``[b, c, t]``) -> ``[..., f, n]`` complex.
+
+    Raises a ValueError when ``t`` is too short for the reflect padding of ``center=True``
+    (needs ``t > n_fft // 2``).
+    """
+    if x.dim() < 1:
+        raise ValueError("stft expects a tensor [..., t]")
+    t = x.shape[-1]
+    if config.center and t <= config.n_fft // 2:
+        raise ValueError(f"stft: signal of {t} samples is too short for n_fft={config.n_fft} with center=True")
+    lead = x.shape[:-1]
+    real_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    flat = x.reshape(-1, t).to(real_dtype)
+    spec = torch.stft(
+        flat,
+        n_fft=config.n_fft,
+        hop_length=config.hop,
+        win_length=config.window_length,
+        window=config.make_window(x.device, real_dtype),
+        center=config.center,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
+    return spec.reshape(*lead, *spec.shape[-2:])
+
+
+def istft(spec: torch.Tensor, length: int, config: STFTConfig = STFTConfig()) -> torch.Tensor:
+    """Inverse of ``stft``: complex ``[..., f, n]`` -> real ``[..., length]`` (least-squares overlap-add)."""
+    if not spec.is_complex():
+        raise ValueError(f"istft expects a complex spectrogram [..., f, n], got dtype {spec.dtype}")
+    if spec.shape[-2] != config.n_freqs:
+        raise ValueError(f"istft: spectrogram has {spec.shape[-2]} bins, STFTConfig gives {config.n_freqs}")
+    lead = spec.shape[:-2]
+    flat = spec.reshape(-1, *spec.shape[-2:])
+    real_dtype = torch.float64 if spec.dtype == torch.complex128 else torch.float32
+    out = torch.istft(
+        flat,
+        n_fft=config.n_fft,
+        hop_length=config.hop,
+        win_length=config.window_length,
+        window=config.make_window(spec.device, real_dtype),
+        center=config.center,
+        normalized=False,
+        onesided=True,
+        length=length,
+    )
+    return out.reshape(*lead, length)
+
+
+def spectral_target(spec: torch.Tensor, config: STFTConfig = STFTConfig()) -> torch.Tensor:
+    """Reconstruction target from a complex STFT ``[..., f, n]``: ``log(|S| + log_eps)`` or ``|S|``."""
+    magnitude = spec.abs()
+    if config.target == "magnitude":
+        return magnitude
+    return torch.log(magnitude + config.log_eps)
+
+
+def to_patches(spec_like: torch.Tensor, patch_size: int, config: STFTConfig = STFTConfig()) -> torch.Tensor:
+    """Group STFT frames by backbone patch: ``[b, c, f, n] -> [b, c, p, (k f)]`` with ``k = patch_size // hop``.
+
+    Frame ``j * k + i`` (``center=True``) is centred inside patch ``j``; frames past ``p * k`` (the one
+    centred on the window's last sample) are dropped. Works for targets, masks and predictions alike.
+    """
+    if not config.center:
+        raise ValueError("to_patches needs STFTConfig.center=True (frame i centred on sample i * hop)")
+    if patch_size % config.hop:
+        raise ValueError(f"to_patches: patch_size={patch_size} is not a multiple of STFTConfig.hop={config.hop}")
+    k = patch_size // config.hop
+    p = (spec_like.shape[-1] - 1) // k
+    if p < 1:
+        raise ValueError(f"to_patches: {spec_like.shape[-1]} frames hold no whole patch of {k} frames")
+    return rearrange(spec_like[..., : p * k], "b c f (p k) -> b c p (k f)", k=k)
+
+
+# --------------------------------------------------------------------------------------------------- masks
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Soft time/frequency/time-frequency masks over STFT maps (see the module docstring).
+
+    Widths are in frames (``time_width``, ``patch_time_width``) and bins (``freq_width``,
+    ``patch_freq_width``); with the default STFT one frame is 0.25 s and one bin 1 Hz.
+    """
+
+    fraction: float = 0.5
+    family_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # time, freq, timefreq
+    time_width: tuple[int, int] = (4, 16)  # 1-4 s
+    freq_width: tuple[int, int] = (3, 12)  # 3-12 Hz
+    patch_time_width: tuple[int, int] = (4, 16)
+    patch_freq_width: tuple[int, int] = (4, 16)
+    sigma_time: float = 1.5  # frames
+    sigma_freq: float = 1.5  # bins
+    band_bias: float = 0.0  # probability a frequency extent is one of `bands_hz`
+    bands_hz: tuple[tuple[float, float], ...] = field(default=PHYSIOLOGICAL_BANDS_HZ)
+    sfreq: float = 200.0  # with n_freqs, gives the bin spacing used to place `bands_hz`
+    share_across_channels: bool = False  # one mask per sample, hiding the same region in every channel
+    max_rounds: int = 512
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"MaskConfig.fraction must be in (0, 1), got {self.fraction}")
+        if len(self.family_weights) != len(FAMILIES) or min(self.family_weights) < 0 or sum(self.family_weights) <= 0:
+            raise ValueError(
+                f"MaskConfig.family_weights must be {len(FAMILIES)} non-negative weights for {FAMILIES} "
+                f"with a positive sum, got {self.family_weights}"
+            )
+        for name in ("time_width", "freq_width", "patch_time_width", "patch_freq_width"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"MaskConfig.{name} must be (min, max) with 1 <= min <= max, got {(lo, hi)}")
+        if self.sigma_time < 0 or self.sigma_freq < 0:
+            raise ValueError(f"MaskConfig.sigma_time/sigma_freq must be >= 0, got {self.sigma_time}, {self.sigma_freq}")
+        if not 0.0 <= self.band_bias <= 1.0:
+            raise ValueError(f"MaskConfig.band_bias must be in [0, 1], got {self.band_bias}")
+        if self.band_bias > 0 and not self.bands_hz:
+            raise ValueError("MaskConfig.bands_hz is empty but band_bias > 0")
+        for lo, hi in self.bands_hz:
+            if not 0 <= lo < hi:
+                raise ValueError(f"MaskConfig.bands_hz entries must be (lo, hi) Hz with 0 <= lo < hi, got {(lo, hi)}")
+        if self.max_rounds < 1:
+            raise ValueError(f"MaskConfig.max_rounds must be >= 1, got {self.max_rounds}")
+
+
+def _randint(low: torch.Tensor | int, high: torch.Tensor | int, shape, generator, device) -> torch.Tensor:
+    """Uniform integers in ``[low, high]`` (inclusive, elementwise tensors allowed)."""
+    u = torch.rand(shape, generator=generator, device=device)
+    low_t = torch.as_tensor(low, device=device)
+    high_t = torch.as_tensor(high, device=device)
+    return (low_t + torch.floor(u * (high_t - low_t + 1).float()).long()).clamp(max=high_t)
+
+
+def _band_bins(config: MaskConfig, n_freqs: int, device) -> torch.Tensor:
+    """``[n_bands, 2]`` (start, stop) bins of ``config.bands_hz`` (stop exclusive, clipped to the map)."""
+    bin_hz = config.sfreq / (2 * (n_freqs - 1))
+    rows = []
+    for lo, hi in config.bands_hz:
+        start = min(int(round(lo / bin_hz)), n_freqs - 1)
+        stop = min(max(int(round(hi / bin_hz)), start + 1), n_freqs)
+        rows.append((start, stop))
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _sample_extent(
+    m: int, length: int, width: tuple[int, int], generator, device, bands: torch.Tensor | None, bias: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Widths and starts ``[m]`` of random bands along an axis of ``length``; optionally snapped to ``bands``."""
+    lo, hi = min(width[0], length), min(width[1], length)
+    w = _randint(lo, hi, (m,), generator, device)
+    start = _randint(0, length - w, (m,), generator, device)
+    if bands is not None and bias > 0:
+        snap = torch.rand(m, generator=generator, device=device) < bias
+        choice = _randint(0, len(bands) - 1, (m,), generator, device)
+        start = torch.where(snap, bands[choice, 0], start)
+        w = torch.where(snap, bands[choice, 1] - bands[choice, 0], w)
+    return w, start
+
+
+def _hard_bands_1d(
+    m: int, length: int, goal: int, width: tuple[int, int], config: MaskConfig, generator, device,
+    bands: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Union of bands ``[m, length]`` bool with exactly ``goal`` True entries per row (unless max_rounds runs out).
+
+    Each round adds one band to every row still short of its goal, trimmed to the remaining deficit, so a
+    row can never overshoot.
+    """
+    idx = torch.arange(length, device=device)
+    hard = torch.zeros(m, length, dtype=torch.bool, device=device)
+    for _ in range(config.max_rounds):
+        deficit = goal - hard.sum(1)
+        active = deficit > 0
+        if not bool(active.any()):
+            break
+        w, start = _sample_extent(m, length, width, generator, device, bands, config.band_bias)
+        # Trimming from the end keeps a snapped band anchored at its physiological lower edge.
+        w = torch.minimum(w, deficit.clamp(min=1))
+        band = (idx >= start[:, None]) & (idx < (start + w)[:, None])
+        hard |= band & active[:, None]
+    return hard
+
+
+def _hard_patches(
+    m: int, n_freqs: int, n_frames: int, goal: int, config: MaskConfig, generator, device, bands: torch.Tensor | None
+) -> torch.Tensor:
+    """Union of rectangles ``[m, f, n]`` bool with exactly ``goal`` True entries per map (area trimmed)."""
+    fi = torch.arange(n_freqs, device=device)
+    ti = torch.arange(n_frames, device=device)
+    hard = torch.zeros(m, n_freqs, n_frames, dtype=torch.bool, device=device)
+    for _ in range(config.max_rounds):
+        deficit = goal - hard.flatten(1).sum(1)
+        active = torch.nonzero(deficit > 0).squeeze(1)
+        if active.numel() == 0:
+            break
+        k = active.numel()
+        d = deficit[active]
+        fw, fs = _sample_extent(k, n_freqs, config.patch_freq_width, generator, device, bands, config.band_bias)
+        tw, ts = _sample_extent(k, n_frames, config.patch_time_width, generator, device, None, 0.0)
+        # Shrink the rectangle to at most the deficit's area: first in time, then in frequency.
+        fw = torch.minimum(fw, d)
+        tw = torch.minimum(tw, torch.div(d, fw, rounding_mode="floor").clamp(min=1))
+        ts = torch.minimum(ts, n_frames - tw)
+        band_f = (fi >= fs[:, None]) & (fi < (fs + fw)[:, None])
+        band_t = (ti >= ts[:, None]) & (ti < (ts + tw)[:, None])
+        hard[active] |= band_f[:, :, None] & band_t[:, None, :]
+    return hard
+
+
+def _gaussian_smooth(x: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
+    """Gaussian blur of float ``x`` along ``dim`` with half-sample-symmetric padding (preserves the sum)."""
+    length = x.shape[dim]
+    if sigma <= 0 or length < 2:
+        return x
+    radius = min(int(math.ceil(3.0 * sigma)), length)
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    moved = x.movedim(dim, -1)
+    shape = moved.shape
+    flat = moved.reshape(-1, 1, length)
+    # Symmetric ("edge-duplicating") reflection: mass pushed past an edge by the kernel folds back in.
+    padded = torch.cat([flat[..., :radius].flip(-1), flat, flat[..., -radius:].flip(-1)], dim=-1)
+    out = F.conv1d(padded, kernel.view(1, 1, -1))
+    return out.reshape(shape).movedim(-1, dim)
+
+
+def sample_masks(
+    batch_shape: tuple[int, int],
+    n_freqs: int,
+    n_frames: int,
+    config: MaskConfig = MaskConfig(),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    return_families: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Soft masks ``[b, c, f, n]`` in [0, 1] (1 = hidden), one family per (b, c) map (or per b when shared).
+
+    ``return_families=True`` also returns the family index per map ``[b, c]`` (into ``FAMILIES``).
+    Each map's mean equals ``config.fraction`` to within ``1 / (2 * size)`` (see the module docstring).
+    """
+    if len(batch_shape) != 2:
+        raise ValueError(f"sample_masks: batch_shape must be (b, c), got {batch_shape}")
+    if n_freqs < 1 or n_frames < 1:
+        raise ValueError(f"sample_masks: n_freqs and n_frames must be >= 1, got {n_freqs}, {n_frames}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    b, c = batch_shape
+    c_draw = 1 if config.share_across_channels else c
+    m = b * c_draw
+    weights = torch.tensor(config.family_weights, dtype=torch.float32, device=device)
+    family = torch.multinomial(weights, m, replacement=True, generator=generator)
+    masks = torch.zeros(m, n_freqs, n_frames, device=device)
+    bands = _band_bins(config, n_freqs, device) if config.bands_hz else None
+
+    sel = torch.nonzero(family == 0).squeeze(1)
+    if sel.numel():
+        goal = int(round(config.fraction * n_frames))
+        hard = _hard_bands_1d(sel.numel(), n_frames, goal, config.time_width, config, generator, device)
+        soft = _gaussian_smooth(hard.float(), config.sigma_time, dim=-1)
+        masks[sel] = soft[:, None, :].expand(-1, n_freqs, -1)
+    sel = torch.nonzero(family == 1).squeeze(1)
+    if sel.numel():
+        goal = int(round(config.fraction * n_freqs))
+        hard = _hard_bands_1d(sel.numel(), n_freqs, goal, config.freq_width, config, generator, device, bands)
+        soft = _gaussian_smooth(hard.float(), config.sigma_freq, dim=-1)
+        masks[sel] = soft[:, :, None].expand(-1, -1, n_frames)
+    sel = torch.nonzero(family == 2).squeeze(1)
+    if sel.numel():
+        goal = int(round(config.fraction * n_freqs * n_frames))
+        hard = _hard_patches(sel.numel(), n_freqs, n_frames, goal, config, generator, device, bands)
+        soft = _gaussian_smooth(_gaussian_smooth(hard.float(), config.sigma_freq, dim=1), config.sigma_time, dim=2)
+        masks[sel] = soft
+
+    masks = masks.clamp_(0.0, 1.0).reshape(b, c_draw, n_freqs, n_frames).expand(b, c, n_freqs, n_frames)
+    family = family.reshape(b, c_draw).expand(b, c)
+    if config.share_across_channels:
+        masks, family = masks.contiguous(), family.contiguous()
+    return (masks, family) if return_families else masks
+
+
+def apply_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Remove the hidden energy: ``spec [..., f, n] * (1 - mask)`` (complex or real)."""
+    if spec.shape[-2:] != mask.shape[-2:]:
+        raise ValueError(f"apply_mask: spectrogram {tuple(spec.shape)} and mask {tuple(mask.shape)} differ in [f, n]")
+    return spec * (1.0 - mask).to(spec.real.dtype if spec.is_complex() else spec.dtype)
+
+
+def masked_spectral_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, channel_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mask-weighted MSE: ``sum(mask * (pred - target)^2) / sum(mask)`` over real channels only.
+
+    ``pred``, ``target``, ``mask``: same shape ``[b, c, ...]`` (e.g. ``[b, c, f, n]`` or the ``to_patches``
+    layout); ``channel_mask [b, c]`` bool, True = real channel. Unmasked bins (mask 0) contribute nothing,
+    so predicting them is free. Returns a scalar (0 when nothing is masked).
+    """
+    if pred.shape != target.shape or pred.shape != mask.shape:
+        raise ValueError(
+            f"masked_spectral_loss: pred {tuple(pred.shape)}, target {tuple(target.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same shape"
+        )
+    weight = mask.to(pred.dtype)
+    if channel_mask is not None:
+        if channel_mask.shape != pred.shape[:2]:
+            raise ValueError(
+                f"masked_spectral_loss: channel_mask {tuple(channel_mask.shape)} must be [b, c] = {tuple(pred.shape[:2])}"
+            )
+        weight = weight * channel_mask.to(pred.dtype).view(*channel_mask.shape, *([1] * (pred.dim() - 2)))
+    denominator = weight.sum().clamp_min(1e-8)
+    return (weight * (pred - target.to(pred.dtype)) ** 2).sum() / denominator
+
+
+class Corrupted(NamedTuple):
+    """Output of ``corrupt``; unpacks as ``x_masked, target, mask = corrupt(x)``."""
+
+    x_masked: torch.Tensor  # [b, c, t]
+    target: torch.Tensor  # [b, c, f, n] spectral_target of the clean signal
+    mask: torch.Tensor  # [b, c, f, n] in [0, 1], 1 = hidden (0 on padded channels)
+
+
+def corrupt(
+    x: torch.Tensor,
+    stft_config: STFTConfig = STFTConfig(),
+    mask_config: MaskConfig = MaskConfig(),
+    generator: torch.Generator | None = None,
+    channel_mask: torch.Tensor | None = None,
+) -> Corrupted:
+    """SpecMoE-style input corruption of ``x [b, c, t]``: STFT -> soft mask -> iSTFT.
+
+    Returns ``Corrupted(x_masked [b, c, t], target [b, c, f, n], mask [b, c, f, n])``. The mask is
+    zeroed on padded channels (``channel_mask [b, c]`` False) so its statistics describe real channels.
+    Runs under ``no_grad``: the corruption is data, not part of the model.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"corrupt expects x [b, c, t], got shape {tuple(x.shape)}")
+    with torch.no_grad():
+        x32 = x.float()
+        spec = stft(x32, stft_config)
+        b, c, f, n = spec.shape
+        mask = sample_masks((b, c), f, n, mask_config, generator=generator, device=x.device)
+        if channel_mask is not None:
+            if channel_mask.shape != (b, c):
+                raise ValueError(f"corrupt: channel_mask {tuple(channel_mask.shape)} must be [b, c] = {(b, c)}")
+            mask = mask * channel_mask[:, :, None, None].to(mask.dtype)
+        x_masked = istft(apply_mask(spec, mask), x.shape[-1], stft_config).to(x.dtype)
+        return Corrupted(x_masked, spectral_target(spec, stft_config), mask)
