@@ -1,0 +1,438 @@
+"""EEGMamba: input adapter -> [BiMamba block -> task-aware MoE] x n_layers -> LayerNorm.
+
+Checkpoints are Hugging Face style folders written by ``save_pretrained(dir)``: ``config.json`` (the
+:class:`EEGMambaConfig` fields) + ``model.safetensors`` (+ a generated ``README.md`` model card), read
+back by ``EEGMamba.from_pretrained(dir)`` through ``huggingface_hub.PyTorchModelHubMixin``. Loading is
+strict and never unpickles anything; every failure names the file and what was expected.
+
+Example::
+
+    cfg = EEGMambaConfig.from_size("tiny")
+    model = EEGMamba(cfg)
+    out = model(x, channel_ids, channel_mask, task_ids)   # x [b c t] in 100 uV units at 200 Hz
+    out.pooled                                            # [b d] features for a head
+    model.save_pretrained("ckpt/"); EEGMamba.from_pretrained("ckpt/")
+"""
+
+# No ``from __future__ import annotations`` here: PyTorchModelHubMixin reads the ``config`` annotation
+# of ``__init__`` with ``inspect.signature`` and needs the real class, not a string.
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors
+import safetensors.torch
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from foundation.bimamba import BiMambaBlock
+from foundation.configfile import ConfigError, from_dict
+from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
+from foundation.moe import TaskMoE
+
+__all__ = [
+    "EEGMambaConfig",
+    "EEGMamba",
+    "EEGMambaOutput",
+    "CheckpointError",
+    "LoadReport",
+    "load_backbone_weights",
+    "read_config",
+    "SIZES",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder whose config or weights cannot be used (the message names the file)."""
+
+
+@dataclass(frozen=True)
+class EEGMambaConfig:
+    """Architecture of an :class:`EEGMamba` backbone (the defaults are the "base" size).
+
+    Fields:
+        d_model: token / feature width d. n_layers: number of [BiMamba -> MoE] pairs.
+        n_experts, top_k: routed experts per MoE layer and experts per token. n_tasks: rows of the task
+            embedding (task 0 = pretraining/default, 1 seizure, 2 sleep, 3 emotion, 4 motor imagery).
+        d_state, d_conv, expand: Mamba's SSM state size, causal conv width, inner expansion.
+        patch_size: samples per patch (200 = 1 s at 200 Hz); inputs must have t a multiple of it.
+        max_patches: longest window in patches (rows of the temporal embedding).
+        n_channel_ids: rows of the spatial embedding (>= the channel vocabulary size).
+        adapter: "channel_patch" (LaBraM tokens, one per channel x second) or "st_adaptive" (EEGMamba).
+        drop_path: stochastic depth of the last layer; layer i uses ``drop_path * i / (n_layers - 1)``.
+        moe_hidden: expert MLP width (None -> 2 * d_model). task_dim: task-embedding width (None -> d_model).
+        moe_noise: noisy gating while training. balance_coef, z_coef: MoE auxiliary-loss weights.
+        conv_channels: feature maps of the channel-patch temporal conv encoder.
+        st_stride, st_wide_kernel: ST-Adaptive samples per token and wide-path kernel (None -> 8 * stride).
+    """
+
+    d_model: int = 128
+    n_layers: int = 8
+    n_experts: int = 8
+    top_k: int = 2
+    n_tasks: int = 8
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    patch_size: int = 200
+    max_patches: int = 64
+    n_channel_ids: int = 512
+    adapter: Literal["channel_patch", "st_adaptive"] = "channel_patch"
+    drop_path: float = 0.1
+    moe_hidden: int | None = None
+    task_dim: int | None = None
+    moe_noise: bool = True
+    balance_coef: float = 1e-2
+    z_coef: float = 1e-3
+    conv_channels: int = 8
+    st_stride: int = 25
+    st_wide_kernel: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("d_model", "n_layers", "n_experts", "top_k", "n_tasks", "d_state", "d_conv", "expand",
+                    "patch_size", "max_patches", "n_channel_ids", "conv_channels", "st_stride")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EEGMambaConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("moe_hidden", "task_dim", "st_wide_kernel"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"EEGMambaConfig.{name} must be a positive integer or None, got {value!r}")
+        if self.top_k >= self.n_experts:
+            raise ValueError(f"EEGMambaConfig.top_k={self.top_k} must be smaller than n_experts={self.n_experts}")
+        if self.adapter not in ("channel_patch", "st_adaptive"):
+            raise ValueError(f"EEGMambaConfig.adapter must be 'channel_patch' or 'st_adaptive', got {self.adapter!r}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"EEGMambaConfig.drop_path must be in [0, 1), got {self.drop_path!r}")
+        if self.balance_coef < 0 or self.z_coef < 0:
+            raise ValueError(f"EEGMambaConfig.balance_coef/z_coef must be >= 0, got {self.balance_coef}, {self.z_coef}")
+        if self.adapter == "st_adaptive" and self.patch_size % self.st_stride:
+            raise ValueError(f"EEGMambaConfig.st_stride={self.st_stride} must divide patch_size={self.patch_size}")
+
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> "EEGMambaConfig":
+        """A named size ("tiny" < 1M parameters, "base" ~5.8M like LaBraM-Base, "large" ~50M) with overrides.
+
+        Raises:
+            ValueError: unknown size or unknown override key.
+        """
+        if size not in SIZES:
+            raise ValueError(f"EEGMambaConfig.from_size: unknown size {size!r}; expected one of {sorted(SIZES)}")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"EEGMambaConfig.from_size: unknown field(s) {unknown}")
+        return cls(**{**SIZES[size], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Parameter budgets (asserted in tests/test_model.py): per layer the BiMamba block holds ~6.5 d^2 and the
+# MoE 9 experts x 2 x d x moe_hidden, so the experts dominate.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, n_layers=2, n_experts=4, top_k=2, moe_hidden=128, max_patches=64, drop_path=0.0),
+    "base": dict(d_model=128, n_layers=8, n_experts=8, top_k=2, moe_hidden=256, max_patches=64, drop_path=0.1),
+    "large": dict(d_model=256, n_layers=16, n_experts=8, top_k=2, moe_hidden=512, max_patches=64, drop_path=0.2),
+}
+
+
+@dataclass
+class EEGMambaOutput:
+    """What :meth:`EEGMamba.forward` returns.
+
+    Fields:
+        tokens: ``[b L d]`` final-normed token features without the class token; channel_patch:
+            ``L = c * p`` ordered ``(c p)`` (channel-major); st_adaptive: ``L = t / st_stride``.
+            Zero at padded positions.
+        token_mask: ``[b L]`` bool, True = real token.
+        cls: ``[b d]`` class-token feature. pooled: ``[b d]`` mean of the real tokens.
+        aux_loss: scalar, MoE auxiliary loss summed over layers (add it to the training objective).
+        expert_load: ``[n_layers n_experts]`` fraction of real tokens routed to each expert (detached).
+    """
+
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    cls: torch.Tensor
+    pooled: torch.Tensor
+    aux_loss: torch.Tensor
+    expert_load: torch.Tensor
+
+
+class EEGMamba(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="eegfm",
+    tags=["eeg", "mamba", "mixture-of-experts", "foundation-model"],
+):
+    """The EEGMamba backbone (BiMamba + task-aware MoE), constructed as ``EEGMamba(config)``.
+
+    Class token: one learned token is placed at *both* ends of the sequence and its two outputs are
+    averaged. In a bidirectional Mamba the forward scan reaches the last position having read the whole
+    sequence and the backward scan reaches the first position having read it all; a single token at
+    either end would see the sequence through one direction only (the other scan reaches it first, with an
+    empty state). Vim's middle token instead sees half the sequence per direction and its position would
+    depend on each sample's padding. Both ends give every class read-out a full pass in both directions.
+    Padding is moved behind the end class token (see ``_assemble``), so a sample's features do not depend
+    on how much padding its batch needed.
+    """
+
+    def __init__(self, config: EEGMambaConfig) -> None:
+        super().__init__()
+        if not isinstance(config, EEGMambaConfig):
+            raise TypeError(f"EEGMamba(config): expected an EEGMambaConfig, got {type(config).__name__}")
+        self.config = config
+        if config.adapter == "channel_patch":
+            self.embed: nn.Module = ChannelPatchEmbed(
+                config.d_model, config.patch_size, config.max_patches, config.n_channel_ids, config.conv_channels
+            )
+        else:
+            self.embed = STAdaptiveEmbed(
+                config.d_model, config.n_tasks, config.n_channel_ids, config.patch_size, config.max_patches,
+                config.st_stride, config.st_wide_kernel,
+            )
+        n = config.n_layers
+        rates = [config.drop_path * i / max(n - 1, 1) for i in range(n)]
+        self.blocks = nn.ModuleList(
+            BiMambaBlock(config.d_model, config.d_state, config.d_conv, config.expand, drop_path=r) for r in rates
+        )
+        self.moes = nn.ModuleList(
+            TaskMoE(
+                config.d_model, config.n_experts, config.top_k, config.n_tasks, hidden=config.moe_hidden,
+                task_dim=config.task_dim, noise=config.moe_noise, balance_coef=config.balance_coef,
+                z_coef=config.z_coef, drop_path=r,
+            )
+            for r in rates
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def _check_task_ids(self, task_ids: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
+        if task_ids is None:
+            return torch.zeros(b, dtype=torch.long, device=device)
+        if not torch.is_tensor(task_ids) or task_ids.shape != (b,) or task_ids.is_floating_point() or task_ids.dtype == torch.bool:
+            raise ValueError(
+                f"task_ids must be an integer tensor [b] = [{b}], got "
+                f"{getattr(task_ids, 'dtype', type(task_ids))} {tuple(getattr(task_ids, 'shape', ()))}"
+            )
+        if b and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.config.n_tasks):
+            raise ValueError(f"task_ids must lie in [0, n_tasks={self.config.n_tasks}), got {task_ids.tolist()}")
+        return task_ids.long()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        channel_ids: torch.Tensor,
+        channel_mask: torch.Tensor | None = None,
+        task_ids: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+    ) -> EEGMambaOutput:
+        """Encode a batch.
+
+        Args:
+            x: ``[b c t]`` float EEG (100 uV units, 200 Hz), t a multiple of ``patch_size`` and at most
+                ``max_patches * patch_size``; padded channels may hold anything.
+            channel_ids: ``[b c]`` long channel-vocabulary ids (ignored at padded channels).
+            channel_mask: ``[b c]`` bool, True = real channel (None = all real).
+            task_ids: ``[b]`` long in ``[0, n_tasks)`` (None = task 0).
+            patch_mask: ``[b c p]`` bool, True = replace that patch by the [MASK] token (channel_patch only).
+        Returns:
+            :class:`EEGMambaOutput`.
+        Raises:
+            ValueError: wrong ranks/shapes/dtypes, t not a multiple of patch_size, too many patches,
+                channel id out of range, task id out of range, patch_mask with the st_adaptive adapter.
+        """
+        if not torch.is_tensor(x) or x.dim() != 3:
+            raise ValueError(f"x must be a float tensor [b, c, t], got shape {tuple(getattr(x, 'shape', ()))}")
+        b = x.shape[0]
+        task_ids = self._check_task_ids(task_ids, b, x.device)
+        if self.config.adapter == "channel_patch":
+            tokens, token_mask, cls = self.embed(x, channel_ids, channel_mask, patch_mask)
+        else:
+            if patch_mask is not None:
+                raise ValueError("patch_mask is only supported by adapter='channel_patch' (this model uses 'st_adaptive')")
+            tokens, token_mask, cls = self.embed(x, channel_ids, channel_mask, task_ids)
+
+        seq, seq_mask, seq_pos = _assemble(cls, tokens, token_mask)
+        h = seq
+        aux_total = h.new_zeros((), dtype=torch.float32)
+        loads = []
+        for block, moe in zip(self.blocks, self.moes):
+            h = block(h, seq_mask)
+            h, aux, load = moe(h, task_ids, seq_mask)
+            aux_total = aux_total + aux
+            loads.append(load)
+        h = self.norm(h)
+        n_real = token_mask.sum(1)  # [b]
+        d = h.shape[-1]
+        tokens = h.gather(1, seq_pos.unsqueeze(-1).expand(-1, -1, d))
+        tokens = torch.where(token_mask.unsqueeze(-1), tokens, torch.zeros((), dtype=h.dtype, device=h.device))
+        cls_end = h.gather(1, (n_real + 1).view(b, 1, 1).expand(b, 1, d)).squeeze(1)
+        cls_out = 0.5 * (h[:, 0] + cls_end)
+        pooled = tokens.sum(1) / n_real.clamp_min(1).unsqueeze(-1).to(h.dtype)
+        return EEGMambaOutput(
+            tokens=tokens, token_mask=token_mask, cls=cls_out, pooled=pooled,
+            aux_loss=aux_total, expert_load=torch.stack(loads).detach(),
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu", strict: bool = True, **kwargs: Any
+    ) -> "EEGMamba":
+        """Load a folder written by :meth:`save_pretrained` (in eval mode).
+
+        Only local folders: for a Hugging Face Hub repo, fetch it first with
+        ``huggingface_hub.snapshot_download(repo_id)`` and pass the returned path.
+
+        Raises:
+            FileNotFoundError: the folder, its config.json or its model.safetensors is missing.
+            CheckpointError: config.json is not a valid EEGMambaConfig, the weights file is not
+                safetensors, or the weights do not match the config (with ``strict``).
+        """
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"checkpoint folder {path} does not exist (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
+                f"written by EEGMamba.save_pretrained; for a Hub repo run huggingface_hub.snapshot_download first)"
+            )
+        config = read_config(path)
+        if not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"checkpoint folder {path} has no {WEIGHTS_NAME}")
+        return super().from_pretrained(path, config=config, map_location=map_location, strict=strict, **kwargs)
+
+    @classmethod
+    def _from_pretrained(
+        cls, *, model_id: str, config: EEGMambaConfig, map_location: str = "cpu", strict: bool = True, **_: Any
+    ) -> "EEGMamba":
+        # Replaces the mixin's loader, which defaults to strict=False (silently keeps random weights for
+        # missing keys), prints to stdout, and may fall back to unpickling pytorch_model.bin.
+        model = cls(config)
+        load_backbone_weights(model, Path(model_id) / WEIGHTS_NAME, strict=strict)
+        model.to(map_location)
+        model.eval()
+        return model
+
+
+def _assemble(
+    cls: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Build the scanned sequence ``[cls, real tokens..., cls, padding...]``.
+
+    Real tokens keep their relative order ("(c p)") but are packed to the front, so that every sample's
+    real sequence is contiguous and identical to what it would be in a batch without padding: the causal
+    convs and scans of BiMamba then see exactly the same neighbours whatever the batch's ``C_max`` is
+    (padding only trails, where the padding-aware block ignores it).
+
+    Args:
+        cls ``[b d]``, tokens ``[b L d]``, token_mask ``[b L]`` bool.
+    Returns:
+        ``seq [b (L + 2) d]``, ``seq_mask [b (L + 2)]`` (True up to and including the end class token),
+        ``seq_pos [b L]`` long: where token i of the input sits in ``seq``.
+    """
+    b, L, d = tokens.shape
+    n_real = token_mask.sum(1, keepdim=True)  # [b 1]
+    order = torch.sort((~token_mask).to(torch.uint8), dim=1, stable=True).indices  # [b L] real first
+    s = torch.arange(L + 2, device=tokens.device).unsqueeze(0)  # [1 (L + 2)]
+    # Source index into [cls, tokens] (0 = cls): s-1 before the end class token, s-2 after it.
+    k = torch.where(s <= n_real, s - 1, s - 2).clamp(0, max(L - 1, 0))
+    src = 1 + order.gather(1, k.expand(b, -1)) if L else torch.zeros(b, L + 2, dtype=torch.long, device=tokens.device)
+    src = torch.where((s == 0) | (s == n_real + 1), torch.zeros_like(src), src)
+    pool = torch.cat([cls.unsqueeze(1), tokens], dim=1)
+    seq = pool.gather(1, src.unsqueeze(-1).expand(-1, -1, d))
+    seq_mask = (s <= n_real + 1).expand(b, -1)
+    rank = order.argsort(dim=1)  # [b L] position of token i among the packed tokens
+    seq_pos = torch.where(rank < n_real, rank + 1, rank + 2)
+    return seq, seq_mask, seq_pos
+
+
+def read_config(path: str | Path) -> EEGMambaConfig:
+    """Read ``{path}/config.json`` (or a config.json file) strictly into an :class:`EEGMambaConfig`.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: not JSON, unknown key, bad value.
+    """
+    path = Path(path)
+    file = path / CONFIG_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint config {file} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} must hold a JSON object of EEGMambaConfig fields, got {type(data).__name__}")
+    try:
+        return from_dict(EEGMambaConfig, data)
+    except (ConfigError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{file}: {err}") from err
+
+
+@dataclass
+class LoadReport:
+    """Keys that :func:`load_backbone_weights` did not load (all empty after a strict load)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+
+def load_backbone_weights(
+    model: nn.Module, path: str | Path, *, strict: bool = True, prefix: str = ""
+) -> LoadReport:
+    """Load safetensors weights into ``model``; with ``strict=False`` keep what fits and report the rest.
+
+    ``path`` is a checkpoint folder or a ``.safetensors`` file. With ``strict=False`` tensors whose shape
+    differs from the model's (e.g. a task embedding saved with another ``n_tasks``) are skipped and keep
+    their fresh initialisation, as do missing keys; use it to put a pretrained backbone under a model with a
+    different head or task count. ``prefix`` is prepended to the file's keys (e.g. ``"backbone."`` when
+    ``model`` wraps the backbone as an attribute).
+
+    Raises:
+        FileNotFoundError: missing file. CheckpointError: not a safetensors file, or (strict) any
+            missing / unexpected / shape-mismatched key, listed with shapes.
+    """
+    path = Path(path)
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file {file} does not exist")
+    try:
+        state = safetensors.torch.load_file(str(file), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({err}); checkpoints must be written by "
+            f"save_pretrained / safetensors, never torch.save pickles"
+        ) from err
+    state = {prefix + k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:5]]
+        raise CheckpointError(
+            f"{file} does not match the model built from its config "
+            f"({len(mismatched)} shape mismatches, {len(missing)} missing, {len(unexpected)} unexpected keys). "
+            + ("Shape mismatches: " + "; ".join(lines) + ". " if lines else "")
+            + (f"Missing e.g. {missing[:3]}. " if missing else "")
+            + (f"Unexpected e.g. {unexpected[:3]}. " if unexpected else "")
+            + "Was config.json edited, or the weights saved from another architecture?"
+        )
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loadable, strict=False)
+    return LoadReport(missing=missing, unexpected=unexpected, mismatched=mismatched)
