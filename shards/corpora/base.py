@@ -117,7 +117,7 @@ class Adapter:
         recording: str,
         subject: str,
         session: str,
-        task: str | None = None,
+        task: str | None | object = ...,
         **extra: str,
     ) -> Recording:
         return Recording(
@@ -127,7 +127,7 @@ class Adapter:
             session=session,
             source=path.relative_to(root).as_posix(),
             path=path.resolve(),
-            task=self.task if task is None else task,
+            task=self.task if task is ... else task,  # ... = the adapter's task; None = unlabeled
             extra=dict(extra),
         )
 
