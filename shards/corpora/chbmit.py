@@ -99,18 +99,15 @@ def merge_duplicate_channels(raw: mne.io.BaseRaw) -> None:
     """
     groups: dict[str, list[str]] = {}
     for ch in raw.ch_names:
-        m = re.fullmatch(r"(.*\D)-(\d+)", ch)
+        m = re.fullmatch(r"(.*)-(\d+)", ch)
         groups.setdefault(m.group(1) if m else ch, []).append(ch)
     drop, rename = [], {}
     for base, chans in groups.items():
         if base.strip("-. ") == "":
             drop += chans
-        elif len(chans) > 1 or (chans[0] != base and base not in raw.ch_names):
-            if base not in raw.ch_names:
-                rename[chans[0]] = base
-                drop += chans[1:]
-            else:
-                drop += [c for c in chans if c != base]
+        elif len(chans) > 1 and base not in raw.ch_names:  # MNE's "-0", "-1" copies of one name
+            rename[chans[0]] = base
+            drop += chans[1:]
     if drop:
         raw.drop_channels(drop)
     if rename:
