@@ -12,7 +12,7 @@ model is expected to pick up, so that labels are learnable from the same feature
 - ``motor_imagery``: 4-s cues "left_hand" / "right_hand"; the mu (8-13 Hz) and beta (18-25 Hz) rhythms over
   the sensorimotor cortex contralateral to the imagined hand desynchronise (C4 for left, C3 for right);
 - ``seizure``: "background" vs "seizure"; seizures are generalised rhythmic ~3 Hz spike-and-wave
-  discharges of 150-400 µV that evolve (frequency slows, amplitude grows) over the episode;
+  discharges of 120-300 µV that evolve (frequency slows, amplitude grows) over the episode;
 - ``emotion``: "calm" vs "stress"; stress lowers frontal alpha more on the right (F4) than on the left (F3)
   (frontal alpha asymmetry) and raises frontal beta.
 
@@ -220,7 +220,7 @@ def simulate_recording(
             sl = slice(int(onset * sfreq), int((onset + dur) * sfreq))
             prog = np.linspace(0, 1, sl.stop - sl.start)
             freq[sl] = 3.6 - 1.2 * prog  # discharges slow down as the seizure evolves
-            amp[sl] = 150 + 250 * np.sqrt(prog) * rng.uniform(0.7, 1.0)
+            amp[sl] = 120 + 180 * np.sqrt(prog) * rng.uniform(0.7, 1.0)
         sw = _spike_wave(t, freq) * amp * sz
         add(_POSITIONS, sw)
     elif task == "emotion":

@@ -22,3 +22,34 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real EEG data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+SYNTH_SUBJECTS = 6
+SYNTH_DURATION_S = 96.0
+
+
+@pytest.fixture(scope="session")
+def synth_raw(tmp_path_factory) -> Path:
+    """Folder of simulated EDF+ recordings (``shards.synth.simulate``): 6 subjects x 4 tasks x 96 s."""
+    from shards.synth import simulate
+
+    folder = tmp_path_factory.mktemp("synth_raw")
+    simulate(folder, n_subjects=SYNTH_SUBJECTS, duration_s=SYNTH_DURATION_S, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synth_shards(synth_raw, tmp_path_factory) -> Path:
+    """A small simulated shard set: the corpus folder ``OUT/synth`` (tars + manifest.json).
+
+    Built with ``shards.writer.build("synth", ...)`` from :func:`synth_raw`: 4-s windows at 200 Hz,
+    19 EEG channels (EOG/ECG dropped), labelled windows of all four tasks (``meta["task"]``). Subjects are
+    split by hash with fractions 0.5/0.25/0.25 and seed 0: sub-01, 02, 05, 06 train, sub-03 val, sub-04
+    test (tars ``train-*.tar``, ``val-*.tar``, ``test-*.tar``). Reuse it in pretrain/finetune tests; never
+    write into it.
+    """
+    from shards.writer import build
+
+    out = tmp_path_factory.mktemp("synth_shards")
+    build("synth", synth_raw, out, split=(0.5, 0.25, 0.25), seed=0, max_samples_per_shard=200, progress=False)
+    return out / "synth"
