@@ -104,7 +104,8 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
     _check_sfreq(path, raw.info["sfreq"])
     if raw.n_times == 0 or len(raw.ch_names) == 0:
         raise ReadError(path, "recording holds no samples")
-    _set_types_from_vocabulary(raw)
+    if ext not in (".txt", ".asc"):  # text adapters hold one EEG channel and type it themselves
+        _set_types_from_vocabulary(raw)
     return raw
 
 
