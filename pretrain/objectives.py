@@ -1,0 +1,239 @@
+"""Self-supervised objectives behind one interface, trained by ``pretrain.trainer.Trainer``.
+
+An :class:`Objective` is an ``nn.Module`` that owns everything it trains (backbone, heads) and any
+frozen target model; ``forward(batch)`` takes a batch of ``pretrain.data`` (``x [b c t]``,
+``channel_ids [b c]``, ``channel_mask [b c]``) and returns ``dict(loss=scalar, <name>=scalar logs,
+expert_load=[n_layers, n_experts])``; ``export(dir)`` writes what downstream code loads.
+
+* :class:`MaskedTokenObjective` (LaBraM): a frozen VQ-NSP tokenizer turns every (channel, 1-s patch)
+  into a code ``[b c p]``; half of the real patches are replaced by the backbone's [MASK] token and a
+  linear head predicts their codes (cross-entropy over the codebook). Symmetric masking: the same
+  batch is also run with the complement mask, so every patch is a target once per step; both halves
+  go through the backbone as one ``2b`` batch. Loss = CE(mask) + CE(complement) (LaBraM sums them).
+* :class:`MaskedSTFTObjective` (SpecMoE): ``tokenizer.spectral.corrupt`` removes Gaussian-smoothed
+  time / frequency / time-frequency regions from each channel's STFT and returns the corrupted signal
+  to the time domain; the backbone sees that signal and a linear head predicts, from each token, the
+  clean log-magnitude STFT frames of its patch ``[b c p (k f)]``; the loss counts masked energy only.
+* :class:`TokenizerObjective`: trains a VQ-NSP tokenizer itself (``tokenizer/run.py``).
+
+Padded channels (``channel_mask`` False) are never masked and never count in a loss. The MoE
+auxiliary loss of the backbone is added with ``moe_aux_weight``. Randomness (masks, MoE noise) comes
+from the global torch RNG, which accelerate checkpoints, so a resumed run draws the same masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from foundation.model import EEGMamba, EEGMambaConfig
+from tokenizer.spectral import MaskConfig, STFTConfig, corrupt, masked_spectral_loss, to_patches
+
+
+class Objective(nn.Module):
+    """Interface: ``forward(batch) -> dict(loss=..., ...)`` and ``export(dir)``."""
+
+    name = "objective"
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def export(self, out_dir: str | Path) -> Path:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def random_patch_mask(channel_mask: torch.Tensor, n_patches: int, ratio: float) -> torch.Tensor:
+    """Mask exactly ``round(ratio * real patches)`` random (channel, patch) positions per sample.
+
+    Args:
+        channel_mask: ``[b c]`` bool, True = real channel.
+        n_patches: p, patches per channel.
+        ratio: fraction of real positions to mask, in (0, 1).
+    Returns:
+        ``[b c p]`` bool, True = masked; always False on padded channels.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+    b, c = channel_mask.shape
+    noise = torch.rand(b, c, n_patches, device=channel_mask.device)
+    noise = noise.masked_fill(~channel_mask[:, :, None], 2.0)  # padding sorts last, never masked
+    ranks = noise.flatten(1).argsort(dim=1).argsort(dim=1)
+    n_mask = (channel_mask.sum(1) * n_patches * ratio).round().long()
+    return (ranks < n_mask[:, None]).view(b, c, n_patches)
+
+
+def build_backbone(size: str, overrides: dict[str, Any], crop_patches: int) -> EEGMamba:
+    """``EEGMamba(EEGMambaConfig.from_size(size, **overrides))`` with room for ``crop_patches`` patches."""
+    config = EEGMambaConfig.from_size(size, **overrides)
+    if config.max_patches < crop_patches:
+        config = EEGMambaConfig.from_size(size, **{**overrides, "max_patches": crop_patches})
+    return EEGMamba(config)
+
+
+class _BackboneObjective(Objective):
+    def __init__(self, backbone: EEGMamba, moe_aux_weight: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.moe_aux_weight = moe_aux_weight
+        self.patch_size = backbone.config.patch_size
+
+    def export(self, out_dir: str | Path) -> Path:
+        """The backbone as ``EEGMamba.save_pretrained(out_dir)`` (what ``finetune/`` loads)."""
+        out_dir = Path(out_dir)
+        self.backbone.save_pretrained(out_dir)
+        return out_dir
+
+    @staticmethod
+    def _task_ids(n: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.long, device=device)  # task 0 = pretraining
+
+
+class MaskedTokenObjective(_BackboneObjective):
+    """LaBraM masked code prediction with symmetric masking against a frozen VQ-NSP tokenizer.
+
+    Args:
+        backbone: the EEGMamba to train (adapter "channel_patch": the [MASK] token replaces patches).
+        tokenizer: a trained ``tokenizer.vqnsp.VQNSP`` (frozen here) with the backbone's patch size.
+        mask_ratio: fraction of real patches masked (LaBraM: 0.5).
+        symmetric: also train on the complement mask.
+        moe_aux_weight: weight of the MoE auxiliary loss.
+    """
+
+    name = "masked_token"
+
+    def __init__(self, backbone: EEGMamba, tokenizer: nn.Module, mask_ratio: float = 0.5, symmetric: bool = True,
+                 moe_aux_weight: float = 0.01) -> None:
+        super().__init__(backbone, moe_aux_weight)
+        if backbone.config.adapter != "channel_patch":
+            raise ValueError("objective masked_token needs model.adapter = 'channel_patch' (it masks channel patches)")
+        tok_patch = getattr(getattr(tokenizer, "config", None), "patch_size", self.patch_size)
+        if tok_patch != self.patch_size:
+            raise ValueError(f"tokenizer patch_size {tok_patch} != backbone patch_size {self.patch_size}")
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.codebook_size = int(tokenizer.codebook_size)
+        self.head = nn.Linear(backbone.config.d_model, self.codebook_size)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.mask_ratio = mask_ratio
+        self.symmetric = symmetric
+
+    @classmethod
+    def from_tokenizer_dir(cls, backbone: EEGMamba, tokenizer_dir: str | Path, **kwargs: Any) -> "MaskedTokenObjective":
+        """Load the frozen tokenizer from a ``VQNSP.save_pretrained`` folder (``tokenizer/run.py`` output)."""
+        from tokenizer.vqnsp import VQNSP
+
+        path = Path(tokenizer_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"objective.tokenizer = {str(path)!r} is not a trained tokenizer folder (no config.json). "
+                "Train one first: accelerate launch tokenizer/run.py --data.shards YOUR_SHARDS, then pass "
+                "--objective.tokenizer RUN_DIR/model (or use --objective.tokenizer auto)"
+            )
+        return cls(backbone, VQNSP.from_pretrained(str(path)), **kwargs)
+
+    def train(self, mode: bool = True) -> "MaskedTokenObjective":
+        super().train(mode)
+        self.tokenizer.eval()  # frozen targets: no EMA codebook updates, no dropout
+        return self
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``x [b c t]`` -> CE over ``codebook_size`` on masked (and complement) patches."""
+        x, ids, cmask = batch["x"], batch["channel_ids"], batch["channel_mask"]
+        b, c, t = x.shape
+        p = t // self.patch_size
+        with torch.no_grad():
+            codes = self.tokenizer.encode(x.float(), ids, cmask)  # [b c p]
+        mask = random_patch_mask(cmask, p, self.mask_ratio)
+        masks = [mask]
+        if self.symmetric:
+            masks.append(~mask & cmask[:, :, None])
+        n = len(masks)
+        out = self.backbone(
+            x.repeat(n, 1, 1), ids.repeat(n, 1), cmask.repeat(n, 1),
+            task_ids=self._task_ids(n * b, x.device), patch_mask=torch.cat(masks),
+        )
+        logits = rearrange(self.head(out.tokens), "(n b) (c p) k -> n b c p k", n=n, c=c)
+        logs: dict[str, torch.Tensor] = {}
+        total = x.new_zeros((), dtype=torch.float32)
+        for i, (m, tag) in enumerate(zip(masks, ("mask", "sym"))):
+            picked = logits[i][m].float()  # [n_masked, k]
+            target = codes[m]
+            loss = F.cross_entropy(picked, target)
+            total = total + loss
+            logs[f"loss_{tag}"] = loss.detach()
+            logs[f"acc_{tag}"] = (picked.argmax(-1) == target).float().mean().detach()
+        aux = out.aux_loss.float()
+        logs["moe_aux"] = aux.detach()
+        return {"loss": total + self.moe_aux_weight * aux, **logs, "expert_load": out.expert_load}
+
+
+class MaskedSTFTObjective(_BackboneObjective):
+    """SpecMoE Gaussian-masked STFT reconstruction.
+
+    Args:
+        backbone: the EEGMamba to train.
+        stft: STFT settings (the hop must divide the patch size).
+        mask: soft-mask settings (fraction hidden, families, widths).
+        moe_aux_weight: weight of the MoE auxiliary loss.
+    """
+
+    name = "masked_stft"
+
+    def __init__(self, backbone: EEGMamba, stft: STFTConfig = STFTConfig(), mask: MaskConfig = MaskConfig(),
+                 moe_aux_weight: float = 0.01) -> None:
+        super().__init__(backbone, moe_aux_weight)
+        if backbone.config.adapter != "channel_patch":
+            raise ValueError("objective masked_stft predicts per (channel, patch) token: needs model.adapter = 'channel_patch'")
+        if self.patch_size % stft.hop:
+            raise ValueError(f"objective.stft.hop={stft.hop} must divide the patch size {self.patch_size}")
+        self.stft, self.mask = stft, mask
+        self.frames_per_patch = self.patch_size // stft.hop
+        self.head = nn.Linear(backbone.config.d_model, self.frames_per_patch * stft.n_freqs)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Corrupt ``x [b c t]`` in the STFT domain, predict ``[b c p (k f)]`` clean frames, MSE on masked energy."""
+        x, ids, cmask = batch["x"], batch["channel_ids"], batch["channel_mask"]
+        b, c, t = x.shape
+        x_masked, target, soft = corrupt(x.float(), self.stft, self.mask, channel_mask=cmask)
+        out = self.backbone(x_masked, ids, cmask, task_ids=self._task_ids(b, x.device))
+        pred = rearrange(self.head(out.tokens).float(), "b (c p) kf -> b c p kf", c=c)
+        target_p = to_patches(target, self.patch_size, self.stft)  # [b c p (k f)]
+        mask_p = to_patches(soft, self.patch_size, self.stft)
+        loss = masked_spectral_loss(pred, target_p, mask_p, cmask)
+        aux = out.aux_loss.float()
+        real = cmask[:, :, None, None].expand_as(mask_p)
+        return {
+            "loss": loss + self.moe_aux_weight * aux,
+            "loss_stft": loss.detach(),
+            "masked_fraction": mask_p[real].mean().detach() if real.any() else mask_p.new_zeros(()),
+            "moe_aux": aux.detach(),
+            "expert_load": out.expert_load,
+        }
+
+
+class TokenizerObjective(Objective):
+    """Trains a VQ-NSP tokenizer: loss = quantisation + amplitude + phase (from ``VQNSP.forward``)."""
+
+    name = "tokenizer"
+    _LOGS = ("loss_quant", "loss_amp", "loss_phase", "perplexity", "usage")
+
+    def __init__(self, tokenizer: nn.Module) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.patch_size = getattr(getattr(tokenizer, "config", None), "patch_size", 200)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = self.tokenizer(batch["x"].float(), batch["channel_ids"], batch["channel_mask"])
+        logs = {k: torch.as_tensor(out[k]).detach().float() for k in self._LOGS if k in out}
+        return {"loss": out["loss"], **logs}
+
+    def export(self, out_dir: str | Path) -> Path:
+        """The tokenizer as ``VQNSP.save_pretrained(out_dir)`` (what ``MaskedTokenObjective`` loads)."""
+        out_dir = Path(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        return out_dir

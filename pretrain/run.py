@@ -1,0 +1,191 @@
+"""Pretrain the EEGMamba backbone: ``accelerate launch pretrain/run.py [--config FILE] [--key value ...]``.
+
+With no arguments it runs the embedded demo end to end on a CPU in a few minutes: simulate a small
+corpus (``shards.synth``), shard it (``shards.writer``), pretrain a tiny backbone with the masked-STFT
+objective, checkpoint, and export ``{out_dir}/model`` (``EEGMamba.save_pretrained`` + ``preprocess.json``).
+
+Examples::
+
+    python pretrain/run.py                                    # the demo, one process
+    accelerate launch pretrain/run.py --config pretrain/configs/base.toml --data.shards /data/shards/tueg
+    accelerate launch pretrain/run.py --config pretrain/configs/base.toml --resume auto
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --main_process_port 29533 pretrain/run.py
+
+``--help`` lists every key with its default. ``--resume auto`` continues from the newest checkpoint
+of ``train.out_dir`` (``--resume DIR`` from a given one).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (accelerate launch pretrain/run.py): the script's folder is sys.path[0], where our
+    # module names (config, data, trainer) could shadow others; import from the repository root instead.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from foundation.configfile import ConfigError, parse_cli, to_dict
+from pretrain.config import PretrainConfig
+from pretrain.data import (
+    Corpus,
+    DataError,
+    corpus_specs,
+    crop_length,
+    make_batch_stream,
+    preprocessing_record,
+    resolve_corpora,
+)
+from pretrain.demo import ensure_demo_shards
+from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective, build_backbone
+from pretrain.trainer import NonFiniteLossError, Trainer, TrainResult, make_accelerator
+
+SFREQ = 200.0  # the rate the shards are written at and the backbone's patches assume
+PROG = "pretrain/run.py"
+
+
+def resolve_data(config: PretrainConfig, accelerator: Accelerator) -> list[Corpus]:
+    """The corpora of the run; with no shards configured, build (once) and use the demo corpus."""
+    specs = corpus_specs(config.data)
+    if not specs:
+        root = Path(config.data.demo_dir or Path(config.train.out_dir) / "demo_data")
+        accelerator.print(f"no shards given (data.shards / [[data.corpora]]): using the simulated demo corpus in {root}")
+        spec = ensure_demo_shards(accelerator, root, config.data.demo, seed=config.train.seed,
+                                  progress=config.train.progress)
+        specs = [("synth", spec, 1.0)]
+    return resolve_corpora(specs)
+
+
+def model_overrides(config: PretrainConfig) -> dict[str, Any]:
+    """The ``[model]`` fields that are set, as ``EEGMambaConfig.from_size`` overrides."""
+    return {k: v for k, v in to_dict(config.model).items() if k != "size" and v is not None}
+
+
+def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: list[Corpus]) -> Path:
+    """Where the frozen tokenizer of ``masked_token`` comes from (training a small one for 'auto')."""
+    spec = config.objective.tokenizer
+    if not spec:
+        raise ConfigError(
+            "objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
+            "`accelerate launch tokenizer/run.py --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
+            "--objective.tokenizer runs/tokenizer/model, or pass --objective.tokenizer auto to train a small one "
+            "first, or use --objective.name masked_stft (needs no tokenizer)"
+        )
+    if spec != "auto":
+        return Path(spec)
+    from tokenizer.run import TokenizerRunConfig, train_tokenizer
+
+    out = Path(config.train.out_dir) / "tokenizer"
+    if (out / "model" / "config.json").is_file():
+        accelerator.print(f"objective.tokenizer = auto: reusing the tokenizer trained in {out / 'model'}")
+        return out / "model"
+    steps = config.objective.tokenizer_steps
+    accelerator.print(f"objective.tokenizer = auto: training a tokenizer for {steps} steps into {out}")
+    tok_config = TokenizerRunConfig(
+        data=config.data,
+        optim=replace(config.optim, warmup_steps=min(config.optim.warmup_steps, max(1, steps // 10))),
+        train=replace(config.train, out_dir=str(out), max_steps=steps, save_every=steps,
+                      stop_after=None, inject_nan_at=None),
+    )
+    train_tokenizer(tok_config, resume="auto", accelerator=accelerator, corpora=corpora)
+    return out / "model"
+
+
+def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: list[Corpus]) -> Objective:
+    """The configured objective around a fresh backbone sized for the crop length."""
+    patch_size = 200
+    crop_patches = crop_length(config.data.crop_s, SFREQ, patch_size) // patch_size
+    backbone = build_backbone(config.model.size, model_overrides(config), crop_patches)
+    obj = config.objective
+    if obj.name == "masked_token":
+        path = tokenizer_dir(config, accelerator, corpora)
+        return MaskedTokenObjective.from_tokenizer_dir(
+            backbone, path, mask_ratio=obj.mask_ratio, symmetric=obj.symmetric, moe_aux_weight=obj.moe_aux_weight
+        )
+    return MaskedSTFTObjective(backbone, stft=obj.stft, mask=obj.mask, moe_aux_weight=obj.moe_aux_weight)
+
+
+def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelerator | None = None) -> TrainResult:
+    """Pretrain as configured; returns the :class:`~pretrain.trainer.TrainResult` (export in ``{out_dir}/model``)."""
+    acc = accelerator or make_accelerator(config.optim, config.train)
+    out = Path(config.train.out_dir)
+    set_seed(config.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    corpora = resolve_data(config, acc)
+    objective = build_objective(config, acc, corpora)
+    set_seed(config.train.seed)
+    patch_size = objective.backbone.config.patch_size
+    stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
+                               grad_accum=config.optim.grad_accum, world_size=acc.num_processes)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(to_dict(config), indent=2))
+        n_params = sum(p.numel() for p in objective.backbone.parameters())
+        acc.print(
+            f"pretraining a {config.model.size} EEGMamba ({n_params / 1e6:.2f} M parameters) with objective "
+            f"{objective.name} on {', '.join(f'{c.name} ({len(c.urls)} shards, weight {c.weight:g})' for c in corpora)}; "
+            f"{acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}"
+        )
+    trainer = Trainer(objective, stream, config.optim, config.train, accelerator=acc, patch_size=patch_size,
+                      run_name="pretrain", hparams=to_dict(config))
+    result = trainer.fit(resume=resume)
+    if result.export_dir is not None and acc.is_main_process:
+        record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+        (result.export_dir / "preprocess.json").write_text(json.dumps(record, indent=2))
+        (result.export_dir / "pretraining.json").write_text(json.dumps(
+            {"objective": objective.name, "steps": result.steps, "config": to_dict(config)}, indent=2))
+    acc.wait_for_everyone()
+    return result
+
+
+def summary(result: TrainResult, corpora_hint: str = "") -> str:
+    """Where everything went, for the end of a run."""
+    out = result.out_dir
+    lines = [f"done: {result.steps} steps, final loss {result.losses[-1]:.4f}" if result.losses else "done"]
+    if corpora_hint:
+        lines.append(f"  shards:      {corpora_hint}")
+    lines += [
+        f"  TensorBoard: tensorboard --logdir {out / 'logs'}",
+        f"  checkpoint:  {result.checkpoint}  (continue with --resume auto)",
+    ]
+    if result.export_dir is not None:
+        lines.append(f"  model:       {result.export_dir}  (EEGMamba.from_pretrained; preprocess.json beside it)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, extras = parse_cli(
+            PretrainConfig, argv, prog=PROG, description=__doc__.split("\n\n")[0], extra_flags=("resume",)
+        )
+    except ConfigError as err:
+        print(f"{PROG}: config error: {err}", file=sys.stderr)
+        return 2
+    acc = make_accelerator(config.optim, config.train)
+    try:
+        result = run(config, resume=extras.get("resume"), accelerator=acc)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"{PROG}: stopped: {err}", file=sys.stderr)
+        return 3
+    finally:
+        acc.end_training()
+    if acc.is_main_process:
+        hint = config.data.shards or ", ".join(c.urls for c in config.data.corpora) or str(
+            Path(config.data.demo_dir or Path(config.train.out_dir) / "demo_data") / "shards")
+        print(summary(result, hint))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
