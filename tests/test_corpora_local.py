@@ -94,6 +94,11 @@ def test_bonn_500_segments_100_seizures(shared_data):
     assert labels == {"seizure": 100, "non_seizure": 400}
     assert adapter.preprocess_overrides["max_abs_uv"] is None
     assert adapter.find(root) == recs  # deterministic
+    # the position-less channel survives preprocessing only through the adapter's explicit map
+    from shards.preprocess import PreprocessConfig, preprocess_raw
+
+    signal = preprocess_raw(adapter.load(recs[0]).raw, PreprocessConfig(notch=50.0), channel_map=adapter.channel_map)
+    assert signal.channels == ["EEG"] and signal.data.shape == (1, round(4097 / 173.61 * 200))
 
 
 def test_bonn_bad_file_raises_read_error(tmp_path):
@@ -255,3 +260,42 @@ def test_recordings_bids_subjects_and_sidecars(tmp_path):
     broken = next(r for r in recs if r.source == "broken.edf")
     with pytest.raises(ReadError, match="broken.edf"):
         get_corpus("recordings").load(broken)
+
+
+# ------------------------------------------------------------------------ through the writer (end to end)
+def expected_windows(adapter_name: str, root: Path) -> Counter:
+    """Windows per label the writer must produce when no window is dropped: whole windows per segment."""
+    adapter = get_corpus(adapter_name)
+    win = adapter.preprocess_overrides["window_s"]
+    stride = adapter.preprocess_overrides.get("stride_s") or win
+    out = Counter()
+    for r in adapter.find(root):
+        for s in adapter.load(r).segments:
+            out[s.label_name] += int((s.duration_s - win) // stride + 1 + 1e-9) if s.duration_s >= win else 0
+    return out
+
+
+def eegmmidb_annotation_counts(root: Path) -> Counter:
+    """T0/T1/T2 counts over all runs, read with MNE, with T1/T2 named by run type."""
+    out = Counter()
+    for path in sorted(root.glob("S*/S*R*.edf")):
+        run = int(path.stem[-2:])
+        names = {"T0": "rest", "T1": "left_fist", "T2": "right_fist"} if run in (3, 4, 7, 8, 11, 12) else \
+            {"T0": "rest", "T1": "both_fists", "T2": "both_feet"}
+        out.update(names[d] for d in mne.read_annotations(path).description)
+    return out
+
+
+@pytest.mark.parametrize("name, sub", [("dreams", "sleep/dreams_spindles"), ("eegmmidb", "motor_imagery/eegmmidb"),
+                                       pytest.param("bonn", "seizure/bonn", marks=pytest.mark.slow)])
+def test_local_sets_build_with_every_labelled_window(shared_data, tmp_path, name, sub):
+    from shards.writer import build
+
+    manifest = build(name, shared_data / sub, tmp_path, progress=False)
+    assert manifest["totals"]["skipped"] == 0 and manifest["drops"] == {}
+    expected = {"dreams": {"W": 252, "N1": 220, "N2": 1216, "N3": 472},
+                "eegmmidb": eegmmidb_annotation_counts(shared_data / sub),
+                "bonn": {"seizure": 800, "non_seizure": 3200}}[name]
+    assert manifest["label_counts"] == expected
+    if name != "eegmmidb":  # EEGMMIDB rest spans 4.2 s and tasks 4.1 s: one 4-s window each, checked above
+        assert Counter(manifest["label_counts"]) == expected_windows(name, shared_data / sub)

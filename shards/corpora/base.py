@@ -6,6 +6,11 @@ recording with :func:`shards.readers.read_raw` (or a text reader) and turns its 
 labelled :class:`~shards.preprocess.Segment` spans in seconds. The writer cuts windows inside the
 segments (``None`` = unlabeled: window the whole recording).
 
+Labelled adapters set ``max_abs_uv: None`` in ``preprocess_overrides``: the amplitude bound is an
+artifact filter for pretraining corpora, but on a benchmark it would remove exactly the high-amplitude
+classes (seizures, TUEV's eye-movement/artifact events, blinks in motor-imagery trials) and make results
+incomparable with the literature, which keeps every trial. Flat and NaN windows are still dropped.
+
 One bad file must never stop a build: ``find`` lists what is there, ``load`` raises
 :class:`shards.readers.ReadError` (signal unreadable) or :class:`LabelError` (annotation unreadable or
 inconsistent) for that recording only, and the writer records it as skipped.
@@ -90,6 +95,8 @@ class Adapter:
     label_names: ClassVar[tuple[str, ...]] = ()  # label int i <-> label_names[i]
     mains_hz: ClassVar[float | None] = 50.0
     preprocess_overrides: ClassVar[Mapping[str, Any]] = {}
+    # Raw channel name -> canonical name for names the vocabulary cannot know (preprocess_raw's channel_map).
+    channel_map: ClassVar[Mapping[str, str] | None] = None
 
     def find(self, root: Path) -> list[Recording]:
         """All recordings under ``root``, sorted by id; FileNotFoundError naming ``root`` if none."""

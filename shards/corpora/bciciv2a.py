@@ -55,7 +55,7 @@ class BCICIV2a(Adapter):
     task = "motor_imagery"
     label_names = ("left_hand", "right_hand", "feet", "tongue")
     mains_hz = 50.0  # Graz, Austria
-    preprocess_overrides = {"window_s": MI_S, "stride_s": MI_S}
+    preprocess_overrides = {"window_s": MI_S, "stride_s": MI_S, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

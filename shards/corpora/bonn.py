@@ -28,6 +28,9 @@ class Bonn(Adapter):
     # Intracranial ictal EEG reaches thousands of µV: an amplitude bound would drop most of set S.
     # 5-s windows every 2.5 s give 8 windows per 23.6-s segment.
     preprocess_overrides = {"window_s": 5.0, "stride_s": 2.5, "max_abs_uv": None}
+    # One electrode of unknown position (surface sets: Z/O; depth/strip contacts: N/F/S): the vocabulary's
+    # position-less "EEG" entry.
+    channel_map = {"EEG": "EEG"}
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

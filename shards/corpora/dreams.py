@@ -61,7 +61,7 @@ class Dreams(Adapter):
     task = "sleep"
     label_names = ("W", "N1", "N2", "N3", "REM")
     mains_hz = 50.0
-    preprocess_overrides = {"window_s": EPOCH_S, "stride_s": EPOCH_S}
+    preprocess_overrides = {"window_s": EPOCH_S, "stride_s": EPOCH_S, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

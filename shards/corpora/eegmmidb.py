@@ -43,7 +43,7 @@ class EEGMMIDB(Adapter):
     task = "motor_imagery"
     label_names = ("rest", "left_fist", "right_fist", "both_fists", "both_feet")
     mains_hz = 60.0  # recorded in the USA (Wadsworth Center, BCI2000)
-    preprocess_overrides = {"window_s": 4.0, "stride_s": 4.0}
+    preprocess_overrides = {"window_s": 4.0, "stride_s": 4.0, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

@@ -25,6 +25,7 @@ class MentalStress(Adapter):
     task = "emotion"
     label_names = ("calm", "stress")
     mains_hz = 50.0  # recorded in India
+    preprocess_overrides = {"max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

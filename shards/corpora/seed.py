@@ -53,6 +53,7 @@ class SEED(Adapter):
     task = "emotion"
     label_names = ("negative", "neutral", "positive")
     mains_hz = 50.0  # Shanghai
+    preprocess_overrides = {"max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

@@ -90,7 +90,7 @@ class SleepEDF(Adapter):
     task = "sleep"
     label_names = LABEL_NAMES
     mains_hz = 50.0  # recorded in the Netherlands
-    preprocess_overrides = {"window_s": EPOCH_S, "stride_s": EPOCH_S}
+    preprocess_overrides = {"window_s": EPOCH_S, "stride_s": EPOCH_S, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
     trim_wake_s: float | None = 1800.0
 
     def find(self, root: Path) -> list[Recording]:

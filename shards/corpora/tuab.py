@@ -30,7 +30,7 @@ class TUAB(Adapter):
     task = "abnormal"
     label_names = ("normal", "abnormal")
     mains_hz = 60.0
-    preprocess_overrides = {"window_s": 10.0, "stride_s": 10.0}
+    preprocess_overrides = {"window_s": 10.0, "stride_s": 10.0, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

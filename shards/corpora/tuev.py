@@ -52,7 +52,7 @@ class TUEV(Adapter):
     task = "events"
     label_names = tuple(CODES.values())
     mains_hz = 60.0
-    preprocess_overrides = {"window_s": 5.0, "stride_s": 5.0}
+    preprocess_overrides = {"window_s": 5.0, "stride_s": 5.0, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)
