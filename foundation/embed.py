@@ -168,13 +168,16 @@ class ChannelPatchEmbed(nn.Module):
         x = _zero_padding(x, channel_mask)
         patches = rearrange(x, "b c (p s) -> (b c p) 1 s", s=self.patch_size)
         emb = rearrange(self.encoder(patches), "(b c p) d -> b c p d", b=b, c=c)
-        if patch_mask is not None:
-            if not torch.is_tensor(patch_mask) or patch_mask.shape != (b, c, p) or patch_mask.dtype != torch.bool:
-                raise ValueError(
-                    f"patch_mask must be a bool tensor [b, c, p] = [{b}, {c}, {p}], got "
-                    f"{getattr(patch_mask, 'dtype', type(patch_mask))} {tuple(getattr(patch_mask, 'shape', ()))}"
-                )
-            emb = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(emb.dtype), emb)
+        if patch_mask is None:
+            # All-False rather than skipping: keeps mask_token in the graph (zero gradient) so DDP does not
+            # see an unused parameter when finetuning without masking.
+            patch_mask = torch.zeros(b, c, p, dtype=torch.bool, device=x.device)
+        elif not torch.is_tensor(patch_mask) or patch_mask.shape != (b, c, p) or patch_mask.dtype != torch.bool:
+            raise ValueError(
+                f"patch_mask must be a bool tensor [b, c, p] = [{b}, {c}, {p}], got "
+                f"{getattr(patch_mask, 'dtype', type(patch_mask))} {tuple(getattr(patch_mask, 'shape', ()))}"
+            )
+        emb = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(emb.dtype), emb)
         emb = emb + self.spatial(channel_ids)[:, :, None, :] + self.temporal.weight[:p][None, None, :, :]
         token_mask = channel_mask.unsqueeze(-1).expand(b, c, p)
         emb = torch.where(token_mask.unsqueeze(-1), emb, torch.zeros((), dtype=emb.dtype, device=emb.device))

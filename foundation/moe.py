@@ -156,9 +156,8 @@ class TaskMoE(nn.Module):
             # clean logit to the k-th (if e is out) or (k+1)-th (if e is in) noisy value of the others.
             thr_in, thr_out = top_vals[:, k : k + 1], top_vals[:, k - 1 : k]
             is_in = noisy > thr_in
-            normal = torch.distributions.Normal(0.0, 1.0)
-            p_in = normal.cdf((clean - thr_in) / noise_std)
-            p_out = normal.cdf((clean - thr_out) / noise_std)
+            p_in = torch.special.ndtr((clean - thr_in) / noise_std)
+            p_out = torch.special.ndtr((clean - thr_out) / noise_std)
             load = torch.where(is_in, p_in, p_out).sum(0)
         else:
             load = torch.zeros(self.n_experts, device=h.device, dtype=clean.dtype)
@@ -201,10 +200,11 @@ class TaskMoE(nn.Module):
         gate_of = top_gate.reshape(-1).index_select(0, order)
         start = 0
         for e, count in enumerate(counts):
-            if count:
-                tok = token_of[start : start + count]
-                y_e = self.experts[e](h.index_select(0, tok)) * gate_of[start : start + count].unsqueeze(-1)
-                out = out.index_add(0, tok, y_e.to(out.dtype))
+            # An expert with no tokens still runs on an empty group: every parameter stays in the graph
+            # (zero gradient), which DistributedDataParallel needs without find_unused_parameters.
+            tok = token_of[start : start + count]
+            y_e = self.experts[e](h.index_select(0, tok)) * gate_of[start : start + count].unsqueeze(-1)
+            out = out.index_add(0, tok, y_e.to(out.dtype))
             start += count
 
         if self.training and self.drop_path > 0.0:

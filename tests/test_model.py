@@ -241,3 +241,15 @@ def test_load_backbone_weights_partial(tmp_path):
     report = load_backbone_weights(wrapper, tmp_path / "ckpt" / "model.safetensors", prefix="backbone.")
     assert torch.equal(wrapper.backbone.norm.weight, src.norm.weight)
     assert safetensors.torch.load_file(str(tmp_path / "ckpt" / "model.safetensors")).keys() == src.state_dict().keys()
+
+
+def test_every_parameter_is_in_the_graph_for_ddp():
+    # DDP without find_unused_parameters needs a gradient (even zero) for every parameter, also for
+    # experts that got no token in this batch and for the [MASK] token when no patch is masked.
+    model = _model(n_experts=8).train()
+    x, ids = _batch(b=1, c=1, p=1)  # 3 positions, top-2 of 8: some experts get no token
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, ids)
+    (out.pooled.float().sum() + out.aux_loss).backward()
+    assert (out.expert_load == 0).any()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
