@@ -105,10 +105,14 @@ def test_bonn_bad_file_raises_read_error(tmp_path):
     (tmp_path / "S").mkdir()
     (tmp_path / "S" / "S001.txt").write_text("12\nnot-a-number\n")
     (tmp_path / "S" / "notes.txt").write_text("ignored")
+    (tmp_path / "z").mkdir()  # lower-case folder and .TXT as in some mirrors
+    (tmp_path / "z" / "Z007.TXT").write_text("1\n" * 4097)
     adapter = get_corpus("bonn")
-    (rec,) = adapter.find(tmp_path)
+    rec, good = adapter.find(tmp_path)
     with pytest.raises(ReadError, match="S001.txt"):
         adapter.load(rec)
+    assert (good.recording, good.session, good.source) == ("Z007", "Z", "z/Z007.TXT")
+    assert adapter.load(good).segments[0].label_name == "non_seizure"
 
 
 # -------------------------------------------------------------------------------------------- dreams

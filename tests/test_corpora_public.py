@@ -171,6 +171,10 @@ def test_sleep_edf_pairs_psg_with_hypnogram(tmp_path):
     wake = [s.onset_s for s in loaded.segments if s.label_name == "W"]
     assert wake[0] == 1800.0 and wake[-1] == 5970.0 and all(s.duration_s == 30.0 for s in loaded.segments)
     assert [s.onset_s for s in loaded.segments if s.label_name == "N3"] == [3900.0, 3930.0, 3960.0, 3990.0]
+    from shards.preprocess import PreprocessConfig, preprocess_raw
+
+    signal = preprocess_raw(loaded.raw.copy().crop(0, 60), PreprocessConfig(h_freq=9.0), channel_map=adapter.channel_map)
+    assert signal.channels == ["FPZ", "PZ"]  # EOG dropped, both EEG derivations kept
     with pytest.raises(LabelError, match=r"SC4002E0-PSG\.edf.*SC4002"):
         adapter.load(recs[1])
     bad = tmp_path / "hyp" / "SC4001EC-Hypnogram.edf"
@@ -260,9 +264,11 @@ def test_chbmit_malformed_summary_fails_only_that_recording(tmp_path):
     write_edf(tmp_path / "chb02" / "chb02_01.edf", CHB_CHANNELS, 256, 10)
     (tmp_path / "chb02" / "chb02-summary.txt").write_text("File Name: chb02_01.edf\nNumber of Seizures in File: 2\n")
     write_edf(tmp_path / "chb03" / "chb03_01.edf", CHB_CHANNELS, 256, 10)  # no summary at all
+    write_edf(tmp_path / "chb21" / "chb21_01.edf", CHB_CHANNELS, 256, 10)
     adapter = get_corpus("chbmit")
     recs = adapter.find(tmp_path)
-    assert [r.recording for r in recs] == ["chb02_01", "chb03_01"]
+    assert [r.recording for r in recs] == ["chb02_01", "chb03_01", "chb21_01"]
+    assert recs[2].subject == "chb01"  # chb21 is chb01's patient again: one subject for the split
     with pytest.raises(LabelError, match="chb02-summary.txt: line 1: chb02_01.edf declares 2 seizures but lists 0"):
         adapter.load(recs[0])
     with pytest.raises(LabelError, match="chb03-summary.txt.*missing"):
@@ -388,7 +394,7 @@ def test_seed_trials_labels_and_channels(tmp_path):
         np.testing.assert_allclose(loaded.raw.get_data(), trials[r.extra["key"]] * 1e-6)
         assert loaded.raw.ch_names == list(SEED_CHANNELS) and loaded.raw.info["sfreq"] == 200.0
     assert got == [(0.0, 4.0, "positive"), (0.0, 5.0, "neutral"), (0.0, 6.0, "negative")]
-    assert len(SEED_CHANNELS) == 62 and all(canonical_name(c) is not None for c in SEED_CHANNELS if not c.startswith("CB"))
+    assert len(SEED_CHANNELS) == 62 and [canonical_name(c) for c in SEED_CHANNELS] == list(SEED_CHANNELS)
 
 
 def test_seed_bad_files_fail_alone(tmp_path):

@@ -36,8 +36,9 @@ class Bonn(Adapter):
         root = check_root(root, self.name)
         recs = []
         for letter in SETS:
-            folder = root / letter
-            if not folder.is_dir():
+            # Some mirrors unpack the archives into lower-case folders (z/, o/, ...).
+            folder = next((root / c for c in (letter, letter.lower()) if (root / c).is_dir()), None)
+            if folder is None:
                 continue
             for path in sorted(folder.iterdir()):
                 m = _NAME.match(path.name)

@@ -3,8 +3,8 @@
 Layout: ``chbNN/chbNN_MM.edf`` (256 Hz, bipolar double-banana channels like "FP1-F7") plus one
 ``chbNN/chbNN-summary.txt`` per patient listing, per file, ``File Name:``, ``Number of Seizures in
 File:`` and ``Seizure Start Time: X seconds`` / ``Seizure End Time:`` (``Seizure 1 Start Time:`` in
-later patients). chb21 is a later recording of chb01's patient; both keep their own subject id as in
-the release. Seizure spans are label "seizure", the rest of each file "background".
+later patients). chb21 is the same patient as chb01 recorded 1.5 years later, so its subject is
+"chb01": a subject-wise split must not put them on both sides. Seizure spans are label "seizure", the rest of each file "background".
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import mne
 from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found
 from shards.readers import read_raw
 
+SAME_PATIENT = {"chb21": "chb01"}  # per the CHB-MIT release notes
 _EDF = re.compile(r"^(chb\d+[a-z]?)_\w+\.edf$", re.IGNORECASE)
 _FILE = re.compile(r"^File Name:\s*(\S+)\s*$", re.IGNORECASE)
 _COUNT = re.compile(r"^Number of Seizures in File:\s*(\S+)\s*$", re.IGNORECASE)
@@ -133,9 +134,8 @@ class CHBMIT(Adapter):
             summary = path.with_name(f"{patient}-summary.txt")
             if not summary.is_file():  # chb17 is split into chb17a/b/c files sharing chb17-summary.txt
                 summary = path.with_name(f"{re.sub(r'[a-z]$', '', patient)}-summary.txt")
-            recs.append(
-                self.recording(root, path, path.stem, subject=re.sub(r"[a-z]$", "", patient), session=path.stem, summary=str(summary), sfreq="256")
-            )
+            subject = SAME_PATIENT.get(re.sub(r"[a-z]$", "", patient), re.sub(r"[a-z]$", "", patient))
+            recs.append(self.recording(root, path, path.stem, subject=subject, session=path.stem, summary=str(summary), sfreq="256"))
         return require_found(recs, root, self.name, "chbNN/chbNN_MM.edf")
 
     def load(self, rec: Recording) -> Loaded:

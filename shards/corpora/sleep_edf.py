@@ -92,6 +92,9 @@ class SleepEDF(Adapter):
     mains_hz = 50.0  # recorded in the Netherlands
     preprocess_overrides = {"window_s": EPOCH_S, "stride_s": EPOCH_S, "max_abs_uv": None}  # labelled benchmark: keep every window (see base.py)
     trim_wake_s: float | None = 1800.0
+    # The two EEG derivations are Cz- and Oz-referenced; like "C3-A1" -> C3 they are named by their active
+    # electrode (the vocabulary has no FPZ-CZ / PZ-OZ pair entries).
+    channel_map = {"EEG Fpz-Cz": "FPZ", "EEG Pz-Oz": "PZ"}
 
     def find(self, root: Path) -> list[Recording]:
         root = check_root(root, self.name)

@@ -13,7 +13,8 @@ from shards.corpora.base import Adapter, Loaded, Recording, check_root, register
 from shards.corpora.tueg import montage_of, tuh_edfs
 from shards.readers import read_raw
 
-SPLITS = {"train": "train", "eval": "eval", "dev": "eval", "test": "eval"}
+# Folder names of the official splits; recorded as found, the writer maps them (eval -> test, dev -> val).
+SPLITS = ("train", "dev", "eval")
 
 
 def path_entity(rel: Path, choices) -> str | None:
@@ -45,7 +46,7 @@ class TUAB(Adapter):
             recs.append(
                 self.recording(
                     root, path, path.stem, subject=subject, session=session,
-                    label=label, split=SPLITS[split], montage=montage_of(path),
+                    label=label, split=split, montage=montage_of(path),
                 )
             )
         return require_found(recs, root, self.name, "{train,eval}/{normal,abnormal}/**/*.edf")

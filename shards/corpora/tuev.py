@@ -61,7 +61,7 @@ class TUEV(Adapter):
             split = path_entity(path.relative_to(root), SPLITS)
             extra = {"rec": str(path.with_suffix(".rec"))}
             if split is not None:
-                extra["split"] = SPLITS[split]
+                extra["split"] = split
             recs.append(self.recording(root, path, path.stem, subject=subject, session=session, **extra))
         return require_found(recs, root, self.name, "**/{subject}_NNNNNNNN.edf (+ .rec)")
 
