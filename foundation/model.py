@@ -26,6 +26,7 @@ from typing import Any, Literal
 import safetensors
 import safetensors.torch
 import torch
+import torch.utils.checkpoint
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
@@ -212,6 +213,20 @@ class EEGMamba(
             for r in rates
         )
         self.norm = nn.LayerNorm(config.d_model)
+        # Runtime switch, not architecture, so it is not in the config: recompute each layer's
+        # activations in the backward pass (long sequences, e.g. 64 ch x 60 s = 3840 tokens, on small GPUs).
+        self.gradient_checkpointing = False
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> "EEGMamba":
+        """Trade compute for memory: keep only layer inputs and recompute the rest in backward."""
+        self.gradient_checkpointing = bool(enabled)
+        return self
+
+    def _layer(
+        self, i: int, h: torch.Tensor, seq_mask: torch.Tensor, task_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.blocks[i](h, seq_mask)
+        return self.moes[i](h, task_ids, seq_mask)
 
     @property
     def d_model(self) -> int:
@@ -271,9 +286,12 @@ class EEGMamba(
         h = seq
         aux_total = h.new_zeros((), dtype=torch.float32)
         loads = []
-        for block, moe in zip(self.blocks, self.moes):
-            h = block(h, seq_mask)
-            h, aux, load = moe(h, task_ids, seq_mask)
+        for i in range(len(self.blocks)):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # preserve_rng_state (default) replays the MoE gate noise and drop-path draws exactly.
+                h, aux, load = torch.utils.checkpoint.checkpoint(self._layer, i, h, seq_mask, task_ids, use_reentrant=False)
+            else:
+                h, aux, load = self._layer(i, h, seq_mask, task_ids)
             aux_total = aux_total + aux
             loads.append(load)
         h = self.norm(h)

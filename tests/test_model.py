@@ -253,3 +253,19 @@ def test_every_parameter_is_in_the_graph_for_ddp():
     (out.pooled.float().sum() + out.aux_loss).backward()
     assert (out.expert_load == 0).any()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        model = _model(drop_path=0.3).train().set_gradient_checkpointing(ckpt)
+        calls = []
+        model.blocks[0].register_forward_hook(lambda *args: calls.append(1))
+        x, ids = _batch()
+        torch.manual_seed(5)  # same gate noise and drop-path draws in both runs
+        out = model(x, ids, task_ids=torch.tensor([1, 2]))
+        (out.pooled.pow(2).sum() + out.aux_loss).backward()
+        assert len(calls) == (2 if ckpt else 1)  # recomputed in backward
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
