@@ -380,6 +380,8 @@ def test_seed_trials_labels_and_channels(tmp_path):
     scipy.io.savemat(folder / "1_20131027.mat", trials)
     scipy.io.savemat(folder / "2_20140404.mat", {f"jl_eeg{k}": rng.normal(0, 30, (62, 400)) for k in (3, 1, 2)})
     scipy.io.savemat(folder / "label.mat", {"label": np.array([[1, 0, -1]])})
+    (tmp_path / "ExtractedFeatures").mkdir()  # same file names, features only: not recordings
+    scipy.io.savemat(tmp_path / "ExtractedFeatures" / "1_20131027.mat", {"de_LDS1": np.zeros((62, 5, 5))})
     adapter = get_corpus("seed")
     recs = adapter.find(tmp_path)
     assert [(r.recording, r.subject, r.session, r.extra["key"]) for r in recs] == [

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.io
 
 from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found
-from shards.readers import read_raw
+from shards.readers import ReadError, read_raw
 
 CUES = {"769": "left_hand", "770": "right_hand", "771": "feet", "772": "tongue"}
 UNKNOWN_CUE = "783"
@@ -80,7 +80,7 @@ class BCICIV2a(Adapter):
             raw.rename_channels(dict(zip(raw.ch_names, EEG_CHANNELS + EOG_CHANNELS)))
             raw.set_channel_types({c: "eog" for c in EOG_CHANNELS})
         else:
-            raise LabelError(rec.path, f"expected 25 channels (22 EEG + 3 EOG), got {len(raw.ch_names)}")
+            raise ReadError(rec.path, f"expected 25 channels (22 EEG + 3 EOG), got {len(raw.ch_names)}")
         desc = np.array([str(d).strip() for d in raw.annotations.description])
         onsets = raw.annotations.onset - raw.first_time
         cue_idx = np.flatnonzero(np.isin(desc, list(CUES)))

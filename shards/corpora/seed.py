@@ -65,12 +65,13 @@ class SEED(Adapter):
             subject, date = m.group(1), m.group(2)
             label_file = str(path.with_name("label.mat"))
             try:
-                trials = sorted(
-                    (int(t.group(1)), name) for name, *_ in scipy.io.whosmat(path) if (t := _TRIAL.match(name))
-                )
-            except Exception:
-                trials = []
-            if not trials:  # unreadable / unexpected: list the file once so load() reports why it is skipped
+                names = [name for name, *_ in scipy.io.whosmat(path)]
+            except Exception:  # unreadable: list the file once so load() reports why it is skipped
+                names = None
+            trials = sorted((int(t.group(1)), n) for n in names or () if (t := _TRIAL.match(n)))
+            if names is not None and not trials:
+                continue  # a readable .mat without trial arrays: ExtractedFeatures/ (de_LDS1, ...) etc.
+            if not trials:
                 recs.append(self.recording(root, path, f"{subject}_{date}", subject=subject, session=date, key="", trial="0", labels=label_file))
                 continue
             for k, key in trials:
