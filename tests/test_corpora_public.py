@@ -412,3 +412,25 @@ def test_seed_bad_files_fail_alone(tmp_path):
         adapter.load(recs[1])
     with pytest.raises(ReadError, match=r"4_20140101\.mat"):
         adapter.load(recs[2])
+
+
+def test_chbmit_through_the_writer_skips_only_the_bad_recording(tmp_path):
+    from shards.writer import build
+
+    raw_root = tmp_path / "raw"
+    for name in ("chb01_01", "chb01_03", "chb01_04", "chb01_05"):
+        write_edf(raw_root / "chb01" / f"{name}.edf", CHB_CHANNELS, 256, 60)
+    (raw_root / "chb01" / "chb01-summary.txt").write_text(CHB_SUMMARY)
+    manifest = build("chbmit", raw_root, tmp_path / "out", progress=False)
+    # 4-s windows inside each span: chb01_01 15 bg; _03 5 + 7 bg, 2 sz; _04 1 + 7 + 2 bg, 1 + 2 sz
+    assert manifest["label_counts"] == {"background": 37, "seizure": 5}
+    (skip,) = manifest["skipped"]
+    assert skip["recording"] == "chb01_05" and "no 'File Name: chb01_05.edf' entry" in skip["reason"]
+    assert "chb01-summary.txt" in skip["reason"]
+
+
+def test_label_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(LabelError("/x/chb01-summary.txt", "line 3: bad")))
+    assert isinstance(err, LabelError) and err.reason == "line 3: bad" and str(err) == "/x/chb01-summary.txt: line 3: bad"
