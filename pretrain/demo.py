@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrain.config import DemoConfig
+from pretrain.config import DataConfig, DemoConfig
 
 CORPUS = "synth"
 
@@ -54,3 +54,18 @@ def ensure_demo_shards(accelerator, root: str | Path, config: DemoConfig, seed: 
         build_demo_shards(root, config, seed=seed, progress=progress)
     accelerator.wait_for_everyone()
     return demo_shard_spec(root)
+
+
+def corpora_or_demo(data: DataConfig, out_dir: str | Path, accelerator, seed: int = 0, progress: bool = True):
+    """The run's corpora (``pretrain.data.Corpus`` list); with no shards configured, the demo corpus.
+
+    The demo goes to ``data.demo_dir`` (default ``{out_dir}/demo_data``) and is built once.
+    """
+    from pretrain.data import corpus_specs, resolve_corpora
+
+    specs = corpus_specs(data)
+    if not specs:
+        root = Path(data.demo_dir or Path(out_dir) / "demo_data")
+        accelerator.print(f"no shards given (data.shards / [[data.corpora]]): using the simulated demo corpus in {root}")
+        specs = [(CORPUS, ensure_demo_shards(accelerator, root, data.demo, seed=seed, progress=progress), 1.0)]
+    return resolve_corpora(specs)

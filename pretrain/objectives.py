@@ -220,7 +220,7 @@ class TokenizerObjective(Objective):
     """Trains a VQ-NSP tokenizer: loss = quantisation + amplitude + phase (from ``VQNSP.forward``)."""
 
     name = "tokenizer"
-    _LOGS = ("loss_quant", "loss_amp", "loss_phase", "perplexity", "usage")
+    _LOGS = ("loss_quant", "loss_amp", "loss_phase", "perplexity", "usage", "dead_fraction")
 
     def __init__(self, tokenizer: nn.Module) -> None:
         super().__init__()

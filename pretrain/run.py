@@ -39,30 +39,26 @@ from pretrain.config import PretrainConfig
 from pretrain.data import (
     Corpus,
     DataError,
-    corpus_specs,
     crop_length,
     make_batch_stream,
     preprocessing_record,
-    resolve_corpora,
 )
-from pretrain.demo import ensure_demo_shards
+from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective, build_backbone
 from pretrain.trainer import NonFiniteLossError, Trainer, TrainResult, make_accelerator
 
 SFREQ = 200.0  # the rate the shards are written at and the backbone's patches assume
 PROG = "pretrain/run.py"
+MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
+            "`accelerate launch tokenizer/run.py --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
+            "--objective.tokenizer runs/tokenizer/model, or pass --objective.tokenizer auto to train a small one "
+            "first, or use --objective.name masked_stft (needs no tokenizer)")
 
 
 def resolve_data(config: PretrainConfig, accelerator: Accelerator) -> list[Corpus]:
     """The corpora of the run; with no shards configured, build (once) and use the demo corpus."""
-    specs = corpus_specs(config.data)
-    if not specs:
-        root = Path(config.data.demo_dir or Path(config.train.out_dir) / "demo_data")
-        accelerator.print(f"no shards given (data.shards / [[data.corpora]]): using the simulated demo corpus in {root}")
-        spec = ensure_demo_shards(accelerator, root, config.data.demo, seed=config.train.seed,
-                                  progress=config.train.progress)
-        specs = [("synth", spec, 1.0)]
-    return resolve_corpora(specs)
+    return corpora_or_demo(config.data, config.train.out_dir, accelerator, seed=config.train.seed,
+                           progress=config.train.progress)
 
 
 def model_overrides(config: PretrainConfig) -> dict[str, Any]:
@@ -74,12 +70,7 @@ def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: lis
     """Where the frozen tokenizer of ``masked_token`` comes from (training a small one for 'auto')."""
     spec = config.objective.tokenizer
     if not spec:
-        raise ConfigError(
-            "objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
-            "`accelerate launch tokenizer/run.py --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
-            "--objective.tokenizer runs/tokenizer/model, or pass --objective.tokenizer auto to train a small one "
-            "first, or use --objective.name masked_stft (needs no tokenizer)"
-        )
+        raise ConfigError(MISSING_TOKENIZER)
     if spec != "auto":
         return Path(spec)
     from tokenizer.run import TokenizerRunConfig, train_tokenizer
@@ -116,6 +107,8 @@ def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: l
 
 def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelerator | None = None) -> TrainResult:
     """Pretrain as configured; returns the :class:`~pretrain.trainer.TrainResult` (export in ``{out_dir}/model``)."""
+    if config.objective.name == "masked_token" and not config.objective.tokenizer:
+        raise ConfigError(MISSING_TOKENIZER)  # before any data is built or read
     acc = accelerator or make_accelerator(config.optim, config.train)
     out = Path(config.train.out_dir)
     set_seed(config.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -166,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         config, extras = parse_cli(
             PretrainConfig, argv, prog=PROG, description=__doc__.split("\n\n")[0], extra_flags=("resume",)
         )
-    except ConfigError as err:
+    except (ConfigError, ValueError) as err:  # ValueError: a nested config's own validation
         print(f"{PROG}: config error: {err}", file=sys.stderr)
         return 2
     acc = make_accelerator(config.optim, config.train)
