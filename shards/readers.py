@@ -65,7 +65,7 @@ class ReadError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
-    def __reduce__(self):  # keep picklable-free multiprocessing transports working (args differ from str)
+    def __reduce__(self):  # rebuild from (path, reason) when a worker process sends it back to the parent
         return (type(self), (self.path, self.reason))
 
 
@@ -213,15 +213,15 @@ def _fix_edf_units(raw: mne.io.BaseRaw) -> None:
     if applied.shape[0] != len(raw.ch_names):
         return
     header_units = _edf_units(Path(raw.filenames[0]))
+    types = raw.get_channel_types()
     for i, name in enumerate(raw.ch_names):
         unit = header_units.get(name)
         if unit is None and orig_units:
             unit = orig_units.get(name)
         want = _CASELESS_SCALE.get((unit or "").strip().lower())
-        if want is None or raw.get_channel_types(picks=[i])[0] == "stim":
+        if want is None or types[i] == "stim" or math.isclose(applied[i], want, rel_tol=1e-9):
             continue
-        if not np.isclose(applied[i], want):
-            raw._data[i] *= want / applied[i]
+        raw._data[i] *= want / applied[i]
 
 
 def _edf_units(path: Path) -> dict[str, str]:
