@@ -1,0 +1,140 @@
+"""Task heads on the backbone, finetuning modes, and layer-wise learning-rate decay.
+
+- :class:`ClassificationHead`: LayerNorm -> dropout -> Linear on the class token (``pool="cls"``) or on
+  the masked mean of the tokens (``pool="mean"``, LaBraM's choice for its finetuning).
+- Modes: ``"finetune"`` trains everything; ``"linear_probe"`` freezes the backbone and keeps it in eval
+  mode (no dropout / drop path / MoE gate noise), so only the head learns: the standard measure of what
+  the pretrained features already hold.
+- :func:`param_groups`: LaBraM / BEiT layer-wise LR decay. With ``L`` backbone layers, parameters get
+  ``lr * decay ** (L + 1 - layer_id)`` where the embedding (patch encoder, spatial/temporal embeddings,
+  class token) is layer 0, backbone layer ``i`` is ``i + 1``, and everything above the last layer
+  (final norm, the heads) is ``L + 1`` (scale 1). Lower layers hold generic features that pretraining
+  got right, so they move least. Biases, norms, embedding tables, the class/mask tokens and the SSM's
+  ``A_log`` / ``D`` (marked ``_no_weight_decay`` by foundation) get no weight decay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["ClassificationHead", "layer_id", "param_groups", "set_mode", "POOLS", "MODES"]
+
+POOLS = ("cls", "mean")
+MODES = ("finetune", "linear_probe")
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|moes)\.(\d+)\.")
+_EMBEDDING = re.compile(r"(?:^|\.)(?:embed\w*|cls_token|mask_token|pos_embed\w*|spatial\w*|temporal\w*)(?:\.|$)")
+
+
+class ClassificationHead(nn.Module):
+    """``features [b, d]`` (the backbone's ``cls`` or ``pooled``) -> ``logits [b, n_classes]``."""
+
+    def __init__(self, d_model: int, n_classes: int, pool: Literal["cls", "mean"] = "cls", dropout: float = 0.0) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if n_classes < 2:
+            raise ValueError(f"a classification head needs n_classes >= 2, got {n_classes}")
+        self.pool, self.n_classes = pool, n_classes
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(d_model, n_classes)
+        # LaBraM initialises the head small (trunc-normal 0.02, scaled by 1e-3) so the first steps of
+        # finetuning do not push large, random gradients into the pretrained layers.
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        with torch.no_grad():
+            self.fc.weight.mul_(1e-3)
+        nn.init.zeros_(self.fc.bias)
+
+    def features(self, output) -> torch.Tensor:
+        """Pick ``cls [b, d]`` or ``pooled [b, d]`` from an ``EEGMambaOutput``."""
+        return output.cls if self.pool == "cls" else output.pooled
+
+    def forward(self, output) -> torch.Tensor:
+        return self.fc(self.dropout(self.norm(self.features(output))))
+
+
+def layer_id(name: str, n_layers: int, prefix: str = "backbone.") -> int:
+    """Depth of parameter ``name`` for layer-wise LR decay (0 = embedding ... ``n_layers + 1`` = top)."""
+    if not name.startswith(prefix):
+        return n_layers + 1  # heads
+    inner = name[len(prefix):]
+    m = _LAYER.search(inner)
+    if m:
+        return int(m.group(1)) + 1
+    if _EMBEDDING.search(inner):
+        return 0
+    return n_layers + 1  # final norm and other parameters above the layers
+
+
+def _no_decay_ids(model: nn.Module) -> set[int]:
+    ids = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            ids.add(id(module.weight))
+    return ids
+
+
+def param_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    n_layers: int,
+    prefix: str = "backbone.",
+) -> list[dict]:
+    """AdamW parameter groups with layer-wise LR decay over trainable parameters.
+
+    Each group carries ``lr`` (already scaled), ``weight_decay``, and ``lr_scale`` / ``layer_id`` /
+    ``names`` for logging and tests; the scheduler multiplies ``lr`` by its factor.
+    """
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    no_decay = _no_decay_ids(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name, n_layers, prefix)
+        skip_wd = (
+            p.ndim <= 1
+            or name.endswith(".bias")
+            or id(p) in no_decay
+            or getattr(p, "_no_weight_decay", False)
+            or name.endswith("_token")
+        )
+        key = (lid, skip_wd)
+        if key not in groups:
+            scale = layer_decay ** (n_layers + 1 - lid)
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "layer_id": lid,
+                "weight_decay": 0.0 if skip_wd else weight_decay,
+            }
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    if not groups:
+        raise ValueError("no trainable parameters")
+    return [groups[k] for k in sorted(groups)]
+
+
+def set_mode(backbone: nn.Module, mode: str) -> None:
+    """``"linear_probe"``: freeze ``backbone`` (requires_grad False); ``"finetune"``: train it."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for p in backbone.parameters():
+        p.requires_grad_(mode == "finetune")
+
+
+def trainable(parameters: Iterable[nn.Parameter]) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in parameters if p.requires_grad)

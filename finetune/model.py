@@ -1,0 +1,242 @@
+"""A backbone with one classification head per task, and its checkpoint folder.
+
+Folder layout (``save_pretrained``-style, no pickle anywhere)::
+
+    model/config.json         {"format": "eegfm-finetuned/1", "backbone": EEGMambaConfig fields,
+                               "heads": {task: {n_classes, pool, dropout, task_id, classes}}, "mode": ...}
+    model/model.safetensors   backbone.* and heads.<task>.* tensors
+    model/recipe.json         per task: the resolved recipe, the window length and the shards'
+                              preprocessing parameters (what finetune.predict needs to label new files)
+    model/metrics.json        validation / test metrics of the saved (best) epoch
+
+``load_backbone`` builds the backbone a run starts from: a pretrained ``EEGMamba.save_pretrained``
+folder (or a finetuned folder, whose backbone is reused), or a fresh one with the same architecture
+when ``checkpoint`` is ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from finetune.heads import ClassificationHead, set_mode
+from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
+
+__all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
+
+FORMAT = "eegfm-finetuned/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class TaskModel(nn.Module):
+    """``EEGMamba`` + ``heads[task]``: ``(x, channel_ids, channel_mask, task) -> (logits, aux_loss)``.
+
+    Args:
+        backbone: the EEGMamba backbone.
+        heads: task name -> ``dict(n_classes, task_id, classes)`` (plus optional ``pool``/``dropout``).
+        pool, dropout: head defaults. mode: "finetune" or "linear_probe" (frozen backbone in eval mode).
+    """
+
+    def __init__(
+        self,
+        backbone: EEGMamba,
+        heads: Mapping[str, Mapping[str, Any]],
+        *,
+        pool: str = "cls",
+        dropout: float = 0.0,
+        mode: str = "finetune",
+    ) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("TaskModel needs at least one head")
+        self.backbone = backbone
+        self.head_specs: dict[str, dict[str, Any]] = {}
+        self.heads = nn.ModuleDict()
+        for name, spec in heads.items():
+            spec = {"pool": pool, "dropout": dropout, **dict(spec)}
+            classes = list(spec.get("classes") or [])
+            if classes and len(classes) != int(spec["n_classes"]):
+                raise ValueError(f"head {name!r}: {len(classes)} class names for n_classes={spec['n_classes']}")
+            task_id = int(spec["task_id"])
+            if not 0 <= task_id < backbone.config.n_tasks:
+                raise ValueError(f"head {name!r}: task_id {task_id} outside the backbone's n_tasks={backbone.config.n_tasks}")
+            self.head_specs[name] = {
+                "n_classes": int(spec["n_classes"]), "task_id": task_id, "pool": spec["pool"],
+                "dropout": float(spec["dropout"]), "classes": classes,
+            }
+            self.heads[name] = ClassificationHead(backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]))
+        self.mode = mode
+        set_mode(self.backbone, mode)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.heads.keys())
+
+    def train(self, mode: bool = True) -> "TaskModel":
+        super().train(mode)
+        if self.mode == "linear_probe":
+            # A frozen backbone must behave as at inference: no dropout/drop path, no MoE gate noise.
+            self.backbone.eval()
+        return self
+
+    def forward(
+        self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None, task: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [b, c, t]``, ``channel_ids [b, c]``, ``channel_mask [b, c]`` -> ``logits [b, n_classes(task)]``, aux loss."""
+        if task not in self.heads:
+            raise KeyError(f"no head for task {task!r}; this model has heads {self.tasks}")
+        task_ids = torch.full((x.shape[0],), self.head_specs[task]["task_id"], dtype=torch.long, device=x.device)
+        if self.mode == "linear_probe":
+            with torch.no_grad():
+                out = self.backbone(x, channel_ids, channel_mask, task_ids)
+        else:
+            out = self.backbone(x, channel_ids, channel_mask, task_ids)
+        return self.heads[task](out), out.aux_loss
+
+    # ---- checkpoint folder ----------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "backbone": self.backbone.config.to_dict(),
+            "heads": self.head_specs,
+            "mode": self.mode,
+        }
+
+    def save_pretrained(self, folder: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write config.json + model.safetensors (+ ``extra`` name -> JSON object, e.g. recipe/metrics)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2))
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        safetensors.torch.save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "eegfm": FORMAT})
+        for name, obj in (extra or {}).items():
+            (folder / f"{name}.json").write_text(json.dumps(obj, indent=2, allow_nan=False, default=str))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, map_location: str = "cpu") -> "TaskModel":
+        """Load a folder written by :meth:`save_pretrained` (eval mode).
+
+        Raises:
+            FileNotFoundError: the folder or one of its files is missing.
+            CheckpointError: not a finetuned-model folder, or weights that do not match its config.
+        """
+        folder = Path(folder)
+        cfg = read_finetuned_config(folder)
+        backbone = EEGMamba(_backbone_config(cfg["backbone"], folder / CONFIG_NAME))
+        model = cls(backbone, cfg["heads"], mode=cfg.get("mode", "finetune"))
+        load_backbone_weights(model, folder / WEIGHTS_NAME, strict=True)
+        return model.to(map_location).eval()
+
+
+def read_finetuned_config(folder: Path) -> dict[str, Any]:
+    """``{folder}/config.json`` of a finetuned model; CheckpointError naming the file otherwise."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist (expected config.json + model.safetensors from finetune/run.py)")
+    file = folder / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"model folder {folder} has no {CONFIG_NAME}")
+    try:
+        cfg = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file} is not a finetuned model (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+            f"expected {FORMAT!r}); a pretrained backbone folder goes to --checkpoint, not --model"
+        )
+    for key in ("backbone", "heads"):
+        if key not in cfg:
+            raise CheckpointError(f"{file} lacks the '{key}' entry")
+    return cfg
+
+
+def _backbone_config(data: Mapping[str, Any], where: Path) -> EEGMambaConfig:
+    from foundation.configfile import ConfigError, from_dict
+
+    try:
+        return from_dict(EEGMambaConfig, dict(data))
+    except (ConfigError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{where}: backbone config: {err}") from err
+
+
+def load_backbone(
+    checkpoint: str | Path | None,
+    *,
+    size: str = "tiny",
+    model_overrides: Mapping[str, Any] | None = None,
+    drop_path: float | None = None,
+) -> tuple[EEGMamba, dict[str, Any]]:
+    """The backbone a finetuning run starts from, and a description of where it came from.
+
+    Args:
+        checkpoint: folder of ``EEGMamba.save_pretrained`` (or of a finetuned model, whose backbone is
+            taken), or None for a freshly initialised backbone (``EEGMambaConfig.from_size(size, **model_overrides)``).
+        model_overrides: architecture fields. With a checkpoint, each must equal the checkpoint's value:
+            finetuning cannot change the architecture, and silently ignoring the request would be worse.
+        drop_path: stochastic depth for finetuning (a regulariser, not architecture: it may differ).
+
+    Raises:
+        FileNotFoundError, CheckpointError: a missing/unreadable checkpoint, one whose weights do not
+            match its config.json, or whose architecture differs from ``model_overrides`` (named field).
+    """
+    overrides = dict(model_overrides or {})
+    if drop_path is not None:
+        overrides.pop("drop_path", None)
+    if checkpoint is None:
+        cfg = EEGMambaConfig.from_size(size, **overrides)
+        if drop_path is not None:
+            cfg = dataclasses.replace(cfg, drop_path=drop_path)
+        return EEGMamba(cfg), {"checkpoint": None, "size": size, "overrides": overrides}
+
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint folder {folder} does not exist (expected config.json + model.safetensors from "
+            f"EEGMamba.save_pretrained, or --checkpoint none to train from scratch)"
+        )
+    raw = json.loads((folder / CONFIG_NAME).read_text()) if (folder / CONFIG_NAME).is_file() else None
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        cfg = _backbone_config(raw["backbone"], folder / CONFIG_NAME)
+        prefix_model = "finetuned"
+    else:
+        cfg = read_config(folder)
+        prefix_model = "pretrained"
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise CheckpointError(f"model.{key} is not an EEGMambaConfig field")
+        if getattr(cfg, key) != value:
+            raise CheckpointError(
+                f"checkpoint {folder / CONFIG_NAME} has {key}={getattr(cfg, key)!r} but the finetune config asks for "
+                f"model.{key}={value!r}; a checkpoint's architecture cannot change (drop the override, or use --checkpoint none)"
+            )
+    if drop_path is not None:
+        cfg = dataclasses.replace(cfg, drop_path=drop_path)
+    backbone = EEGMamba(cfg)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint folder {folder} has no {WEIGHTS_NAME}")
+    if prefix_model == "finetuned":
+        state = safetensors.torch.load_file(str(weights))
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        _load_state_checked(backbone, state, weights)
+    else:
+        load_backbone_weights(backbone, weights, strict=True)
+    return backbone, {"checkpoint": str(folder.resolve()), "kind": prefix_model, "config": cfg.to_dict()}
+
+
+def _load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> None:
+    own = model.state_dict()
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and own[k].shape != state[k].shape]
+    missing = sorted(set(own) - set(state))
+    if bad or missing:
+        raise CheckpointError(f"{file}: backbone weights do not match its config.json ({'; '.join(bad[:5])}; missing {missing[:3]})")
+    model.load_state_dict(state, strict=True)

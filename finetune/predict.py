@@ -1,0 +1,170 @@
+"""Label the windows of a raw recording with a finetuned model.
+
+Usage::
+
+    python -m finetune.predict --model runs/finetune-sleep-.../model night.edf [--out labels.csv] [--task sleep]
+
+API::
+
+    from finetune.predict import predict_file
+    rows = predict_file("runs/.../model", "night.edf")   # [{onset_s, label, label_name, probability}, ...]
+
+The recording goes through the same path as the shards the model was trained on: ``shards.readers.read_raw``
+-> ``shards.preprocess.preprocess_raw`` -> ``cut_windows`` with the preprocessing parameters saved in the
+model's ``recipe.json`` (copied from the shards' manifest at training time), and windows of the trained
+length. Windows are consecutive (stride = window length unless ``stride_s`` is given) and none is dropped
+for amplitude or flatness: every span of the recording gets a label, which is what a hypnogram or a
+seizure timeline needs. ``probability`` is the softmax probability of the predicted class;
+``probabilities`` holds all classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from finetune.model import TaskModel
+from shards.dataset import Window, collate
+from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
+from shards.readers import read_raw
+
+__all__ = ["predict_file", "preprocess_config", "main"]
+
+
+def _recipe_json(model_dir: Path) -> dict[str, Any]:
+    file = model_dir / "recipe.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: a finetuned model folder holds config.json, model.safetensors and recipe.json")
+    return json.loads(file.read_text())
+
+
+def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None) -> PreprocessConfig:
+    """The shards' preprocessing saved with the model, windowed for labelling a whole recording.
+
+    Uses the first corpus the task was trained on; windows of the trained length, hop ``stride_s``
+    (default: the window length), no amplitude/flatness drops.
+    """
+    fields = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    builds = recipe.get("preprocessing") or {}
+    saved: dict[str, Any] = {}
+    for _corpus, build in sorted(builds.items()):
+        saved = dict((build or {}).get("config") or {})
+        break
+    saved = {k: v for k, v in saved.items() if k in fields}
+    window_s = float(recipe["window_s"])
+    saved.update(window_s=window_s, stride_s=window_s if stride_s is None else float(stride_s), max_abs_uv=None, flat_uv=None)
+    if "sfreq" in recipe:
+        saved["sfreq"] = float(recipe["sfreq"])
+    return PreprocessConfig(**saved)
+
+
+@torch.no_grad()
+def predict_file(
+    model_dir: str | Path,
+    path: str | Path,
+    *,
+    task: str | None = None,
+    batch_size: int = 64,
+    stride_s: float | None = None,
+    device: str = "cpu",
+    model: TaskModel | None = None,
+) -> list[dict[str, Any]]:
+    """One row per window of ``path``: ``onset_s, label, label_name, probability, probabilities``.
+
+    Args:
+        model_dir: folder written by ``finetune/run.py`` (``{out}/model``).
+        path: a raw recording any ``shards.readers.read_raw`` format (EDF/BDF/FIF/SET/VHDR/...).
+        task: which head (default: the model's only/first task).
+        stride_s: hop between windows (default: the window length, i.e. consecutive epochs).
+        model: an already loaded model (labelling many files).
+
+    Raises:
+        FileNotFoundError / CheckpointError: model folder problems; ``shards.readers.ReadError``: the
+        recording; KeyError: unknown task; ValueError: a recording shorter than one window.
+    """
+    model_dir = Path(model_dir)
+    recipes = _recipe_json(model_dir)
+    model = model if model is not None else TaskModel.from_pretrained(model_dir, map_location=device)
+    model.eval()
+    task = task or model.tasks[0]
+    if task not in model.tasks or task not in recipes:
+        raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
+    recipe = recipes[task]
+    cfg = preprocess_config(recipe, stride_s=stride_s)
+    raw = read_raw(path)
+    signal = preprocess_raw(raw, cfg, source=str(path))
+    windows, _ = cut_windows(signal, None, cfg)
+    if not windows:
+        raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
+    channels = list(signal.channels)
+    keep = recipe.get("channels")
+    rows_idx = list(range(len(channels)))
+    if keep:
+        missing = [c for c in keep if c not in channels]
+        if missing:
+            raise ValueError(f"{path}: the model's recipe needs channels {missing} that the recording lacks (has {channels})")
+        rows_idx = [channels.index(c) for c in keep]
+        channels = list(keep)
+    classes = model.head_specs[task]["classes"] or recipe["classes"]
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        batch = collate([Window(np.asarray(w.data, dtype=np.float32)[rows_idx], {"channels": channels}) for w in chunk])
+        logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
+        proba = F.softmax(logits.float(), dim=-1).cpu().numpy()
+        for w, p in zip(chunk, proba):
+            k = int(p.argmax())
+            out.append({
+                "onset_s": float(w.onset_s),
+                "label": k,
+                "label_name": classes[k],
+                "probability": float(p[k]),
+                "probabilities": {c: float(v) for c, v in zip(classes, p)},
+            })
+    return out
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """``onset_s,label,label_name,probability,p_<class>...`` one line per window."""
+    path = Path(path)
+    classes = list(rows[0]["probabilities"]) if rows else []
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["onset_s", "label", "label_name", "probability"] + [f"p_{c}" for c in classes])
+        for r in rows:
+            writer.writerow([f"{r['onset_s']:.3f}", r["label"], r["label_name"], f"{r['probability']:.6f}"]
+                            + [f"{r['probabilities'][c]:.6f}" for c in classes])
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="finetuned model folder ({out}/model of finetune/run.py)")
+    parser.add_argument("file", help="raw recording (EDF/BDF/FIF/SET/VHDR/GDF/CNT/text)")
+    parser.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
+    parser.add_argument("--task", help="head to use in a multi-task model (default: the first)")
+    parser.add_argument("--stride-s", type=float, default=None, help="hop between windows in seconds (default: window length)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s, device=args.device)
+    if args.out:
+        write_csv(rows, args.out)
+        print(f"{len(rows)} windows labelled -> {args.out}", file=sys.stderr)
+    else:
+        write_csv(rows, "/dev/stdout")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
