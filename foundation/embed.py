@@ -196,7 +196,9 @@ class STAdaptiveEmbed(nn.Module):
 
     Temporal: two depthwise strided conv paths over ``s [b d t]``, a small kernel (``stride`` samples,
     fine transients) and a wide one (``wide_kernel`` samples, rhythms), each with GroupNorm + GELU,
-    concatenated and projected back to d: ``[b d t] -> [b (t/stride) d]``.
+    concatenated and projected back to d: ``[b d t] -> [b (t/stride) d]``. No positional embedding: the
+    sequence is plain time order, which BiMamba's convs and scans already encode (the channel-patch
+    adapter needs one because its "(c p)" order interleaves time across channels).
 
     Args:
         d_model: token width; n_tasks: rows of the per-task spatial weights; n_channel_ids: vocabulary size.
