@@ -225,3 +225,11 @@ def test_bad_text(tmp_path):
     ok = tmp_path / "fine.txt"
     ok.write_text(" 1.5\n-2.25\n3e1\n")
     np.testing.assert_allclose(read_text_signal(ok, 10.0, "EEG", unit_scale=1.0).get_data()[0], [1.5, -2.25, 30.0])
+
+
+def test_read_error_rebuilds_from_path_and_reason():
+    # Worker processes send errors back to the parent by reconstruction (__reduce__); copy uses the same path.
+    import copy
+
+    err = copy.copy(ReadError("/data/a.edf", "truncated"))
+    assert (err.path, err.reason, str(err)) == ("/data/a.edf", "truncated", "/data/a.edf: truncated")
