@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.model import TaskModel
+from shards.corpora import get_corpus
 from shards.dataset import Window, collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import read_raw
@@ -48,16 +49,17 @@ def _recipe_json(model_dir: Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None) -> PreprocessConfig:
+def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None) -> tuple[PreprocessConfig, str | None]:
     """The shards' preprocessing saved with the model, windowed for labelling a whole recording.
 
-    Uses the first corpus the task was trained on; windows of the trained length, hop ``stride_s``
-    (default: the window length), no amplitude/flatness drops.
+    Uses the first corpus the task was trained on (returned as the second item); windows of the trained
+    length, hop ``stride_s`` (default: the window length), no amplitude/flatness drops.
     """
     fields = {f.name for f in dataclasses.fields(PreprocessConfig)}
     builds = recipe.get("preprocessing") or {}
     saved: dict[str, Any] = {}
-    for _corpus, build in sorted(builds.items()):
+    corpus = None
+    for corpus, build in sorted(builds.items()):
         saved = dict((build or {}).get("config") or {})
         break
     saved = {k: v for k, v in saved.items() if k in fields}
@@ -65,7 +67,17 @@ def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None) 
     saved.update(window_s=window_s, stride_s=window_s if stride_s is None else float(stride_s), max_abs_uv=None, flat_uv=None)
     if "sfreq" in recipe:
         saved["sfreq"] = float(recipe["sfreq"])
-    return PreprocessConfig(**saved)
+    return PreprocessConfig(**saved), corpus
+
+
+def _channel_map(corpus: str | None) -> dict[str, str] | None:
+    """The corpus adapter's explicit channel names (e.g. Bonn's position-less ``EEG``), if any."""
+    if corpus is None:
+        return None
+    try:
+        return dict(getattr(get_corpus(corpus), "channel_map", None) or {}) or None
+    except KeyError:
+        return None
 
 
 @torch.no_grad()
@@ -77,6 +89,7 @@ def predict_file(
     batch_size: int = 64,
     stride_s: float | None = None,
     device: str = "cpu",
+    sfreq: float | None = None,
     model: TaskModel | None = None,
 ) -> list[dict[str, Any]]:
     """One row per window of ``path``: ``onset_s, label, label_name, probability, probabilities``.
@@ -86,6 +99,7 @@ def predict_file(
         path: a raw recording any ``shards.readers.read_raw`` format (EDF/BDF/FIF/SET/VHDR/...).
         task: which head (default: the model's only/first task).
         stride_s: hop between windows (default: the window length, i.e. consecutive epochs).
+        sfreq: sampling rate of a headerless text recording (one sample per line); ignored otherwise.
         model: an already loaded model (labelling many files).
 
     Raises:
@@ -100,9 +114,14 @@ def predict_file(
     if task not in model.tasks or task not in recipes:
         raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
     recipe = recipes[task]
-    cfg = preprocess_config(recipe, stride_s=stride_s)
-    raw = read_raw(path)
-    signal = preprocess_raw(raw, cfg, source=str(path))
+    cfg, corpus = preprocess_config(recipe, stride_s=stride_s)
+    channel_map = _channel_map(corpus)
+    if Path(path).suffix.lower() in (".txt", ".asc"):
+        # Headerless text has no channel name: use the one the training corpus mapped (Bonn: "EEG").
+        raw = read_raw(path, sfreq=sfreq, ch_name=next(iter(channel_map)) if channel_map else None)
+    else:
+        raw = read_raw(path)
+    signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
     windows, _ = cut_windows(signal, None, cfg)
     if not windows:
         raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
@@ -154,10 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
     parser.add_argument("--task", help="head to use in a multi-task model (default: the first)")
     parser.add_argument("--stride-s", type=float, default=None, help="hop between windows in seconds (default: window length)")
+    parser.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s, device=args.device)
+    rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s, device=args.device,
+                        sfreq=args.sfreq)
     if args.out:
         write_csv(rows, args.out)
         print(f"{len(rows)} windows labelled -> {args.out}", file=sys.stderr)
