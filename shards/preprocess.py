@@ -172,7 +172,9 @@ def _select_channels(
     if channel_map:
         for raw_name, canonical in channel_map.items():
             if canonical not in CHANNELS[1:]:
-                raise ValueError(f"{source}: channel_map[{raw_name!r}] = {canonical!r} is not in shards.vocabulary.CHANNELS")
+                raise ValueError(
+                    f"{source}: channel_map[{raw_name!r}] = {canonical!r} is not in shards.vocabulary.CHANNELS"
+                )
     keep_idx: list[int] = []
     keep_names: list[str] = []
     first_raw: dict[str, str] = {}

@@ -90,7 +90,8 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
         raise ReadError(path, "not a regular file")
     ext = _extension(path)
     if ext not in SUPPORTED_EXTENSIONS:
-        raise ReadError(path, f"unknown format {ext or '(no extension)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}")
+        supported = ", ".join(SUPPORTED_EXTENSIONS)
+        raise ReadError(path, f"unknown format {ext or '(no extension)'!r}; supported: {supported}")
     if path.stat().st_size == 0:
         raise ReadError(path, "file is empty")
     if ext in (".txt", ".asc"):
@@ -141,7 +142,8 @@ def _read_mne(path: Path, ext: str) -> mne.io.BaseRaw:
 
 def _check_sfreq(path: Path, sfreq: float) -> None:
     if not (isinstance(sfreq, (int, float)) and math.isfinite(sfreq) and MIN_SFREQ <= sfreq <= MAX_SFREQ):
-        raise ReadError(path, f"invalid sampling rate {sfreq!r} Hz in header (expected {MIN_SFREQ:g}..{MAX_SFREQ:g} Hz)")
+        expected = f"{MIN_SFREQ:g}..{MAX_SFREQ:g} Hz"
+        raise ReadError(path, f"invalid sampling rate {sfreq!r} Hz in header (expected {expected})")
 
 
 def _check_edf_header(path: Path, bytes_per_sample: int) -> None:
