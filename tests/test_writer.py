@@ -332,32 +332,38 @@ def test_bonn_builds_with_right_label_counts(shared_data, tmp_path):
     assert len(per_rec) == 500 and len(set(per_rec.values())) == 1
 
 
-@pytest.mark.slow
 def test_eegmmidb_builds(shared_data, tmp_path):
     m = build("eegmmidb", shared_data / "motor_imagery" / "eegmmidb", tmp_path, workers=2, progress=False)
-    assert m["totals"]["skipped"] == 0 and m["totals"]["recordings"] > 0
-    assert len(m["channel_sets"][0]["channels"]) == 64
-    assert all(v > 0 for v in m["label_counts"].values())
+    assert m["totals"]["skipped"] == 0 and m["totals"]["recordings"] == 10
+    assert [len(cs["channels"]) for cs in m["channel_sets"]] == [64]
+    # Runs 3-11 and 13: every run has rest (T0); left/right fist in runs 3, 4, 7, 8, 11; fists/feet in 5, 6, 9, 10, 13.
+    assert _label_recordings(m) == {"rest": 10, "left_fist": 5, "right_fist": 5, "both_fists": 5, "both_feet": 5}
+    assert all(v > 20 for v in m["label_counts"].values())
+    assert len(m["splits"]["subjects"]) == 1  # one subject -> one split, never straddling
 
 
-@pytest.mark.slow
 def test_mental_stress_builds(shared_data, tmp_path):
     m = build("mental_stress", shared_data / "emotion" / "mental_stress_emotiv", tmp_path, workers=2, progress=False)
-    assert m["totals"]["skipped"] == 0
-    assert all(cs["channels"] == ["AF3", "T7", "PZ", "T8", "AF4"] for cs in m["channel_sets"])
-    assert len(_label_recordings(m)) == 2
+    assert m["totals"]["skipped"] == 0 and m["totals"]["recordings"] == 32
+    assert [cs["channels"] for cs in m["channel_sets"]] == [["AF3", "T7", "PZ", "T8", "AF4"]]
+    assert _label_recordings(m) == {"calm": 15, "stress": 17}
+    # The ~25 Emotiv housekeeping channels (counters, contact quality, time stamps) are dropped and reported.
+    assert sum(len(v) for v in m["dropped_channels"].values()) >= 20
 
 
-@pytest.mark.slow
 def test_dreams_builds(shared_data, tmp_path):
     m = build("dreams", shared_data / "sleep" / "dreams_spindles", tmp_path, workers=2, progress=False)
-    assert m["totals"]["recordings"] >= 6
-    assert m["totals"]["samples"] > 0 and len(m["label_counts"]) >= 3
+    assert m["totals"]["skipped"] == 0 and m["totals"]["recordings"] == 6
+    assert m["totals"]["hours"] == pytest.approx(3.0)  # 6 x 30 min, every 5-s epoch kept
+    assert set(m["label_counts"]) >= {"W", "N1", "N2", "N3"}
+    assert sum(m["label_counts"].values()) == m["totals"]["samples"]
 
 
-@pytest.mark.slow
 def test_unlabeled_recordings_build(shared_data, tmp_path):
     m = build("recordings", shared_data / "unlabeled", tmp_path, workers=2, progress=False)
-    assert m["totals"]["recordings"] >= 5 and m["totals"]["samples"] > 0
+    assert m["totals"]["recordings"] == 5 and m["totals"]["samples"] > 0
     assert set(m["label_counts"]) == {"unlabeled"}
+    # test.bdf labels its electrodes A1..A16 (BioSemi ABC layout, cap-dependent positions): no usable EEG.
+    assert [s["source"] for s in m["skipped"]] == ["eeglab/test.bdf"]
+    assert "no usable EEG channel" in m["skipped"][0]["reason"] and "test.bdf" in m["skipped"][0]["reason"]
     assert m["dropped_channels"]
