@@ -154,9 +154,12 @@ class _ChunkedScan(torch.autograd.Function):
     ``dk, uk: [K, b, g, c, h]``, ``A: [g, h, n]``, ``Bk, Ck: [K, b, g, c, n]``.
     Outputs ``y: [K, b, g, c, h]`` and the last state ``[b, g, h, n]``.
 
-    The ``c`` (chunk) axis sits before ``h`` so that every contraction over ``n`` or ``h`` is a plain
-    ``bmm`` over a batch of ``(k b g c)`` without copies, and the per-step updates write into preallocated
-    buffers: on a CPU the scan is memory-bound and fresh multi-MiB allocations each step cost page faults.
+    Chunks are processed in groups of consecutive chunks, in time order (reverse order in the backward
+    pass), so that one group's decays ``exp(delta A)`` and inputs ``delta u B`` fit in two
+    ``[K, b, g, chunks, h, n]`` buffers of at most ``_BWD_BUFFER_ELEMENTS``: each ``exp`` (the costliest
+    op, compute-bound) is evaluated once per pass, and the buffers are reused by the passes over the group.
+    The ``c`` axis sits before ``h`` so every contraction over ``n`` or ``h`` is a plain ``bmm`` over a
+    batch of ``(k b g c)`` without copies.
     """
 
     @staticmethod
@@ -164,32 +167,34 @@ class _ChunkedScan(torch.autograd.Function):
         K, b, g, c, hh = dk.shape
         n = A.shape[-1]
         A_ = A.unsqueeze(1)  # [g, 1, h, n]
-        duk = dk * uk
-        a = dk.new_empty(b, g, c, hh, n)
-        inj = torch.empty_like(a)
-        # Pass 1: each chunk's end state starting from zero, all chunks at once.
-        hcur = torch.mul(duk[0].unsqueeze(-1), Bk[0].unsqueeze(-2))
-        for k in range(1, K):
-            _step(dk[k], duk[k], Bk[k], A_, a, inj)
-            inj.addcmul_(a, hcur)
-            hcur, inj = inj, hcur
-        # Whole-chunk decay exp(A * sum(delta)): the exponent is <= 0, so it cannot overflow.
-        P = torch.exp(torch.mul(dk.sum(0).unsqueeze(-1), A_, out=a))
-        # Pass 2: carry the state across chunk boundaries (hs = state entering each chunk).
-        hs = torch.empty_like(a)
-        state = dk.new_zeros(b, g, hh, n)
-        for ci in range(c):
-            hs[:, :, ci] = state
-            state = torch.addcmul(hcur[:, :, ci], P[:, :, ci], state)
-        # Pass 3: rerun inside the chunks from the true start states, reading out y.
+        G = _group_size(K, b, g, hh, n, c)
+        hs = dk.new_empty(b, g, c, hh, n)  # state entering each chunk: all the backward pass needs
         y = dk.new_empty(K, b, g, c, hh)
-        hcur.copy_(hs)
-        m = b * g * c
-        for k in range(K):
-            _step(dk[k], duk[k], Bk[k], A_, a, inj)
-            inj.addcmul_(a, hcur)
-            hcur, inj = inj, hcur
-            torch.bmm(hcur.view(m, hh, n), Ck[k].view(m, n, 1), out=y[k].view(m, hh, 1))
+        state = dk.new_zeros(b, g, hh, n)
+        for c0 in range(0, c, G):
+            sl = slice(c0, min(c, c0 + G))
+            cn = sl.stop - sl.start
+            dks = dk[:, :, :, sl]
+            abuf = _decays(dks, A_)
+            hbuf = _inputs(dks, uk[:, :, :, sl], Bk[:, :, :, sl])
+            # Pass 1: each chunk's end state from a zero start, all chunks of the group at once.
+            hloc, tmp = hbuf[0].clone(), torch.empty_like(hbuf[0])
+            for k in range(1, K):
+                torch.addcmul(hbuf[k], abuf[k], hloc, out=tmp)
+                hloc, tmp = tmp, hloc
+            # Pass 2: carry the state across the group's chunk boundaries. The whole-chunk decay
+            # exp(A * sum(delta)) has an exponent <= 0, so it cannot overflow (unlike exp(-cumsum)).
+            P = torch.exp(torch.mul(dks.sum(0).unsqueeze(-1), A_, out=tmp), out=tmp)
+            for j in range(cn):
+                hs[:, :, c0 + j] = state
+                state = torch.addcmul(hloc[:, :, j], P[:, :, j], state)
+            # Pass 3: the true states, in place over the inputs, then y for the whole group in one bmm.
+            hbuf[0].addcmul_(abuf[0], hs[:, :, sl])
+            for k in range(1, K):
+                hbuf[k].addcmul_(abuf[k], hbuf[k - 1])
+            m = K * b * g * cn
+            y[:, :, :, sl] = torch.bmm(hbuf.view(m, hh, n), Ck[:, :, :, sl].reshape(m, n, 1)).view(K, b, g, cn, hh)
+            del abuf, hbuf, hloc, tmp, P
         ctx.save_for_backward(dk, uk, A, Bk, Ck, hs)
         return y, state
 
@@ -200,54 +205,47 @@ class _ChunkedScan(torch.autograd.Function):
         n = A.shape[-1]
         A_ = A.unsqueeze(1)
         gy = gy.contiguous()
-        duk = dk * uk
-        a = dk.new_empty(b, g, c, hh, n)
-        tmp = torch.empty_like(a)
-        # Pass 1: adjoint lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1] inside each chunk with nothing flowing in
-        # from later chunks; zeta = a[first] * lambda[first] is what flows out into the previous chunk.
-        lam = torch.mul(gy[K - 1].unsqueeze(-1), Ck[K - 1].unsqueeze(-2))
-        for k in range(K - 1, 0, -1):
-            torch.exp(torch.mul(dk[k].unsqueeze(-1), A_, out=a), out=a)
-            torch.mul(gy[k - 1].unsqueeze(-1), Ck[k - 1].unsqueeze(-2), out=tmp)
-            tmp.addcmul_(a, lam)
-            lam, tmp = tmp, lam
-        zeta = lam.mul_(torch.exp(torch.mul(dk[0].unsqueeze(-1), A_, out=a), out=a))
-        P = torch.exp(torch.mul(dk.sum(0).unsqueeze(-1), A_, out=a), out=a)
-        # Pass 2: rho[c] = dL/dh flowing into chunk c's last step from later chunks (and from last_state).
-        rho = tmp
-        r = glast.to(dk.dtype) if glast is not None else dk.new_zeros(b, g, hh, n)
-        for ci in reversed(range(c)):
-            rho[:, :, ci] = r
-            r = torch.addcmul(zeta[:, :, ci], P[:, :, ci], r)
-        del zeta, P, lam, a
-
+        G = _group_size(K, b, g, hh, n, c)
         ddelta = torch.empty_like(dk)
         du = torch.empty_like(uk)
         dB = torch.empty_like(Bk)
         dC = torch.empty_like(Ck)
         dA = torch.zeros_like(A)
-        # Pass 3, a group of chunks at a time so the recomputed [K, ..., n] buffers stay small.
-        group = max(1, _BWD_BUFFER_ELEMENTS // max(1, K * b * g * hh * n))
-        for c0 in range(0, c, group):
-            sl = slice(c0, min(c, c0 + group))
+        # r = dL/dh flowing into the current group's last step from later groups (and from last_state).
+        r = glast.to(dk.dtype) if glast is not None else dk.new_zeros(b, g, hh, n)
+        for c0 in reversed(range(0, c, G)):
+            sl = slice(c0, min(c, c0 + G))
             cn = sl.stop - sl.start
-            dks, duks, uks = dk[:, :, :, sl], duk[:, :, :, sl], uk[:, :, :, sl]
-            Bks, Cks, gys = Bk[:, :, :, sl], Ck[:, :, :, sl], gy[:, :, :, sl]
-            abuf = dk.new_empty(K, b, g, cn, hh, n)
-            hbuf = torch.empty_like(abuf)
-            lbuf = torch.empty_like(abuf)
+            dks, uks, Bks, Cks, gys = dk[:, :, :, sl], uk[:, :, :, sl], Bk[:, :, :, sl], Ck[:, :, :, sl], gy[:, :, :, sl]
             hs_sl = hs[:, :, sl]
-            # Recompute the states h[t] (and decays a[t]) of this group.
-            for k in range(K):
-                _step(dks[k], duks[k], Bks[k], A_, abuf[k], hbuf[k])
-                hbuf[k].addcmul_(abuf[k], hs_sl if k == 0 else hbuf[k - 1])
-            # Adjoint with the incoming rho at each chunk's last step.
-            torch.mul(gys[K - 1].unsqueeze(-1), Cks[K - 1].unsqueeze(-2), out=lbuf[K - 1]).add_(rho[:, :, sl])
+            abuf = _decays(dks, A_)
+            duks = dks * uks
+            # Recompute the states h[t] of the group, in place over its inputs delta u B.
+            hbuf = _inputs(dks, uks, Bks)
+            hbuf[0].addcmul_(abuf[0], hs_sl)
+            for k in range(1, K):
+                hbuf[k].addcmul_(abuf[k], hbuf[k - 1])
+            # Adjoint lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], first with nothing entering each chunk...
+            lbuf = torch.mul(gys.unsqueeze(-1), Cks.unsqueeze(-2))
             for k in range(K - 2, -1, -1):
-                torch.mul(gys[k].unsqueeze(-1), Cks[k].unsqueeze(-2), out=lbuf[k]).addcmul_(abuf[k + 1], lbuf[k + 1])
+                lbuf[k].addcmul_(abuf[k + 1], lbuf[k + 1])
+            # ...then rho[c], what enters chunk c's last step from later chunks, carried chunk to chunk...
+            zeta = abuf[0] * lbuf[0]  # what leaves each chunk's first step into the previous chunk
+            P = torch.exp(torch.mul(dks.sum(0).unsqueeze(-1), A_))
+            q = torch.empty_like(zeta)
+            for j in reversed(range(cn)):
+                q[:, :, j] = r
+                r = torch.addcmul(zeta[:, :, j], P[:, :, j], r)
+            del zeta, P
+            # ...and added back: lambda[t] += (a[t+1] ... a[K-1]) rho.
+            for k in range(K - 1, -1, -1):
+                lbuf[k].add_(q)
+                if k:
+                    q.mul_(abuf[k])
+            del q
             m = K * b * g * cn
             lv, hv = lbuf.view(m, hh, n), hbuf.view(m, hh, n)
-            # y[t] = C[t] . h[t]  ->  dC[t] = sum_h gy[t] h[t];   h[t] gets delta[t] u[t] B[t]  ->  dB, du.
+            # y[t] = C[t] . h[t]  ->  dC[t] = sum_h gy[t] h[t];   h[t] gets delta[t] u[t] B[t]  ->  dB, du, ddelta.
             dC[:, :, :, sl] = torch.bmm(gys.reshape(m, 1, hh), hv).view(K, b, g, cn, n)
             dB[:, :, :, sl] = torch.bmm(duks.reshape(m, 1, hh), lv).view(K, b, g, cn, n)
             v = torch.bmm(lv, Bks.reshape(m, n, 1)).view(K, b, g, cn, hh)  # sum_n lambda B
@@ -262,10 +260,19 @@ class _ChunkedScan(torch.autograd.Function):
         return ddelta, du, dA, dB, dC
 
 
-def _step(dk, duk, Bk, A_, a_out, inj_out):
-    """One step's decay ``exp(delta A)`` and input ``delta u B`` into preallocated ``[b, g, c, h, n]`` buffers."""
-    torch.mul(dk.unsqueeze(-1), A_, out=a_out).exp_()
-    torch.mul(duk.unsqueeze(-1), Bk.unsqueeze(-2), out=inj_out)
+def _group_size(K: int, b: int, g: int, hh: int, n: int, c: int) -> int:
+    """Chunks per group so that one ``[K, b, g, chunks, h, n]`` buffer holds at most ``_BWD_BUFFER_ELEMENTS``."""
+    return max(1, min(c, _BWD_BUFFER_ELEMENTS // max(1, K * b * g * hh * n)))
+
+
+def _decays(dks: torch.Tensor, A_: torch.Tensor) -> torch.Tensor:
+    """``exp(delta A)``: ``[K, b, g, c, h] x [g, 1, h, n] -> [K, b, g, c, h, n]``, each entry in (0, 1]."""
+    return torch.mul(dks.unsqueeze(-1), A_).exp_()
+
+
+def _inputs(dks: torch.Tensor, uks: torch.Tensor, Bks: torch.Tensor) -> torch.Tensor:
+    """``delta u B``: ``[K, b, g, c, h]``, ``[K, b, g, c, n] -> [K, b, g, c, h, n]``."""
+    return torch.mul((dks * uks).unsqueeze(-1), Bks.unsqueeze(-2))
 
 
 def chunked_scan(u, delta, A, B, C, chunk_size: int | None = None):
