@@ -1,0 +1,166 @@
+"""End-to-end finetuning on the simulated shards (``synth_shards`` fixture): training beats chance on
+held-out subjects, multi-task runs, checkpoints, report files, the CLI, and predict on an EDF file.
+
+Small on purpose (a 1-layer, 32-wide backbone on 1-6 channels) so a CPU run takes seconds; the margins
+over chance stated in each test are what that model reaches on the simulator's held-out subjects.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finetune.config import FinetuneConfig
+from finetune.predict import main as predict_main
+from finetune.predict import predict_file
+from finetune.run import main as run_main
+from finetune.train import finetune
+from foundation.model import EEGMamba, EEGMambaConfig
+
+SMALL = {"d_model": 32, "n_layers": 1, "n_experts": 2, "top_k": 1, "moe_hidden": 32}
+
+
+def small_config(tmp: Path, recipe: str, data: Path, **kw) -> FinetuneConfig:
+    base = dict(
+        recipe=recipe, checkpoint=None, data=str(data), out=str(tmp / f"run-{recipe.replace(',', '+')}"),
+        epochs=6, warmup_epochs=1, batch_size=16, lr=3e-3, pool="mean", layer_decay=1.0, drop_path=0.0,
+        patience=100, progress=False, model=SMALL,
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def held_out_groups_disjoint(result: dict) -> None:
+    for res in result["results"].values():
+        g = res["split"]["groups"]
+        assert not set(g["train"]) & set(g["test"]) and not set(g["val"]) & set(g["test"])
+
+
+@pytest.fixture(scope="module")
+def seizure_run(synth_shards, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ft_seizure")
+    return finetune(small_config(tmp, "seizure", synth_shards, channels=("CZ",)))
+
+
+def test_seizure_beats_chance_on_held_out_subjects(seizure_run):
+    res = seizure_run["results"]["seizure"]
+    assert res["classes"] == ["non_seizure", "seizure"]  # synth "background" mapped to non_seizure
+    test = res["splits"]["test"]
+    # chance is 0.5; spike-wave discharges are obvious even on one channel
+    assert test["balanced_accuracy"] >= 0.8, test
+    assert test["auroc"] >= 0.85 and test["auc_pr"] >= 0.8
+    assert res["split"]["group_key"] == "subject"
+    held_out_groups_disjoint(seizure_run)
+    assert test["n"] == res["split"]["n_windows"]["test"]
+
+
+def test_outputs_model_report_and_logs(seizure_run):
+    out = Path(seizure_run["out"])
+    model = out / "model"
+    for name in ("config.json", "model.safetensors", "recipe.json", "metrics.json"):
+        assert (model / name).is_file(), name
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # no pickles
+    recipe = json.loads((model / "recipe.json").read_text())["seizure"]
+    assert recipe["window_s"] == 4.0 and recipe["channels"] == ["CZ"]
+    assert recipe["preprocessing"]["synth"]["config"]["sfreq"] == 200.0  # the shards' manifest travels along
+    metrics = json.loads((model / "metrics.json").read_text())["seizure"]
+    report = json.loads((out / "report.json").read_text())
+    test = report["results"]["seizure"]["splits"]["test"]
+    assert metrics["test"]["balanced_accuracy"] == pytest.approx(test["balanced_accuracy"])
+    md = (out / "report.md").read_text()
+    assert f"| seizure | test | {test['balanced_accuracy']:.4f} |" in md
+    assert (out / "confusion_seizure_test.png").stat().st_size > 1000
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and log[-1]["train_loss"] < log[0]["train_loss"]
+    assert report["run"]["best_epoch"] == seizure_run["best_epoch"]
+
+
+def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path):
+    edf = synth_raw / "sub-05_task-seizure.edf"
+    rows = predict_file(Path(seizure_run["out"]) / "model", edf)
+    # 96 s recording, 4-s windows back to back -> 24 windows at 0, 4, ..., 92 s
+    assert [r["onset_s"] for r in rows] == pytest.approx([4.0 * i for i in range(24)])
+    assert {r["label_name"] for r in rows} <= {"non_seizure", "seizure"}
+    assert all(0.5 <= r["probability"] <= 1.0 for r in rows)
+    # the simulator alternates 16-s blocks starting with background: windows 4-7, 12-15, 20-23 are ictal
+    truth = np.array([(i // 4) % 2 for i in range(24)])
+    pred = np.array([r["label"] for r in rows])
+    assert (pred == truth).mean() >= 0.8
+    out_csv = tmp_path / "labels.csv"
+    assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv)]) == 0
+    lines = out_csv.read_text().splitlines()
+    assert lines[0].startswith("onset_s,label,label_name,probability") and len(lines) == 25
+
+
+def test_pretrained_checkpoint_finetunes_and_mismatch_errors(synth_shards, tmp_path):
+    ckpt = tmp_path / "pretrained"
+    EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).save_pretrained(ckpt)
+    cfg = small_config(tmp_path, "seizure", synth_shards, checkpoint=str(ckpt), model={}, channels=("CZ",), epochs=1)
+    result = finetune(cfg)
+    assert result["run"]["checkpoint"]["kind"] == "pretrained"
+    saved = json.loads((Path(result["out"]) / "model" / "config.json").read_text())
+    assert saved["backbone"]["d_model"] == 32
+    from finetune.model import CheckpointError
+
+    with pytest.raises(CheckpointError, match="d_model=32 but the finetune config asks for model.d_model=64"):
+        finetune(small_config(tmp_path, "seizure", synth_shards, checkpoint=str(ckpt), model={"d_model": 64}, epochs=1))
+
+
+def test_multitask_two_recipes_one_head_each(synth_shards, tmp_path):
+    cfg = small_config(tmp_path, "seizure,emotion", synth_shards, channels=("CZ",), epochs=3)
+    result = finetune(cfg)
+    assert set(result["results"]) == {"seizure", "emotion"}
+    saved = json.loads((Path(result["out"]) / "model" / "config.json").read_text())
+    assert saved["heads"]["seizure"]["task_id"] == 1 and saved["heads"]["emotion"]["task_id"] == 3
+    assert saved["heads"]["emotion"]["n_classes"] == 2
+    for task in ("seizure", "emotion"):
+        assert (Path(result["out"]) / f"confusion_{task}_test.png").is_file()
+    # the multi-task model still detects seizures on held-out subjects
+    assert result["results"]["seizure"]["splits"]["test"]["balanced_accuracy"] >= 0.75
+    held_out_groups_disjoint(result)
+    # predict picks a head by task
+
+
+def test_cli_runs_and_rejects_unknown_keys(synth_shards, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["--recipe", "seizure", "--checkpoint", "none", "--data", str(synth_shards), "--out", str(out),
+            "--epochs", "1", "--batch_size", "32", "--channels", '["CZ"]', "--progress", "false",
+            "--model", "{d_model = 32, n_layers = 1, n_experts = 2, top_k = 1, moe_hidden = 32}"]
+    assert run_main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == str(out) and "seizure" in printed["metrics"]
+    from foundation.configfile import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
+        run_main(argv + ["--epoch", "3"])
+    with pytest.raises(ValueError, match="--checkpoint DIR"):
+        run_main(["--recipe", "seizure", "--data", str(synth_shards)])
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        run_main(["--recipe", "seizure", "--checkpoint", "none", "--data", str(tmp_path / "nothing")])
+
+
+def test_bad_task_data_errors(synth_shards, tmp_path):
+    with pytest.raises(KeyError, match="not in label space"):
+        finetune(small_config(tmp_path, "motor_imagery", synth_shards, classes=("left_hand", "jump")))
+    with pytest.raises(ValueError, match="do not fit the backbone"):
+        finetune(small_config(tmp_path, "seizure", synth_shards, window_s=2.5, channels=("CZ",)))
+    with pytest.raises(ValueError, match="shorter than window_s"):
+        finetune(small_config(tmp_path, "seizure", synth_shards, window_s=8.0, channels=("CZ",)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, channels, epochs, margin",
+    [
+        ("sleep", ("CZ", "C3"), 15, 0.40),  # 5 classes: chance 0.2
+        ("emotion", ("F3", "F4"), 15, 0.75),  # chance 0.5; frontal alpha asymmetry
+    ],
+)
+def test_recipe_beats_chance_on_synth(synth_shards, tmp_path, recipe, channels, epochs, margin):
+    result = finetune(small_config(tmp_path, recipe, synth_shards, channels=channels, epochs=epochs))
+    test = result["results"][recipe]["splits"]["test"]
+    assert test["balanced_accuracy"] >= margin, test
+    held_out_groups_disjoint(result)
