@@ -171,12 +171,14 @@ class _ChunkedScan(torch.autograd.Function):
         hs = dk.new_empty(b, g, c, hh, n)  # state entering each chunk: all the backward pass needs
         y = dk.new_empty(K, b, g, c, hh)
         state = dk.new_zeros(b, g, hh, n)
+        bufs = _Buffers(dk, K * b * g * G * hh * n, 2)
         for c0 in range(0, c, G):
             sl = slice(c0, min(c, c0 + G))
             cn = sl.stop - sl.start
             dks = dk[:, :, :, sl]
-            abuf = _decays(dks, A_)
-            hbuf = _inputs(dks, uk[:, :, :, sl], Bk[:, :, :, sl])
+            shape = (K, b, g, cn, hh, n)
+            abuf = _decays(dks, A_, bufs.get(0, shape))
+            hbuf = _inputs(dks, uk[:, :, :, sl], Bk[:, :, :, sl], bufs.get(1, shape))
             # Pass 1: each chunk's end state from a zero start, all chunks of the group at once.
             hloc, tmp = hbuf[0].clone(), torch.empty_like(hbuf[0])
             for k in range(1, K):
@@ -213,20 +215,22 @@ class _ChunkedScan(torch.autograd.Function):
         dA = torch.zeros_like(A)
         # r = dL/dh flowing into the current group's last step from later groups (and from last_state).
         r = glast.to(dk.dtype) if glast is not None else dk.new_zeros(b, g, hh, n)
+        bufs = _Buffers(dk, K * b * g * G * hh * n, 3)
         for c0 in reversed(range(0, c, G)):
             sl = slice(c0, min(c, c0 + G))
             cn = sl.stop - sl.start
             dks, uks, Bks, Cks, gys = dk[:, :, :, sl], uk[:, :, :, sl], Bk[:, :, :, sl], Ck[:, :, :, sl], gy[:, :, :, sl]
             hs_sl = hs[:, :, sl]
-            abuf = _decays(dks, A_)
+            shape = (K, b, g, cn, hh, n)
+            abuf = _decays(dks, A_, bufs.get(0, shape))
             duks = dks * uks
             # Recompute the states h[t] of the group, in place over its inputs delta u B.
-            hbuf = _inputs(dks, uks, Bks)
+            hbuf = _inputs(dks, uks, Bks, bufs.get(1, shape))
             hbuf[0].addcmul_(abuf[0], hs_sl)
             for k in range(1, K):
                 hbuf[k].addcmul_(abuf[k], hbuf[k - 1])
             # Adjoint lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], first with nothing entering each chunk...
-            lbuf = torch.mul(gys.unsqueeze(-1), Cks.unsqueeze(-2))
+            lbuf = torch.mul(gys.unsqueeze(-1), Cks.unsqueeze(-2), out=bufs.get(2, shape))
             for k in range(K - 2, -1, -1):
                 lbuf[k].addcmul_(abuf[k + 1], lbuf[k + 1])
             # ...then rho[c], what enters chunk c's last step from later chunks, carried chunk to chunk...
@@ -265,14 +269,25 @@ def _group_size(K: int, b: int, g: int, hh: int, n: int, c: int) -> int:
     return max(1, min(c, _BWD_BUFFER_ELEMENTS // max(1, K * b * g * hh * n)))
 
 
-def _decays(dks: torch.Tensor, A_: torch.Tensor) -> torch.Tensor:
+class _Buffers:
+    """Flat scratch buffers reused by every group: a fresh multi-MiB tensor per group would cost page
+    faults (the allocator returns big blocks to the OS) comparable to the arithmetic itself."""
+
+    def __init__(self, like: torch.Tensor, numel: int, count: int):
+        self.flat = [like.new_empty(numel) for _ in range(count)]
+
+    def get(self, i: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.flat[i][: math.prod(shape)].view(shape)
+
+
+def _decays(dks: torch.Tensor, A_: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``exp(delta A)``: ``[K, b, g, c, h] x [g, 1, h, n] -> [K, b, g, c, h, n]``, each entry in (0, 1]."""
-    return torch.mul(dks.unsqueeze(-1), A_).exp_()
+    return torch.mul(dks.unsqueeze(-1), A_, out=out).exp_()
 
 
-def _inputs(dks: torch.Tensor, uks: torch.Tensor, Bks: torch.Tensor) -> torch.Tensor:
+def _inputs(dks: torch.Tensor, uks: torch.Tensor, Bks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``delta u B``: ``[K, b, g, c, h]``, ``[K, b, g, c, n] -> [K, b, g, c, h, n]``."""
-    return torch.mul((dks * uks).unsqueeze(-1), Bks.unsqueeze(-2))
+    return torch.mul((dks * uks).unsqueeze(-1), Bks.unsqueeze(-2), out=out)
 
 
 def chunked_scan(u, delta, A, B, C, chunk_size: int | None = None):
