@@ -9,10 +9,13 @@ The recurrence, per batch ``b``, channel ``d`` and state ``n`` (``t`` = time)::
 ``mamba_ssm``'s fused kernel when that package imports and the tensors are on CUDA, and otherwise our own
 pure-PyTorch scan (:class:`_ChunkedScan`), which is built for a memory-bound CPU:
 
-* Time is cut into ``n_chunks`` chunks of ``K`` steps. The recurrence runs step by step *inside* a chunk but
-  for all chunks at once (``K`` Python iterations over ``[b, d, n_chunks, n]`` tensors), the chunk-boundary
-  states are then carried across chunks sequentially (``n_chunks`` tiny iterations), and a second pass inside
-  the chunks produces ``y``. About ``2K + L/K`` Python steps instead of ``L``.
+* Time is cut into ``n_chunks`` chunks of ``K`` steps (``K ~ sqrt(L / 2)``), and consecutive chunks into
+  groups sized so one ``[K, b, d, chunks, n]`` scratch buffer holds at most 2**22 numbers. Per group, the
+  recurrence runs step by step *inside* the chunks but for all the group's chunks at once (``K`` Python
+  iterations over ``[b, d, chunks, n]`` tensors), the chunk-boundary states are carried across chunks
+  sequentially, and a second pass inside the chunks gives the true states and ``y`` (one ``bmm``). The decays
+  ``exp(delta A)`` (the costliest op: ``exp`` is compute-bound) are evaluated once per group and reused by
+  both passes. About ``2K`` Python steps per group plus ``L/K`` chunk steps, instead of ``L``.
 * Decays are applied as products of ``exp(delta * A) <= 1`` step by step, never as ``exp(-cumsum)``: that
   log-space trick overflows in fp32 once ``|sum delta * A|`` passes ~88 (chunks longer than ~16 steps or
   large ``delta``), while a product of numbers in ``[0, 1]`` can only underflow towards its true value 0.
@@ -36,8 +39,9 @@ from einops import rearrange
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_backend", "chunked_scan"]
 
-# Elements per ``[K, b, d, chunks, n]`` buffer in the backward pass (4 such buffers live at once): 2**22 fp32
-# elements = 16 MiB, small enough to stay cache- and memory-friendly on a laptop-class CPU.
+# Elements per ``[K, b, d, chunks, n]`` scratch buffer (2 live in the forward pass, 3 in the backward):
+# 2**22 fp32 = 16 MiB keeps the transient memory bounded whatever L is, while each op is big enough that
+# Python dispatch overhead stays negligible.
 _BWD_BUFFER_ELEMENTS = 1 << 22
 
 
