@@ -390,9 +390,33 @@ def build(
         "corpus": adapter.name, "root": str(root.resolve()), "config": _jsonable(cfg), "split": list(fractions),
         "seed": seed, "part": [i, n], "max_samples_per_shard": max_samples_per_shard,
     }
+    state_path = folder / f".build-state{_part_suffix((i, n))}.json"
+    lock = _lock(folder / f".build{_part_suffix((i, n))}.lock")
+    try:
+        return _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, (i, n), workers,
+                             max_samples_per_shard, progress)
+    finally:
+        lock.close()  # releases the flock
+
+
+def _lock(path: Path):
+    """An exclusive advisory lock, so two processes never build the same part into one folder at once."""
+    import fcntl
+
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RuntimeError(f"another build of this part is running in {path.parent} (lock {path.name} is held)") from None
+    return f
+
+
+def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, part, workers,
+                  max_samples_per_shard, progress) -> dict:
+    i, n = part
     # The fingerprint leaves out the root path so a moved corpus can still resume.
     fingerprint = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "root"}, sort_keys=True).encode()).hexdigest()
-    state_path = folder / f".build-state{_part_suffix((i, n))}.json"
     state = {"format": FORMAT, "fingerprint": fingerprint, "params": params, "shards": [], "tail": [], "complete": False}
     if state_path.exists():
         old = json.loads(state_path.read_text())
@@ -507,7 +531,7 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
             dropped_channels.setdefault(reason, Counter())[name] += 1
     shards = [{"name": s["name"], "split": s["split"], "samples": s["samples"], "hours": s["hours"],
                "recordings": [r["recording"] for r in s["recordings"]]} for s in state["shards"]]
-    return _jsonable({
+    return _round_floats(_jsonable({
         "format": FORMAT,
         "corpus": adapter.name,
         "task": adapter.task,
@@ -538,4 +562,15 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         },
         "recordings": [{k: r[k] for k in ("recording", "subject", "session", "source", "task", "split",
                                              "samples", "hours", "recording_hours", "skipped")} for r in recs],
-    })
+    }))
+
+
+def _round_floats(x: Any, digits: int = 9) -> Any:
+    """Round floats so sums of hours read 1.5, not 1.4999999999999998 (still deterministic)."""
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: _round_floats(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round_floats(v, digits) for v in x]
+    return x

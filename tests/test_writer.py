@@ -367,3 +367,16 @@ def test_unlabeled_recordings_build(shared_data, tmp_path):
     assert [s["source"] for s in m["skipped"]] == ["eeglab/test.bdf"]
     assert "no usable EEG channel" in m["skipped"][0]["reason"] and "test.bdf" in m["skipped"][0]["reason"]
     assert m["dropped_channels"]
+
+
+def test_concurrent_build_of_the_same_part_is_refused(small_raw, tmp_path):
+    from shards.writer import _lock
+
+    (tmp_path / "synth").mkdir()
+    held = _lock(tmp_path / "synth" / ".build.lock")
+    try:
+        with pytest.raises(RuntimeError, match="another build of this part is running"):
+            build("synth", small_raw, tmp_path, progress=False)
+    finally:
+        held.close()
+    assert build("synth", small_raw, tmp_path, progress=False)["complete"]
