@@ -70,6 +70,9 @@ class FinetuneConfig:
     pool: Literal["cls", "mean"] = _help("head input: the class token or the mean of the tokens", "cls")
 
     # data and split
+    extra_tasks: tuple[str, ...] = _help(
+        "further shard task strings read with the recipe's labels, e.g. [\"motor_execution\"] for EEGMMIDB's real movements", ()
+    )
     channels: tuple[str, ...] = _help("canonical channels to keep, in order (empty = the recipe's / all in the shards)", ())
     window_s: float | None = _help("crop windows to this many seconds (None = the recipe's / the shards')", None)
     split: Literal["kfold", "shards"] = _help(

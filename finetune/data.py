@@ -82,6 +82,7 @@ def load_task_data(
     classes: Sequence[str] = (),
     window_s: float | None = None,
     channels: Sequence[str] | None = None,
+    extra_tasks: Sequence[str] = (),
     max_windows: int | None = None,
     windows: Sequence[Window] | None = None,
 ) -> TaskData:
@@ -90,6 +91,7 @@ def load_task_data(
     Args:
         classes: explicit head classes (kept even if absent); empty = fit the recipe to the data.
         window_s: crop length in seconds (default: ``recipe.window_s``, else the shards' length).
+        extra_tasks: further shard task strings to read with this recipe's labels (``Recipe.extra_tasks``).
         channels: canonical channel names to keep, in this order (default: ``recipe.channels``, else
             all); windows lacking one of them are left out and counted under ``left_out``.
         max_windows: keep this many windows, evenly spaced in key order (quick trials).
@@ -101,11 +103,13 @@ def load_task_data(
     """
     spec_str = str(spec) if isinstance(spec, (str, Path)) else ",".join(map(str, spec))
     all_windows = list(windows) if windows is not None else load_windows(spec)
-    mine = [w for w in all_windows if w.meta.get("task") == recipe.task]
+    if extra_tasks:
+        recipe = dataclasses.replace(recipe, extra_tasks=tuple(extra_tasks))
+    mine = [w for w in all_windows if w.meta.get("task") in recipe.accepted_tasks]
     if not mine:
         found = Counter(str(w.meta.get("task")) for w in all_windows)
         raise ValueError(
-            f"recipe {recipe.name!r}: no windows with task={recipe.task!r} in {spec_str} "
+            f"recipe {recipe.name!r}: no windows with task in {list(recipe.accepted_tasks)} in {spec_str} "
             f"(tasks found: {dict(sorted(found.items())) or 'none'})"
         )
     names = [w.meta.get("label_name") for w in mine if w.meta.get("label") is not None]

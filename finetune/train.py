@@ -142,7 +142,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         if spec.data not in cache:
             cache[spec.data] = load_windows(spec.data)
         tasks[recipe.name] = load_task_data(
-            recipe, spec.data, classes=spec.classes, window_s=config.window_s, channels=config.channels, max_windows=config.max_windows, windows=cache[spec.data]
+            recipe, spec.data, classes=spec.classes, window_s=config.window_s, channels=config.channels, extra_tasks=config.extra_tasks, max_windows=config.max_windows, windows=cache[spec.data]
         )
     cache.clear()
     first = tasks[specs[0].recipe]

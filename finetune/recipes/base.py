@@ -96,6 +96,8 @@ class Recipe:
         window_s: seconds per training window; longer shard windows are cropped to their first
             ``window_s`` seconds, shorter ones are an error. None = use the shards' windows as they are.
         channels: canonical channel names to keep (in this order), None = every channel in the shards.
+        extra_tasks: further shard ``task`` strings whose windows share the label space (e.g.
+            EEGMMIDB's executed movements for a motor-imagery model); off by default.
         group_by: preferred split unit ("subject", falling back to "recording" when there are too few).
         n_folds: k of the group k-fold.
         hyper: default optimisation settings.
@@ -111,6 +113,12 @@ class Recipe:
     n_folds: int = 5
     hyper: Hyper = field(default_factory=Hyper)
     description: str = ""
+    extra_tasks: tuple[str, ...] = ()
+
+    @property
+    def accepted_tasks(self) -> tuple[str, ...]:
+        """Shard ``task`` strings this recipe reads: its own plus ``extra_tasks`` (e.g. motor execution)."""
+        return (self.task,) + tuple(t for t in self.extra_tasks if t != self.task)
 
     @property
     def space(self) -> LabelSpace:
@@ -181,6 +189,7 @@ class Recipe:
             "name": self.name,
             "task": self.task,
             "task_id": self.task_id,
+            "extra_tasks": list(self.extra_tasks),
             "classes": list(self.classes),
             "label_space": self.space.name,
             "label_map": {k: self.classes[v] for k, v in sorted(self.space.mapping().items())},
