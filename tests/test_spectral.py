@@ -43,14 +43,12 @@ def _pink_alpha(b: int, c: int, t: int, seed: int = 0) -> torch.Tensor:
 
 
 def _real_recording(shared_data, seconds: int = 30) -> torch.Tensor:
-    """A real resting-state recording as [1, c, t] at 200 Hz in 100 µV units (read with MNE)."""
-    mne = pytest.importorskip("mne")
-    raw = mne.io.read_raw_fif(shared_data / "unlabeled/yasa/data_resting_EO_200Hz_raw.fif", preload=True, verbose="error")
-    raw.pick("eeg")
-    if raw.info["sfreq"] != SFREQ:
-        raw.resample(SFREQ, verbose="error")
-    data = raw.get_data(stop=int(seconds * SFREQ)) * 1e6 / 100.0  # V -> µV -> 100 µV units
-    return torch.from_numpy(data).float()[None]
+    """A real resting-state recording as [1, c, t] at 200 Hz in 100 µV units (shards' reader + preprocessing)."""
+    from shards.preprocess import PreprocessConfig, preprocess_raw
+    from shards.readers import read_raw
+
+    signal = preprocess_raw(read_raw(shared_data / "unlabeled/yasa/data_resting_EO_200Hz_raw.fif"), PreprocessConfig())
+    return torch.from_numpy(signal.data[:, : int(seconds * SFREQ)].copy()).float()[None]
 
 
 # ------------------------------------------------------------------------------------------------- STFT

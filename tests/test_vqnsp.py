@@ -67,14 +67,15 @@ def test_short_training_on_simulated_eeg():
 
 
 def _real_windows(shared_data) -> tuple[torch.Tensor, list[str]]:
-    """4-s windows [n, c, 800] of a real resting-state recording, 100 µV units at 200 Hz."""
-    mne = pytest.importorskip("mne")
-    raw = mne.io.read_raw_fif(shared_data / "unlabeled/yasa/data_resting_EO_200Hz_raw.fif", preload=True, verbose="error")
-    raw.pick("eeg").filter(0.5, 45.0, verbose="error")
-    data = raw.get_data() * 1e6 / 100.0
+    """4-s windows [n, c, 800] of a real resting-state recording, preprocessed by shards (100 µV, 200 Hz)."""
+    from shards.preprocess import PreprocessConfig, preprocess_raw
+    from shards.readers import read_raw
+
+    signal = preprocess_raw(read_raw(shared_data / "unlabeled/yasa/data_resting_EO_200Hz_raw.fif"), PreprocessConfig())
+    data = signal.data
     n = data.shape[1] // 800
     windows = torch.from_numpy(data[:, : n * 800].reshape(data.shape[0], n, 800).transpose(1, 0, 2).copy()).float()
-    return windows, raw.ch_names
+    return windows, list(signal.channels)
 
 
 @pytest.mark.slow  # ~25 s alone on 2 cores, over a minute when they are shared
@@ -85,7 +86,9 @@ def test_short_training_on_real_recording(shared_data):
     torch.manual_seed(1)
     model = VQNSP(VQNSPConfig.from_size("tiny", **SHORT_RUN))
     b = 16
-    ids = torch.tensor([[10, 11]]).repeat(b, 1)
+    from shards.vocabulary import channel_ids
+
+    ids = torch.tensor([channel_ids(names)]).repeat(b, 1)
     mask = torch.ones(b, 2, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
 
