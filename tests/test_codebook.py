@@ -179,3 +179,35 @@ def test_bad_arguments():
         EMACodebook(8, 4)(torch.randn(3, 5))
     with pytest.raises(ValueError, match="mask"):
         EMACodebook(8, 4)(torch.randn(3, 4), torch.ones(2, dtype=torch.bool))
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # different data and RNG streams per rank
+    cb = EMACodebook(16, 8, decay=0.8, kmeans_init_samples=32, dead_code_threshold=0.2).train()
+    for _ in range(6):
+        cb(F.normalize(torch.randn(24, 8) + 2.0 * rank, dim=-1))
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in cb.state_dict().items()}, f"{out_dir}/rank{rank}.safetensors")
+    dist.destroy_process_group()
+
+
+def test_distributed_ranks_keep_identical_codebooks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "rank0.safetensors")
+    b = load_file(tmp_path / "rank1.safetensors")
+    assert bool(a["initialized"]) and all(torch.equal(a[k], b[k]) for k in a)
+    # Statistics are global: both ranks' vectors (24 each) were counted.
+    assert math.isclose(a["vectors_per_step"].item(), 48.0, rel_tol=1e-4)
