@@ -6,7 +6,12 @@ Pipeline (defaults follow LaBraM / CBraMod, DESIGN.md "shards/: the sample contr
    every other one (non-EEG, unknown name, duplicate, flat for the whole recording) in ``dropped_channels``;
 2. band-pass ``l_freq``-``h_freq`` (``h_freq`` clamped below the Nyquist rate of the *original* rate, since a
    128-Hz Emotiv file has nothing above 64 Hz) and notch at the mains frequency when it is below Nyquist;
-3. resample to ``sfreq`` (polyphase);
+3. resample to ``sfreq``. Default ("fft"): steps 2 and 3 are one rfft / irfft pair of the mirror-padded
+   recording multiplied by |H(f)|^2 of the Butterworth high-pass (order 2) x low-pass (order 4) x notch
+   (Q = f0 / 2) cascade: exactly the zero-phase magnitude response sosfiltfilt would give (defaults at 200 Hz:
+   within 0.1 dB from 0.5 to 40 Hz, -6 dB at l_freq and h_freq, -67 dB at 90 Hz; notch: zero at f0, -6 dB at
+   f0 +- 1 Hz, -0.2 dB at f0 +- 10 Hz), at under a third of the CPU
+   of sosfiltfilt + resample_poly. "iir" (time domain) and "fir" (MNE) remain selectable;
 4. volts -> µV / 100 ("100 µV units"), float32, no clipping;
 5. cut fixed-length windows inside labelled segments, dropping flat / NaN / over-amplitude windows, each
    drop counted by reason.
@@ -23,6 +28,7 @@ from functools import lru_cache
 
 import mne
 import numpy as np
+import scipy.fft
 import scipy.signal
 
 from shards.vocabulary import CHANNELS, classify_channels
@@ -62,8 +68,10 @@ class PreprocessConfig:
     notch: mains frequency in Hz (50 or 60 per corpus; None = no notch). window_s / stride_s: window length
     and hop in seconds (stride None = window_s, no overlap). max_abs_uv: drop a window when any
     |value| exceeds it in µV (CBraMod uses 100; None = keep all). flat_uv: drop a window when any channel's
-    peak-to-peak is below it in µV (None = keep all). filter_method: "iir" (4th-order Butterworth,
-    zero-phase, default) or "fir" (MNE's default windowed-sinc design).
+    peak-to-peak is below it in µV (None = keep all). filter_method: "fft" (default: the zero-phase
+    Butterworth response |H(f)|^2 of the "iir" design, applied to the whole recording in the frequency domain
+    together with the resampling), "iir" (the same Butterworth cascade run forwards and backwards with
+    scipy's sosfilt, low-pass edge in the resampling FIR) or "fir" (MNE's default windowed-sinc design).
     """
 
     sfreq: float = 200.0
@@ -74,7 +82,7 @@ class PreprocessConfig:
     stride_s: float | None = None
     max_abs_uv: float | None = 500.0
     flat_uv: float | None = 1.0
-    filter_method: str = "iir"
+    filter_method: str = "fft"
 
     def __post_init__(self) -> None:
         def positive(name: str, value, allow_none: bool) -> None:
@@ -96,8 +104,9 @@ class PreprocessConfig:
             raise ValueError(f"PreprocessConfig.h_freq={self.h_freq} must be below the Nyquist rate {nyquist} of sfreq")
         if self.l_freq is not None and self.h_freq is not None and self.l_freq >= self.h_freq:
             raise ValueError(f"PreprocessConfig.l_freq={self.l_freq} must be below h_freq={self.h_freq}")
-        if self.filter_method not in ("iir", "fir"):
-            raise ValueError(f"PreprocessConfig.filter_method must be 'iir' or 'fir', got {self.filter_method!r}")
+        if self.filter_method not in ("fft", "iir", "fir"):
+            raise ValueError(
+                f"PreprocessConfig.filter_method must be 'fft', 'iir' or 'fir', got {self.filter_method!r}")
         if self.window_samples < 1:
             raise ValueError(f"PreprocessConfig.window_s={self.window_s} is shorter than one sample at {self.sfreq} Hz")
         if self.stride_samples < 1:
@@ -226,19 +235,24 @@ def _polyphase_kernel(up: int, down: int, cutoff: float) -> np.ndarray:
     return kernel
 
 
+def _rate_ratio(orig: float, target: float) -> tuple[int, int]:
+    """(up, down) with up / down = target / orig within 2 ppm, smallest denominator that allows."""
+    exact = target / orig
+    ratio = Fraction(exact).limit_denominator(1000)
+    if abs(float(ratio) - exact) > _MAX_RATE_ERROR * exact:
+        ratio = Fraction(exact).limit_denominator(100_000)
+    return ratio.numerator, ratio.denominator
+
+
 def _resample(data: np.ndarray, orig: float, target: float, h_freq: float | None = None) -> np.ndarray:
     """``[C, T]`` at ``orig`` Hz -> ``[C, ceil(T * up / down)]`` at ``target`` Hz (polyphase, up/down ~ target/orig).
 
     ``h_freq``: also low-pass at this edge (Hz, -6 dB) in the same linear-phase FIR; None = at the lower of
     the two Nyquist rates (plain anti-aliasing).
     """
-    exact = target / orig
-    ratio = Fraction(exact).limit_denominator(1000)
-    if abs(float(ratio) - exact) > _MAX_RATE_ERROR * exact:
-        ratio = Fraction(exact).limit_denominator(100_000)
-    if ratio == 1:
+    up, down = _rate_ratio(orig, target)
+    if up == down:
         return data
-    up, down = ratio.numerator, ratio.denominator
     # Polyphase (the method MNE uses for method="polyphase") costs O(T x taps / up) and needs no
     # power-of-two padding; MNE's default FFT method was 2-4x slower on the shared recordings. We call scipy
     # directly only to reuse the cached kernel.
@@ -308,6 +322,70 @@ def _zero_phase(sos: np.ndarray, zi: np.ndarray, data: np.ndarray, padlen: int) 
     y, _ = scipy.signal.sosfilt(sos, y, axis=-1, zi=zi * y[:, :1])
     y = y[:, ::-1]
     return y[:, padlen : y.shape[1] - padlen] if padlen > 0 else y
+
+
+def _smooth(k: int) -> bool:
+    """Whether k has no prime factor above 5 (pocketfft's fast lengths)."""
+    for p in (2, 3, 5):
+        while k % p == 0:
+            k //= p
+    return k == 1
+
+
+@lru_cache(maxsize=256)
+def _fft_response(orig: float, n_fft: int, n_bins: int, l_freq, h_freq, notch, gain: float) -> np.ndarray:
+    """``[n_bins]`` float32: |H(f)|^2 of the Butterworth + notch cascade at f = k x orig / n_fft, times gain.
+
+    |H|^2 is exactly the magnitude response of the same cascade run forwards and backwards (sosfiltfilt),
+    with zero phase.
+    """
+    sos = _iir_sos(orig, l_freq, h_freq, notch)
+    if sos is None:
+        response = np.full(n_bins, gain, np.float32)
+    else:
+        freqs = np.arange(n_bins) * (orig / n_fft)
+        _, h = scipy.signal.sosfreqz(sos, worN=freqs, fs=orig)
+        response = (np.abs(h) ** 2 * gain).astype(np.float32)
+    response.setflags(write=False)
+    return response
+
+
+def _fft_filter_resample(data: np.ndarray, orig: float, target: float, l_freq, h_freq, notch) -> np.ndarray:
+    """Zero-phase band-pass + notch and resampling of ``[C, T]`` float32 in one rfft / irfft pair.
+
+    ``[C, T]`` at ``orig`` -> ``[C, ceil(T x up / down)]`` at ``target`` (the same length and sample times
+    as the polyphase path). The recording is mirror-padded by >= 3 s on each side (as sosfiltfilt is in the
+    "iir" path), transformed once, multiplied by the cascade's |H(f)|^2, cut (downsampling: a brick wall at
+    the new Nyquist rate, where the 75-Hz Butterworth is already -21 dB) or zero-extended (upsampling: no
+    images at all), and transformed back; the pad is cropped. Why: sosfilt runs one dependent recursion per
+    sample (~7 ns/sample/pass measured, two passes), and resample_poly another convolution; two FFTs of the
+    padded recording cost less than a third of that for 64 channels (EEGMMIDB: 14 ms vs 34-40 ms per run).
+    Edges: the pads are a mirror image, as in the "iir" path; the circular transform joins the two pads'
+    outer ends, >= 3 s away from real samples.
+    """
+    up, down = _rate_ratio(orig, target)
+    n_ch, n = data.shape
+    n_out = -(-n * up // down)
+    # The pad is a whole number of `down` input samples so that the crop is sample-exact at the output rate.
+    pad = down * -(-int(3 * orig) // down)
+    k = -(-(n + 2 * pad) // down)
+    while not _smooth(k):  # FFT lengths L = down x k and M = up x k: a 5-smooth k keeps them fast
+        k += 1
+    n_fft, m_fft = down * k, up * k
+    ext = np.pad(data, ((0, 0), (pad, n_fft - n - pad)), mode="reflect" if n > 1 else "edge")
+    spectrum = scipy.fft.rfft(ext, axis=-1)  # [C, L/2 + 1] complex64
+    n_bins = min(n_fft, m_fft) // 2 + 1
+    response = _fft_response(float(orig), n_fft, n_bins, l_freq, h_freq, notch, m_fft / n_fft)
+    if min(n_fft, m_fft) % 2 == 0:
+        # The shared Nyquist bin of an even length has no partner frequency in the other length: drop it
+        # rather than fold it (the low-pass is >= 5 dB down there already).
+        response = np.concatenate((response[:-1], np.zeros(1, np.float32)))
+    out = np.zeros((n_ch, m_fft // 2 + 1), dtype=spectrum.dtype)
+    np.multiply(spectrum[:, :n_bins], response, out=out[:, :n_bins])
+    del spectrum, ext
+    y = scipy.fft.irfft(out, m_fft, axis=-1)
+    start = pad * up // down
+    return y[:, start : start + n_out]
 
 
 def _filter(data: np.ndarray, sfreq: float, l_freq, h_freq, notch, method: str) -> np.ndarray:
@@ -404,11 +482,13 @@ def preprocess_raw(
     # pass band (+-0.02 dB up to h_freq - 0.08 x rate, where the zero-phase Butterworth is already -0.5 dB at
     # 2/3 h_freq) and steeper (-54 dB at h_freq + 0.08 x rate), and the IIR cascade keeps only the
     # high-pass and notch sections.
-    resamples = orig != config.sfreq
-    fold_lp = resamples and config.filter_method == "iir"
+    fold_lp = orig != config.sfreq and config.filter_method == "iir"
     iir_h = None if fold_lp else h_freq
     fir_h = h_freq if fold_lp else None
-    if orig > config.sfreq:
+    if config.filter_method == "fft":
+        # The Butterworth design of the "iir" path, designed at the original rate, applied in one go.
+        data = _fft_filter_resample(data, orig, config.sfreq, l_freq, h_freq, notch)
+    elif orig > config.sfreq:
         data = _resample(data, orig, config.sfreq, fir_h)
         data = _filter(data, config.sfreq, l_freq, iir_h, notch, config.filter_method)
     else:
