@@ -27,7 +27,30 @@ DESCRIPTION = (
 )
 
 
+LIST_KEYS = ("classes", "channels", "extra_tasks")
+
+
+def comma_lists(argv: Sequence[str]) -> list[str]:
+    """Let list-valued keys be written ``--classes left_hand,right_hand`` as well as TOML ``'["a", "b"]'``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key.replace("-", "_") not in LIST_KEYS:
+            continue
+        if not eq and i + 1 < len(out):
+            j, value = i + 1, out[i + 1]
+        elif eq:
+            j = i
+        else:
+            continue
+        if not value.lstrip().startswith("["):
+            items = ", ".join(json.dumps(v.strip()) for v in value.split(",") if v.strip())
+            out[j] = f"[{items}]" if j != i else f"--{key}=[{items}]"
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = comma_lists(sys.argv[1:] if argv is None else argv)
     config, _ = parse_cli(FinetuneConfig, argv, prog="finetune/run.py", description=DESCRIPTION)
     result = finetune(config)
     from accelerate import PartialState
