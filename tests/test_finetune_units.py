@@ -199,3 +199,13 @@ def test_config_tasks_and_cli_errors(tmp_path):
     with pytest.raises(ValueError, match="single recipe"):
         FinetuneConfig(recipe="sleep,seizure", data="x", classes=("W", "N1")).task_specs()
     assert dataclasses.is_dataclass(cfg)
+
+
+def test_shipped_multitask_config_parses():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "multitask.toml"
+    cfg, _ = parse_cli(FinetuneConfig, ["--config", str(path), "--checkpoint", "none"])
+    specs = cfg.task_specs()
+    assert [t.recipe for t in specs] == ["seizure", "sleep", "emotion", "motor_imagery"]
+    assert specs[3].classes == ("left_fist", "right_fist") and cfg.checkpoint is None
