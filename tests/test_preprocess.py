@@ -98,17 +98,32 @@ def test_fir_method_agrees_with_iir():
 def test_fft_method_matches_time_domain_iir(orig):
     # The default "fft" path applies the Butterworth cascade's |H|^2 in the frequency domain; in the interior
     # it must give what the forward-backward IIR gives (both zero-phase; the "iir" path's low-pass edge is a
-    # Kaiser FIR when it resamples, hence 2% of the tone, not float precision), and at the edges (mirror padding in
+    # Kaiser FIR when it resamples, and at odd rates such as Bonn's the FFT grid may run up to 0.05 samples
+    # off by the end: hence 3% of the 0.5-unit tone, not float precision), and at the edges (mirror padding in
     # both) be no worse than 0.06 (12% of the 0.5-unit tone) in the first and last 3 s.
     raw = _raw(["C3", "C4"], orig, 30.0, components=((10.0, 50.0), (50.0, 20.0), (30.0, 10.0)))
     fft = preprocess_raw(raw, PreprocessConfig(filter_method="fft")).data
     iir = preprocess_raw(raw, PreprocessConfig(filter_method="iir")).data
     assert fft.shape == iir.shape and fft.dtype == np.float32
-    assert np.abs(fft - iir)[:, 1000:-1000].max() < 0.01
+    assert np.abs(fft - iir)[:, 1000:-1000].max() < 0.015
     tone = preprocess_raw(_raw(["C3"], orig, 30.0), PreprocessConfig(filter_method="fft")).data[0]
     err = np.abs(tone - 0.5 * np.sin(2 * np.pi * 10.0 * np.arange(tone.size) / 200.0))
     # The very last output sample may lie up to one input period past the last input sample: skip it.
     assert err[:600].max() < 0.06 and err[-600:-1].max() < 0.06
+
+
+def test_fft_plan_lengths_and_timing_bound():
+    from shards.preprocess import _MAX_DRIFT_SAMPLES, _fft_plan, _smooth
+
+    # Exact 5/4 grid for 160 -> 200 Hz; a fast (5-smooth) grid within the drift bound for Bonn's 173.61 Hz.
+    for n, orig in [(20000, 160.0), (4097, BONN_SFREQ), (3840, 128.0), (15360, 256.0)]:
+        n_out = int(np.ceil(n * 200.0 / orig))
+        n_fft, m_fft, pad = _fft_plan(n, orig, 200.0, n_out)
+        assert _smooth(n_fft) and _smooth(m_fft)
+        assert abs(m_fft / n_fft - 200.0 / orig) * n_out <= _MAX_DRIFT_SAMPLES
+        assert pad >= 3 * orig - 1 and n_fft - n - pad >= 3 * orig - 1  # >= 3 s of mirror on both sides
+        assert (pad * m_fft) % n_fft == 0  # output sample 0 sits exactly on input sample 0
+    assert _fft_plan(20000, 160.0, 200.0, 25000)[1] * 4 == _fft_plan(20000, 160.0, 200.0, 25000)[0] * 5
 
 
 def test_channel_selection_reports_every_drop():
