@@ -146,7 +146,13 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         )
     cache.clear()
     first = tasks[specs[0].recipe]
+    # One optimiser for all tasks: the first recipe's defaults (all recipes share LaBraM's) + overrides.
     hyper: Hyper = merge_hyper(first.recipe.hyper, config.hyper_overrides())
+    for key in ("epochs", "batch_size", "patience"):
+        if getattr(hyper, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(hyper, key)}")
+    if hyper.lr <= 0:
+        raise ValueError(f"lr must be > 0, got {hyper.lr}")
 
     splits: dict[str, Split] = {}
     for name, data in tasks.items():

@@ -17,7 +17,7 @@ from finetune.train import finetune
 
 # Margins over chance, measured with this small model trained from scratch (seeded, so reproducible):
 # they say the pipeline learns the task, not what a pretrained base-size model reaches.
-SLEEP_MARGIN = 0.35  # 4 classes present in the DREAMS excerpts: chance 0.25
+SLEEP_MARGIN = 0.35  # 4 classes present in the DREAMS excerpts (no REM): chance 0.25; measured 0.47
 EMOTION_MARGIN = 0.6  # chance 0.5
 MI_MARGIN = 0.55  # chance 0.5; 15 held-out trials of one run
 
@@ -108,7 +108,7 @@ def test_eegmmidb_left_right_fist_held_out_run(shared_data, tmp_path):
 @pytest.mark.slow
 def test_dreams_sleep_staging_held_out_excerpt(shared_data, tmp_path):
     data = shard("dreams", shared_data / "sleep" / "dreams_spindles", tmp_path)
-    res = run(tmp_path, "sleep", data, epochs=10)["results"]["sleep"]
+    res = run(tmp_path, "sleep", data, epochs=6)["results"]["sleep"]
     assert set(res["classes"]) <= {"W", "N1", "N2", "N3", "REM"} and len(res["classes"]) >= 4
     disjoint(res)
     assert res["splits"]["test"]["balanced_accuracy"] >= SLEEP_MARGIN, res["splits"]["test"]
