@@ -20,7 +20,8 @@ filters, resampling, units), ``win`` (``cut_windows``) and ``write`` (the rest: 
 tar, manifest). ``(load + write) / read`` is then the ratio the build would have with free preprocessing.
 ``--profile`` prints the top functions of (b) by cumulative time (cProfile, single process).
 
-    OMP_NUM_THREADS=1 python benchmarks/shard_build.py [--data DIR] [--corpora bonn,dreams,...] [--workers 1] [--repeat 3]
+    OMP_NUM_THREADS=1 python benchmarks/shard_build.py [--data DIR] [--corpora bonn,dreams,...] \\
+        [--workers 1] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def full_build(name: str, root: Path, workers: int, profile: bool) -> tuple[floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
     p.add_argument("--corpora", default=",".join(CORPORA), help="comma-separated corpus adapters to run")
     p.add_argument("--workers", type=int, default=1, help="build workers (CPU of children is counted)")

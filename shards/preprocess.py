@@ -222,10 +222,11 @@ _MAX_RATE_ERROR = 2e-6
 def _polyphase_kernel(up: int, down: int, cutoff: float) -> np.ndarray:
     """Anti-alias / anti-image FIR for resample_poly: scipy's default length and window, our cutoff.
 
-    Same as resample_poly's own design (2 x 10 x max(up, down) + 1 taps, Kaiser beta 5: ~54 dB stop band, pass-band ripple ~0.02 dB) except that the -6 dB cutoff is
-    ``cutoff`` (a fraction of the up-sampled Nyquist rate) instead of always the lower Nyquist rate, so the
-    band-pass's low edge is folded into the resampling convolution we pay for anyway. The transition band is
-    ~0.16 x min(orig, target) Hz wide around the cutoff (e.g. 75 +- 16 Hz at 200 Hz). Designed once per
+    Same as resample_poly's own design (2 x 10 x max(up, down) + 1 taps, Kaiser beta 5: ~54 dB stop band,
+    pass-band ripple ~0.02 dB) except that the -6 dB cutoff is ``cutoff`` (a fraction of the up-sampled
+    Nyquist rate) instead of always the lower Nyquist rate, so the band-pass's upper edge is folded into the
+    resampling convolution we pay for anyway. The transition band is ~0.16 x min(orig, target) Hz wide
+    around the cutoff (e.g. 75 +- 16 Hz at 200 Hz). Designed once per
     rate pair: for Bonn's 1061/921 the 21k-tap design costs more than resampling its 4097 samples.
     """
     max_rate = max(up, down)
