@@ -142,6 +142,12 @@ def test_default_run_with_no_arguments(tmp_path, monkeypatch, capsys):
     assert (run_dir / "model" / "model.safetensors").is_file()
     assert (run_dir / "demo_data" / "shards" / "synth" / "manifest.json").is_file()
     assert latest_checkpoint(run_dir).name == "step_00000120"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "logs" / "pretrain"))
+    events.Reload()
+    loss = [e.value for e in events.Scalars("train/loss_stft")]  # every 10 steps
+    assert len(loss) == 12 and sum(loss[-3:]) / 3 < 0.8 * sum(loss[:3]) / 3, loss
 
 
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(demo_spec, tmp_path):

@@ -85,3 +85,22 @@ def test_bad_key_and_defaults(capsys):
     assert main(["--model.codebook", "3"]) == 2
     assert "unknown config key 'model.codebook'" in capsys.readouterr().err
     assert TokenizerRunConfig().train.out_dir == "runs/tokenizer-demo"
+
+
+@pytest.mark.slow
+def test_pretrain_with_tokenizer_auto_trains_one_first(demo_spec, tmp_path):
+    from pretrain.config import DataConfig, ObjectiveConfig, OptimConfig, PretrainConfig, TrainConfig
+    from pretrain.run import run
+
+    config = PretrainConfig(
+        data=DataConfig(shards=demo_spec, batch_size=2, crop_s=2.0, shuffle_buffer=8),
+        objective=ObjectiveConfig(name="masked_token", tokenizer="auto", tokenizer_steps=3),
+        optim=OptimConfig(warmup_steps=1),
+        train=TrainConfig(out_dir=str(tmp_path / "pre"), max_steps=2, save_every=2, progress=False),
+    )
+    result = run(config)
+    assert VQNSP.from_pretrained(tmp_path / "pre" / "tokenizer" / "model").codebook_size == 512
+    assert result.steps == 2 and (result.export_dir / "model.safetensors").is_file()
+    # the two fits shared one accelerator: the backbone's checkpoint holds one model, not two
+    ckpt = result.checkpoint
+    assert [p.name for p in ckpt.glob("model*.safetensors")] == ["model.safetensors"]

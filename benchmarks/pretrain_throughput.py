@@ -1,0 +1,149 @@
+"""Pretraining throughput: model step vs data loader, so we can see the loader never starves the model.
+
+    python benchmarks/pretrain_throughput.py                      # tiny + base on the demo shards, CPU
+    python benchmarks/pretrain_throughput.py --shards /data/shards/tueg --sizes base --batch-size 64
+
+For each model size it times full training steps (forward + backward + AdamW) of the chosen
+objective on pre-loaded batches (``model samples/s``, ``tokens/s`` = real channel-patches per second),
+and separately the WebDataset loader alone (``pretrain.data`` stream: read, decode, shuffle, crop,
+collate) with the same batch shape. ``loader/model`` is the ratio of the two sample rates: above 1 the
+loader keeps up; the aim is >= 5 on CPU. On CUDA the step runs under bf16 autocast (mamba-ssm kernels
+when installed) and peak memory is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from pretrain.config import DataConfig, DemoConfig
+from pretrain.data import batch_tokens, corpus_specs, make_batch_stream, resolve_corpora, to_device
+from pretrain.demo import build_demo_shards
+from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, build_backbone
+from pretrain.trainer import param_groups
+
+
+def loader_rate(spec: str, batch_size: int, crop_s: float, n_batches: int, num_workers: int) -> float:
+    """Samples/s of the streaming loader alone (after the shuffle buffer has filled once)."""
+    data = DataConfig(shards=spec, batch_size=batch_size, crop_s=crop_s, num_workers=num_workers,
+                      shuffle_buffer=64, epoch_steps=n_batches + 4)
+    stream = make_batch_stream(data, resolve_corpora(corpus_specs(data)), patch_size=200, sfreq=200.0, seed=0,
+                               grad_accum=1, world_size=1)
+    it = stream.batches(0)
+    for _ in range(3):  # fill the shuffle buffer, start workers
+        next(it)
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def model_rate(size: str, objective: str, batches: list[dict], steps: int, device: torch.device) -> dict:
+    """Samples/s and tokens/s of full training steps; peak memory on CUDA."""
+    torch.manual_seed(0)
+    crop_patches = batches[0]["x"].shape[-1] // 200
+    backbone = build_backbone(size, {}, crop_patches)
+    if objective == "masked_token":
+        from tokenizer.vqnsp import VQNSP, VQNSPConfig
+
+        obj = MaskedTokenObjective(backbone, VQNSP(VQNSPConfig.from_size("tiny", kmeans_init=False)))
+    else:
+        obj = MaskedSTFTObjective(backbone)
+    obj.to(device).train()
+    opt = torch.optim.AdamW(param_groups(obj, 0.05), lr=1e-4, betas=(0.9, 0.98))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step(batch):
+        with autocast:
+            loss = obj(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(obj.parameters(), 3.0)
+        opt.step()
+
+    on_device = [to_device(b, device) for b in batches]
+    step(on_device[0])  # warm-up (allocations, kernel selection)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    samples = tokens = 0
+    for i in range(steps):
+        batch = on_device[i % len(on_device)]
+        step(batch)
+        samples += batch["x"].shape[0]
+        tokens += batch_tokens(batches[i % len(batches)], 200)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {
+        "params_M": sum(p.numel() for p in backbone.parameters()) / 1e6,
+        "samples_per_s": samples / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "step_s": elapsed / steps,
+        "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", default="", help="shard spec (default: build the demo corpus in a temp dir)")
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=["tiny", "base", "large"])
+    parser.add_argument("--objective", default="masked_stft", choices=["masked_stft", "masked_token"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop-s", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per size")
+    parser.add_argument("--loader-batches", type=int, default=30)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tmp = None
+    spec = args.shards
+    if not spec:
+        tmp = tempfile.TemporaryDirectory(prefix="eegfm-bench-")
+        spec = build_demo_shards(tmp.name, DemoConfig(), progress=False)
+    data = DataConfig(shards=spec, batch_size=args.batch_size, crop_s=args.crop_s, shuffle_buffer=64, epoch_steps=8)
+    stream = make_batch_stream(data, resolve_corpora(corpus_specs(data)), patch_size=200, sfreq=200.0, seed=0,
+                               grad_accum=1, world_size=1)
+    batches = list(itertools.islice(stream.batches(0), 4))
+    loader = loader_rate(spec, args.batch_size, args.crop_s, args.loader_batches, args.num_workers)
+
+    rows = []
+    for size in args.sizes:
+        r = model_rate(size, args.objective, batches, args.steps, device)
+        rows.append({"size": size, **r, "loader_samples_per_s": loader, "loader_over_model": loader / r["samples_per_s"]})
+
+    b, c, t = batches[0]["x"].shape
+    print(f"device {device} ({torch.get_num_threads()} threads), objective {args.objective}, batch {b} x {c} ch x "
+          f"{t / 200:g} s ({c * t // 200} tokens/sample), loader workers {args.num_workers}")
+    header = f"{'size':<6}{'params':>9}{'model samples/s':>17}{'tokens/s':>11}{'s/step':>9}{'loader samples/s':>18}{'loader/model':>14}"
+    if device.type == "cuda":
+        header += f"{'peak GiB':>10}"
+    print(header)
+    for r in rows:
+        line = (f"{r['size']:<6}{r['params_M']:>8.2f}M{r['samples_per_s']:>17.1f}{r['tokens_per_s']:>11.0f}"
+                f"{r['step_s']:>9.3f}{r['loader_samples_per_s']:>18.1f}{r['loader_over_model']:>13.1f}x")
+        if device.type == "cuda":
+            line += f"{r['peak_mem_GiB']:>10.2f}"
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": str(device), "rows": rows}, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
