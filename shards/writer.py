@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from shards.corpora import get_corpus
@@ -65,10 +64,22 @@ _OFFICIAL_SPLIT = {"train": "train", "training": "train", "val": "val", "valid":
 
 @dataclass
 class RecordingResult:
-    """What processing one recording produced: its samples and a JSON-able summary for the manifest."""
+    """What processing one recording produced, ready to append to a shard.
 
-    samples: list[tuple[str, np.ndarray, dict]] = field(default_factory=list)  # (key, eeg f16 [C, T], meta)
+    ``tar``: the tar members of all its samples (``{key}.eeg.npy`` then ``{key}.json`` per window, each a
+    512-byte header + payload padded to 512 bytes). Tar members carry no offsets, so this block is the same
+    wherever it lands in a shard: workers encode it and the writer only appends it, and one ``bytes`` per
+    recording (instead of arrays and dicts per window) is cheap to pickle back from a worker and gives the
+    garbage collector nothing to scan. ``summary``: JSON-able, for the manifest (``summary["samples"]`` counts
+    the samples in ``tar``).
+    """
+
+    tar: bytes = b""
     summary: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.summary.get("samples", 0))
 
 
 def assign_split(rec: Recording, fractions: Sequence[float], seed: int) -> str:
@@ -156,26 +167,43 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
     summary["channels"] = channels
     summary["drops"] = dict(sorted(Counter(drops).items()))
     labels: Counter = Counter()
-    samples = []
+    encoder = _SampleEncoder(rec, channels, float(signal.sfreq))
+    if windows:
+        f16, first = _float16_span(signal.data, windows, len(channels), rec.source)
+    pieces: list[bytes] = []
+    durations = []
     for k, w in enumerate(windows):
-        eeg = np.asarray(_window_eeg(w), dtype=np.float32)
-        if eeg.shape[0] != len(channels):
-            raise RuntimeError(f"{rec.source}: window has {eeg.shape[0]} rows for {len(channels)} channels")
+        n = _window_eeg(w).shape[1]
+        eeg = f16[:, w.start - first: w.start - first + n]  # a view; tobytes() below is the only copy
         label = getattr(w, "label", None)
         label_name = getattr(w, "label_name", None)
-        onset = float(getattr(w, "onset_s"))
-        meta = {
-            "corpus": rec.corpus, "recording": rec.recording, "subject": rec.subject, "session": rec.session,
-            "channels": channels, "sfreq": float(signal.sfreq), "onset_s": round(onset, 6),
-            "duration_s": round(eeg.shape[1] / float(signal.sfreq), 6), "task": rec.task,
-            "label": None if label is None else int(label), "label_name": label_name, "source": rec.source,
-        }
+        label = None if label is None else int(label)
+        duration = encoder.encode(pieces, k, eeg, float(w.onset_s), label, label_name)
+        durations.append(duration)
         labels[label_name if label is not None else "unlabeled"] += 1
-        samples.append((f"{rec.corpus}__{rec.recording}__{k:06d}", eeg.astype(np.float16), meta))
-    summary["samples"] = len(samples)
-    summary["hours"] = sum(s[2]["duration_s"] for s in samples) / 3600.0
+    summary["samples"] = len(windows)
+    summary["hours"] = sum(durations) / 3600.0
     summary["labels"] = dict(sorted(labels.items()))
-    return RecordingResult(samples, summary)
+    return RecordingResult(b"".join(pieces), summary)
+
+
+def _float16_span(data: np.ndarray, windows, n_channels: int, source: str) -> tuple[np.ndarray, int]:
+    """``data[:, first:last]`` as float16 ``[C, last - first]``, the span the kept windows cover, and ``first``.
+
+    One conversion per recording rather than one per window: overlapping windows (stride < window) would
+    otherwise convert the shared samples twice. Relies on the ``Window`` contract
+    ``w.data == signal.data[:, w.start:w.start + n]``, checked cheaply on the first window.
+    """
+    if data.shape[0] != n_channels:
+        raise RuntimeError(f"{source}: signal has {data.shape[0]} rows for {n_channels} channels")
+    first = min(w.start for w in windows)
+    last = max(w.start + _window_eeg(w).shape[1] for w in windows)
+    w0 = windows[0]
+    d0 = _window_eeg(w0)
+    if d0.shape[0] != n_channels or not np.shares_memory(d0, data[:, w0.start: w0.start + d0.shape[1]]):
+        raise RuntimeError(f"{source}: window 0 is not signal.data[:, start:start + n] "
+                           f"({d0.shape[0]} rows for {n_channels} channels)")
+    return data[:, first:last].astype(np.float16), first
 
 
 def _worker(args) -> RecordingResult:
@@ -187,12 +215,138 @@ def _worker(args) -> RecordingResult:
 # shard files
 
 
+# A sample is two tar members, ``{key}.eeg.npy`` and ``{key}.json`` (webdataset's sorted field order), with
+# a fixed owner/mode/mtime so rebuilds are byte-identical. tarfile.TarInfo.tobuf and np.save cost ~0.1 ms per
+# sample in Python; the header below is GNU tar (tarfile.GNU_FORMAT, no per-member PAX header) built from a
+# template that tarfile itself produced, so the bytes are exactly what tarfile writes (tests compare them).
+_TAR_USER = "eegfm"
+_TAR_MODE = 0o444
+_BLOCK = tarfile.BLOCKSIZE  # 512
+_RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads a closed archive to a multiple of this
+
+
+def _tarinfo_header(name: str, size: int) -> bytes:
+    """The reference: tarfile's GNU header for one of our members (also used for names over 100 bytes)."""
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, 0, _TAR_MODE, _TAR_USER, _TAR_USER
+    return ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+_TEMPLATE = bytearray(_tarinfo_header("", 0))
+_TEMPLATE[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+_TEMPLATE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[124:136])  # without the size field
+_TEMPLATE_HEAD = bytes(_TEMPLATE[100:124])  # mode, uid, gid
+_TEMPLATE_MID = bytes(_TEMPLATE[136:148])  # mtime
+_TEMPLATE_TAIL = bytes(_TEMPLATE[156:])  # type flag, linkname, magic, uname, gname, dev, prefix
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte GNU tar header of a regular member ``name`` of ``size`` bytes (ours: mode 0444, mtime 0).
+
+    Equal to ``tarfile.TarInfo(...).tobuf(tarfile.GNU_FORMAT)``; names over 100 bytes (a GNU ``LongLink``
+    member first) and sizes of 8 GiB or more (base-256 size) are left to tarfile.
+    """
+    bname = name.encode("utf-8", "surrogateescape")
+    if len(bname) > 100 or size >= 8**11:
+        return _tarinfo_header(name, size)
+    size_field = b"%011o\0" % size
+    chksum = _TEMPLATE_SUM + sum(bname) + sum(size_field)
+    return b"".join((bname.ljust(100, b"\0"), _TEMPLATE_HEAD, size_field, _TEMPLATE_MID,
+                     b"%06o\0 " % chksum, _TEMPLATE_TAIL))
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _BLOCK)
+
+
+_NPY_HEADERS: dict[tuple[int, ...], bytes] = {}
+
+
+def npy_bytes(eeg: np.ndarray) -> bytes:
+    """``np.save`` bytes of a float16 array (C order), with the header cached per shape.
+
+    The ``.npy`` header depends only on dtype, order and shape, so it is taken once from ``np.save`` itself
+    (byte-identical by construction) and the data is ``tobytes()``: one copy instead of np.save's
+    BytesIO round trip.
+    """
+    if eeg.dtype != np.float16:
+        raise TypeError(f"eeg must be float16, got {eeg.dtype}")
+    header = _NPY_HEADERS.get(eeg.shape)
+    if header is None:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(eeg.shape, np.float16), allow_pickle=False)
+        header = buf.getvalue()[: -eeg.nbytes or None]
+        _NPY_HEADERS[eeg.shape] = header
+    return header + eeg.tobytes()
+
+
+def _json_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+
+
+class _SampleEncoder:
+    """Encodes the windows of one recording into tar members.
+
+    The per-sample JSON differs between windows of a recording only in ``onset_s``, ``duration_s``,
+    ``label`` and ``label_name``; everything else is dumped once. Keys are in sorted order, so the bytes
+    equal ``json.dumps(meta, sort_keys=True, separators=(",", ":"))`` (tests compare them).
+    """
+
+    def __init__(self, rec: Recording, channels: list[str], sfreq: float) -> None:
+        self.prefix = f"{rec.corpus}__{rec.recording}__"
+        self.sfreq = sfreq
+        def d(x) -> str:
+            return json.dumps(x, separators=(",", ":"))
+
+        # sorted keys: channels, corpus, duration_s, label, label_name, onset_s, recording, session, sfreq,
+        # source, subject, task
+        self.head = f'{{"channels":{d(channels)},"corpus":{d(rec.corpus)},"duration_s":'
+        self.tail = (f',"recording":{d(rec.recording)},"session":{d(rec.session)},"sfreq":{d(sfreq)},'
+                     f'"source":{d(rec.source)},"subject":{d(rec.subject)},"task":{d(rec.task)}}}')
+        self.labels: dict[tuple, str] = {}
+        self.durations: dict[int, tuple[float, str]] = {}
+
+    def meta(self, eeg_shape, onset_s: float, label, label_name) -> dict:
+        """The sample's JSON as a dict (what ``encode`` writes, for tests and readers)."""
+        return json.loads(self.json(eeg_shape[1], onset_s, label, label_name)[0])
+
+    def json(self, n: int, onset_s: float, label, label_name) -> tuple[bytes, float]:
+        dur = self.durations.get(n)
+        if dur is None:
+            duration = round(n / self.sfreq, 6)
+            dur = self.durations[n] = (duration, json.dumps(duration))
+        lab = self.labels.get((label, label_name))
+        if lab is None:
+            lab = self.labels[(label, label_name)] = (
+                f',"label":{json.dumps(label)},"label_name":{json.dumps(label_name)},"onset_s":')
+        return (self.head + dur[1] + lab + json.dumps(round(onset_s, 6)) + self.tail).encode(), dur[0]
+
+    def encode(self, out: list[bytes], index: int, eeg: np.ndarray, onset_s: float, label, label_name) -> float:
+        """Append the two members of sample ``index`` (eeg ``[C, T]`` float16) to ``out``; returns duration_s."""
+        key = f"{self.prefix}{index:06d}"
+        npy = npy_bytes(eeg)
+        js, duration = self.json(eeg.shape[1], onset_s, label, label_name)
+        out += (tar_header(key + ".eeg.npy", len(npy)), npy, _padding(len(npy)),
+                tar_header(key + ".json", len(js)), js, _padding(len(js)))
+        return duration
+
+
 def encode_sample(key: str, eeg: np.ndarray, meta: dict) -> dict:
-    """Canonical bytes of one sample (no pickle; ``np.save`` header and sorted-key JSON are stable)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(eeg, dtype=np.float16), allow_pickle=False)
-    return {"__key__": key, "eeg.npy": buf.getvalue(),
-            "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()}
+    """A sample as webdataset's field dict (``__key__``, ``eeg.npy``, ``json``): the same bytes the builder
+    writes, for writing samples with ``webdataset.TarWriter`` elsewhere (e.g. tests)."""
+    return {"__key__": key, "eeg.npy": npy_bytes(np.ascontiguousarray(eeg, dtype=np.float16)), "json": _json_bytes(meta)}
+
+
+def tar_members(sample: dict) -> bytes:
+    """The tar bytes of one encoded sample (``encode_sample`` output), fields in webdataset's sorted order."""
+    key = sample["__key__"]
+    out = []
+    for k in sorted(sample):
+        if k.startswith("_"):
+            continue
+        v = sample[k]
+        out += (tar_header(f"{key}.{k}", len(v)), v, _padding(len(v)))
+    return b"".join(out)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -224,30 +378,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 class _OpenShard:
-    """A shard being filled: a TarWriter on a hidden temporary file plus the recordings it consumed."""
+    """A shard being filled: a hidden temporary tar file plus the summaries of the recordings it consumed.
+
+    Each recording's members arrive pre-encoded (``RecordingResult.tar``) and are appended as they come, so
+    nothing of a finished recording is held in memory. ``commit`` ends the archive exactly as tarfile does
+    (two zero blocks, then zeros up to a multiple of 20 blocks).
+    """
 
     def __init__(self, folder: Path, name: str, split: str) -> None:
         self.path = folder / name
         self.tmp = folder / f".{name}.tmp-{os.getpid()}"
         self.name, self.split = name, split
         self.file = open(self.tmp, "wb")
-        # Fixed mtime/owner/mode: TarWriter otherwise stamps time.time() and tars differ between builds.
-        self.writer = wds.TarWriter(self.file, user="eegfm", group="eegfm", mode=0o444, mtime=0, encoder=False)
-        # webdataset 1.0.2 computes but never passes its `format`, leaving tarfile's PAX default, which adds a
-        # 1 KiB extended header per member (a third of a small shard) and costs ~40% of the tar-writing time.
-        # GNU format has no per-member extended header and still allows long names.
-        self.writer.tarstream.format = tarfile.GNU_FORMAT
+        self.size = 0
         self.samples = 0
         self.recordings: list[dict] = []
 
     def add(self, result: RecordingResult) -> None:
-        for key, eeg, meta in result.samples:
-            self.writer.write(encode_sample(key, eeg, meta))
-        self.samples += len(result.samples)
+        if result.tar:
+            self.file.write(result.tar)
+            self.size += len(result.tar)
+        self.samples += result.n_samples
         self.recordings.append(result.summary)
 
     def commit(self) -> dict:
-        self.writer.close()  # closes the tar stream, not our file object
+        end = self.size + 2 * _BLOCK
+        self.file.write(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -257,11 +413,8 @@ class _OpenShard:
                 "hours": sum(r["hours"] for r in self.recordings), "recordings": self.recordings}
 
     def discard(self) -> None:
-        try:
-            self.writer.close()
-        finally:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
