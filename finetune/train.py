@@ -17,7 +17,6 @@ Outputs in ``out``::
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
