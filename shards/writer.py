@@ -25,6 +25,7 @@ Guarantees and how they are met:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -161,7 +162,7 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         if str(rec.path) not in reason and rec.source not in reason:
             reason = f"{rec.source}: {reason}"
         summary["skipped"] = reason
-        return RecordingResult([], summary)
+        return RecordingResult(b"", summary)
 
     channels = list(signal.channels)
     summary["channels"] = channels
@@ -247,12 +248,20 @@ def tar_header(name: str, size: int) -> bytes:
     member first) and sizes of 8 GiB or more (base-256 size) are left to tarfile.
     """
     bname = name.encode("utf-8", "surrogateescape")
+    return _header(bname, sum(bname), size)
+
+
+def _header(bname: bytes, name_sum: int, size: int) -> bytes:
+    """``tar_header`` for an encoded name whose byte sum (its share of the checksum) is ``name_sum``."""
     if len(bname) > 100 or size >= 8**11:
-        return _tarinfo_header(name, size)
+        return _tarinfo_header(bname.decode("utf-8", "surrogateescape"), size)
     size_field = b"%011o\0" % size
-    chksum = _TEMPLATE_SUM + sum(bname) + sum(size_field)
+    chksum = _TEMPLATE_SUM + name_sum + sum(size_field)
     return b"".join((bname.ljust(100, b"\0"), _TEMPLATE_HEAD, size_field, _TEMPLATE_MID,
                      b"%06o\0 " % chksum, _TEMPLATE_TAIL))
+
+
+_NPY_SUFFIX_SUM, _JSON_SUFFIX_SUM = sum(b".eeg.npy"), sum(b".json")
 
 
 def _padding(size: int) -> bytes:
@@ -293,16 +302,17 @@ class _SampleEncoder:
     """
 
     def __init__(self, rec: Recording, channels: list[str], sfreq: float) -> None:
-        self.prefix = f"{rec.corpus}__{rec.recording}__"
+        self.prefix = f"{rec.corpus}__{rec.recording}__".encode("utf-8", "surrogateescape")
+        self.prefix_sum = sum(self.prefix)
         self.sfreq = sfreq
-        def d(x) -> str:
-            return json.dumps(x, separators=(",", ":"))
-
-        # sorted keys: channels, corpus, duration_s, label, label_name, onset_s, recording, session, sfreq,
-        # source, subject, task
-        self.head = f'{{"channels":{d(channels)},"corpus":{d(rec.corpus)},"duration_s":'
-        self.tail = (f',"recording":{d(rec.recording)},"session":{d(rec.session)},"sfreq":{d(sfreq)},'
-                     f'"source":{d(rec.source)},"subject":{d(rec.subject)},"task":{d(rec.task)}}}')
+        # Dump the constant fields once, in sorted-key order, and cut the result around the varying ones:
+        # channels, corpus, duration_s | label, label_name, onset_s | recording, session, sfreq, source, ...
+        const = json.dumps({"channels": channels, "corpus": rec.corpus, "recording": rec.recording,
+                            "session": rec.session, "sfreq": sfreq, "source": rec.source, "subject": rec.subject,
+                            "task": rec.task}, sort_keys=True, separators=(",", ":"))
+        cut = const.index(',"recording":')
+        self.head = const[:cut] + ',"duration_s":'
+        self.tail = const[cut:]
         self.labels: dict[tuple, str] = {}
         self.durations: dict[int, tuple[float, str]] = {}
 
@@ -320,11 +330,13 @@ class _SampleEncoder:
 
     def encode(self, out: list[bytes], index: int, eeg: np.ndarray, onset_s: float, label, label_name) -> float:
         """Append the two members of sample ``index`` (eeg ``[C, T]`` float16) to ``out``; returns duration_s."""
-        key = f"{self.prefix}{index:06d}"
+        digits = b"%06d" % index
+        key_sum = self.prefix_sum + sum(digits)
+        key = self.prefix + digits
         npy = npy_bytes(eeg)
         js, duration = self.json(eeg.shape[1], onset_s, label, label_name)
-        out += (tar_header(key + ".eeg.npy", len(npy)), npy, _padding(len(npy)),
-                tar_header(key + ".json", len(js)), js, _padding(len(js)))
+        out += (_header(key + b".eeg.npy", key_sum + _NPY_SUFFIX_SUM, len(npy)), npy, _padding(len(npy)),
+                _header(key + b".json", key_sum + _JSON_SUFFIX_SUM, len(js)), js, _padding(len(js)))
         return duration
 
 
@@ -381,7 +393,7 @@ def atomic_write_json(path: Path, obj: Any, *, readable: bool = True) -> None:
 
 def _json_lines(obj: Any) -> str:
     def dump(x: Any) -> str:
-        return json.dumps(x, sort_keys=True, separators=(",", ": "))
+        return json.dumps(x, sort_keys=True, separators=(", ", ": "))
 
     def block(x: Any, indent: str) -> str:
         if isinstance(x, dict) and x:
@@ -464,7 +476,8 @@ def shard_name(split: str, index: int, part: tuple[int, int]) -> str:
     return f"{split}-{index:06d}.tar" if part[1] == 1 else f"{split}-{part[0]:03d}-{index:06d}.tar"
 
 
-def software_versions() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
@@ -473,7 +486,13 @@ def software_versions() -> dict[str, str]:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    return out
+    return tuple(out.items())
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape shard bytes. Cached per process: importlib.metadata
+    scans every installed distribution (~20 ms), which a multi-corpus or per-part build would pay each time."""
+    return dict(_versions())
 
 
 def _jsonable(x: Any) -> Any:

@@ -21,7 +21,16 @@ from shards.dataset import load_windows, read_manifest
 from shards.preprocess import Segment, cut_windows, preprocess_raw
 from shards.readers import read_raw
 from shards.synth import simulate
-from shards.writer import assign_split, build, resolve_config
+from shards.writer import (
+    _OpenShard,
+    assign_split,
+    build,
+    encode_sample,
+    npy_bytes,
+    process_recording,
+    resolve_config,
+    tar_header,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,6 +152,98 @@ def test_rebuild_is_byte_identical_also_with_two_workers(small_raw, tmp_path):
     texts = {(tmp_path / x / "synth" / "manifest.json").read_text() for x in "abc"}
     assert len(texts) == 1
     assert not list((tmp_path / "a" / "synth").glob(".*.tmp-*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize("name_len", [12, 99, 100, 101, 180])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 1600, 10**9])
+def test_tar_header_equals_tarfile_gnu_header(name_len, size):
+    name = ("synth__rec-" + "x" * 200)[: name_len - 5] + ".json"
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, 0, 0o444, "eegfm", "eegfm"
+    ref = ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    got = tar_header(name, size)
+    assert got == ref
+    assert len(got) == (512 if name_len <= 100 else 512 * (2 + (name_len + 1 + 511) // 512))  # GNU LongLink
+
+
+@pytest.mark.parametrize("shape", [(1, 800), (23, 800), (64, 1), (3, 0)])
+def test_npy_bytes_equal_np_save_and_load_back(shape):
+    rng = np.random.default_rng(0)
+    full = rng.normal(size=(shape[0], shape[1] + 7)).astype(np.float16)
+    eeg = full[:, 3: 3 + shape[1]]  # a non-contiguous view, as the builder passes
+    ref = io.BytesIO()
+    np.save(ref, np.ascontiguousarray(eeg), allow_pickle=False)
+    got = npy_bytes(eeg)
+    assert got == ref.getvalue()
+    back = np.load(io.BytesIO(got))
+    assert back.dtype == np.float16 and back.shape == shape and np.array_equal(back, eeg)
+    with pytest.raises(TypeError, match="float16"):
+        npy_bytes(eeg.astype(np.float32))
+
+
+def test_fast_encoding_equals_webdataset_tarwriter(small_raw, tmp_path):
+    """The builder's hand-made members are byte for byte what webdataset's TarWriter (GNU tar) writes
+    for the canonical sample (np.save + sorted compact JSON), including the archive's end padding."""
+    import webdataset as wds
+
+    adapter = get_corpus("synth")
+    cfg = resolve_config(adapter, None, None)
+    recs = adapter.find(small_raw)[:2]
+    results = [process_recording(adapter, rec, cfg, "train") for rec in recs]
+    shard = _OpenShard(tmp_path, "train-000000.tar", "train")
+    for r in results:
+        shard.add(r)
+    info = shard.commit()
+    assert info["samples"] == sum(r.n_samples for r in results) > 0
+
+    ref = io.BytesIO()
+    w = wds.TarWriter(ref, user="eegfm", group="eegfm", mode=0o444, mtime=0, encoder=False)
+    w.tarstream.format = tarfile.GNU_FORMAT
+    n = 0
+    for rec in recs:
+        loaded = adapter.load(rec)
+        signal = preprocess_raw(loaded.raw, cfg, source=rec.source, channel_map=getattr(adapter, "channel_map", None))
+        windows, _ = cut_windows(signal, loaded.segments, cfg)
+        for k, win in enumerate(windows):
+            meta = {"corpus": rec.corpus, "recording": rec.recording, "subject": rec.subject, "session": rec.session,
+                    "channels": list(signal.channels), "sfreq": float(signal.sfreq), "onset_s": round(win.onset_s, 6),
+                    "duration_s": round(win.data.shape[1] / signal.sfreq, 6), "task": rec.task,
+                    "label": None if win.label is None else int(win.label), "label_name": win.label_name,
+                    "source": rec.source}
+            w.write(encode_sample(f"synth__{rec.recording}__{k:06d}", win.data.astype(np.float16), meta))
+            n += 1
+    w.close()
+    assert n == info["samples"]
+    got = (tmp_path / "train-000000.tar").read_bytes()
+    assert got == ref.getvalue()
+    assert len(got) % tarfile.RECORDSIZE == 0
+    with tarfile.open(tmp_path / "train-000000.tar") as tf:
+        names = tf.getnames()
+    assert len(names) == 2 * n and names[0].endswith(".eeg.npy") and names[1].endswith(".json")
+
+
+def test_recording_result_is_one_block_of_whole_members(small_raw):
+    adapter = get_corpus("synth")
+    rec = adapter.find(small_raw)[0]
+    r = process_recording(adapter, rec, resolve_config(adapter, None, None), "val")
+    assert isinstance(r.tar, bytes) and len(r.tar) % 512 == 0 and r.n_samples > 0
+    assert r.summary["samples"] == r.n_samples and r.summary["split"] == "val"
+    bad = Recording(corpus="synth", recording="gone", subject="s", session="0", source="gone.edf",
+                    path=small_raw / "gone.edf", task=None, extra={})
+    r = process_recording(adapter, bad, resolve_config(adapter, None, None), "train")
+    assert r.tar == b"" and r.n_samples == 0 and "gone.edf" in r.summary["skipped"]
+
+
+def test_manifest_is_line_per_item_json_and_state_one_line(small_raw, tmp_path):
+    build("synth", small_raw, tmp_path, max_samples_per_shard=30, progress=False)
+    text = (tmp_path / "synth" / "manifest.json").read_text()
+    m = json.loads(text)
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and text.endswith("}\n")
+    # each recording's entry on its own line, so the manifest diffs and greps per recording
+    assert sum('"recording": "' in ln and ln.startswith("  {") for ln in lines) == len(m["recordings"]) == 12
+    state = (tmp_path / "synth" / ".build-state.json").read_text()
+    assert state.count("\n") == 1 and json.loads(state)["complete"] is True
 
 
 def test_rebuild_over_finished_build_is_a_no_op(small_raw, tmp_path):
