@@ -20,6 +20,8 @@ cannot leak into another's):
 Part (a) runs the bare recurrence ``y = C . h`` (no D / z) at ``B=8, d_inner=256, d_state=16``.
 Part (b) compares a stack of :class:`foundation.bimamba.BiMambaBlock` with ``nn.TransformerEncoder`` of the
 same width and depth (pre-norm, dropout 0, feed-forward 4x width), batch 1, loss = mean square of the output.
+BiMamba runs as is and with ``recompute="full"`` (only block inputs kept for the backward pass); the
+transformer likewise with each layer under ``torch.utils.checkpoint``, for a like-for-like lean comparison.
 The transformer runs twice: with PyTorch's default attention (on CPU ``scaled_dot_product_attention`` picks
 a fused flash kernel whose memory is linear in length) and with the math backend forced, which materialises
 the ``L x L`` attention matrix as explicit-attention implementations (LaBraM, EEG Conformer) do. Sizes whose
@@ -56,6 +58,7 @@ def _loop_scan(u, delta, A, B, C):
 def _build(case: dict):
     """A zero-argument closure running one forward + backward for ``case``."""
     import torch
+    import torch.utils.checkpoint
     from torch import nn
 
     torch.manual_seed(0)
@@ -83,7 +86,7 @@ def _build(case: dict):
     if kind == "bimamba":
         from foundation.bimamba import BiMambaBlock
 
-        model = nn.ModuleList(BiMambaBlock(d) for _ in range(depth))
+        model = nn.ModuleList(BiMambaBlock(d, recompute=case.get("recompute", False)) for _ in range(depth))
 
         def run():
             h = x
@@ -98,6 +101,12 @@ def _build(case: dict):
         model = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
         def run():
+            if case.get("recompute"):
+                # Same layer-input-only checkpointing as BiMambaBlock(recompute=True), for a like-for-like row.
+                h = x
+                for lyr in model.layers:
+                    h = torch.utils.checkpoint.checkpoint(lyr, h, use_reentrant=False)
+                return h
             if kind == "transformer_math":
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -257,35 +266,43 @@ def part_b(lengths, d_model, depth, heads, repeats, timeout, max_gib, threads) -
     rows, skipped = [], []
     for l in lengths:
         base = dict(d_model=d_model, depth=depth, heads=heads, length=l, threads=threads)
-        bim = _both({**base, "kind": "bimamba"}, repeats, timeout)
-        tr = _both({**base, "kind": "transformer"}, repeats, timeout)
+        res = {
+            "B": _both({**base, "kind": "bimamba"}, repeats, timeout),
+            "B-rc": _both({**base, "kind": "bimamba", "recompute": "full"}, repeats, timeout),
+            "Tr": _both({**base, "kind": "transformer"}, repeats, timeout),
+            "Tr-ckpt": _both({**base, "kind": "transformer", "recompute": True}, repeats, timeout),
+        }
         if _transformer_math_gib(l, depth, heads) > max_gib:
-            trm = {"error": "skipped"}
+            res["Tr-math"] = {"error": "skipped"}
             skipped.append(f"L={l} (math attention needs ~{_transformer_math_gib(l, depth, heads):.0f} GiB)")
         else:
-            trm = _both({**base, "kind": "transformer_math"}, repeats, timeout)
-        for name, r in (("bimamba", bim), ("transformer", tr), ("transformer_math", trm)):
+            res["Tr-math"] = _both({**base, "kind": "transformer_math"}, repeats, timeout)
+        for name, r in res.items():
             if "error" in r and r["error"] != "skipped":
                 print(f"  L={l} {name}: {r['error']}")
-        pk = lambda r: _get(r, "peak_bytes")  # noqa: E731
-        rows.append([
-            str(l),
-            f"{_get(bim, 'wall_s') or float('nan'):.2f}", f"{_get(tr, 'wall_s') or float('nan'):.2f}",
-            f"{_get(trm, 'wall_s') or float('nan'):.2f}",
-            _ratio(_get(bim, "wall_s"), _get(tr, "wall_s")), _ratio(_get(bim, "wall_s"), _get(trm, "wall_s")),
-            _mib(pk(bim)), _mib(pk(tr)), _mib(pk(trm)),
-            _ratio(pk(bim), pk(tr)), _ratio(pk(bim), pk(trm)),
-            f"{(pk(bim) or float('nan')) / l / 1024:.1f}",
-        ])
+        wall = {k: _get(r, "wall_s") for k, r in res.items()}
+        pk = {k: _get(r, "peak_bytes") for k, r in res.items()}
+        rows.append(
+            [str(l)]
+            + [f"{wall[k] or float('nan'):.2f}" for k in res]
+            + [_mib(pk[k]) for k in res]
+            + [_ratio(pk["B"], pk["Tr"]), _ratio(pk["B-rc"], pk["Tr"]), _ratio(pk["B-rc"], pk["Tr-ckpt"]),
+               _ratio(pk["B"], pk["Tr-math"]), _ratio(wall["B-rc"], wall["B"]), _ratio(wall["B"], wall["Tr"]),
+               f"{(pk['B'] or float('nan')) / l / 1024:.1f}", f"{(pk['B-rc'] or float('nan')) / l / 1024:.1f}"]
+        )
+    names = ["B", "B-rc", "Tr", "Tr-ckpt", "Tr-math"]
     print(_table(
-        ["L", "BiMamba s", "Tr s", "Tr-math s", "time B/Tr", "time B/Tr-math",
-         "BiMamba peak MiB", "Tr peak MiB", "Tr-math peak MiB", "mem B/Tr", "mem B/Tr-math", "BiMamba KiB/token"],
+        ["L"] + [f"{k} s" for k in names] + [f"{k} MiB" for k in names]
+        + ["mem B/Tr", "mem B-rc/Tr", "mem B-rc/Tr-ckpt", "mem B/Tr-math", "time B-rc/B", "time B/Tr",
+           "B KiB/tok", "B-rc KiB/tok"],
         rows,
     ))
     if skipped:
         print(f"skipped (would not fit in --max-gib {max_gib:g}): " + ", ".join(skipped))
-    print("Tr = PyTorch's default attention (fused flash kernel on CPU, memory linear in L); "
-          "Tr-math = explicit L x L attention. Ratios < 1 favour BiMamba.")
+    print("s = forward+backward wall seconds; MiB = peak RSS growth. B = BiMamba (all activations kept); "
+          "B-rc = BiMambaBlock(recompute='full'); Tr = PyTorch's default attention (fused flash kernel on CPU, "
+          "memory linear in L); Tr-ckpt = Tr with each layer checkpointed (keeps only layer inputs, like B-rc); "
+          "Tr-math = explicit L x L attention. Memory ratios < 1 favour BiMamba.")
 
 
 def main(argv=None) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from foundation.ssm import selective_scan
 
@@ -37,6 +38,17 @@ def _load_causal_conv1d():
 
 
 _causal_conv1d_fn = _load_causal_conv1d()
+
+
+def _recompute_mode(recompute) -> str:
+    """``"none"``, ``"block"`` or ``"full"`` from the ``recompute`` argument (bool or one of those names)."""
+    if recompute is False or recompute is None or recompute == "none":
+        return "none"
+    if recompute is True or recompute == "full":
+        return "full"
+    if recompute == "block":
+        return "block"
+    raise ValueError(f"BiMambaBlock: recompute must be False, True, 'none', 'block' or 'full', got {recompute!r}")
 
 
 class DropPath(nn.Module):
@@ -126,6 +138,13 @@ class BiMambaBlock(nn.Module):
         dt_min, dt_max: range of the initial step size (log-uniform).
         drop_path: stochastic-depth probability for the residual branch (training only).
         norm: ``"layernorm"`` or ``"rmsnorm"``.
+        recompute: activation recomputation (``torch.utils.checkpoint``), the CPU analogue of
+            ``mamba_ssm``'s fused ``mamba_inner_fn``; gradients are identical. ``False``: keep every
+            activation (fastest). ``"block"``: keep only the block input ``x`` (``d_model`` floats per token
+            instead of thousands) and recompute the block in the backward pass (about +35% time).
+            ``"full"`` (or ``True``): as ``"block"``, and while recomputing, each scan direction again keeps
+            only its input, so the recomputation's own transient is about one direction's activations
+            (lowest peak, about +70% time). An attribute, so it can be switched after construction.
     """
 
     def __init__(
@@ -144,8 +163,10 @@ class BiMambaBlock(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         norm_eps: float = 1e-5,
+        recompute: bool | str = False,
     ):
         super().__init__()
+        _recompute_mode(recompute)
         if d_model <= 0 or d_state <= 0 or d_conv <= 0 or expand <= 0:
             raise ValueError(
                 f"BiMambaBlock: d_model, d_state, d_conv, expand must be positive, got "
@@ -168,6 +189,7 @@ class BiMambaBlock(nn.Module):
         self.bwd = _Direction(*args)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.drop_path = DropPath(drop_path)
+        self.recompute = recompute
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x [b, l, d_model]``, ``mask [b, l]`` bool (True = real token) or None -> ``[b, l, d_model]``."""
@@ -178,6 +200,16 @@ class BiMambaBlock(nn.Module):
                 raise ValueError(f"BiMambaBlock: mask must be [b, l] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
             if mask.dtype != torch.bool:
                 raise ValueError(f"BiMambaBlock: mask must be bool (True = real token), got {mask.dtype}")
+        mode = _recompute_mode(self.recompute)
+        if mode != "none" and torch.is_grad_enabled():
+            # Saves only x (and the mask) per layer; drop-path stays outside, so no RNG replay is needed.
+            out = checkpoint(self._mixer, x, mask, mode == "full", use_reentrant=False)
+        else:
+            out = self._mixer(x, mask, False)
+        return x + self.drop_path(out)
+
+    def _mixer(self, x: torch.Tensor, mask: torch.Tensor | None, nested: bool) -> torch.Tensor:
+        """The residual branch: ``x [b, l, d_model] -> [b, l, d_model]``, zero at padded positions."""
         xz = rearrange(self.in_proj(self.norm(x)), "b l e -> b e l")
         xi, z = xz.chunk(2, dim=1)
         valid = None
@@ -185,10 +217,19 @@ class BiMambaBlock(nn.Module):
             valid = mask[:, None, :].to(xi.dtype)
             # where, not multiply: garbage at padding may be inf/nan, and 0 * inf = nan.
             xi = torch.where(mask[:, None, :], xi, 0.0)
-        y_f = self.fwd(xi, valid)
-        y_b = self.bwd(xi.flip(-1), None if valid is None else valid.flip(-1)).flip(-1)
+        xi_b = xi.flip(-1)
+        valid_b = None if valid is None else valid.flip(-1)
+        if nested:
+            # While the outer checkpoint recomputes this branch, each direction (conv, x_proj, dt, scan:
+            # most of the per-token activations) again keeps only its input, so the recomputation's own
+            # footprint is about one direction's activations rather than the whole block's.
+            y_f = checkpoint(self.fwd, xi, valid, use_reentrant=False)
+            y_b = checkpoint(self.bwd, xi_b, valid_b, use_reentrant=False).flip(-1)
+        else:
+            y_f = self.fwd(xi, valid)
+            y_b = self.bwd(xi_b, valid_b).flip(-1)
         y = (y_f + y_b) * F.silu(z)
         out = self.out_proj(rearrange(y, "b e l -> b l e"))
         if mask is not None:
             out = torch.where(mask[..., None], out, 0.0)
-        return x + self.drop_path(out)
+        return out
