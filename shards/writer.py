@@ -67,20 +67,24 @@ _OFFICIAL_SPLIT = {"train": "train", "training": "train", "val": "val", "valid":
 class RecordingResult:
     """What processing one recording produced, ready to append to a shard.
 
-    ``tar``: the tar members of all its samples (``{key}.eeg.npy`` then ``{key}.json`` per window, each a
-    512-byte header + payload padded to 512 bytes). Tar members carry no offsets, so this block is the same
-    wherever it lands in a shard: workers encode it and the writer only appends it, and one ``bytes`` per
-    recording (instead of arrays and dicts per window) is cheap to pickle back from a worker and gives the
-    garbage collector nothing to scan. ``summary``: JSON-able, for the manifest (``summary["samples"]`` counts
-    the samples in ``tar``).
+    ``tar``: the tar members of all its samples as consecutive byte chunks (``{key}.eeg.npy`` then
+    ``{key}.json`` per window, each a 512-byte header + payload padded to 512 bytes). Tar members carry no
+    offsets, so these bytes are the same wherever they land in a shard: workers encode them and the writer
+    only appends them. Plain bytes (instead of arrays and dicts per window) are cheap to pickle back from a
+    worker and give the garbage collector nothing to scan. ``summary``: JSON-able, for the manifest
+    (``summary["samples"]`` counts the samples in ``tar``).
     """
 
-    tar: bytes = b""
+    tar: list[bytes] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
         return int(self.summary.get("samples", 0))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(len, self.tar))
 
 
 def assign_split(rec: Recording, fractions: Sequence[float], seed: int) -> str:
@@ -162,7 +166,7 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         if str(rec.path) not in reason and rec.source not in reason:
             reason = f"{rec.source}: {reason}"
         summary["skipped"] = reason
-        return RecordingResult(b"", summary)
+        return RecordingResult([], summary)
 
     channels = list(signal.channels)
     summary["channels"] = channels
@@ -185,7 +189,7 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
     summary["samples"] = len(windows)
     summary["hours"] = sum(durations) / 3600.0
     summary["labels"] = dict(sorted(labels.items()))
-    return RecordingResult(b"".join(pieces), summary)
+    return RecordingResult(pieces, summary)
 
 
 def _float16_span(data: np.ndarray, windows, n_channels: int, source: str) -> tuple[np.ndarray, int]:
@@ -280,13 +284,18 @@ def npy_bytes(eeg: np.ndarray) -> bytes:
     """
     if eeg.dtype != np.float16:
         raise TypeError(f"eeg must be float16, got {eeg.dtype}")
-    header = _NPY_HEADERS.get(eeg.shape)
+    return _npy_header(eeg.shape) + eeg.tobytes()
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    header = _NPY_HEADERS.get(shape)
     if header is None:
         buf = io.BytesIO()
-        np.save(buf, np.zeros(eeg.shape, np.float16), allow_pickle=False)
-        header = buf.getvalue()[: -eeg.nbytes or None]
-        _NPY_HEADERS[eeg.shape] = header
-    return header + eeg.tobytes()
+        zeros = np.zeros(shape, np.float16)
+        np.save(buf, zeros, allow_pickle=False)
+        header = buf.getvalue()[: -zeros.nbytes or None]
+        _NPY_HEADERS[shape] = header
+    return header
 
 
 def _json_bytes(meta: dict) -> bytes:
@@ -333,10 +342,14 @@ class _SampleEncoder:
         digits = b"%06d" % index
         key_sum = self.prefix_sum + sum(digits)
         key = self.prefix + digits
-        npy = npy_bytes(eeg)
+        npy_head = _npy_header(eeg.shape)
+        npy_size = len(npy_head) + eeg.nbytes
         js, duration = self.json(eeg.shape[1], onset_s, label, label_name)
-        out += (_header(key + b".eeg.npy", key_sum + _NPY_SUFFIX_SUM, len(npy)), npy, _padding(len(npy)),
-                _header(key + b".json", key_sum + _JSON_SUFFIX_SUM, len(js)), js, _padding(len(js)))
+        # header and data as separate chunks: the only copy of the samples is tobytes() (file.writelines
+        # or pickling takes the chunks as they are)
+        out += (_header(key + b".eeg.npy", key_sum + _NPY_SUFFIX_SUM, npy_size), npy_head, eeg.tobytes(),
+                _padding(npy_size), _header(key + b".json", key_sum + _JSON_SUFFIX_SUM, len(js)), js,
+                _padding(len(js)))
         return duration
 
 
@@ -428,8 +441,8 @@ class _OpenShard:
 
     def add(self, result: RecordingResult) -> None:
         if result.tar:
-            self.file.write(result.tar)
-            self.size += len(result.tar)
+            self.file.writelines(result.tar)
+            self.size += result.nbytes
         self.samples += result.n_samples
         self.recordings.append(result.summary)
 

@@ -226,12 +226,15 @@ def test_recording_result_is_one_block_of_whole_members(small_raw):
     adapter = get_corpus("synth")
     rec = adapter.find(small_raw)[0]
     r = process_recording(adapter, rec, resolve_config(adapter, None, None), "val")
-    assert isinstance(r.tar, bytes) and len(r.tar) % 512 == 0 and r.n_samples > 0
+    blob = b"".join(r.tar)
+    assert len(blob) == r.nbytes and len(blob) % 512 == 0 and r.n_samples > 0
+    with tarfile.open(fileobj=io.BytesIO(blob + b"\0" * 1024)) as tf:
+        assert len(tf.getnames()) == 2 * r.n_samples
     assert r.summary["samples"] == r.n_samples and r.summary["split"] == "val"
     bad = Recording(corpus="synth", recording="gone", subject="s", session="0", source="gone.edf",
                     path=small_raw / "gone.edf", task=None, extra={})
     r = process_recording(adapter, bad, resolve_config(adapter, None, None), "train")
-    assert r.tar == b"" and r.n_samples == 0 and "gone.edf" in r.summary["skipped"]
+    assert r.tar == [] and r.n_samples == 0 and "gone.edf" in r.summary["skipped"]
 
 
 def test_manifest_is_line_per_item_json_and_state_one_line(small_raw, tmp_path):
