@@ -356,19 +356,8 @@ class _SampleEncoder:
 def encode_sample(key: str, eeg: np.ndarray, meta: dict) -> dict:
     """A sample as webdataset's field dict (``__key__``, ``eeg.npy``, ``json``): the same bytes the builder
     writes, for writing samples with ``webdataset.TarWriter`` elsewhere (e.g. tests)."""
-    return {"__key__": key, "eeg.npy": npy_bytes(np.ascontiguousarray(eeg, dtype=np.float16)), "json": _json_bytes(meta)}
-
-
-def tar_members(sample: dict) -> bytes:
-    """The tar bytes of one encoded sample (``encode_sample`` output), fields in webdataset's sorted order."""
-    key = sample["__key__"]
-    out = []
-    for k in sorted(sample):
-        if k.startswith("_"):
-            continue
-        v = sample[k]
-        out += (tar_header(f"{key}.{k}", len(v)), v, _padding(len(v)))
-    return b"".join(out)
+    return {"__key__": key, "eeg.npy": npy_bytes(np.ascontiguousarray(eeg, dtype=np.float16)),
+            "json": _json_bytes(meta)}
 
 
 def _fsync_dir(path: Path) -> None:
