@@ -423,7 +423,7 @@ class _OpenShard:
         self.path = folder / name
         self.tmp = folder / f".{name}.tmp-{os.getpid()}"
         self.name, self.split = name, split
-        self.file = open(self.tmp, "wb")
+        self.file = open(self.tmp, "wb", buffering=1 << 20)  # few large write syscalls for many small members
         self.size = 0
         self.samples = 0
         self.recordings: list[dict] = []
