@@ -64,7 +64,7 @@ def test_chunk_sizes_agree(chunk):
     "delta_kind",
     ["tiny", "huge", "mixed"],
 )
-def test_long_sequence_extreme_dt_fp32(delta_kind):
+def test_long_sequence_extreme_dt_fp32(delta_kind, monkeypatch):
     """L = 4096 in fp32 against a float64 reference, with step sizes from 1e-6 to 1e2.
 
     Tiny steps keep the state nearly undecayed over thousands of steps (accumulation error); huge steps give
@@ -88,11 +88,17 @@ def test_long_sequence_extreme_dt_fp32(delta_kind):
     # And the fp32 sequential reference agrees with the fp32 fast scan (the contract's "same as ref" check).
     y_ref32 = selective_scan_ref(t["u"], delta, t["A"], t["B"], t["C"], D=t["D"])
     assert _rel(y, y_ref32) < 1e-4
-
-
-def test_gradcheck_float64(monkeypatch):
-    # Tiny buffers force the backward pass through several chunk groups; chunk 4 with l=13 pads the tail.
+    # The single-chunk-group path (taken at realistic b * d) over the same sequence.
     monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", 1)
+    y1, last1 = selective_scan(t["u"], delta, t["A"], t["B"], t["C"], D=t["D"], return_last_state=True)
+    assert _rel(y1, y_ref) < 1e-4 and _rel(last1, last_ref) < 1e-4
+
+
+@pytest.mark.parametrize("buffer", [1, 200, 10**6])
+def test_gradcheck_float64(buffer, monkeypatch):
+    # Chunk 4 with l=13 pads the tail (4 chunks). buffer=1: one chunk per group (the single-chunk fast
+    # path); 200: groups of 2 chunks (the within-group chunk carry); 10**6: all chunks in one group.
+    monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", buffer)
     monkeypatch.setattr(ssm, "_default_chunk", lambda l: 4)
     t = _inputs(b=2, d=4, n=3, l=13, groups=2, dtype=torch.float64, requires_grad=True)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -105,8 +111,10 @@ def test_gradcheck_float64(monkeypatch):
 
 
 @pytest.mark.parametrize("groups", [None, 4])
-def test_gradients_match_reference_fp32(groups, monkeypatch):
-    monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", 4096)  # several chunk groups in backward
+@pytest.mark.parametrize("buffer", [4096, 16384])
+def test_gradients_match_reference_fp32(groups, buffer, monkeypatch):
+    # K=12, 25 chunks: 4096 -> one chunk per group (fast path); 16384 -> groups of 5 chunks.
+    monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", buffer)
     t32 = _inputs(b=2, d=16, n=8, l=300, groups=groups, requires_grad=True, seed=3)
     t64 = {k: v.detach().double().requires_grad_(True) for k, v in t32.items()}
     names = list(t32)
