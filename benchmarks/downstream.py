@@ -611,6 +611,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: few pretraining steps and epochs, at most 240 windows per task")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset of the tasks")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probes")
+    p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="only rewrite results.md next to an existing results.json (no training)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the mode's pretraining steps (ablation)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 1 because the tiny model's ops are too small to split, and on a shared "
                         "machine two spinning OpenMP threads per process ran 15-20x slower than one")
@@ -629,7 +632,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        payload = json.loads(args.render.read_text())
+        payload["table"] = aggregate(payload["runs"])
+        write_results(payload, args.render.parent)
+        return 0
     budget = QUICK if args.quick else FULL
+    if args.pretrain_steps is not None:
+        if args.pretrain_steps < 1:
+            raise SystemExit("--pretrain-steps must be >= 1")
+        budget = dataclasses.replace(budget, pretrain_steps=args.pretrain_steps)
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -694,20 +706,62 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s)")
         stages[f"3 {plan.name}: all methods x {args.seeds} seeds"] = time.time() - t_task
 
+    info = machine()
+    payload = {
+        "command": ["python", *sys.argv], "quick": args.quick, "seeds": args.seeds, "budget": dataclasses.asdict(budget),
+        "machine": info, "stages_s": stages, "total_s": time.time() - t_start,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pretrain_losses": losses, "runs": runs,
+        "splits": splits_record, "notes": notes, "tasks": {t.name: dataclasses.asdict(t) for t in plans},
+    }
+    payload["table"] = aggregate(runs)
+    write_results(payload, args.results)
+    return 0
+
+
+SCRATCH, BAND = "EEGMamba from scratch", "band power + LR"
+
+
+def paired_differences(runs: Sequence[Mapping[str, Any]], method: str, reference: str,
+                       metric: str = "balanced_accuracy") -> dict[str, dict]:
+    """Per task: ``method - reference`` on the same split (seed), mean ± std over seeds, and wins/seeds."""
+    by = {(r["task"], r["method"], r["seed"]): r["metrics"].get(metric) for r in runs}
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in runs):
+        diffs = [by[(task, method, s)] - by[(task, reference, s)] for (t, m, s) in by
+                 if t == task and m == method and by.get((task, reference, s)) is not None and by[(t, m, s)] is not None]
+        out[task] = {**summarize(diffs), "wins": int(sum(d > 0 for d in diffs))}
+    return out
+
+
+def render(payload: Mapping[str, Any]) -> str:
+    """The Markdown report of one benchmark run (a pure function of its results.json payload)."""
+    runs = payload["runs"]
     table = aggregate(runs)
     titles = {t.name: t.title for t in TASKS}
-    scratch, band = "EEGMamba from scratch", "band power + LR"
-    pre_methods = [m for m, _, mode in methods if mode == "finetune" and m != scratch]
-    aim_lines = aims(table, pre_methods, scratch, band)
-    info = machine()
-    total = time.time() - t_start
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    pretrained = [m for m in methods if m.startswith("EEGMamba pretrained")]
+    info = payload["machine"]
+    command = " ".join(payload["command"]) if isinstance(payload["command"], list) else str(payload["command"])
+    if not command.startswith("python"):
+        command = "python " + command
+    finished = f"Finished: {payload['finished']}, " if payload.get("finished") else ""
+    diff_lines = []
+    for method in pretrained:
+        for ref in (SCRATCH, BAND):
+            if ref not in methods:
+                continue
+            d = paired_differences(runs, method, ref)
+            cells = "; ".join(f"{titles.get(t, t).split(' (')[0]} {v['mean']:+.3f} ± {v['std']:.3f} ({v['wins']}/{v['n']} seeds)"
+                              for t, v in d.items() if v["n"])
+            diff_lines.append(f"- {method} minus {ref}: {cells}")
+    losses = payload.get("pretrain_losses", {})
     md = [
-        f"# Downstream benchmark{' (--quick smoke test)' if args.quick else ''}",
+        f"# Downstream benchmark{' (--quick smoke test)' if payload.get('quick') else ''}",
         "",
-        f"Command: `python benchmarks/downstream.py{' --quick' if args.quick else ''} --seeds {args.seeds}`  ",
-        f"Machine: {info.get('cpu', info['processor'])}, {info['cpu_count']} CPU cores, torch {info['torch']} "
+        f"Command: `{command}`  ",
+        f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']} "
         f"({info['torch_threads']} threads), Python {info['python']}  ",
-        f"Finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, total wall time {total / 60:.1f} min",
+        f"{finished}total wall time {payload['total_s'] / 60:.1f} min",
         "",
         "Test-split metrics, mean ± std over seeds (seed s = fold s mod k of a group k-fold, "
         "groups = segments / excerpts / runs / subjects; same split for every method).",
@@ -716,7 +770,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "## Aims (issue 7), on mean balanced accuracy",
         "",
-        *aim_lines,
+        *aims(table, pretrained, SCRATCH, BAND),
+        "",
+        "Paired by seed (same split), balanced accuracy differences, mean ± std (seeds where the first is better):",
+        "",
+        *diff_lines,
         "",
         "## Pretraining",
         "",
@@ -725,22 +783,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "## Wall time per stage",
         "",
-        stage_table(stages),
+        stage_table(payload["stages_s"]),
         "",
     ]
-    text = "\n".join(md)
+    return "\n".join(md)
+
+
+def write_results(payload: Mapping[str, Any], folder: Path) -> None:
+    text = render(payload)
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "results.md").write_text(text)
-    payload = {
-        "command": sys.argv, "quick": args.quick, "seeds": args.seeds, "budget": dataclasses.asdict(budget),
-        "machine": info, "stages_s": stages, "total_s": total, "table": table, "aims": aim_lines,
-        "pretrain_losses": losses, "runs": runs, "splits": splits_record, "notes": notes,
-        "tasks": {t.name: dataclasses.asdict(t) for t in plans},
-    }
-    (args.results / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
-    log(f"wrote {args.results / 'results.md'} and results.json")
-    return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.md").write_text(text)
+    (folder / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
+    log(f"wrote {folder / 'results.md'} and results.json")
 
 
 def _json_safe(x: Any) -> Any:

@@ -124,3 +124,40 @@ def test_every_task_reads_a_shard_set_that_is_built(bench):
     for plan in bench.TASKS:
         assert plan.corpus in bench.SHARD_SETS
         assert plan.n_folds >= 2
+
+
+def _runs():
+    runs = []
+    for seed, (pre, scratch, band) in enumerate([(0.90, 0.80, 0.95), (0.70, 0.75, 0.60)]):
+        for method, ba in (("EEGMamba pretrained (X), finetuned", pre), ("EEGMamba from scratch", scratch),
+                           ("band power + LR", band)):
+            runs.append({"task": "seizure", "method": method, "seed": seed, "seconds": 1.0,
+                         "metrics": {"balanced_accuracy": ba, "cohen_kappa": 0.0, "weighted_f1": ba, "auroc": None}})
+    return runs
+
+
+def test_paired_differences_pair_by_seed(bench):
+    d = bench.paired_differences(_runs(), "EEGMamba pretrained (X), finetuned", "EEGMamba from scratch")["seizure"]
+    assert d["n"] == 2 and d["wins"] == 1
+    assert d["mean"] == pytest.approx((0.10 - 0.05) / 2)
+    assert d["std"] == pytest.approx(np.std([0.10, -0.05], ddof=1))
+
+
+def test_render_is_a_function_of_the_payload(bench, tmp_path):
+    payload = {"command": ["python", "benchmarks/downstream.py", "--seeds", "2"], "quick": False,
+               "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch": "x", "torch_threads": 1, "python": "3"},
+               "total_s": 120.0, "finished": "2026-01-01 00:00 UTC", "stages_s": {"a": 60.0, "b": 60.0},
+               "pretrain_losses": {"masked STFT": [2.0] * 10 + [1.0] * 10}, "runs": _runs()}
+    text = bench.render(payload)
+    assert "Command: `python benchmarks/downstream.py --seeds 2`" in text
+    assert "Machine: Test CPU, 2 CPU cores" in text and "total wall time 2.0 min" in text
+    assert "| Bonn seizure (S vs Z/O/N/F) | EEGMamba pretrained (X), finetuned | 0.800 ± 0.141 |" in text
+    assert "beats from-scratch on 1/1 tasks (seizure)" in text  # 0.800 > 0.775
+    assert "minus EEGMamba from scratch: Bonn seizure +0.025 ± 0.106 (1/2 seeds)" in text
+    assert "loss 2.0000 (first 10 %) -> 1.0000 (last 10 %)" in text
+    assert "| total | 120 |" in text
+    # --render rewrites results.md from results.json without training
+    import json
+    (tmp_path / "results.json").write_text(json.dumps(payload))
+    assert bench.main(["--render", str(tmp_path / "results.json")]) == 0
+    assert (tmp_path / "results.md").read_text() == text
