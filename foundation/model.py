@@ -18,20 +18,16 @@ Example::
 # of ``__init__`` with ``inspect.signature`` and needs the real class, not a string.
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import safetensors
-import safetensors.torch
 import torch
 import torch.utils.checkpoint
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from foundation.bimamba import BiMambaBlock
-from foundation.configfile import ConfigError, from_dict
+from foundation.checkpoint import CheckpointError, LoadReport, StrictHubMixin, load_backbone_weights
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 from foundation.moe import TaskMoE
 
@@ -45,14 +41,6 @@ __all__ = [
     "read_config",
     "SIZES",
 ]
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder whose config or weights cannot be used (the message names the file)."""
-
 
 @dataclass(frozen=True)
 class EEGMambaConfig:
@@ -169,7 +157,7 @@ class EEGMambaOutput:
 
 class EEGMamba(
     nn.Module,
-    PyTorchModelHubMixin,
+    StrictHubMixin,
     library_name="eegfm",
     tags=["eeg", "mamba", "mixture-of-experts", "foundation-model"],
 ):
@@ -184,6 +172,9 @@ class EEGMamba(
     Padding is moved behind the end class token (see ``_assemble``), so a sample's features do not depend
     on how much padding its batch needed.
     """
+
+    config_class = EEGMambaConfig
+    checkpoint_kind = "EEGMamba backbone"
 
     def __init__(self, config: EEGMambaConfig) -> None:
         super().__init__()
@@ -307,45 +298,6 @@ class EEGMamba(
             aux_loss=aux_total, expert_load=torch.stack(loads).detach(),
         )
 
-    # ---- checkpoints -------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu", strict: bool = True, **kwargs: Any
-    ) -> "EEGMamba":
-        """Load a folder written by :meth:`save_pretrained` (in eval mode).
-
-        Only local folders: for a Hugging Face Hub repo, fetch it first with
-        ``huggingface_hub.snapshot_download(repo_id)`` and pass the returned path.
-
-        Raises:
-            FileNotFoundError: the folder, its config.json or its model.safetensors is missing.
-            CheckpointError: config.json is not a valid EEGMambaConfig, the weights file is not
-                safetensors, or the weights do not match the config (with ``strict``).
-        """
-        path = Path(pretrained_model_name_or_path)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"checkpoint folder {path} does not exist (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
-                f"written by EEGMamba.save_pretrained; for a Hub repo run huggingface_hub.snapshot_download first)"
-            )
-        config = read_config(path)
-        if not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"checkpoint folder {path} has no {WEIGHTS_NAME}")
-        return super().from_pretrained(path, config=config, map_location=map_location, strict=strict, **kwargs)
-
-    @classmethod
-    def _from_pretrained(
-        cls, *, model_id: str, config: EEGMambaConfig, map_location: str = "cpu", strict: bool = True, **_: Any
-    ) -> "EEGMamba":
-        # Replaces the mixin's loader, which defaults to strict=False (silently keeps random weights for
-        # missing keys), prints to stdout, and may fall back to unpickling pytorch_model.bin.
-        model = cls(config)
-        load_backbone_weights(model, Path(model_id) / WEIGHTS_NAME, strict=strict)
-        model.to(map_location)
-        model.eval()
-        return model
-
 
 def _assemble(
     cls: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor
@@ -380,77 +332,5 @@ def _assemble(
 
 
 def read_config(path: str | Path) -> EEGMambaConfig:
-    """Read ``{path}/config.json`` (or a config.json file) strictly into an :class:`EEGMambaConfig`.
-
-    Raises:
-        FileNotFoundError: no such file. CheckpointError: not JSON, unknown key, bad value.
-    """
-    path = Path(path)
-    file = path / CONFIG_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"checkpoint config {file} does not exist")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file} must hold a JSON object of EEGMambaConfig fields, got {type(data).__name__}")
-    try:
-        return from_dict(EEGMambaConfig, data)
-    except (ConfigError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{file}: {err}") from err
-
-
-@dataclass
-class LoadReport:
-    """Keys that :func:`load_backbone_weights` did not load (all empty after a strict load)."""
-
-    missing: list[str]
-    unexpected: list[str]
-    mismatched: list[str]
-
-
-def load_backbone_weights(
-    model: nn.Module, path: str | Path, *, strict: bool = True, prefix: str = ""
-) -> LoadReport:
-    """Load safetensors weights into ``model``; with ``strict=False`` keep what fits and report the rest.
-
-    ``path`` is a checkpoint folder or a ``.safetensors`` file. With ``strict=False`` tensors whose shape
-    differs from the model's (e.g. a task embedding saved with another ``n_tasks``) are skipped and keep
-    their fresh initialisation, as do missing keys; use it to put a pretrained backbone under a model with a
-    different head or task count. ``prefix`` is prepended to the file's keys (e.g. ``"backbone."`` when
-    ``model`` wraps the backbone as an attribute).
-
-    Raises:
-        FileNotFoundError: missing file. CheckpointError: not a safetensors file, or (strict) any
-            missing / unexpected / shape-mismatched key, listed with shapes.
-    """
-    path = Path(path)
-    file = path / WEIGHTS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"weights file {file} does not exist")
-    try:
-        state = safetensors.torch.load_file(str(file), device="cpu")
-    except (safetensors.SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{file} is not a readable safetensors file ({err}); checkpoints must be written by "
-            f"save_pretrained / safetensors, never torch.save pickles"
-        ) from err
-    state = {prefix + k: v for k, v in state.items()}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if strict and (missing or unexpected or mismatched):
-        lines = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:5]]
-        raise CheckpointError(
-            f"{file} does not match the model built from its config "
-            f"({len(mismatched)} shape mismatches, {len(missing)} missing, {len(unexpected)} unexpected keys). "
-            + ("Shape mismatches: " + "; ".join(lines) + ". " if lines else "")
-            + (f"Missing e.g. {missing[:3]}. " if missing else "")
-            + (f"Unexpected e.g. {unexpected[:3]}. " if unexpected else "")
-            + "Was config.json edited, or the weights saved from another architecture?"
-        )
-    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(loadable, strict=False)
-    return LoadReport(missing=missing, unexpected=unexpected, mismatched=mismatched)
+    """Read ``{path}/config.json`` (or that file) strictly into an :class:`EEGMambaConfig`."""
+    return EEGMamba.read_config(path)

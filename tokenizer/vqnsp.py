@@ -30,27 +30,21 @@ its batch has or where they sit.
 # ``__init__`` and needs the real class.
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from foundation.bimamba import BiMambaBlock
-from foundation.configfile import ConfigError, from_dict
 from foundation.embed import ChannelPatchEmbed, check_inputs
-from foundation.model import CheckpointError, load_backbone_weights
+from foundation.checkpoint import StrictHubMixin
 from tokenizer.codebook import EMACodebook
 
 __all__ = ["VQNSPConfig", "VQNSP", "spectrum_targets", "read_vqnsp_config", "TOKENIZER_SIZES"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -212,7 +206,7 @@ def _head(d_in: int, d_out: int) -> nn.Sequential:
 
 class VQNSP(
     nn.Module,
-    PyTorchModelHubMixin,
+    StrictHubMixin,
     library_name="eegfm",
     tags=["eeg", "tokenizer", "vector-quantization", "mamba"],
 ):
@@ -222,6 +216,9 @@ class VQNSP(
     backbone learns to predict. Inputs everywhere: ``x [b c t]`` float (100 µV units, 200 Hz, t a multiple
     of ``patch_size``), ``channel_ids [b c]`` long vocabulary ids, ``channel_mask [b c]`` bool (True = real).
     """
+
+    config_class = VQNSPConfig
+    checkpoint_kind = "VQNSP tokenizer"
 
     def __init__(self, config: VQNSPConfig) -> None:
         super().__init__()
@@ -346,59 +343,7 @@ class VQNSP(
         codes = torch.where(token_mask, codes, torch.full_like(codes, -1))
         return rearrange(codes, "b (c p) -> b c p", c=x.shape[1])
 
-    # ---- checkpoints -------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu", strict: bool = True, **kwargs: Any
-    ) -> "VQNSP":
-        """Load a folder written by :meth:`save_pretrained` (config.json + model.safetensors), in eval mode.
-
-        Raises:
-            FileNotFoundError: the folder, its config.json or its model.safetensors is missing.
-            CheckpointError: config.json is not a valid VQNSPConfig (e.g. a backbone's config), the weights
-                are not safetensors, or they do not match the config.
-        """
-        path = Path(pretrained_model_name_or_path)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"tokenizer checkpoint folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-                f"written by VQNSP.save_pretrained)"
-            )
-        config = read_vqnsp_config(path)
-        if not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"tokenizer checkpoint folder {path} has no {WEIGHTS_NAME}")
-        return super().from_pretrained(path, config=config, map_location=map_location, strict=strict, **kwargs)
-
-    @classmethod
-    def _from_pretrained(
-        cls, *, model_id: str, config: VQNSPConfig, map_location: str = "cpu", strict: bool = True, **_: Any
-    ) -> "VQNSP":
-        # Strict safetensors load (the mixin's default loader is non-strict and may unpickle .bin files).
-        model = cls(config)
-        load_backbone_weights(model, Path(model_id) / WEIGHTS_NAME, strict=strict)
-        model.to(map_location)
-        model.eval()
-        return model
-
 
 def read_vqnsp_config(path: str | Path) -> VQNSPConfig:
-    """Read ``{path}/config.json`` (or that file) strictly into a :class:`VQNSPConfig`.
-
-    Raises:
-        FileNotFoundError: no such file. CheckpointError: not JSON, unknown key, bad value.
-    """
-    path = Path(path)
-    file = path / CONFIG_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"tokenizer config {file} does not exist")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file} must hold a JSON object of VQNSPConfig fields, got {type(data).__name__}")
-    try:
-        return from_dict(VQNSPConfig, data)
-    except (ConfigError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{file}: {err} (is this a VQNSP tokenizer checkpoint?)") from err
+    """Read ``{path}/config.json`` (or that file) strictly into a :class:`VQNSPConfig`."""
+    return VQNSP.read_config(path)

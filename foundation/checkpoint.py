@@ -1,0 +1,175 @@
+"""Checkpoint folders: ``config.json`` + ``model.safetensors``, strict, never a pickle.
+
+Every model of the suite (the :class:`~foundation.model.EEGMamba` backbone, the VQ-NSP tokenizer) is a
+plain ``nn.Module`` built from one frozen config dataclass. :class:`StrictHubMixin` gives them
+``save_pretrained(dir)`` / ``from_pretrained(dir)`` through ``huggingface_hub.PyTorchModelHubMixin``, with
+the mixin's loader replaced: it defaults to ``strict=False`` (silently keeping random weights for missing
+keys), prints to stdout, and may fall back to unpickling a ``pytorch_model.bin``. Every failure here
+names the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import safetensors
+import safetensors.torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from foundation.configfile import ConfigError, from_dict
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "LoadReport",
+    "StrictHubMixin",
+    "load_backbone_weights",
+    "read_config_file",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+C = TypeVar("C")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder whose config or weights cannot be used (the message names the file)."""
+
+
+def read_config_file(config_class: type[C], path: str | Path, *, kind: str = "checkpoint") -> C:
+    """Read ``{path}/config.json`` (or that file) strictly into ``config_class``.
+
+    Unknown keys are errors; keys missing from an older checkpoint take the dataclass defaults.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: not JSON, unknown key, bad value.
+    """
+    path = Path(path)
+    file = path / CONFIG_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{kind} config {file} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{file} must hold a JSON object of {config_class.__name__} fields, got {type(data).__name__}"
+        )
+    try:
+        return from_dict(config_class, data)
+    except (ConfigError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{file}: {err} (is this a {kind} checkpoint?)") from err
+
+
+@dataclass
+class LoadReport:
+    """Keys that :func:`load_backbone_weights` did not load (all empty after a strict load)."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+
+def load_backbone_weights(
+    model: nn.Module, path: str | Path, *, strict: bool = True, prefix: str = ""
+) -> LoadReport:
+    """Load safetensors weights into ``model``; with ``strict=False`` keep what fits and report the rest.
+
+    ``path`` is a checkpoint folder or a ``.safetensors`` file. With ``strict=False`` tensors whose shape
+    differs from the model's (e.g. a task embedding saved with another ``n_tasks``) are skipped and keep
+    their fresh initialisation, as do missing keys; use it to put a pretrained backbone under a model with a
+    different head or task count. ``prefix`` is prepended to the file's keys (e.g. ``"backbone."`` when
+    ``model`` wraps the backbone as an attribute).
+
+    Raises:
+        FileNotFoundError: missing file. CheckpointError: not a safetensors file, or (strict) any
+            missing / unexpected / shape-mismatched key, listed with shapes.
+    """
+    path = Path(path)
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file {file} does not exist")
+    try:
+        state = safetensors.torch.load_file(str(file), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({err}); checkpoints must be written by "
+            f"save_pretrained / safetensors, never torch.save pickles"
+        ) from err
+    state = {prefix + k: v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:5]]
+        raise CheckpointError(
+            f"{file} does not match the model built from its config "
+            f"({len(mismatched)} shape mismatches, {len(missing)} missing, {len(unexpected)} unexpected keys). "
+            + ("Shape mismatches: " + "; ".join(lines) + ". " if lines else "")
+            + (f"Missing e.g. {missing[:3]}. " if missing else "")
+            + (f"Unexpected e.g. {unexpected[:3]}. " if unexpected else "")
+            + "Was config.json edited, or the weights saved from another architecture?"
+        )
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loadable, strict=False)
+    return LoadReport(missing=missing, unexpected=unexpected, mismatched=mismatched)
+
+
+class StrictHubMixin(PyTorchModelHubMixin):
+    """``save_pretrained`` / ``from_pretrained`` for a module built as ``Model(config)``.
+
+    Subclasses set ``config_class`` (the frozen config dataclass) and ``checkpoint_kind`` (a word for
+    error messages, e.g. ``"tokenizer"``). Loading returns the model in eval mode.
+    """
+
+    config_class: ClassVar[type]
+    checkpoint_kind: ClassVar[str] = "checkpoint"
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> Any:
+        """The ``config_class`` stored in ``{path}/config.json`` (strict)."""
+        return read_config_file(cls.config_class, path, kind=cls.checkpoint_kind)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu", strict: bool = True,
+        **kwargs: Any,
+    ):
+        """Load a local folder written by ``save_pretrained`` (in eval mode).
+
+        For a Hugging Face Hub repo, fetch it first with ``huggingface_hub.snapshot_download(repo_id)``
+        and pass the returned path.
+
+        Raises:
+            FileNotFoundError: the folder, its config.json or its model.safetensors is missing.
+            CheckpointError: config.json does not hold this model's config, the weights file is not
+                safetensors, or the weights do not match the config (with ``strict``).
+        """
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{cls.checkpoint_kind} folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME} "
+                f"written by {cls.__name__}.save_pretrained; for a Hub repo run "
+                f"huggingface_hub.snapshot_download first)"
+            )
+        config = cls.read_config(path)
+        if not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{cls.checkpoint_kind} folder {path} has no {WEIGHTS_NAME}")
+        return super().from_pretrained(path, config=config, map_location=map_location, strict=strict, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, config: Any, map_location: str = "cpu", strict: bool = True,
+                         **_: Any):
+        model = cls(config)
+        load_backbone_weights(model, Path(model_id) / WEIGHTS_NAME, strict=strict)
+        model.to(map_location)
+        model.eval()
+        return model
