@@ -45,7 +45,7 @@ from pretrain.data import (
 )
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective, build_backbone
-from pretrain.trainer import NonFiniteLossError, Trainer, TrainResult, make_accelerator
+from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
 
 SFREQ = 200.0  # the rate the shards are written at and the backbone's patches assume
 PROG = "pretrain/run.py"
@@ -110,7 +110,6 @@ def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelera
     if config.objective.name == "masked_token" and not config.objective.tokenizer:
         raise ConfigError(MISSING_TOKENIZER)  # before any data is built or read
     acc = accelerator or make_accelerator(config.optim, config.train)
-    out = Path(config.train.out_dir)
     set_seed(config.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     corpora = resolve_data(config, acc)
     objective = build_objective(config, acc, corpora)
@@ -118,21 +117,16 @@ def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelera
     patch_size = objective.backbone.config.patch_size
     stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
                                grad_accum=config.optim.grad_accum, world_size=acc.num_processes)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(to_dict(config), indent=2))
-        n_params = sum(p.numel() for p in objective.backbone.parameters())
-        acc.print(
-            f"pretraining a {config.model.size} EEGMamba ({n_params / 1e6:.2f} M parameters) with objective "
-            f"{objective.name} on {', '.join(f'{c.name} ({len(c.urls)} shards, weight {c.weight:g})' for c in corpora)}; "
-            f"{acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}"
-        )
-    trainer = Trainer(objective, stream, config.optim, config.train, accelerator=acc, patch_size=patch_size,
-                      run_name="pretrain", hparams=to_dict(config))
-    result = trainer.fit(resume=resume)
+    n_params = sum(p.numel() for p in objective.backbone.parameters())
+    announce = (
+        f"pretraining a {config.model.size} EEGMamba ({n_params / 1e6:.2f} M parameters) with objective "
+        f"{objective.name} on {', '.join(f'{c.name} ({len(c.urls)} shards, weight {c.weight:g})' for c in corpora)}; "
+        f"{acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}"
+    )
+    preprocessing = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+    result = fit_and_export(objective, stream, config, acc, run_name="pretrain", preprocessing=preprocessing,
+                            announce=announce, resume=resume, patch_size=patch_size)
     if result.export_dir is not None and acc.is_main_process:
-        record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
-        (result.export_dir / "preprocess.json").write_text(json.dumps(record, indent=2))
         (result.export_dir / "pretraining.json").write_text(json.dumps(
             {"objective": objective.name, "steps": result.steps, "config": to_dict(config)}, indent=2))
     acc.wait_for_everyone()

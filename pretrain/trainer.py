@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from foundation.configfile import to_dict
 from pretrain.config import OptimConfig, TrainConfig
 from pretrain.data import BatchStream, batch_tokens, sample_log_lines, to_device
 
@@ -391,3 +392,27 @@ def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif value is not None:
             flat[name] = str(value)
     return flat
+
+
+def fit_and_export(objective: nn.Module, stream: BatchStream, config: Any, accelerator: Accelerator, *,
+                   run_name: str, preprocessing: dict[str, Any], announce: str, resume: str | None = None,
+                   patch_size: int = 200) -> TrainResult:
+    """The shared tail of ``pretrain/run.py`` and ``tokenizer/run.py``: train ``objective`` and export it.
+
+    ``config`` is the whole run config (with ``optim`` and ``train`` sections); it is written to
+    ``{out_dir}/run_config.json`` and logged as hyper-parameters. ``preprocessing`` (the shards'
+    preprocessing parameters) goes to ``preprocess.json`` beside the exported model, so finetuning and
+    prediction can reproduce it. ``announce`` is printed once, on the main process, before training.
+    """
+    hparams = to_dict(config)
+    out = Path(config.train.out_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(hparams, indent=2))
+        accelerator.print(announce)
+    trainer = Trainer(objective, stream, config.optim, config.train, accelerator=accelerator, patch_size=patch_size,
+                      run_name=run_name, hparams=hparams)
+    result = trainer.fit(resume=resume)
+    if result.export_dir is not None and accelerator.is_main_process:
+        (result.export_dir / "preprocess.json").write_text(json.dumps(preprocessing, indent=2))
+    return result

@@ -25,7 +25,6 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,7 +36,7 @@ from pretrain.config import DataConfig, OptimConfig, TrainConfig
 from pretrain.data import DataError, crop_length, make_batch_stream, preprocessing_record
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
-from pretrain.trainer import NonFiniteLossError, Trainer, TrainResult, make_accelerator
+from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
 SFREQ = 200.0
@@ -95,21 +94,14 @@ def train_tokenizer(config: TokenizerRunConfig, resume: str | None = None, accel
     objective = TokenizerObjective(tokenizer)
     stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
                                grad_accum=config.optim.grad_accum, world_size=acc.num_processes)
-    out = Path(config.train.out_dir)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(to_dict(config), indent=2))
-        acc.print(
-            f"training a {config.model.size} VQ-NSP tokenizer ({tokenizer.num_parameters() / 1e6:.2f} M parameters, "
-            f"codebook {tokenizer.codebook_size} x {tokenizer.config.code_dim}) on "
-            f"{', '.join(f'{c.name} ({len(c.urls)} shards)' for c in corpora)}"
-        )
-    trainer = Trainer(objective, stream, config.optim, config.train, accelerator=acc, patch_size=patch_size,
-                      run_name="tokenizer", hparams=to_dict(config))
-    result = trainer.fit(resume=resume)
-    if result.export_dir is not None and acc.is_main_process:
-        record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
-        (result.export_dir / "preprocess.json").write_text(json.dumps(record, indent=2))
+    announce = (
+        f"training a {config.model.size} VQ-NSP tokenizer ({tokenizer.num_parameters() / 1e6:.2f} M parameters, "
+        f"codebook {tokenizer.codebook_size} x {tokenizer.config.code_dim}) on "
+        f"{', '.join(f'{c.name} ({len(c.urls)} shards)' for c in corpora)}"
+    )
+    preprocessing = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+    result = fit_and_export(objective, stream, config, acc, run_name="tokenizer", preprocessing=preprocessing,
+                            announce=announce, resume=resume, patch_size=patch_size)
     acc.wait_for_everyone()
     return result
 
