@@ -5,6 +5,10 @@ One run does everything, from raw files to the results table::
     python benchmarks/downstream.py                      # full run (~30 min on a 2-core CPU)
     python benchmarks/downstream.py --quick              # smoke test (a few minutes, fewer windows/steps)
     python benchmarks/downstream.py --data /path/to/data --out runs/downstream --seeds 3
+    python benchmarks/downstream.py --render benchmarks/results/results.json   # re-render the table only
+    # ablations (own --results folder): longer pretraining, another finetuning LR, a subset of the tasks
+    python benchmarks/downstream.py --tasks seizure,sleep --pretrain-steps 1200 --out runs/downstream-long \
+        --results benchmarks/results/ablation-pretrain-1200-steps
 
 Stages (each timed; the wall times are part of the table):
 
@@ -29,9 +33,16 @@ Tasks and splits (test = one fold, validation = the next fold, the rest trains; 
 - seizure: Bonn S (ictal) vs Z/O/N/F, 5-s windows; groups = segments (the set has no patient ids), 5 folds.
 - sleep: DREAMS excerpts, one 5-s hypnogram epoch per window; groups = excerpts (one subject each),
   leave-one-excerpt-out (6 folds). The six excerpts contain no REM epoch, so the head has 4 classes.
-- motor_imagery: EEGMMIDB subject 1, imagined left vs right fist (runs 4 and 8), one 4-s window per cue;
-  groups = runs (2 folds: one run tests; validation is the last 20 % of the other run in time).
-- emotion: mental-stress horror video vs relaxing music, 10-s windows; groups = subjects, 5 folds.
+- motor_imagery: EEGMMIDB subject 1, imagined left vs right fist (runs 4 and 8), one 4-s window per cue,
+  8 sensorimotor channels (see MOTOR_CHANNELS); groups = runs (2 folds: one run tests; validation is the
+  last 20 % of the other run in time).
+- emotion: mental-stress horror video vs relaxing music, the first 4 s of each 10-s window; groups =
+  subjects, 5 folds.
+
+Bonn, DREAMS and mental stress are capped to an evenly spaced subset of their windows (``TaskPlan.max_windows``)
+to fit the time budget. Pretraining sees every window of every set, test windows included (labels unused):
+the transductive setting of a foundation model pretrained on a large pool that happens to contain them.
+Torch runs on one thread (``--threads``): on a shared 2-core machine two threads per process were 15-20x slower.
 
 Every number in the written table comes from this script.
 """
@@ -541,7 +552,8 @@ def task_split(plan: TaskPlan, folder: Path, seed: int, budget: Budget):
     return data, split
 
 
-def run_eegmamba(plan: TaskPlan, folder: Path, seed: int, budget: Budget, *, checkpoint: str, mode: str, out: Path) -> dict:
+def run_eegmamba(plan: TaskPlan, folder: Path, seed: int, budget: Budget, *, checkpoint: str, mode: str, out: Path,
+                 pool: str = "cls") -> dict:
     """One ``finetune`` run; returns its test metrics, split description and seconds."""
     from finetune.config import FinetuneConfig
     from finetune.train import finetune
@@ -549,7 +561,7 @@ def run_eegmamba(plan: TaskPlan, folder: Path, seed: int, budget: Budget, *, che
     config = FinetuneConfig(
         recipe=plan.name, checkpoint=checkpoint, data=str(folder), out=str(out), classes=plan.classes,
         # Masked modelling never trains the class token, so a frozen backbone is probed on the token mean.
-        mode=mode, pool="mean" if mode == "linear_probe" else "cls", split="kfold", window_s=plan.window_s, fold=seed % plan.n_folds, n_folds=plan.n_folds, max_windows=max_windows(plan, budget),
+        mode=mode, pool="mean" if mode == "linear_probe" else pool, split="kfold", window_s=plan.window_s, fold=seed % plan.n_folds, n_folds=plan.n_folds, max_windows=max_windows(plan, budget),
         lr=budget.probe_lr if mode == "linear_probe" else budget.finetune_lr,
         epochs=budget.finetune_epochs, patience=budget.finetune_patience, warmup_epochs=1,
         batch_size=budget.batch_size, seed=seed, progress=False,
@@ -613,6 +625,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-probe", action="store_true", help="skip the linear probes")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="only rewrite results.md next to an existing results.json (no training)")
+    p.add_argument("--pool", choices=("cls", "mean"), default="cls",
+                   help="head input of the finetuned EEGMamba variants (linear probes always use the token mean)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="override the mode's finetuning peak LR (ablation)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the mode's pretraining steps (ablation)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; 1 because the tiny model's ops are too small to split, and on a shared "
@@ -642,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pretrain_steps < 1:
             raise SystemExit("--pretrain-steps must be >= 1")
         budget = dataclasses.replace(budget, pretrain_steps=args.pretrain_steps)
+    if args.finetune_lr is not None:
+        if not args.finetune_lr > 0:
+            raise SystemExit("--finetune-lr must be > 0")
+        budget = dataclasses.replace(budget, finetune_lr=args.finetune_lr)
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -694,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for method, checkpoint, mode in methods:
                 slug = hashlib.sha256(method.encode()).hexdigest()[:8]
                 r = run_eegmamba(plan, folders[plan.corpus], seed, budget, checkpoint=checkpoint, mode=mode,
-                                 out=out / "finetune" / plan.name / f"{slug}-seed{seed}")
+                                 out=out / "finetune" / plan.name / f"{slug}-seed{seed}", pool=args.pool)
                 if r["split"]["groups"] != described["groups"]:
                     raise RuntimeError(f"{plan.name} seed {seed}: finetune's split differs from the benchmark's "
                                        f"({r['split']['groups']} vs {described['groups']})")
