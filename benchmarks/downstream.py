@@ -61,7 +61,7 @@ import sys
 import time
 import types
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -625,6 +625,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-probe", action="store_true", help="skip the linear probes")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="only rewrite results.md next to an existing results.json (no training)")
+    p.add_argument("--readme", type=Path, default=None, metavar="README",
+                   help="also replace the README's results block (between the "
+                        f"{README_BEGIN} / {README_END} markers) with this run's report")
     p.add_argument("--pool", choices=("cls", "mean"), default="cls",
                    help="head input of the finetuned EEGMamba variants (linear probes always use the token mean)")
     p.add_argument("--finetune-lr", type=float, default=None, help="override the mode's finetuning peak LR (ablation)")
@@ -651,6 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = json.loads(args.render.read_text())
         payload["table"] = aggregate(payload["runs"])
         write_results(payload, args.render.parent)
+        if args.readme is not None:
+            update_readme(args.readme, render(payload))
         return 0
     budget = QUICK if args.quick else FULL
     if args.pretrain_steps is not None:
@@ -734,6 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     payload["table"] = aggregate(runs)
     write_results(payload, args.results)
+    if args.readme is not None:
+        update_readme(args.readme, render(payload))
     return 0
 
 
@@ -806,6 +813,26 @@ def render(payload: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(md)
+
+
+README_BEGIN = "<!-- downstream-results:begin -->"
+README_END = "<!-- downstream-results:end -->"
+
+
+def update_readme(readme: Path, report: str) -> None:
+    """Put ``report`` (the results.md text) between the README's markers, headings one level down.
+
+    So the README's numbers are the script's output, never typed by hand.
+    """
+    text = readme.read_text()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise SystemExit(f"{readme}: expected one {README_BEGIN} and one {README_END} marker")
+    body = "\n".join(("#" + line if line.startswith("## ") else line) for line in report.splitlines()
+                     if not line.startswith("# "))
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    readme.write_text(f"{head}{README_BEGIN}\n{body.strip()}\n{README_END}{tail}")
+    log(f"updated the results block of {readme}")
 
 
 def write_results(payload: Mapping[str, Any], folder: Path) -> None:

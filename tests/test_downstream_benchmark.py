@@ -161,3 +161,18 @@ def test_render_is_a_function_of_the_payload(bench, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(payload))
     assert bench.main(["--render", str(tmp_path / "results.json")]) == 0
     assert (tmp_path / "results.md").read_text() == text
+
+
+def test_readme_results_block_is_replaced_by_the_report(bench, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Suite\n\n## Results\n{bench.README_BEGIN}\nold numbers\n{bench.README_END}\n\n## After\nkept\n")
+    report = "# Downstream benchmark\n\nCommand: `x`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## Aims\n\n- met\n"
+    bench.update_readme(readme, report)
+    text = readme.read_text()
+    assert "old numbers" not in text and "| 1 | 2 |" in text and "### Aims" in text
+    assert "# Downstream benchmark" not in text and text.endswith("## After\nkept\n")
+    bench.update_readme(readme, report)  # idempotent: markers survive
+    assert readme.read_text() == text
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="marker"):
+        bench.update_readme(readme, report)
