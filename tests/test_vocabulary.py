@@ -168,3 +168,14 @@ def test_dreams_psg_drops_every_polygraphic_signal(shared_data):
     assert reasons["ECG"] == "non-eeg: ECG" and reasons["SAO2"] == "non-eeg: oximetry/pulse"
     assert sum(r == "eeg" for r in reasons.values()) == 3
     assert all(r.startswith("non-eeg") for r in reasons.values() if r != "eeg")
+
+
+def test_model_embeddings_have_a_row_for_every_vocabulary_id():
+    # The vocabulary is append-only; the backbone's and tokenizer's default embedding tables leave room
+    # for it to grow, so checkpoints keep loading. A vocabulary that outgrows them must fail here first.
+    from foundation.model import EEGMambaConfig
+    from shards.vocabulary import VOCAB_SIZE
+    from tokenizer.vqnsp import VQNSPConfig
+
+    assert VOCAB_SIZE <= EEGMambaConfig().n_channel_ids
+    assert VOCAB_SIZE <= VQNSPConfig().n_channel_ids
