@@ -171,7 +171,7 @@ class Budget:
     max_windows: int | None  # per task (evenly spaced) in --quick; None = the task's own cap
 
 
-FULL = Budget(tokenizer_steps=200, pretrain_steps=400, pretrain_batch=16, pretrain_lr=1e-3,
+FULL = Budget(tokenizer_steps=200, pretrain_steps=1200, pretrain_batch=16, pretrain_lr=1e-3,
               finetune_epochs=10, finetune_patience=4, finetune_lr=3e-3, probe_lr=1e-2, batch_size=16,
               eegnet_epochs=30, eegnet_patience=8, max_windows=None)
 QUICK = Budget(tokenizer_steps=10, pretrain_steps=15, pretrain_batch=8, pretrain_lr=1e-3,
