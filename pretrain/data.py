@@ -44,6 +44,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shards.dataset import collate, decode_sample, expand_urls
 
+SFREQ = 200.0  # the rate the shards are written at and the backbone's 1-s patches assume
+
 
 class DataError(ValueError):
     """Shards that cannot feed the requested training run (too few, missing, wrong rate...)."""
@@ -317,6 +319,7 @@ def make_batch_stream(data, corpora: Sequence[Corpus], *, patch_size: int, sfreq
         seed=seed,
     )
     return BatchStream(stream, num_workers=data.num_workers, seed=seed)
+
 
 
 def preprocessing_record(corpora: Sequence[Corpus]) -> dict[str, Any]:

@@ -36,18 +36,11 @@ from accelerate.utils import set_seed
 
 from foundation.configfile import ConfigError, parse_cli, to_dict
 from pretrain.config import PretrainConfig
-from pretrain.data import (
-    Corpus,
-    DataError,
-    crop_length,
-    make_batch_stream,
-    preprocessing_record,
-)
+from pretrain.data import SFREQ, Corpus, DataError, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective, build_backbone
 from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
 
-SFREQ = 200.0  # the rate the shards are written at and the backbone's patches assume
 PROG = "pretrain/run.py"
 MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
             "`accelerate launch tokenizer/run.py --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
@@ -115,17 +108,14 @@ def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelera
     objective = build_objective(config, acc, corpora)
     set_seed(config.train.seed)
     patch_size = objective.backbone.config.patch_size
-    stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
-                               grad_accum=config.optim.grad_accum, world_size=acc.num_processes)
     n_params = sum(p.numel() for p in objective.backbone.parameters())
     announce = (
         f"pretraining a {config.model.size} EEGMamba ({n_params / 1e6:.2f} M parameters) with objective "
         f"{objective.name} on {', '.join(f'{c.name} ({len(c.urls)} shards, weight {c.weight:g})' for c in corpora)}; "
         f"{acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}"
     )
-    preprocessing = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
-    result = fit_and_export(objective, stream, config, acc, run_name="pretrain", preprocessing=preprocessing,
-                            announce=announce, resume=resume, patch_size=patch_size)
+    result = fit_and_export(objective, corpora, config, acc, run_name="pretrain", announce=announce,
+                            resume=resume, patch_size=patch_size)
     if result.export_dir is not None and acc.is_main_process:
         (result.export_dir / "pretraining.json").write_text(json.dumps(
             {"objective": objective.name, "steps": result.steps, "config": to_dict(config)}, indent=2))

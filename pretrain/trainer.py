@@ -39,7 +39,16 @@ from tqdm.auto import tqdm
 
 from foundation.configfile import to_dict
 from pretrain.config import OptimConfig, TrainConfig
-from pretrain.data import BatchStream, batch_tokens, sample_log_lines, to_device
+from pretrain.data import (
+    SFREQ,
+    BatchStream,
+    Corpus,
+    batch_tokens,
+    make_batch_stream,
+    preprocessing_record,
+    sample_log_lines,
+    to_device,
+)
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -394,16 +403,17 @@ def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def fit_and_export(objective: nn.Module, stream: BatchStream, config: Any, accelerator: Accelerator, *,
-                   run_name: str, preprocessing: dict[str, Any], announce: str, resume: str | None = None,
-                   patch_size: int = 200) -> TrainResult:
-    """The shared tail of ``pretrain/run.py`` and ``tokenizer/run.py``: train ``objective`` and export it.
+def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, accelerator: Accelerator, *,
+                   run_name: str, announce: str, resume: str | None = None, patch_size: int = 200) -> TrainResult:
+    """The shared tail of ``pretrain/run.py`` and ``tokenizer/run.py``: stream ``corpora``, train, export.
 
-    ``config`` is the whole run config (with ``optim`` and ``train`` sections); it is written to
-    ``{out_dir}/run_config.json`` and logged as hyper-parameters. ``preprocessing`` (the shards'
-    preprocessing parameters) goes to ``preprocess.json`` beside the exported model, so finetuning and
-    prediction can reproduce it. ``announce`` is printed once, on the main process, before training.
+    ``config`` is the whole run config (with ``data``, ``optim`` and ``train`` sections); it is written to
+    ``{out_dir}/run_config.json`` and logged as hyper-parameters. The shards' preprocessing parameters go
+    to ``preprocess.json`` beside the exported model, so finetuning and prediction can reproduce them.
+    ``announce`` is printed once, on the main process, before training.
     """
+    stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
+                               grad_accum=config.optim.grad_accum, world_size=accelerator.num_processes)
     hparams = to_dict(config)
     out = Path(config.train.out_dir)
     if accelerator.is_main_process:
@@ -414,5 +424,6 @@ def fit_and_export(objective: nn.Module, stream: BatchStream, config: Any, accel
                       run_name=run_name, hparams=hparams)
     result = trainer.fit(resume=resume)
     if result.export_dir is not None and accelerator.is_main_process:
-        (result.export_dir / "preprocess.json").write_text(json.dumps(preprocessing, indent=2))
+        record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+        (result.export_dir / "preprocess.json").write_text(json.dumps(record, indent=2))
     return result

@@ -33,13 +33,12 @@ from accelerate.utils import set_seed
 
 from foundation.configfile import ConfigError, parse_cli, to_dict
 from pretrain.config import DataConfig, OptimConfig, TrainConfig
-from pretrain.data import DataError, crop_length, make_batch_stream, preprocessing_record
+from pretrain.data import SFREQ, DataError, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
 from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
-SFREQ = 200.0
 PROG = "tokenizer/run.py"
 
 
@@ -92,16 +91,13 @@ def train_tokenizer(config: TokenizerRunConfig, resume: str | None = None, accel
     crop = crop_length(config.data.crop_s, SFREQ, patch_size)
     tokenizer = build_tokenizer(config.model, crop // patch_size)
     objective = TokenizerObjective(tokenizer)
-    stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
-                               grad_accum=config.optim.grad_accum, world_size=acc.num_processes)
     announce = (
         f"training a {config.model.size} VQ-NSP tokenizer ({tokenizer.num_parameters() / 1e6:.2f} M parameters, "
         f"codebook {tokenizer.codebook_size} x {tokenizer.config.code_dim}) on "
         f"{', '.join(f'{c.name} ({len(c.urls)} shards)' for c in corpora)}"
     )
-    preprocessing = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
-    result = fit_and_export(objective, stream, config, acc, run_name="tokenizer", preprocessing=preprocessing,
-                            announce=announce, resume=resume, patch_size=patch_size)
+    result = fit_and_export(objective, corpora, config, acc, run_name="tokenizer", announce=announce,
+                            resume=resume, patch_size=patch_size)
     acc.wait_for_everyone()
     return result
 
