@@ -208,3 +208,11 @@ def check_root(root: Path | str, corpus: str) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"{corpus}: corpus root {root} does not exist or is not a folder")
     return root.resolve()
+
+
+def sidecar(rec: Recording, key: str, what: str) -> Path:
+    """The label file ``rec.extra[key]`` (hypnogram, event list, summary); LabelError naming it when missing."""
+    path = Path(rec.extra[key])
+    if not path.is_file():
+        raise LabelError(path, f"{what} for {rec.path.name} is missing")
+    return path

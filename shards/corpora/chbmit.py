@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mne
 
-from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found
+from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found, sidecar
 from shards.readers import read_raw
 
 SAME_PATIENT = {"chb21": "chb01"}  # per the CHB-MIT release notes
@@ -139,9 +139,7 @@ class CHBMIT(Adapter):
         return require_found(recs, root, self.name, "chbNN/chbNN_MM.edf")
 
     def load(self, rec: Recording) -> Loaded:
-        summary = Path(rec.extra["summary"])
-        if not summary.is_file():
-            raise LabelError(summary, f"summary file for {rec.path.name} is missing")
+        summary = sidecar(rec, "summary", "summary file")
         entries = read_summary(summary)
         entry = entries.get(rec.path.name)
         if entry is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found
+from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found, sidecar
 from shards.preprocess import Segment
 from shards.readers import read_dreams_excerpt
 
@@ -77,9 +77,7 @@ class Dreams(Adapter):
         return require_found(recs, root, self.name, "excerptN.txt")
 
     def load(self, rec: Recording) -> Loaded:
-        hyp = Path(rec.extra["hypnogram"])
-        if not hyp.is_file():
-            raise LabelError(hyp, f"hypnogram for {rec.path.name} is missing")
+        hyp = sidecar(rec, "hypnogram", "hypnogram")
         codes = read_hypnogram(hyp)
         raw = read_dreams_excerpt(rec.path)
         duration = raw.n_times / raw.info["sfreq"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found
+from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found, sidecar
 from shards.corpora.tuab import SPLITS, path_entity
 from shards.corpora.tueg import tuh_edfs
 from shards.readers import read_raw
@@ -66,9 +66,7 @@ class TUEV(Adapter):
         return require_found(recs, root, self.name, "**/{subject}_NNNNNNNN.edf (+ .rec)")
 
     def load(self, rec: Recording) -> Loaded:
-        rec_file = Path(rec.extra["rec"])
-        if not rec_file.is_file():
-            raise LabelError(rec_file, f"event file for {rec.path.name} is missing")
+        rec_file = sidecar(rec, "rec", "event file")
         rows = read_rec(rec_file)
         raw = read_raw(rec.path)
         total = raw.n_times / raw.info["sfreq"]
