@@ -53,3 +53,14 @@ def synth_shards(synth_raw, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth_shards")
     build("synth", synth_raw, out, split=(0.5, 0.25, 0.25), seed=0, max_samples_per_shard=200, progress=False)
     return out / "synth"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine (opt in per module)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,15 +7,7 @@ import torch
 
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core test machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 D, S = 32, 200
 

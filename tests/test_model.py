@@ -12,15 +12,7 @@ import torch
 from foundation import CheckpointError, EEGMamba, EEGMambaConfig, EEGMambaOutput, load_backbone_weights
 from foundation.configfile import from_dict
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core test machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 S = 200
 SMALL = dict(d_model=32, n_layers=2, n_experts=4, moe_hidden=64, max_patches=8, n_channel_ids=64)
