@@ -1,0 +1,198 @@
+"""Baselines of ``benchmarks/downstream.py`` on the same splits as EEGMamba: log band power + logistic regression,
+and braindecode's EEGNet with its own small training loop (importable on a CPU-only torch)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import types
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from benchmarks.tasks import Budget, TaskPlan
+
+SFREQ = 200.0  # the shards' common rate
+BANDS: dict[str, tuple[float, float]] = {
+    "delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 45.0),
+}
+
+
+def _stub_module(name: str) -> types.ModuleType:
+    """A placeholder module whose every public attribute is a class that raises when used."""
+    mod = types.ModuleType(name)
+    mod.__path__ = []  # a package, so `import torchaudio.transforms` resolves against sys.modules
+
+    def __getattr__(attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        class _Missing:
+            def __init__(self, *args, **kwargs):
+                raise NotImplementedError(f"{name}.{attr}: torchaudio is stubbed out (its CUDA-linked wheel cannot load here)")
+
+        _Missing.__name__ = attr
+        return _Missing
+
+    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    return mod
+
+
+def import_eegnet() -> type:
+    """``braindecode.models.EEGNet``, importable on a CPU-only torch.
+
+    braindecode 1.8 imports torchaudio eagerly (filters and a few spectrogram models), and the installed
+    torchaudio wheel is CUDA-linked, so on a CPU-only torch ``import braindecode`` fails with OSError.
+    EEGNet uses no torchaudio function: stub ``torchaudio`` / ``.functional`` / ``.transforms`` (anything
+    taken from them raises NotImplementedError when called), drop the half-imported braindecode modules
+    and import again.
+    """
+    try:
+        from braindecode.models import EEGNet
+
+        return EEGNet
+    except (OSError, ImportError) as err:
+        if "torchaudio" not in f"{err!r} {err.__cause__!r}" and not any(m.startswith("torchaudio") for m in sys.modules):
+            raise
+        print(f"note: braindecode failed to import torchaudio ({type(err).__name__}); using a stub torchaudio "
+              "module (EEGNet does not use it)", flush=True)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("braindecode", "torchaudio")]:
+        del sys.modules[name]
+    subs = {n: _stub_module(f"torchaudio.{n}") for n in ("functional", "transforms")}
+    root = _stub_module("torchaudio")
+    for n, mod in subs.items():
+        setattr(root, n, mod)
+        sys.modules[f"torchaudio.{n}"] = mod
+    sys.modules["torchaudio"] = root
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MNE montage deprecations inside braindecode
+        from braindecode.models import EEGNet
+    return EEGNet
+
+
+def band_power_features(x: np.ndarray, sfreq: float = SFREQ) -> np.ndarray:
+    """Log band power per channel: ``x [n, c, t]`` -> ``[n, c * 5]`` ordered ``(c band)``.
+
+    Welch PSD (2-s Hann segments, or the whole window when shorter), integrated over delta 0.5-4,
+    theta 4-8, alpha 8-13, beta 13-30 and gamma 30-45 Hz; log10 of power + 1e-12.
+    """
+    from scipy.signal import welch
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"band_power_features expects x [n, c, t], got shape {x.shape}")
+    nperseg = int(min(x.shape[-1], 2 * sfreq))
+    freqs, psd = welch(x, fs=sfreq, nperseg=nperseg, axis=-1)  # psd [n, c, f]
+    df = freqs[1] - freqs[0]
+    feats = []
+    for lo, hi in BANDS.values():
+        sel = (freqs >= lo) & (freqs < hi)
+        if not sel.any():
+            raise ValueError(f"band {lo}-{hi} Hz has no frequency bin at {sfreq} Hz with {nperseg}-sample segments")
+        feats.append(psd[..., sel].sum(axis=-1) * df)  # [n, c]
+    power = np.stack(feats, axis=-1)  # [n, c, band]
+    return np.log10(power + 1e-12).reshape(x.shape[0], -1)
+
+
+def fit_band_power(x_train, y_train, x_val, y_val, *, seed: int = 0, cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0)):
+    """Standardised, class-balanced logistic regression on log band power; C chosen on the validation split.
+
+    Returns the fitted sklearn Pipeline (``predict_proba`` on raw windows' features).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    best, best_score = None, -math.inf
+    for c in cs:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed))
+        model.fit(x_train, y_train)
+        score = balanced_accuracy_score(y_val, model.predict(x_val))
+        if score > best_score + 1e-12:
+            best, best_score = model, score
+    return best
+
+
+def _stack(windows) -> np.ndarray:
+    shapes = {w.eeg.shape for w in windows}
+    if len(shapes) != 1:
+        raise ValueError(f"baselines need windows of one shape [C, T], got {sorted(shapes)[:4]}")
+    return np.stack([w.eeg for w in windows]).astype(np.float32)
+
+
+def train_eegnet(x_train, y_train, x_val, y_val, *, n_classes: int, epochs: int, patience: int, seed: int,
+                 batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-2):
+    """braindecode EEGNet on ``x [n, c, t]``: AdamW, class-weighted CE, keep the best-validation epoch.
+
+    Returns ``(model in eval mode, epochs run)``.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    EEGNet = import_eegnet()
+    torch.manual_seed(seed)
+    model = EEGNet(n_chans=x_train.shape[1], n_outputs=n_classes, n_times=x_train.shape[2], sfreq=SFREQ)
+    counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError(f"EEGNet: class(es) {np.flatnonzero(counts == 0).tolist()} have no training window")
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(counts.sum() / (n_classes * counts), dtype=torch.float32))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(np.asarray(y_train, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    best_score, best_state, bad, ran = -math.inf, None, 0, 0
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(len(xt))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < 2:  # EEGNet's BatchNorm needs more than one window
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+        ran = epoch + 1
+        score = balanced_accuracy_score(y_val, predict_proba_torch(model, x_val).argmax(1))
+        if score > best_score + 1e-9:
+            best_score, bad = score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, ran
+
+
+@torch.no_grad()
+def predict_proba_torch(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Softmax outputs ``[n, k]`` of a classifier on ``x [n, c, t]``."""
+    model.eval()
+    out = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size])), dim=-1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def run_baselines(plan: TaskPlan, data, split, seed: int, budget: Budget) -> dict[str, dict]:
+    """Band power + logistic regression and EEGNet on one split; test metrics and seconds of each."""
+    from finetune.metrics import classification_metrics
+
+    n_classes = data.recipe.n_classes
+    x = _stack(data.windows)
+    y = data.labels
+    out = {}
+    t0 = time.time()
+    feats = band_power_features(x)
+    lr = fit_band_power(feats[split.train], y[split.train], feats[split.val], y[split.val], seed=seed)
+    out["band power + LR"] = {"metrics": classification_metrics(y[split.test], lr.predict_proba(feats[split.test]), n_classes=n_classes),
+                              "seconds": time.time() - t0, "C": float(lr[-1].C)}
+    t0 = time.time()
+    model, ran = train_eegnet(x[split.train], y[split.train], x[split.val], y[split.val], n_classes=n_classes,
+                              epochs=budget.eegnet_epochs, patience=budget.eegnet_patience, seed=seed, batch_size=budget.batch_size)
+    out["EEGNet (braindecode)"] = {"metrics": classification_metrics(y[split.test], predict_proba_torch(model, x[split.test]), n_classes=n_classes),
+                                   "seconds": time.time() - t0, "epochs_run": ran}
+    return out
+
