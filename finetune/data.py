@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from finetune.recipes.base import Recipe
-from shards.dataset import Window, collate, expand_urls, load_windows, read_manifest
+from shards.dataset import collate, expand_urls, load_windows, read_manifest
+from shards.sample import SFREQ, Window
 
 __all__ = ["TaskData", "TaskBatches", "load_task_data", "batch_tensors", "class_weights"]
 
@@ -168,7 +169,7 @@ def _crop(windows: list[Window], window_s: float | None, spec: str, name: str) -
         return windows
     out = []
     for w in windows:
-        sfreq = float(w.meta.get("sfreq", 200.0))
+        sfreq = float(w.meta.get("sfreq", SFREQ))
         n = int(round(window_s * sfreq))
         if w.eeg.shape[1] < n:
             raise ValueError(

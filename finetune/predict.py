@@ -35,9 +35,10 @@ import torch.nn.functional as F
 
 from finetune.model import TaskModel
 from shards.corpora import get_corpus
-from shards.dataset import Window, collate
+from shards.dataset import collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import read_raw
+from shards.sample import Window
 
 __all__ = ["predict_file", "preprocess_config", "main"]
 
@@ -138,7 +139,7 @@ def predict_file(
     out: list[dict[str, Any]] = []
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        batch = collate([Window(np.asarray(w.data, dtype=np.float32)[rows_idx], {"channels": channels}) for w in chunk])
+        batch = collate([Window(np.asarray(w.eeg, dtype=np.float32)[rows_idx], {"channels": channels}) for w in chunk])
         logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
         proba = F.softmax(logits.float(), dim=-1).cpu().numpy()
         for w, p in zip(chunk, proba):

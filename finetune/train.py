@@ -43,6 +43,7 @@ from finetune.report import json_safe, write_report
 from finetune.splits import Split, split_windows
 from foundation.configfile import to_dict
 from shards.dataset import load_windows
+from shards.sample import SFREQ
 
 __all__ = ["finetune", "evaluate", "lr_lambda", "shard_split"]
 
@@ -109,7 +110,7 @@ def _check_lengths(tasks: Mapping[str, TaskData], backbone_cfg) -> None:
             raise ValueError(
                 f"recipe {name!r}: windows of {t} samples do not fit the backbone (patch_size={backbone_cfg.patch_size}, "
                 f"max_patches={backbone_cfg.max_patches}); set window_s to a whole number of seconds of at most "
-                f"{backbone_cfg.max_patches * backbone_cfg.patch_size / 200:g} s"
+                f"{backbone_cfg.max_patches * backbone_cfg.patch_size / SFREQ:g} s"
             )
 
 
@@ -304,7 +305,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     if main:
         recipes = {}
         for name, data in tasks.items():
-            sfreq = float(data.windows[0].meta.get("sfreq", 200.0))
+            sfreq = float(data.windows[0].meta.get("sfreq", SFREQ))
             recipes[name] = {
                 **data.recipe.to_dict(),
                 "hyper": dataclasses.asdict(hyper),

@@ -42,9 +42,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from shards.dataset import collate, decode_sample, expand_urls
-
-SFREQ = 200.0  # the rate the shards are written at and the backbone's 1-s patches assume
+from shards.dataset import collate, expand_urls
+from shards.sample import SFREQ, decode_sample  # noqa: F401 - SFREQ re-exported for older imports
 
 
 class DataError(ValueError):
@@ -184,7 +183,7 @@ class ShardStream(IterableDataset):
         meta["__url__"] = sample.get("__url__")
         meta["crop_start"] = start
         cropped = np.ascontiguousarray(eeg[:, start : start + self.crop_samples], dtype=np.float32)
-        return _replace_window(window, eeg=cropped, meta=meta)
+        return dataclasses.replace(window, eeg=cropped, meta=meta)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
@@ -212,12 +211,6 @@ class ShardStream(IterableDataset):
                 yield collate(batch)
                 batch = []
                 produced += 1
-
-
-def _replace_window(window, **changes):
-    if dataclasses.is_dataclass(window):
-        return dataclasses.replace(window, **changes)
-    return window._replace(**changes)  # NamedTuple
 
 
 class BatchStream:

@@ -32,6 +32,7 @@ from einops import rearrange
 from torch import nn
 
 from foundation.model import EEGMamba, EEGMambaConfig
+from shards.sample import PATCH_SAMPLES
 from tokenizer.spectral import MaskConfig, STFTConfig, corrupt, masked_spectral_loss, to_patches
 
 
@@ -225,7 +226,7 @@ class TokenizerObjective(Objective):
     def __init__(self, tokenizer: nn.Module) -> None:
         super().__init__()
         self.tokenizer = tokenizer
-        self.patch_size = getattr(getattr(tokenizer, "config", None), "patch_size", 200)
+        self.patch_size = getattr(getattr(tokenizer, "config", None), "patch_size", PATCH_SAMPLES)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = self.tokenizer(batch["x"].float(), batch["channel_ids"], batch["channel_mask"])

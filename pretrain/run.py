@@ -36,10 +36,11 @@ from accelerate.utils import set_seed
 
 from foundation.configfile import ConfigError, parse_cli, to_dict
 from pretrain.config import PretrainConfig
-from pretrain.data import SFREQ, Corpus, DataError, crop_length
+from pretrain.data import Corpus, DataError, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective, build_backbone
 from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
+from shards.sample import PATCH_SAMPLES, SFREQ
 
 PROG = "pretrain/run.py"
 MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
@@ -86,7 +87,7 @@ def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: lis
 
 def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: list[Corpus]) -> Objective:
     """The configured objective around a fresh backbone sized for the crop length."""
-    patch_size = 200
+    patch_size = PATCH_SAMPLES
     crop_patches = crop_length(config.data.crop_s, SFREQ, patch_size) // patch_size
     backbone = build_backbone(config.model.size, model_overrides(config), crop_patches)
     obj = config.objective

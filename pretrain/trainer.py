@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 from foundation.configfile import to_dict
 from pretrain.config import OptimConfig, TrainConfig
 from pretrain.data import (
-    SFREQ,
     BatchStream,
     Corpus,
     batch_tokens,
@@ -49,6 +48,7 @@ from pretrain.data import (
     sample_log_lines,
     to_device,
 )
+from shards.sample import PATCH_SAMPLES, SFREQ
 
 CHECKPOINT_PREFIX = "step_"
 
@@ -177,7 +177,7 @@ class Trainer:
         train: TrainConfig,
         *,
         accelerator: Accelerator | None = None,
-        patch_size: int = 200,
+        patch_size: int = PATCH_SAMPLES,
         run_name: str = "pretrain",
         hparams: dict[str, Any] | None = None,
     ) -> None:
@@ -404,7 +404,7 @@ def _flat_scalars(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, accelerator: Accelerator, *,
-                   run_name: str, announce: str, resume: str | None = None, patch_size: int = 200) -> TrainResult:
+                   run_name: str, announce: str, resume: str | None = None, patch_size: int = PATCH_SAMPLES) -> TrainResult:
     """The shared tail of ``pretrain/run.py`` and ``tokenizer/run.py``: stream ``corpora``, train, export.
 
     ``config`` is the whole run config (with ``data``, ``optim`` and ``train`` sections); it is written to

@@ -152,7 +152,8 @@ def _corpus_folders(out: Path) -> list[Path]:
 
 def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
     """Read every shard of ``folder`` back and compare with ``manifest``; returns the problems found."""
-    from shards.dataset import decode_sample, iter_samples
+    from shards.dataset import iter_samples
+    from shards.sample import decode_sample
 
     problems = []
     listed = {s["name"]: s for s in manifest["shards"]}
@@ -186,7 +187,7 @@ def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
 
 
 def cmd_inspect(args) -> int:
-    from shards.dataset import read_manifest
+    from shards.manifest import read_manifest
 
     bad = 0
     for folder in _corpus_folders(args.out):

@@ -7,11 +7,8 @@ Used by ``pretrain`` (streaming) and ``finetune`` (small labelled sets in memory
 from __future__ import annotations
 
 import glob
-import io
-import json
 import tarfile
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +16,11 @@ import numpy as np
 import torch
 from braceexpand import braceexpand
 
+from shards.manifest import read_manifest
+from shards.sample import Window, decode_sample
 from shards.vocabulary import channel_id
 
 __all__ = ["Window", "collate", "decode_sample", "expand_urls", "iter_samples", "load_windows", "read_manifest"]
-
-
-@dataclass
-class Window:
-    """One decoded sample: ``eeg`` float32 ``[C, T]`` in 100 µV units, ``meta`` the sample's JSON."""
-
-    eeg: np.ndarray
-    meta: dict
-
-    @property
-    def key(self) -> str:
-        return self.meta.get("__key__") or f"{self.meta['corpus']}__{self.meta['recording']}"
 
 
 def expand_urls(spec: str | Path | Sequence[str | Path]) -> list[str]:
@@ -73,32 +60,6 @@ def expand_urls(spec: str | Path | Sequence[str | Path]) -> list[str]:
     if not urls:
         raise FileNotFoundError(f"no shards in {spec!r}")
     return urls
-
-
-def decode_sample(sample: Mapping[str, Any]) -> Window:
-    """A WebDataset sample dict (raw bytes or already decoded) -> :class:`Window`.
-
-    ``eeg.npy`` float16 ``[C, T]`` becomes float32 ``[C, T]``; ``json`` is the metadata dict (plus
-    ``__key__`` when present). KeyError naming the sample key when a member is missing.
-    """
-    key = sample.get("__key__", "?")
-    try:
-        eeg, meta = sample["eeg.npy"], sample["json"]
-    except KeyError as e:
-        raise KeyError(f"sample {key} ({sample.get('__url__', '?')}) lacks member {e.args[0]!r}; has {sorted(sample)}") from None
-    if isinstance(eeg, (bytes, bytearray, memoryview)):
-        eeg = np.load(io.BytesIO(eeg), allow_pickle=False)
-    if isinstance(meta, (bytes, bytearray, memoryview)):
-        meta = json.loads(bytes(meta))
-    elif isinstance(meta, str):
-        meta = json.loads(meta)
-    eeg = np.asarray(eeg, dtype=np.float32)
-    if eeg.ndim != 2 or eeg.shape[0] != len(meta.get("channels", [])):
-        raise ValueError(f"sample {key}: eeg.npy has shape {eeg.shape}, expected [C={len(meta.get('channels', []))}, T]")
-    meta = dict(meta)
-    if "__key__" in sample:
-        meta["__key__"] = sample["__key__"]
-    return Window(eeg, meta)
 
 
 def collate(windows: Sequence[Window]) -> dict[str, Any]:
@@ -165,73 +126,3 @@ def load_windows(spec: str | Path | Sequence[str | Path]) -> list[Window]:
         out.extend(decode_sample(s) for s in samples)
     out.sort(key=lambda w: w.meta.get("__key__", ""))
     return out
-
-
-def read_manifest(folder: str | Path) -> dict:
-    """The manifest of a corpus folder ``{out}/{corpus}``, merging ``manifest-part-*.json`` fragments.
-
-    Counters (totals, label/drop counts, channel sets) are summed; shards, skipped recordings and splits
-    are concatenated. FileNotFoundError naming the folder when it holds no manifest.
-    """
-    folder = Path(folder)
-    whole = folder / "manifest.json"
-    parts = sorted(folder.glob("manifest-part-*.json"))
-    if whole.is_file() and not parts:
-        return json.loads(whole.read_text())
-    if not parts:
-        raise FileNotFoundError(f"no manifest.json or manifest-part-*.json in {folder}")
-    frags = [json.loads(p.read_text()) for p in parts]
-    n_expected = frags[0]["build"]["part"][1]
-    merged = {k: frags[0][k] for k in ("format", "corpus", "task", "label_names", "versions")}
-    build = dict(frags[0]["build"])
-    build["part"] = [None, n_expected]
-    merged["build"] = build
-    merged["parts"] = sorted(f["build"]["part"][0] for f in frags)
-    merged["complete"] = all(f["complete"] for f in frags) and len(frags) == n_expected
-    merged["shards"] = sorted((s for f in frags for s in f["shards"]), key=lambda s: s["name"])
-    merged["skipped"] = sorted((s for f in frags for s in f["skipped"]), key=lambda s: s["recording"])
-    merged["recordings"] = sorted((r for f in frags for r in f["recordings"]), key=lambda r: r["recording"])
-    merged["totals"] = _sum_dicts(f["totals"] for f in frags)
-    for key in ("label_counts", "recordings_by_label", "drops", "label_skips"):
-        merged[key] = dict(sorted(_sum_dicts(f.get(key, {}) for f in frags).items()))
-    merged["label_counts_by_split"] = _sum_nested(f["label_counts_by_split"] for f in frags)
-    merged["dropped_channels"] = _sum_nested(f["dropped_channels"] for f in frags)
-    by_split: dict[str, dict] = {}
-    for f in frags:
-        for sp, v in f["by_split"].items():
-            acc = by_split.setdefault(sp, {"samples": 0, "hours": 0.0, "recordings": 0, "subjects": 0})
-            for k in ("samples", "hours", "recordings"):
-                acc[k] += v[k]
-    for sp, acc in by_split.items():  # parts split recordings, not subjects: count distinct subjects
-        acc["subjects"] = len({r["subject"] for r in merged["recordings"] if r["split"] == sp and not r["skipped"]})
-    merged["by_split"] = dict(sorted(by_split.items()))
-    sets: dict[tuple, dict] = {}
-    for f in frags:
-        for cs in f["channel_sets"]:
-            acc = sets.setdefault(tuple(cs["channels"]), {"recordings": 0, "samples": 0})
-            acc["recordings"] += cs["recordings"]
-            acc["samples"] += cs["samples"]
-    merged["channel_sets"] = [{"channels": list(k), **v} for k, v in sorted(sets.items(), key=lambda kv: (-kv[1]["recordings"], kv[0]))]
-    merged["splits"] = {
-        "subjects": dict(sorted({k: v for f in frags for k, v in f["splits"]["subjects"].items()}.items())),
-        "recordings": dict(sorted({k: v for f in frags for k, v in f["splits"]["recordings"].items()}.items())),
-    }
-    return merged
-
-
-def _sum_dicts(dicts: Iterable[Mapping]) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
-
-
-def _sum_nested(dicts: Iterable[Mapping[str, Mapping]]) -> dict:
-    out: dict[str, dict] = {}
-    for d in dicts:
-        for k, inner in d.items():
-            acc = out.setdefault(k, {})
-            for kk, v in inner.items():
-                acc[kk] = acc.get(kk, 0) + v
-    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}

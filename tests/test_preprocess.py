@@ -113,7 +113,7 @@ def test_fft_method_matches_time_domain_iir(orig):
 
 
 def test_fft_plan_lengths_and_timing_bound():
-    from shards.preprocess import _MAX_DRIFT_SAMPLES, _fft_plan, _smooth
+    from shards.filters import MAX_DRIFT_SAMPLES as _MAX_DRIFT_SAMPLES, fft_plan as _fft_plan, is_smooth as _smooth
 
     # Exact 5/4 grid for 160 -> 200 Hz; a fast (5-smooth) grid within the drift bound for Bonn's 173.61 Hz.
     for n, orig in [(20000, 160.0), (4097, BONN_SFREQ), (3840, 128.0), (15360, 256.0)]:
@@ -185,7 +185,7 @@ def test_nan_gap_only_drops_windows_that_touch_it():
     windows, drops = cut_windows(sig, None, cfg)
     assert drops == {"nan": 1}
     assert [w.onset_s for w in windows] == [0.0, 10.0, 30.0, 40.0, 50.0]
-    assert all(np.isfinite(w.data).all() for w in windows)
+    assert all(np.isfinite(w.eeg).all() for w in windows)
 
 
 # ----------------------------------------------------------------------------------------------- windows
@@ -204,8 +204,8 @@ def test_windows_count_stride_and_exact_slices():
     assert len(windows) == 11 and not drops  # (60 - 10) / 5 + 1
     for i, w in enumerate(windows):
         assert w.index == i and w.start == i * 1000 and w.onset_s == i * 5.0
-        assert w.data.shape == (2, 2000) and w.data.dtype == np.float32
-        np.testing.assert_array_equal(w.data, sig.data[:, w.start : w.start + 2000])
+        assert w.eeg.shape == (2, 2000) and w.eeg.dtype == np.float32
+        np.testing.assert_array_equal(w.eeg, sig.data[:, w.start : w.start + 2000])
         assert w.label is None and w.label_name is None
     windows, _ = cut_windows(sig, None, PreprocessConfig(window_s=10.0))
     assert [w.start for w in windows] == [0, 2000, 4000, 6000, 8000, 10000]

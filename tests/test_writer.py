@@ -21,16 +21,11 @@ from shards.dataset import load_windows, read_manifest
 from shards.preprocess import Segment, cut_windows, preprocess_raw
 from shards.readers import read_raw
 from shards.synth import simulate
-from shards.writer import (
-    _OpenShard,
-    assign_split,
-    build,
-    encode_sample,
-    npy_bytes,
-    process_recording,
-    resolve_config,
-    tar_header,
-)
+from shards.sample import encode_sample, npy_bytes
+from shards.shardfile import OpenShard
+from shards.shardfile import tar_header
+from shards.splits import assign_split
+from shards.writer import build, process_recording, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,7 +185,7 @@ def test_fast_encoding_equals_webdataset_tarwriter(small_raw, tmp_path):
     cfg = resolve_config(adapter, None, None)
     recs = adapter.find(small_raw)[:2]
     results = [process_recording(adapter, rec, cfg, "train") for rec in recs]
-    shard = _OpenShard(tmp_path, "train-000000.tar", "train")
+    shard = OpenShard(tmp_path, "train-000000.tar", "train")
     for r in results:
         shard.add(r)
     info = shard.commit()
@@ -207,10 +202,10 @@ def test_fast_encoding_equals_webdataset_tarwriter(small_raw, tmp_path):
         for k, win in enumerate(windows):
             meta = {"corpus": rec.corpus, "recording": rec.recording, "subject": rec.subject, "session": rec.session,
                     "channels": list(signal.channels), "sfreq": float(signal.sfreq), "onset_s": round(win.onset_s, 6),
-                    "duration_s": round(win.data.shape[1] / signal.sfreq, 6), "task": rec.task,
+                    "duration_s": round(win.eeg.shape[1] / signal.sfreq, 6), "task": rec.task,
                     "label": None if win.label is None else int(win.label), "label_name": win.label_name,
                     "source": rec.source}
-            w.write(encode_sample(f"synth__{rec.recording}__{k:06d}", win.data.astype(np.float16), meta))
+            w.write(encode_sample(f"synth__{rec.recording}__{k:06d}", win.eeg.astype(np.float16), meta))
             n += 1
     w.close()
     assert n == info["samples"]

@@ -33,10 +33,11 @@ from accelerate.utils import set_seed
 
 from foundation.configfile import ConfigError, parse_cli, to_dict
 from pretrain.config import DataConfig, OptimConfig, TrainConfig
-from pretrain.data import SFREQ, DataError, crop_length
+from pretrain.data import DataError, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
 from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
+from shards.sample import PATCH_SAMPLES, SFREQ
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
 PROG = "tokenizer/run.py"
@@ -87,7 +88,7 @@ def train_tokenizer(config: TokenizerRunConfig, resume: str | None = None, accel
     if corpora is None:
         corpora = corpora_or_demo(config.data, config.train.out_dir, acc, seed=config.train.seed,
                                   progress=config.train.progress)
-    patch_size = 200
+    patch_size = PATCH_SAMPLES
     crop = crop_length(config.data.crop_s, SFREQ, patch_size)
     tokenizer = build_tokenizer(config.model, crop // patch_size)
     objective = TokenizerObjective(tokenizer)

@@ -1,0 +1,233 @@
+"""The manifest of a build folder: its schema, writing it from a build state, reading and merging parts.
+
+Layout of one build (``{out}/{corpus}/``)::
+
+    {split}-{shard:06d}.tar                  part=(0, 1)
+    {split}-{part:03d}-{shard:06d}.tar       part=(i, n), n > 1: one SLURM array task each
+    manifest.json  |  manifest-part-{i:03d}-of-{n:03d}.json
+    .build-state[-part-III-of-NNN].json      resume bookkeeping (``shards.writer``)
+
+A manifest records the build parameters (``build``), software versions, per-shard sample counts, hours and
+recordings, totals, counts by split / channel set / label, window drops, dropped channels by reason, skipped
+recordings with reasons and the split of every subject and recording. :func:`make_manifest` writes one
+from a build state; :func:`read_manifest` reads a folder, merging part fragments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import platform
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from shards.corpora.base import Adapter
+
+FORMAT = "eegfm-shards/1"
+SPLITS = ("train", "val", "test")
+
+
+def part_suffix(part: tuple[int, int]) -> str:
+    """``""`` for a whole build, ``-part-III-of-NNN`` for part ``(i, n)``: names its manifest, state and lock."""
+    return "" if part[1] == 1 else f"-part-{part[0]:03d}-of-{part[1]:03d}"
+
+
+def shard_name(split: str, index: int, part: tuple[int, int]) -> str:
+    return f"{split}-{index:06d}.tar" if part[1] == 1 else f"{split}-{part[0]:03d}-{index:06d}.tar"
+
+
+def manifest_name(part: tuple[int, int]) -> str:
+    return f"manifest{part_suffix(part)}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("eegfm", "numpy", "scipy", "mne", "webdataset", "edfio"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return tuple(out.items())
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape shard bytes. Cached per process: importlib.metadata
+    scans every installed distribution (~20 ms), which a multi-corpus or per-part build would pay each time."""
+    return dict(_versions())
+
+
+def jsonable(x: Any) -> Any:
+    if type(x) in (str, int, float, bool) or x is None:  # the bulk of a manifest: skip the checks below
+        return x
+    if dataclasses.is_dataclass(x):
+        return {k: jsonable(v) for k, v in dataclasses.asdict(x).items()}
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+
+def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
+    """Aggregate the per-recording summaries of a build state into the manifest."""
+    recs = [r for s in state["shards"] for r in s["recordings"]] + list(state["tail"])
+    recs.sort(key=lambda r: r["recording"])
+    by_split: dict[str, dict] = {}
+    channel_sets: dict[tuple, dict] = {}
+    labels: Counter = Counter()
+    labels_by_split: dict[str, Counter] = {}
+    rec_labels: Counter = Counter()
+    drops: Counter = Counter()
+    label_skips: Counter = Counter()
+    dropped_channels: dict[str, Counter] = {}
+    skipped = []
+    for r in recs:
+        if r["skipped"]:
+            skipped.append({"recording": r["recording"], "source": r["source"], "reason": r["skipped"]})
+            continue
+        sp = by_split.setdefault(r["split"], {"samples": 0, "hours": 0.0, "recordings": 0, "subjects": set()})
+        sp["samples"] += r["samples"]
+        sp["hours"] += r["hours"]
+        sp["recordings"] += 1
+        sp["subjects"].add(r["subject"])
+        cs = channel_sets.setdefault(tuple(r["channels"]), {"recordings": 0, "samples": 0})
+        cs["recordings"] += 1
+        cs["samples"] += r["samples"]
+        labels.update(r["labels"])
+        labels_by_split.setdefault(r["split"], Counter()).update(r["labels"])
+        rec_labels.update(r["labels"].keys())
+        drops.update(r["drops"])
+        label_skips.update(r["label_skips"])
+        for name, reason in r["dropped_channels"]:
+            dropped_channels.setdefault(reason, Counter())[name] += 1
+    shards = [{"name": s["name"], "split": s["split"], "samples": s["samples"], "hours": s["hours"],
+               "recordings": [r["recording"] for r in s["recordings"]]} for s in state["shards"]]
+    return _round_floats(jsonable({
+        "format": FORMAT,
+        "corpus": adapter.name,
+        "task": adapter.task,
+        "label_names": getattr(adapter, "task_label_names", None) or list(adapter.label_names),
+        "complete": bool(state["complete"]),
+        "build": params,
+        "versions": software_versions(),
+        "totals": {
+            "samples": sum(s["samples"] for s in shards),
+            "hours": sum(s["hours"] for s in shards),
+            "recordings": len(recs) - len(skipped),
+            "skipped": len(skipped),
+            "shards": len(shards),
+        },
+        "shards": shards,
+        "by_split": {k: {**v, "subjects": len(v["subjects"])} for k, v in sorted(by_split.items())},
+        "channel_sets": [{"channels": list(k), **v} for k, v in sorted(channel_sets.items(), key=lambda kv: (-kv[1]["recordings"], kv[0]))],
+        "label_counts": dict(sorted(labels.items())),
+        "label_counts_by_split": {k: dict(sorted(v.items())) for k, v in sorted(labels_by_split.items())},
+        "recordings_by_label": dict(sorted(rec_labels.items())),
+        "drops": dict(sorted(drops.items())),
+        "label_skips": dict(sorted(label_skips.items())),
+        "dropped_channels": {k: dict(sorted(v.items())) for k, v in sorted(dropped_channels.items())},
+        "skipped": skipped,
+        "splits": {
+            "subjects": dict(sorted({r["subject"]: r["split"] for r in recs}.items())),
+            "recordings": {r["recording"]: r["split"] for r in recs},
+        },
+        "recordings": [{k: r[k] for k in ("recording", "subject", "session", "source", "task", "split",
+                                             "samples", "hours", "recording_hours", "skipped")} for r in recs],
+    }))
+
+
+def _round_floats(x: Any, digits: int = 9) -> Any:
+    """Round floats so sums of hours read 1.5, not 1.4999999999999998 (still deterministic)."""
+    if type(x) in (str, int, bool) or x is None:
+        return x
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: _round_floats(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round_floats(v, digits) for v in x]
+    return x
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a corpus folder ``{out}/{corpus}``, merging ``manifest-part-*.json`` fragments.
+
+    Counters (totals, label/drop counts, channel sets) are summed; shards, skipped recordings and splits
+    are concatenated. FileNotFoundError naming the folder when it holds no manifest.
+    """
+    folder = Path(folder)
+    whole = folder / "manifest.json"
+    parts = sorted(folder.glob("manifest-part-*.json"))
+    if whole.is_file() and not parts:
+        return json.loads(whole.read_text())
+    if not parts:
+        raise FileNotFoundError(f"no manifest.json or manifest-part-*.json in {folder}")
+    frags = [json.loads(p.read_text()) for p in parts]
+    n_expected = frags[0]["build"]["part"][1]
+    merged = {k: frags[0][k] for k in ("format", "corpus", "task", "label_names", "versions")}
+    build = dict(frags[0]["build"])
+    build["part"] = [None, n_expected]
+    merged["build"] = build
+    merged["parts"] = sorted(f["build"]["part"][0] for f in frags)
+    merged["complete"] = all(f["complete"] for f in frags) and len(frags) == n_expected
+    merged["shards"] = sorted((s for f in frags for s in f["shards"]), key=lambda s: s["name"])
+    merged["skipped"] = sorted((s for f in frags for s in f["skipped"]), key=lambda s: s["recording"])
+    merged["recordings"] = sorted((r for f in frags for r in f["recordings"]), key=lambda r: r["recording"])
+    merged["totals"] = _sum_dicts(f["totals"] for f in frags)
+    for key in ("label_counts", "recordings_by_label", "drops", "label_skips"):
+        merged[key] = dict(sorted(_sum_dicts(f.get(key, {}) for f in frags).items()))
+    merged["label_counts_by_split"] = _sum_nested(f["label_counts_by_split"] for f in frags)
+    merged["dropped_channels"] = _sum_nested(f["dropped_channels"] for f in frags)
+    by_split: dict[str, dict] = {}
+    for f in frags:
+        for sp, v in f["by_split"].items():
+            acc = by_split.setdefault(sp, {"samples": 0, "hours": 0.0, "recordings": 0, "subjects": 0})
+            for k in ("samples", "hours", "recordings"):
+                acc[k] += v[k]
+    for sp, acc in by_split.items():  # parts split recordings, not subjects: count distinct subjects
+        acc["subjects"] = len({r["subject"] for r in merged["recordings"] if r["split"] == sp and not r["skipped"]})
+    merged["by_split"] = dict(sorted(by_split.items()))
+    sets: dict[tuple, dict] = {}
+    for f in frags:
+        for cs in f["channel_sets"]:
+            acc = sets.setdefault(tuple(cs["channels"]), {"recordings": 0, "samples": 0})
+            acc["recordings"] += cs["recordings"]
+            acc["samples"] += cs["samples"]
+    merged["channel_sets"] = [{"channels": list(k), **v} for k, v in sorted(sets.items(), key=lambda kv: (-kv[1]["recordings"], kv[0]))]
+    merged["splits"] = {
+        "subjects": dict(sorted({k: v for f in frags for k, v in f["splits"]["subjects"].items()}.items())),
+        "recordings": dict(sorted({k: v for f in frags for k, v in f["splits"]["recordings"].items()}.items())),
+    }
+    return merged
+
+
+def _sum_dicts(dicts: Iterable[Mapping]) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def _sum_nested(dicts: Iterable[Mapping[str, Mapping]]) -> dict:
+    out: dict[str, dict] = {}
+    for d in dicts:
+        for k, inner in d.items():
+            acc = out.setdefault(k, {})
+            for kk, v in inner.items():
+                acc[kk] = acc.get(kk, 0) + v
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}

@@ -1,0 +1,186 @@
+"""One shard file: the tar bytes of a recording's samples and the temporary file that becomes a shard.
+
+A sample is two tar members, ``{key}.eeg.npy`` and ``{key}.json`` (webdataset's sorted field order), with a
+fixed owner/mode/mtime so rebuilds are byte-identical. Workers encode each recording's members
+(:class:`RecordingEncoder`); the build process only appends those bytes to an :class:`OpenShard` and
+commits it (fsync + rename) when it is full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shards.atomic import fsync_dir
+from shards.sample import EEG_MEMBER, META_MEMBER, key_prefix, npy_header
+
+# tarfile.TarInfo.tobuf and np.save cost ~0.1 ms per sample in Python; the header below is GNU tar (tarfile.GNU_FORMAT, no per-member PAX header) built from a
+# template that tarfile itself produced, so the bytes are exactly what tarfile writes (tests compare them).
+_TAR_USER = "eegfm"
+_TAR_MODE = 0o444
+_BLOCK = tarfile.BLOCKSIZE  # 512
+_RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads a closed archive to a multiple of this
+
+
+def _tarinfo_header(name: str, size: int) -> bytes:
+    """The reference: tarfile's GNU header for one of our members (also used for names over 100 bytes)."""
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, 0, _TAR_MODE, _TAR_USER, _TAR_USER
+    return ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+_TEMPLATE = bytearray(_tarinfo_header("", 0))
+_TEMPLATE[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+_TEMPLATE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[124:136])  # without the size field
+_TEMPLATE_HEAD = bytes(_TEMPLATE[100:124])  # mode, uid, gid
+_TEMPLATE_MID = bytes(_TEMPLATE[136:148])  # mtime
+_TEMPLATE_TAIL = bytes(_TEMPLATE[156:])  # type flag, linkname, magic, uname, gname, dev, prefix
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte GNU tar header of a regular member ``name`` of ``size`` bytes (ours: mode 0444, mtime 0).
+
+    Equal to ``tarfile.TarInfo(...).tobuf(tarfile.GNU_FORMAT)``; names over 100 bytes (a GNU ``LongLink``
+    member first) and sizes of 8 GiB or more (base-256 size) are left to tarfile.
+    """
+    bname = name.encode("utf-8", "surrogateescape")
+    return _header(bname, sum(bname), size)
+
+
+def _header(bname: bytes, name_sum: int, size: int) -> bytes:
+    """``tar_header`` for an encoded name whose byte sum (its share of the checksum) is ``name_sum``."""
+    if len(bname) > 100 or size >= 8**11:
+        return _tarinfo_header(bname.decode("utf-8", "surrogateescape"), size)
+    size_field = b"%011o\0" % size
+    chksum = _TEMPLATE_SUM + name_sum + sum(size_field)
+    return b"".join((bname.ljust(100, b"\0"), _TEMPLATE_HEAD, size_field, _TEMPLATE_MID,
+                     b"%06o\0 " % chksum, _TEMPLATE_TAIL))
+
+
+_NPY_SUFFIX, _JSON_SUFFIX = f".{EEG_MEMBER}".encode(), f".{META_MEMBER}".encode()
+_NPY_SUFFIX_SUM, _JSON_SUFFIX_SUM = sum(_NPY_SUFFIX), sum(_JSON_SUFFIX)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _BLOCK)
+
+
+@dataclass
+class RecordingResult:
+    """What processing one recording produced, ready to append to a shard.
+
+    ``tar``: the tar members of all its samples as consecutive byte chunks (``{key}.eeg.npy`` then
+    ``{key}.json`` per window, each a 512-byte header + payload padded to 512 bytes). Tar members carry no
+    offsets, so these bytes are the same wherever they land in a shard: workers encode them and the writer
+    only appends them. Plain bytes (instead of arrays and dicts per window) are cheap to pickle back from a
+    worker and give the garbage collector nothing to scan. ``summary``: JSON-able, for the manifest
+    (``summary["samples"]`` counts the samples in ``tar``).
+    """
+
+    tar: list[bytes] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.summary.get("samples", 0))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(map(len, self.tar))
+
+
+class RecordingEncoder:
+    """Encodes the windows of one recording into tar members.
+
+    The per-sample JSON differs between windows of a recording only in ``onset_s``, ``duration_s``,
+    ``label`` and ``label_name``; everything else is dumped once. Keys are in sorted order, so the bytes
+    equal ``json.dumps(meta, sort_keys=True, separators=(",", ":"))`` (tests compare them).
+    """
+
+    def __init__(self, rec, channels: list[str], sfreq: float) -> None:
+        """``rec``: the ``shards.corpora.base.Recording`` (corpus, recording, session, source, subject, task)."""
+        self.prefix = key_prefix(rec.corpus, rec.recording).encode("utf-8", "surrogateescape")
+        self.prefix_sum = sum(self.prefix)
+        self.sfreq = sfreq
+        # Dump the constant fields once, in sorted-key order, and cut the result around the varying ones:
+        # channels, corpus, duration_s | label, label_name, onset_s | recording, session, sfreq, source, ...
+        const = json.dumps({"channels": channels, "corpus": rec.corpus, "recording": rec.recording,
+                            "session": rec.session, "sfreq": sfreq, "source": rec.source, "subject": rec.subject,
+                            "task": rec.task}, sort_keys=True, separators=(",", ":"))
+        cut = const.index(',"recording":')
+        self.head = const[:cut] + ',"duration_s":'
+        self.tail = const[cut:]
+        self.labels: dict[tuple, str] = {}
+        self.durations: dict[int, tuple[float, str]] = {}
+
+    def json(self, n: int, onset_s: float, label, label_name) -> tuple[bytes, float]:
+        dur = self.durations.get(n)
+        if dur is None:
+            duration = round(n / self.sfreq, 6)
+            dur = self.durations[n] = (duration, json.dumps(duration))
+        lab = self.labels.get((label, label_name))
+        if lab is None:
+            lab = self.labels[(label, label_name)] = (
+                f',"label":{json.dumps(label)},"label_name":{json.dumps(label_name)},"onset_s":')
+        # float.__repr__ is what json writes for a finite float
+        return (self.head + dur[1] + lab + repr(round(onset_s, 6)) + self.tail).encode(), dur[0]
+
+    def encode(self, out: list[bytes], index: int, eeg: np.ndarray, onset_s: float, label, label_name) -> float:
+        """Append the two members of sample ``index`` (eeg ``[C, T]`` float16) to ``out``; returns duration_s."""
+        digits = b"%06d" % index
+        key_sum = self.prefix_sum + sum(digits)
+        key = self.prefix + digits
+        npy_head = npy_header(eeg.shape)
+        npy_size = len(npy_head) + eeg.nbytes
+        js, duration = self.json(eeg.shape[1], onset_s, label, label_name)
+        # header and data as separate chunks: the only copy of the samples is tobytes() (file.writelines
+        # or pickling takes the chunks as they are)
+        out += (_header(key + _NPY_SUFFIX, key_sum + _NPY_SUFFIX_SUM, npy_size), npy_head, eeg.tobytes(),
+                _padding(npy_size), _header(key + _JSON_SUFFIX, key_sum + _JSON_SUFFIX_SUM, len(js)), js,
+                _padding(len(js)))
+        return duration
+
+
+class OpenShard:
+    """A shard being filled: a hidden temporary tar file plus the summaries of the recordings it consumed.
+
+    Each recording's members arrive pre-encoded (``RecordingResult.tar``) and are appended as they come, so
+    nothing of a finished recording is held in memory. ``commit`` ends the archive exactly as tarfile does
+    (two zero blocks, then zeros up to a multiple of 20 blocks).
+    """
+
+    def __init__(self, folder: Path, name: str, split: str) -> None:
+        self.path = folder / name
+        self.tmp = folder / f".{name}.tmp-{os.getpid()}"
+        self.name, self.split = name, split
+        self.file = open(self.tmp, "wb", buffering=1 << 20)  # few large write syscalls for many small members
+        self.size = 0
+        self.samples = 0
+        self.recordings: list[dict] = []
+
+    def add(self, result: RecordingResult) -> None:
+        if result.tar:
+            self.file.writelines(result.tar)
+            self.size += result.nbytes
+        self.samples += result.n_samples
+        self.recordings.append(result.summary)
+
+    def commit(self) -> dict:
+        end = self.size + 2 * _BLOCK
+        self.file.write(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return {"name": self.name, "split": self.split, "samples": self.samples,
+                "hours": sum(r["hours"] for r in self.recordings), "recordings": self.recordings}
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
