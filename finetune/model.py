@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from finetune.heads import ClassificationHead, set_mode
+from foundation.checkpoint import resolve_checkpoint
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
 
 __all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
@@ -178,7 +179,8 @@ def load_backbone(
     """The backbone a finetuning run starts from, and a description of where it came from.
 
     Args:
-        checkpoint: folder of ``EEGMamba.save_pretrained`` (or of a finetuned model, whose backbone is
+        checkpoint: folder, shipped name or Hub repo id (``foundation.checkpoint.resolve_checkpoint``) of
+            ``EEGMamba.save_pretrained`` (or of a finetuned model, whose backbone is
             taken), or None for a freshly initialised backbone (``EEGMambaConfig.from_size(size, **model_overrides)``).
         model_overrides: architecture fields. With a checkpoint, each must equal the checkpoint's value:
             finetuning cannot change the architecture, and silently ignoring the request would be worse.
@@ -197,12 +199,10 @@ def load_backbone(
             cfg = dataclasses.replace(cfg, drop_path=drop_path)
         return EEGMamba(cfg), {"checkpoint": None, "size": size, "overrides": overrides}
 
-    folder = Path(checkpoint)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint folder {folder} does not exist (expected config.json + model.safetensors from "
-            f"EEGMamba.save_pretrained, or --checkpoint none to train from scratch)"
-        )
+    try:
+        folder = resolve_checkpoint(checkpoint)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; or --checkpoint none to train from scratch") from err
     raw = json.loads((folder / CONFIG_NAME).read_text()) if (folder / CONFIG_NAME).is_file() else None
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         cfg = _backbone_config(raw["backbone"], folder / CONFIG_NAME)

@@ -15,7 +15,9 @@ model's ``recipe.json`` (copied from the shards' manifest at training time), and
 length. Windows are consecutive (stride = window length unless ``stride_s`` is given) and none is dropped
 for amplitude or flatness: every span of the recording gets a label, which is what a hypnogram or a
 seizure timeline needs. ``probability`` is the softmax probability of the predicted class;
-``probabilities`` holds all classes.
+``probabilities`` holds all classes. The recording is checked against the checkpoint's input contract
+(``finetune.contract``): another rate, units or channel spelling is converted with one notice line on
+stderr; a montage the contract cannot map is a ``ContractError``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from finetune.contract import ContractError, contract_of, notice, recording_conversions
 from finetune.model import TaskModel
 from shards.corpora import get_corpus
 from shards.dataset import collate
@@ -105,7 +108,9 @@ def predict_file(
 
     Raises:
         FileNotFoundError / CheckpointError: model folder problems; ``shards.readers.ReadError``: the
-        recording; KeyError: unknown task; ValueError: a recording shorter than one window.
+        recording; KeyError: unknown task; ValueError: a recording shorter than one window;
+        ``finetune.contract.ContractError`` (a ValueError): a montage none of whose channels the checkpoint
+        was pretrained on.
     """
     model_dir = Path(model_dir)
     recipes = _recipe_json(model_dir)
@@ -123,6 +128,9 @@ def predict_file(
     else:
         raw = read_raw(path)
     signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
+    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path))
+    if conversions:
+        notice(conversions)
     windows, _ = cut_windows(signal, None, cfg)
     if not windows:
         raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
@@ -178,8 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s, device=args.device,
-                        sfreq=args.sfreq)
+    try:
+        rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s,
+                            device=args.device, sfreq=args.sfreq)
+    except ContractError as err:
+        print(f"python -m finetune.predict: error: {err}", file=sys.stderr)
+        return 2
     if args.out:
         write_csv(rows, args.out)
         print(f"{len(rows)} windows labelled -> {args.out}", file=sys.stderr)

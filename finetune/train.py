@@ -33,6 +33,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm.auto import tqdm
 
 from finetune.config import FinetuneConfig
+from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
 from finetune.metrics import PRIMARY_METRIC, classification_metrics
@@ -169,6 +170,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         checkpoint, size=config.size, model_overrides=config.model,
         drop_path=hyper.drop_path if config.mode == "finetune" else None,
     )
+    contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=main)
     _check_lengths(tasks, backbone.config)
     heads = {
         name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes)}
@@ -317,7 +319,8 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
                 "split": splits[name].describe(),
             }
         metrics = {name: {"best_epoch": best_epoch, **res["splits"]} for name, res in results.items()}
-        unwrapped.save_pretrained(out_dir / "model", extra={"recipe": json_safe(recipes), "metrics": json_safe(metrics)})
+        unwrapped.save_pretrained(out_dir / "model", extra={"recipe": json_safe(recipes), "metrics": json_safe(metrics),
+                                                          **({"contract": contract.to_dict()} if contract else {})})
         write_report(out_dir, results, run=run_info)
     accelerator.wait_for_everyone()
     return {"out": str(out_dir), "results": results, "best_epoch": best_epoch, "history": history, "run": run_info}

@@ -6,11 +6,18 @@ plain ``nn.Module`` built from one frozen config dataclass. :class:`StrictHubMix
 the mixin's loader replaced: it defaults to ``strict=False`` (silently keeping random weights for missing
 keys), prints to stdout, and may fall back to unpickling a ``pytorch_model.bin``. Every failure here
 names the file and what was expected.
+
+:func:`resolve_checkpoint` turns what a user types into a local folder: a folder path, the name of a
+checkpoint shipped in the package (``foundation/released/<name>/``, e.g. ``eegmamba-tiny-open``), or a
+Hugging Face Hub repo id ``org/name`` pinned with ``org/name@revision`` (or ``revision=``), fetched through
+huggingface_hub's cache (``snapshot_download``; ``HF_HUB_OFFLINE=1`` reads the cache only).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -30,12 +37,81 @@ __all__ = [
     "StrictHubMixin",
     "load_backbone_weights",
     "read_config_file",
+    "released_checkpoints",
+    "resolve_checkpoint",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 C = TypeVar("C")
+
+RELEASED_DIR = Path(__file__).resolve().parent / "released"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def released_checkpoints() -> list[str]:
+    """Names of the checkpoints shipped with the package (folders of ``foundation/released``)."""
+    if not RELEASED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in RELEASED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def _hub_cache_dir() -> str | None:
+    """The Hub cache as the environment says *now* (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None) -> Path:
+    """The local folder of a checkpoint given as a path, a shipped name, or a Hub repo id.
+
+    Tried in this order: an existing local folder; a checkpoint shipped with the package
+    (:func:`released_checkpoints`); a Hub repo id ``org/name`` or ``org/name@revision`` (``revision`` wins
+    over ``@``), downloaded into / read from huggingface_hub's cache. With ``HF_HUB_OFFLINE=1`` only the
+    cache is read (a branch or tag resolves through the cache's ``refs/``; a commit hash directly).
+
+    Raises:
+        FileNotFoundError: nothing matched; the message lists what was tried and the shipped names.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    shipped = released_checkpoints()
+    if text in shipped:
+        return RELEASED_DIR / text
+    repo_id, _, at_rev = text.partition("@")
+    if _REPO_ID.match(repo_id) and not path.exists():
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        rev = revision or at_rev or None
+        offline = _hub_offline()
+        try:
+            return Path(snapshot_download(repo_id, revision=rev, cache_dir=_hub_cache_dir(), local_files_only=offline))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"checkpoint {text!r}: not a local folder, not a shipped checkpoint ({', '.join(shipped) or 'none'}), "
+                f"and the Hub repo {repo_id!r} at revision {rev or 'main'} could not be fetched"
+                f"{' (HF_HUB_OFFLINE is set: only the local cache was searched)' if offline else ''}: "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            ) from err
+    raise FileNotFoundError(
+        f"checkpoint {text!r} does not exist: it is not a local folder (expected {CONFIG_NAME} + {WEIGHTS_NAME} "
+        f"written by save_pretrained), not a shipped checkpoint name ({', '.join(shipped) or 'none'}) and not a "
+        f"Hub repo id of the form org/name[@revision]"
+    )
 
 
 class CheckpointError(ValueError):
@@ -143,23 +219,19 @@ class StrictHubMixin(PyTorchModelHubMixin):
         cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu", strict: bool = True,
         **kwargs: Any,
     ):
-        """Load a local folder written by ``save_pretrained`` (in eval mode).
+        """Load a checkpoint written by ``save_pretrained`` (in eval mode).
 
-        For a Hugging Face Hub repo, fetch it first with ``huggingface_hub.snapshot_download(repo_id)``
-        and pass the returned path.
+        ``pretrained_model_name_or_path`` is a local folder, the name of a checkpoint shipped with the
+        package, or a Hub repo id ``org/name[@revision]`` (``revision=`` pins it too), see
+        :func:`resolve_checkpoint`.
 
         Raises:
-            FileNotFoundError: the folder, its config.json or its model.safetensors is missing.
+            FileNotFoundError: no such folder / shipped name / Hub repo, or its config.json or
+                model.safetensors is missing.
             CheckpointError: config.json does not hold this model's config, the weights file is not
                 safetensors, or the weights do not match the config (with ``strict``).
         """
-        path = Path(pretrained_model_name_or_path)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"{cls.checkpoint_kind} folder {path} does not exist (expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-                f"written by {cls.__name__}.save_pretrained; for a Hub repo run "
-                f"huggingface_hub.snapshot_download first)"
-            )
+        path = resolve_checkpoint(pretrained_model_name_or_path, revision=kwargs.pop("revision", None))
         config = cls.read_config(path)
         if not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{cls.checkpoint_kind} folder {path} has no {WEIGHTS_NAME}")

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from foundation.configfile import to_dict
 from pretrain.config import OptimConfig, TrainConfig
+from pretrain.contract import write_run_contract
 from pretrain.data import (
     BatchStream,
     Corpus,
@@ -426,4 +427,5 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
     if result.export_dir is not None and accelerator.is_main_process:
         record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
         (result.export_dir / "preprocess.json").write_text(json.dumps(record, indent=2))
+        write_run_contract(result.export_dir, corpora, objective, config, result.steps, patch_size)
     return result
