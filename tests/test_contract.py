@@ -153,3 +153,18 @@ def test_model_finetuned_from_scratch_gets_its_data_contract(synth_shards, tmp_p
     finetune(cfg)
     c = read_contract(tmp_path / "ft" / "model")
     assert c.channels == ("C3", "CZ") and c.sfreq == 200.0 and (c.l_freq, c.h_freq) == (0.1, 75.0)
+
+
+def test_pretraining_export_writes_the_contract(synth_shards, tmp_path):
+    from pretrain.config import DataConfig, OptimConfig, PretrainConfig, TrainConfig
+    from pretrain.run import run
+
+    cfg = PretrainConfig(
+        data=DataConfig(shards=str(synth_shards / "train-*.tar"), batch_size=4, crop_s=2.0, shuffle_buffer=16, epoch_steps=2),
+        optim=OptimConfig(lr=1e-3, warmup_steps=1),
+        train=TrainConfig(out_dir=str(tmp_path / "run"), progress=False, max_steps=2, save_every=2, log_every=1),
+    )
+    result = run(cfg)
+    c = read_contract(result.export_dir)
+    assert (c.objective, c.steps, c.window_s, c.sfreq) == ("masked_stft", 2, 2.0, 200.0)
+    assert c.channels == tuple(sorted(SYNTH_CHANNELS)) and c.data_hours > 0 and c.corpora[0]["name"] == "synth"
