@@ -231,7 +231,13 @@ class StrictHubMixin(PyTorchModelHubMixin):
             CheckpointError: config.json does not hold this model's config, the weights file is not
                 safetensors, or the weights do not match the config (with ``strict``).
         """
-        path = resolve_checkpoint(pretrained_model_name_or_path, revision=kwargs.pop("revision", None))
+        try:
+            path = resolve_checkpoint(pretrained_model_name_or_path, revision=kwargs.pop("revision", None))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{cls.checkpoint_kind} folder {pretrained_model_name_or_path} not found (expected {CONFIG_NAME} and "
+                f"{WEIGHTS_NAME} written by {cls.__name__}.save_pretrained): {err}"
+            ) from err
         config = cls.read_config(path)
         if not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{cls.checkpoint_kind} folder {path} has no {WEIGHTS_NAME}")
