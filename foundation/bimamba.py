@@ -24,7 +24,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foundation.ssm import selective_scan
+from foundation.ssm import SCAN_BACKENDS, selective_scan
 
 __all__ = ["BiMambaBlock", "DropPath"]
 
@@ -77,6 +77,9 @@ class DropPath(nn.Module):
 class _Direction(nn.Module):
     """Conv + selective-SSM parameters for one scan direction (Mamba's initialisation)."""
 
+    #: selective-scan implementation (``foundation.ssm.SCAN_BACKENDS``); set by :class:`BiMambaBlock`.
+    scan_backend: str = "auto"
+
     def __init__(self, d_inner, d_state, d_conv, dt_rank, dt_min, dt_max, dt_init_floor, dt_scale, conv_bias):
         super().__init__()
         self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
@@ -123,6 +126,7 @@ class _Direction(nn.Module):
             rearrange(B, "b l n -> b n l").contiguous(),
             rearrange(C, "b l n -> b n l").contiguous(),
             D=self.D.float(),
+            backend=self.scan_backend,
         )
 
 
@@ -145,6 +149,9 @@ class BiMambaBlock(nn.Module):
             ``"full"`` (or ``True``): as ``"block"``, and while recomputing, each scan direction again keeps
             only its input, so the recomputation's own transient is about one direction's activations
             (lowest peak, about +70% time). An attribute, so it can be switched after construction.
+        scan_backend: selective-scan implementation, one of ``foundation.ssm.SCAN_BACKENDS``: ``"auto"``
+            (mamba-ssm, then Triton on CUDA; the chunked torch scan elsewhere; ``$EEGFM_SCAN_BACKEND`` can
+            override it) or a forced ``"mamba_ssm"``, ``"triton"``, ``"torch"``, ``"ref"``.
     """
 
     def __init__(
@@ -164,9 +171,12 @@ class BiMambaBlock(nn.Module):
         bias: bool = False,
         norm_eps: float = 1e-5,
         recompute: bool | str = False,
+        scan_backend: str = "auto",
     ):
         super().__init__()
         _recompute_mode(recompute)
+        if scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"BiMambaBlock: scan_backend must be one of {SCAN_BACKENDS}, got {scan_backend!r}")
         if d_model <= 0 or d_state <= 0 or d_conv <= 0 or expand <= 0:
             raise ValueError(
                 f"BiMambaBlock: d_model, d_state, d_conv, expand must be positive, got "
@@ -187,6 +197,7 @@ class BiMambaBlock(nn.Module):
         args = (self.d_inner, d_state, d_conv, self.dt_rank, dt_min, dt_max, dt_init_floor, dt_scale, conv_bias)
         self.fwd = _Direction(*args)
         self.bwd = _Direction(*args)
+        self.fwd.scan_backend = self.bwd.scan_backend = scan_backend
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.drop_path = DropPath(drop_path)
         self.recompute = recompute

@@ -30,6 +30,7 @@ from foundation.bimamba import BiMambaBlock
 from foundation.checkpoint import CheckpointError, LoadReport, StrictHubMixin, load_backbone_weights
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 from foundation.moe import TaskMoE
+from foundation.ssm import SCAN_BACKENDS
 
 __all__ = [
     "EEGMambaConfig",
@@ -60,6 +61,9 @@ class EEGMambaConfig:
         moe_noise: noisy gating while training. balance_coef, z_coef: MoE auxiliary-loss weights.
         conv_channels: feature maps of the channel-patch temporal conv encoder.
         st_stride, st_wide_kernel: ST-Adaptive samples per token and wide-path kernel (None -> 8 * stride).
+        scan_backend: selective-scan implementation (``foundation.ssm.SCAN_BACKENDS``): "auto" (mamba-ssm,
+            then Triton on CUDA, the chunked torch scan elsewhere) or a forced one; runtime only, the
+            weights do not depend on it.
     """
 
     d_model: int = 128
@@ -83,6 +87,7 @@ class EEGMambaConfig:
     conv_channels: int = 8
     st_stride: int = 25
     st_wide_kernel: int | None = None
+    scan_backend: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("d_model", "n_layers", "n_experts", "top_k", "n_tasks", "d_state", "d_conv", "expand",
@@ -103,6 +108,8 @@ class EEGMambaConfig:
             raise ValueError(f"EEGMambaConfig.drop_path must be in [0, 1), got {self.drop_path!r}")
         if self.balance_coef < 0 or self.z_coef < 0:
             raise ValueError(f"EEGMambaConfig.balance_coef/z_coef must be >= 0, got {self.balance_coef}, {self.z_coef}")
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"EEGMambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
         if self.adapter == "st_adaptive" and self.patch_size % self.st_stride:
             raise ValueError(f"EEGMambaConfig.st_stride={self.st_stride} must divide patch_size={self.patch_size}")
 
@@ -193,7 +200,11 @@ class EEGMamba(
         n = config.n_layers
         rates = [config.drop_path * i / max(n - 1, 1) for i in range(n)]
         self.blocks = nn.ModuleList(
-            BiMambaBlock(config.d_model, config.d_state, config.d_conv, config.expand, drop_path=r) for r in rates
+            BiMambaBlock(
+                config.d_model, config.d_state, config.d_conv, config.expand, drop_path=r,
+                scan_backend=config.scan_backend,
+            )
+            for r in rates
         )
         self.moes = nn.ModuleList(
             TaskMoE(

@@ -5,9 +5,18 @@ The recurrence, per batch ``b``, channel ``d`` and state ``n`` (``t`` = time)::
     h[t] = exp(delta[t] * A[d, n]) * h[t-1] + delta[t] * B[n, t] * u[t]
     y[t] = sum_n C[n, t] * h[t, n]  (+ D[d] * u[t])   (* silu(z[t]))
 
-``selective_scan`` has the signature and semantics of ``mamba_ssm``'s ``selective_scan_fn``. It runs
-``mamba_ssm``'s fused kernel when that package imports and the tensors are on CUDA, and otherwise our own
-pure-PyTorch scan (:class:`_ChunkedScan`), which is built for a memory-bound CPU:
+``selective_scan`` has the signature and semantics of ``mamba_ssm``'s ``selective_scan_fn``. One dispatch
+point (:func:`selective_scan_backend`) picks the implementation:
+
+* ``"mamba_ssm"``: ``mamba_ssm``'s fused CUDA kernel, when that package imports and the tensors are on CUDA;
+* ``"triton"``: our Triton kernels (:mod:`foundation.ssm_triton`), when triton imports and the tensors are
+  on CUDA (no CUDA compiler needed);
+* ``"torch"``: our pure-PyTorch chunked scan (:class:`_ChunkedScan`), everywhere else (and for float64);
+* ``"ref"``: :func:`selective_scan_ref`, only when forced.
+
+``selective_scan(..., backend=...)`` (from ``EEGMambaConfig.scan_backend``) or the environment variable
+``EEGFM_SCAN_BACKEND`` forces one of them (tests, benchmarks, bug reports); ``"auto"`` (the default)
+applies the order above. The chunked torch scan is built for a memory-bound CPU:
 
 * Time is cut into ``n_chunks`` chunks of ``K`` steps (``K ~ sqrt(L / 2)``), and consecutive chunks into
   groups sized so one ``[K, b, d, chunks, n]`` scratch buffer holds at most 2**19 numbers (2 MiB: the
@@ -35,13 +44,18 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_backend", "chunked_scan"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_backend", "chunked_scan", "SCAN_BACKENDS"]
+
+#: Values of ``backend`` / ``EEGFM_SCAN_BACKEND`` / ``EEGMambaConfig.scan_backend``.
+SCAN_BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "ref")
+SCAN_BACKEND_ENV = "EEGFM_SCAN_BACKEND"
 
 # Elements per ``[K, b, d, chunks, n]`` scratch buffer (2 live in the forward pass, 3 in the backward):
 # 2**19 fp32 = 2 MiB keeps the transient memory bounded whatever L is and the buffers cache-resident
@@ -64,13 +78,59 @@ def _load_mamba_scan() -> Callable | None:
     return selective_scan_fn
 
 
-def _is_cuda(t: torch.Tensor) -> bool:
-    return t.is_cuda
+@functools.lru_cache(maxsize=1)
+def _load_triton_module():
+    """:mod:`foundation.ssm_triton` when triton imports, else None."""
+    from foundation import ssm_triton
+
+    return ssm_triton if ssm_triton.triton is not None else None
 
 
-def selective_scan_backend(u: torch.Tensor) -> str:
-    """``"mamba_ssm"`` when the fused kernel will run for tensors like ``u``, else ``"torch"``."""
-    return "mamba_ssm" if _is_cuda(u) and _load_mamba_scan() is not None else "torch"
+def _requested_backend(backend: str | None) -> str:
+    """The forced backend: ``backend`` unless it is None / ``"auto"``, else ``$EEGFM_SCAN_BACKEND``, else auto."""
+    if backend is not None and backend != "auto":
+        choice, source = backend, "backend argument (EEGMambaConfig.scan_backend)"
+    else:
+        choice, source = os.environ.get(SCAN_BACKEND_ENV, "auto") or "auto", f"${SCAN_BACKEND_ENV}"
+    if choice not in SCAN_BACKENDS:
+        raise ValueError(f"selective_scan: {source} must be one of {SCAN_BACKENDS}, got {choice!r}")
+    return choice
+
+
+def selective_scan_backend(u: torch.Tensor, backend: str | None = None) -> str:
+    """Which implementation :func:`selective_scan` runs for tensors like ``u``.
+
+    ``backend`` (or ``$EEGFM_SCAN_BACKEND`` when ``backend`` is None or ``"auto"``) forces one of
+    ``"mamba_ssm"``, ``"triton"``, ``"torch"``, ``"ref"``; ``"auto"`` picks mamba-ssm, then Triton, on CUDA, and
+    the chunked torch scan otherwise (and for float64, which the kernels compute in float32).
+
+    Raises:
+        RuntimeError: a forced backend that cannot run here (package missing, tensors not on CUDA).
+    """
+    choice = _requested_backend(backend)
+    if choice == "auto":
+        if u.is_cuda and u.dtype != torch.float64:
+            if _load_mamba_scan() is not None:
+                return "mamba_ssm"
+            if _load_triton_module() is not None:
+                return "triton"
+        return "torch"
+    if choice == "mamba_ssm" and (_load_mamba_scan() is None or not u.is_cuda):
+        raise RuntimeError(
+            "selective_scan: backend 'mamba_ssm' was forced but "
+            + ("mamba_ssm does not import (pip install 'eegfm[cuda]')" if _load_mamba_scan() is None
+               else f"the tensors are on {u.device}, not CUDA")
+        )
+    if choice == "triton":
+        mod = _load_triton_module()
+        if mod is None:
+            raise RuntimeError("selective_scan: backend 'triton' was forced but triton does not import (pip install 'eegfm[gpu]')")
+        if not (u.is_cuda or mod.interpreting()):
+            raise RuntimeError(
+                f"selective_scan: backend 'triton' was forced but the tensors are on {u.device}; Triton needs CUDA "
+                "tensors (or TRITON_INTERPRET=1 for its slow CPU interpreter)"
+            )
+    return choice
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -372,7 +432,8 @@ def chunked_scan(u, delta, A, B, C, chunk_size: int | None = None):
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    backend: str | None = None,
 ):
     """Mamba's selective scan (``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` semantics).
 
@@ -386,19 +447,24 @@ def selective_scan(
         delta_bias: ``[d]`` added to ``delta`` before the softplus, optional.
         delta_softplus: apply ``softplus`` to ``delta``.
         return_last_state: also return the final state ``[b, d, n]`` (float32).
+        backend: force an implementation (see :func:`selective_scan_backend`); None or ``"auto"`` defers to
+            ``$EEGFM_SCAN_BACKEND``, then to the automatic choice.
 
     Returns:
         ``y [b, d, l]`` in ``u``'s dtype, and ``last_state [b, d, n]`` when asked for.
 
-    On CUDA with ``mamba_ssm`` installed this is its fused kernel; otherwise :func:`chunked_scan` (float32
-    compute, float64 for float64 inputs).
+    On CUDA this is ``mamba_ssm``'s fused kernel when installed, else our Triton kernels; otherwise
+    :func:`chunked_scan` (float32 compute, float64 for float64 inputs).
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if selective_scan_backend(u) == "mamba_ssm":
-        return _load_mamba_scan()(
-            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-            delta_softplus=delta_softplus, return_last_state=return_last_state,
-        )
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
+    chosen = selective_scan_backend(u, backend)
+    if chosen == "mamba_ssm":
+        return _load_mamba_scan()(u, delta, A, B, C, **kwargs)
+    if chosen == "ref":
+        return selective_scan_ref(u, delta, A, B, C, **kwargs)
+    if chosen == "triton":
+        return _load_triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs)
     dtype_in = u.dtype
     ct = torch.promote_types(dtype_in, torch.float32)
     b, d, l = u.shape
