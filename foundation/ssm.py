@@ -78,6 +78,10 @@ def _load_mamba_scan() -> Callable | None:
     return selective_scan_fn
 
 
+def _is_cuda(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
 @functools.lru_cache(maxsize=1)
 def _load_triton_module():
     """:mod:`foundation.ssm_triton` when triton imports, else None."""
@@ -109,13 +113,13 @@ def selective_scan_backend(u: torch.Tensor, backend: str | None = None) -> str:
     """
     choice = _requested_backend(backend)
     if choice == "auto":
-        if u.is_cuda and u.dtype != torch.float64:
+        if _is_cuda(u) and u.dtype != torch.float64:
             if _load_mamba_scan() is not None:
                 return "mamba_ssm"
             if _load_triton_module() is not None:
                 return "triton"
         return "torch"
-    if choice == "mamba_ssm" and (_load_mamba_scan() is None or not u.is_cuda):
+    if choice == "mamba_ssm" and (_load_mamba_scan() is None or not _is_cuda(u)):
         raise RuntimeError(
             "selective_scan: backend 'mamba_ssm' was forced but "
             + ("mamba_ssm does not import (pip install 'eegfm[cuda]')" if _load_mamba_scan() is None
@@ -125,7 +129,7 @@ def selective_scan_backend(u: torch.Tensor, backend: str | None = None) -> str:
         mod = _load_triton_module()
         if mod is None:
             raise RuntimeError("selective_scan: backend 'triton' was forced but triton does not import (pip install 'eegfm[gpu]')")
-        if not (u.is_cuda or mod.interpreting()):
+        if not (_is_cuda(u) or mod.interpreting()):
             raise RuntimeError(
                 f"selective_scan: backend 'triton' was forced but the tensors are on {u.device}; Triton needs CUDA "
                 "tensors (or TRITON_INTERPRET=1 for its slow CPU interpreter)"

@@ -206,9 +206,14 @@ def test_dispatch_selects_mamba_ssm_on_cuda_when_importable(monkeypatch):
     y = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"], delta_softplus=True)
     assert torch.all(y == 7.0)
     assert calls == [dict(D=t["D"], z=t["z"], delta_bias=None, delta_softplus=True, last=False)]
-    # On CUDA but mamba_ssm missing: ours.
+    # On CUDA but mamba_ssm missing: our Triton kernels, or the chunked scan without triton.
     monkeypatch.setattr(ssm, "_load_mamba_scan", lambda: None)
+    monkeypatch.setattr(ssm, "_load_triton_module", lambda: object())
+    assert selective_scan_backend(t["u"]) == "triton"
+    monkeypatch.setattr(ssm, "_load_triton_module", lambda: None)
     assert selective_scan_backend(t["u"]) == "torch"
+    # float64 keeps the float64 chunked scan (the kernels compute in float32).
+    assert selective_scan_backend(t["u"].double()) == "torch"
 
 
 def test_loader_returns_none_when_mamba_ssm_cannot_import(monkeypatch):
