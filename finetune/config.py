@@ -75,8 +75,9 @@ class FinetuneConfig:
     )
     channels: tuple[str, ...] = _help("canonical channels to keep, in order (empty = the recipe's / all in the shards)", ())
     window_s: float | None = _help("crop windows to this many seconds (None = the recipe's / the shards')", None)
-    split: Literal["kfold", "shards"] = _help(
-        "kfold: group k-fold by subject/recording (fold = test); shards: the train/val/test split the shards were built with",
+    split: Literal["kfold", "shards", "published"] = _help(
+        "kfold: group k-fold by subject/recording (fold = test); shards: the train/val/test split the shards were built with; "
+        "published: the corpus's fixed split from the literature (EEGMAT: subjects 00-27/28-31/32-35; needs all of them)",
         "kfold",
     )
     fold: int = _help("which fold is the test set (validation = the next fold)", 0)

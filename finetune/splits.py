@@ -12,6 +12,10 @@ set, fold ``(f + 1) % k`` the validation set for early stopping, the rest trains
 groups (e.g. the two left/right imagery runs of the single EEGMMIDB subject) one group is the test
 set and validation is a held-out *time block* at the end of each training recording, which keeps the
 test recording untouched; the split records that it did so.
+
+``published`` mode (:func:`published_split`): a corpus whose foundation-model papers score one fixed split
+(:data:`PUBLISHED_SPLITS`) gets exactly that split, or an error naming the subjects it lacks. EEGMAT: files
+sorted, subjects 00-27 train, 28-31 validation, 32-35 test (CBraMod, REVE, NeurIPT).
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-__all__ = ["Split", "group_names", "kfold_split", "split_windows"]
+__all__ = ["PUBLISHED_SPLITS", "PublishedSplit", "Split", "group_names", "kfold_split", "published_split", "split_windows"]
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,12 @@ def kfold_split(
 
     # StratifiedGroupKFold wants integer-coded groups; its shuffle is seeded by random_state.
     codes = np.asarray([unique.index(g) for g in groups.tolist()])
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    if np.bincount(labels).max() < k:
+        # Every class has fewer windows than folds: stratification is impossible (sklearn refuses), and
+        # an unstratified group k-fold is the split that remains.
+        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold_of_window = np.empty(groups.shape[0], dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
@@ -205,4 +214,86 @@ def split_windows(
     onsets = [float(m.get("onset_s", 0.0)) for m in metas]
     return kfold_split(
         groups, labels, n_folds=n_folds, fold=fold, seed=seed, onsets=onsets, recordings=recs, group_key=key
+    )
+
+
+@dataclass(frozen=True)
+class PublishedSplit:
+    """A corpus's fixed train/val/test subjects as the literature scores it."""
+
+    corpus: str
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    source: str
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return self.train + self.val + self.test
+
+
+def _subjects(prefix: str, first: int, last: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i:02d}" for i in range(first, last + 1))
+
+
+# EEGMAT: CBraMod's preprocessing sorts the 72 files and cuts them 56 / 8 / 8, i.e. two files per subject:
+# subjects 00-27 / 28-31 / 32-35 (REVE and NeurIPT reuse it).
+PUBLISHED_SPLITS: dict[str, PublishedSplit] = {
+    "eegmat": PublishedSplit(
+        corpus="eegmat",
+        train=_subjects("Subject", 0, 27),
+        val=_subjects("Subject", 28, 31),
+        test=_subjects("Subject", 32, 35),
+        source="files sorted, subjects 00-27 train / 28-31 val / 32-35 test (CBraMod, ICLR 2025; REVE; NeurIPT)",
+    ),
+}
+
+
+def published_split(metas: Sequence[Mapping]) -> Split:
+    """The published split of the corpus the windows come from (:data:`PUBLISHED_SPLITS`).
+
+    Every subject of the protocol must be present, and no other: a partial download (e.g. the 26 subjects
+    02-27 in ``../shared/data``) cannot reproduce the published numbers, so it is an error naming the
+    missing subjects rather than a smaller split that would look the same in a report.
+
+    Raises:
+        ValueError: windows of several corpora, a corpus without a published split, or subjects missing /
+            not part of the protocol (named).
+    """
+    corpora = sorted({str(m.get("corpus")) for m in metas})
+    if len(corpora) != 1:
+        raise ValueError(f"split='published' needs the windows of one corpus, got {corpora}")
+    corpus = corpora[0]
+    if corpus not in PUBLISHED_SPLITS:
+        raise ValueError(
+            f"split='published': corpus {corpus!r} has no published split (known: {', '.join(sorted(PUBLISHED_SPLITS))}); "
+            "use split='kfold'"
+        )
+    proto = PUBLISHED_SPLITS[corpus]
+    subjects = [str(m.get("subject", "")) for m in metas]
+    present = set(subjects)
+    missing = [s for s in proto.subjects if s not in present]
+    foreign = sorted(present - set(proto.subjects))
+    if missing or foreign:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of its {len(proto.subjects)} subjects are missing: {', '.join(missing)}")
+        if foreign:
+            parts.append(f"subjects not in the protocol: {', '.join(foreign)}")
+        raise ValueError(
+            f"split='published' for {corpus} ({proto.source}) needs every subject of the full data set; "
+            f"{'; '.join(parts)}. Download the full set, or use split='kfold' (subject-wise folds)"
+        )
+    side_of = {s: side for side in ("train", "val", "test") for s in getattr(proto, side)}
+    sides = np.asarray([side_of[s] for s in subjects], dtype=object)
+    idx = np.arange(len(subjects))
+    return Split(
+        train=idx[sides == "train"],
+        val=idx[sides == "val"],
+        test=idx[sides == "test"],
+        group_key="subject",
+        fold=0,
+        n_folds=1,
+        groups={side: tuple(f"{corpus}/{s}" for s in getattr(proto, side)) for side in ("train", "val", "test")},
+        val_protocol=f"published: {proto.source}",
     )

@@ -41,7 +41,7 @@ from finetune.model import TaskModel, load_backbone
 from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
-from finetune.splits import Split, split_windows
+from finetune.splits import Split, published_split, split_windows
 from foundation.configfile import to_dict
 from shards.dataset import load_windows
 from shards.sample import SFREQ
@@ -159,6 +159,8 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     for name, data in tasks.items():
         if config.split == "shards":
             splits[name] = shard_split(data)
+        elif config.split == "published":
+            splits[name] = published_split(data.metas)
         else:
             splits[name] = split_windows(
                 data.metas, data.labels, group_by=data.recipe.group_by,

@@ -5,7 +5,8 @@ One WebDataset sample is one window of one recording:
 - key ``{corpus}__{recording}__{window:06d}`` (:func:`sample_key`), characters ``[A-Za-z0-9_-]`` only (a dot
   would break WebDataset's grouping of members by key);
 - ``eeg.npy``: float16 ``[C, T]`` in units of 100 µV (read in µV, divide by 100; no clipping) at ``SFREQ``;
-- ``json``: the fields :data:`META_FIELDS`, written with sorted keys and no spaces.
+- ``json``: the fields :data:`META_FIELDS` (plus :data:`OPTIONAL_META_FIELDS` where present), written with
+  sorted keys and no spaces.
 
 Everything that writes or reads samples (``shards.writer``, ``shards.dataset``, ``pretrain``, ``finetune``)
 takes the rate, the units, the patch length, the key format and the encoding from here. ``foundation``
@@ -25,7 +26,7 @@ import numpy as np
 
 __all__ = [
     "SFREQ", "PATCH_SAMPLES", "UNIT_UV", "UNIT_SCALE", "MIN_SFREQ", "MAX_SFREQ", "EEG_MEMBER", "META_MEMBER",
-    "META_FIELDS", "Window", "sample_key", "key_prefix", "check_sfreq", "npy_bytes", "npy_header", "json_bytes",
+    "META_FIELDS", "OPTIONAL_META_FIELDS", "Window", "sample_key", "key_prefix", "check_sfreq", "npy_bytes", "npy_header", "json_bytes",
     "encode_sample", "decode_sample",
 ]
 
@@ -45,6 +46,8 @@ META_MEMBER = "json"
 # The sample JSON, in the (sorted) order it is written.
 META_FIELDS = ("channels", "corpus", "duration_s", "label", "label_name", "onset_s", "recording", "session",
                "sfreq", "source", "subject", "task")
+# Written only when the corpus tabulates its subjects (``Recording.subject_info``: age, sex, task performance).
+OPTIONAL_META_FIELDS = ("subject_info",)
 KEY_SEPARATOR = "__"
 
 

@@ -111,7 +111,8 @@ class RecordingEncoder:
         # channels, corpus, duration_s | label, label_name, onset_s | recording, session, sfreq, source, ...
         const = json.dumps({"channels": channels, "corpus": rec.corpus, "recording": rec.recording,
                             "session": rec.session, "sfreq": sfreq, "source": rec.source, "subject": rec.subject,
-                            "task": rec.task}, sort_keys=True, separators=(",", ":"))
+                            "task": rec.task, **({"subject_info": dict(rec.subject_info)} if rec.subject_info else {})},
+                           sort_keys=True, separators=(",", ":"))
         cut = const.index(',"recording":')
         self.head = const[:cut] + ',"duration_s":'
         self.tail = const[cut:]

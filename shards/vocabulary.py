@@ -84,6 +84,9 @@ _REFERENCE_SUFFIXES = frozenset(
     {"REF", "LE", "AR", "AVG", "AV", "CAR", "A1", "A2", "M1", "M2", "A1A2", "M1M2", "A12", "LINKED", "REFERENCE"}
 )
 
+# Ear / mastoid reference electrodes: a derivation between two of them is the reference itself.
+_EAR_REFERENCES = frozenset({"A1", "A2", "M1", "M2"})
+
 # Non-EEG channel families. Matching is on alphanumeric tokens of the upper-cased name: a token equal to
 # one of `exact`, or starting with one of `prefixes`. Checked BEFORE any EEG mapping, because several of
 # these names embed an electrode label (Emotiv's "CQ_AF3", "EQ_T7"; DREAMS' "EOG1-A1") that must not leak
@@ -176,6 +179,10 @@ def classify_channel(raw: str) -> tuple[str | None, str]:
         head, tail = "-".join(parts[:-1]), parts[-1]
         tail_ref = tail.replace("_", "").replace(" ", "")
         if tail_ref in _REFERENCE_SUFFIXES or tail in _REFERENCE_SUFFIXES:
+            if head in _EAR_REFERENCES and tail in _EAR_REFERENCES:
+                # "A2-A1" (EEGMAT), "M1-M2": one reference electrode against the other records how the
+                # reference drifts, not the scalp; naming it A2 would put a reference trace in a scalp slot.
+                return None, f"reference derivation: {name} (reference against reference, not a scalp channel)"
             single = _electrode(head)
             if single is not None:
                 return single, "eeg"

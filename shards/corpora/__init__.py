@@ -6,7 +6,7 @@ registers its adapter with the ``@register`` decorator on import; adding a corpu
 
 from shards.corpora.base import CORPORA, Adapter, LabelError, Loaded, Recording, get_corpus, register
 
-from shards.corpora import bonn, dreams, eegmmidb, mental_stress, recordings  # noqa: E402,F401  (local sets)
+from shards.corpora import bonn, dreams, eegmat, eegmmidb, mental_stress, recordings  # noqa: E402,F401  (local sets)
 from shards.corpora import tueg, tuab, tuev, sleep_edf, chbmit, bciciv2a, seed  # noqa: E402,F401  (public)
 from shards.corpora import synth  # noqa: E402,F401  (simulated demo corpus, shards.synth)
 

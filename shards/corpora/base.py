@@ -25,6 +25,7 @@ Registering a new adapter is one decorator plus one import line in ``shards/corp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,9 @@ class Recording:
     path: Path  # absolute main file
     task: str | None  # "seizure" | "sleep" | "emotion" | "motor_imagery" | other task string | None
     extra: Mapping[str, str] = field(default_factory=dict)  # adapter-specific (sidecar paths, split, ...)
+    # Per-subject facts (age, sex, task performance) from the corpus's own tables; copied into every
+    # sample's JSON as ``subject_info`` (absent when empty), unlike ``extra``, which stays build-side.
+    subject_info: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +129,7 @@ class Adapter:
         subject: str,
         session: str,
         task: str | None | object = ...,
+        subject_info: Mapping[str, Any] | None = None,
         **extra: str,
     ) -> Recording:
         return Recording(
@@ -136,6 +141,7 @@ class Adapter:
             path=path.resolve(),
             task=self.task if task is ... else task,  # ... = the adapter's task; None = unlabeled
             extra=dict(extra),
+            subject_info=dict(subject_info or {}),
         )
 
     def __repr__(self) -> str:
@@ -191,7 +197,7 @@ def unique_ids(records: Sequence[Recording]) -> list[Recording]:
     for r in records:
         if counts[r.recording] > 1:
             digest = hashlib.sha1(r.source.encode()).hexdigest()[:8]
-            r = Recording(r.corpus, f"{r.recording}-{digest}", r.subject, r.session, r.source, r.path, r.task, r.extra)
+            r = dataclasses.replace(r, recording=f"{r.recording}-{digest}")
         out.append(r)
     return sorted(out, key=lambda r: r.recording)
 
