@@ -15,7 +15,7 @@ Stages (each timed; the wall times are part of the table):
 1. shards: every set of the data folder through ``shards.writer.build`` (Bonn, DREAMS, EEGMMIDB subject 1,
    mental-stress, the unlabeled recordings). An existing build in ``--out`` with the same parameters is reused.
 2. pretraining of a tiny EEGMamba on ALL windows of those shards (labels unused), once per objective:
-   the VQ tokenizer (``tokenizer.run.train_tokenizer``) then masked-token prediction, and the Gaussian-masked
+   the VQ tokenizer (``pretrain.train_tokenizer.train_tokenizer``) then masked-token prediction, and the Gaussian-masked
    STFT (``pretrain.run.run``). Reused when ``{out}/pretrain/<name>`` holds a run of the same settings.
 3. per task and seed, one split fixed with ``finetune.splits.split_windows`` (the function ``finetune`` uses,
    with the same arguments, and checked against the split every finetune run reports): EEGMamba finetuned from

@@ -80,9 +80,9 @@ def _fresh(folder: Path) -> None:
 
 def train_vq_tokenizer(folders, out: Path, budget: Budget, seed: int) -> tuple[Path, bool]:
     """Train the VQ-NSP tokenizer on all windows; returns (``model`` folder, reused?)."""
-    from foundation.configfile import to_dict
+    from pretrain.configfile import to_dict
     from pretrain.config import OptimConfig, TrainConfig
-    from tokenizer.run import TokenizerRunConfig, train_tokenizer
+    from pretrain.train_tokenizer import TokenizerRunConfig, train_tokenizer
 
     folder = out / "pretrain" / "tokenizer"
     config = TokenizerRunConfig(
@@ -105,14 +105,15 @@ def train_vq_tokenizer(folders, out: Path, budget: Budget, seed: int) -> tuple[P
 
 def pretrain_backbone(name: str, objective, folders, out: Path, budget: Budget, seed: int) -> tuple[Path, bool, list[float]]:
     """Pretrain a tiny EEGMamba with ``objective`` (an ObjectiveConfig); returns (model folder, reused?, losses)."""
-    from foundation.configfile import to_dict
-    from pretrain.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
+    from foundation.model import EEGMambaConfig
+    from pretrain.config import OptimConfig, PretrainConfig, TrainConfig
+    from pretrain.configfile import to_dict
     from pretrain.run import run
 
     folder = out / "pretrain" / name
     config = PretrainConfig(
         data=pretrain_data_config(folders, budget),
-        model=ModelConfig(size="tiny"),
+        model=EEGMambaConfig.from_size("tiny"),
         objective=objective,
         optim=OptimConfig(lr=budget.pretrain_lr, warmup_steps=max(1, budget.pretrain_steps // 20)),
         train=TrainConfig(out_dir=str(folder), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,

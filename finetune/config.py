@@ -22,23 +22,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from foundation.model import EEGMambaConfig
+from pretrain.configfile import option
+
 __all__ = ["FinetuneConfig", "TaskSpec", "HYPER_FIELDS"]
-
-
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    """A dataclass field whose ``help`` shows up in ``--help``."""
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """One task of a (multi-task) run."""
 
-    recipe: str = _help("recipe name: seizure | sleep | emotion | motor_imagery", "")
-    data: str = _help("shards of this task (folder/glob/brace/pipe:); empty = the run's --data", "")
-    classes: tuple[str, ...] = _help("classes to use, in head order (empty = the recipe's, fitted to the data)", ())
+    recipe: str = option("recipe name: seizure | sleep | emotion | motor_imagery", "")
+    data: str = option("shards of this task (folder/glob/brace/pipe:); empty = the run's --data", "")
+    classes: tuple[str, ...] = option("classes to use, in head order (empty = the recipe's, fitted to the data)", ())
 
 
 # Fields that override the recipe's Hyper when set (same names as finetune.recipes.base.Hyper).
@@ -52,59 +48,57 @@ HYPER_FIELDS = (
 class FinetuneConfig:
     """Everything ``finetune/run.py`` needs; see ``--help`` for each key."""
 
-    recipe: str = _help("recipe name, or several separated by commas for multi-task finetuning", "")
-    checkpoint: str | None = _help("pretrained EEGMamba folder (save_pretrained), or none = train from scratch", "")
-    data: str = _help("labelled shards (folder/glob/brace pattern/pipe: URL)", "")
-    out: str = _help("output folder (default runs/finetune-<recipe>-<time>)", "")
-    tasks: tuple[TaskSpec, ...] = _help("[[tasks]] tables: one per recipe, each with its own data", ())
-    classes: tuple[str, ...] = _help("single-recipe runs: classes in head order (e.g. left_hand,right_hand,feet,tongue)", ())
+    recipe: str = option("recipe name, or several separated by commas for multi-task finetuning", "")
+    checkpoint: str | None = option("pretrained EEGMamba folder (save_pretrained), or none = train from scratch", "")
+    data: str = option("labelled shards (folder/glob/brace pattern/pipe: URL)", "")
+    out: str = option("output folder (default runs/finetune-<recipe>-<time>)", "")
+    tasks: tuple[TaskSpec, ...] = option("[[tasks]] tables: one per recipe, each with its own data", ())
+    classes: tuple[str, ...] = option("single-recipe runs: classes in head order (e.g. left_hand,right_hand,feet,tongue)", ())
 
     # model
-    size: Literal["tiny", "base", "large"] = _help("backbone size when training from scratch", "tiny")
-    model: dict = _help(
-        "EEGMambaConfig fields (e.g. {d_model = 64}): from scratch they override the size preset; with a "
-        "checkpoint they must agree with it (a mismatch is an error)",
-        factory=dict,
-    )
-    mode: Literal["finetune", "linear_probe"] = _help("finetune everything, or train only the head on a frozen backbone", "finetune")
-    pool: Literal["cls", "mean"] = _help("head input: the class token or the mean of the tokens", "cls")
+    model: EEGMambaConfig | None = field(default=None, metadata={"preset": "tiny", "help": (
+        "the backbone's own config ([model] size = \"tiny\"|\"base\"|\"large\" + fields; a table without size "
+        "starts from tiny). None: the checkpoint's, or tiny from scratch. With a checkpoint every field but "
+        "drop_path must agree with it (a mismatch is an error naming the field)")})
+    mode: Literal["finetune", "linear_probe"] = option("finetune everything, or train only the head on a frozen backbone", "finetune")
+    pool: Literal["cls", "mean"] = option("head input: the class token or the mean of the tokens", "cls")
 
     # data and split
-    extra_tasks: tuple[str, ...] = _help(
+    extra_tasks: tuple[str, ...] = option(
         "further shard task strings read with the recipe's labels, e.g. [\"motor_execution\"] for EEGMMIDB's real movements", ()
     )
-    channels: tuple[str, ...] = _help("canonical channels to keep, in order (empty = the recipe's / all in the shards)", ())
-    window_s: float | None = _help("crop windows to this many seconds (None = the recipe's / the shards')", None)
-    split: Literal["kfold", "shards", "published"] = _help(
+    channels: tuple[str, ...] = option("canonical channels to keep, in order (empty = the recipe's / all in the shards)", ())
+    window_s: float | None = option("crop windows to this many seconds (None = the recipe's / the shards')", None)
+    split: Literal["kfold", "shards", "published"] = option(
         "kfold: group k-fold by subject/recording (fold = test); shards: the train/val/test split the shards were built with; "
         "published: the corpus's fixed split from the literature (EEGMAT: subjects 00-27/28-31/32-35; needs all of them)",
         "kfold",
     )
-    fold: int = _help("which fold is the test set (validation = the next fold)", 0)
-    n_folds: int | None = _help("k of the group k-fold (None = the recipe's)", None)
-    max_windows: int | None = _help("keep at most this many windows per task (evenly spaced; for quick trials)", None)
+    fold: int = option("which fold is the test set (validation = the next fold)", 0)
+    n_folds: int | None = option("k of the group k-fold (None = the recipe's)", None)
+    max_windows: int | None = option("keep at most this many windows per task (evenly spaced; for quick trials)", None)
 
     # optimisation: None = the recipe's default
-    lr: float | None = _help("peak learning rate of the top layer and head", None)
-    min_lr: float | None = _help("learning rate at the end of the cosine", None)
-    layer_decay: float | None = _help("layer-wise LR decay (LaBraM 0.65; 1 = none)", None)
-    weight_decay: float | None = _help("AdamW weight decay", None)
-    label_smoothing: float | None = _help("cross-entropy label smoothing", None)
-    warmup_epochs: int | None = _help("linear warm-up epochs", None)
-    epochs: int | None = _help("maximum epochs", None)
-    batch_size: int | None = _help("windows per batch per process", None)
-    drop_path: float | None = _help("stochastic depth of the backbone while finetuning", None)
-    dropout: float | None = _help("dropout before the head's linear layer", None)
-    grad_clip: float | None = _help("gradient-norm clip (0 = off)", None)
-    patience: int | None = _help("epochs without a better validation metric before stopping", None)
-    class_weights: bool = _help("weight the loss by inverse class frequency of the training split", True)
-    aux_loss_weight: float = _help("weight of the MoE auxiliary (load-balance) loss", 1.0)
+    lr: float | None = option("peak learning rate of the top layer and head", None)
+    min_lr: float | None = option("learning rate at the end of the cosine", None)
+    layer_decay: float | None = option("layer-wise LR decay (LaBraM 0.65; 1 = none)", None)
+    weight_decay: float | None = option("AdamW weight decay", None)
+    label_smoothing: float | None = option("cross-entropy label smoothing", None)
+    warmup_epochs: int | None = option("linear warm-up epochs", None)
+    epochs: int | None = option("maximum epochs", None)
+    batch_size: int | None = option("windows per batch per process", None)
+    drop_path: float | None = option("stochastic depth of the backbone while finetuning", None)
+    dropout: float | None = option("dropout before the head's linear layer", None)
+    grad_clip: float | None = option("gradient-norm clip (0 = off)", None)
+    patience: int | None = option("epochs without a better validation metric before stopping", None)
+    class_weights: bool = option("weight the loss by inverse class frequency of the training split", True)
+    aux_loss_weight: float = option("weight of the MoE auxiliary (load-balance) loss", 1.0)
 
     # machinery
-    seed: int = _help("seed of the split, the initialisation and the batch order", 0)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _help("auto = bf16 on GPU, fp32 on CPU", "auto")
-    eval_batch_size: int | None = _help("windows per evaluation batch (None = 2 x batch_size)", None)
-    progress: bool = _help("show tqdm progress bars on the main process", True)
+    seed: int = option("seed of the split, the initialisation and the batch order", 0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto = bf16 on GPU, fp32 on CPU", "auto")
+    eval_batch_size: int | None = option("windows per evaluation batch (None = 2 x batch_size)", None)
+    progress: bool = option("show tqdm progress bars on the main process", True)
 
     def hyper_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HYPER_FIELDS if getattr(self, k) is not None}

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pretrain.engine import param_groups as engine_param_groups
+
 __all__ = ["ClassificationHead", "layer_id", "param_groups", "set_mode", "POOLS", "MODES"]
 
 POOLS = ("cls", "mean")
@@ -72,14 +74,6 @@ def layer_id(name: str, n_layers: int, prefix: str = "backbone.") -> int:
     return n_layers + 1  # final norm and other parameters above the layers
 
 
-def _no_decay_ids(model: nn.Module) -> set[int]:
-    ids = set()
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            ids.add(id(module.weight))
-    return ids
-
-
 def param_groups(
     model: nn.Module,
     *,
@@ -91,40 +85,17 @@ def param_groups(
 ) -> list[dict]:
     """AdamW parameter groups with layer-wise LR decay over trainable parameters.
 
-    Each group carries ``lr`` (already scaled), ``weight_decay``, and ``lr_scale`` / ``layer_id`` /
-    ``names`` for logging and tests; the scheduler multiplies ``lr`` by its factor.
+    The engine's groups (``pretrain.engine.param_groups``: no decay on vectors, embedding tables and
+    ``_no_weight_decay`` tags), one per (LR scale, decay); each carries ``lr`` (already scaled),
+    ``weight_decay``, ``lr_scale`` and ``names``; the scheduler multiplies ``lr`` by its factor.
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    no_decay = _no_decay_ids(model)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lid = layer_id(name, n_layers, prefix)
-        skip_wd = (
-            p.ndim <= 1
-            or name.endswith(".bias")
-            or id(p) in no_decay
-            or getattr(p, "_no_weight_decay", False)
-            or name.endswith("_token")
-        )
-        key = (lid, skip_wd)
-        if key not in groups:
-            scale = layer_decay ** (n_layers + 1 - lid)
-            groups[key] = {
-                "params": [],
-                "names": [],
-                "lr": lr * scale,
-                "lr_scale": scale,
-                "layer_id": lid,
-                "weight_decay": 0.0 if skip_wd else weight_decay,
-            }
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    if not groups:
-        raise ValueError("no trainable parameters")
-    return [groups[k] for k in sorted(groups)]
+
+    def scale(name: str) -> float:
+        return layer_decay ** (n_layers + 1 - layer_id(name, n_layers, prefix))
+
+    return engine_param_groups(model, weight_decay, lr=lr, lr_scale=scale)
 
 
 def set_mode(backbone: nn.Module, mode: str) -> None:

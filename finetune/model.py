@@ -161,7 +161,7 @@ def read_finetuned_config(folder: Path) -> dict[str, Any]:
 
 
 def _backbone_config(data: Mapping[str, Any], where: Path) -> EEGMambaConfig:
-    from foundation.configfile import ConfigError, from_dict
+    from foundation.config_dict import ConfigError, from_dict
 
     try:
         return from_dict(EEGMambaConfig, dict(data))

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from finetune.config import FinetuneConfig
 from finetune.train import finetune
-from foundation.configfile import parse_cli
+from pretrain.configfile import parse_cli
 
 DESCRIPTION = (
     "Finetune EEGMamba on seizure | sleep | emotion | motor_imagery (comma-separated for multi-task). "

@@ -1,4 +1,4 @@
-"""The finetuning loop on Accelerate: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
+"""The finetuning loop on ``pretrain.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
 
 ``finetune(config)`` runs one (single- or multi-task) finetuning and returns its results; it is what
 ``finetune/run.py`` calls under ``accelerate launch``. Per epoch it trains on :class:`TaskBatches`,
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from finetune.config import FinetuneConfig
@@ -42,20 +42,12 @@ from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
 from finetune.splits import Split, published_split, split_windows
-from foundation.configfile import to_dict
+from pretrain.configfile import to_dict
+from pretrain.engine import check_finite, clip_and_check, log_scan_backend, make_accelerator, make_scheduler
 from shards.dataset import load_windows
 from shards.sample import SFREQ
 
-__all__ = ["finetune", "evaluate", "lr_lambda", "shard_split"]
-
-
-def lr_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak LR: linear warm-up from 1/warmup to 1, then cosine down to ``min_ratio``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    progress = min(max(step - warmup_steps, 0) / span, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+__all__ = ["finetune", "evaluate", "shard_split"]
 
 
 def shard_split(data: TaskData) -> Split:
@@ -94,12 +86,6 @@ def evaluate(model, loader, task: str, accelerator: Accelerator) -> tuple[np.nda
     return torch.cat(ys).numpy(), torch.cat(ps).numpy()
 
 
-def _mixed_precision(choice: str) -> str:
-    if choice == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return choice
-
-
 def _default_out(config: FinetuneConfig, names: list[str]) -> str:
     return config.out or f"runs/finetune-{'+'.join(names)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -115,27 +101,12 @@ def _check_lengths(tasks: Mapping[str, TaskData], backbone_cfg) -> None:
             )
 
 
-def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Run one finetuning; returns ``{"out": path, "results": {task: {...}}, "best_epoch": int}``.
+def load_tasks(config: FinetuneConfig) -> tuple[dict[str, TaskData], Hyper]:
+    """Each task's labelled windows (shards read once per folder) and the run's hyper-parameters.
 
-    Raises:
-        ValueError / KeyError / FileNotFoundError / CheckpointError: bad config, data or checkpoint,
-            each naming the key, file or field.
+    One optimiser for all tasks: the first recipe's defaults (all recipes share LaBraM's) + overrides.
     """
     specs = config.task_specs()
-    if config.checkpoint == "":
-        raise ValueError("no checkpoint: pass --checkpoint DIR (a pretrained EEGMamba folder) or --checkpoint none")
-    checkpoint = None if config.checkpoint in (None, "none") else config.checkpoint
-    accelerator = accelerator or Accelerator(
-        mixed_precision=_mixed_precision(config.mixed_precision),
-        # Heads of the tasks not in a batch, and MoE experts no token picked, get no gradient.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    set_seed(config.seed)
-    main = accelerator.is_main_process
-    t0 = time.time()
-
-    # ---- data --------------------------------------------------------------------------------------
     cache: dict[str, list] = {}
     tasks: dict[str, TaskData] = {}
     for spec in specs:
@@ -143,186 +114,261 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         if spec.data not in cache:
             cache[spec.data] = load_windows(spec.data)
         tasks[recipe.name] = load_task_data(
-            recipe, spec.data, classes=spec.classes, window_s=config.window_s, channels=config.channels, extra_tasks=config.extra_tasks, max_windows=config.max_windows, windows=cache[spec.data]
-        )
-    cache.clear()
-    first = tasks[specs[0].recipe]
-    # One optimiser for all tasks: the first recipe's defaults (all recipes share LaBraM's) + overrides.
-    hyper: Hyper = merge_hyper(first.recipe.hyper, config.hyper_overrides())
+            recipe, spec.data, classes=spec.classes, window_s=config.window_s, channels=config.channels,
+            extra_tasks=config.extra_tasks, max_windows=config.max_windows, windows=cache[spec.data])
+    hyper: Hyper = merge_hyper(tasks[specs[0].recipe].recipe.hyper, config.hyper_overrides())
     for key in ("epochs", "batch_size", "patience"):
         if getattr(hyper, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(hyper, key)}")
     if hyper.lr <= 0:
         raise ValueError(f"lr must be > 0, got {hyper.lr}")
+    return tasks, hyper
 
-    splits: dict[str, Split] = {}
-    for name, data in tasks.items():
-        if config.split == "shards":
-            splits[name] = shard_split(data)
-        elif config.split == "published":
-            splits[name] = published_split(data.metas)
-        else:
-            splits[name] = split_windows(
-                data.metas, data.labels, group_by=data.recipe.group_by,
-                n_folds=config.n_folds or data.recipe.n_folds, fold=config.fold, seed=config.seed,
-            )
 
-    # ---- model ---------------------------------------------------------------------------------------
-    backbone, provenance = load_backbone(
-        checkpoint, size=config.size, model_overrides=config.model,
-        drop_path=hyper.drop_path if config.mode == "finetune" else None,
-    )
-    contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=main)
+def make_split(config: FinetuneConfig, data: TaskData) -> Split:
+    if config.split == "shards":
+        return shard_split(data)
+    if config.split == "published":
+        return published_split(data.metas)
+    return split_windows(data.metas, data.labels, group_by=data.recipe.group_by,
+                         n_folds=config.n_folds or data.recipe.n_folds, fold=config.fold, seed=config.seed)
+
+
+def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hyper, checkpoint: str | None,
+                announce: bool) -> tuple[TaskModel, dict[str, Any], Any]:
+    """The backbone (from ``checkpoint`` or fresh) with one head per task, where the backbone came from, and the
+    input contract the model is saved with (the tasks' windows are converted to the checkpoint's, in place)."""
+    overrides = {} if config.model is None else {k: v for k, v in config.model.to_dict().items() if k != "drop_path"}
+    backbone, provenance = load_backbone(checkpoint, model_overrides=overrides,
+                                         drop_path=hyper.drop_path if config.mode == "finetune" else None)
+    contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=announce)
     _check_lengths(tasks, backbone.config)
-    heads = {
-        name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes)}
-        for name, d in tasks.items()
-    }
-    model = TaskModel(backbone, heads, pool=config.pool, dropout=hyper.dropout, mode=config.mode)
-    groups = param_groups(model, lr=hyper.lr, weight_decay=hyper.weight_decay,
-                          layer_decay=hyper.layer_decay if config.mode == "finetune" else 1.0,
-                          n_layers=backbone.config.n_layers)
-    optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "names"} for g in groups], lr=hyper.lr, betas=hyper.betas
-    )
+    heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes)}
+             for name, d in tasks.items()}
+    return TaskModel(backbone, heads, pool=config.pool, dropout=hyper.dropout, mode=config.mode), provenance, contract
+
+
+def task_losses(config: FinetuneConfig, tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyper: Hyper,
+                device: torch.device) -> tuple[dict[str, torch.nn.Module], dict[str, torch.Tensor]]:
+    """Cross-entropy per task (label smoothing, inverse-frequency class weights of the training split)."""
     weights = {}
     for name, data in tasks.items():
         counts = data.class_counts(splits[name].train)
-        weights[name] = class_weights(counts, data.recipe.classes) if config.class_weights else torch.ones(len(counts))
         if min(counts) == 0:  # unweighted runs still cannot learn an absent class
             raise ValueError(f"recipe {name!r}: class(es) with no training window: {dict(zip(data.recipe.classes, counts))}")
+        weights[name] = class_weights(counts, data.recipe.classes) if config.class_weights else torch.ones(len(counts))
+    losses = {n: torch.nn.CrossEntropyLoss(weight=w.to(device), label_smoothing=hyper.label_smoothing) for n, w in weights.items()}
+    return losses, weights
 
+
+@dataclasses.dataclass
+class Fit:
+    """The prepared pieces of a run and what the loop learns about it."""
+
+    model: TaskModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    train_windows: dict[str, list]
+    losses: dict[str, torch.nn.Module]
+    val_loaders: dict[str, Any]
+    test_loaders: dict[str, Any]
+    warmup_steps: int
+    total_steps: int
+    step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: Hyper, losses,
+                acc: Accelerator) -> Fit:
+    """Optimiser (layer-wise LR decay), warm-up + cosine over the whole run, prepared model and loaders."""
+    groups = param_groups(model, lr=hyper.lr, weight_decay=hyper.weight_decay, n_layers=model.backbone.config.n_layers,
+                          layer_decay=hyper.layer_decay if config.mode == "finetune" else 1.0)
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=hyper.lr,
+                                  betas=hyper.betas)
     train_windows = {name: [d.windows[i] for i in splits[name].train] for name, d in tasks.items()}
-    rank, world = accelerator.process_index, accelerator.num_processes
-    steps_per_epoch = len(TaskBatches(train_windows, hyper.batch_size, seed=config.seed, epoch=0, rank=rank, world_size=world))
+    steps_per_epoch = len(TaskBatches(train_windows, hyper.batch_size, seed=config.seed, epoch=0,
+                                      rank=acc.process_index, world_size=acc.num_processes))
     if steps_per_epoch == 0:
-        raise ValueError(f"no training batch: {sum(map(len, train_windows.values()))} training windows over {world} processes")
+        raise ValueError(f"no training batch: {sum(map(len, train_windows.values()))} training windows over "
+                         f"{acc.num_processes} processes")
     total_steps = steps_per_epoch * hyper.epochs
     # A warm-up longer than half the run (short trials) would leave no room for the decay.
     warmup_steps = min(hyper.warmup_epochs * steps_per_epoch, total_steps // 2)
-    min_ratio = min(hyper.min_lr / hyper.lr, 1.0) if hyper.lr > 0 else 0.0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio)
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-
+    scheduler = make_scheduler(optimizer, warmup_steps, total_steps, min(hyper.min_lr / hyper.lr, 1.0))
+    model, optimizer = acc.prepare(model, optimizer)
     eval_bs = config.eval_batch_size or 2 * hyper.batch_size
 
     def loader(windows):
-        dl = torch.utils.data.DataLoader(WindowList(windows), batch_size=eval_bs, shuffle=False, collate_fn=batch_tensors)
-        return accelerator.prepare(dl)
+        return acc.prepare(torch.utils.data.DataLoader(WindowList(windows), batch_size=eval_bs, shuffle=False,
+                                                       collate_fn=batch_tensors))
 
-    val_loaders = {n: loader([d.windows[i] for i in splits[n].val]) for n, d in tasks.items()}
-    test_loaders = {n: loader([d.windows[i] for i in splits[n].test]) for n, d in tasks.items() if splits[n].test.size}
-    losses = {n: torch.nn.CrossEntropyLoss(weight=weights[n].to(accelerator.device), label_smoothing=hyper.label_smoothing) for n in tasks}
+    return Fit(model, optimizer, scheduler, train_windows, losses,
+               val_loaders={n: loader([d.windows[i] for i in splits[n].val]) for n, d in tasks.items()},
+               test_loaders={n: loader([d.windows[i] for i in splits[n].test]) for n, d in tasks.items() if splits[n].test.size},
+               warmup_steps=warmup_steps, total_steps=total_steps)
 
-    out = [_default_out(config, list(tasks))]
-    if world > 1:
-        broadcast_object_list(out)
-    out_dir = Path(out[0])
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-        log_file = open(out_dir / "log.jsonl", "w")
 
-    # ---- loop ----------------------------------------------------------------------------------------
-    best_score, best_epoch, best_state, bad_epochs, history = -math.inf, -1, None, 0, []
-    step = 0
-    bar = tqdm(range(hyper.epochs), desc="finetune", disable=not (main and config.progress))
-    for epoch in bar:
-        model.train()
-        batches = TaskBatches(train_windows, hyper.batch_size, seed=config.seed, epoch=epoch, rank=rank, world_size=world)
-        total, count = 0.0, 0
-        for task, batch in batches:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                logits, aux = model(batch["x"], batch["channel_ids"], batch["channel_mask"], task)
-            loss = losses[task](logits.float(), batch["label"]) + config.aux_loss_weight * aux.float()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step}, task {task!r}")
-            accelerator.backward(loss)
-            if hyper.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), hyper.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            total += loss.item()
-            count += 1
-            step += 1
-        val = {}
-        for name, dl in val_loaders.items():
-            y, p = evaluate(model, dl, name, accelerator)
-            val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
-        score = float(np.mean([val[n][PRIMARY_METRIC] for n in tasks]))
-        record = {"epoch": epoch, "step": step, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[-1]["lr"],
-                  "val_score": score, "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
-        history.append(record)
-        if main:
-            log_file.write(json.dumps(json_safe(record)) + "\n")
-            log_file.flush()
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{score:.3f}")
-        if score > best_score + 1e-9:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= hyper.patience:
-                break
-    if main:
-        log_file.close()
+def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc: Accelerator) -> float:
+    """One pass over the interleaved task batches; returns the mean training loss."""
+    fit.model.train()
+    batches = TaskBatches(fit.train_windows, hyper.batch_size, seed=config.seed, epoch=epoch,
+                          rank=acc.process_index, world_size=acc.num_processes)
+    total, count = 0.0, 0
+    for task, batch in batches:
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        with acc.autocast():
+            logits, aux = fit.model(batch["x"], batch["channel_ids"], batch["channel_mask"], task)
+        loss = fit.losses[task](logits.float(), batch["label"]) + config.aux_loss_weight * aux.float()
+        what = f"at epoch {epoch}, step {fit.step + 1} (task {task!r})"
+        advice = "Stopped before the optimiser step; no model was written. Lower --lr or raise --warmup_epochs."
+        check_finite(acc, {"loss": loss}, what=what, advice=advice)
+        acc.backward(loss)
+        clip_and_check(acc, fit.model, hyper.grad_clip, what=what, advice=advice)
+        fit.optimizer.step()
+        fit.scheduler.step()
+        fit.optimizer.zero_grad(set_to_none=True)
+        total += loss.item()
+        count += 1
+        fit.step += 1
+    return total / max(count, 1)
 
-    # ---- best model: evaluate, save, report -----------------------------------------------------------
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.load_state_dict(best_state)
+
+def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator) -> tuple[float, dict[str, dict]]:
+    """Mean primary metric over the tasks' validation splits, and every task's metrics."""
+    val = {}
+    for name, dl in fit.val_loaders.items():
+        y, p = evaluate(fit.model, dl, name, acc)
+        val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
+    return float(np.mean([val[n][PRIMARY_METRIC] for n in tasks])), val
+
+
+def keep_if_best(fit: Fit, epoch: int, score: float, acc: Accelerator) -> bool:
+    """Keep the weights of the best epoch so far; True when ``epoch`` improved on it."""
+    if score <= fit.best_score + 1e-9:
+        return False
+    fit.best_score, fit.best_epoch = score, epoch
+    fit.best_state = {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(fit.model).state_dict().items()}
+    return True
+
+
+def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, Split],
+                 weights: Mapping[str, torch.Tensor], acc: Accelerator) -> dict[str, Any]:
+    """Validation and test metrics of the best weights, with each task's split and class statistics."""
+    acc.unwrap_model(fit.model).load_state_dict(fit.best_state)
     results: dict[str, Any] = {}
     for name, data in tasks.items():
         per_split = {}
-        for side, loaders in (("val", val_loaders), ("test", test_loaders)):
+        for side, loaders in (("val", fit.val_loaders), ("test", fit.test_loaders)):
             if name in loaders:
-                y, p = evaluate(model, loaders[name], name, accelerator)
+                y, p = evaluate(fit.model, loaders[name], name, acc)
                 per_split[side] = classification_metrics(y, p, n_classes=data.recipe.n_classes)
+        classes = data.recipe.classes
         results[name] = {
-            "classes": list(data.recipe.classes),
-            "splits": per_split,
-            "split": splits[name].describe(),
-            "class_counts_train": dict(zip(data.recipe.classes, data.class_counts(splits[name].train))),
-            "class_weights": dict(zip(data.recipe.classes, weights[name].tolist())),
-            "left_out_labels": data.left_out,
-            "best_epoch": best_epoch,
+            "classes": list(classes), "splits": per_split, "split": splits[name].describe(),
+            "class_counts_train": dict(zip(classes, data.class_counts(splits[name].train))),
+            "class_weights": dict(zip(classes, weights[name].tolist())), "left_out_labels": data.left_out,
+            "best_epoch": fit.best_epoch,
         }
+    return results
+
+
+def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData], splits: Mapping[str, Split],
+                 hyper: Hyper, results: dict[str, Any], run_info: dict[str, Any], contract: Any) -> None:
+    """``model/`` (weights + recipe.json + metrics.json) and the report (main process only)."""
+    recipes = {}
+    for name, data in tasks.items():
+        sfreq = float(data.windows[0].meta.get("sfreq", SFREQ))
+        recipes[name] = {
+            **data.recipe.to_dict(), "hyper": dataclasses.asdict(hyper), "window_samples": data.n_samples,
+            "window_s": data.n_samples / sfreq, "sfreq": sfreq, "data": data.source,
+            "preprocessing": data.preprocessing, "split": splits[name].describe(),
+        }
+    metrics = {name: {"best_epoch": res["best_epoch"], **res["splits"]} for name, res in results.items()}
+    extra = {"recipe": json_safe(recipes), "metrics": json_safe(metrics), **({"contract": contract.to_dict()} if contract else {})}
+    model.save_pretrained(out_dir / "model", extra=extra)
+    write_report(out_dir, results, run=run_info)
+
+
+def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Run one finetuning; returns ``{"out": path, "results": {task: {...}}, "best_epoch": int, ...}``.
+
+    Raises:
+        ValueError / KeyError / FileNotFoundError / CheckpointError: bad config, data or checkpoint,
+            each naming the key, file or field. NonFiniteLossError: a NaN/inf loss or gradient.
+    """
+    config.task_specs()  # config errors before anything is read
+    if config.checkpoint == "":
+        raise ValueError("no checkpoint: pass --checkpoint DIR (a pretrained EEGMamba folder) or --checkpoint none")
+    acc = accelerator or make_accelerator(config.mixed_precision)
+    set_seed(config.seed)
+    t0 = time.time()
+    tasks, hyper = load_tasks(config)
+    splits = {name: make_split(config, data) for name, data in tasks.items()}
+    checkpoint = None if config.checkpoint in (None, "none") else config.checkpoint
+    model, provenance, contract = build_model(config, tasks, hyper, checkpoint, acc.is_main_process)
+    losses, weights = task_losses(config, tasks, splits, hyper, acc.device)
+    fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
+    out_dir = _out_dir(config, list(tasks), acc)
+    log_scan_backend(acc)
+
+    bad_epochs = 0
+    bar = tqdm(range(hyper.epochs), desc="finetune", disable=not (acc.is_main_process and config.progress))
+    with _EpochLog(out_dir / "log.jsonl", acc.is_main_process) as log:
+        for epoch in bar:
+            train_loss = train_epoch(fit, config, hyper, epoch, acc)
+            score, val = validate(fit, tasks, acc)
+            record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
+                      "val_score": score, "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
+            fit.history.append(record)
+            log.write(record)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}")
+            bad_epochs = 0 if keep_if_best(fit, epoch, score, acc) else bad_epochs + 1
+            if bad_epochs >= hyper.patience:
+                break
+
+    results = final_results(fit, tasks, splits, weights, acc)
     run_info = {
-        "tasks": list(tasks),
-        "checkpoint": provenance,
-        "mode": config.mode,
-        "pool": config.pool,
-        "hyper": dataclasses.asdict(hyper),
-        "warmup_steps": warmup_steps,
-        "total_steps": total_steps,
-        "steps_run": step,
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "best_val_score": best_score,
-        "processes": world,
-        "mixed_precision": accelerator.mixed_precision,
+        "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode, "pool": config.pool,
+        "hyper": dataclasses.asdict(hyper), "warmup_steps": fit.warmup_steps, "total_steps": fit.total_steps,
+        "steps_run": fit.step, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
+        "best_val_score": fit.best_score, "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
         "seconds": round(time.time() - t0, 1),
     }
-    if main:
-        recipes = {}
-        for name, data in tasks.items():
-            sfreq = float(data.windows[0].meta.get("sfreq", SFREQ))
-            recipes[name] = {
-                **data.recipe.to_dict(),
-                "hyper": dataclasses.asdict(hyper),
-                "window_samples": data.n_samples,
-                "window_s": data.n_samples / sfreq,
-                "sfreq": sfreq,
-                "data": data.source,
-                "preprocessing": data.preprocessing,
-                "split": splits[name].describe(),
-            }
-        metrics = {name: {"best_epoch": best_epoch, **res["splits"]} for name, res in results.items()}
-        unwrapped.save_pretrained(out_dir / "model", extra={"recipe": json_safe(recipes), "metrics": json_safe(metrics),
-                                                          **({"contract": contract.to_dict()} if contract else {})})
-        write_report(out_dir, results, run=run_info)
-    accelerator.wait_for_everyone()
-    return {"out": str(out_dir), "results": results, "best_epoch": best_epoch, "history": history, "run": run_info}
+    if acc.is_main_process:
+        save_outputs(out_dir, acc.unwrap_model(fit.model), tasks, splits, hyper, results, run_info, contract)
+    acc.wait_for_everyone()
+    return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info}
+
+
+def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator) -> Path:
+    """The run folder (one name for all ranks), with the resolved config written into it."""
+    out = [_default_out(config, names)]
+    if acc.num_processes > 1:
+        broadcast_object_list(out)
+    out_dir = Path(out[0])
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    return out_dir
+
+
+class _EpochLog:
+    """``log.jsonl``: one JSON line per epoch, flushed at once (main process only)."""
+
+    def __init__(self, path: Path, active: bool) -> None:
+        self.file = open(path, "w") if active else None
+
+    def __enter__(self) -> "_EpochLog":
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(json_safe(record)) + "\n")
+            self.file.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()

@@ -1,6 +1,6 @@
 """The EEGMamba backbone: input adapters, BiMamba blocks, task-aware MoE, checkpoints.
 
-Public API (imported lazily, so ``import foundation.configfile`` does not pull in torch)::
+Public API::
 
     from foundation import EEGMamba, EEGMambaConfig, EEGMambaOutput
     model = EEGMamba(EEGMambaConfig.from_size("tiny"))
@@ -8,39 +8,16 @@ Public API (imported lazily, so ``import foundation.configfile`` does not pull i
     model.save_pretrained("ckpt/"); EEGMamba.from_pretrained("ckpt/")
 """
 
-from __future__ import annotations
+from foundation.bimamba import BiMambaBlock, DropPath
+from foundation.checkpoint import CheckpointError, LoadReport, load_backbone_weights
+from foundation.config_dict import ConfigError
+from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
+from foundation.model import SIZES, EEGMamba, EEGMambaConfig, EEGMambaOutput, read_config
+from foundation.moe import TaskMoE
+from foundation.ssm import selective_scan, selective_scan_backend, selective_scan_ref
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "EEGMamba": "foundation.model",
-    "EEGMambaConfig": "foundation.model",
-    "EEGMambaOutput": "foundation.model",
-    "CheckpointError": "foundation.checkpoint",
-    "LoadReport": "foundation.checkpoint",
-    "load_backbone_weights": "foundation.checkpoint",
-    "read_config": "foundation.model",
-    "SIZES": "foundation.model",
-    "TaskMoE": "foundation.moe",
-    "ChannelPatchEmbed": "foundation.embed",
-    "STAdaptiveEmbed": "foundation.embed",
-    "BiMambaBlock": "foundation.bimamba",
-    "DropPath": "foundation.bimamba",
-    "selective_scan": "foundation.ssm",
-    "selective_scan_ref": "foundation.ssm",
-    "ConfigError": "foundation.configfile",
-    "parse_cli": "foundation.configfile",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'foundation' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "BiMambaBlock", "ChannelPatchEmbed", "CheckpointError", "ConfigError", "DropPath", "EEGMamba", "EEGMambaConfig",
+    "EEGMambaOutput", "LoadReport", "SIZES", "STAdaptiveEmbed", "TaskMoE", "load_backbone_weights", "read_config",
+    "selective_scan", "selective_scan_backend", "selective_scan_ref",
+]

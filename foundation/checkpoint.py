@@ -27,7 +27,7 @@ import safetensors.torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from foundation.configfile import ConfigError, from_dict
+from foundation.config_dict import ConfigError, from_dict
 
 __all__ = [
     "CONFIG_NAME",

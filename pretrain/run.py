@@ -29,17 +29,17 @@ if __package__ in (None, ""):
 
 import json
 from dataclasses import replace
-from typing import Any
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from foundation.configfile import ConfigError, parse_cli, to_dict
+from foundation.model import EEGMamba
 from pretrain.config import PretrainConfig
+from pretrain.configfile import ConfigError, parse_cli, to_dict
 from pretrain.data import Corpus, DataError, crop_length
 from pretrain.demo import corpora_or_demo
-from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective, build_backbone
-from pretrain.trainer import NonFiniteLossError, TrainResult, fit_and_export, make_accelerator
+from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
+from pretrain.trainer import NonFiniteLossError, TrainResult, accelerator_for, fit_and_export
 from shards.sample import PATCH_SAMPLES, SFREQ
 
 PROG = "pretrain/run.py"
@@ -55,11 +55,6 @@ def resolve_data(config: PretrainConfig, accelerator: Accelerator) -> list[Corpu
                            progress=config.train.progress)
 
 
-def model_overrides(config: PretrainConfig) -> dict[str, Any]:
-    """The ``[model]`` fields that are set, as ``EEGMambaConfig.from_size`` overrides."""
-    return {k: v for k, v in to_dict(config.model).items() if k != "size" and v is not None}
-
-
 def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: list[Corpus]) -> Path:
     """Where the frozen tokenizer of ``masked_token`` comes from (training a small one for 'auto')."""
     spec = config.objective.tokenizer
@@ -67,7 +62,7 @@ def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: lis
         raise ConfigError(MISSING_TOKENIZER)
     if spec != "auto":
         return Path(spec)
-    from tokenizer.run import TokenizerRunConfig, train_tokenizer
+    from pretrain.tokenizer import TokenizerRunConfig, train_tokenizer
 
     out = Path(config.train.out_dir) / "tokenizer"
     if (out / "model" / "config.json").is_file():
@@ -89,7 +84,7 @@ def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: l
     """The configured objective around a fresh backbone sized for the crop length."""
     patch_size = PATCH_SAMPLES
     crop_patches = crop_length(config.data.crop_s, SFREQ, patch_size) // patch_size
-    backbone = build_backbone(config.model.size, model_overrides(config), crop_patches)
+    backbone = EEGMamba(replace(config.model, max_patches=max(config.model.max_patches, crop_patches)))
     obj = config.objective
     if obj.name == "masked_token":
         path = tokenizer_dir(config, accelerator, corpora)
@@ -103,7 +98,7 @@ def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelera
     """Pretrain as configured; returns the :class:`~pretrain.trainer.TrainResult` (export in ``{out_dir}/model``)."""
     if config.objective.name == "masked_token" and not config.objective.tokenizer:
         raise ConfigError(MISSING_TOKENIZER)  # before any data is built or read
-    acc = accelerator or make_accelerator(config.optim, config.train)
+    acc = accelerator or accelerator_for(config.optim, config.train)
     set_seed(config.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     corpora = resolve_data(config, acc)
     objective = build_objective(config, acc, corpora)
@@ -111,7 +106,8 @@ def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelera
     patch_size = objective.backbone.config.patch_size
     n_params = sum(p.numel() for p in objective.backbone.parameters())
     announce = (
-        f"pretraining a {config.model.size} EEGMamba ({n_params / 1e6:.2f} M parameters) with objective "
+        f"pretraining an EEGMamba (d_model {config.model.d_model}, {config.model.n_layers} layers, "
+        f"{n_params / 1e6:.2f} M parameters) with objective "
         f"{objective.name} on {', '.join(f'{c.name} ({len(c.urls)} shards, weight {c.weight:g})' for c in corpora)}; "
         f"{acc.num_processes} process(es) on {acc.device}, precision {acc.mixed_precision}"
     )
@@ -147,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:  # ValueError: a nested config's own validation
         print(f"{PROG}: config error: {err}", file=sys.stderr)
         return 2
-    acc = make_accelerator(config.optim, config.train)
+    acc = accelerator_for(config.optim, config.train)
     try:
         result = run(config, resume=extras.get("resume"), accelerator=acc)
     except (ConfigError, DataError, FileNotFoundError) as err:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from finetune.config import FinetuneConfig
+from foundation.model import EEGMambaConfig
 from finetune.predict import predict_file
 from finetune.train import finetune
 
@@ -43,7 +44,8 @@ def shard(corpus: str, root: Path, tmp: Path) -> Path:
 
 def run(tmp: Path, recipe: str, data: Path, **kw) -> dict:
     cfg = dict(recipe=recipe, checkpoint=None, data=str(data), out=str(tmp / "run"), warmup_epochs=1, batch_size=32,
-               lr=3e-3, pool="mean", layer_decay=1.0, drop_path=0.0, patience=100, progress=False, model=SMALL)
+               lr=3e-3, pool="mean", layer_decay=1.0, drop_path=0.0, patience=100, progress=False,
+               model=EEGMambaConfig.from_size("tiny", **SMALL))
     cfg.update(kw)
     return finetune(FinetuneConfig(**cfg))
 

@@ -27,7 +27,7 @@ def small_config(tmp: Path, recipe: str, data: Path, **kw) -> FinetuneConfig:
     base = dict(
         recipe=recipe, checkpoint=None, data=str(data), out=str(tmp / f"run-{recipe.replace(',', '+')}"),
         epochs=6, warmup_epochs=1, batch_size=16, lr=3e-3, pool="mean", layer_decay=1.0, drop_path=0.0,
-        patience=100, progress=False, model=SMALL,
+        patience=100, progress=False, model=EEGMambaConfig.from_size("tiny", **SMALL),
     )
     base.update(kw)
     return FinetuneConfig(**base)
@@ -98,7 +98,7 @@ def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path)
 def test_pretrained_checkpoint_finetunes_and_mismatch_errors(synth_shards, tmp_path):
     ckpt = tmp_path / "pretrained"
     EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).save_pretrained(ckpt)
-    cfg = small_config(tmp_path, "seizure", synth_shards, checkpoint=str(ckpt), model={}, channels=("CZ",), epochs=1)
+    cfg = small_config(tmp_path, "seizure", synth_shards, checkpoint=str(ckpt), model=None, channels=("CZ",), epochs=1)
     result = finetune(cfg)
     assert result["run"]["checkpoint"]["kind"] == "pretrained"
     saved = json.loads((Path(result["out"]) / "model" / "config.json").read_text())
@@ -106,7 +106,8 @@ def test_pretrained_checkpoint_finetunes_and_mismatch_errors(synth_shards, tmp_p
     from finetune.model import CheckpointError
 
     with pytest.raises(CheckpointError, match="d_model=32 but the finetune config asks for model.d_model=64"):
-        finetune(small_config(tmp_path, "seizure", synth_shards, checkpoint=str(ckpt), model={"d_model": 64}, epochs=1))
+        finetune(small_config(tmp_path, "seizure", synth_shards, checkpoint=str(ckpt),
+                                   model=EEGMambaConfig.from_size("tiny", **{**SMALL, "d_model": 64}), epochs=1))
 
 
 def test_multitask_two_recipes_one_head_each(synth_shards, tmp_path):
@@ -132,7 +133,7 @@ def test_cli_runs_and_rejects_unknown_keys(synth_shards, tmp_path, capsys):
     assert run_main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(out) and "seizure" in printed["metrics"]
-    from foundation.configfile import ConfigError
+    from pretrain.configfile import ConfigError
 
     with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
         run_main(argv + ["--epoch", "3"])

@@ -14,8 +14,8 @@ from finetune.config import FinetuneConfig, TaskSpec
 from finetune.data import TaskBatches, class_weights
 from finetune.heads import ClassificationHead, layer_id, param_groups
 from finetune.model import CheckpointError, TaskModel, load_backbone
-from finetune.train import lr_lambda
-from foundation.configfile import ConfigError, parse_cli
+from pretrain.engine import warmup_cosine
+from pretrain.configfile import ConfigError, parse_cli
 from foundation.model import EEGMamba, EEGMambaConfig
 from shards.dataset import Window
 
@@ -95,7 +95,7 @@ def test_linear_probe_freezes_backbone_and_keeps_it_in_eval():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    f = lambda s: lr_lambda(s, warmup_steps=10, total_steps=110, min_ratio=0.01)  # noqa: E731
+    f = lambda s: warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.01)  # noqa: E731
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.01 + 0.99 * 0.5)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from foundation.model import EEGMamba
+from foundation.model import EEGMamba, EEGMambaConfig
 from pretrain.config import DataConfig, DemoConfig, OptimConfig, PretrainConfig, TrainConfig
 from pretrain.demo import build_demo_shards
 from pretrain.run import main, run
-from pretrain.trainer import NonFiniteLossError, WarmupCosine, latest_checkpoint, param_groups
+from pretrain.engine import NonFiniteLossError, latest_checkpoint, param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,20 +74,20 @@ def test_masked_token_without_tokenizer_says_what_to_do(tmp_path, capsys):
 
 
 def test_checked_in_configs_parse_and_tiny_is_the_default():
-    from foundation.configfile import load_toml
+    from pretrain.configfile import load_toml
 
     assert load_toml(PretrainConfig, REPO / "pretrain" / "configs" / "tiny.toml") == PretrainConfig()
     for size in ("base", "large"):
         config = load_toml(PretrainConfig, REPO / "pretrain" / "configs" / f"{size}.toml")
-        assert config.model.size == size and config.objective.name == "masked_token"
+        preset = {k: v for k, v in EEGMambaConfig.from_size(size).to_dict().items() if k != "drop_path"}
+        assert {k: getattr(config.model, k) for k in preset} == preset and config.objective.name == "masked_token"
 
 
 # -- optimiser pieces ----------------------------------------------------------------------------------
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    sched = WarmupCosine(warmup=10, total=110, floor=0.02)
-    values = [sched(s) for s in range(111)]
+    values = [warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.02) for s in range(111)]
     assert values[0] < values[5] < values[9] <= 1.0
     assert max(values) == pytest.approx(1.0, abs=1e-6)
     assert values[110] == pytest.approx(0.02)
@@ -115,7 +115,8 @@ def test_short_run_checkpoints_logs_and_exports(demo_spec, tmp_path):
     result = run(_config(demo_spec, tmp_path / "run", max_steps=4, save_every=2))
     assert result.steps == 4 and len(result.losses) == 4 and all(map(torch.isfinite, torch.tensor(result.losses)))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
-    assert json.loads((result.checkpoint / "train_state.json").read_text()) == {"step": 4, "micro_batches": 4}
+    state = json.loads((result.checkpoint / "train_state.json").read_text())
+    assert {k: state[k] for k in ("step", "micro_batches")} == {"step": 4, "micro_batches": 4}
     assert list((tmp_path / "run" / "logs" / "pretrain").glob("events.out.tfevents.*"))
     model = EEGMamba.from_pretrained(result.export_dir)
     assert model.config.d_model == 64

@@ -11,7 +11,7 @@ import torch
 from pretrain.config import DemoConfig
 from pretrain.demo import build_demo_shards
 from pretrain.objectives import MaskedTokenObjective, build_backbone
-from tokenizer.run import TokenizerRunConfig, main
+from pretrain.train_tokenizer import TokenizerRunConfig, main
 from tokenizer.vqnsp import VQNSP
 
 

@@ -1,46 +1,33 @@
 """What the backbone learns to predict: VQ-NSP code ids (LaBraM) or Gaussian-masked STFT maps (SpecMoE).
 
-Public API (imported lazily, so ``import tokenizer`` stays cheap)::
+A library: models, codebook and spectral masks only. Training it is ``pretrain.tokenizer`` (launched by
+``accelerate launch tokenizer/run.py``), so this package imports nothing from ``pretrain``.
+
+Public API::
 
     from tokenizer import VQNSP, VQNSPConfig, EMACodebook
     from tokenizer import STFTConfig, MaskConfig, stft, istft, sample_masks, corrupt, masked_spectral_loss
 """
 
-from __future__ import annotations
+from tokenizer.codebook import EMACodebook, QuantizerOutput, spherical_kmeans
+from tokenizer.spectral import (
+    FAMILIES,
+    Corrupted,
+    MaskConfig,
+    STFTConfig,
+    apply_mask,
+    corrupt,
+    istft,
+    masked_spectral_loss,
+    sample_masks,
+    spectral_target,
+    stft,
+    to_patches,
+)
+from tokenizer.vqnsp import VQNSP, VQNSPConfig, read_vqnsp_config, spectrum_targets
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "VQNSP": "tokenizer.vqnsp",
-    "VQNSPConfig": "tokenizer.vqnsp",
-    "spectrum_targets": "tokenizer.vqnsp",
-    "read_vqnsp_config": "tokenizer.vqnsp",
-    "EMACodebook": "tokenizer.codebook",
-    "QuantizerOutput": "tokenizer.codebook",
-    "spherical_kmeans": "tokenizer.codebook",
-    "STFTConfig": "tokenizer.spectral",
-    "MaskConfig": "tokenizer.spectral",
-    "FAMILIES": "tokenizer.spectral",
-    "stft": "tokenizer.spectral",
-    "istft": "tokenizer.spectral",
-    "spectral_target": "tokenizer.spectral",
-    "to_patches": "tokenizer.spectral",
-    "sample_masks": "tokenizer.spectral",
-    "apply_mask": "tokenizer.spectral",
-    "masked_spectral_loss": "tokenizer.spectral",
-    "corrupt": "tokenizer.spectral",
-    "Corrupted": "tokenizer.spectral",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tokenizer' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "FAMILIES", "VQNSP", "Corrupted", "EMACodebook", "MaskConfig", "QuantizerOutput", "STFTConfig", "VQNSPConfig",
+    "apply_mask", "corrupt", "istft", "masked_spectral_loss", "read_vqnsp_config", "sample_masks", "spectral_target",
+    "spectrum_targets", "spherical_kmeans", "stft", "to_patches",
+]

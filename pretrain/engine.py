@@ -1,0 +1,283 @@
+"""The training engine shared by pretraining, tokenizer training and finetuning.
+
+Each loop (``pretrain.trainer.Trainer.fit``, ``finetune.train.finetune``) is a short loop in the shape of
+Accelerate's ``nlp_example``; everything they have in common lives here, once:
+
+* :func:`make_accelerator`: precision ("auto" = bf16 on a CUDA GPU that supports it, else fp32),
+  gradient accumulation, TensorBoard logging, DDP that tolerates unused MoE experts / task heads.
+* :func:`param_groups`: AdamW groups from the parameters' own tags: no weight decay on vectors
+  (biases, norms, ``D``), ``nn.Embedding`` tables and parameters tagged ``_no_weight_decay`` (the
+  SSM's ``A_log``, class / mask tokens); an optional per-name LR scale (layer-wise decay).
+* :func:`warmup_cosine`: THE learning-rate multiplier, a pure function of the step (nanoGPT style).
+* :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
+  so every rank stops together (one rank raising alone would hang the others in the next all-reduce).
+* :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: ``accelerator.save_state``
+  plus our own ``train_state.json`` (step, data position, scheduler), written last so a folder without
+  it is an interrupted save.
+* :class:`Throughput`: samples/s and tokens/s over a logging window and over the run.
+* :func:`export`: the one function that writes the trained model a user loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_PREFIX", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
+    "latest_checkpoint", "load_checkpoint", "log_scan_backend", "make_accelerator", "make_scheduler",
+    "param_groups", "resolve_precision", "resolve_resume", "restore_scheduler", "save_checkpoint", "scheduler_state", "warmup_cosine",
+]
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "train_state.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; nothing was written for that step."""
+
+
+# -- accelerator -------------------------------------------------------------------------------------
+
+
+def resolve_precision(choice: str) -> str:
+    """``"auto"`` -> ``"bf16"`` on a CUDA GPU with bf16 support, else ``"no"`` (fp32); other values pass."""
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, log_dir: str | Path | None = None) -> Accelerator:
+    """An Accelerator with the run's precision and accumulation; TensorBoard under ``log_dir`` if given."""
+    logging: dict[str, Any] = {}
+    if log_dir is not None:
+        log_dir = Path(log_dir)
+        logging = {"log_with": "tensorboard",
+                   "project_config": ProjectConfiguration(project_dir=str(log_dir.parent), logging_dir=str(log_dir))}
+    return Accelerator(
+        mixed_precision=resolve_precision(mixed_precision),
+        gradient_accumulation_steps=grad_accum,
+        # MoE experts (and task heads) that get no token in a step have no gradient; DDP must not wait for them.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **logging,
+    )
+
+
+def log_scan_backend(accelerator: Accelerator) -> str:
+    """Say once, on the main process and on stderr (stdout may carry a result), which selective scan runs."""
+    from foundation.ssm import selective_scan_backend
+
+    backend = selective_scan_backend(torch.empty(1, 1, 1, device=accelerator.device))
+    if accelerator.is_main_process:
+        print(f"selective scan: {backend} on {accelerator.device}", file=sys.stderr, flush=True)
+    return backend
+
+
+# -- optimiser ---------------------------------------------------------------------------------------
+
+
+def _skips_decay(param: nn.Parameter, embedding_ids: set[int]) -> bool:
+    return param.ndim <= 1 or id(param) in embedding_ids or bool(getattr(param, "_no_weight_decay", False))
+
+
+def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
+                 lr_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups over the trainable parameters, one per (LR scale, decay or not).
+
+    Each group has ``params``, ``names``, ``weight_decay``, ``lr_scale`` and, when ``lr`` is given,
+    ``lr = lr * lr_scale``. Without ``lr_scale`` there are two groups: decay first, then no decay.
+    """
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = lr_scale(name) if lr_scale is not None else 1.0
+        skip = _skips_decay(param, embedding_ids)
+        group = groups.setdefault((scale, skip), {"params": [], "names": [], "lr_scale": scale,
+                                                  "weight_decay": 0.0 if skip else weight_decay})
+        if lr is not None:
+            group["lr"] = lr * scale
+        group["params"].append(param)
+        group["names"].append(name)
+    if not groups:
+        raise ValueError("no trainable parameters")
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1]))]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR at optimiser step ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / warmup_steps`` (the first step already learns), then a cosine from 1
+    down to ``min_ratio`` at ``total_steps``, flat after it.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                   min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` over :func:`warmup_cosine`, stepped once per optimiser step.
+
+    Never pass it through ``accelerator.prepare``: a prepared scheduler steps ``num_processes`` times per
+    call, which would shorten a step-based warm-up on several GPUs.
+    """
+    def factor(step: int) -> float:
+        return warmup_cosine(step, warmup_steps, total_steps, min_ratio)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- NaN/inf guard -----------------------------------------------------------------------------------
+
+
+def check_finite(accelerator: Accelerator, values: Mapping[str, Any], *, what: str, advice: str) -> None:
+    """Raise :class:`NonFiniteLossError` on every rank if any scalar tensor in ``values`` is NaN/inf on any rank.
+
+    ``what`` says where (e.g. "at step 12"); ``advice`` ends the message with what to do.
+    """
+    bad = [k for k, v in values.items()
+           if isinstance(v, torch.Tensor) and v.numel() == 1 and not torch.isfinite(v.detach()).item()]
+    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item() > 0:
+        found = (f"on rank {accelerator.process_index}: " + ", ".join(f"{k}={float(values[k].detach())}" for k in bad)
+                 if bad else "on another rank")
+        raise NonFiniteLossError(f"non-finite value {what} {found}. {advice}")
+
+
+def clip_and_check(accelerator: Accelerator, model: nn.Module, max_norm: float, *, what: str, advice: str) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (0 = no clipping), check it is finite, return it."""
+    if max_norm > 0:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    else:
+        norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=accelerator.device)
+    norm = torch.as_tensor(norm, device=accelerator.device)
+    check_finite(accelerator, {"grad_norm": norm}, what=what, advice=advice)
+    return norm
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete ``{out_dir}/checkpoints/step_*`` folder, or None."""
+    root = Path(out_dir) / "checkpoints"
+    found = sorted(root.glob(f"{CHECKPOINT_PREFIX}*")) if root.is_dir() else []
+    complete = [p for p in found if (p / STATE_FILE).is_file()]  # an interrupted save has none
+    return complete[-1] if complete else None
+
+
+def resolve_resume(resume: str | Path | None, out_dir: str | Path) -> Path | None:
+    """``None``/"" -> fresh run; "auto"/"true" -> newest checkpoint of ``out_dir`` (None if none); else that folder."""
+    if not resume or str(resume).lower() in ("false", "no"):
+        return None
+    if str(resume).lower() in ("auto", "true", "latest"):
+        return latest_checkpoint(out_dir)
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE} in {path})")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, step: int, state: Mapping[str, Any],
+                    keep: int = 0) -> Path:
+    """``accelerator.save_state`` into ``{out_dir}/checkpoints/step_{step:08d}``, then ``train_state.json``.
+
+    ``state`` must be JSON (step, data position, scheduler). ``keep`` > 0 deletes all but the newest ``keep``.
+    """
+    path = Path(out_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()  # saving and loading race otherwise
+    if accelerator.is_main_process:
+        (path / STATE_FILE).write_text(json.dumps(state))  # last: marks the folder complete
+        if keep > 0:
+            done = [p for p in sorted(path.parent.glob(f"{CHECKPOINT_PREFIX}*")) if (p / STATE_FILE).is_file()]
+            for old in done[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | Path) -> dict[str, Any]:
+    """Restore model, optimiser and RNG states from ``path``; returns its ``train_state.json``."""
+    accelerator.wait_for_everyone()
+    accelerator.load_state(str(path))
+    accelerator.wait_for_everyone()
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """The JSON part of a scheduler's state (its LR function is code, rebuilt from the config)."""
+    return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+
+
+def restore_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, state: Mapping[str, Any]) -> None:
+    """Load what :func:`scheduler_state` saved (the LR function stays the one built from the config)."""
+    scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.optimizer.param_groups)})
+
+
+# -- throughput and export ---------------------------------------------------------------------------
+
+
+class Throughput:
+    """Samples/s and tokens/s over the current logging window (:meth:`window`) and the whole run (:meth:`total`)."""
+
+    def __init__(self) -> None:
+        self.start = self.window_start = time.perf_counter()
+        self.samples = self.tokens = self.window_samples = self.window_tokens = 0
+
+    def add(self, samples: int, tokens: int) -> None:
+        self.window_samples += samples
+        self.window_tokens += tokens
+
+    def window(self) -> dict[str, float]:
+        """Rates since the last call, then start a new window."""
+        now = time.perf_counter()
+        elapsed = max(now - self.window_start, 1e-9)
+        rates = {"samples_per_s": self.window_samples / elapsed, "tokens_per_s": self.window_tokens / elapsed}
+        self.samples += self.window_samples
+        self.tokens += self.window_tokens
+        self.window_start, self.window_samples, self.window_tokens = now, 0, 0
+        return rates
+
+    def total(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {"samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed}
+
+
+def export(model: nn.Module, folder: str | Path, preprocessing: Mapping[str, Any] | None = None,
+           extra: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write the model a user loads into ``folder``: its own ``export``/``save_pretrained`` + JSON sidecars.
+
+    ``preprocessing`` goes to ``preprocess.json`` (what finetuning and prediction must reproduce);
+    ``extra`` maps a name to a JSON object written as ``{name}.json``.
+    """
+    folder = Path(folder)
+    if hasattr(model, "export"):
+        model.export(folder)
+    else:
+        model.save_pretrained(folder)
+    sidecars = dict(extra or {})
+    if preprocessing is not None:
+        sidecars["preprocess"] = preprocessing
+    for name, obj in sidecars.items():
+        (folder / f"{name}.json").write_text(json.dumps(obj, indent=2, default=str))
+    return folder
+
