@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import option
+from pretrain.configfile import from_dict, option
 
 __all__ = ["FinetuneConfig", "TaskSpec", "HYPER_FIELDS"]
 
@@ -99,6 +99,10 @@ class FinetuneConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = option("auto = bf16 on GPU, fp32 on CPU", "auto")
     eval_batch_size: int | None = option("windows per evaluation batch (None = 2 x batch_size)", None)
     progress: bool = option("show tqdm progress bars on the main process", True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):  # from Python: a mapping reads like a TOML [model] table
+            object.__setattr__(self, "model", from_dict(EEGMambaConfig, {"size": "tiny", **self.model}, where="model"))
 
     def hyper_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HYPER_FIELDS if getattr(self, k) is not None}
