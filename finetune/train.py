@@ -312,7 +312,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     losses, weights = task_losses(config, tasks, splits, hyper, acc.device)
     fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
     out_dir = _out_dir(config, list(tasks), acc)
-    log_scan_backend(acc)
+    log_scan_backend(acc, model)
 
     bad_epochs = 0
     bar = tqdm(range(hyper.epochs), desc="finetune", disable=not (acc.is_main_process and config.progress))

@@ -74,11 +74,17 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, log_dir
     )
 
 
-def log_scan_backend(accelerator: Accelerator) -> str:
-    """Say once, on the main process and on stderr (stdout may carry a result), which selective scan runs."""
+def log_scan_backend(accelerator: Accelerator, model: nn.Module | None = None) -> str:
+    """Say once, on the main process and on stderr (stdout may carry a result), which selective scan runs.
+
+    The choice honours the first ``config.scan_backend`` found among ``model``'s modules and
+    ``$EEGFM_SCAN_BACKEND``; a forced backend that cannot run here raises ``RuntimeError`` now, not mid-run.
+    """
     from foundation.ssm import selective_scan_backend
 
-    backend = selective_scan_backend(torch.empty(1, 1, 1, device=accelerator.device))
+    configs = (getattr(m, "config", None) for m in (model.modules() if model is not None else ()))
+    forced = next((c.scan_backend for c in configs if hasattr(c, "scan_backend")), None)
+    backend = selective_scan_backend(torch.empty(1, 1, 1, device=accelerator.device), forced)
     if accelerator.is_main_process:
         print(f"selective scan: {backend} on {accelerator.device}", file=sys.stderr, flush=True)
     return backend

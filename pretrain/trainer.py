@@ -158,7 +158,7 @@ class Trainer:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         acc.init_trackers(self.run_name, config=_flat_scalars(self.hparams))
-        log_scan_backend(acc)
+        log_scan_backend(acc, self.objective)
         return model, optimizer, scheduler
 
     def _train_step(self, model, optimizer, batches: Iterator[dict], speed: Throughput, sample_log):
