@@ -53,11 +53,12 @@ def _recipe_json(model_dir: Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None) -> tuple[PreprocessConfig, str | None]:
+def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None,
+                      window_s: float | None = None) -> tuple[PreprocessConfig, str | None]:
     """The shards' preprocessing saved with the model, windowed for labelling a whole recording.
 
     Uses the first corpus the task was trained on (returned as the second item); windows of the trained
-    length, hop ``stride_s`` (default: the window length), no amplitude/flatness drops.
+    length (or ``window_s``), hop ``stride_s`` (default: the window length), no amplitude/flatness drops.
     """
     fields = {f.name for f in dataclasses.fields(PreprocessConfig)}
     builds = recipe.get("preprocessing") or {}
@@ -67,7 +68,7 @@ def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None) 
         saved = dict((build or {}).get("config") or {})
         break
     saved = {k: v for k, v in saved.items() if k in fields}
-    window_s = float(recipe["window_s"])
+    window_s = float(recipe["window_s"] if window_s is None else window_s)
     saved.update(window_s=window_s, stride_s=window_s if stride_s is None else float(stride_s), max_abs_uv=None, flat_uv=None)
     if "sfreq" in recipe:
         saved["sfreq"] = float(recipe["sfreq"])
@@ -95,6 +96,7 @@ def predict_file(
     device: str = "cpu",
     sfreq: float | None = None,
     model: TaskModel | None = None,
+    window_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """One row per window of ``path``: ``onset_s, label, label_name, probability, probabilities``.
 
@@ -105,6 +107,8 @@ def predict_file(
         stride_s: hop between windows (default: the window length, i.e. consecutive epochs).
         sfreq: sampling rate of a headerless text recording (one sample per line); ignored otherwise.
         model: an already loaded model (labelling many files).
+        window_s: window length in whole seconds (default: the trained length; other lengths are a shift
+            the model was not trained for, see ``benchmarks/shift.py``).
 
     Raises:
         FileNotFoundError / CheckpointError: model folder problems; ``shards.readers.ReadError``: the
@@ -120,7 +124,7 @@ def predict_file(
     if task not in model.tasks or task not in recipes:
         raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
     recipe = recipes[task]
-    cfg, corpus = preprocess_config(recipe, stride_s=stride_s)
+    cfg, corpus = preprocess_config(recipe, stride_s=stride_s, window_s=window_s)
     channel_map = _channel_map(corpus)
     if Path(path).suffix.lower() in (".txt", ".asc"):
         # Headerless text has no channel name: use the one the training corpus mapped (Bonn: "EEG").

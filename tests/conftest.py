@@ -64,3 +64,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+EEGMAT_TRAIN_SUBJECTS = ("Subject02", "Subject03", "Subject04")
+
+
+@pytest.fixture(scope="session")
+def eegmat_shards(shared_data, tmp_path_factory):
+    """EEGMAT shards of subjects 02-04 (``EEGMAT_TRAIN_SUBJECTS``), as ``(corpus folder, manifest)``.
+
+    Built from a folder of symlinks to the shared files (never copies); 5-s windows, 142 in all. Other
+    subjects stay held out for tests that label raw recordings. Never write into it.
+    """
+    from shards.writer import build
+
+    source = shared_data / "workload" / "eegmat"
+    root = tmp_path_factory.mktemp("eegmat_raw")
+    for name in ["subject-info.csv"] + [f"{s}_{k}.edf" for s in EEGMAT_TRAIN_SUBJECTS for k in (1, 2)]:
+        (root / name).symlink_to(source / name)
+    out = tmp_path_factory.mktemp("eegmat_shards")
+    manifest = build("eegmat", root, out, progress=False)
+    return out / "eegmat", manifest
