@@ -338,15 +338,17 @@ def _label_one(model_dir, model, task, rec: HeldOut, raw, shift: Shift, trained_
             raise NotApplicable(f"{shift.window_factor:g} x {trained_s:g} s rounds to the trained length")
         shifted = shift.transform(raw) if shift.transform is not None else raw
         path = write_recording(shifted, tmp / f"{rec.recording}__{shift.name}", units=shift.units)
-        rows = predict_file(model_dir, path, task=task, model=model, batch_size=batch_size, device=device,
-                            window_s=window_s)
-        path.unlink()
     except NotApplicable as why:
         bucket["skipped"][rec.recording] = str(why)
         return
-    except ValueError as err:  # e.g. shorter than one window of this length
+    try:
+        rows = predict_file(model_dir, path, task=task, model=model, batch_size=batch_size, device=device,
+                            window_s=window_s)
+    except ValueError as err:  # predict_file's own refusals: shorter than one window, channels the recipe needs
         bucket["skipped"][rec.recording] = str(err)
         return
+    finally:
+        path.unlink()
     for row in rows:
         name = _span_label(rec.segments, row["onset_s"] + window_s / 2)
         y = index(name) if name is not None else None
