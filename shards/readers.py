@@ -1,8 +1,10 @@
 """Read raw EEG recordings of any supported format into a preloaded :class:`mne.io.BaseRaw`.
 
-MNE reads every binary format (EDF/EDF+, BDF, FIF, EEGLAB ``.set``, BrainVision ``.vhdr``, GDF, CNT); small
-adapters here read the one-sample-per-line text formats (Bonn, DREAMS ``excerptN.txt``, YASA snippets).
-Every failure (missing, truncated or corrupt file, unknown format, invalid sampling rate) is raised as
+Which formats exist, which file of a multi-file recording is its header and which optional package a format
+needs is :mod:`shards.formats`' table; this module dispatches through it to MNE's ``mne.io.read_raw_*``
+functions, to our text adapters (Bonn, DREAMS ``excerptN.txt``, YASA snippets) and to ``pyxdf`` for XDF.
+Every failure (missing, truncated or corrupt file, a symlink loop, a sidecar instead of a header, an unknown
+format, a missing optional package, an invalid sampling rate or physical range) is raised as
 :class:`ReadError` naming the file and the reason, so a shard build can record the skip and go on.
 
 Channel names are kept exactly as in the file; only the channel *types* are set from
@@ -13,6 +15,7 @@ so ``raw.pick("eeg")`` keeps the channels that map to the vocabulary. Canonical 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -22,10 +25,13 @@ from pathlib import Path
 import mne
 import numpy as np
 
+from shards import formats
+from shards.formats import Format
 from shards.vocabulary import classify_channels
 
 __all__ = [
     "ReadError",
+    "check_path",
     "read_raw",
     "read_text_signal",
     "read_dreams_excerpt",
@@ -43,7 +49,11 @@ MAX_SFREQ = 100_000.0
 BONN_SFREQ = 173.61  # Andrzejak et al. 2001: 4097 samples in 23.6 s
 DREAMS_EXCERPT_S = 1800.0  # every DREAMS spindle excerpt is 30 min
 
-SUPPORTED_EXTENSIONS = (".edf", ".bdf", ".fif", ".fif.gz", ".set", ".vhdr", ".gdf", ".cnt", ".txt", ".asc")
+SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(e for f in formats.FORMATS if f.reader for e in f.extensions))
+
+# An EDF/BDF physical minimum/maximum beyond this (in any unit: V, mV, µV, nV) is header corruption: MNE
+# would turn it into an infinite gain and a recording of NaN/overflow with zero usable windows.
+MAX_PHYSICAL_RANGE = 1e9
 
 # MNE channel type for each non-EEG family reported by shards.vocabulary.
 _FAMILY_TYPE = {
@@ -69,75 +79,168 @@ class ReadError(Exception):
         return (type(self), (self.path, self.reason))
 
 
-def _extension(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".fif.gz"):
-        return ".fif.gz"
-    return path.suffix.lower()
+def check_path(path: str | os.PathLike) -> None:
+    """ReadError naming ``path`` when it is missing, a broken symlink or a symlink loop."""
+    path = Path(path)
+    if path.exists():
+        return
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ReadError(path, "symlink loop: the link leads back to itself, no file behind it") from None
+        raise ReadError(path, f"broken symlink: its target {os.readlink(path)!r} does not exist")
+    raise ReadError(path, "file not found")
+
+
+def _format(path: Path) -> Format:
+    """The table entry for ``path``, or a ReadError saying why there is none or why it cannot be read here."""
+    fmt = formats.detect(path)
+    if fmt is None:
+        ext = formats.extension(path)
+        owners = formats.sidecar_of(path)
+        if owners:
+            headers = ", ".join(f"{o.name} {'/'.join(o.extensions)}" for o in owners)
+            raise ReadError(path, f"a sidecar file ({ext}), not a recording: read its header file ({headers})")
+        raise ReadError(path, f"unknown format {ext or '(no extension)'!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}")
+    if fmt.folder and not path.is_dir():
+        raise ReadError(path, f"{fmt.name} recordings are folders, this is a file")
+    if not fmt.folder and not path.is_file():
+        raise ReadError(path, "not a regular file")
+    if fmt.reader is None:
+        raise ReadError(path, fmt.note)
+    package = formats.missing_package(fmt)
+    if package is not None:
+        raise ReadError(path, f"{fmt.name} files need the optional package {package!r}: pip install {package}")
+    return fmt
 
 
 def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: str | None = None) -> mne.io.BaseRaw:
     """Read one recording, preloaded, with its original channel names and types set from the vocabulary.
 
+    ``path`` is the recording's header file (or folder), see :data:`shards.formats.FORMATS`.
     ``sfreq``/``ch_name`` are only used for headerless text files (``.txt``/``.asc``): DREAMS excerpts and
     YASA snippets carry their rate, other text needs ``sfreq``. Raises :class:`ReadError` for a missing,
-    truncated or corrupt file, an unknown extension or an invalid sampling rate.
+    truncated or corrupt file, a sidecar, an unknown extension, a missing optional package or an invalid
+    sampling rate.
     """
     path = Path(path)
-    if not path.exists():
-        raise ReadError(path, "file not found")
-    if not path.is_file():
-        raise ReadError(path, "not a regular file")
-    ext = _extension(path)
-    if ext not in SUPPORTED_EXTENSIONS:
-        supported = ", ".join(SUPPORTED_EXTENSIONS)
-        raise ReadError(path, f"unknown format {ext or '(no extension)'!r}; supported: {supported}")
-    if path.stat().st_size == 0:
+    check_path(path)
+    fmt = _format(path)
+    if not fmt.folder and path.stat().st_size == 0:
         raise ReadError(path, "file is empty")
-    if ext in (".txt", ".asc"):
+    ext = formats.extension(path)
+    if fmt.reader == "text":
         raw = _read_text_any(path, sfreq=sfreq, ch_name=ch_name)
+    elif fmt.reader == "xdf":
+        raw = _read_xdf(path)
     else:
         if ext in (".edf", ".bdf"):
             _check_edf_header(path, bytes_per_sample=3 if ext == ".bdf" else 2)
-        raw = _read_mne(path, ext)
+        raw = _read_mne(path, fmt)
         if ext in (".edf", ".bdf"):
             _fix_edf_units(raw)
     _check_sfreq(path, raw.info["sfreq"])
     if raw.n_times == 0 or len(raw.ch_names) == 0:
         raise ReadError(path, "recording holds no samples")
-    if ext not in (".txt", ".asc"):  # text adapters hold one EEG channel and type it themselves
+    if fmt.reader != "text":  # text adapters hold one EEG channel and type it themselves
         _set_types_from_vocabulary(raw)
     return raw
 
 
-def _read_mne(path: Path, ext: str) -> mne.io.BaseRaw:
-    readers = {
-        ".edf": mne.io.read_raw_edf,
-        ".bdf": mne.io.read_raw_bdf,
-        ".gdf": mne.io.read_raw_gdf,
-        ".fif": mne.io.read_raw_fif,
-        ".fif.gz": mne.io.read_raw_fif,
-        ".set": mne.io.read_raw_eeglab,
-        ".vhdr": mne.io.read_raw_brainvision,
-        ".cnt": mne.io.read_raw_cnt,
-    }
+def _read_mne(path: Path, fmt: Format) -> mne.io.BaseRaw:
     try:
         with warnings.catch_warnings():
             # MNE warns about things we handle ourselves (unit scaling, channel name deduplication,
             # highpass/lowpass header fields); the builder reports what matters.
             warnings.simplefilter("ignore")
-            return readers[ext](path, preload=True, verbose="error")
+            if fmt.reader == "read_raw_cnt":
+                return _read_neuroscan_cnt(path)
+            return getattr(mne.io, fmt.reader)(path, preload=True, verbose="error", **fmt.kwargs)
     except ReadError:
         raise
     except MemoryError:
         raise
     except Exception as err:  # MNE raises ValueError, RuntimeError, OSError, struct/index errors on bad files
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        msg = " ".join(str(err).split())
         if "picks" in msg and "no channels" in msg:
             reason = "no signal channels (annotations only?)"
         else:
-            reason = f"cannot read {ext[1:].upper()} file ({type(err).__name__}: {msg[:300]})"
+            reason = f"cannot read {fmt.name} file ({type(err).__name__}: {msg[:300] or 'no message'})"
         raise ReadError(path, reason) from err
+
+
+# Median |sample| that EEG of any kind stays below (DC-coupled amplifiers included): a sample width that
+# puts a recording above it is the wrong width.
+_PLAUSIBLE_MEDIAN_V = 1e-3
+
+
+def _read_neuroscan_cnt(path: Path) -> mne.io.BaseRaw:
+    """Neuroscan CNT, with the sample width worked out when the header cannot say.
+
+    MNE infers 16- vs 32-bit samples from the header's sample count; files whose header claims 0 samples
+    (MNE's own ``scan41_short.cnt``) make it fail with "set data_format manually". Then both widths are read
+    and the one giving physically plausible EEG is kept: on ``scan41_short.cnt`` int16 gives a median |x| of
+    38 µV, int32 2.5 V. Only when exactly one width is plausible is it used; otherwise the error says so.
+    """
+    try:
+        return mne.io.read_raw_cnt(path, preload=True, verbose="error")
+    except RuntimeError as err:
+        if "data_format" not in str(err):
+            raise
+    plausible = []
+    for data_format in ("int16", "int32"):
+        try:
+            raw = mne.io.read_raw_cnt(path, data_format=data_format, preload=False, verbose="error")
+            head = raw.get_data(stop=min(raw.n_times, int(10 * raw.info["sfreq"])))
+        except Exception:  # noqa: BLE001 - a width the file does not fit is simply not plausible
+            continue
+        median = float(np.median(np.abs(head))) if head.size else math.inf
+        if math.isfinite(median) and median < _PLAUSIBLE_MEDIAN_V:
+            plausible.append(data_format)
+    if len(plausible) != 1:
+        raise ReadError(path, "Neuroscan CNT header gives 0 samples and the sample width (int16/int32) cannot be "
+                              f"told from the data (plausible: {plausible or 'neither'})")
+    return mne.io.read_raw_cnt(path, data_format=plausible[0], preload=True, verbose="error")
+
+
+def _read_xdf(path: Path) -> mne.io.BaseRaw:
+    """The EEG stream of an XDF file (the one with most channels if several) as a RawArray in volts."""
+    import pyxdf
+
+    try:
+        streams, _ = pyxdf.load_xdf(str(path), dejitter_timestamps=False)
+    except Exception as err:  # noqa: BLE001 - pyxdf raises many kinds on corrupt files
+        raise ReadError(path, f"cannot read XDF file ({type(err).__name__}: {err})") from err
+    eeg = [s for s in streams if _xdf_field(s["info"], "type").lower() == "eeg"
+           and float(_xdf_field(s["info"], "nominal_srate") or 0) > 0 and np.size(s["time_series"]) > 0]
+    if not eeg:
+        kinds = sorted({_xdf_field(s["info"], "type") or "?" for s in streams})
+        raise ReadError(path, f"no EEG stream with a nominal rate (streams: {', '.join(kinds) or 'none'})")
+    stream = max(eeg, key=lambda s: np.shape(s["time_series"])[1])
+    data = np.asarray(stream["time_series"], dtype=np.float64).T  # [C, T]
+    names, scales = [], []
+    try:
+        chans = stream["info"]["desc"][0]["channels"][0]["channel"]
+    except (KeyError, IndexError, TypeError):
+        chans = []
+    for i in range(data.shape[0]):
+        ch = chans[i] if i < len(chans) else {}
+        names.append(_xdf_field(ch, "label") or f"EEG{i + 1:03d}")
+        unit = _xdf_field(ch, "unit").strip().lower()
+        scales.append({"v": 1.0, "volts": 1.0, "mv": 1e-3, "millivolts": 1e-3, "nv": 1e-9}.get(unit, 1e-6))
+    info = mne.create_info(names, float(_xdf_field(stream["info"], "nominal_srate")), ch_types="eeg")
+    return mne.io.RawArray(data * np.asarray(scales)[:, None], info, verbose="error")
+
+
+def _xdf_field(node, key: str) -> str:
+    """pyxdf stores every XML field as a one-element list."""
+    try:
+        value = node[key]
+    except (KeyError, TypeError):
+        return ""
+    return str(value[0] if isinstance(value, list) and value else value or "")
 
 
 def _check_sfreq(path: Path, sfreq: float) -> None:
@@ -182,6 +285,7 @@ def _check_edf_header(path: Path, bytes_per_sample: int) -> None:
         raise ReadError(path, "corrupt header: samples-per-record fields are not integers") from None
     if any(s <= 0 for s in spr):
         raise ReadError(path, f"invalid sampling rate: a signal has {min(spr)} samples per record")
+    _check_edf_ranges(path, sig, labels)
     top = max(spr) / duration
     if top > MAX_SFREQ:
         raise ReadError(path, f"invalid sampling rate {top:g} Hz in header (record {duration:g} s, {max(spr)} samples)")
@@ -199,6 +303,35 @@ def _check_edf_header(path: Path, bytes_per_sample: int) -> None:
             path, f"truncated: header declares {n_records} data records ({expected} bytes), file has {size} bytes "
             f"({max(got, 0):.1f} records)"
         )
+
+
+def _check_edf_ranges(path: Path, sig: bytes, labels: list[str]) -> None:
+    """Physical and digital minimum/maximum of every signal: finite numbers, the physical ones within ±1e9.
+
+    A zero range (minimum == maximum) is left to MNE and the flat-channel check: it is one dead channel, not
+    a corrupt file.
+    """
+    n = len(labels)
+
+    def field(offset: int, i: int) -> str:
+        return sig[n * offset + 8 * i : n * offset + 8 * (i + 1)].decode("latin-1").strip()
+
+    for i, label in enumerate(labels):
+        if label in ("EDF Annotations", "BDF Annotations"):
+            continue
+        try:
+            pmin, pmax = float(field(104, i)), float(field(112, i))
+            dmin, dmax = float(field(120, i)), float(field(128, i))
+        except ValueError:
+            raise ReadError(path, f"corrupt header: signal {i} ({label!r}) physical/digital minimum or maximum "
+                                  "is not a number") from None
+        if not all(math.isfinite(v) and abs(v) <= MAX_PHYSICAL_RANGE for v in (pmin, pmax)):
+            raise ReadError(path, f"corrupt header: signal {i} ({label!r}) physical minimum/maximum "
+                                  f"{field(104, i)!r}/{field(112, i)!r} (expected finite values within "
+                                  f"±{MAX_PHYSICAL_RANGE:g})")
+        if not all(math.isfinite(v) for v in (dmin, dmax)):
+            raise ReadError(path, f"corrupt header: signal {i} ({label!r}) digital minimum/maximum "
+                                  f"{field(120, i)!r}/{field(128, i)!r} (expected integers)")
 
 
 # MNE (1.13) scales only exactly-spelled "uV"/"µV"/"mV" units; DREAMS and other PSG exporters write "UV" or

@@ -43,6 +43,7 @@ from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.sample import check_sfreq, encode_sample, npy_bytes
 from shards.shardfile import OpenShard, RecordingEncoder, RecordingResult, tar_header
 from shards.splits import assign_split, in_part
+from shards.readers import check_path
 
 log = logging.getLogger("shards.writer")
 
@@ -74,8 +75,7 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         "channels": [], "labels": {}, "drops": {}, "dropped_channels": [], "label_skips": {}, "skipped": None,
     }
     try:
-        if not Path(rec.path).exists():
-            raise FileNotFoundError(f"file does not exist: {rec.path}")
+        check_path(rec.path)  # missing file, dangling link or symlink loop: ReadError saying which
         loaded = adapter.load(rec)
         raw = loaded.raw
         sfreq = check_sfreq(raw.info["sfreq"])

@@ -172,7 +172,7 @@ def test_garbage_edf(tmp_path):
     with pytest.raises(ReadError, match="empty"):
         read_raw(tmp_path / "empty.bdf")
     (tmp_path / "garbage.set").write_bytes(b"\x00" * 300)
-    with pytest.raises(ReadError, match="garbage.set: cannot read SET file"):
+    with pytest.raises(ReadError, match="garbage.set: cannot read EEGLAB file"):
         read_raw(tmp_path / "garbage.set")
 
 

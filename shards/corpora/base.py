@@ -138,7 +138,7 @@ class Adapter:
             subject=subject,
             session=session,
             source=path.relative_to(root).as_posix(),
-            path=path.resolve(),
+            path=resolved(path),
             task=self.task if task is ... else task,  # ... = the adapter's task; None = unlabeled
             extra=dict(extra),
             subject_info=dict(subject_info or {}),
@@ -214,6 +214,17 @@ def check_root(root: Path | str, corpus: str) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"{corpus}: corpus root {root} does not exist or is not a folder")
     return root.resolve()
+
+
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, or the absolute link path when the link dangles or loops: the reader then names
+    that as the reason the recording is skipped."""
+    if path.is_symlink() and not path.exists():  # dangling or looping: keep the link itself
+        return path.absolute()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError before Python 3.13, OSError(ELOOP) after
+        return path.absolute()
 
 
 def sidecar(rec: Recording, key: str, what: str) -> Path:

@@ -1,0 +1,152 @@
+"""The one table of raw EEG file formats: extension -> reader, header file vs sidecars, optional package.
+
+Every place that asks "is this file a recording, and how is it read?" asks this module:
+:func:`shards.readers.read_raw` dispatches through :func:`detect`, and the ``recordings`` corpus adapter
+lists a file only when :func:`detect` names a format for it. A multi-file recording is named by its header
+file (BrainVision ``.vhdr``, EEGLAB ``.set``, Persyst ``.lay``, Curry ``.cdt`` / ``.dap``, Nihon Kohden
+``.EEG``); its other files are *sidecars* and never count as recordings of their own. Extensions that two
+formats share are told apart by their first bytes (``.cnt``: Neuroscan vs ANT Neuro's RIFF; ``.eeg``: a
+Nihon Kohden header vs BrainVision samples; ``.dat``: a BCI2000 header vs Curry / Persyst / BrainVision
+samples).
+
+The formats are those MNE (>= 1.13) reads with a ``mne.io.read_raw_*`` function and that hold EEG, plus our
+own text adapters and XDF (via ``pyxdf``). A few clinical formats MNE cannot read (Natus/XLTEK ``.erd``,
+NicoletOne ``.e``, Micromed ``.TRC``) are listed too, so that a build names them with the way out instead
+of passing over them in silence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Format", "FORMATS", "detect", "extension", "sidecar_of", "missing_package", "recording_extensions"]
+
+
+def _head(path: Path, n: int = 32) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _is_riff(path: Path) -> bool:
+    return _head(path, 4) in (b"RIFF", b"RF64")
+
+
+def _is_neuroscan_cnt(path: Path) -> bool:
+    return not _is_riff(path)
+
+
+def _is_nihon(path: Path) -> bool:
+    try:
+        from mne.io.nihon.nihon import _valid_headers
+    except ImportError:  # pragma: no cover - MNE moved its private list: fall back to the family prefixes
+        return _head(path, 16)[:4] in (b"EEG-", b"QI-4", b"DAE-")
+    return _head(path, 16).decode("latin-1") in _valid_headers
+
+
+def _is_bci2000(path: Path) -> bool:
+    return _head(path, 16).startswith((b"HeaderLen=", b"BCI2000V"))
+
+
+@dataclass(frozen=True)
+class Format:
+    """One raw format.
+
+    extensions: lower-case endings of the file (or folder) that names a recording; sidecars: endings of the
+    companion files that belong to it; reader: ``mne.io`` function name, "text" / "xdf" for our own readers,
+    None when nothing here reads it (``note`` says what to do); package: the optional pip package it needs;
+    folder: the recording is a folder (EGI ``.mff``, MEF3 ``.mefd``); sniff: a test of the first bytes when
+    another format shares the extension; kwargs: passed to the reader; discover: the ``recordings`` adapter
+    lists it (text files need a rate and are read by the corpus adapters instead).
+    """
+
+    name: str
+    extensions: tuple[str, ...]
+    reader: str | None
+    sidecars: tuple[str, ...] = ()
+    package: str | None = None
+    folder: bool = False
+    sniff: Callable[[Path], bool] | None = None
+    kwargs: Mapping[str, object] = field(default_factory=dict)
+    discover: bool = True
+    note: str = ""
+
+
+# Order matters only where an extension is shared: the first format whose sniff accepts the file wins.
+FORMATS: tuple[Format, ...] = (
+    Format("EDF/EDF+", (".edf",), "read_raw_edf"),
+    Format("BDF/BDF+ (BioSemi)", (".bdf",), "read_raw_bdf"),
+    Format("GDF", (".gdf",), "read_raw_gdf"),
+    Format("FIF (MNE / Elekta)", (".fif", ".fif.gz"), "read_raw_fif"),
+    Format("EEGLAB", (".set",), "read_raw_eeglab", sidecars=(".fdt",)),
+    Format("BrainVision", (".vhdr", ".ahdr"), "read_raw_brainvision", sidecars=(".vmrk", ".amrk", ".eeg", ".dat")),
+    Format("Neuroscan CNT", (".cnt",), "read_raw_cnt", sniff=_is_neuroscan_cnt),
+    Format("ANT Neuro CNT", (".cnt",), "read_raw_ant", package="antio", sniff=_is_riff),
+    Format("Curry 8", (".cdt",), "read_raw_curry", sidecars=(".cdt.dpa", ".cdt.cef", ".cdt.ceo"),
+           package="curryreader"),
+    Format("Curry 7", (".dap",), "read_raw_curry", sidecars=(".dat", ".rs3", ".cef", ".ceo"), package="curryreader"),
+    Format("Persyst", (".lay",), "read_raw_persyst", sidecars=(".dat",)),
+    Format("Nihon Kohden", (".eeg",), "read_raw_nihon", sidecars=(".21e", ".pnt", ".log"), sniff=_is_nihon),
+    Format("BCI2000", (".dat",), "read_raw_bci2k", sniff=_is_bci2000),
+    Format("EGI MFF", (".mff",), "read_raw_egi", package="mffpy", folder=True),
+    Format("eXimia", (".nxe",), "read_raw_eximia"),
+    Format("NeuroElectrics NEDF", (".nedf",), "read_raw_nedf", package="defusedxml"),
+    Format("Nicolet (.data)", (".data",), "read_raw_nicolet", sidecars=(".head",), kwargs={"ch_type": "eeg"}),
+    Format("Blackrock NSx", tuple(f".ns{i}" for i in range(1, 7)), "read_raw_nsx", sidecars=(".nev",)),
+    Format("MEF3", (".mefd",), "read_raw_mef", package="pymef", folder=True),
+    Format("XDF (Lab Streaming Layer)", (".xdf", ".xdfz"), "xdf", package="pyxdf"),
+    Format("text, one sample per line (Bonn, DREAMS, YASA)", (".txt", ".asc"), "text", discover=False),
+    Format("Natus / XLTEK", (".erd",), None, sidecars=(".etc", ".snc", ".stc", ".ent", ".epo", ".vtc", ".eeg"),
+           note="MNE cannot read Natus/XLTEK .erd; export the study to EDF in NeuroWorks and shard the EDF"),
+    Format("NicoletOne / Natus .e", (".e",), None,
+           note="MNE cannot read NicoletOne .e files; export to EDF in NicVue/Natus or convert with FieldTrip"),
+    Format("Micromed", (".trc",), None,
+           note="MNE cannot read Micromed .TRC files; convert to EDF (e.g. with neo's MicromedIO or the vendor tool)"),
+)
+
+_MAX_DOTS = max(ext.count(".") for f in FORMATS for ext in f.extensions + f.sidecars)
+
+
+def extension(path: str | Path) -> str:
+    """The longest known ending of ``path``'s name, lower case (``.fif.gz``, ``.cdt.dpa``), else its suffix."""
+    name = Path(path).name.lower()
+    known = {e for f in FORMATS for e in f.extensions + f.sidecars}
+    parts = name.split(".")
+    for k in range(min(_MAX_DOTS, len(parts) - 1), 0, -1):
+        ext = "." + ".".join(parts[-k:])
+        if ext in known and len(name) > len(ext):
+            return ext
+    return Path(name).suffix
+
+
+def detect(path: str | Path) -> Format | None:
+    """The format whose header file (or folder) ``path`` is, or None (a sidecar or an unknown file)."""
+    path = Path(path)
+    ext = extension(path)
+    for fmt in FORMATS:
+        if ext in fmt.extensions and (fmt.sniff is None or fmt.sniff(path)):
+            return fmt
+    return None
+
+
+def sidecar_of(path: str | Path) -> list[Format]:
+    """Formats that ``path`` is a companion file of (by its ending), e.g. ``.vmrk`` -> [BrainVision]."""
+    ext = extension(path)
+    return [f for f in FORMATS if ext in f.sidecars]
+
+
+def missing_package(fmt: Format) -> str | None:
+    """The optional package ``fmt`` needs and that is not installed, else None."""
+    if fmt.package and importlib.util.find_spec(fmt.package) is None:
+        return fmt.package
+    return None
+
+
+def recording_extensions() -> tuple[str, ...]:
+    """Every ending the ``recordings`` adapter looks for."""
+    return tuple(dict.fromkeys(e for f in FORMATS if f.discover for e in f.extensions))

@@ -1,0 +1,205 @@
+"""Every raw format of shards.formats: a real file per format read by read_raw and checked against MNE's own
+reader (names, rate, duration, sample values), sidecars never counted, clear errors for missing optional
+packages and formats MNE cannot read, and one `recordings` build over a folder holding one file per format."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import mne
+import numpy as np
+import pytest
+
+from shards import formats
+from shards.corpora import get_corpus
+from shards.readers import ReadError, read_raw
+
+FORMATS_DIR = "formats"
+PERSYST = "formats/Persyst/sub-pt1_ses-02_task-monitor_acq-ecog_run-01_clip2.lay"
+CHANLOC = "formats/EEGLAB/test_raw_chanloc.set"
+NEUROSCAN = "formats/CNT/scan41_short.cnt"
+ANT = "formats/antio/CA_208/test_CA_208.cnt"
+CURRY7 = "formats/curry/test_bdf_stim_channel Curry 7.dap"
+CURRY8 = "formats/curry/test_bdf_stim_channel Curry 8.cdt"
+EEGMMIDB = "motor_imagery/eegmmidb/S001/S001R04.edf"
+
+
+def same_as_mne(ours: mne.io.BaseRaw, theirs: mne.io.BaseRaw, n_ch: int, sfreq: float, n_times: int) -> None:
+    assert ours.ch_names == theirs.ch_names and len(ours.ch_names) == n_ch
+    assert ours.info["sfreq"] == sfreq == theirs.info["sfreq"]
+    assert ours.n_times == theirs.n_times == n_times
+    picks = np.arange(0, n_ch, max(1, n_ch // 7))
+    np.testing.assert_allclose(ours.get_data(picks=picks, stop=500), theirs.get_data(picks=picks, stop=500), rtol=1e-6)
+
+
+def needs(package: str) -> None:
+    if formats.missing_package(formats.Format("x", (), None, package=package)):
+        pytest.skip(f"optional package {package} is not installed")
+
+
+# --------------------------------------------------------------------------- shared files, per format
+@pytest.mark.parametrize("rel, mne_reader, n_ch, sfreq, n_times, package", [
+    (PERSYST, mne.io.read_raw_persyst, 83, 200.0, 847, None),
+    (CHANLOC, mne.io.read_raw_eeglab, 61, 128.0, 385, None),
+    (ANT, mne.io.read_raw_ant, 88, 1000.0, 4025, "antio"),
+    (CURRY7, mne.io.read_raw_curry, 3, 500.0, 5000, "curryreader"),
+    (CURRY8, mne.io.read_raw_curry, 3, 500.0, 5000, "curryreader"),
+])
+def test_shared_format_reads_like_mne(shared_data, rel, mne_reader, n_ch, sfreq, n_times, package):
+    if package:
+        needs(package)
+    ours = read_raw(shared_data / rel)
+    theirs = mne_reader(shared_data / rel, preload=True, verbose="error")
+    same_as_mne(ours, theirs, n_ch, sfreq, n_times)
+
+
+def test_persyst_scalp_leads_are_eeg(shared_data):
+    raw = read_raw(shared_data / PERSYST)
+    assert raw.ch_names[:4] == ["FP1", "FP2", "F3", "F4"]
+    eeg = raw.get_data(picks="eeg") * 1e6
+    assert np.isfinite(eeg).all() and 1 < np.median(np.std(eeg, axis=1)) < 1000  # µV-scale, not volts
+
+
+def test_neuroscan_cnt_with_zero_sample_header_gets_the_plausible_width(shared_data):
+    """scan41_short.cnt claims 0 samples: MNE alone fails; int16 gives EEG in µV, int32 gives volts (garbage)."""
+    path = shared_data / NEUROSCAN
+    with pytest.raises(RuntimeError, match="data_format"):
+        mne.io.read_raw_cnt(path, preload=True, verbose="error")
+    ours = read_raw(path)
+    int16 = mne.io.read_raw_cnt(path, data_format="int16", preload=True, verbose="error")
+    same_as_mne(ours, int16, 128, 400.0, 3070)
+    assert 10 < np.median(np.abs(ours.get_data())) * 1e6 < 100
+    int32 = mne.io.read_raw_cnt(path, data_format="int32", preload=True, verbose="error")
+    assert np.median(np.abs(int32.get_data())) > 1.0  # volts: why int32 is rejected
+
+
+def test_bare_mne_error_becomes_read_error_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.cnt"
+    bad.write_bytes(b"Version 3.0" + b"\x00" * 2000)
+    with pytest.raises(ReadError, match=r"bad\.cnt: .*Neuroscan CNT"):
+        read_raw(bad)
+
+
+@pytest.mark.parametrize("package, rel", [("antio", ANT), ("curryreader", CURRY8)])
+def test_missing_optional_package_is_named_in_one_line(shared_data, monkeypatch, package, rel):
+    monkeypatch.setitem(sys.modules, package, None)  # importlib.util.find_spec -> None: "not installed"
+    with pytest.raises(ReadError) as err:
+        read_raw(shared_data / rel)
+    assert f"pip install {package}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_folder_and_xdf_formats_name_their_package(tmp_path, monkeypatch):
+    for package in ("mffpy", "pyxdf", "pymef"):
+        monkeypatch.setitem(sys.modules, package, None)
+    (tmp_path / "rec.mff").mkdir()
+    (tmp_path / "rec.xdf").write_bytes(b"XDF:" + b"\x00" * 64)
+    (tmp_path / "rec.mefd").mkdir()
+    for name, package in (("rec.mff", "mffpy"), ("rec.xdf", "pyxdf"), ("rec.mefd", "pymef")):
+        with pytest.raises(ReadError, match=f"rec.{name.split('.')[1]}: .*optional package '{package}'"):
+            read_raw(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["study.erd", "patient.e", "night.TRC"])
+def test_formats_mne_cannot_read_say_how_to_convert(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x01" * 512)
+    with pytest.raises(ReadError, match="MNE cannot read .*EDF"):
+        read_raw(tmp_path / name)
+
+
+# --------------------------------------------------------------------------- files we write ourselves
+@pytest.fixture(scope="module")
+def eegmmidb_10s(shared_data) -> mne.io.BaseRaw:
+    raw = mne.io.read_raw_edf(shared_data / EEGMMIDB, preload=True, verbose="error").crop(0, 10 - 1 / 160)
+    raw.set_annotations(None)
+    return raw
+
+
+@pytest.mark.parametrize("fmt, name, mne_reader", [
+    ("edf", "run.edf", mne.io.read_raw_edf),
+    ("brainvision", "run.vhdr", mne.io.read_raw_brainvision),
+    ("eeglab", "run.set", mne.io.read_raw_eeglab),
+])
+def test_exported_recording_reads_like_mne_and_like_the_source(eegmmidb_10s, tmp_path, fmt, name, mne_reader):
+    mne.export.export_raw(tmp_path / name, eegmmidb_10s, fmt=fmt, verbose="error")
+    ours = read_raw(tmp_path / name)
+    same_as_mne(ours, mne_reader(tmp_path / name, preload=True, verbose="error"), 64, 160.0, 1600)
+    # The export keeps the real signal (EDF quantises to 16 bits over its physical range: ~0.1 µV here).
+    np.testing.assert_allclose(ours.get_data(), eegmmidb_10s.get_data(), atol=0.5e-6)
+
+
+def test_eximia_written_from_the_spec(eegmmidb_10s, tmp_path):
+    """eXimia .nxe: headerless int16, 64 channels multiplexed, 1450 Hz (MNE's fixed layout)."""
+    counts = np.round(eegmmidb_10s.get_data()[:, :1450] * 1e6 / 0.0763).astype("<i2")  # [64, T] µV -> counts
+    (tmp_path / "rec.nxe").write_bytes(counts.T.tobytes())
+    ours = read_raw(tmp_path / "rec.nxe")
+    same_as_mne(ours, mne.io.read_raw_eximia(tmp_path / "rec.nxe", preload=True, verbose="error"), 64, 1450.0, 1450)
+    assert ours.ch_names[4:7] == ["Fp1", "Fpz", "Fp2"]
+
+
+# --------------------------------------------------------------------------- dispatch, sidecars, discovery
+def test_header_files_and_sidecars(tmp_path):
+    nihon = tmp_path / "pt.EEG"
+    nihon.write_bytes(b"EEG-1100A V01.00" + b"\x00" * 100)
+    bv_data = tmp_path / "run.eeg"
+    bv_data.write_bytes(b"\x00\x01" * 100)
+    bci = tmp_path / "s1.dat"
+    bci.write_bytes(b"HeaderLen=  1234 SourceCh= 16\r\n")
+    ant = tmp_path / "ant.cnt"
+    ant.write_bytes(b"RIFF" + b"\x00" * 60)
+    assert formats.detect(nihon).name == "Nihon Kohden"
+    assert formats.detect(bv_data) is None and formats.sidecar_of(bv_data)[0].name == "BrainVision"
+    assert formats.detect(bci).name == "BCI2000"
+    assert formats.detect(ant).name == "ANT Neuro CNT"
+    for sidecar in ("pt.21E", "pt.PNT", "pt.LOG", "r.vmrk", "r.fdt", "c.cdt.dpa", "c.rs3", "p.head", "x.dat"):
+        assert formats.detect(tmp_path / sidecar) is None, sidecar
+        assert formats.sidecar_of(tmp_path / sidecar), sidecar
+    (tmp_path / "pt.PNT").write_bytes(b"x")
+    with pytest.raises(ReadError, match=r"pt\.PNT: a sidecar file \(\.pnt\).*Nihon Kohden \.eeg"):
+        read_raw(tmp_path / "pt.PNT")
+
+
+def test_multi_file_recordings_count_once_by_their_header(shared_data, tmp_path):
+    for sub in ("Persyst", "curry", "EEGLAB", "CNT"):
+        os.symlink(shared_data / FORMATS_DIR / sub, tmp_path / sub)
+    recs = get_corpus("recordings").find(tmp_path)
+    assert sorted(r.source for r in recs) == [
+        "CNT/scan41_short.cnt", "EEGLAB/test_raw_chanloc.set", "Persyst/" + Path(PERSYST).name,
+        "curry/test_bdf_stim_channel Curry 7.dap", "curry/test_bdf_stim_channel Curry 8.cdt",
+    ]
+
+
+# --------------------------------------------------------------------------- issue 14: loops and overflows
+def test_symlink_loops_and_dangling_links_are_listed_as_skipped(shared_data, tmp_path):
+    from shards.writer import build
+
+    root = tmp_path / "raw"
+    (root / "a").mkdir(parents=True)
+    os.symlink(shared_data / "unlabeled/eeglab/test.edf", root / "a" / "x.edf")
+    os.symlink("..", root / "a" / "up")  # folder loop: a/up/a/up/...
+    os.symlink("c.edf", root / "a" / "b.edf")  # file loop: b -> c -> b
+    os.symlink("b.edf", root / "a" / "c.edf")
+    os.symlink("nowhere.edf", root / "a" / "dangling.edf")
+    manifest = build("recordings", root, tmp_path / "out", progress=False)
+    skipped = {s["source"]: s["reason"] for s in manifest["skipped"]}
+    assert set(skipped) == {"a/up", "a/b.edf", "a/c.edf", "a/dangling.edf"}
+    assert "symlink loop" in skipped["a/up"] and "symlink loop" in skipped["a/b.edf"]
+    assert "broken symlink" in skipped["a/dangling.edf"] and "nowhere.edf" in skipped["a/dangling.edf"]
+    assert manifest["totals"]["recordings"] == 1 and manifest["totals"]["samples"] > 0
+
+
+def test_linked_folder_outside_the_root_is_searched(shared_data, tmp_path):
+    os.symlink(shared_data / "unlabeled/yasa", tmp_path / "yasa")
+    assert [r.source for r in get_corpus("recordings").find(tmp_path)] == ["yasa/data_resting_EO_200Hz_raw.fif"]
+
+
+def test_edf_with_absurd_physical_range_is_rejected(shared_data, tmp_path):
+    data = bytearray((shared_data / "unlabeled/eeglab/test.edf").read_bytes())
+    n = int(data[252:256])
+    base = 256 + n * 104  # physical minimum of signal 0, then physical maximum at 256 + n * 112
+    data[base : base + 8] = b"-1e300  "
+    data[256 + n * 112 : 256 + n * 112 + 8] = b"1e300   "
+    (tmp_path / "huge.edf").write_bytes(bytes(data))
+    with pytest.raises(ReadError, match=r"huge\.edf: corrupt header: signal 0 \('EEG Fp1'\) physical minimum/maximum"):
+        read_raw(tmp_path / "huge.edf")
