@@ -40,10 +40,10 @@ from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
 from shards.manifest import FORMAT, SPLITS, jsonable, make_manifest, manifest_name, part_suffix, shard_name
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
+from shards.readers import check_path
 from shards.sample import check_sfreq, encode_sample, npy_bytes
 from shards.shardfile import OpenShard, RecordingEncoder, RecordingResult, tar_header
 from shards.splits import assign_split, in_part
-from shards.readers import check_path
 
 log = logging.getLogger("shards.writer")
 
