@@ -11,6 +11,9 @@
   (final norm, the heads) is ``L + 1`` (scale 1). Lower layers hold generic features that pretraining
   got right, so they move least. Biases, norms, embedding tables, the class/mask tokens and the SSM's
   ``A_log`` / ``D`` (marked ``_no_weight_decay`` by foundation) get no weight decay.
+  Exception: the MoE task embeddings (``moes.<i>.task_embed``) are not generic pretrained features but
+  the one place a new task enters the router, so they get the full LR (scale 1) unless the backbone is a
+  ``task_embed="legacy"`` one (or ``task_layer_decay=True``), where they decay with their layer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ POOLS = ("cls", "mean")
 MODES = ("finetune", "linear_probe")
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|moes)\.(\d+)\.")
+_TASK_EMBED = re.compile(r"(?:^|\.)moes\.\d+\.task_embed\.")
 _EMBEDDING = re.compile(r"(?:^|\.)(?:embed\w*|cls_token|mask_token|pos_embed\w*|spatial\w*|temporal\w*)(?:\.|$)")
 
 
@@ -82,17 +86,26 @@ def param_groups(
     layer_decay: float,
     n_layers: int,
     prefix: str = "backbone.",
+    task_layer_decay: bool | None = None,
 ) -> list[dict]:
     """AdamW parameter groups with layer-wise LR decay over trainable parameters.
 
     The engine's groups (``pretrain.engine.param_groups``: no decay on vectors, embedding tables and
     ``_no_weight_decay`` tags), one per (LR scale, decay); each carries ``lr`` (already scaled),
     ``weight_decay``, ``lr_scale`` and ``names``; the scheduler multiplies ``lr`` by its factor.
+
+    ``task_layer_decay``: whether the MoE task embeddings decay with their layer; None = only for a
+    backbone (``model.backbone`` or ``model``) whose config has ``task_embed="legacy"``.
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if task_layer_decay is None:
+        backbone = getattr(model, "backbone", model)
+        task_layer_decay = getattr(getattr(backbone, "config", None), "task_embed", "legacy") == "legacy"
 
     def scale(name: str) -> float:
+        if not task_layer_decay and _TASK_EMBED.search(name):
+            return 1.0
         return layer_decay ** (n_layers + 1 - layer_id(name, n_layers, prefix))
 
     return engine_param_groups(model, weight_decay, lr=lr, lr_scale=scale)

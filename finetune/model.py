@@ -76,6 +76,9 @@ class TaskModel(nn.Module):
             self.heads[name] = ClassificationHead(backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]))
         self.mode = mode
         set_mode(self.backbone, mode)
+        # Rows the backbone never trained (e.g. a task-0-only pretraining) start from the trained ones, so
+        # the pretrained routing survives the switch of task id (a no-op for task_embed="legacy").
+        backbone.inherit_task_rows(sorted({s["task_id"] for s in self.head_specs.values()}))
 
     @property
     def tasks(self) -> list[str]:
@@ -161,10 +164,11 @@ def read_finetuned_config(folder: Path) -> dict[str, Any]:
 
 
 def _backbone_config(data: Mapping[str, Any], where: Path) -> EEGMambaConfig:
+    from foundation.checkpoint import with_legacy_defaults
     from foundation.config_dict import ConfigError, from_dict
 
     try:
-        return from_dict(EEGMambaConfig, dict(data))
+        return from_dict(EEGMambaConfig, with_legacy_defaults(EEGMambaConfig, dict(data)))
     except (ConfigError, ValueError, TypeError) as err:
         raise CheckpointError(f"{where}: backbone config: {err}") from err
 

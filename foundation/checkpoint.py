@@ -121,7 +121,8 @@ class CheckpointError(ValueError):
 def read_config_file(config_class: type[C], path: str | Path, *, kind: str = "checkpoint") -> C:
     """Read ``{path}/config.json`` (or that file) strictly into ``config_class``.
 
-    Unknown keys are errors; keys missing from an older checkpoint take the dataclass defaults.
+    Unknown keys are errors; keys missing from an older checkpoint take ``LEGACY_DEFAULTS`` where the
+    config class defines them (see :func:`with_legacy_defaults`), else the dataclass defaults.
 
     Raises:
         FileNotFoundError: no such file. CheckpointError: not JSON, unknown key, bad value.
@@ -139,9 +140,18 @@ def read_config_file(config_class: type[C], path: str | Path, *, kind: str = "ch
             f"{file} must hold a JSON object of {config_class.__name__} fields, got {type(data).__name__}"
         )
     try:
-        return from_dict(config_class, data)
+        return from_dict(config_class, with_legacy_defaults(config_class, data))
     except (ConfigError, ValueError, TypeError) as err:
         raise CheckpointError(f"{file}: {err} (is this a {kind} checkpoint?)") from err
+
+
+def with_legacy_defaults(config_class: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a saved config) with keys it lacks filled from ``config_class.LEGACY_DEFAULTS``.
+
+    A field added after a checkpoint was written means, for that checkpoint, what the code did before
+    the field existed (which may differ from the new default).
+    """
+    return {**getattr(config_class, "LEGACY_DEFAULTS", {}), **data}
 
 
 @dataclass

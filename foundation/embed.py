@@ -89,10 +89,18 @@ class TemporalConv(nn.Module):
 
     Three Conv1d + GroupNorm + GELU layers (kernel 15 stride 8, then two kernel-3 layers) turn one 1-s
     patch of 200 samples into ``conv_channels x ceil(s / 8)`` features, flattened and projected to d.
+
+    ``patch_norm="sample"`` (LaBraM): each GroupNorm takes its statistics over all the patches of a
+    sample (``forward(..., sample_shape=(b, m), stats_mask=[b m])``), so a patch 3x louder than the rest
+    of its sample stays 3x louder (and a whole sample's gain is normalised away). ``"patch"`` (legacy):
+    plain GroupNorm, every patch normalised on its own, which throws its amplitude away.
     """
 
-    def __init__(self, patch_size: int, d_model: int, conv_channels: int = 8) -> None:
+    def __init__(self, patch_size: int, d_model: int, conv_channels: int = 8, patch_norm: str = "sample") -> None:
         super().__init__()
+        if patch_norm not in PATCH_NORMS:
+            raise ValueError(f"TemporalConv: patch_norm must be one of {PATCH_NORMS}, got {patch_norm!r}")
+        self.patch_norm = patch_norm
         groups = 4 if conv_channels % 4 == 0 else 1
         self.net = nn.Sequential(
             nn.Conv1d(1, conv_channels, kernel_size=15, stride=8, padding=7),
@@ -108,15 +116,46 @@ class TemporalConv(nn.Module):
         n_out = (patch_size + 2 * 7 - 15) // 8 + 1
         self.proj = nn.Linear(conv_channels * n_out, d_model)
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.proj(rearrange(self.net(patches), "n ch s -> n (ch s)"))
+    def forward(
+        self, patches: torch.Tensor, sample_shape: tuple[int, int] | None = None, stats_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``patches [(b m) 1 s]`` -> ``[(b m) d]``; ``stats_mask [b m]`` bool picks the patches whose
+        statistics a sample's norms use (real, unmasked ones; needed with ``patch_norm="sample"``)."""
+        if self.patch_norm == "patch" or sample_shape is None:
+            h = self.net(patches)
+        else:
+            b, m = sample_shape
+            if stats_mask is None:
+                stats_mask = torch.ones(b, m, dtype=torch.bool, device=patches.device)
+            h = patches
+            for layer in self.net:
+                h = _sample_group_norm(h, layer, b, stats_mask) if isinstance(layer, nn.GroupNorm) else layer(h)
+        return self.proj(rearrange(h, "n ch s -> n (ch s)"))
+
+
+PATCH_NORMS = ("sample", "patch")
+
+
+def _sample_group_norm(h: torch.Tensor, norm: nn.GroupNorm, b: int, stats_mask: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of ``h [(b m) ch s]`` with statistics per (sample, group) over the patches ``stats_mask [b m]``
+    selects, using ``norm``'s affine parameters (so the weights are those of a plain GroupNorm)."""
+    n, ch, s = h.shape
+    g = norm.num_groups
+    hh = h.float().view(b, n // b, g, ch // g, s)
+    w = stats_mask.to(hh.dtype)[:, :, None, None, None]
+    count = (w.sum(1, keepdim=True) * (ch // g) * s).clamp_min(1.0)  # [b 1 1 1 1]
+    mean = (hh * w).sum(dim=(1, 3, 4), keepdim=True) / count
+    var = (((hh - mean) * w) ** 2).sum(dim=(1, 3, 4), keepdim=True) / count
+    out = ((hh - mean) * torch.rsqrt(var + norm.eps)).view(n, ch, s).to(h.dtype)
+    return out * norm.weight[None, :, None] + norm.bias[None, :, None]
 
 
 class ChannelPatchEmbed(nn.Module):
     """LaBraM channel-patch embedding.
 
-    ``x [b c (p s)] -> (b c p) 1 s -> TemporalConv -> [b (c p) d]``; a patch's token depends only on its
-    own ``patch_size`` samples, its channel id and its patch index. With ``patch_mask [b c p]`` True, the
+    ``x [b c (p s)] -> (b c p) 1 s -> TemporalConv -> [b (c p) d]``; a patch's token depends on its own
+    ``patch_size`` samples, its channel id, its patch index and (``patch_norm="sample"``) the amplitude
+    statistics of its sample's other real, unmasked patches. With ``patch_mask [b c p]`` True, the
     conv output of that patch is replaced by a learned [MASK] embedding *before* the spatial and temporal
     embeddings are added (so the model still knows where the hidden patch sits).
 
@@ -126,14 +165,17 @@ class ChannelPatchEmbed(nn.Module):
         max_patches: rows of the temporal embedding (longest window = ``max_patches * patch_size``).
         n_channel_ids: rows of the spatial embedding (size of the channel vocabulary, with headroom).
         conv_channels: feature maps of the temporal conv encoder (LaBraM: 8).
+        patch_norm: "sample" (statistics over the sample's real, unmasked patches) or "patch" (legacy);
+            see :class:`TemporalConv`.
     """
 
     def __init__(
-        self, d_model: int, patch_size: int = 200, max_patches: int = 64, n_channel_ids: int = 512, conv_channels: int = 8
+        self, d_model: int, patch_size: int = 200, max_patches: int = 64, n_channel_ids: int = 512, conv_channels: int = 8,
+        patch_norm: str = "sample",
     ) -> None:
         super().__init__()
         self.d_model, self.patch_size, self.max_patches, self.n_channel_ids = d_model, patch_size, max_patches, n_channel_ids
-        self.encoder = TemporalConv(patch_size, d_model, conv_channels)
+        self.encoder = TemporalConv(patch_size, d_model, conv_channels, patch_norm)
         self.spatial = nn.Embedding(n_channel_ids, d_model)
         self.temporal = nn.Embedding(max_patches, d_model)
         self.mask_token = nn.Parameter(torch.zeros(d_model))
@@ -166,8 +208,6 @@ class ChannelPatchEmbed(nn.Module):
         b, c, t = x.shape
         p = t // self.patch_size
         x = _zero_padding(x, channel_mask)
-        patches = rearrange(x, "b c (p s) -> (b c p) 1 s", s=self.patch_size)
-        emb = rearrange(self.encoder(patches), "(b c p) d -> b c p d", b=b, c=c)
         if patch_mask is None:
             # All-False rather than skipping: keeps mask_token in the graph (zero gradient) so DDP does not
             # see an unused parameter when finetuning without masking.
@@ -177,6 +217,10 @@ class ChannelPatchEmbed(nn.Module):
                 f"patch_mask must be a bool tensor [b, c, p] = [{b}, {c}, {p}], got "
                 f"{getattr(patch_mask, 'dtype', type(patch_mask))} {tuple(getattr(patch_mask, 'shape', ()))}"
             )
+        patches = rearrange(x, "b c (p s) -> (b c p) 1 s", s=self.patch_size)
+        # Hidden patches give no statistics: their amplitude must not reach the visible tokens.
+        stats = rearrange(channel_mask[:, :, None] & ~patch_mask, "b c p -> b (c p)")
+        emb = rearrange(self.encoder(patches, (b, c * p), stats), "(b c p) d -> b c p d", b=b, c=c)
         emb = torch.where(patch_mask.unsqueeze(-1), self.mask_token.to(emb.dtype), emb)
         emb = emb + self.spatial(channel_ids)[:, :, None, :] + self.temporal.weight[:p][None, None, :, :]
         token_mask = channel_mask.unsqueeze(-1).expand(b, c, p)

@@ -20,7 +20,7 @@ Example::
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.utils.checkpoint
@@ -58,7 +58,17 @@ class EEGMambaConfig:
         adapter: "channel_patch" (LaBraM tokens, one per channel x second) or "st_adaptive" (EEGMamba).
         drop_path: stochastic depth of the last layer; layer i uses ``drop_path * i / (n_layers - 1)``.
         moe_hidden: expert MLP width (None -> 2 * d_model). task_dim: task-embedding width (None -> d_model).
-        moe_noise: noisy gating while training. balance_coef, z_coef: MoE auxiliary-loss weights.
+        moe_noise: noisy gating while training. balance_coef, z_coef: MoE auxiliary-loss weights, the
+            effective ones: ``aux_loss`` is added to objectives with weight 1 (Shazeer et al.: 0.1 on the
+            balance term; ST-MoE: 1e-3 on the router z-loss).
+        gate_noise: "relative": gate-noise std = ``moe_noise_rel`` x each token's clean-logit spread
+            (learnable factor); "absolute": the legacy ``softplus(W_n h) + 0.01``, which starts 3x larger
+            than that spread. See foundation.moe.
+        task_embed: "tracked" (task rows start small, the MoE records which rows training used, and
+            ``inherit_task_rows`` starts unused rows from the used ones) or "legacy" (N(0, 1) rows).
+        patch_norm: "sample": the patch encoder's GroupNorms take statistics over all real patches of a
+            sample (LaBraM), so a patch's amplitude relative to the rest of its sample survives; "patch":
+            legacy, each 1-s patch normalised on its own (amplitude discarded).
         conv_channels: feature maps of the channel-patch temporal conv encoder.
         st_stride, st_wide_kernel: ST-Adaptive samples per token and wide-path kernel (None -> 8 * stride).
         scan_backend: selective-scan implementation (``foundation.ssm.SCAN_BACKENDS``): "auto" (mamba-ssm,
@@ -82,12 +92,22 @@ class EEGMambaConfig:
     moe_hidden: int | None = None
     task_dim: int | None = None
     moe_noise: bool = True
-    balance_coef: float = 1e-2
+    balance_coef: float = 1e-1
     z_coef: float = 1e-3
     conv_channels: int = 8
     st_stride: int = 25
     st_wide_kernel: int | None = None
     scan_backend: str = "auto"
+    gate_noise: Literal["relative", "absolute"] = "relative"
+    moe_noise_rel: float = 0.25
+    task_embed: Literal["tracked", "legacy"] = "tracked"
+    patch_norm: Literal["sample", "patch"] = "sample"
+
+    # What a config.json written before a field existed meant: ``read_config`` fills missing keys from
+    # here (not from the defaults above), so an old checkpoint rebuilds exactly the model it was trained as.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "gate_noise": "absolute", "task_embed": "legacy", "patch_norm": "patch",
+    }
 
     def __post_init__(self) -> None:
         positive = ("d_model", "n_layers", "n_experts", "top_k", "n_tasks", "d_state", "d_conv", "expand",
@@ -110,6 +130,15 @@ class EEGMambaConfig:
             raise ValueError(f"EEGMambaConfig.balance_coef/z_coef must be >= 0, got {self.balance_coef}, {self.z_coef}")
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"EEGMambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        if not self.moe_noise_rel > 0 or self.gate_noise not in ("relative", "absolute"):
+            raise ValueError(
+                f"EEGMambaConfig: gate_noise must be 'relative' or 'absolute' and moe_noise_rel > 0, got "
+                f"{self.gate_noise!r}, {self.moe_noise_rel!r}"
+            )
+        if self.task_embed not in ("tracked", "legacy"):
+            raise ValueError(f"EEGMambaConfig.task_embed must be 'tracked' or 'legacy', got {self.task_embed!r}")
+        if self.patch_norm not in ("sample", "patch"):
+            raise ValueError(f"EEGMambaConfig.patch_norm must be 'sample' or 'patch', got {self.patch_norm!r}")
         if self.adapter == "st_adaptive" and self.patch_size % self.st_stride:
             raise ValueError(f"EEGMambaConfig.st_stride={self.st_stride} must divide patch_size={self.patch_size}")
 
@@ -190,7 +219,8 @@ class EEGMamba(
         self.config = config
         if config.adapter == "channel_patch":
             self.embed: nn.Module = ChannelPatchEmbed(
-                config.d_model, config.patch_size, config.max_patches, config.n_channel_ids, config.conv_channels
+                config.d_model, config.patch_size, config.max_patches, config.n_channel_ids, config.conv_channels,
+                patch_norm=config.patch_norm,
             )
         else:
             self.embed = STAdaptiveEmbed(
@@ -210,7 +240,8 @@ class EEGMamba(
             TaskMoE(
                 config.d_model, config.n_experts, config.top_k, config.n_tasks, hidden=config.moe_hidden,
                 task_dim=config.task_dim, noise=config.moe_noise, balance_coef=config.balance_coef,
-                z_coef=config.z_coef, drop_path=r,
+                z_coef=config.z_coef, drop_path=r, noise_rel=config.moe_noise_rel if config.gate_noise == "relative" else None,
+                task_embed=config.task_embed,
             )
             for r in rates
         )
@@ -229,6 +260,15 @@ class EEGMamba(
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.blocks[i](h, seq_mask)
         return self.moes[i](h, task_ids, seq_mask)
+
+    def inherit_task_rows(self, task_ids) -> dict[int, list[int]]:
+        """Before finetuning on ``task_ids``: start every task row that training never used from the mean
+        of the used rows, in each MoE layer (``task_embed="tracked"``; a no-op for "legacy" models).
+
+        A backbone pretrained on task 0 only then routes a new task exactly as it routed pretraining data.
+        Returns ``{layer: rows set}``.
+        """
+        return {i: moe.inherit_task_rows(task_ids) for i, moe in enumerate(self.moes)}
 
     @property
     def d_model(self) -> int:

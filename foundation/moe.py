@@ -10,7 +10,9 @@ Layout (pre-norm + residual, like ``BiMambaBlock``)::
 
     h        = LayerNorm(x)                                   [b l d]
     logits   = W_g [h ; task_emb(task_id)]                     [n e]   (real tokens only, n = sum(mask))
-    noisy    = logits + randn * softplus(W_n [h ; task_emb])   (training only)
+    noisy    = logits + randn * sigma                            (training only)
+    sigma    = noise_rel * softplus(W_n [h ; task_emb]) / ln 2 * std_e(logits)   (noise_rel set: relative)
+             = softplus(W_n [h ; task_emb]) + 0.01                              (noise_rel None: legacy)
     top-k of noisy -> g = softmax over the k kept logits      [n k]
     moe(h)   = sum_j g_j * expert_{i_j}(h) + (1 - max_j g_j) * universal(h)
     y        = x + drop_path(moe(h))                          padded positions: y = x
@@ -18,6 +20,18 @@ Layout (pre-norm + residual, like ``BiMambaBlock``)::
 Auxiliary loss (returned, the caller adds it to its objective)::
 
     aux = balance_coef * (cv2(importance) + cv2(load)) + z_coef * mean(logsumexp(logits)^2)
+
+Why relative noise: with the absolute form the noise std starts at softplus(0) = 0.69 while a fresh
+router's clean logits spread by ~0.2, so training routing is decided by the noise, the balance loss is
+satisfied by the noise, and noise-free evaluation routing is left unbalanced. Relative noise is a fixed
+fraction (learnable per token through ``W_n``) of the token's own clean-logit spread: it explores
+near-ties without ever dominating, and the balance loss has to balance the clean logits.
+
+Task embeddings (``task_embed="tracked"``, the default): rows start at std 0.02 (a N(0, 1) row would
+outweigh the LayerNormed token in the gate and scramble routing when a task id changes); the persistent
+buffer ``task_seen [n_tasks]`` records which rows training has used, and :meth:`TaskMoE.inherit_task_rows`
+starts an unused row from the mean of the used ones when finetuning begins. ``"legacy"``: N(0, 1) rows,
+no record, no inheritance (what checkpoints from before this option were built with).
 
 ``importance[e]`` sums the gate weights given to expert e, ``load[e]`` is Shazeer's smooth
 (differentiable) estimate of how many tokens pick e; both over real tokens only. ``cv2`` is the squared
@@ -28,11 +42,15 @@ softmax stays in a well-conditioned range under bf16.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TaskMoE", "Expert"]
+__all__ = ["TaskMoE", "Expert", "TASK_EMBED_MODES"]
+
+TASK_EMBED_MODES = ("tracked", "legacy")
 
 
 class Expert(nn.Module):
@@ -67,7 +85,10 @@ class TaskMoE(nn.Module):
             layer then holds ``9 * 4 d^2`` expert weights, which is what sets the model sizes).
         task_dim: width of the task embedding concatenated to the token for the gate (default d_model).
         noise: add learned Gaussian noise to the gate logits while training (Shazeer's noisy top-k).
-        balance_coef, z_coef: weights of the balance term and the router z-loss in ``aux_loss``.
+        balance_coef, z_coef: weights of the balance term and the router z-loss in ``aux_loss``; these are
+            the effective weights (objectives add ``aux_loss`` with weight 1).
+        noise_rel: relative gate-noise scale (see the module docstring); None = legacy absolute noise.
+        task_embed: "tracked" (small init, ``task_seen`` record, inheritance) or "legacy" (N(0, 1) rows).
         drop_path: stochastic-depth probability for the MoE branch (per sample, training only).
         dropout: dropout inside the experts.
     """
@@ -81,10 +102,12 @@ class TaskMoE(nn.Module):
         hidden: int | None = None,
         task_dim: int | None = None,
         noise: bool = True,
-        balance_coef: float = 1e-2,
+        balance_coef: float = 1e-1,
         z_coef: float = 1e-3,
         drop_path: float = 0.0,
         dropout: float = 0.0,
+        noise_rel: float | None = 0.25,
+        task_embed: str = "tracked",
     ) -> None:
         super().__init__()
         if not 1 <= top_k < n_experts:
@@ -94,7 +117,11 @@ class TaskMoE(nn.Module):
         hidden = hidden if hidden is not None else 2 * d_model
         task_dim = task_dim if task_dim is not None else d_model
         self.d_model, self.n_experts, self.top_k, self.n_tasks = d_model, n_experts, top_k, n_tasks
-        self.noise = noise
+        if task_embed not in TASK_EMBED_MODES:
+            raise ValueError(f"TaskMoE: task_embed must be one of {TASK_EMBED_MODES}, got {task_embed!r}")
+        if noise_rel is not None and noise_rel <= 0:
+            raise ValueError(f"TaskMoE: noise_rel must be > 0 or None, got {noise_rel}")
+        self.noise, self.noise_rel, self.task_embed_mode = noise, noise_rel, task_embed
         self.balance_coef, self.z_coef = balance_coef, z_coef
         self.drop_path = drop_path
 
@@ -108,6 +135,24 @@ class TaskMoE(nn.Module):
         # first step and eval-mode routing is not a tie; zero noise weights give softplus(0) = 0.69 noise.
         nn.init.normal_(self.gate.weight, std=0.02)
         nn.init.zeros_(self.noise_gate.weight)
+        if task_embed == "tracked":
+            nn.init.normal_(self.task_embed.weight, std=0.02)
+            self.register_buffer("task_seen", torch.zeros(n_tasks, dtype=torch.bool))
+
+    @torch.no_grad()
+    def inherit_task_rows(self, task_ids) -> list[int]:
+        """Start task rows training never used from the mean of the used rows; returns the rows set.
+
+        A no-op with ``task_embed="legacy"`` or before any row was used (a fresh model).
+        """
+        if self.task_embed_mode != "tracked" or not bool(self.task_seen.any()):
+            return []
+        seen = self.task_seen
+        source = self.task_embed.weight[seen].mean(0)
+        changed = [int(t) for t in task_ids if not bool(seen[int(t)])]
+        for t in changed:
+            self.task_embed.weight[t] = source
+        return changed
 
     def _check(self, x: torch.Tensor, task_ids: torch.Tensor | None, mask: torch.Tensor | None):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
@@ -142,7 +187,11 @@ class TaskMoE(nn.Module):
         g_in = torch.cat([h, self.task_embed(task).to(h.dtype)], dim=-1)
         clean = self.gate(g_in)
         use_noise = self.noise and self.training
-        if use_noise:
+        if use_noise and self.noise_rel is not None:
+            spread = clean.detach().float().std(dim=-1, keepdim=True).to(clean.dtype) + 1e-6
+            noise_std = self.noise_rel / math.log(2.0) * F.softplus(self.noise_gate(g_in)) * spread
+            noisy = clean + torch.randn_like(clean) * noise_std
+        elif use_noise:
             noise_std = F.softplus(self.noise_gate(g_in)) + 1e-2
             noisy = clean + torch.randn_like(clean) * noise_std
         else:
@@ -189,6 +238,8 @@ class TaskMoE(nn.Module):
         x_flat = x.reshape(b * l, d)
         h = self.norm(x_flat.index_select(0, flat_pos))  # [n d]
         task = task_ids.repeat_interleave(l).index_select(0, flat_pos)  # [n]
+        if self.training and self.task_embed_mode == "tracked":
+            self.task_seen[task_ids.unique()] = True
         top_idx, top_gate, clean, load = self.route(h, task)
 
         # Grouped dispatch: one pass per expert over the (token, slot) pairs it received.

@@ -68,7 +68,10 @@ class ObjectiveConfig:
     )
     mask_ratio: float = option("masked_token: fraction of (channel, patch) tokens masked", 0.5)
     symmetric: bool = option("masked_token: also train on the complement mask (LaBraM)", True)
-    moe_aux_weight: float = option("weight of the MoE load-balancing auxiliary loss", 0.01)
+    moe_aux_weight: float = option(
+        "multiplier of the backbone's MoE auxiliary loss (already weighted by model balance_coef/z_coef; "
+        "the pre-fix setup was 0.01 with balance_coef 0.01)", 1.0)
+    task_aware: bool = option("route each sample with its shards' task id (foundation.tasks); false = all task 0", True)
     tokenizer_steps: int = option("tokenizer='auto': training steps of the small tokenizer", 150)
     stft: STFTConfig = option("masked_stft: STFT window/hop/target ([objective.stft])", factory=STFTConfig)
     mask: MaskConfig = option("masked_stft: Gaussian soft-mask families and widths ([objective.mask])", factory=MaskConfig)

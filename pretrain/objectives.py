@@ -17,7 +17,13 @@ expert_load=[n_layers, n_experts])``; ``export(dir)`` writes what downstream cod
 * :class:`TokenizerObjective`: trains a VQ-NSP tokenizer itself (``tokenizer/run.py``).
 
 Padded channels (``channel_mask`` False) are never masked and never count in a loss. The MoE
-auxiliary loss of the backbone is added with ``moe_aux_weight``. Randomness (masks, MoE noise) comes
+auxiliary loss of the backbone (already weighted by its ``balance_coef`` / ``z_coef``) is added with
+``moe_aux_weight`` (default 1, so the backbone config holds the one effective coefficient).
+
+Task-aware pretraining (``task_aware=True``, default): each sample's shard ``task`` name (the batch's
+``task`` list) selects its router row through ``foundation.tasks.TASK_IDS`` (unknown / unlabeled -> 0),
+so the rows finetuning uses are trained too; labels are never read. ``task_aware=False``: every sample
+is task 0 (the legacy behaviour). Randomness (masks, MoE noise) comes
 from the global torch RNG, which accelerate checkpoints, so a resumed run draws the same masks.
 """
 
@@ -33,6 +39,7 @@ from torch import nn
 
 from foundation.model import EEGMamba, EEGMambaConfig
 from shards.sample import PATCH_SAMPLES
+from foundation.tasks import task_ids as task_ids_of
 from tokenizer.spectral import MaskConfig, STFTConfig, corrupt, masked_spectral_loss, to_patches
 
 
@@ -77,10 +84,11 @@ def build_backbone(size: str, overrides: dict[str, Any], crop_patches: int) -> E
 
 
 class _BackboneObjective(Objective):
-    def __init__(self, backbone: EEGMamba, moe_aux_weight: float) -> None:
+    def __init__(self, backbone: EEGMamba, moe_aux_weight: float, task_aware: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         self.moe_aux_weight = moe_aux_weight
+        self.task_aware = task_aware
         self.patch_size = backbone.config.patch_size
 
     def export(self, out_dir: str | Path) -> Path:
@@ -89,9 +97,9 @@ class _BackboneObjective(Objective):
         self.backbone.save_pretrained(out_dir)
         return out_dir
 
-    @staticmethod
-    def _task_ids(n: int, device: torch.device) -> torch.Tensor:
-        return torch.zeros(n, dtype=torch.long, device=device)  # task 0 = pretraining
+    def _task_ids(self, batch: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
+        """``[n]`` router ids: the shards' task names when task-aware, else all 0 (pretraining)."""
+        return task_ids_of(batch.get("task") if self.task_aware else None, n, device)
 
 
 class MaskedTokenObjective(_BackboneObjective):
@@ -102,14 +110,15 @@ class MaskedTokenObjective(_BackboneObjective):
         tokenizer: a trained ``tokenizer.vqnsp.VQNSP`` (frozen here) with the backbone's patch size.
         mask_ratio: fraction of real patches masked (LaBraM: 0.5).
         symmetric: also train on the complement mask.
-        moe_aux_weight: weight of the MoE auxiliary loss.
+        moe_aux_weight: multiplier of the backbone's (already weighted) MoE auxiliary loss.
+        task_aware: route each sample with its shard task's id (see the module docstring).
     """
 
     name = "masked_token"
 
     def __init__(self, backbone: EEGMamba, tokenizer: nn.Module, mask_ratio: float = 0.5, symmetric: bool = True,
-                 moe_aux_weight: float = 0.01) -> None:
-        super().__init__(backbone, moe_aux_weight)
+                 moe_aux_weight: float = 1.0, task_aware: bool = True) -> None:
+        super().__init__(backbone, moe_aux_weight, task_aware)
         if backbone.config.adapter != "channel_patch":
             raise ValueError("objective masked_token needs model.adapter = 'channel_patch' (it masks channel patches)")
         tok_patch = getattr(getattr(tokenizer, "config", None), "patch_size", self.patch_size)
@@ -156,7 +165,7 @@ class MaskedTokenObjective(_BackboneObjective):
         n = len(masks)
         out = self.backbone(
             x.repeat(n, 1, 1), ids.repeat(n, 1), cmask.repeat(n, 1),
-            task_ids=self._task_ids(n * b, x.device), patch_mask=torch.cat(masks),
+            task_ids=self._task_ids(batch, b, x.device).repeat(n), patch_mask=torch.cat(masks),
         )
         logits = rearrange(self.head(out.tokens), "(n b) (c p) k -> n b c p k", n=n, c=c)
         logs: dict[str, torch.Tensor] = {}
@@ -180,14 +189,15 @@ class MaskedSTFTObjective(_BackboneObjective):
         backbone: the EEGMamba to train.
         stft: STFT settings (the hop must divide the patch size).
         mask: soft-mask settings (fraction hidden, families, widths).
-        moe_aux_weight: weight of the MoE auxiliary loss.
+        moe_aux_weight: multiplier of the backbone's (already weighted) MoE auxiliary loss.
+        task_aware: route each sample with its shard task's id (see the module docstring).
     """
 
     name = "masked_stft"
 
     def __init__(self, backbone: EEGMamba, stft: STFTConfig = STFTConfig(), mask: MaskConfig = MaskConfig(),
-                 moe_aux_weight: float = 0.01) -> None:
-        super().__init__(backbone, moe_aux_weight)
+                 moe_aux_weight: float = 1.0, task_aware: bool = True) -> None:
+        super().__init__(backbone, moe_aux_weight, task_aware)
         if backbone.config.adapter != "channel_patch":
             raise ValueError("objective masked_stft predicts per (channel, patch) token: needs model.adapter = 'channel_patch'")
         if self.patch_size % stft.hop:
@@ -201,7 +211,7 @@ class MaskedSTFTObjective(_BackboneObjective):
         x, ids, cmask = batch["x"], batch["channel_ids"], batch["channel_mask"]
         b, c, t = x.shape
         x_masked, target, soft = corrupt(x.float(), self.stft, self.mask, channel_mask=cmask)
-        out = self.backbone(x_masked, ids, cmask, task_ids=self._task_ids(b, x.device))
+        out = self.backbone(x_masked, ids, cmask, task_ids=self._task_ids(batch, b, x.device))
         pred = rearrange(self.head(out.tokens).float(), "b (c p) kf -> b c p kf", c=c)
         target_p = to_patches(target, self.patch_size, self.stft)  # [b c p (k f)]
         mask_p = to_patches(soft, self.patch_size, self.stft)

@@ -89,9 +89,11 @@ def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: l
     if obj.name == "masked_token":
         path = tokenizer_dir(config, accelerator, corpora)
         return MaskedTokenObjective.from_tokenizer_dir(
-            backbone, path, mask_ratio=obj.mask_ratio, symmetric=obj.symmetric, moe_aux_weight=obj.moe_aux_weight
+            backbone, path, mask_ratio=obj.mask_ratio, symmetric=obj.symmetric, moe_aux_weight=obj.moe_aux_weight,
+            task_aware=obj.task_aware,
         )
-    return MaskedSTFTObjective(backbone, stft=obj.stft, mask=obj.mask, moe_aux_weight=obj.moe_aux_weight)
+    return MaskedSTFTObjective(backbone, stft=obj.stft, mask=obj.mask, moe_aux_weight=obj.moe_aux_weight,
+                               task_aware=obj.task_aware)
 
 
 def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelerator | None = None) -> TrainResult:

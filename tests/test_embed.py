@@ -14,8 +14,63 @@ D, S = 32, 200
 
 @pytest.fixture()
 def cpe() -> ChannelPatchEmbed:
+    """The legacy per-patch normalisation: every token depends on its own patch only."""
+    torch.manual_seed(0)
+    return ChannelPatchEmbed(D, patch_size=S, max_patches=6, n_channel_ids=50, patch_norm="patch").eval()
+
+
+@pytest.fixture()
+def cpe_sample() -> ChannelPatchEmbed:
     torch.manual_seed(0)
     return ChannelPatchEmbed(D, patch_size=S, max_patches=6, n_channel_ids=50).eval()
+
+
+def _eeg_like(b=2, c=3, p=4):
+    """Smooth, EEG-like patches (a 10-Hz rhythm + 1/f-ish noise) so amplitude is the only difference."""
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(p * S) / 200.0
+    noise = torch.cumsum(torch.randn(b, c, p * S, generator=g), -1) * 0.05
+    noise = noise - noise.mean(-1, keepdim=True)
+    return torch.sin(2 * torch.pi * 10 * t) + noise, torch.randint(1, 50, (b, c), generator=g)
+
+
+def _cos(a, b):
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1).detach()
+
+
+def test_sample_norm_keeps_the_relative_amplitude_of_a_patch(cpe, cpe_sample):
+    """Scaling one patch x3 must change its token (per-sample statistics); the legacy norm discards it."""
+    x, ids = _eeg_like()
+    x3 = x.clone()
+    x3[0, 1, 2 * S : 3 * S] *= 3.0
+    k = 1 * 4 + 2
+    # Compare encoder outputs (the position embeddings are the same in both).
+    for model, lo, hi in ((cpe, 0.99, 1.0), (cpe_sample, -1.0, 0.9)):
+        a = model(x, ids)[0][0, k] - model.spatial.weight[ids[0, 1]]
+        b = model(x3, ids)[0][0, k] - model.spatial.weight[ids[0, 1]]
+        assert lo <= float(_cos(a, b)) <= hi, (model.encoder.patch_norm, float(_cos(a, b)))
+
+
+def test_sample_norm_is_invariant_to_a_whole_sample_gain_and_ignores_hidden_patches(cpe_sample):
+    x, ids = _eeg_like()
+    ref, _, _ = cpe_sample(x, ids)
+    scaled, _, _ = cpe_sample(x * 7.0, ids)  # units / amplifier gain
+    assert float(_cos(ref, scaled).min()) > 0.98  # exact but for the first conv's bias
+    pm = torch.zeros(2, 3, 4, dtype=torch.bool)
+    pm[0, 2, 1] = True
+    a, _, _ = cpe_sample(x, ids, patch_mask=pm)
+    x2 = x.clone()
+    x2[0, 2, S : 2 * S] *= 50.0  # a hidden patch's amplitude must not reach any token
+    b, _, _ = cpe_sample(x2, ids, patch_mask=pm)
+    torch.testing.assert_close(a, b)
+
+
+def test_sample_norm_statistics_ignore_padded_channels(cpe_sample):
+    x, ids = _eeg_like(b=1, c=2)
+    alone, _, _ = cpe_sample(x, ids)
+    padded = torch.cat([x, 100 * torch.randn(1, 2, 4 * S)], dim=1)
+    out, _, _ = cpe_sample(padded, torch.cat([ids, ids], 1), torch.tensor([[True, True, False, False]]))
+    torch.testing.assert_close(out[:, :8], alone, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture()
