@@ -215,7 +215,7 @@ class MaskedSTFTObjective(_BackboneObjective):
         pred = rearrange(self.head(out.tokens).float(), "b (c p) kf -> b c p kf", c=c)
         target_p = to_patches(target, self.patch_size, self.stft)  # [b c p (k f)]
         mask_p = to_patches(soft, self.patch_size, self.stft)
-        loss = masked_spectral_loss(pred, target_p, mask_p, cmask)
+        loss = masked_spectral_loss(pred, target_p, mask_p, cmask, threshold=self.mask.loss_threshold)
         aux = out.aux_loss.float()
         real = cmask[:, :, None, None].expand_as(mask_p)
         return {
@@ -231,7 +231,7 @@ class TokenizerObjective(Objective):
     """Trains a VQ-NSP tokenizer: loss = quantisation + amplitude + phase (from ``VQNSP.forward``)."""
 
     name = "tokenizer"
-    _LOGS = ("loss_quant", "loss_amp", "loss_phase", "perplexity", "usage", "dead_fraction")
+    _LOGS = ("loss_quant", "loss_amp", "loss_phase", "perplexity", "usage", "batch_usage", "dead_fraction", "n_restarted")
 
     def __init__(self, tokenizer: nn.Module) -> None:
         super().__init__()

@@ -211,3 +211,34 @@ def test_distributed_ranks_keep_identical_codebooks(tmp_path):
     assert bool(a["initialized"]) and all(torch.equal(a[k], b[k]) for k in a)
     # Statistics are global: both ranks' vectors (24 each) were counted.
     assert math.isclose(a["vectors_per_step"].item(), 48.0, rel_tol=1e-4)
+
+
+def _drifted_run(dead_decay, steps: int = 60) -> tuple[int, float]:
+    """k-means on one distribution, then the data move to another (as an encoder's outputs do early in
+    training): codes fitted to the first are dead. Returns (codes restarted, global usage at the end)."""
+    torch.manual_seed(0)
+    first, _, _ = _clusters(64, 8, 16, seed=1)
+    book = EMACodebook(64, 16, decay=0.99, dead_code_threshold=0.02, dead_decay=dead_decay, usage_window=20).train()
+    book(first)  # k-means on the first distribution
+    restarted = 0
+    for step in range(steps):
+        later, _, _ = _clusters(8, 64, 16, seed=100 + step % 4)  # 8 tight clusters elsewhere
+        restarted += book(later).n_restarted
+    return restarted, float(book(later).used_fraction)
+
+
+def test_dead_codes_restart_within_a_short_run_and_global_usage_rises():
+    legacy_restarts, legacy_usage = _drifted_run(dead_decay=None)
+    assert legacy_restarts == 0  # the slow EMA needs ~390 steps to call a k-means code dead
+    restarts, usage = _drifted_run(dead_decay=0.9)
+    assert restarts >= 20 and usage > legacy_usage + 0.2, (restarts, usage, legacy_usage)
+
+
+def test_used_fraction_is_global_over_the_window_and_batch_usage_per_batch():
+    book = EMACodebook(32, 8, kmeans_init=False, dead_code_threshold=0.0, usage_window=4).train()
+    for k in range(4):  # batch k holds vectors nearest to codes 8k..8k+7 only
+        out = book(book.embed[8 * k : 8 * k + 8].clone())
+        assert out.batch_used_fraction.item() == pytest.approx(0.25)
+        assert out.used_fraction.item() == pytest.approx(0.25 * (k + 1))
+    assert book(book.embed[:8].clone()).used_fraction.item() == pytest.approx(1.0)
+    assert book(book.embed[:8].clone()).used_fraction.item() == pytest.approx(0.75)  # codes 8-15 fell out

@@ -281,3 +281,55 @@ def test_apply_mask_zeroes_hidden_bins():
     mask[..., 10:20, :] = 1.0
     out = apply_mask(spec, mask)
     assert (out[..., 10:20, :] == 0).all() and torch.equal(out[..., :10, :], spec[..., :10, :])
+
+
+# ------------------------------------------------------------------ hidden means hidden (issue 15, item 3)
+
+LEGACY_MASK = dict(loss_threshold=0.0, cleanup_iters=0)
+
+
+def _hidden_residual(x: torch.Tensor, config: MaskConfig, seed: int = 0) -> tuple[float, float]:
+    """(energy left in the scored bins / their clean energy, share of the loss weight on bins with mask < 0.9)."""
+    out = corrupt(x, mask_config=config, generator=torch.Generator().manual_seed(seed))
+    scored = out.mask >= 0.9
+    clean = stft(x).abs() ** 2
+    left = stft(out.x_masked).abs() ** 2
+    weight = out.mask * (out.mask >= config.loss_threshold)
+    return float(left[scored].sum() / clean[scored].sum()), float(weight[~scored].sum() / weight.sum())
+
+
+def test_scored_bins_carry_no_residual_and_the_fringe_is_not_scored():
+    x = _pink_alpha(4, 3, 2000, seed=3)
+    legacy_residual, legacy_fringe = _hidden_residual(x, MaskConfig(**LEGACY_MASK))
+    assert legacy_residual > 1e-4 and legacy_fringe > 0.3  # the leak the issue measured (0.1-0.3%, 40-49%)
+    residual, fringe = _hidden_residual(x, MaskConfig())
+    assert residual < 1e-5 and fringe == 0.0
+
+
+def test_a_linear_read_out_of_hidden_bins_gains_nothing_from_the_input_there():
+    """Regress the clean log-STFT of scored bins on the corrupted input's log-STFT at the same bins: the
+    legacy corruption lets it explain much of the target; after the fix the read-out is ~flat (the input
+    there is at the noise floor of the log target)."""
+    x = _pink_alpha(8, 4, 2000, seed=5)
+
+    def explained(config: MaskConfig) -> float:
+        out = corrupt(x, mask_config=config, generator=torch.Generator().manual_seed(1))
+        scored = out.mask >= 0.9
+        seen = spectral_target(stft(out.x_masked))[scored]
+        target = out.target[scored]
+        slope = ((seen - seen.mean()) * (target - target.mean())).sum() / (seen - seen.mean()).pow(2).sum()
+        # target variance explained, relative to a read-out that ignores the input (predicts the mean)
+        fit = target.mean() + slope * (seen - seen.mean())
+        return float(1 - (target - fit).pow(2).mean() / target.var(unbiased=False))
+
+    legacy, fixed = explained(MaskConfig(**LEGACY_MASK)), explained(MaskConfig())
+    assert legacy > 0.08 and fixed < 0.03 and fixed < 0.25 * legacy  # measured: 0.108 -> 0.013
+
+
+def test_loss_threshold_drops_the_fringe_from_the_loss():
+    pred, target = torch.zeros(1, 1, 4), torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    mask = torch.tensor([[[0.5, 0.95, 1.0, 0.0]]])
+    assert masked_spectral_loss(pred, target, mask).item() == pytest.approx((0.5 * 1 + 0.95 * 4 + 9) / 2.45)
+    assert masked_spectral_loss(pred, target, mask, threshold=0.9).item() == pytest.approx((0.95 * 4 + 9) / 1.95)
+    with pytest.raises(ValueError, match="loss_threshold"):
+        MaskConfig(loss_threshold=1.0)

@@ -193,3 +193,36 @@ def test_config_validation_and_input_errors():
     model = VQNSP(VQNSPConfig.from_size("tiny"))
     with pytest.raises(ValueError, match="multiple of patch_size"):
         model(torch.randn(1, 2, 350), torch.zeros(1, 2, dtype=torch.long))
+
+
+def _train_then_compare_codes(code_norm: str, steps: int = 25) -> float:
+    """Fraction of real tokens whose training-mode code equals ``encode``'s after a short run."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = VQNSP(VQNSPConfig.from_size("tiny", code_norm=code_norm, max_patches=4))
+    ids = torch.arange(1, 5).repeat(8, 1)
+    _train(model, lambda step: (_pink_alpha(rng, 8, 4, 800), ids, None), steps)
+    x = _pink_alpha(rng, 8, 4, 800)
+    model.train()
+    model.codebook.eval()  # compare the normalisation paths, not this step's EMA update / restarts
+    trained = model(x, ids)["codes"]
+    return float((trained == model.encode(x, ids)).float().mean())
+
+
+def test_training_codes_are_the_codes_encode_gives():
+    assert _train_then_compare_codes("batchnorm") < 0.95  # batch statistics vs running statistics
+    assert _train_then_compare_codes("running") >= 0.99
+
+
+def test_old_tokenizer_config_keeps_the_legacy_patch_norm_and_dead_code_rule(tmp_path):
+    tok = VQNSP(VQNSPConfig.from_size("tiny", patch_norm="patch", dead_decay=None))
+    tok.save_pretrained(tmp_path / "tok")
+    file = tmp_path / "tok" / "config.json"
+    data = json.loads(file.read_text())
+    for key in ("patch_norm", "dead_decay", "usage_window"):
+        data.pop(key)
+    file.write_text(json.dumps(data))
+    loaded = VQNSP.from_pretrained(tmp_path / "tok")
+    assert (loaded.config.patch_norm, loaded.config.dead_decay) == ("patch", None)
+    assert loaded.embed.encoder.patch_norm == "patch" and loaded.codebook.dead_decay is None
+    assert VQNSPConfig().patch_norm == "sample" and VQNSPConfig().code_norm == "running"

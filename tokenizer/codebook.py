@@ -11,17 +11,24 @@ What it does, per training forward on encoder outputs ``z [..., D]``:
    so codes start on the data instead of random directions that the encoder would never reach: the
    codebook waits (quantising with its random start, no EMA update) until ``kmeans_init_samples`` vectors
    have been seen, then clusters them all.
-4. **Dead-code restart**: a code whose EMA usage falls below ``dead_code_threshold`` x the uniform share
-   (``vectors_per_step / num_codes``, the EMA usage every code would have if all were used equally) is
-   moved onto a random recent encoder output (a ring buffer of ``pool_size`` vectors) and credited a uniform
-   share, so it gets ``log(threshold) / log(decay)`` steps (~390 at 0.02 / 0.99) to attract data before it
-   can be restarted again. This is what keeps a large codebook from collapsing onto a handful of codes.
+4. **Dead-code restart**: a code whose recent usage falls below ``dead_code_threshold`` x the uniform share
+   (the usage every code would have if all were used equally) is moved onto a random recent encoder output
+   (a ring buffer of ``pool_size`` vectors) and credited a uniform share. "Recent usage" is an EMA of the
+   per-step counts with its own, faster decay ``dead_decay`` (default 0.9): a code then counts as dead
+   ``log(threshold) / log(dead_decay)`` steps (~37 at 0.02 / 0.9) after it was last used, and codes the
+   k-means left empty are restarted at the first step. With ``dead_decay=None`` (legacy) the slow codebook
+   EMA (``decay`` 0.99) decides, which takes ~390 steps: no restart ever fires in a 200-step run. This is
+   what keeps a large codebook from collapsing onto a handful of codes.
 5. Output: straight-through quantised vectors (forward value = the code, gradient = identity to ``z``) and
    the commitment loss ``weight * mean ||sg(q) - normalize(z)||^2 / D`` (LaBraM: weight 1, MSE over elements).
 
 Distributed (``torch.distributed`` initialised): the per-step counts and sums are all-reduced before the EMA
 update, the k-means result and restarted codes are computed on rank 0 and broadcast, so every rank keeps an
 identical codebook without relying on DDP's buffer broadcast. The usage statistics are global then too.
+
+Usage reporting: ``used_fraction`` is the *global* usage, the fraction of the codebook assigned at least
+once in the last ``usage_window`` training steps (per-batch usage cannot exceed real vectors / K);
+``batch_used_fraction`` is the per-batch figure.
 
 Padding: ``mask [...]`` (True = real vector) keeps padded positions out of every statistic; their code is -1
 and their quantised vector 0, so a downstream cross-entropy that forgets to mask them fails loudly.
@@ -111,7 +118,8 @@ class QuantizerOutput:
     codes: torch.Tensor  # [...] long code ids (-1 at padding)
     loss: torch.Tensor  # scalar commitment loss
     perplexity: torch.Tensor  # scalar exp(entropy) of this step's code histogram (1 .. num_codes)
-    used_fraction: torch.Tensor  # scalar fraction of codes used at least once in this step
+    used_fraction: torch.Tensor  # scalar fraction of codes used at least once in the last usage_window steps
+    batch_used_fraction: torch.Tensor  # scalar fraction of codes used at least once in this batch
     dead_fraction: torch.Tensor  # scalar fraction of codes under the EMA dead threshold (before restarts)
     n_restarted: int  # codes restarted in this step
 
@@ -133,6 +141,9 @@ class EMACodebook(nn.Module):
         commitment_weight: weight of the commitment loss (LaBraM's beta = 1).
         pool_size: recent (normalised, real) encoder outputs kept for restarts and the k-means
             (default ``max(2 * num_codes, kmeans_init_samples)``); not saved in checkpoints.
+        dead_decay: decay of the usage EMA that decides which codes are dead (None = legacy: the
+            codebook's own ``decay``).
+        usage_window: training steps over which ``used_fraction`` counts a code as used.
     """
 
     def __init__(
@@ -147,6 +158,8 @@ class EMACodebook(nn.Module):
         dead_code_threshold: float = 0.02,
         commitment_weight: float = 1.0,
         pool_size: int | None = None,
+        dead_decay: float | None = 0.9,
+        usage_window: int = 50,
     ) -> None:
         super().__init__()
         if num_codes < 2 or dim < 1:
@@ -155,7 +168,12 @@ class EMACodebook(nn.Module):
             raise ValueError(f"EMACodebook: decay must be in (0, 1), got {decay}")
         if not 0.0 <= dead_code_threshold < 1.0:
             raise ValueError(f"EMACodebook: dead_code_threshold must be in [0, 1), got {dead_code_threshold}")
+        if dead_decay is not None and not 0.0 < dead_decay < 1.0:
+            raise ValueError(f"EMACodebook: dead_decay must be in (0, 1) or None, got {dead_decay}")
+        if usage_window < 1:
+            raise ValueError(f"EMACodebook: usage_window must be >= 1, got {usage_window}")
         self.num_codes, self.dim, self.decay, self.eps = num_codes, dim, decay, eps
+        self.dead_decay, self.usage_window = dead_decay, int(usage_window)
         self.kmeans_init, self.kmeans_iters = kmeans_init, kmeans_iters
         self.kmeans_init_samples = num_codes if kmeans_init_samples is None else int(kmeans_init_samples)
         if self.kmeans_init_samples < 1:
@@ -179,9 +197,17 @@ class EMACodebook(nn.Module):
         self.register_buffer("pool", torch.zeros(self.pool_size, dim), persistent=False)
         self.register_buffer("pool_count", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("pool_ptr", torch.zeros((), dtype=torch.long), persistent=False)
+        # Training-time bookkeeping, rebuilt after a resume (not saved: checkpoints stay loadable both ways).
+        # recent_usage / recent_total: the fast usage EMA of dead-code detection (-1 = not started yet).
+        self.register_buffer("recent_usage", torch.zeros(num_codes), persistent=False)
+        self.register_buffer("recent_total", torch.full((), -1.0), persistent=False)
+        # last_used[k]: training step at which code k was last assigned (-inf-like -1e9 = never).
+        self.register_buffer("last_used", torch.full((num_codes,), -1e9), persistent=False)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"num_codes={self.num_codes}, dim={self.dim}, decay={self.decay}, dead_code_threshold={self.dead_code_threshold}"
+        return (f"num_codes={self.num_codes}, dim={self.dim}, decay={self.decay}, "
+                f"dead_code_threshold={self.dead_code_threshold}, dead_decay={self.dead_decay}")
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -221,11 +247,31 @@ class EMACodebook(nn.Module):
         self.initialized.fill_(True)
 
     def dead_codes(self) -> torch.Tensor:
-        """Bool ``[num_codes]``: codes whose EMA usage is under the threshold (none before any usage is known)."""
-        total = self.vectors_per_step
+        """Bool ``[num_codes]``: codes whose recent usage is under the threshold (none before any usage is known)."""
+        if self.dead_decay is None:
+            usage, total = self.cluster_size, self.vectors_per_step
+        else:
+            usage, total = self.recent_usage, self.recent_total
         if self.dead_code_threshold <= 0 or total <= 0:
             return torch.zeros_like(self.cluster_size, dtype=torch.bool)
-        return self.cluster_size < self.dead_code_threshold * total / self.num_codes
+        return usage < self.dead_code_threshold * total / self.num_codes
+
+    @torch.no_grad()
+    def _track_usage(self, counts: torch.Tensor) -> None:
+        """Fast usage EMA (dead-code detection) and the step each code was last used (global usage)."""
+        self.steps += 1
+        self.last_used[counts > 0] = self.steps.to(self.last_used.dtype)
+        if self.dead_decay is None:
+            return
+        if self.recent_total < 0:  # first step after k-means or a resume: start from the slow EMA
+            self.recent_usage.copy_(self.cluster_size)
+            self.recent_total.copy_(self.vectors_per_step)
+        self.recent_usage.mul_(self.dead_decay).add_(counts, alpha=1 - self.dead_decay)
+        self.recent_total.mul_(self.dead_decay).add_(counts.sum(), alpha=1 - self.dead_decay)
+
+    def global_usage(self) -> torch.Tensor:
+        """Fraction of the codebook assigned at least once in the last ``usage_window`` training steps."""
+        return (self.last_used > (self.steps - self.usage_window).to(self.last_used.dtype)).float().mean()
 
     @torch.no_grad()
     def restart_dead_codes(self) -> int:
@@ -249,6 +295,8 @@ class EMACodebook(nn.Module):
         share = self.vectors_per_step / self.num_codes
         self.embed[dead] = picked.to(self.embed.dtype)
         self.cluster_size[dead] = share
+        if self.dead_decay is not None:
+            self.recent_usage[dead] = self.recent_total.clamp_min(0) / self.num_codes
         self.embed_sum[dead] = picked.to(self.embed.dtype) * share
         return n_dead
 
@@ -312,6 +360,7 @@ class EMACodebook(nn.Module):
                 # The output uses the codes as they were before this step's update (as LaBraM does).
                 q_flat = self.embed[codes_flat]  # a copy (advanced indexing)
                 self._ema_update(counts, sums)
+                self._track_usage(counts)
                 n_restarted = self.restart_dead_codes()
             else:
                 q_flat = self.embed[codes_flat]
@@ -326,7 +375,8 @@ class EMACodebook(nn.Module):
 
             probs = counts / counts.sum().clamp_min(1)
             perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
-            used_fraction = (counts > 0).float().mean()
+            batch_used_fraction = (counts > 0).float().mean()
+            used_fraction = self.global_usage() if int(self.steps) > 0 else batch_used_fraction
             codes = torch.where(valid, codes_flat, torch.full_like(codes_flat, -1)).reshape(lead)
         return QuantizerOutput(
             quantized=st.to(z.dtype) if z.dtype in (torch.float16, torch.bfloat16) else st,
@@ -334,6 +384,7 @@ class EMACodebook(nn.Module):
             loss=loss,
             perplexity=perplexity,
             used_fraction=used_fraction,
+            batch_used_fraction=batch_used_fraction,
             dead_fraction=dead_fraction,
             n_restarted=n_restarted,
         )

@@ -32,7 +32,7 @@ its batch has or where they sit.
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -64,11 +64,17 @@ class VQNSPConfig:
             see :class:`tokenizer.codebook.EMACodebook`.
         amp_weight, phase_weight: weights of the amplitude and phase MSEs.
         zscore_eps: added to the per-sample standard deviation of the targets.
-        code_norm: "batchnorm" centres and scales each latent feature over the batch's real tokens (running
-            statistics in eval mode) before the l2 normalisation. Measured on the tiny config: without it the
-            decoder's gradient pushes every token's latent in a common direction (mean pairwise cosine
-            0.6 -> 0.98 within 20 steps) and the codebook collapses to 1-5 codes; centring removes exactly
-            that common mode. "none" is LaBraM's plain path.
+        code_norm: centre and scale each latent feature before the l2 normalisation. Measured on the tiny
+            config: without it the decoder's gradient pushes every token's latent in a common direction (mean
+            pairwise cosine 0.6 -> 0.98 within 20 steps) and the codebook collapses to 1-5 codes; centring
+            removes exactly that common mode. "running" (default): the values use running statistics (updated
+            from each training batch first) in training and in ``encode`` alike, so the codes the tokenizer
+            trains on are the codes ``encode`` gives; the gradient is BatchNorm's (batch statistics), which is
+            what removes the common mode. "batchnorm" (legacy): batch statistics in training, running ones in
+            ``encode`` (69% of codes agreed after 800 steps). "none" is LaBraM's plain path.
+        patch_norm: the patch encoder's GroupNorm statistics, "sample" or legacy "patch" (see
+            ``foundation.embed.TemporalConv``).
+        dead_decay, usage_window: see :class:`tokenizer.codebook.EMACodebook` (None = legacy dead-code rule).
     """
 
     codebook_size: int = 8192
@@ -93,7 +99,13 @@ class VQNSPConfig:
     amp_weight: float = 1.0
     phase_weight: float = 1.0
     zscore_eps: float = 1e-6
-    code_norm: str = "batchnorm"  # "batchnorm" | "none"
+    code_norm: str = "running"  # "running" | "batchnorm" | "none"
+    patch_norm: str = "sample"  # "sample" | "patch"
+    dead_decay: float | None = 0.9
+    usage_window: int = 50
+
+    # Missing from a config.json written before these fields existed: what the code did then.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"patch_norm": "patch", "dead_decay": None}
 
     def __post_init__(self) -> None:
         positive = ("codebook_size", "code_dim", "d_model", "n_layers", "decoder_layers", "patch_size",
@@ -106,8 +118,14 @@ class VQNSPConfig:
             raise ValueError(f"VQNSPConfig.codebook_size must be >= 2, got {self.codebook_size}")
         if self.kmeans_init_samples is not None and self.kmeans_init_samples < 1:
             raise ValueError(f"VQNSPConfig.kmeans_init_samples must be >= 1 or None, got {self.kmeans_init_samples}")
-        if self.code_norm not in ("batchnorm", "none"):
-            raise ValueError(f"VQNSPConfig.code_norm must be 'batchnorm' or 'none', got {self.code_norm!r}")
+        if self.code_norm not in ("running", "batchnorm", "none"):
+            raise ValueError(f"VQNSPConfig.code_norm must be 'running', 'batchnorm' or 'none', got {self.code_norm!r}")
+        if self.patch_norm not in ("sample", "patch"):
+            raise ValueError(f"VQNSPConfig.patch_norm must be 'sample' or 'patch', got {self.patch_norm!r}")
+        if self.dead_decay is not None and not 0.0 < self.dead_decay < 1.0:
+            raise ValueError(f"VQNSPConfig.dead_decay must be in (0, 1) or None, got {self.dead_decay!r}")
+        if self.usage_window < 1:
+            raise ValueError(f"VQNSPConfig.usage_window must be >= 1, got {self.usage_window!r}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError(f"VQNSPConfig.drop_path must be in [0, 1), got {self.drop_path!r}")
         if not 0.0 < self.decay < 1.0:
@@ -145,6 +163,34 @@ TOKENIZER_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(codebook_size=512, code_dim=32, d_model=32, n_layers=2, decoder_layers=1, d_state=8),
     "base": dict(codebook_size=8192, code_dim=64, d_model=128, n_layers=6, decoder_layers=3, d_state=16),
 }
+
+
+class RunningStatNorm(nn.BatchNorm1d):
+    """BatchNorm whose *values* always use the running statistics, in training as in eval.
+
+    Training: the running mean/variance are first updated from the batch (cumulative average over the
+    first ``1 / momentum`` batches, then an EMA), then ``y = (z - running_mean) / sqrt(running_var + eps)``;
+    the gradient is taken through batch statistics (straight-through: ``y_batch + sg(y_running - y_batch)``),
+    which is what projects the common-mode direction out of the encoder's updates. So the code a token gets
+    in a training step is the code ``encode`` gives it. Same parameters and buffers as ``nn.BatchNorm1d``.
+    Input ``z [n D]``.
+    """
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(z)
+        zf = z.float()
+        mean = zf.mean(0)
+        var = zf.var(0, unbiased=False)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            rate = max(self.momentum or 0.0, 1.0 / float(self.num_batches_tracked))
+            n = zf.shape[0]
+            self.running_mean.lerp_(mean.detach(), rate)
+            self.running_var.lerp_(var.detach() * n / max(n - 1, 1), rate)
+        y_batch = (zf - mean) * torch.rsqrt(var + self.eps)
+        y_run = (zf - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
+        return (y_batch + (y_run - y_batch).detach()).to(z.dtype)
 
 
 def _masked_zscore(v: torch.Tensor, channel_mask: torch.Tensor, eps: float) -> torch.Tensor:
@@ -226,7 +272,9 @@ class VQNSP(
             raise TypeError(f"VQNSP(config): expected a VQNSPConfig, got {type(config).__name__}")
         self.config = config
         d = config.d_model
-        self.embed = ChannelPatchEmbed(d, config.patch_size, config.max_patches, config.n_channel_ids, config.conv_channels)
+        self.embed = ChannelPatchEmbed(
+            d, config.patch_size, config.max_patches, config.n_channel_ids, config.conv_channels, patch_norm=config.patch_norm
+        )
         self.encoder = _Stack(config, config.n_layers, config.drop_path)
         self.to_code = _head(d, config.code_dim)
         self.codebook = EMACodebook(
@@ -238,8 +286,11 @@ class VQNSP(
             kmeans_init_samples=config.kmeans_init_samples,
             dead_code_threshold=config.dead_code_threshold,
             commitment_weight=config.commitment_weight,
+            dead_decay=config.dead_decay,
+            usage_window=config.usage_window,
         )
-        self.code_norm = nn.BatchNorm1d(config.code_dim, affine=False) if config.code_norm == "batchnorm" else None
+        norms = {"running": RunningStatNorm, "batchnorm": nn.BatchNorm1d}
+        self.code_norm = norms[config.code_norm](config.code_dim, affine=False) if config.code_norm in norms else None
         self.from_code = nn.Linear(config.code_dim, d)
         self.dec_spatial = nn.Embedding(config.n_channel_ids, d)
         self.dec_temporal = nn.Embedding(config.max_patches, d)
@@ -283,8 +334,8 @@ class VQNSP(
             ``loss`` (scalar, to backpropagate) = ``loss_quant + amp_weight * loss_amp + phase_weight * loss_phase``;
             ``loss_quant``, ``loss_amp``, ``loss_phase`` (scalars);
             ``codes [b c p]`` long (-1 at padded channels);
-            ``perplexity`` (exp entropy of this batch's code histogram), ``usage`` (fraction of the codebook
-            used in this batch), ``dead_fraction`` (fraction under the EMA dead threshold),
+            ``perplexity`` (exp entropy of this batch's code histogram), ``usage`` (global: fraction of the
+            codebook used in the last ``usage_window`` training steps), ``batch_usage`` (this batch), ``dead_fraction`` (fraction under the EMA dead threshold),
             ``n_restarted`` (codes restarted this step) -- detached scalar tensors for logging;
             ``pred_amp``, ``pred_phase``, ``target_amp``, ``target_phase`` ``[b c p f]`` (z-scored units).
         """
@@ -316,6 +367,7 @@ class VQNSP(
             "codes": rearrange(vq.codes, "b (c p) -> b c p", c=c),
             "perplexity": vq.perplexity.detach(),
             "usage": vq.used_fraction.detach(),
+            "batch_usage": vq.batch_used_fraction.detach(),
             "dead_fraction": vq.dead_fraction.detach(),
             "n_restarted": torch.tensor(float(vq.n_restarted)),
             "pred_amp": pred_amp,
