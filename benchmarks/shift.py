@@ -1,4 +1,7 @@
-"""Deployment-style shift evaluation: a finetuned model labels whole held-out recordings it never saw, as
+"""(One module over 450 lines on purpose: the benchmark imports one shift API; its parts are the shifts, the
+file writer, the evaluation and the benchmark's rows, in that order.)
+
+Deployment-style shift evaluation: a finetuned model labels whole held-out recordings it never saw, as
 they are and under the shifts users meet (issue 15 item 2; issue 13 item 4's cross-dataset rows).
 
 API (the downstream benchmark calls these; every result is a JSON-friendly dict)::
@@ -12,6 +15,11 @@ API (the downstream benchmark calls these; every result is a JSON-friendly dict)
 
     # finetuned on the Emotiv stress set, labelling EEGMAT (rest -> calm, arithmetic -> stress), or the reverse
     res = cross_dataset_shift("runs/finetune-stress/model", "eegmat", eegmat_root)
+
+    # the benchmark's rows for one finetuned model: its own test groups (recipe.json) under every shift,
+    # plus the cross-dataset row where CORRESPONDENCES knows a partner corpus
+    rows = shift_rows(task="eegmat", method="scratch", model_dir=model_dir, data_root="../shared/data")
+    # [{task, method, shift, description, metrics, recording_metrics, n_windows, n_recordings, skipped, ...}]
 
 How a recording is labelled: the adapter's raw signal (``Adapter.load``) is shifted, written as a real file
 in a temporary folder (EDF through edfio with 1-s data records and the declared physical unit; FIF for rates
@@ -80,6 +88,7 @@ __all__ = [
     "default_shifts",
     "evaluate_shifts",
     "held_out",
+    "shift_rows",
     "write_recording",
 ]
 
@@ -429,3 +438,86 @@ def cross_dataset_shift(
                           class_map=class_map, **kwargs)
     res["target"] = adapter.name
     return res
+
+
+# Where the benchmark's shard sets keep their raw files, for corpora benchmarks.tasks does not list.
+CORPUS_FOLDERS = {"eegmat": "workload/eegmat", "mental_stress": "emotion/mental_stress_emotiv"}
+
+
+def _shard_set(name: str, data_root: Path) -> tuple[Adapter, Path]:
+    """The adapter (with the benchmark's channel subset) and raw folder of shard set / corpus ``name``."""
+    from benchmarks import tasks
+
+    if name in tasks.SHARD_SETS:
+        corpus, folder, channels = tasks.SHARD_SETS[name]
+        adapter = tasks.channel_subset_adapter(corpus, name, channels) if channels else get_corpus(corpus)
+        return adapter, data_root / folder
+    if name in CORPUS_FOLDERS:
+        return get_corpus(name), data_root / CORPUS_FOLDERS[name]
+    raise KeyError(f"shard set {name!r} is neither in benchmarks.tasks.SHARD_SETS nor in CORPUS_FOLDERS")
+
+
+def _rows(res: Mapping[str, Any], task: str, method: str, **extra: Any) -> list[dict[str, Any]]:
+    return [{"task": task, "method": method, "shift": name, "description": r["description"], "metrics": r["windows"],
+             "recording_metrics": r["recordings"], "n_windows": r["n_windows"], "n_recordings": r["n_recordings"],
+             "applicable": r["applicable"], "skipped": r["skipped"], "left_out": r["left_out"], **extra}
+            for name, r in res["shifts"].items()]
+
+
+def shift_rows(
+    *,
+    task: str,
+    method: str,
+    model_dir: str | Path,
+    data_root: str | Path,
+    shifts: Sequence[Shift] | None = None,
+    cross_dataset: bool = True,
+    work_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """The benchmark's shift rows for one finetuned model.
+
+    The held-out recordings are the model's own test groups (``recipe.json`` -> ``split.groups.test``:
+    subjects or recordings of one shard set), read raw from ``data_root`` with the shard set's adapter (and
+    channel subset); none of them was in finetuning, and the leak-free protocol keeps them out of pretraining.
+    Each row: ``task, method, shift, description, metrics`` (windows; ``finetune.metrics`` keys or None),
+    ``recording_metrics`` (per-recording vote or None), ``n_windows, n_recordings, applicable, skipped,
+    left_out``. With ``cross_dataset`` and a :data:`CORRESPONDENCES` partner for the model's label space,
+    one more row, ``shift = "cross_dataset:<corpus>"``, labels every recording of the partner corpus
+    (``target_note`` says what that set shares with pretraining).
+
+    Args:
+        task: the benchmark's task name (a recipe name, or a ``benchmarks.tasks.TASKS`` plan such as
+            ``eegmat`` that reads another recipe).
+        shifts: default :func:`default_shifts`; pass fewer to fit a time budget.
+    """
+    model_dir, data_root = Path(model_dir), Path(data_root)
+    recipes = json.loads((model_dir / "recipe.json").read_text())
+    recipe_name = task
+    if task not in recipes:
+        from benchmarks import tasks
+
+        plan = next((p for p in tasks.TASKS if p.name == task), None)
+        recipe_name = plan.recipe_name if plan is not None and plan.recipe_name in recipes else next(iter(recipes))
+    split = recipes[recipe_name].get("split") or {}
+    test = (split.get("groups") or {}).get("test") or []
+    if not test:
+        raise ValueError(f"{model_dir}/recipe.json: task {recipe_name!r} records no test groups to hold out")
+    sets = sorted({g.split("/", 1)[0] for g in test})
+    if len(sets) != 1:
+        raise ValueError(f"{model_dir}: test groups of several shard sets {sets}; shift rows read one")
+    adapter, root = _shard_set(sets[0], data_root)
+    names = [g.split("/", 1)[1] for g in test]
+    key = split.get("group_key", "subject")
+    recs = held_out(adapter, root, **({"subjects": names} if key == "subject" else {"recordings": names}))
+    res = evaluate_shifts(model_dir, recs, shifts, task=recipe_name, work_dir=work_dir)
+    rows = _rows(res, task, method, held_out=names)
+    space = recipes[recipe_name].get("label_space", "")
+    for (model_space, target), _ in CORRESPONDENCES.items():
+        if cross_dataset and model_space == space and target != sets[0]:
+            adapter, root = _shard_set(target, data_root)
+            res = cross_dataset_shift(model_dir, adapter, root, task=recipe_name, work_dir=work_dir)
+            rows += _rows(res, task, method, target_note=(
+                f"every {target} recording: its labels were never seen by this model; its unlabelled windows may be "
+                "in the pretraining pool unless the benchmark keeps them out"))
+            rows[-1]["shift"] = f"cross_dataset:{target}"
+    return rows

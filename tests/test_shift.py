@@ -129,3 +129,30 @@ def test_bad_selection_and_shift_names_are_errors(model_dir, subject05, shared_d
         held_out("eegmat", shared_data / "workload" / "eegmat", subjects=["Subject99"])
     with pytest.raises(ValueError, match="repeat"):
         evaluate_shifts(model_dir, subject05, [NO_SHIFT, Shift("none", "again")])
+
+
+def _rows(model_dir, shared_data, cross_dataset):
+    from benchmarks.shift import shift_rows
+
+    (double,) = [s for s in default_shifts() if s.name == "amplitude_x2"]
+    rows = shift_rows(task="eegmat", method="scratch", model_dir=model_dir, data_root=shared_data,
+                      shifts=[NO_SHIFT, double], cross_dataset=cross_dataset)
+    for r in rows:
+        assert r["task"] == "eegmat" and r["method"] == "scratch" and set(r["metrics"]) == METRIC_KEYS
+        assert r["recording_metrics"]["n"] == r["n_recordings"]
+    return rows
+
+
+def test_shift_rows_hold_out_the_models_own_test_subjects(model_dir, shared_data, one_thread):
+    recipe = json.loads((model_dir / "recipe.json").read_text())["emotion"]
+    (test_group,) = recipe["split"]["groups"]["test"]  # one of subjects 02-04, never trained on
+    rows = _rows(model_dir, shared_data, cross_dataset=False)
+    assert [r["shift"] for r in rows] == ["none", "amplitude_x2"]
+    assert rows[0]["held_out"] == [test_group.split("/")[1]] and rows[0]["n_recordings"] == 2
+
+
+@pytest.mark.slow
+def test_shift_rows_add_the_cross_dataset_row(model_dir, shared_data, one_thread):
+    rows = _rows(model_dir, shared_data, cross_dataset=True)
+    assert [r["shift"] for r in rows] == ["none", "amplitude_x2", "cross_dataset:mental_stress"]
+    assert rows[2]["n_recordings"] == 32 and "pretraining" in rows[2]["target_note"]
