@@ -46,7 +46,7 @@ def _optional_float(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-_PREPROCESS_OPTIONS = ("sfreq", "l_freq", "h_freq", "window_s", "stride_s", "notch", "max_abs_uv")
+_PREPROCESS_OPTIONS = ("sfreq", "l_freq", "h_freq", "window_s", "stride_s", "notch", "max_abs_uv", "montage")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stride-s", type=float, help="window stride in seconds")
     g.add_argument("--notch", type=_optional_float, help="mains notch frequency in Hz ('none' = off)")
     g.add_argument("--max-abs-uv", type=_optional_float, help="drop windows with any |value| above this many µV ('none' = off)")
+    g.add_argument("--montage", choices=("biosemi16", "biosemi32", "biosemi64", "biosemi128", "biosemi160", "biosemi256"),
+                   help="BioSemi cap layout of recordings labelled A1..H32 (their channels are placed on its sites)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("inspect", help="summarise and validate a shard folder",
@@ -131,6 +133,8 @@ def _summary(m: dict) -> None:
     print(f"   labels (windows): {m['label_counts']}")
     print(f"   labels (recordings): {m['recordings_by_label']}")
     print(f"   window drops: {m['drops'] or '{}'}")
+    for how, chans in (m.get("placed_channels") or {}).items():
+        print(f"   {how}: {', '.join(f'{k} x{v}' for k, v in chans.items())}")
     if m.get("dropped_channels"):
         for reason, chans in m["dropped_channels"].items():
             print(f"   dropped channels ({reason}): {', '.join(f'{k} x{v}' for k, v in chans.items())}")

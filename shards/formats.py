@@ -62,7 +62,8 @@ class Format:
     None when nothing here reads it (``note`` says what to do); package: the optional pip package it needs;
     folder: the recording is a folder (EGI ``.mff``, MEF3 ``.mefd``); sniff: a test of the first bytes when
     another format shares the extension; kwargs: passed to the reader; discover: the ``recordings`` adapter
-    lists it (text files need a rate and are read by the corpus adapters instead).
+    lists it (text files need a rate and are read by the corpus adapters instead); scale: multiplies the
+    reader's EEG values where its unit is off (see eXimia).
     """
 
     name: str
@@ -75,6 +76,7 @@ class Format:
     kwargs: Mapping[str, object] = field(default_factory=dict)
     discover: bool = True
     note: str = ""
+    scale: float = 1.0
 
 
 # Order matters only where an extension is shared: the first format whose sniff accepts the file wins.
@@ -94,7 +96,9 @@ FORMATS: tuple[Format, ...] = (
     Format("Nihon Kohden", (".eeg",), "read_raw_nihon", sidecars=(".21e", ".pnt", ".log"), sniff=_is_nihon),
     Format("BCI2000", (".dat",), "read_raw_bci2k", sniff=_is_bci2000),
     Format("EGI MFF", (".mff",), "read_raw_egi", package="mffpy", folder=True),
-    Format("eXimia", (".nxe",), "read_raw_eximia"),
+    # MNE 1.13 calibrates eXimia samples to 0.0763 per count but labels them volts: a 16-bit converter at that
+    # step spans +-2.5, which is +-2.5 mV for an EEG amplifier (+-2.5 V would be 1000x any scalp signal).
+    Format("eXimia", (".nxe",), "read_raw_eximia", scale=1e-6),
     Format("NeuroElectrics NEDF", (".nedf",), "read_raw_nedf", package="defusedxml"),
     Format("Nicolet (.data)", (".data",), "read_raw_nicolet", sidecars=(".head",), kwargs={"ch_type": "eeg"}),
     Format("Blackrock NSx", tuple(f".ns{i}" for i in range(1, 7)), "read_raw_nsx", sidecars=(".nev",)),

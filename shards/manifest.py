@@ -94,6 +94,7 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
     drops: Counter = Counter()
     label_skips: Counter = Counter()
     dropped_channels: dict[str, Counter] = {}
+    placed_channels: dict[str, Counter] = {}  # "placed by position at FC3 (4.2 mm)" -> raw name -> recordings
     skipped = []
     for r in recs:
         if r["skipped"]:
@@ -114,6 +115,8 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         label_skips.update(r["label_skips"])
         for name, reason in r["dropped_channels"]:
             dropped_channels.setdefault(reason, Counter())[name] += 1
+        for name, how in r.get("placed_channels", []):
+            placed_channels.setdefault(how, Counter())[name] += 1
     shards = [{"name": s["name"], "split": s["split"], "samples": s["samples"], "hours": s["hours"],
                "recordings": [r["recording"] for r in s["recordings"]]} for s in state["shards"]]
     return _round_floats(jsonable({
@@ -140,6 +143,7 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         "drops": dict(sorted(drops.items())),
         "label_skips": dict(sorted(label_skips.items())),
         "dropped_channels": {k: dict(sorted(v.items())) for k, v in sorted(dropped_channels.items())},
+        "placed_channels": {k: dict(sorted(v.items())) for k, v in sorted(placed_channels.items())},
         "skipped": skipped,
         "splits": {
             "subjects": dict(sorted({r["subject"]: r["split"] for r in recs}.items())),
@@ -192,6 +196,7 @@ def read_manifest(folder: str | Path) -> dict:
         merged[key] = dict(sorted(_sum_dicts(f.get(key, {}) for f in frags).items()))
     merged["label_counts_by_split"] = _sum_nested(f["label_counts_by_split"] for f in frags)
     merged["dropped_channels"] = _sum_nested(f["dropped_channels"] for f in frags)
+    merged["placed_channels"] = _sum_nested(f.get("placed_channels", {}) for f in frags)
     by_split: dict[str, dict] = {}
     for f in frags:
         for sp, v in f["by_split"].items():

@@ -29,6 +29,7 @@ import numpy as np
 
 from shards.filters import fft_filter_resample, resample, resample_mask, zero_phase_filter
 from shards.sample import SFREQ, UNIT_SCALE, Window
+from shards.positions import ABC_MONTAGES, place_unnamed
 from shards.vocabulary import CHANNELS, classify_channels
 
 __all__ = [
@@ -78,6 +79,7 @@ class PreprocessConfig:
     max_abs_uv: float | None = 500.0
     flat_uv: float | None = 1.0
     filter_method: str = "fft"
+    montage: str | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, value, allow_none: bool) -> None:
@@ -102,6 +104,8 @@ class PreprocessConfig:
         if self.filter_method not in ("fft", "iir", "fir"):
             raise ValueError(
                 f"PreprocessConfig.filter_method must be 'fft', 'iir' or 'fir', got {self.filter_method!r}")
+        if self.montage is not None and self.montage not in ABC_MONTAGES:
+            raise ValueError(f"PreprocessConfig.montage must be one of {', '.join(ABC_MONTAGES)} or None, got {self.montage!r}")
         if self.window_samples < 1:
             raise ValueError(f"PreprocessConfig.window_s={self.window_s} is shorter than one sample at {self.sfreq} Hz")
         if self.stride_samples < 1:
@@ -132,6 +136,7 @@ class Signal:
     notes: list[str] = field(default_factory=list)
     orig_sfreq: float | None = None
     source: str | None = None
+    placed_channels: dict[str, str] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -203,7 +208,9 @@ def preprocess_raw(
     if source is None:
         source = str(raw.filenames[0]) if getattr(raw, "filenames", None) and raw.filenames[0] else "<raw>"
     orig = float(raw.info["sfreq"])
-    keep_idx, keep_names, dropped = _select_channels(raw, channel_map, source)
+    # Channels without a known name but with a recorded position (or a named BioSemi cap) join by position.
+    keep_idx, keep_names, dropped, placed = place_unnamed(raw, *_select_channels(raw, channel_map, source),
+                                                          montage=config.montage)
     if not keep_idx:
         raise _no_eeg(source, raw, dropped)
     notes: list[str] = []
@@ -286,7 +293,7 @@ def preprocess_raw(
         out[:, resample_mask(bad_time, orig, config.sfreq, out.shape[1])] = np.nan
     return Signal(
         data=out, channels=list(keep_names), sfreq=float(config.sfreq), dropped_channels=dropped, notes=notes,
-        orig_sfreq=orig, source=source,
+        orig_sfreq=orig, source=source, placed_channels=placed,
     )
 
 

@@ -141,6 +141,8 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
         raw = _read_mne(path, fmt)
         if ext in (".edf", ".bdf"):
             _fix_edf_units(raw)
+        if fmt.scale != 1.0:
+            raw.apply_function(lambda x: x * fmt.scale, picks="eeg", channel_wise=False)
     _check_sfreq(path, raw.info["sfreq"])
     if raw.n_times == 0 or len(raw.ch_names) == 0:
         raise ReadError(path, "recording holds no samples")

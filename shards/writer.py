@@ -88,6 +88,7 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         channel_map = getattr(loaded, "channel_map", None) or getattr(adapter, "channel_map", None)
         signal = preprocess_raw(raw, config, source=rec.source, channel_map=channel_map)
         summary["dropped_channels"] = _dropped_channels(signal)
+        summary["placed_channels"] = sorted((getattr(signal, "placed_channels", None) or {}).items())
         windows, drops = cut_windows(signal, loaded.segments, config)
     except Exception as e:  # noqa: BLE001 - any failure of one recording must not stop the build
         reason = f"{type(e).__name__}: {e}"

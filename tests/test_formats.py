@@ -24,6 +24,7 @@ ANT = "formats/antio/CA_208/test_CA_208.cnt"
 CURRY7 = "formats/curry/test_bdf_stim_channel Curry 7.dap"
 CURRY8 = "formats/curry/test_bdf_stim_channel Curry 8.cdt"
 EEGMMIDB = "motor_imagery/eegmmidb/S001/S001R04.edf"
+EXIMIA_CAL = 0.07629510948348212  # µV per count of an eXimia EEG channel (MNE's calibration)
 
 
 def same_as_mne(ours: mne.io.BaseRaw, theirs: mne.io.BaseRaw, n_ch: int, sfreq: float, n_times: int) -> None:
@@ -131,11 +132,15 @@ def test_exported_recording_reads_like_mne_and_like_the_source(eegmmidb_10s, tmp
 
 def test_eximia_written_from_the_spec(eegmmidb_10s, tmp_path):
     """eXimia .nxe: headerless int16, 64 channels multiplexed, 1450 Hz (MNE's fixed layout)."""
-    counts = np.round(eegmmidb_10s.get_data()[:, :1450] * 1e6 / 0.0763).astype("<i2")  # [64, T] µV -> counts
+    counts = np.round(eegmmidb_10s.get_data()[:, :1450] * 1e6 / EXIMIA_CAL).astype("<i2")  # [64, T] µV -> counts
     (tmp_path / "rec.nxe").write_bytes(counts.T.tobytes())
     ours = read_raw(tmp_path / "rec.nxe")
-    same_as_mne(ours, mne.io.read_raw_eximia(tmp_path / "rec.nxe", preload=True, verbose="error"), 64, 1450.0, 1450)
-    assert ours.ch_names[4:7] == ["Fp1", "Fpz", "Fp2"]
+    theirs = mne.io.read_raw_eximia(tmp_path / "rec.nxe", preload=True, verbose="error")
+    assert ours.ch_names == theirs.ch_names and ours.ch_names[4:7] == ["Fp1", "Fpz", "Fp2"]
+    assert ours.info["sfreq"] == theirs.info["sfreq"] == 1450.0 and ours.n_times == theirs.n_times == 1450
+    # MNE labels the calibrated counts volts; they are µV (a 16-bit converter spanning +-2.5 mV): ours are volts.
+    np.testing.assert_allclose(ours.get_data(picks="eeg"), theirs.get_data(picks="eeg") * 1e-6, rtol=1e-9)
+    np.testing.assert_allclose(ours.get_data(picks="eeg"), eegmmidb_10s.get_data()[4:, :1450], atol=0.04e-6)
 
 
 # --------------------------------------------------------------------------- dispatch, sidecars, discovery
@@ -203,3 +208,39 @@ def test_edf_with_absurd_physical_range_is_rejected(shared_data, tmp_path):
     (tmp_path / "huge.edf").write_bytes(bytes(data))
     with pytest.raises(ReadError, match=r"huge\.edf: corrupt header: signal 0 \('EEG Fp1'\) physical minimum/maximum"):
         read_raw(tmp_path / "huge.edf")
+
+
+# --------------------------------------------------------------------------- acceptance: one build, every format
+def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp_path, monkeypatch):
+    """`recordings` build over a folder with one file per format: each is sharded, or skipped naming the
+    package to install (EGI MFF, XDF: packages not installed here), or the conversion MNE cannot do."""
+    from shards.writer import build
+
+    for package in ("mffpy", "pyxdf"):
+        monkeypatch.setitem(sys.modules, package, None)
+    root = tmp_path / "raw"
+    root.mkdir()
+    for fmt, name in (("edf", "run.edf"), ("brainvision", "run.vhdr"), ("eeglab", "run.set")):
+        mne.export.export_raw(root / name, eegmmidb_10s, fmt=fmt, verbose="error")
+    eegmmidb_10s.save(root / "run_raw.fif", verbose="error")
+    counts = np.round(np.tile(eegmmidb_10s.get_data(), 3)[:, :1450 * 3] * 1e6 / EXIMIA_CAL).astype("<i2")  # 3 s
+    (root / "run.nxe").write_bytes(counts.T.tobytes())
+    for rel in (PERSYST, CHANLOC, NEUROSCAN, ANT, "unlabeled/mne_testing/BDF/multiple_annotation_chans.bdf"):
+        os.symlink(shared_data / rel, root / Path(rel).name)
+    for sidecar in (Path(PERSYST).with_suffix(".dat"), Path(CHANLOC).with_suffix(".fdt")):
+        os.symlink(shared_data / sidecar, root / sidecar.name)
+    curry = root / "curry"
+    os.symlink(shared_data / "formats/curry", curry)
+    (root / "rec.mff").mkdir()
+    (root / "rec.xdf").write_bytes(b"XDF:" + b"\x00" * 64)
+    (root / "night.TRC").write_bytes(b"\x00" * 512)
+
+    manifest = build("recordings", root, tmp_path / "out", overrides={"window_s": 2.0, "max_abs_uv": None}, progress=False)
+    skipped = {s["source"]: s["reason"] for s in manifest["skipped"]}
+    assert skipped.keys() == {"rec.mff", "rec.xdf", "night.TRC"}
+    assert "pip install mffpy" in skipped["rec.mff"] and "pip install pyxdf" in skipped["rec.xdf"]
+    assert "MNE cannot read Micromed" in skipped["night.TRC"]
+    samples = {r["source"]: r["samples"] for r in manifest["recordings"] if not r["skipped"]}
+    assert len(samples) == 12 and all(n > 0 for n in samples.values()), samples
+    placed = [n for how in manifest["placed_channels"].values() for n in how]
+    assert len(placed) == 29  # scan41_short.cnt's numbered channels within 10 mm of a 10-05 site

@@ -9,5 +9,6 @@ from shards.corpora.base import CORPORA, Adapter, LabelError, Loaded, Recording,
 from shards.corpora import bonn, dreams, eegmat, eegmmidb, mental_stress, recordings  # noqa: E402,F401  (local sets)
 from shards.corpora import tueg, tuab, tuev, sleep_edf, chbmit, bciciv2a, seed  # noqa: E402,F401  (public)
 from shards.corpora import synth  # noqa: E402,F401  (simulated demo corpus, shards.synth)
+from shards.corpora import bids  # noqa: E402,F401  (any BIDS EEG dataset, via mne-bids)
 
 __all__ = ["CORPORA", "Adapter", "LabelError", "Loaded", "Recording", "get_corpus", "register"]

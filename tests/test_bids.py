@@ -1,0 +1,97 @@
+"""The bids corpus adapter on a small BIDS tree written by mne_bids.write_raw_bids from real EEGMMIDB runs."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import mne
+import numpy as np
+import pytest
+
+mne_bids = pytest.importorskip("mne_bids")
+
+from shards.corpora import get_corpus  # noqa: E402
+from shards.corpora.bids import label_of, task_of  # noqa: E402
+
+RUNS = {"S001R04.edf": ("01", "imagery", "1"), "S001R08.edf": ("01", "imagery", "2"), "S001R06.edf": ("02", "feet", "1")}
+NAMES = {"S001R04.edf": {"T0": "rest", "T1": "left_fist", "T2": "right_fist"},
+         "S001R08.edf": {"T0": "rest", "T1": "left_fist", "T2": "right_fist"},
+         "S001R06.edf": {"T0": "rest", "T1": "both_fists", "T2": "both_feet"}}
+
+
+@pytest.fixture(scope="module")
+def bids_root(shared_data, tmp_path_factory) -> Path:
+    """Three EEGMMIDB runs as a BIDS dataset: sub-01 task-imagery runs 1-2 (left/right fist), sub-02 task-feet
+    (both fists/feet), plus one resting run whose events name no recipe class; participants.tsv has extra columns."""
+    root = tmp_path_factory.mktemp("bids")
+    for name, (sub, task, run) in RUNS.items():
+        raw = mne.io.read_raw_edf(shared_data / "motor_imagery/eegmmidb/S001" / name, verbose="error")
+        raw.annotations.rename(NAMES[name])
+        bp = mne_bids.BIDSPath(subject=sub, task=task, run=run, datatype="eeg", root=root)
+        mne_bids.write_raw_bids(raw, bp, overwrite=True, verbose="error")
+    raw = mne.io.read_raw_edf(shared_data / "motor_imagery/eegmmidb/S001/S001R03.edf", verbose="error")
+    raw.set_annotations(mne.Annotations([10.0, 40.0], [5.0, 5.0], ["eyes_open", "eyes_closed"]))
+    mne_bids.write_raw_bids(raw, mne_bids.BIDSPath(subject="02", task="rest", datatype="eeg", root=root),
+                            overwrite=True, verbose="error")
+    with open(root / "participants.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["participant_id", "age", "sex", "handedness", "group"])
+        w.writerow(["sub-01", "42", "F", "R", "n/a"])
+        w.writerow(["sub-02", "n/a", "M", "L", "control"])
+    return root
+
+
+def test_find_reads_subjects_sessions_tasks_runs_and_participants(bids_root):
+    recs = get_corpus("bids").find(bids_root)
+    got = {r.recording: (r.subject, r.task, r.extra["bids_task"], r.extra["run"]) for r in recs}
+    assert got == {
+        "sub-01_task-imagery_run-1_eeg": ("sub-01", "motor_imagery", "imagery", "1"),
+        "sub-01_task-imagery_run-2_eeg": ("sub-01", "motor_imagery", "imagery", "2"),
+        "sub-02_task-feet_run-1_eeg": ("sub-02", "motor_imagery", "feet", "1"),
+        "sub-02_task-rest_eeg": ("sub-02", None, "rest", ""),
+    }
+    info = {r.subject: dict(r.subject_info) for r in recs}
+    assert info == {"sub-01": {"age": 42, "sex": "F", "handedness": "R"},
+                    "sub-02": {"sex": "M", "handedness": "L", "group": "control"}}
+
+
+def test_events_become_labelled_segments_equal_to_the_annotations(bids_root, shared_data):
+    adapter = get_corpus("bids")
+    recs = {r.recording: r for r in adapter.find(bids_root)}
+    loaded = adapter.load(recs["sub-02_task-feet_run-1_eeg"])
+    want = mne.read_annotations(shared_data / "motor_imagery/eegmmidb/S001/S001R06.edf")
+    assert [s.label_name for s in loaded.segments] == [NAMES["S001R06.edf"][d] for d in want.description]
+    np.testing.assert_allclose([s.onset_s for s in loaded.segments], want.onset, atol=1e-3)
+    np.testing.assert_allclose([s.duration_s for s in loaded.segments], want.duration, atol=1e-3)
+    assert loaded.raw.info["sfreq"] == 160.0 and len(loaded.raw.ch_names) == 64
+    rest = adapter.load(recs["sub-02_task-rest_eeg"])
+    assert rest.segments is None
+
+
+def test_build_writes_labels_and_participant_fields(bids_root, shared_data, tmp_path):
+    from shards.dataset import load_windows
+    from shards.writer import build
+
+    manifest = build("bids", bids_root, tmp_path, progress=False)
+    assert manifest["totals"]["skipped"] == 0
+    want = Counter()
+    for name in RUNS:
+        ann = mne.read_annotations(shared_data / "motor_imagery/eegmmidb/S001" / name)
+        want.update(NAMES[name][d] for d in ann.description)
+    labels = manifest["label_counts"]
+    assert {k: v for k, v in labels.items() if k != "unlabeled"} == dict(want)  # one 4-s window per ~4.1-s cue
+    assert labels["unlabeled"] == 125 // 4
+    windows = load_windows(str(tmp_path / "bids" / "*.tar"))
+    sub1 = [w for w in windows if w.meta["subject"] == "sub-01"]
+    assert sub1 and all(w.meta["subject_info"] == {"age": 42, "sex": "F", "handedness": "R"} for w in sub1)
+    assert {w.meta["task"] for w in windows} == {"motor_imagery", None}
+
+
+def test_task_recognition_from_event_names():
+    assert task_of(["Sleep stage W", "Sleep stage 2", "Sleep stage R"]) == "sleep"
+    assert label_of("sleep", "Sleep stage 4") == "N3"
+    assert task_of(["left", "right", "left"]) == "motor_imagery"
+    assert task_of(["rest", "rest"]) is None  # a resting-state marker alone is no recipe
+    assert task_of(["stimulus/S 1", "response"]) is None

@@ -1,0 +1,93 @@
+"""Channels placed at standard 10-05 sites by their recorded positions (shards.positions), on real caps whose
+true names are known: renaming every channel to "EEG 000".. must bring the same names back."""
+
+from __future__ import annotations
+
+import mne
+import numpy as np
+import pytest
+
+from shards.positions import montage_sites, place_by_position, recorded_positions
+from shards.preprocess import PreprocessConfig, preprocess_raw
+from shards.readers import read_raw
+from shards.vocabulary import canonical_name
+
+CAPS = {  # recording -> (channels with positions, placed back onto their own name)
+    "formats/EEGLAB/test_raw_chanloc.set": (61, 61),
+    "unlabeled/eeglab/eeglab_data.set": (32, 30),  # + 2 EOG channels (typed EOG: never placed)
+    "unlabeled/eeglab/testbva.vhdr": (29, 27),  # TP9/TP10 sit 12.8 mm from their sites: left out, not moved
+}
+
+
+def anonymised(raw: mne.io.BaseRaw) -> tuple[mne.io.BaseRaw, dict[str, str | None]]:
+    """The recording with every channel renamed ``EEG 000``...; returns it and new name -> true canonical."""
+    raw = raw.copy()
+    truth = {f"EEG {i:03d}": canonical_name(n) for i, n in enumerate(raw.ch_names)}
+    raw.rename_channels(dict(zip(raw.ch_names, truth)))  # types stay: EOG channels remain EOG
+    return raw, truth
+
+
+@pytest.mark.parametrize("rel", sorted(CAPS))
+def test_renamed_caps_are_placed_back_on_their_own_sites(shared_data, rel):
+    n_pos, n_back = CAPS[rel]
+    raw, truth = anonymised(read_raw(shared_data / rel))
+    positions = recorded_positions(raw.info)
+    assert len(positions) == n_pos
+    eeg = [i for i in positions if raw.get_channel_types()[i] == "eeg"]
+    out = place_by_position(positions, {}, eeg, raw.ch_names)
+    placed = {raw.ch_names[i]: p for i, p in out.items() if p.canonical is not None}
+    assert sum(p.canonical == truth[n] for n, p in placed.items()) == n_back
+    assert all(p.canonical == truth[n] for n, p in placed.items())  # never a wrong site
+    assert all(p.distance_mm <= 10.0 for p in placed.values())
+    for i, p in out.items():
+        if p.canonical is None:
+            assert "no 10-05 site within 10 mm" in p.reason
+
+
+def test_named_channels_anchor_the_rest(shared_data):
+    raw = read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set")
+    truth = [canonical_name(n) for n in raw.ch_names]
+    anchors = {i: truth[i] for i in range(0, 61, 2)}
+    out = place_by_position(recorded_positions(raw.info), anchors, list(range(1, 61, 2)), raw.ch_names)
+    assert all(out[i].canonical == truth[i] for i in range(1, 61, 2))
+
+
+def test_preprocess_keeps_placed_channels_with_their_distance(shared_data):
+    raw, truth = anonymised(read_raw(shared_data / "unlabeled/eeglab/eeglab_data.set"))
+    sig = preprocess_raw(raw, PreprocessConfig())
+    assert len(sig.channels) == 30
+    assert all(truth[raw_name] == sig.channels[k] for k, raw_name in enumerate(
+        n for n in raw.ch_names if n in sig.placed_channels))
+    assert sig.placed_channels["EEG 000"].startswith(f"placed by position at {truth['EEG 000']} (")
+    eog = {n: r for n, r in sig.dropped_channels.items() if truth[n] is None}
+    assert len(eog) == 2 and all(r == "unknown name" for r in eog.values())  # typed EOG: not placed
+    assert all(raw.get_channel_types()[raw.ch_names.index(n)] == "eog" for n in eog)
+
+
+def test_a_channel_moved_off_the_head_stays_out(shared_data):
+    raw, truth = anonymised(read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set"))
+    raw.info["chs"][5]["loc"][:3] = [0.0, 0.0, -0.09]  # under the head
+    out = place_by_position(recorded_positions(raw.info), {}, list(range(61)), raw.ch_names)
+    assert out[5].canonical is None and out[5].distance_mm > 50
+    assert sum(p.canonical == truth[raw.ch_names[i]] for i, p in out.items()) == 60
+
+
+def test_biosemi_abc_labels_with_a_named_cap(shared_data):
+    """test.bdf is a BioSemi recording labelled A1..A16: unknown without a cap, placed with biosemi16."""
+    raw = read_raw(shared_data / "unlabeled/eeglab/test.bdf")
+    with pytest.raises(ValueError, match="no usable EEG channel"):
+        preprocess_raw(raw, PreprocessConfig())
+    sig = preprocess_raw(raw, PreprocessConfig(montage="biosemi16"))
+    cap = mne.channels.make_standard_montage("biosemi16").ch_names
+    assert sig.channels == [canonical_name(n) for n in cap]
+    assert sig.placed_channels["A1"] == "placed by position at FP1 (0.0 mm, biosemi16 cap)"
+    assert len(montage_sites(raw.ch_names, "biosemi16")[0]) == 16
+
+
+def test_unknown_montage_is_rejected():
+    with pytest.raises(ValueError, match="biosemi64"):
+        PreprocessConfig(montage="biosemi65")
+
+
+def test_positions_need_a_head_shaped_cloud():
+    assert place_by_position({0: np.array([0.0, 0.0, 0.09])}, {}, [0], ["X"]) == {}
