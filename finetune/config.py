@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
 from pretrain.configfile import from_dict, option
 
@@ -93,6 +94,9 @@ class FinetuneConfig:
     patience: int | None = option("epochs without a better validation metric before stopping", None)
     class_weights: bool = option("weight the loss by inverse class frequency of the training split", True)
     aux_loss_weight: float = option("weight of the MoE auxiliary (load-balance) loss", 1.0)
+    augment: AugmentConfig = option(
+        "training-time augmentation ([augment]: channel_dropout, gain_range, channel_gain_std, time_shift_s; off by default)",
+        factory=AugmentConfig)
 
     # machinery
     seed: int = option("seed of the split, the initialisation and the batch order", 0)

@@ -33,6 +33,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from finetune.config import FinetuneConfig
+from foundation.augment import augment
 from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
@@ -219,8 +220,9 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
     total, count = 0.0, 0
     for task, batch in batches:
         batch = {k: v.to(acc.device) for k, v in batch.items()}
+        x, channel_mask = augment(batch["x"], batch["channel_mask"], config.augment)
         with acc.autocast():
-            logits, aux = fit.model(batch["x"], batch["channel_ids"], batch["channel_mask"], task)
+            logits, aux = fit.model(x, batch["channel_ids"], channel_mask, task)
         loss = fit.losses[task](logits.float(), batch["label"]) + config.aux_loss_weight * aux.float()
         what = f"at epoch {epoch}, step {fit.step + 1} (task {task!r})"
         advice = "Stopped before the optimiser step; no model was written. Lower --lr or raise --warmup_epochs."

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from foundation.channel_positions import PositionChannelEmbed
+
 __all__ = ["ChannelPatchEmbed", "STAdaptiveEmbed", "check_inputs"]
 
 
@@ -134,6 +136,7 @@ class TemporalConv(nn.Module):
 
 
 PATCH_NORMS = ("sample", "patch")
+CHANNEL_EMBEDS = ("id", "position")
 
 
 def _sample_group_norm(h: torch.Tensor, norm: nn.GroupNorm, b: int, stats_mask: torch.Tensor) -> torch.Tensor:
@@ -167,22 +170,29 @@ class ChannelPatchEmbed(nn.Module):
         conv_channels: feature maps of the temporal conv encoder (LaBraM: 8).
         patch_norm: "sample" (statistics over the sample's real, unmasked patches) or "patch" (legacy);
             see :class:`TemporalConv`.
+        channel_embed: "id" (a learned row per vocabulary id) or "position" (from the electrode's 10-05
+            coordinates, ``foundation.channel_positions``; unseen montages land near their neighbours).
     """
 
     def __init__(
         self, d_model: int, patch_size: int = 200, max_patches: int = 64, n_channel_ids: int = 512, conv_channels: int = 8,
-        patch_norm: str = "sample",
+        patch_norm: str = "sample", channel_embed: str = "id",
     ) -> None:
         super().__init__()
+        if channel_embed not in CHANNEL_EMBEDS:
+            raise ValueError(f"ChannelPatchEmbed: channel_embed must be one of {CHANNEL_EMBEDS}, got {channel_embed!r}")
         self.d_model, self.patch_size, self.max_patches, self.n_channel_ids = d_model, patch_size, max_patches, n_channel_ids
         self.encoder = TemporalConv(patch_size, d_model, conv_channels, patch_norm)
-        self.spatial = nn.Embedding(n_channel_ids, d_model)
+        self.spatial: nn.Module = (
+            nn.Embedding(n_channel_ids, d_model) if channel_embed == "id" else PositionChannelEmbed(n_channel_ids, d_model)
+        )
         self.temporal = nn.Embedding(max_patches, d_model)
         self.mask_token = nn.Parameter(torch.zeros(d_model))
         self.cls_token = nn.Parameter(torch.zeros(d_model))
         for p in (self.mask_token, self.cls_token):
             nn.init.trunc_normal_(p, std=0.02)
-        nn.init.trunc_normal_(self.spatial.weight, std=0.02)
+        if channel_embed == "id":
+            nn.init.trunc_normal_(self.spatial.weight, std=0.02)
         nn.init.trunc_normal_(self.temporal.weight, std=0.02)
 
     def forward(

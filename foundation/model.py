@@ -69,6 +69,10 @@ class EEGMambaConfig:
         patch_norm: "sample": the patch encoder's GroupNorms take statistics over all real patches of a
             sample (LaBraM), so a patch's amplitude relative to the rest of its sample survives; "patch":
             legacy, each 1-s patch normalised on its own (amplitude discarded).
+        channel_embed: "id": a learned spatial row per vocabulary id; "position": the embedding is computed
+            from the electrode's standard 10-05 coordinates (``foundation.channel_positions``; a learned
+            token for ids without a position), so a montage never seen in training lands near its
+            neighbours. channel_patch adapter only.
         conv_channels: feature maps of the channel-patch temporal conv encoder.
         st_stride, st_wide_kernel: ST-Adaptive samples per token and wide-path kernel (None -> 8 * stride).
         scan_backend: selective-scan implementation (``foundation.ssm.SCAN_BACKENDS``): "auto" (mamba-ssm,
@@ -102,11 +106,12 @@ class EEGMambaConfig:
     moe_noise_rel: float = 0.25
     task_embed: Literal["tracked", "legacy"] = "tracked"
     patch_norm: Literal["sample", "patch"] = "sample"
+    channel_embed: Literal["id", "position"] = "id"
 
     # What a config.json written before a field existed meant: ``read_config`` fills missing keys from
     # here (not from the defaults above), so an old checkpoint rebuilds exactly the model it was trained as.
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
-        "gate_noise": "absolute", "task_embed": "legacy", "patch_norm": "patch",
+        "gate_noise": "absolute", "task_embed": "legacy", "patch_norm": "patch", "channel_embed": "id",
     }
 
     def __post_init__(self) -> None:
@@ -139,6 +144,11 @@ class EEGMambaConfig:
             raise ValueError(f"EEGMambaConfig.task_embed must be 'tracked' or 'legacy', got {self.task_embed!r}")
         if self.patch_norm not in ("sample", "patch"):
             raise ValueError(f"EEGMambaConfig.patch_norm must be 'sample' or 'patch', got {self.patch_norm!r}")
+        if self.channel_embed not in ("id", "position") or (self.channel_embed == "position" and self.adapter != "channel_patch"):
+            raise ValueError(
+                f"EEGMambaConfig.channel_embed must be 'id' or 'position' (position needs adapter='channel_patch'), "
+                f"got {self.channel_embed!r} with adapter {self.adapter!r}"
+            )
         if self.adapter == "st_adaptive" and self.patch_size % self.st_stride:
             raise ValueError(f"EEGMambaConfig.st_stride={self.st_stride} must divide patch_size={self.patch_size}")
 
@@ -220,7 +230,7 @@ class EEGMamba(
         if config.adapter == "channel_patch":
             self.embed: nn.Module = ChannelPatchEmbed(
                 config.d_model, config.patch_size, config.max_patches, config.n_channel_ids, config.conv_channels,
-                patch_norm=config.patch_norm,
+                patch_norm=config.patch_norm, channel_embed=config.channel_embed,
             )
         else:
             self.embed = STAdaptiveEmbed(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
 from pretrain.configfile import option
 from tokenizer.spectral import MaskConfig, STFTConfig
@@ -72,6 +73,8 @@ class ObjectiveConfig:
         "multiplier of the backbone's MoE auxiliary loss (already weighted by model balance_coef/z_coef; "
         "the pre-fix setup was 0.01 with balance_coef 0.01)", 1.0)
     task_aware: bool = option("route each sample with its shards' task id (foundation.tasks); false = all task 0", True)
+    augment: AugmentConfig = option(
+        "training-time augmentation before the targets ([objective.augment]; off by default)", factory=AugmentConfig)
     tokenizer_steps: int = option("tokenizer='auto': training steps of the small tokenizer", 150)
     stft: STFTConfig = option("masked_stft: STFT window/hop/target ([objective.stft])", factory=STFTConfig)
     mask: MaskConfig = option("masked_stft: Gaussian soft-mask families and widths ([objective.mask])", factory=MaskConfig)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from foundation.augment import AugmentConfig, augment
 from foundation.model import EEGMamba, EEGMambaConfig
 from shards.sample import PATCH_SAMPLES
 from foundation.tasks import task_ids as task_ids_of
@@ -84,11 +85,13 @@ def build_backbone(size: str, overrides: dict[str, Any], crop_patches: int) -> E
 
 
 class _BackboneObjective(Objective):
-    def __init__(self, backbone: EEGMamba, moe_aux_weight: float, task_aware: bool = True) -> None:
+    def __init__(self, backbone: EEGMamba, moe_aux_weight: float, task_aware: bool = True,
+                 augment: AugmentConfig = AugmentConfig()) -> None:
         super().__init__()
         self.backbone = backbone
         self.moe_aux_weight = moe_aux_weight
         self.task_aware = task_aware
+        self.augment = augment
         self.patch_size = backbone.config.patch_size
 
     def export(self, out_dir: str | Path) -> Path:
@@ -96,6 +99,13 @@ class _BackboneObjective(Objective):
         out_dir = Path(out_dir)
         self.backbone.save_pretrained(out_dir)
         return out_dir
+
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, channel_ids, channel_mask)``, augmented in training (before any target is computed)."""
+        x, cmask = batch["x"], batch["channel_mask"]
+        if self.training:
+            x, cmask = augment(x, cmask, self.augment)
+        return x, batch["channel_ids"], cmask
 
     def _task_ids(self, batch: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
         """``[n]`` router ids: the shards' task names when task-aware, else all 0 (pretraining)."""
@@ -112,13 +122,14 @@ class MaskedTokenObjective(_BackboneObjective):
         symmetric: also train on the complement mask.
         moe_aux_weight: multiplier of the backbone's (already weighted) MoE auxiliary loss.
         task_aware: route each sample with its shard task's id (see the module docstring).
+        augment: training-time augmentation (``foundation.augment``), applied before the targets.
     """
 
     name = "masked_token"
 
     def __init__(self, backbone: EEGMamba, tokenizer: nn.Module, mask_ratio: float = 0.5, symmetric: bool = True,
-                 moe_aux_weight: float = 1.0, task_aware: bool = True) -> None:
-        super().__init__(backbone, moe_aux_weight, task_aware)
+                 moe_aux_weight: float = 1.0, task_aware: bool = True, augment: AugmentConfig = AugmentConfig()) -> None:
+        super().__init__(backbone, moe_aux_weight, task_aware, augment)
         if backbone.config.adapter != "channel_patch":
             raise ValueError("objective masked_token needs model.adapter = 'channel_patch' (it masks channel patches)")
         tok_patch = getattr(getattr(tokenizer, "config", None), "patch_size", self.patch_size)
@@ -153,7 +164,7 @@ class MaskedTokenObjective(_BackboneObjective):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``x [b c t]`` -> CE over ``codebook_size`` on masked (and complement) patches."""
-        x, ids, cmask = batch["x"], batch["channel_ids"], batch["channel_mask"]
+        x, ids, cmask = self._inputs(batch)
         b, c, t = x.shape
         p = t // self.patch_size
         with torch.no_grad():
@@ -191,13 +202,14 @@ class MaskedSTFTObjective(_BackboneObjective):
         mask: soft-mask settings (fraction hidden, families, widths).
         moe_aux_weight: multiplier of the backbone's (already weighted) MoE auxiliary loss.
         task_aware: route each sample with its shard task's id (see the module docstring).
+        augment: training-time augmentation (``foundation.augment``), applied before the targets.
     """
 
     name = "masked_stft"
 
     def __init__(self, backbone: EEGMamba, stft: STFTConfig = STFTConfig(), mask: MaskConfig = MaskConfig(),
-                 moe_aux_weight: float = 1.0, task_aware: bool = True) -> None:
-        super().__init__(backbone, moe_aux_weight, task_aware)
+                 moe_aux_weight: float = 1.0, task_aware: bool = True, augment: AugmentConfig = AugmentConfig()) -> None:
+        super().__init__(backbone, moe_aux_weight, task_aware, augment)
         if backbone.config.adapter != "channel_patch":
             raise ValueError("objective masked_stft predicts per (channel, patch) token: needs model.adapter = 'channel_patch'")
         if self.patch_size % stft.hop:
@@ -208,7 +220,7 @@ class MaskedSTFTObjective(_BackboneObjective):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Corrupt ``x [b c t]`` in the STFT domain, predict ``[b c p (k f)]`` clean frames, MSE on masked energy."""
-        x, ids, cmask = batch["x"], batch["channel_ids"], batch["channel_mask"]
+        x, ids, cmask = self._inputs(batch)
         b, c, t = x.shape
         x_masked, target, soft = corrupt(x.float(), self.stft, self.mask, channel_mask=cmask)
         out = self.backbone(x_masked, ids, cmask, task_ids=self._task_ids(batch, b, x.device))

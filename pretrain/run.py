@@ -90,10 +90,10 @@ def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: l
         path = tokenizer_dir(config, accelerator, corpora)
         return MaskedTokenObjective.from_tokenizer_dir(
             backbone, path, mask_ratio=obj.mask_ratio, symmetric=obj.symmetric, moe_aux_weight=obj.moe_aux_weight,
-            task_aware=obj.task_aware,
+            task_aware=obj.task_aware, augment=obj.augment,
         )
     return MaskedSTFTObjective(backbone, stft=obj.stft, mask=obj.mask, moe_aux_weight=obj.moe_aux_weight,
-                               task_aware=obj.task_aware)
+                               task_aware=obj.task_aware, augment=obj.augment)
 
 
 def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelerator | None = None) -> TrainResult:
