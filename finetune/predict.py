@@ -41,7 +41,7 @@ from shards.corpora import get_corpus
 from shards.dataset import collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import read_raw
-from shards.sample import Window
+from shards.sample import Window, check_sfreq
 
 __all__ = ["predict_file", "preprocess_config", "main"]
 
@@ -112,9 +112,9 @@ def predict_file(
 
     Raises:
         FileNotFoundError / CheckpointError: model folder problems; ``shards.readers.ReadError``: the
-        recording; KeyError: unknown task; ValueError: a recording shorter than one window;
-        ``finetune.contract.ContractError`` (a ValueError): a montage none of whose channels the checkpoint
-        was pretrained on.
+        recording; KeyError: unknown task; ValueError: a recording shorter than one window, or a sampling
+        rate a shard build would reject (``shards.sample.check_sfreq``); ``finetune.contract.ContractError``
+        (a ValueError): a montage none of whose channels the checkpoint was pretrained on.
     """
     model_dir = Path(model_dir)
     recipes = _recipe_json(model_dir)
@@ -131,6 +131,7 @@ def predict_file(
         raw = read_raw(path, sfreq=sfreq, ch_name=next(iter(channel_map)) if channel_map else None)
     else:
         raw = read_raw(path)
+    check_sfreq(raw.info["sfreq"], str(path))  # the build's rule and message: no labels for a 10-Hz file
     signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
     conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path))
     if conversions:

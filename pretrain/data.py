@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,12 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from shards.dataset import collate, expand_urls
+from shards.manifest import shard_digests
+from shards.shardfile import DamagedShardError, read_shard
 from shards.sample import SFREQ, decode_sample  # noqa: F401 - SFREQ re-exported for older imports
+
+
+log = logging.getLogger("pretrain.data")
 
 
 class DataError(ValueError):
@@ -129,6 +135,9 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.epoch = 0
+        # sha256 / sample count per local shard from the manifests: damaged shards are skipped, not used
+        self.digests = shard_digests([u for c in self.corpora for u in c.urls])
+        self.damaged: dict[str, str] = {}  # url -> reason, in this process (each DataLoader worker has its own)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -146,13 +155,31 @@ class ShardStream(IterableDataset):
             )
         return urls
 
-    @staticmethod
-    def _corpus_samples(urls: list[str], rng: random.Random) -> Iterator[dict]:
-        """Raw samples from this worker's shards, forever, in a fresh shard order per pass."""
+    def _corpus_samples(self, urls: list[str], rng: random.Random) -> Iterator[dict]:
+        """Raw samples from this worker's shards, forever, in a fresh shard order per pass.
+
+        A local shard is checked whole before any of its samples is used (``shards.shardfile.read_shard``:
+        its manifest's sha256 and sample count, its tar structure); a damaged one is skipped from then on
+        with one warning naming it. Remote / ``pipe:`` shards stream through WebDataset unchecked.
+        """
         while True:
-            order = list(urls)
+            order = [u for u in urls if u not in self.damaged]
+            if not order:
+                raise DataError(f"every shard this reader owns is damaged: {self.damaged}")
             rng.shuffle(order)
-            yield from wds.tarfile_samples([{"url": u} for u in order])
+            for url in order:
+                if url.startswith("pipe:") or "://" in url:
+                    yield from wds.tarfile_samples([{"url": url}])
+                    continue
+                try:
+                    samples = read_shard(url, **self.digests.get(url, {}))
+                except DamagedShardError as e:
+                    self.damaged[url] = e.reason
+                    lost = sum(self.digests.get(u, {}).get("samples", 0) for u in self.damaged)
+                    log.warning("skipping damaged shard %s (%d shard(s), %d sample(s) per the manifests skipped "
+                                "by this reader so far): %s", url, len(self.damaged), lost, e.reason)
+                    continue
+                yield from samples
 
     def _mixed(self, rng: random.Random) -> Iterator[dict]:
         streams = [self._corpus_samples(self._my_urls(c), rng) for c in self.corpora]

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+
+# Shared by the command-line entry points of the suite: set to 1 for tracebacks instead of one-line errors.
+DEBUG_ENV = "EEGFM_DEBUG"
 
 
 def _part(text: str) -> tuple[int, int]:
@@ -52,11 +57,16 @@ _PREPROCESS_OPTIONS = ("sfreq", "l_freq", "h_freq", "window_s", "stride_s", "not
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shards", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
+    # The same flag after the command; SUPPRESS keeps a subcommand's default from hiding `--debug build ...`.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,build,inspect,synth}")
 
-    sub.add_parser("list", help="list the known corpus adapters", description="List the known corpus adapters.")
+    sub.add_parser("list", parents=[debug], help="list the known corpus adapters", description="List the known corpus adapters.")
 
-    b = sub.add_parser("build", help="shard one corpus into WebDataset tars",
+    b = sub.add_parser("build", parents=[debug], help="shard one corpus into WebDataset tars",
                        description="Read a raw corpus, preprocess it and write WebDataset tars "
                                    "{out}/{corpus}/{split}-{shard:06d}.tar plus manifest.json. Re-running the same "
                                    "command resumes an interrupted build.",
@@ -84,14 +94,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="BioSemi cap layout of recordings labelled A1..H32 (their channels are placed on its sites)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    i = sub.add_parser("inspect", help="summarise and validate a shard folder",
+    i = sub.add_parser("inspect", parents=[debug], help="summarise and validate a shard folder",
                        description="Print per corpus: samples, hours, channel sets, labels, drops and skipped "
                                    "recordings; read every shard back and check it against the manifest. Exit "
                                    "status 1 on any mismatch.")
     i.add_argument("out", type=Path, help="build output folder (OUT or OUT/CORPUS)")
     i.add_argument("--quick", action="store_true", help="skip reading the shards back (manifest summary only)")
 
-    s = sub.add_parser("synth", help="write the simulated demo corpus (EDF+)",
+    s = sub.add_parser("synth", parents=[debug], help="write the simulated demo corpus (EDF+)",
                        description="Write simulated EEG recordings (sleep, motor imagery, seizure, emotion; labels as "
                                    "EDF+ annotations) to OUT, readable by the 'synth' corpus adapter.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -155,9 +165,10 @@ def _corpus_folders(out: Path) -> list[Path]:
 
 
 def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
-    """Read every shard of ``folder`` back and compare with ``manifest``; returns the problems found."""
-    from shards.dataset import iter_samples
+    """Read every shard of ``folder`` back and compare with ``manifest`` (sha256 of the file when the manifest
+    records it, tar structure, sample count, keys, finite values); returns the problems found."""
     from shards.sample import decode_sample
+    from shards.shardfile import DamagedShardError, read_shard
 
     problems = []
     listed = {s["name"]: s for s in manifest["shards"]}
@@ -172,13 +183,16 @@ def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
             continue
         n = 0
         try:
-            for sample in iter_samples(str(path)):
+            for sample in read_shard(str(path), listed[name].get("sha256")):
                 w = decode_sample(sample)
                 if not sample["__key__"].startswith(f"{manifest['corpus']}__"):
                     problems.append(f"{path}: sample key {sample['__key__']} lacks the corpus prefix")
                 if not np.isfinite(w.eeg).all():
                     problems.append(f"{path}: sample {sample['__key__']} holds NaN/inf")
                 n += 1
+        except DamagedShardError as e:
+            problems.append(str(e))
+            continue
         except Exception as e:  # noqa: BLE001 - report every unreadable shard, not just the first
             problems.append(f"{path}: unreadable ({type(e).__name__}: {e})")
             continue
@@ -224,11 +238,17 @@ def cmd_synth(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    from shards.readers import ReadError
+
     try:
         return {"list": lambda: cmd_list(), "build": lambda: cmd_build(args), "inspect": lambda: cmd_inspect(args),
                 "synth": lambda: cmd_synth(args)}[args.command]()
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError, KeyError, RuntimeError, ReadError) as e:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        # Our messages name the file and the fix; one line, the traceback only on request.
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {' '.join(str(text).split())} (--debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return 2
 
 

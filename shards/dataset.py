@@ -7,7 +7,7 @@ Used by ``pretrain`` (streaming) and ``finetune`` (small labelled sets in memory
 from __future__ import annotations
 
 import glob
-import tarfile
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,14 @@ import numpy as np
 import torch
 from braceexpand import braceexpand
 
-from shards.manifest import read_manifest
+from shards.manifest import read_manifest, shard_digests
 from shards.sample import Window, decode_sample
+from shards.shardfile import DamagedShardError, read_shard
 from shards.vocabulary import channel_id
 
-__all__ = ["Window", "collate", "decode_sample", "expand_urls", "iter_samples", "load_windows", "read_manifest"]
+log = logging.getLogger("shards.dataset")
+
+__all__ = ["DamagedShardError", "Window", "collate", "decode_sample", "expand_urls", "iter_samples", "load_windows", "read_manifest"]
 
 
 def expand_urls(spec: str | Path | Sequence[str | Path]) -> list[str]:
@@ -93,36 +96,37 @@ def collate(windows: Sequence[Window]) -> dict[str, Any]:
 
 
 def iter_samples(url: str) -> Iterable[dict]:
-    """Raw samples (``__key__`` + member bytes) of one local tar, grouped by key in file order."""
-    current: dict | None = None
-    with tarfile.open(url, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member).read()
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            current[ext] = data
-    if current is not None:
-        yield current
+    """Raw samples (``__key__`` + member bytes) of one local tar in file order; the tar is checked whole
+    first (:func:`shards.shardfile.read_shard`: DamagedShardError naming it when it is not)."""
+    return read_shard(url)
 
 
-def load_windows(spec: str | Path | Sequence[str | Path]) -> list[Window]:
+def load_windows(spec: str | Path | Sequence[str | Path], *, skipped: dict[str, str] | None = None) -> list[Window]:
     """All windows of the shards in ``spec`` (see :func:`expand_urls`), in memory, sorted by key.
 
-    Local tars are read with :mod:`tarfile`; remote/``pipe:`` URLs through WebDataset.
+    Local tars are checked against their manifest's sha256 and sample count when it has them (and their
+    tar structure always); a damaged shard is left out with one warning naming it, and recorded in
+    ``skipped`` (url -> reason) when given. Remote/``pipe:`` URLs are read through WebDataset unchecked.
     """
+    urls = expand_urls(spec)
+    digests = shard_digests(urls)
     out: list[Window] = []
-    for url in expand_urls(spec):
+    damaged: dict[str, str] = {}
+    for url in urls:
         if url.startswith("pipe:") or "://" in url:
             import webdataset as wds
 
             samples: Iterable[dict] = wds.WebDataset(url, shardshuffle=False, empty_check=False)
         else:
-            samples = iter_samples(url)
+            try:
+                samples = read_shard(url, **digests.get(url, {}))
+            except DamagedShardError as e:
+                damaged[url] = e.reason
+                log.warning("skipping damaged shard %s (%d of %d shards skipped so far): %s",
+                            url, len(damaged), len(urls), e.reason)
+                continue
         out.extend(decode_sample(s) for s in samples)
+    if skipped is not None:
+        skipped.update(damaged)
     out.sort(key=lambda w: w.meta.get("__key__", ""))
     return out

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import platform
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,6 +45,36 @@ def shard_name(split: str, index: int, part: tuple[int, int]) -> str:
 
 def manifest_name(part: tuple[int, int]) -> str:
     return f"manifest{part_suffix(part)}.json"
+
+
+_LAYOUT_FILE = re.compile(r"(?:manifest|\.build-state)(?:-part-(\d+)-of-(\d+))?\.json")
+
+
+def _layouts(folder: Path) -> dict[int, str]:
+    """Builds present in ``folder`` by part count N (1 = a whole build), each with one file showing it."""
+    found: dict[int, str] = {}
+    names = sorted((p.name for p in folder.iterdir()), key=lambda n: (not n.startswith("manifest"), n)) \
+        if folder.is_dir() else []
+    for name in names:  # manifests first: they name a layout best
+        m = _LAYOUT_FILE.fullmatch(name)
+        if m:
+            found.setdefault(int(m.group(2)) if m.group(2) else 1, name)
+    return found
+
+
+def _describe(n: int) -> str:
+    return "a whole build (no --part)" if n == 1 else f"a build split into {n} parts (--part I/{n})"
+
+
+def check_layout(folder: Path, part: tuple[int, int]) -> None:
+    """ValueError when ``folder`` holds a build of another layout than ``part``: a whole build next to
+    ``--part`` builds (or parts of another N) would put every sample into the folder twice, and readers
+    that glob ``*.tar`` would train on both."""
+    for n, example in _layouts(Path(folder)).items():
+        if n != part[1]:
+            raise ValueError(
+                f"{folder} already holds {_describe(n)} ({example}); {_describe(part[1])} into the same folder "
+                f"would duplicate its samples: use another --out, or delete {folder} to rebuild")
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,8 +148,10 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
             dropped_channels.setdefault(reason, Counter())[name] += 1
         for name, how in r.get("placed_channels", []):
             placed_channels.setdefault(how, Counter())[name] += 1
+    # "sha256" / "bytes": of the whole tar file (absent in builds resumed from before they were recorded).
     shards = [{"name": s["name"], "split": s["split"], "samples": s["samples"], "hours": s["hours"],
-               "recordings": [r["recording"] for r in s["recordings"]]} for s in state["shards"]]
+               "recordings": [r["recording"] for r in s["recordings"]],
+               **{k: s[k] for k in ("bytes", "sha256") if k in s}} for s in state["shards"]]
     return _round_floats(jsonable({
         "format": FORMAT,
         "corpus": adapter.name,
@@ -176,11 +209,16 @@ def read_manifest(folder: str | Path) -> dict:
     folder = Path(folder)
     whole = folder / "manifest.json"
     parts = sorted(folder.glob("manifest-part-*.json"))
+    layouts = {n: f for n, f in _layouts(folder).items() if f.startswith("manifest")}
+    if len(layouts) > 1:
+        found = "; ".join(f"{_describe(n)} ({f})" for n, f in sorted(layouts.items()))
+        raise ValueError(f"{folder} mixes builds of different layouts, whose shards would be read twice: {found}; "
+                         f"delete the folder and rebuild one layout")
     if whole.is_file() and not parts:
-        return json.loads(whole.read_text())
+        return _read_json(whole)
     if not parts:
         raise FileNotFoundError(f"no manifest.json or manifest-part-*.json in {folder}")
-    frags = [json.loads(p.read_text()) for p in parts]
+    frags = [_read_json(p) for p in parts]
     n_expected = frags[0]["build"]["part"][1]
     merged = {k: frags[0][k] for k in ("format", "corpus", "task", "label_names", "versions")}
     build = dict(frags[0]["build"])
@@ -218,6 +256,36 @@ def read_manifest(folder: str | Path) -> dict:
         "recordings": dict(sorted({k: v for f in frags for k, v in f["splits"]["recordings"].items()}.items())),
     }
     return merged
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); rebuild the folder or restore the file") from None
+
+
+def shard_digests(urls: Iterable[str]) -> dict[str, dict]:
+    """``{url: {"sha256", "samples"}}`` for the local shards whose folder's manifest records a sha256.
+
+    Shards without a manifest (or from builds before sha256 was recorded) and remote / ``pipe:`` URLs are
+    left out: they are read without that check.
+    """
+    out: dict[str, dict] = {}
+    by_folder: dict[Path, list[str]] = {}
+    for url in urls:
+        if not (url.startswith("pipe:") or "://" in url):
+            by_folder.setdefault(Path(url).parent, []).append(url)
+    for folder, members in by_folder.items():
+        try:
+            listed = {s["name"]: s for s in read_manifest(folder)["shards"]}
+        except FileNotFoundError:
+            continue
+        for url in members:
+            entry = listed.get(Path(url).name)
+            if entry and entry.get("sha256"):
+                out[url] = {"sha256": entry["sha256"], "samples": entry["samples"]}
+    return out
 
 
 def _sum_dicts(dicts: Iterable[Mapping]) -> dict:

@@ -8,6 +8,8 @@ commits it (fsync + rename) when it is full.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tarfile
@@ -152,7 +154,8 @@ class OpenShard:
 
     Each recording's members arrive pre-encoded (``RecordingResult.tar``) and are appended as they come, so
     nothing of a finished recording is held in memory. ``commit`` ends the archive exactly as tarfile does
-    (two zero blocks, then zeros up to a multiple of 20 blocks).
+    (two zero blocks, then zeros up to a multiple of 20 blocks) and records the file's sha256 and size,
+    hashed as the bytes are written (no second read), for the manifest.
     """
 
     def __init__(self, folder: Path, name: str, split: str) -> None:
@@ -161,27 +164,78 @@ class OpenShard:
         self.name, self.split = name, split
         self.file = open(self.tmp, "wb", buffering=1 << 20)  # few large write syscalls for many small members
         self.size = 0
+        self.sha256 = hashlib.sha256()
         self.samples = 0
         self.recordings: list[dict] = []
 
     def add(self, result: RecordingResult) -> None:
         if result.tar:
             self.file.writelines(result.tar)
+            for chunk in result.tar:
+                self.sha256.update(chunk)
             self.size += result.nbytes
         self.samples += result.n_samples
         self.recordings.append(result.summary)
 
     def commit(self) -> dict:
         end = self.size + 2 * _BLOCK
-        self.file.write(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
+        trailer = b"\0" * (2 * _BLOCK + (-end % _RECORD))
+        self.file.write(trailer)
+        self.sha256.update(trailer)
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         return {"name": self.name, "split": self.split, "samples": self.samples,
-                "hours": sum(r["hours"] for r in self.recordings), "recordings": self.recordings}
+                "hours": sum(r["hours"] for r in self.recordings), "recordings": self.recordings,
+                "bytes": self.size + len(trailer), "sha256": self.sha256.hexdigest()}
 
     def discard(self) -> None:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class DamagedShardError(ValueError):
+    """A shard whose bytes differ from its manifest's sha256, or whose tar structure is broken; names the file."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason = url, reason
+
+
+def read_shard(url: str, sha256: str | None = None, samples: int | None = None) -> list[dict]:
+    """All samples of a local shard, checked whole before any is returned: ``[{"__key__", "__url__",
+    "eeg.npy": bytes, "json": bytes}, ...]`` in file order.
+
+    Raises :class:`DamagedShardError` when the file's sha256 is not ``sha256`` (the manifest's), when the tar
+    cannot be parsed, when it ends early (tarfile stops quietly at a damaged member header, which would
+    otherwise hand out the first part of the shard as if it were all of it), or when it holds another
+    number of samples than ``samples``. The whole file is read into memory once (a shard is at most a few
+    hundred MB) so that nothing of a damaged shard is used.
+    """
+    with open(url, "rb") as f:
+        data = f.read()
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise DamagedShardError(url, f"sha256 {actual} differs from the manifest's {sha256}: the shard is "
+                                         "damaged (rebuild it: delete it and its build-state entry, or the folder)")
+    out: list[dict] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if not out or out[-1]["__key__"] != key:
+                    out.append({"__key__": key, "__url__": url})
+                out[-1][ext] = data[member.offset_data: member.offset_data + member.size]
+            end = tar.offset
+    except (tarfile.TarError, EOFError, ValueError) as e:
+        raise DamagedShardError(url, f"unreadable tar ({type(e).__name__}: {e})") from None
+    if any(data[end:]):
+        raise DamagedShardError(url, f"the tar ends at byte {end} of {len(data)}: a damaged member header")
+    if samples is not None and len(out) != samples:
+        raise DamagedShardError(url, f"{len(out)} samples, the manifest says {samples}")
+    return out

@@ -24,8 +24,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,10 +37,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from shards import buildlock
 from shards.atomic import atomic_write_json
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
-from shards.manifest import FORMAT, SPLITS, jsonable, make_manifest, manifest_name, part_suffix, shard_name
+from shards.manifest import FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix, shard_name
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import check_path
 from shards.sample import check_sfreq, encode_sample, npy_bytes
@@ -164,13 +167,20 @@ def resolve_config(adapter: Adapter, config: PreprocessConfig | None, overrides:
     return dataclasses.replace(cfg, **{**adapter_over, **dict(overrides or {})})
 
 
-def _ordered_results(adapter, jobs, config, workers) -> Iterator[RecordingResult]:
-    """Results in job order; with workers > 1 a bounded number of recordings are in flight."""
+def _ordered_results(adapter, jobs, config, workers, lock_fd: int | None = None) -> Iterator[RecordingResult]:
+    """Results in job order; with workers > 1 a bounded number of recordings are in flight.
+
+    Workers die with this process and do not keep the build lock (``lock_fd``, our descriptor of it, is
+    closed in forked workers): see :mod:`shards.buildlock`.
+    """
     if workers <= 1:
         for rec, split in jobs:
             yield process_recording(adapter, rec, config, split)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    ctx = multiprocessing.get_context()
+    inherited = lock_fd if ctx.get_start_method() == "fork" else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=buildlock.worker_init,
+                             initargs=(os.getpid(), inherited)) as pool:
         pending: deque = deque()
         it = iter(jobs)
         for rec, split in it:
@@ -240,27 +250,20 @@ def build(
     state_path = folder / f".build-state{part_suffix((i, n))}.json"
     lock = _lock(folder / f".build{part_suffix((i, n))}.lock")
     try:
+        check_layout(folder, (i, n))
         return _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, (i, n), workers,
-                             max_samples_per_shard, progress)
+                             max_samples_per_shard, progress, lock.fileno())
     finally:
         lock.close()  # releases the flock
 
 
 def _lock(path: Path):
     """An exclusive advisory lock, so two processes never build the same part into one folder at once."""
-    import fcntl
-
-    f = open(path, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise RuntimeError(f"another build of this part is running in {path.parent} (lock {path.name} is held)") from None
-    return f
+    return buildlock.acquire(path)
 
 
 def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, part, workers,
-                  max_samples_per_shard, progress) -> dict:
+                  max_samples_per_shard, progress, lock_fd) -> dict:
     i, n = part
     # The fingerprint leaves out the root path so a moved corpus can still resume.
     fingerprint = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "root"}, sort_keys=True).encode()).hexdigest()
@@ -289,7 +292,7 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
         bar = tqdm(total=len(recordings), initial=len(recordings) - len(todo), desc=f"{adapter.name}",
                    unit="rec", disable=not progress, dynamic_ncols=True)
         try:
-            for result in _ordered_results(adapter, todo, cfg, workers):
+            for result in _ordered_results(adapter, todo, cfg, workers, lock_fd):
                 s = result.summary
                 if s["skipped"]:
                     log.warning("skipped %s: %s", s["source"], s["skipped"])
@@ -334,8 +337,13 @@ def _belongs(tmp_name: str, part: tuple[int, int]) -> bool:
 
 
 def _test_hook(n_committed: int) -> None:
-    """Crash on purpose after N committed shards (``EEGFM_SHARDS_CRASH_AFTER``): the kill-and-resume test."""
+    """For the kill-and-resume tests, after N committed shards: exit at once (``EEGFM_SHARDS_CRASH_AFTER``),
+    or write our PID to ``EEGFM_SHARDS_PAUSE_FILE`` and wait to be killed (``EEGFM_SHARDS_PAUSE_AFTER``)."""
     limit = os.environ.get("EEGFM_SHARDS_CRASH_AFTER")
     if limit and n_committed >= int(limit):
         os._exit(17)  # like SIGKILL: no cleanup, no finally blocks
+    pause = os.environ.get("EEGFM_SHARDS_PAUSE_AFTER")
+    if pause and n_committed >= int(pause):
+        Path(os.environ["EEGFM_SHARDS_PAUSE_FILE"]).write_text(str(os.getpid()))
+        time.sleep(3600)
 

@@ -198,3 +198,26 @@ def test_shards_split_and_deterministic_seeding(synth_shards, tmp_path):
     groups = a["results"]["seizure"]["split"]["groups"]
     for side in ("train", "val", "test"):
         assert all(assigned[g.split("/", 1)[1]] == side for g in groups[side])
+
+
+def test_predict_rejects_a_rate_the_build_rejects_with_the_same_message(seizure_run, tmp_path):
+    import mne
+
+    from shards.sample import MIN_SFREQ, check_sfreq
+    from shards.writer import build
+
+    slow = tmp_path / "raw" / "slow.edf"
+    slow.parent.mkdir()
+    rng = np.random.default_rng(0)
+    raw = mne.io.RawArray(rng.normal(0, 20e-6, (2, 10 * 60)), mne.create_info(["Cz", "Pz"], 10.0, "eeg"), verbose="error")
+    mne.export.export_raw(slow, raw, fmt="edf", verbose="error")
+    assert 10.0 < MIN_SFREQ
+    with pytest.raises(ValueError) as e:
+        check_sfreq(10.0)
+    rule = str(e.value)
+    assert rule == "sampling rate 10 Hz in the header is implausible for EEG (expected 25-100000 Hz)"
+    with pytest.raises(ValueError) as e:
+        predict_file(Path(seizure_run["out"]) / "model", slow)
+    assert str(e.value) == f"{slow}: {rule}"
+    m = build("recordings", slow.parent, tmp_path / "shards", progress=False)
+    assert [s["source"] for s in m["skipped"]] == ["slow.edf"] and rule in m["skipped"][0]["reason"]
