@@ -117,7 +117,7 @@ def fit_band_power(x_train, y_train, x_val, y_val, *, seed: int = 0, cs: Sequenc
     return best
 
 
-def _stack(windows) -> np.ndarray:
+def stack_windows(windows) -> np.ndarray:
     shapes = {w.eeg.shape for w in windows}
     if len(shapes) != 1:
         raise ValueError(f"baselines need windows of one shape [C, T], got {sorted(shapes)[:4]}")
@@ -177,22 +177,26 @@ def predict_proba_torch(model: torch.nn.Module, x: np.ndarray, batch_size: int =
 
 
 def run_baselines(plan: TaskPlan, data, split, seed: int, budget: Budget) -> dict[str, dict]:
-    """Band power + logistic regression and EEGNet on one split; test metrics and seconds of each."""
+    """Band power + logistic regression and EEGNet on one split; test metrics, test probabilities (rounded
+    to 5 decimals, for the bootstrap over test groups) and seconds of each."""
     from finetune.metrics import classification_metrics
 
     n_classes = data.recipe.n_classes
-    x = _stack(data.windows)
+    x = stack_windows(data.windows)
     y = data.labels
     out = {}
     t0 = time.time()
     feats = band_power_features(x)
     lr = fit_band_power(feats[split.train], y[split.train], feats[split.val], y[split.val], seed=seed)
-    out["band power + LR"] = {"metrics": classification_metrics(y[split.test], lr.predict_proba(feats[split.test]), n_classes=n_classes),
-                              "seconds": time.time() - t0, "C": float(lr[-1].C)}
+    proba = lr.predict_proba(feats[split.test])
+    out["band power + LR"] = {"metrics": classification_metrics(y[split.test], proba, n_classes=n_classes),
+                              "seconds": time.time() - t0, "C": float(lr[-1].C),
+                              "test_proba": np.round(proba, 5).tolist()}
     t0 = time.time()
     model, ran = train_eegnet(x[split.train], y[split.train], x[split.val], y[split.val], n_classes=n_classes,
                               epochs=budget.eegnet_epochs, patience=budget.eegnet_patience, seed=seed, batch_size=budget.batch_size)
-    out["EEGNet (braindecode)"] = {"metrics": classification_metrics(y[split.test], predict_proba_torch(model, x[split.test]), n_classes=n_classes),
-                                   "seconds": time.time() - t0, "epochs_run": ran}
+    proba = predict_proba_torch(model, x[split.test])
+    out["EEGNet (braindecode)"] = {"metrics": classification_metrics(y[split.test], proba, n_classes=n_classes),
+                                   "seconds": time.time() - t0, "epochs_run": ran,
+                                   "test_proba": np.round(proba, 5).tolist()}
     return out
-

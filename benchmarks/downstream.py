@@ -2,53 +2,58 @@
 
 One run does everything, from raw files to the results table::
 
-    python benchmarks/downstream.py                      # full run (~30 min on a 2-core CPU)
+    python benchmarks/downstream.py                      # full run (estimate printed first; < 30 min on 2 cores)
     python benchmarks/downstream.py --quick              # smoke test (a few minutes, fewer windows/steps)
     python benchmarks/downstream.py --data /path/to/data --out runs/downstream --seeds 3
     python benchmarks/downstream.py --render benchmarks/results/results.json   # re-render the table only
-    # ablations (own --results folder): longer pretraining, another finetuning LR, a subset of the tasks
-    python benchmarks/downstream.py --tasks seizure,sleep --pretrain-steps 1200 --out runs/downstream-long \
-        --results benchmarks/results/ablation-pretrain-1200-steps
+    python benchmarks/downstream.py --render benchmarks/results/results.json --published eegmat
+    python benchmarks/downstream.py --ablation legacy-patch-norm   # -> benchmarks/results/ablation-legacy-patch-norm/
+    python benchmarks/downstream.py --transductive       # the old protocol (pretraining saw the test windows)
+    python benchmarks/downstream.py --tasks eegmat --eegmat-split published --data /path/with/all/36/subjects
 
 Stages (each timed; the wall times are part of the table):
 
 1. shards: every set of the data folder through ``shards.writer.build`` (Bonn, DREAMS, EEGMMIDB subject 1,
-   mental-stress, the unlabeled recordings). An existing build in ``--out`` with the same parameters is reused.
-2. pretraining of a tiny EEGMamba on ALL windows of those shards (labels unused), once per objective:
-   the VQ tokenizer (``pretrain.train_tokenizer.train_tokenizer``) then masked-token prediction, and the Gaussian-masked
-   STFT (``pretrain.run.run``). Reused when ``{out}/pretrain/<name>`` holds a run of the same settings.
+   mental stress, EEGMAT, the unlabeled recordings); then per task a fixed test pool (``protocol.py``) and
+   the pretraining shards without the pools (``{out}/shards-pretrain``). Finished builds are reused.
+2. pretraining of a tiny EEGMamba on the pretraining shards (labels unused), once per objective: the VQ
+   tokenizer (``pretrain.train_tokenizer.train_tokenizer``) then masked-token prediction, and the Gaussian-masked STFT
+   (``pretrain.run.run``). Reused when ``{out}/pretrain/<name>`` holds a run of the same settings.
 3. per task and seed, one split fixed with ``finetune.splits.split_windows`` (the function ``finetune`` uses,
    with the same arguments, and checked against the split every finetune run reports): EEGMamba finetuned from
-   each pretrained backbone, the same architecture from scratch, a linear probe on each frozen pretrained
-   backbone (``finetune.train.finetune``).
+   each pretrained backbone and from the released checkpoint, the same architecture from scratch, linear probes
+   on each frozen pretrained backbone and on a frozen random-init one (``finetune.train.finetune``); then one
+   multi-task model on the four recipes at once.
 4. baselines on the same splits: log band power (delta..gamma per channel, ``scipy.signal.welch``) +
    standardised, class-balanced logistic regression (C picked on the validation split), and braindecode's
-   EEGNet (AdamW, class-weighted cross-entropy, early stopping on validation balanced accuracy).
-5. a table of test-split balanced accuracy, Cohen's kappa, weighted F1 and AUROC (binary tasks), mean ± std
-   over seeds, plus wall time per stage: printed, and written to ``--results`` (results.md + results.json).
+   EEGNet (AdamW, class-weighted cross-entropy, early stopping on validation balanced accuracy); shift rows
+   from ``benchmarks/shift.py`` on the seed-0 models.
+5. a table of test balanced accuracy (with a 95% bootstrap interval over test groups), Cohen's kappa,
+   weighted F1 and AUROC (binary tasks), mean ± std over seeds, the aims of issues 13 and 15, paired
+   differences, wall time per stage: printed, and written to ``--results`` (results.md + results.json).
 
-Tasks and splits (test = one fold, validation = the next fold, the rest trains; seed ``s`` uses fold
-``s mod k`` and shuffles the group-to-fold assignment with ``s``):
+Tasks (groups = what a split assigns whole; the test pool is a fixed share of them, see ``tasks.TASKS``):
 
-- seizure: Bonn S (ictal) vs Z/O/N/F, 5-s windows; groups = segments (the set has no patient ids), 5 folds.
-- sleep: DREAMS excerpts, one 5-s hypnogram epoch per window; groups = excerpts (one subject each),
-  leave-one-excerpt-out (6 folds). The six excerpts contain no REM epoch, so the head has 4 classes.
+- seizure: Bonn S (ictal) vs Z/O/N/F, 5-s windows; groups = segments (the set has no patient ids).
+- sleep: DREAMS excerpts, one 5-s hypnogram epoch per window; groups = excerpts (one subject each). The six
+  excerpts contain no REM epoch, so the head has 4 classes.
 - motor_imagery: EEGMMIDB subject 1, imagined left vs right fist (runs 4 and 8), one 4-s window per cue,
-  8 sensorimotor channels (see MOTOR_CHANNELS); groups = runs (2 folds: one run tests; validation is the
-  last 20 % of the other run in time).
-- emotion: mental-stress horror video vs relaxing music, the first 4 s of each 10-s window; groups =
-  subjects, 5 folds.
+  8 sensorimotor channels (see MOTOR_CHANNELS); groups = runs (one run tests; validation is the last 20 % of
+  the other run in time).
+- emotion: mental-stress horror video vs relaxing music, the first 4 s of each 10-s window; groups = subjects.
+- eegmat: EEGMAT rest vs serial subtraction, 5-s windows, 19 channels; groups = subjects (02-27 here).
 
-Bonn, DREAMS and mental stress are capped to an evenly spaced subset of their windows (``TaskPlan.max_windows``)
-to fit the time budget. Pretraining sees every window of every set, test windows included (labels unused):
-the transductive setting of a foundation model pretrained on a large pool that happens to contain them.
-Torch runs on one thread (``--threads``): on a shared 2-core machine two threads per process were 15-20x slower.
+Windows are capped to an evenly spaced subset per task (``TaskPlan.max_windows``; ``--quick`` 120) to fit the
+time budget; every cap is printed in the report. Torch runs on one thread (``--threads``): on a shared 2-core
+machine two threads per process were 15-20x slower.
 
 Every number in the written table comes from this script.
 
-Modules: ``benchmarks/tasks.py`` (tasks, shard sets, budgets), ``benchmarks/stages.py`` (shards, pretraining,
-finetune runs), ``benchmarks/baselines.py`` (band power + LR, EEGNet), ``benchmarks/report.py`` (tables, aims,
-paired differences, results files, README block); this file orchestrates them and holds the CLI.
+Modules: ``tasks.py`` (tasks, shard sets, budgets), ``protocol.py`` (test pools, pretraining shards),
+``stages.py`` (shards, pretraining, finetune runs), ``baselines.py`` (band power + LR, EEGNet), ``bootstrap.py``
+(intervals over test groups), ``estimate.py`` (run time), ``ablations.py`` (``--ablation``), ``published.py``
+(EEGMAT papers' table), ``report.py`` / ``report_protocol.py`` (tables, aims, README block); this file
+orchestrates them and holds the CLI.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script: import the suite from the repository root.
@@ -68,26 +74,57 @@ if __package__ in (None, ""):
 
 import torch
 
+from benchmarks.ablations import ABLATIONS, ablation, apply
 from benchmarks.baselines import import_eegnet, run_baselines
-from benchmarks.report import README_BEGIN, README_END, aggregate, log, render, update_readme, write_results
-from benchmarks.stages import build_shards, machine, pretrain_backbone, run_eegmamba, task_split, train_vq_tokenizer
-from benchmarks.tasks import FULL, QUICK, TASKS
+from benchmarks.estimate import estimate_seconds, format_estimate
+from benchmarks.protocol import build_pretrain_shards, choose_pool
+from benchmarks.published import published_comparison
+from benchmarks.report import (
+    MULTI, PROBE, RANDOM_PROBE, RELEASE, SCRATCH, README_BEGIN, README_END, aggregate, log, pretrained_name, render,
+    update_readme, write_results,
+)
+from benchmarks.stages import (
+    build_shards, finetune_config, machine, pretrain_backbone, run_eegmamba, task_split, train_vq_tokenizer,
+)
+from benchmarks.tasks import FULL, MULTITASK, QUICK, SHARD_SETS, TASKS, TaskPlan, max_windows
 
 REPO = Path(__file__).resolve().parents[1]
+RELEASE_NAME = "eegmamba-tiny-open"
+# The published EEGMAT split (CBraMod / REVE / NeurIPT): files sorted, subjects 00-27 train, 28-31
+# validation, 32-35 test; needs the full PhysioNet download (../shared/data holds subjects 02-27).
+EEGMAT_PUBLISHED = {"val": tuple(f"Subject{i:02d}" for i in range(28, 32)),
+                    "test": tuple(f"Subject{i:02d}" for i in range(32, 36))}
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks/downstream.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the real-data folder (../shared/data)")
-    p.add_argument("--out", type=Path, default=Path("runs/downstream"), help="work dir: shards, pretrained models, finetune runs")
+    p.add_argument("--out", type=Path, default=None,
+                   help="work dir: shards, pretrained models, finetune runs (default runs/downstream, "
+                        "runs/downstream-ablation-NAME with --ablation)")
     p.add_argument("--results", type=Path, default=None,
-                   help="where results.md/json go (default benchmarks/results; with --quick {out}/results-quick)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds (= splits and initialisations) per task and method")
-    p.add_argument("--quick", action="store_true", help="smoke test: few pretraining steps and epochs, at most 240 windows per task")
+                   help="where results.md/json go (default benchmarks/results, benchmarks/results/ablation-NAME "
+                        "with --ablation; with --quick {out}/results-quick)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds (= train/val splits and initialisations) per task and method")
+    p.add_argument("--quick", action="store_true", help="smoke test: few pretraining steps and epochs, at most 120 windows per task")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset of the tasks")
-    p.add_argument("--no-probe", action="store_true", help="skip the linear probes")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probes (pretrained and random-init)")
+    p.add_argument("--no-multitask", action="store_true", help="skip the multi-task finetuning row")
+    p.add_argument("--multitask-backbone", default="masked STFT", choices=("masked STFT", "VQ masked-token"),
+                   help="the pretrained backbone the multi-task model starts from")
+    p.add_argument("--no-release", action="store_true", help=f"skip the row of the released checkpoint {RELEASE_NAME}")
+    p.add_argument("--transductive", action="store_true",
+                   help="ablation: pretrain on every window (test pools included) and test on group fold seed mod k")
+    p.add_argument("--eegmat-split", choices=("folds", "published"), default="folds",
+                   help="folds: a test pool of the shared subjects (02-27); published: subjects 32-35 test, 28-31 "
+                        "validate (the papers' split; needs all 36 subjects from PhysioNet in --data)")
+    p.add_argument("--ablation", default=None, metavar="NAME",
+                   help=f"run with one named change (benchmarks/ablations.py): {', '.join(ABLATIONS)}")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="only rewrite results.md next to an existing results.json (no training)")
+    p.add_argument("--published", choices=("eegmat",), default=None,
+                   help="with --render: print our rows of the task beside the published table (copied from the papers)")
     p.add_argument("--readme", type=Path, default=None, metavar="README",
                    help="also replace the README's results block (between the "
                         f"{README_BEGIN} / {README_END} markers) with this run's report")
@@ -106,21 +143,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.task_names) - known)
     if unknown or not args.task_names:
         p.error(f"--tasks: unknown task(s) {unknown}; known: {sorted(known)}")
+    if args.published and args.render is None:
+        p.error("--published needs --render RESULTS_JSON")
+    args.ablation_spec = ablation(args.ablation) if args.ablation else None
+    suffix = f"-ablation-{args.ablation}" if args.ablation else ""
+    if args.out is None:
+        args.out = Path(f"runs/downstream{suffix}")
     if args.results is None:
-        args.results = args.out / "results-quick" if args.quick else REPO / "benchmarks" / "results"
+        folder = REPO / "benchmarks" / "results"
+        args.results = args.out / "results-quick" if args.quick else (folder / f"ablation-{args.ablation}" if args.ablation else folder)
+    if args.ablation_spec and args.ablation_spec.protocol.get("transductive"):
+        args.transductive = True
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render is not None:
-        payload = json.loads(args.render.read_text())
-        payload["table"] = aggregate(payload["runs"])
-        write_results(payload, args.render.parent)
-        if args.readme is not None:
-            update_readme(args.readme, render(payload))
-        return 0
+def budget_of(args: argparse.Namespace):
+    """The mode's Budget with the ablation's and the command line's overrides."""
     budget = QUICK if args.quick else FULL
+    if args.ablation_spec:
+        budget = apply(budget, args.ablation_spec.budget, where=f"ablation {args.ablation} budget")
     if args.pretrain_steps is not None:
         if args.pretrain_steps < 1:
             raise SystemExit("--pretrain-steps must be >= 1")
@@ -129,6 +170,213 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.finetune_lr > 0:
             raise SystemExit("--finetune-lr must be > 0")
         budget = dataclasses.replace(budget, finetune_lr=args.finetune_lr)
+    return budget
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render is not None:
+        payload = json.loads(args.render.read_text())
+        if args.published:
+            print(published_comparison(payload, args.published))
+            return 0
+        payload["table"] = aggregate(payload["runs"])
+        write_results(payload, args.render.parent)
+        if args.readme is not None:
+            update_readme(args.readme, render(payload))
+        return 0
+    payload = run(args)
+    write_results(payload, args.results)
+    if args.readme is not None:
+        update_readme(args.readme, render(payload))
+    return 0
+
+
+def available_sets(data_root: Path, notes: list[str]) -> list[str]:
+    """The shard sets whose adapter is registered and whose folder exists (EEGMAT needs both)."""
+    from shards.corpora import get_corpus
+
+    sets = []
+    for name, (adapter, rel, _) in SHARD_SETS.items():
+        try:
+            get_corpus(adapter)
+        except (KeyError, ValueError) as err:
+            notes.append(f"shard set {name} skipped: no corpus adapter {adapter!r} ({err})")
+            continue
+        if name == "eegmat" and not (data_root / rel).is_dir():
+            notes.append(f"shard set {name} skipped: {data_root / rel} does not exist")
+            continue
+        sets.append(name)
+    return sets
+
+
+def test_pools(plans: Sequence[TaskPlan], folders: Mapping[str, Path], args) -> dict[str, dict]:
+    """Per task its fixed test pool (``protocol.choose_pool``; EEGMAT's published split when asked)."""
+    pools = {}
+    for plan in plans:
+        if plan.name == "eegmat" and args.eegmat_split == "published":
+            from finetune.data import load_task_data
+            from finetune.recipes import get_recipe
+
+            metas = load_task_data(get_recipe(plan.recipe_name), str(folders[plan.corpus]), classes=plan.classes).metas
+            have = {str(m["subject"]) for m in metas}
+            missing = sorted(set(EEGMAT_PUBLISHED["test"] + EEGMAT_PUBLISHED["val"]) - have)
+            if missing:
+                raise SystemExit(f"--eegmat-split published: subjects {missing} are not in {args.data / SHARD_SETS['eegmat'][1]}; "
+                                 "download all 36 subjects of EEGMAT from PhysioNet")
+            pools[plan.name] = {"group_key": "subject", "groups": [f"eegmat/{s}" for s in EEGMAT_PUBLISHED["test"]],
+                                "val_groups": [f"eegmat/{s}" for s in EEGMAT_PUBLISHED["val"]],
+                                "recordings": [], "subjects": list(EEGMAT_PUBLISHED["test"]), "n_groups": len(have),
+                                "published": True}
+        else:
+            pools[plan.name] = choose_pool(plan, folders[plan.corpus])
+        pool = pools[plan.name]
+        log(f"{plan.name}: test pool of {len(pool['groups'])}/{pool['n_groups']} {pool['group_key']}s, "
+            f"{len(pool['recordings'])} recordings held out of pretraining")
+    return pools
+
+
+def pretraining(args, budget, pretrain_folders, stages) -> tuple[dict[str, Path], dict[str, list[float]]]:
+    """Stage 2: the VQ tokenizer, then one backbone per objective, on ``pretrain_folders``."""
+    from pretrain.config import ObjectiveConfig
+
+    abl = args.ablation_spec
+    t0 = time.time()
+    tok_dir, reused = train_vq_tokenizer(pretrain_folders, args.out, budget, seed=0, ablation=abl)
+    stages["2a VQ tokenizer" + (" (reused)" if reused else "")] = time.time() - t0
+    pretrained: dict[str, Path] = {}
+    losses: dict[str, list[float]] = {}
+    for name, objective in (
+        ("VQ masked-token", ObjectiveConfig(name="masked_token", tokenizer=str(tok_dir))),
+        ("masked STFT", ObjectiveConfig(name="masked_stft")),
+    ):
+        t0 = time.time()
+        slug = "masked_token" if name.startswith("VQ") else "masked_stft"
+        pretrained[name], reused, losses[name] = pretrain_backbone(slug, objective, pretrain_folders, args.out, budget,
+                                                                   seed=0, ablation=abl)
+        stages[f"2{'b' if slug == 'masked_token' else 'c'} pretrain {name}" + (" (reused)" if reused else "")] = time.time() - t0
+    return pretrained, losses
+
+
+def release_checkpoint(notes: list[str]) -> str | None:
+    """``RELEASE_NAME`` when ``--checkpoint`` resolves it (the release ships it), else None with a note."""
+    from finetune.model import load_backbone
+
+    try:
+        load_backbone(RELEASE_NAME)
+    except Exception as err:  # noqa: BLE001 - any failure means: not shipped here
+        notes.append(f"no row for the released checkpoint {RELEASE_NAME}: it does not resolve here ({type(err).__name__}: {err})")
+        return None
+    return RELEASE_NAME
+
+
+def method_list(pretrained: Mapping[str, Path], args, notes: list[str]) -> list[tuple[str, str, str]]:
+    """(method name, checkpoint, finetune mode) of every single-task EEGMamba row."""
+    methods = [(pretrained_name(name), str(path), "finetune") for name, path in pretrained.items()]
+    methods.append((SCRATCH, "none", "finetune"))
+    if not args.no_release and (release := release_checkpoint(notes)):
+        methods.append((RELEASE, release, "finetune"))
+    if not args.no_probe:
+        methods += [(PROBE.format(name), str(path), "linear_probe") for name, path in pretrained.items()]
+        methods.append((RANDOM_PROBE, "none", "linear_probe"))
+    return methods
+
+
+def split_record(data, split) -> dict[str, Any]:
+    """The split as the report keeps it: finetune's description plus, per test window in order, its group
+    and label (what the bootstrap over test groups resamples)."""
+    from finetune.splits import group_names
+
+    described = split.describe()
+    groups = group_names([data.metas[i] for i in split.test], described["group_key"])
+    return {**described, "test_window_groups": groups, "test_labels": [int(data.labels[i]) for i in split.test]}
+
+
+def check_split(plan: TaskPlan, seed: int, reported: Mapping, described: Mapping) -> None:
+    if reported["groups"] != described["groups"]:
+        raise RuntimeError(f"{plan.name} seed {seed}: finetune's split differs from the benchmark's "
+                           f"({reported['groups']} vs {described['groups']})")
+
+
+def run_task(plan: TaskPlan, folder: Path, seed: int, budget, methods, pool, args) -> tuple[list[dict], dict, Any]:
+    """Every single-task row of one task and seed: EEGMamba variants, then the baselines."""
+    data, split = task_split(plan, folder, seed, budget, pool)
+    record = split_record(data, split)
+    log(f"{plan.name} seed {seed}: {len(data.windows)} windows, classes {list(data.recipe.classes)}, "
+        f"{record['group_key']} fold {record['fold']}/{record['n_folds']}, windows {record['n_windows']}")
+    runs = []
+    overrides = args.ablation_spec.finetune if args.ablation_spec else {}
+    for method, checkpoint, mode in methods:
+        slug = hashlib.sha256(method.encode()).hexdigest()[:8]
+        config = finetune_config(plan, folder, seed, budget, checkpoint=checkpoint, mode=mode, pool=args.pool,
+                                 out=args.out / "finetune" / plan.name / f"{slug}-seed{seed}",
+                                 test_groups=pool["groups"] if pool else (), val_groups=pool.get("val_groups", ()) if pool else (),
+                                 overrides=overrides)
+        r = run_eegmamba(config, {plan.name: (plan.recipe_name, data, split)})[plan.name]
+        check_split(plan, seed, r.pop("split"), record)
+        runs.append({"task": plan.name, "method": method, "seed": seed, **r})
+        log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s, "
+            f"best epoch {r['best_epoch']} of {r['epochs_run']})")
+    for method, r in run_baselines(plan, data, split, seed, budget).items():
+        runs.append({"task": plan.name, "method": method, "seed": seed, **r})
+        log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s)")
+    return runs, record, (data, split)
+
+
+def run_multitask(plans: Sequence[TaskPlan], folders, seed: int, budget, checkpoint: Path, pools, task_data, args) -> list[dict]:
+    """One EEGMamba finetuned on all MULTITASK tasks at once (task-aware MoE), same splits as the single-task rows."""
+    from finetune.config import TaskSpec
+
+    mine = [p for p in plans if p.name in MULTITASK and p.recipe_name == p.name]
+    if len(mine) < 2 or not pools:
+        return []  # the multi-task row needs the leak-free pools: transductive folds differ per task (n_folds)
+    specs = tuple(TaskSpec(recipe=p.recipe_name, data=str(folders[p.corpus]), classes=p.classes, window_s=p.window_s,
+                           max_windows=max_windows(p, budget)) for p in mine)
+    test_groups = tuple(g for p in mine for g in (pools[p.name]["groups"] if pools else ()))
+    base = finetune_config(mine[0], folders[mine[0].corpus], seed, budget, checkpoint=str(checkpoint), mode="finetune",
+                           pool=args.pool, out=args.out / "finetune" / "multitask" / f"seed{seed}", test_groups=test_groups,
+                           overrides=args.ablation_spec.finetune if args.ablation_spec else {})
+    # n_folds 5 for every task: with a test pool it only sets the validation folds of the other groups,
+    # the same as each task's own n_folds wherever the two differ (sleep: min(6, 4) = min(5, 4)).
+    config = dataclasses.replace(base, recipe="", data="", classes=(), tasks=specs, window_s=None, max_windows=None,
+                                 n_folds=5)
+    results = run_eegmamba(config, {p.name: (p.recipe_name, *task_data[(p.name, seed)]) for p in mine})
+    method = MULTI.format(args.multitask_backbone)
+    runs = []
+    for p in mine:
+        r = results[p.name]
+        check_split(p, seed, r.pop("split"), task_data[(p.name, seed)][1].describe())
+        runs.append({"task": p.name, "method": method, "seed": seed, **r})
+        log(f"  {method} [{p.name}]: bal.acc {r['metrics']['balanced_accuracy']:.3f}")
+    return runs
+
+
+def run_shift(plans, seed0_models: Mapping[tuple[str, str], Path], args, notes: list[str]) -> list[dict]:
+    """Deployment-style shift rows (issue 15 item 2, issue 13 item 4) from ``benchmarks/shift.py``.
+
+    INTEGRATION POINT: ``benchmarks/shift.py`` (the "eegmat" helper's module) labels whole held-out
+    recordings through ``finetune.predict`` under resampling / rescaling / re-referencing / channel
+    subsets, and EEGMAT <-> Emotiv stress across data sets. The API used here:
+    ``shift.shift_rows(task=, method=, model_dir=, data_root=) -> [{task, shift, method, metrics}]`` for
+    each seed-0 finetuned model (one seed keeps the budget).
+    """
+    try:
+        from benchmarks import shift
+    except ImportError:
+        notes.append("shift table: benchmarks/shift.py has not landed; no shift rows (integration point: run_shift)")
+        return []
+    if not hasattr(shift, "shift_rows"):
+        notes.append("shift table: benchmarks/shift.py has no shift_rows(); no shift rows (integration point: run_shift)")
+        return []
+    rows = []
+    for (task, method), model_dir in seed0_models.items():
+        rows += shift.shift_rows(task=task, method=method, model_dir=model_dir, data_root=args.data)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark; returns the results.json payload."""
+    budget = budget_of(args)
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -139,72 +387,67 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log(f"stage 1/4: shards from {args.data}")
     t0 = time.time()
-    folders = build_shards(args.data, out)
+    sets = available_sets(args.data, notes)
+    folders = build_shards(args.data, out, sets=sets)
+    all_plans = [t for t in TASKS if t.corpus in folders]
+    plans = [t for t in all_plans if t.name in args.task_names]
+    notes += [f"task {t} skipped: its shard set was not built" for t in args.task_names if t not in {p.name for p in plans}]
+    estimate = estimate_seconds(plans, args.seeds, budget, probes=not args.no_probe, multitask=not args.no_multitask,
+                                release=not args.no_release)
+    log(format_estimate(estimate))
+    if args.transductive:
+        pools: dict[str, dict] = {}
+        pretrain_folders = folders
+        notes.append("transductive ablation: pretraining saw every window, test windows included")
+    else:
+        pools = test_pools(all_plans, folders, args)
+        exclusions = {p.corpus: {"pool": pools[p.name], "match": p.pretrain_match} for p in all_plans}
+        pretrain_folders = build_pretrain_shards(args.data, out, sets, exclusions)
     stages["1 shards (build or reuse)"] = time.time() - t0
 
-    from pretrain.config import ObjectiveConfig
-
-    log("stage 2/4: self-supervised pretraining on all windows (labels unused)")
-    t0 = time.time()
-    tok_dir, reused = train_vq_tokenizer(folders, out, budget, seed=0)
-    stages["2a VQ tokenizer" + (" (reused)" if reused else "")] = time.time() - t0
-    pretrained: dict[str, Path] = {}
-    losses: dict[str, list[float]] = {}
-    for name, objective in (
-        ("VQ masked-token", ObjectiveConfig(name="masked_token", tokenizer=str(tok_dir))),
-        ("masked STFT", ObjectiveConfig(name="masked_stft")),
-    ):
-        t0 = time.time()
-        slug = "masked_token" if name.startswith("VQ") else "masked_stft"
-        pretrained[name], reused, losses[name] = pretrain_backbone(slug, objective, folders, out, budget, seed=0)
-        stages[f"2{'b' if slug == 'masked_token' else 'c'} pretrain {name}" + (" (reused)" if reused else "")] = time.time() - t0
+    log("stage 2/4: self-supervised pretraining " + ("on all windows (labels unused)" if args.transductive
+                                                    else "without the test pools (labels unused)"))
+    pretrained, losses = pretraining(args, budget, pretrain_folders, stages)
 
     log("stage 3-4/4: finetuning and baselines on fixed splits")
-    methods: list[tuple[str, str, str]] = []  # (method name, checkpoint, mode)
-    for name, path in pretrained.items():
-        methods.append((f"EEGMamba pretrained ({name}), finetuned", str(path), "finetune"))
-    methods.append(("EEGMamba from scratch", "none", "finetune"))
-    if not args.no_probe:
-        for name, path in pretrained.items():
-            methods.append((f"EEGMamba linear probe ({name})", str(path), "linear_probe"))
+    methods = method_list(pretrained, args, notes)
     runs: list[dict] = []
     splits_record: dict[str, dict] = {}
-    plans = [t for t in TASKS if t.name in args.task_names]
+    task_data: dict[tuple[str, int], tuple] = {}
     for plan in plans:
         t_task = time.time()
         for seed in range(args.seeds):
-            data, split = task_split(plan, folders[plan.corpus], seed, budget)
-            described = split.describe()
-            splits_record.setdefault(plan.name, {})[str(seed)] = described
-            log(f"{plan.name} seed {seed}: {len(data.windows)} windows, classes {list(data.recipe.classes)}, "
-                f"{described['group_key']} fold {described['fold']}/{described['n_folds']}, windows {described['n_windows']}")
-            for method, checkpoint, mode in methods:
-                slug = hashlib.sha256(method.encode()).hexdigest()[:8]
-                r = run_eegmamba(plan, folders[plan.corpus], seed, budget, checkpoint=checkpoint, mode=mode,
-                                 out=out / "finetune" / plan.name / f"{slug}-seed{seed}", pool=args.pool)
-                if r["split"]["groups"] != described["groups"]:
-                    raise RuntimeError(f"{plan.name} seed {seed}: finetune's split differs from the benchmark's "
-                                       f"({r['split']['groups']} vs {described['groups']})")
-                runs.append({"task": plan.name, "method": method, "seed": seed, **{k: v for k, v in r.items() if k != "split"}})
-                log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s, "
-                    f"best epoch {r['best_epoch']} of {r['epochs_run']})")
-            for method, r in run_baselines(plan, data, split, seed, budget).items():
-                runs.append({"task": plan.name, "method": method, "seed": seed, **r})
-                log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s)")
+            task_runs, record, task_data[(plan.name, seed)] = run_task(plan, folders[plan.corpus], seed, budget, methods,
+                                                                       pools.get(plan.name), args)
+            runs += task_runs
+            splits_record.setdefault(plan.name, {})[str(seed)] = record
         stages[f"3 {plan.name}: all methods x {args.seeds} seeds"] = time.time() - t_task
+    if not args.no_multitask and not args.transductive:
+        t0 = time.time()
+        for seed in range(args.seeds):
+            runs += run_multitask(plans, folders, seed, budget, pretrained[args.multitask_backbone], pools, task_data, args)
+        stages[f"3 multi-task finetuning x {args.seeds} seeds"] = time.time() - t0
+    elif not args.no_multitask:
+        notes.append("no multi-task row in the transductive ablation (its folds differ per task)")
+    t0 = time.time()
+    seed0 = {(p.name, m): out / "finetune" / p.name / f"{hashlib.sha256(m.encode()).hexdigest()[:8]}-seed0" / "model"
+             for p in plans for m, _, mode in methods if mode == "finetune"}
+    shift_rows = run_shift(plans, seed0, args, notes)
+    stages["4 shift evaluation (seed 0)"] = time.time() - t0
+    del task_data
 
-    info = machine()
-    payload = {
+    return {
         "command": ["python", *sys.argv], "quick": args.quick, "seeds": args.seeds, "budget": dataclasses.asdict(budget),
-        "machine": info, "stages_s": stages, "total_s": time.time() - t_start,
+        "machine": machine(), "stages_s": stages, "total_s": time.time() - t_start,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pretrain_losses": losses, "runs": runs,
         "splits": splits_record, "notes": notes, "tasks": {t.name: dataclasses.asdict(t) for t in plans},
+        "protocol": "transductive" if args.transductive else "leak-free",
+        "pools": {name: {k: v for k, v in pool.items() if k != "recordings"} | {"n_recordings": len(pool["recordings"])}
+                  for name, pool in pools.items()},
+        "caps": {t.name: max_windows(t, budget) for t in plans}, "estimate_s": estimate,
+        "ablation": {"name": args.ablation, **dataclasses.asdict(args.ablation_spec)} if args.ablation_spec else None,
+        "eegmat_split": args.eegmat_split, "shift": shift_rows,
     }
-    payload["table"] = aggregate(runs)
-    write_results(payload, args.results)
-    if args.readme is not None:
-        update_readme(args.readme, render(payload))
-    return 0
 
 
 if __name__ == "__main__":

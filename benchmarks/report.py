@@ -16,8 +16,16 @@ import numpy as np
 from benchmarks.tasks import TASKS
 
 SCRATCH, BAND = "EEGMamba from scratch", "band power + LR"
+PROBE = "EEGMamba linear probe ({})"
+RANDOM_PROBE = "EEGMamba linear probe (random init)"
+RELEASE = "EEGMamba released checkpoint (eegmamba-tiny-open), finetuned"
+MULTI = "EEGMamba multi-task ({} backbone), one model for all tasks"
 METRICS = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc")
 METRIC_TITLES = {"balanced_accuracy": "bal. acc.", "cohen_kappa": "kappa", "weighted_f1": "weighted F1", "auroc": "AUROC"}
+
+
+def pretrained_name(objective: str) -> str:
+    return f"EEGMamba pretrained ({objective}), finetuned"
 
 
 def log(msg: str) -> None:
@@ -106,7 +114,19 @@ def paired_differences(runs: Sequence[Mapping[str, Any]], method: str, reference
 
 
 def render(payload: Mapping[str, Any]) -> str:
-    """The Markdown report of one benchmark run (a pure function of its results.json payload)."""
+    """The Markdown report of one benchmark run (a pure function of its results.json payload).
+
+    Payloads written before the leak-free protocol (no ``protocol`` key) render as they always did.
+    """
+    if "protocol" in payload:
+        from benchmarks.report_protocol import render_protocol
+
+        return render_protocol(payload)
+    return render_legacy(payload)
+
+
+def render_legacy(payload: Mapping[str, Any]) -> str:
+    """The report of a payload from before issue 15 (transductive, no test predictions), byte for byte."""
     runs = payload["runs"]
     table = aggregate(runs)
     titles = {t.name: t.title for t in TASKS}

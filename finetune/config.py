@@ -36,6 +36,8 @@ class TaskSpec:
     recipe: str = option("recipe name: seizure | sleep | emotion | motor_imagery", "")
     data: str = option("shards of this task (folder/glob/brace/pipe:); empty = the run's --data", "")
     classes: tuple[str, ...] = option("classes to use, in head order (empty = the recipe's, fitted to the data)", ())
+    window_s: float | None = option("crop this task's windows to this many seconds (None = the run's window_s)", None)
+    max_windows: int | None = option("keep at most this many of this task's windows (None = the run's max_windows)", None)
 
 
 # Fields that override the recipe's Hyper when set (same names as finetune.recipes.base.Hyper).
@@ -76,6 +78,10 @@ class FinetuneConfig:
         "kfold",
     )
     fold: int = option("which fold is the test set (validation = the next fold)", 0)
+    test_groups: tuple[str, ...] = option(
+        "kfold with a fixed test set: these groups (corpus/subject or corpus/recording) test, the others are "
+        "split into train/val by --fold; e.g. a pool held out of pretraining", ())
+    val_groups: tuple[str, ...] = option("with test_groups: fixed validation groups (default: a group fold of the rest)", ())
     n_folds: int | None = option("k of the group k-fold (None = the recipe's)", None)
     max_windows: int | None = option("keep at most this many windows per task (evenly spaced; for quick trials)", None)
 

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-__all__ = ["PUBLISHED_SPLITS", "PublishedSplit", "Split", "group_names", "kfold_split", "published_split", "split_windows"]
+__all__ = [
+    "PUBLISHED_SPLITS", "PublishedSplit", "Split", "group_names", "kfold_split", "pool_split", "published_split",
+    "split_windows",
+]
 
 
 @dataclass(frozen=True)
@@ -128,19 +131,7 @@ def kfold_split(
     if n_groups == 2:
         return _two_group_split(groups, unique, fold, seed, onsets, recordings, val_fraction, group_key)
 
-    # StratifiedGroupKFold wants integer-coded groups; its shuffle is seeded by random_state.
-    codes = np.asarray([unique.index(g) for g in groups.tolist()])
-    if np.bincount(labels).max() < k:
-        # Every class has fewer windows than folds: stratification is impossible (sklearn refuses), and
-        # an unstratified group k-fold is the split that remains.
-        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    else:
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    fold_of_window = np.empty(groups.shape[0], dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
-        for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(codes)), labels, codes)):
-            fold_of_window[test_idx] = f
+    fold_of_window = group_folds(groups, labels, k, seed)
     val_fold = (fold + 1) % k
     idx = np.arange(groups.shape[0])
     test = idx[fold_of_window == fold]
@@ -157,6 +148,90 @@ def kfold_split(
         fold=fold,
         n_folds=k,
         groups={side: tuple(sorted(set(groups[arr].tolist()))) for side, arr in (("train", train), ("val", val), ("test", test))},
+    )
+
+
+def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``[n]`` fold (0..k-1) of each window: StratifiedGroupKFold over the groups, shuffled by ``seed``."""
+    unique = sorted(set(groups.tolist()))
+    # StratifiedGroupKFold wants integer-coded groups; its shuffle is seeded by random_state.
+    codes = np.asarray([unique.index(g) for g in groups.tolist()])
+    if np.bincount(labels).max() < k:
+        # Every class has fewer windows than folds: stratification is impossible (sklearn refuses), and
+        # an unstratified group k-fold is the split that remains.
+        splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    fold_of_window = np.empty(groups.shape[0], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
+        for f, (_, test_idx) in enumerate(splitter.split(np.zeros(len(codes)), labels, codes)):
+            fold_of_window[test_idx] = f
+    return fold_of_window
+
+
+def pool_split(
+    groups: Sequence[str],
+    labels: Sequence[int],
+    test_groups: Sequence[str],
+    *,
+    val_groups: Sequence[str] = (),
+    n_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    onsets: Sequence[float] | None = None,
+    recordings: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    group_key: str = "group",
+) -> Split:
+    """A fixed test set: every window of ``test_groups`` tests; the other groups train and validate.
+
+    The leak-free protocol of ``benchmarks/downstream.py``: the test groups are a pool held out of
+    pretraining too, and every seed tests on it. Validation is ``val_groups`` when given (a published
+    split), else group fold ``fold`` of a stratified group k-fold over the remaining groups (shuffled by
+    ``seed``, ``k = min(n_folds, groups left)``), else, with a single group left, the last ``val_fraction``
+    (by onset) of each of its recordings.
+    """
+    groups = np.asarray(groups, dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    if groups.shape[0] != labels.shape[0]:
+        raise ValueError(f"{groups.shape[0]} groups but {labels.shape[0]} labels")
+    pool = set(test_groups)
+    idx = np.arange(groups.shape[0])
+    is_test = np.asarray([g in pool for g in groups.tolist()], dtype=bool)
+    test, rest = idx[is_test], idx[~is_test]
+    if test.size == 0:
+        raise ValueError(f"none of the {len(pool)} test {group_key}s is in the data (e.g. {sorted(pool)[:3]})")
+    rest_groups = sorted(set(groups[rest].tolist()))
+    if not rest_groups:
+        raise ValueError(f"every {group_key} is a test {group_key}: nothing left to train on")
+    if val_groups:
+        wanted = set(val_groups)
+        is_val = np.asarray([g in wanted for g in groups[rest].tolist()], dtype=bool)
+        val, train = rest[is_val], rest[~is_val]
+        k, protocol = 1, f"fixed validation {group_key}s"
+    elif len(rest_groups) >= 2:
+        k = min(max(2, n_folds), len(rest_groups))
+        folds = group_folds(groups[rest], labels[rest], k, seed)
+        val, train = rest[folds == fold % k], rest[folds != fold % k]
+        protocol = f"fold {fold % k} of a {k}-fold split of the other {group_key}s"
+    else:
+        if onsets is None or recordings is None:
+            raise ValueError(f"one training {group_key}: the time-block validation needs window onsets and recordings")
+        onsets, recordings = np.asarray(onsets, dtype=np.float64), np.asarray(recordings, dtype=object)
+        is_val = np.zeros(groups.shape[0], dtype=bool)
+        for rec in sorted(set(recordings[rest].tolist())):
+            members = rest[recordings[rest] == rec]
+            is_val[members[onsets[members] >= np.quantile(onsets[members], 1.0 - val_fraction)]] = True
+        val, train = idx[is_val], rest[~is_val[rest]]
+        k, protocol = 1, f"last {val_fraction:.0%} (by onset) of each training recording"
+    for side, arr in (("train", train), ("val", val)):
+        if arr.size == 0:
+            raise ValueError(f"the fixed test pool leaves the {side} set empty ({len(rest_groups)} other {group_key}s)")
+    return Split(
+        train=train, val=val, test=test, group_key=group_key, fold=fold, n_folds=k,
+        groups={side: tuple(sorted(set(groups[arr].tolist()))) for side, arr in (("train", train), ("val", val), ("test", test))},
+        val_protocol=f"fixed test pool; validation = {protocol}",
     )
 
 
@@ -199,8 +274,13 @@ def split_windows(
     n_folds: int = 5,
     fold: int = 0,
     seed: int = 0,
+    test_groups: Sequence[str] = (),
+    val_groups: Sequence[str] = (),
 ) -> Split:
     """Split one task's windows (their metadata dicts) by subject, falling back to recording.
+
+    With ``test_groups`` (group names ``corpus/subject`` or ``corpus/recording``) the test set is fixed
+    (:func:`pool_split`); names of other corpora are ignored, so one list serves a multi-task run.
 
     Args:
         metas: ``[n]`` window metadata (``corpus, subject, recording, onset_s``).
@@ -212,6 +292,9 @@ def split_windows(
     groups = group_names(metas, key)
     recs = group_names(metas, "recording")
     onsets = [float(m.get("onset_s", 0.0)) for m in metas]
+    if test_groups:
+        return pool_split(groups, labels, test_groups, val_groups=val_groups, n_folds=n_folds, fold=fold, seed=seed,
+                          onsets=onsets, recordings=recs, group_key=key)
     return kfold_split(
         groups, labels, n_folds=n_folds, fold=fold, seed=seed, onsets=onsets, recordings=recs, group_key=key
     )

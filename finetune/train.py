@@ -115,8 +115,9 @@ def load_tasks(config: FinetuneConfig) -> tuple[dict[str, TaskData], Hyper]:
         if spec.data not in cache:
             cache[spec.data] = load_windows(spec.data)
         tasks[recipe.name] = load_task_data(
-            recipe, spec.data, classes=spec.classes, window_s=config.window_s, channels=config.channels,
-            extra_tasks=config.extra_tasks, max_windows=config.max_windows, windows=cache[spec.data])
+            recipe, spec.data, classes=spec.classes, window_s=config.window_s if spec.window_s is None else spec.window_s,
+            channels=config.channels, extra_tasks=config.extra_tasks, windows=cache[spec.data],
+            max_windows=config.max_windows if spec.max_windows is None else spec.max_windows)
     hyper: Hyper = merge_hyper(tasks[specs[0].recipe].recipe.hyper, config.hyper_overrides())
     for key in ("epochs", "batch_size", "patience"):
         if getattr(hyper, key) < 1:
@@ -132,7 +133,8 @@ def make_split(config: FinetuneConfig, data: TaskData) -> Split:
     if config.split == "published":
         return published_split(data.metas)
     return split_windows(data.metas, data.labels, group_by=data.recipe.group_by,
-                         n_folds=config.n_folds or data.recipe.n_folds, fold=config.fold, seed=config.seed)
+                         n_folds=config.n_folds or data.recipe.n_folds, fold=config.fold, seed=config.seed,
+                         test_groups=config.test_groups, val_groups=config.val_groups)
 
 
 def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hyper, checkpoint: str | None,

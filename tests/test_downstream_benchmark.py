@@ -7,6 +7,7 @@ The benchmark itself (shards -> pretraining -> finetuning on real data) is not a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import baselines, report, tasks
+from benchmarks import ablations, baselines, bootstrap, estimate, report, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,8 @@ def test_stage_table_sums():
 
 def test_parse_args_defaults_and_errors(bench):
     args = bench.parse_args([])
-    assert args.seeds == 3 and args.task_names == ["seizure", "sleep", "motor_imagery", "emotion"]
+    assert args.seeds == 3 and args.task_names == ["seizure", "sleep", "motor_imagery", "emotion", "eegmat"]
+    assert not args.transductive and args.eegmat_split == "folds"
     assert args.results == REPO / "benchmarks" / "results"
     quick = bench.parse_args(["--quick", "--out", "/tmp/x"])
     assert quick.results == Path("/tmp/x/results-quick")
@@ -204,3 +206,179 @@ def test_render_rewrites_the_readme_block_as_stored(bench, tmp_path):
     (tmp_path / "results.json").write_bytes((STORED / "results.json").read_bytes())
     assert bench.main(["--render", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
     assert readme.read_text() == (REPO / "README.md").read_text()
+
+
+# ---- planning and capping ------------------------------------------------------------------------------
+
+
+def test_quick_caps_every_task_and_full_keeps_the_task_caps():
+    for plan in tasks.TASKS:
+        assert tasks.max_windows(plan, tasks.QUICK) == min(120, plan.max_windows or 120)
+        assert tasks.max_windows(plan, tasks.FULL) == plan.max_windows
+    assert all(tasks.QUICK.__dict__[k] < tasks.FULL.__dict__[k] for k in ("pretrain_steps", "finetune_epochs", "eegnet_epochs"))
+
+
+def test_estimate_fits_the_budget_and_scales_with_seeds_and_rows():
+    full = estimate.estimate_seconds(tasks.TASKS, 3, tasks.FULL)
+    assert sum(full.values()) < 30 * 60  # the issue's budget, with every row of the default run
+    assert set(full) >= {"shards", "tokenizer", "pretraining (2 objectives)", "multi-task finetuning",
+                         *(f"task {t.name}" for t in tasks.TASKS)}
+    one = estimate.estimate_seconds(tasks.TASKS, 1, tasks.FULL)
+    assert one["task sleep"] == pytest.approx(full["task sleep"] / 3)
+    lean = estimate.estimate_seconds(tasks.TASKS, 3, tasks.FULL, probes=False, multitask=False, release=False)
+    assert "multi-task finetuning" not in lean and lean["task seizure"] < full["task seizure"]
+    quick = estimate.estimate_seconds(tasks.TASKS, 3, tasks.QUICK)
+    assert quick["pretraining (2 objectives)"] < full["pretraining (2 objectives)"] / 50
+    assert "estimated wall time" in estimate.format_estimate(full)
+
+
+def test_ablation_flag_picks_its_folders_and_overrides(bench):
+    args = bench.parse_args(["--ablation", "finetune-lr-1e-3"])
+    assert args.out == Path("runs/downstream-ablation-finetune-lr-1e-3")
+    assert args.results == REPO / "benchmarks" / "results" / "ablation-finetune-lr-1e-3"
+    assert bench.budget_of(args).finetune_lr == 1e-3 and bench.budget_of(args).pretrain_steps == tasks.FULL.pretrain_steps
+    assert bench.parse_args(["--ablation", "transductive"]).transductive
+    with pytest.raises(SystemExit, match="unknown ablation"):
+        bench.parse_args(["--ablation", "nope"])
+
+
+def test_ablation_overrides_reach_nested_fields_and_name_unknown_ones():
+    from pretrain.config import ObjectiveConfig
+
+    obj = ablations.apply(ObjectiveConfig(), {"mask_ratio": 0.3, "stft.n_fft": 128}, where="test")
+    assert obj.mask_ratio == 0.3 and obj.stft.n_fft == 128 and obj.name == ObjectiveConfig().name
+    with pytest.raises(SystemExit, match=r"no field\(s\) \['no_such_flag'\]"):
+        ablations.apply(ObjectiveConfig(), {"no_such_flag": 1}, where="ablation x objective")
+    for name, abl in ablations.ABLATIONS.items():
+        assert abl.description and name == name.lower()
+
+
+# ---- bootstrap over test groups ------------------------------------------------------------------------
+
+
+def test_bootstrap_resamples_groups_not_windows():
+    # group A: 30 windows all right; group B: 10 windows all wrong (binary, class 0 only)
+    groups = ["A"] * 30 + ["B"] * 10
+    y = np.zeros(40, dtype=int)
+    pred = np.array([0] * 30 + [1] * 10)
+    stat = lambda i, sel: float((pred[sel] == y[sel]).mean())  # noqa: E731
+    ci = bootstrap.group_bootstrap([groups], stat, n_boot=2000, seed=0)
+    # resamples: AA -> 1.0 (p 1/4), AB/BA -> 30/40 = 0.75 (p 1/2), BB -> 0.0 (p 1/4)
+    assert ci["lo"] == pytest.approx(0.0) and ci["hi"] == pytest.approx(1.0) and ci["n_groups"] == 2
+    # 40 independent windows would give a narrow interval around 0.75; one per window is what we do not do
+    per_window = bootstrap.group_bootstrap([[str(i) for i in range(40)]], stat, n_boot=2000, seed=0)
+    assert per_window["hi"] - per_window["lo"] < 0.35
+    assert bootstrap.group_bootstrap([["A"] * 5], stat) is None  # one group: no interval over groups
+
+
+def test_bootstrap_pairs_seeds_on_the_same_groups():
+    groups = ["a", "b", "c", "d"]
+    y = np.array([0, 1, 0, 1])
+    better, worse = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 0])
+    diff = lambda i, sel: (bootstrap.balanced_accuracy(y[sel], better[sel], 2)  # noqa: E731
+                           - bootstrap.balanced_accuracy(y[sel], worse[sel], 2))
+    ci = bootstrap.group_bootstrap([groups, groups], diff, n_boot=500)
+    assert 0.0 <= ci["lo"] <= ci["hi"] <= 1.0  # never below zero: method and reference see the same draw
+
+
+def test_fast_balanced_accuracy_matches_sklearn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    y[y == 3] = 2  # a class never true but predicted
+    assert bootstrap.balanced_accuracy(y, pred, 4) == pytest.approx(balanced_accuracy_score(y, pred))
+
+
+# ---- the leak-free split ---------------------------------------------------------------------------------
+
+
+def test_pool_split_tests_on_the_pool_every_seed_and_varies_validation():
+    from finetune.splits import pool_split
+
+    groups = [f"g{i}" for i in range(10) for _ in range(4)]
+    labels = [i % 2 for i in range(10) for _ in range(4)]
+    pool = ["g0", "g3"]
+    vals = set()
+    for seed in range(4):
+        s = pool_split(groups, labels, pool, n_folds=4, fold=seed, seed=seed)
+        assert s.groups["test"] == ("g0", "g3")
+        assert not set(s.groups["train"]) & set(s.groups["val"]) and not set(s.groups["train"]) & set(pool)
+        assert sorted([*s.train, *s.val, *s.test]) == list(range(40))
+        vals.add(s.groups["val"])
+    assert len(vals) > 1
+    fixed = pool_split(groups, labels, pool, val_groups=["g1"])
+    assert fixed.groups["val"] == ("g1",) and "g1" not in fixed.groups["train"]
+    with pytest.raises(ValueError, match="none of the 1 test"):
+        pool_split(groups, labels, ["zz"])
+
+
+def test_test_pool_never_enters_the_pretraining_shards(shared_data, tmp_path):
+    """Mental stress (groups = subjects): no window of a pool subject is in the pretraining shards, all others are."""
+    from benchmarks.protocol import build_pretrain_shards, choose_pool, pool_window_keys
+    from benchmarks.stages import build_shards
+    from shards.dataset import load_windows
+
+    plan = next(t for t in tasks.TASKS if t.name == "emotion")
+    folders = build_shards(shared_data, tmp_path, sets=[plan.corpus])
+    pool = choose_pool(plan, folders[plan.corpus])
+    assert pool["group_key"] == "subject" and 1 <= len(pool["groups"]) < pool["n_groups"]
+    assert choose_pool(plan, folders[plan.corpus]) == pool  # fixed, whatever the run
+    pre = build_pretrain_shards(shared_data, tmp_path, [plan.corpus], {plan.corpus: {"pool": pool, "match": ""}})
+    all_keys = {w.key for w in load_windows(str(folders[plan.corpus]))}
+    pre_keys = {w.key for w in load_windows(str(pre[plan.corpus]))}
+    held_out = pool_window_keys(folders[plan.corpus], pool)
+    assert held_out and not held_out & pre_keys
+    assert pre_keys == all_keys - held_out
+
+
+def _protocol_payload():
+    """A leak-free payload: 2 seeds, 4 test groups of 3 windows each, the same pool every seed."""
+    groups = [g for g in "abcd" for _ in range(3)]
+    labels = [0, 0, 1] * 4
+    right = [[0.9, 0.1] if y == 0 else [0.1, 0.9] for y in labels]
+    half = [[0.9, 0.1]] * 12  # always class 0: balanced accuracy 0.5
+    runs = []
+    for seed in (0, 1):
+        for method, proba in ((report.pretrained_name("masked STFT"), right), (report.SCRATCH, half), (report.BAND, half)):
+            ba = 1.0 if proba is right else 0.5
+            runs.append({"task": "seizure", "method": method, "seed": seed, "seconds": 1.0, "test_proba": proba,
+                         "metrics": {"balanced_accuracy": ba, "cohen_kappa": 0.0, "weighted_f1": ba, "auroc": ba}})
+    split = {"group_key": "subject", "fold": 0, "n_folds": 5, "groups": {}, "test_window_groups": groups, "test_labels": labels}
+    return {"command": ["python", "benchmarks/downstream.py"], "quick": False, "seeds": 2,
+            "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch": "x", "torch_threads": 1, "python": "3"},
+            "total_s": 60.0, "finished": "2026-01-01 00:00 UTC", "stages_s": {"a": 60.0}, "pretrain_losses": {},
+            "runs": runs, "splits": {"seizure": {"0": split, "1": split}}, "notes": ["shift table: not landed"],
+            "tasks": {"seizure": {"classes": ["non_seizure", "seizure"]}}, "protocol": "leak-free",
+            "pools": {"seizure": {"group_key": "subject", "groups": ["bonn/a", "bonn/b", "bonn/c", "bonn/d"], "n_groups": 20}},
+            "caps": {"seizure": 500}, "estimate_s": {"x": 120.0}, "budget": dataclasses.asdict(tasks.FULL),
+            "ablation": None, "shift": []}
+
+
+def test_render_of_a_leak_free_run_has_intervals_aims_and_caps():
+    text = report.render(_protocol_payload())
+    assert "Protocol: leak-free" in text and "seizure 4/20 subjects" in text
+    assert "Caps (to fit 30 min on 2 cores): windows per task, evenly spaced: seizure 500; 2 seeds" in text
+    # a perfect classifier on every resample: the interval is a point at 1
+    assert "| Bonn seizure (S vs Z/O/N/F) | EEGMamba pretrained (masked STFT), finetuned | 1.000 ± 0.000 | [1.000, 1.000] |" in text
+    assert "| Bonn seizure (S vs Z/O/N/F) | EEGMamba from scratch | 0.500 ± 0.000 | [0.500, 0.500] |" in text
+    assert "minus EEGMamba from scratch: Bonn seizure +0.500 ± 0.000 (2/2 seeds) [0.500, 0.500]" in text
+    assert "beats from-scratch on 1/1 (seizure; aim 4/4: not met)" in text
+    assert "Under shift (issue 15: beat band power on 2/4 tasks and scratch on 4/4): not measured" in text
+    assert "- shift table: not landed" in text and "(estimated 2.0 min before the run)" in text
+
+
+def test_published_eegmat_table_stays_apart_from_ours():
+    from benchmarks.published import published_comparison
+
+    payload = _protocol_payload()
+    for r in payload["runs"]:
+        r["task"] = "eegmat"
+        r["metrics"]["auc_pr"] = 0.6
+    text = published_comparison(payload, "eegmat")
+    ours, papers = text.split("COPIED FROM THE PAPERS")
+    assert "measured by benchmarks/downstream.py" in ours and "CBraMod" not in ours
+    assert "| EEGMamba pretrained (masked STFT), finetuned | 1.0000 ± 0.0000 | 0.6000 ± 0.0000 | 1.0000 ± 0.0000 |" in ours
+    assert "| CBraMod | 0.7256 | 0.6267 | 0.7905 | CBraMod paper (ICLR 2025), Table 12 |" in papers
+    with pytest.raises(SystemExit, match="no published table"):
+        published_comparison(payload, "sleep")
