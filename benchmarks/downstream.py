@@ -106,7 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=None,
                    help="where results.md/json go (default benchmarks/results, benchmarks/results/ablation-NAME "
                         "with --ablation; with --quick {out}/results-quick)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds (= train/val splits and initialisations) per task and method")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds (= train/val splits and initialisations) per task and method (default 3, --quick 2)")
     p.add_argument("--quick", action="store_true", help="smoke test: few pretraining steps and epochs, at most 120 windows per task")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset of the tasks")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probes (pretrained and random-init)")
@@ -136,6 +137,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads; 1 because the tiny model's ops are too small to split, and on a shared "
                         "machine two spinning OpenMP threads per process ran 15-20x slower than one")
     args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 2 if args.quick else 3
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     known = {t.name for t in TASKS}
