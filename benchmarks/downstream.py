@@ -86,14 +86,10 @@ from benchmarks.report import (
 from benchmarks.stages import (
     build_shards, finetune_config, machine, pretrain_backbone, run_eegmamba, task_split, train_vq_tokenizer,
 )
-from benchmarks.tasks import FULL, MULTITASK, QUICK, SHARD_SETS, TASKS, TaskPlan, max_windows
+from benchmarks.tasks import FULL, MULTITASK, PRETRAIN_CHANNELS, QUICK, SHARD_SETS, TASKS, TaskPlan, max_windows
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE_NAME = "eegmamba-tiny-open"
-# The published EEGMAT split (CBraMod / REVE / NeurIPT): files sorted, subjects 00-27 train, 28-31
-# validation, 32-35 test; needs the full PhysioNet download (../shared/data holds subjects 02-27).
-EEGMAT_PUBLISHED = {"val": tuple(f"Subject{i:02d}" for i in range(28, 32)),
-                    "test": tuple(f"Subject{i:02d}" for i in range(32, 36))}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -220,17 +216,18 @@ def test_pools(plans: Sequence[TaskPlan], folders: Mapping[str, Path], args) -> 
         if plan.name == "eegmat" and args.eegmat_split == "published":
             from finetune.data import load_task_data
             from finetune.recipes import get_recipe
+            from finetune.splits import published_split
 
+            # The papers' split (finetune.splits.PUBLISHED_SPLITS: subjects 32-35 test, 28-31 validation); it
+            # names the subjects a partial download lacks. Its test subjects are the pool.
             metas = load_task_data(get_recipe(plan.recipe_name), str(folders[plan.corpus]), classes=plan.classes).metas
-            have = {str(m["subject"]) for m in metas}
-            missing = sorted(set(EEGMAT_PUBLISHED["test"] + EEGMAT_PUBLISHED["val"]) - have)
-            if missing:
-                raise SystemExit(f"--eegmat-split published: subjects {missing} are not in {args.data / SHARD_SETS['eegmat'][1]}; "
-                                 "download all 36 subjects of EEGMAT from PhysioNet")
-            pools[plan.name] = {"group_key": "subject", "groups": [f"eegmat/{s}" for s in EEGMAT_PUBLISHED["test"]],
-                                "val_groups": [f"eegmat/{s}" for s in EEGMAT_PUBLISHED["val"]],
-                                "recordings": [], "subjects": list(EEGMAT_PUBLISHED["test"]), "n_groups": len(have),
-                                "published": True}
+            try:
+                published = published_split(metas).groups
+            except ValueError as err:
+                raise SystemExit(f"--eegmat-split published: {err}") from None
+            pools[plan.name] = {"group_key": "subject", "groups": list(published["test"]), "val_groups": list(published["val"]),
+                                "recordings": [], "subjects": [g.split("/", 1)[1] for g in published["test"]],
+                                "n_groups": len({m["subject"] for m in metas}), "published": True}
         else:
             pools[plan.name] = choose_pool(plan, folders[plan.corpus])
         pool = pools[plan.name]
@@ -400,12 +397,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log(format_estimate(estimate))
     if args.transductive:
         pools: dict[str, dict] = {}
-        pretrain_folders = folders
+        exclusions: dict[str, dict] = {}
         notes.append("transductive ablation: pretraining saw every window, test windows included")
     else:
         pools = test_pools(all_plans, folders, args)
         exclusions = {p.corpus: {"pool": pools[p.name], "match": p.pretrain_match} for p in all_plans}
-        pretrain_folders = build_pretrain_shards(args.data, out, sets, exclusions)
+    pretrain_folders = build_pretrain_shards(args.data, out, sets, exclusions)
+    notes += [f"pretraining shards of {s} keep only the channels {', '.join(c)} (batch padding cost); the task's "
+              "other channels reach finetuning with the embeddings pretraining left them" for s, c in PRETRAIN_CHANNELS.items()
+              if s in sets]
     stages["1 shards (build or reuse)"] = time.time() - t0
 
     log("stage 2/4: self-supervised pretraining " + ("on all windows (labels unused)" if args.transductive

@@ -121,7 +121,7 @@ def test_parse_args_defaults_and_errors(bench):
     assert not args.transductive and args.eegmat_split == "folds"
     assert args.results == REPO / "benchmarks" / "results"
     quick = bench.parse_args(["--quick", "--out", "/tmp/x"])
-    assert quick.results == Path("/tmp/x/results-quick")
+    assert quick.results == Path("/tmp/x/results-quick") and quick.seeds == 2
     with pytest.raises(SystemExit):
         bench.parse_args(["--tasks", "seizure,nope"])
 
