@@ -4,9 +4,9 @@ change and writes it to ``benchmarks/results/ablation-NAME/`` (work dir ``runs/d
 Each ablation is a set of overrides by section (dotted names reach nested dataclasses, e.g.
 ``"stft.window"``):
 
-- ``model``: pretraining ``[model]`` fields (``pretrain.config.ModelConfig``), i.e. the backbone's config;
+- ``model``: the backbone's config fields (``foundation.model.EEGMambaConfig``, the pretraining ``[model]``);
 - ``objective``: ``pretrain.config.ObjectiveConfig`` fields, both objectives;
-- ``tokenizer``: the VQ tokenizer's ``[model]`` fields (``tokenizer.run.TokenizerModelConfig``);
+- ``tokenizer``: the VQ tokenizer's ``[model]`` fields (``tokenizer.vqnsp.VQNSPConfig``);
 - ``finetune``: ``finetune.config.FinetuneConfig`` fields of every EEGMamba run;
 - ``budget``: ``benchmarks.tasks.Budget`` fields (steps, epochs, LRs);
 - ``protocol``: ``{"transductive": True}`` pretrains on every window (the test pools included) and tests
