@@ -43,17 +43,21 @@ ABLATIONS: dict[str, Ablation] = {
     "pool-mean": Ablation("finetuned heads read the token mean instead of the class token", finetune={"pool": "mean"}),
     "finetune-lr-1e-3": Ablation("finetuning peak LR 1e-3 instead of 3e-3", budget={"finetune_lr": 1e-3}),
     "pretrain-400-steps": Ablation("400 instead of 1200 pretraining steps", budget={"pretrain_steps": 400}),
-    # issue 15 item 3: each model fix undone on its own
+    # issue 15 item 3: each model fix undone on its own (the values README "Transfer fixes" lists as old)
     "legacy-task-embed": Ablation("task rows N(0,1), never trained in pretraining (task id 0 only), decayed LR",
                                   model={"task_embed": "legacy"}, objective={"task_aware": False}),
     "legacy-gate-noise": Ablation("absolute MoE gate noise (std 0.5-0.8 against a logit spread of 0.2)",
                                   model={"gate_noise": "absolute"}),
     "legacy-moe-balance": Ablation("MoE balance loss scaled twice: effective 1e-4 instead of 0.1",
                                    model={"balance_coef": 0.01}, objective={"moe_aux_weight": 0.01}),
-    "legacy-patch-norm": Ablation("patch encoder GroupNorm per 1-s patch (amplitude discarded)",
-                                  model={"patch_norm": "patch"}),
+    "legacy-patch-norm": Ablation("patch encoders' GroupNorm per 1-s patch (amplitude discarded), backbone and tokenizer",
+                                  model={"patch_norm": "patch"}, tokenizer={"patch_norm": "patch"}),
     "legacy-codebook-restarts": Ablation("dead codes detected on the slow codebook EMA: no restart in 200 steps",
                                          tokenizer={"dead_decay": None}),
+    "legacy-code-norm": Ablation("BatchNorm before the codebook: batch statistics in training, running ones in encode()",
+                                 tokenizer={"code_norm": "batchnorm"}),
+    "legacy-stft-leak": Ablation("masked STFT scored on the Gaussian fringe, no projection of the round-trip residual",
+                                 objective={"mask.loss_threshold": 0.0, "mask.cleanup_iters": 0}),
 }
 
 

@@ -382,3 +382,18 @@ def test_published_eegmat_table_stays_apart_from_ours():
     assert "| CBraMod | 0.7256 | 0.6267 | 0.7905 | CBraMod paper (ICLR 2025), Table 12 |" in papers
     with pytest.raises(SystemExit, match="no published table"):
         published_comparison(payload, "sleep")
+
+
+def test_every_named_ablation_applies_to_the_installed_configs():
+    """Each ablation's fields exist (a fix's legacy flag that was renamed or removed fails here, not in a 30-min run)."""
+    from foundation.model import EEGMambaConfig
+    from pretrain.config import ObjectiveConfig
+    from tokenizer.vqnsp import VQNSPConfig
+
+    for name, abl in ablations.ABLATIONS.items():
+        model = ablations.apply(EEGMambaConfig.from_size("tiny"), abl.model, where=name)
+        assert all(getattr(model, k) == v for k, v in abl.model.items())
+        ablations.apply(ObjectiveConfig(), abl.objective, where=name)
+        ablations.apply(VQNSPConfig.from_size("tiny"), abl.tokenizer, where=name)
+        ablations.apply(tasks.FULL, abl.budget, where=name)
+        assert set(abl.protocol) <= {"transductive"}
