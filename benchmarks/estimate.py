@@ -25,12 +25,12 @@ REFERENCE: dict[str, tuple[float, float, float, int]] = {
 PRETRAIN_S_PER_WINDOW = 289.0 / (2 * 1200 * 16)  # both objectives, per objective and window
 TOKENIZER_S_PER_WINDOW = 0.0125  # 200 steps x 16 windows in about 40 s
 SHARDS_S = 60.0  # both shard builds from scratch, EEGMAT included (about 5 s without EEGMAT)
-SHIFT_S = 60.0  # seed 0 only
+SHIFT_S = 15.0  # per task and model, seed 0: 3 shifts + none (+ the cross-dataset row); emotion measured ~25 s user time with 12
 STARTUP_S = 1.0  # per finetune run (data loading, model build, saving)
 
 
 def estimate_seconds(plans: Sequence[TaskPlan], seeds: int, budget: Budget, *, probes: bool = True,
-                     multitask: bool = True, release: bool = True) -> dict[str, float]:
+                     multitask: bool = True, release: bool = True, shift_models: int = 3) -> dict[str, float]:
     """Estimated wall seconds per stage of a run with these tasks, seeds and budget (fresh work dir)."""
     epochs = budget.finetune_epochs / 10.0
     out = {
@@ -51,7 +51,8 @@ def estimate_seconds(plans: Sequence[TaskPlan], seeds: int, budget: Budget, *, p
             multi += seeds * ft * epochs * scale
     if multitask and sum(p.name in MULTITASK for p in plans) >= 2:
         out["multi-task finetuning"] = multi + seeds * STARTUP_S
-    out["shift (seed 0)"] = SHIFT_S
+    if shift_models:
+        out["shift (seed 0)"] = SHIFT_S * shift_models * len(plans)
     return out
 
 
