@@ -11,6 +11,10 @@ Channel names are kept exactly as in the file; only the channel *types* are set 
 :func:`shards.vocabulary.classify_channels` where the format does not say (EDF calls everything "eeg"),
 so ``raw.pick("eeg")`` keeps the channels that map to the vocabulary. Canonical renaming is
 :mod:`shards.preprocess`'s job.
+
+Length (over 450 lines): the one place where every format's quirks meet ReadError: header checks (EDF/BDF),
+unit and width corrections of MNE readers (EDF units, Neuroscan CNT, BCI2000, eXimia), XDF and the text
+adapters. Each block is short and self-contained; splitting them would spread one contract over several modules.
 """
 
 from __future__ import annotations
@@ -141,6 +145,8 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
         raw = _read_mne(path, fmt)
         if ext in (".edf", ".bdf"):
             _fix_edf_units(raw)
+        if fmt.reader == "read_raw_bci2k":
+            _fix_bci2000(raw, path)
         if fmt.scale != 1.0:
             raw.apply_function(lambda x: x * fmt.scale, picks="eeg", channel_wise=False)
     _check_sfreq(path, raw.info["sfreq"])
@@ -171,6 +177,45 @@ def _read_mne(path: Path, fmt: Format) -> mne.io.BaseRaw:
         else:
             reason = f"cannot read {fmt.name} file ({type(err).__name__}: {msg[:300] or 'no message'})"
         raise ReadError(path, reason) from err
+
+
+def _bci2000_list(params: dict[str, list[str]], name: str, n: int) -> list[str] | None:
+    """A BCI2000 list parameter (``... ChannelNames= 3 Fp1 Cz O2 // comment``) as its ``n`` values."""
+    values = params.get(name)
+    if not values or not values[0].isdigit() or int(values[0]) != n or len(values) < n + 1:
+        return None
+    return values[1 : n + 1]
+
+
+def _fix_bci2000(raw: mne.io.BaseRaw, path: Path) -> None:
+    """Names and µV calibration from the header, which MNE 1.13's BCI2000 reader leaves out.
+
+    MNE names the channels ``EEG1``..``EEGn`` and returns raw A/D counts as volts; the header's
+    ``ChannelNames``, ``SourceChOffset`` and ``SourceChGain`` (µV per count, BCI2000's convention, also
+    written ``0.1muV``) give the real names and volts = (counts - offset) x gain x 1e-6.
+    """
+    with open(path, "rb") as f:
+        first = f.readline().decode("latin-1")
+        match = re.search(r"HeaderLen=\s*(\d+)", first)
+        text = f.read(max(int(match.group(1)) - len(first), 0) if match else 0).decode("latin-1")
+    params: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line:
+            left, right = line.split("=", 1)
+            params[left.split()[-1] if left.split() else ""] = right.split("//")[0].split()
+    n = sum(t == "eeg" for t in raw.get_channel_types())
+    gains = _bci2000_list(params, "SourceChGain", n)
+    offsets = _bci2000_list(params, "SourceChOffset", n) or ["0"] * n
+    if gains is not None:
+        try:
+            scale = np.array([float(g.lower().removesuffix("muv") or 1) for g in gains]) * 1e-6
+            offset = np.array([float(o) for o in offsets])
+        except ValueError:
+            raise ReadError(path, f"BCI2000 header: SourceChGain / SourceChOffset are not numbers ({gains[:3]}...)") from None
+        raw._data[:n] = (raw._data[:n] - offset[:, None]) * scale[:, None]
+    names = _bci2000_list(params, "ChannelNames", n)
+    if names is not None and len(set(names)) == n:
+        raw.rename_channels(dict(zip(raw.ch_names[:n], names)))
 
 
 # Median |sample| that EEG of any kind stays below (DC-coupled amplifiers included): a sample width that
@@ -231,7 +276,7 @@ def _read_xdf(path: Path) -> mne.io.BaseRaw:
         ch = chans[i] if i < len(chans) else {}
         names.append(_xdf_field(ch, "label") or f"EEG{i + 1:03d}")
         unit = _xdf_field(ch, "unit").strip().lower()
-        scales.append({"v": 1.0, "volts": 1.0, "mv": 1e-3, "millivolts": 1e-3, "nv": 1e-9}.get(unit, 1e-6))
+        scales.append({"v": 1.0, "volts": 1.0, "mv": 1e-3, "millivolts": 1e-3, "nv": 1e-9}.get(unit, 1e-6))  # µV default
     info = mne.create_info(names, float(_xdf_field(stream["info"], "nominal_srate")), ch_types="eeg")
     return mne.io.RawArray(data * np.asarray(scales)[:, None], info, verbose="error")
 

@@ -14,6 +14,7 @@ import pytest
 
 from shards import formats
 from shards.corpora import get_corpus
+from shards.preprocess import PreprocessConfig, preprocess_raw
 from shards.readers import ReadError, read_raw
 
 FORMATS_DIR = "formats"
@@ -143,6 +144,91 @@ def test_eximia_written_from_the_spec(eegmmidb_10s, tmp_path):
     np.testing.assert_allclose(ours.get_data(picks="eeg"), eegmmidb_10s.get_data()[4:, :1450], atol=0.04e-6)
 
 
+def write_bci2000(path: Path, counts: np.ndarray, sfreq: float, names: list[str], gain_uv: float) -> None:
+    """A BCI2000 .dat file from its specification: text header (states, parameters), then per sample the
+    int16 values of every channel and a 2-byte state vector (Running, StimulusCode)."""
+    n = len(names)
+    lines = ["[ State Vector Definition ] ", "Running 1 0 0 0", "StimulusCode 8 0 0 1", "[ Parameter Definition ] ",
+             f"Source:Signal%20Properties:DataIOFilter int SourceCh= {n} 16 1 % // number of channels",
+             f"Source:Signal%20Properties:DataIOFilter floatlist SourceChOffset= {n} {' '.join(['0'] * n)} 0 % %",
+             f"Source:Signal%20Properties:DataIOFilter floatlist SourceChGain= {n} {' '.join([f'{gain_uv}muV'] * n)} 1 % %",
+             f"Source:Signal%20Properties:DataIOFilter list ChannelNames= {n} {' '.join(names)} % % % // names",
+             f"Source:Signal%20Properties:DataIOFilter float SamplingRate= {sfreq:g}Hz 256Hz 0.0 % // rate", ""]
+    body = "\r\n".join(lines) + "\r\n"
+    first = "HeaderLen= {:6d} SourceCh= %d StatevectorLen= 2 DataFormat= int16\r\n" % n
+    header = (first.format(len(first.format(0)) + len(body)) + body).encode()
+    frames = np.zeros((counts.shape[1], 2 * n + 2), np.uint8)
+    frames[:, : 2 * n] = np.ascontiguousarray(counts.T, "<i2").view(np.uint8)
+    path.write_bytes(header + frames.tobytes())
+
+
+def test_bci2000_written_from_the_spec(eegmmidb_10s, tmp_path):
+    """MNE 1.13 names BCI2000 channels EEG1.. and returns A/D counts; ours has the header's names and µV gain."""
+    counts = np.round(eegmmidb_10s.get_data() * 1e6 / 0.1).astype(np.int16)  # 0.1 µV per count
+    write_bci2000(tmp_path / "S001R04.dat", counts, 160.0, eegmmidb_10s.ch_names, 0.1)
+    ours = read_raw(tmp_path / "S001R04.dat")
+    theirs = mne.io.read_raw_bci2k(tmp_path / "S001R04.dat", preload=True, verbose="error")
+    assert theirs.ch_names[:2] == ["EEG1", "EEG2"] and ours.ch_names[:64] == eegmmidb_10s.ch_names
+    assert ours.info["sfreq"] == theirs.info["sfreq"] == 160.0 and ours.n_times == theirs.n_times == 1600
+    np.testing.assert_allclose(ours.get_data(picks="eeg"), theirs.get_data(picks="eeg") * 0.1e-6, rtol=1e-9)
+    np.testing.assert_allclose(ours.get_data(picks="eeg"), eegmmidb_10s.get_data(), atol=0.051e-6)
+
+
+def write_xdf(path: Path, data_uv: np.ndarray, sfreq: float, names: list[str]) -> None:
+    """An XDF 1.0 file from its specification: magic, FileHeader, one EEG StreamHeader, one Samples chunk."""
+    import struct
+
+    def chunk(tag: int, content: bytes) -> bytes:
+        return b"\x04" + struct.pack("<IH", len(content) + 2, tag) + content
+
+    chans = "".join(f"<channel><label>{c}</label><unit>microvolts</unit><type>EEG</type></channel>" for c in names)
+    info = (f'<?xml version="1.0"?><info><name>amp</name><type>EEG</type><channel_count>{len(names)}</channel_count>'
+            f"<nominal_srate>{sfreq}</nominal_srate><channel_format>float32</channel_format>"
+            f"<desc><channels>{chans}</channels></desc></info>").encode()
+    samples = bytearray(struct.pack("<I", 1) + b"\x04" + struct.pack("<I", data_uv.shape[1]))
+    for t in range(data_uv.shape[1]):
+        samples += b"\x08" + struct.pack("<d", t / sfreq) + data_uv[:, t].astype("<f4").tobytes()
+    path.write_bytes(b"XDF:" + chunk(1, b'<?xml version="1.0"?><info><version>1.0</version></info>')
+                     + chunk(2, struct.pack("<I", 1) + info) + chunk(3, bytes(samples)))
+
+
+def test_xdf_written_from_the_spec(eegmmidb_10s, tmp_path):
+    needs("pyxdf")
+    write_xdf(tmp_path / "rec.xdf", eegmmidb_10s.get_data()[:8] * 1e6, 160.0, eegmmidb_10s.ch_names[:8])
+    raw = read_raw(tmp_path / "rec.xdf")
+    assert raw.ch_names == eegmmidb_10s.ch_names[:8] and raw.info["sfreq"] == 160.0 and raw.n_times == 1600
+    np.testing.assert_allclose(raw.get_data(), eegmmidb_10s.get_data()[:8], rtol=1e-6, atol=1e-12)
+
+
+def write_mff(path: Path, data_uv: np.ndarray, sfreq: int) -> None:
+    """An EGI MFF folder written by mffpy (EGI's format library): 32 EEG channels + reference, HydroCel 32."""
+    from datetime import datetime, timezone
+
+    from mffpy.writer import BinWriter, Writer
+
+    writer = Writer(str(path))
+    signal = BinWriter(sampling_rate=sfreq, data_type="EEG")
+    signal.add_block(data_uv.astype(np.float32), offset_us=0)
+    writer.addbin(signal)
+    writer.addxml("fileInfo", recordTime=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    writer.add_coordinates_and_sensor_layout("HydroCel GSN 32 1.0")
+    writer.write()
+
+
+def test_egi_mff_written_by_mffpy(eegmmidb_10s, tmp_path):
+    needs("mffpy")
+    data_uv = np.r_[eegmmidb_10s.get_data()[:32] * 1e6, np.zeros((1, 1600))]  # 32 channels + the vertex reference
+    write_mff(tmp_path / "rec.mff", data_uv, 160)
+    ours = read_raw(tmp_path / "rec.mff")
+    theirs = mne.io.read_raw_egi(tmp_path / "rec.mff", preload=True, verbose="error")
+    same_as_mne(ours, theirs, 33, 160.0, 1600)
+    assert ours.ch_names[:3] == ["E1", "E2", "E3"]
+    np.testing.assert_allclose(ours.get_data()[:32], eegmmidb_10s.get_data()[:32], rtol=1e-6, atol=1e-12)
+    # E-numbered channels carry the net's positions: placed where a 10-05 site is within 10 mm.
+    sig = preprocess_raw(ours, PreprocessConfig())
+    assert sig.placed_channels["E1"].startswith("placed by position at FP1") and len(sig.placed_channels) >= 16
+
+
 # --------------------------------------------------------------------------- dispatch, sidecars, discovery
 def test_header_files_and_sidecars(tmp_path):
     nihon = tmp_path / "pt.EEG"
@@ -211,15 +297,25 @@ def test_edf_with_absurd_physical_range_is_rejected(shared_data, tmp_path):
 
 
 # --------------------------------------------------------------------------- acceptance: one build, every format
-def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp_path, monkeypatch):
+def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp_path):
     """`recordings` build over a folder with one file per format: each is sharded, or skipped naming the
-    package to install (EGI MFF, XDF: packages not installed here), or the conversion MNE cannot do."""
+    package to install (EGI MFF, XDF when mffpy / pyxdf are absent), or the conversion MNE cannot do."""
     from shards.writer import build
 
-    for package in ("mffpy", "pyxdf"):
-        monkeypatch.setitem(sys.modules, package, None)
     root = tmp_path / "raw"
     root.mkdir()
+    optional = {"rec.mff": "mffpy", "rec.xdf": "pyxdf"}
+    missing = {name for name, package in optional.items() if formats.missing_package(formats.Format("", (), "", package=package))}
+    if "rec.mff" in missing:
+        (root / "rec.mff").mkdir()
+    else:
+        write_mff(root / "rec.mff", np.r_[eegmmidb_10s.get_data()[:32] * 1e6, np.zeros((1, 1600))], 160)
+    if "rec.xdf" in missing:
+        (root / "rec.xdf").write_bytes(b"XDF:" + b"\x00" * 64)
+    else:
+        write_xdf(root / "rec.xdf", eegmmidb_10s.get_data()[:8] * 1e6, 160.0, eegmmidb_10s.ch_names[:8])
+    write_bci2000(root / "run.dat", np.round(eegmmidb_10s.get_data() * 1e7).astype(np.int16), 160.0,
+                  eegmmidb_10s.ch_names, 0.1)
     for fmt, name in (("edf", "run.edf"), ("brainvision", "run.vhdr"), ("eeglab", "run.set")):
         mne.export.export_raw(root / name, eegmmidb_10s, fmt=fmt, verbose="error")
     eegmmidb_10s.save(root / "run_raw.fif", verbose="error")
@@ -231,16 +327,15 @@ def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp
         os.symlink(shared_data / sidecar, root / sidecar.name)
     curry = root / "curry"
     os.symlink(shared_data / "formats/curry", curry)
-    (root / "rec.mff").mkdir()
-    (root / "rec.xdf").write_bytes(b"XDF:" + b"\x00" * 64)
     (root / "night.TRC").write_bytes(b"\x00" * 512)
 
     manifest = build("recordings", root, tmp_path / "out", overrides={"window_s": 2.0, "max_abs_uv": None}, progress=False)
     skipped = {s["source"]: s["reason"] for s in manifest["skipped"]}
-    assert skipped.keys() == {"rec.mff", "rec.xdf", "night.TRC"}
-    assert "pip install mffpy" in skipped["rec.mff"] and "pip install pyxdf" in skipped["rec.xdf"]
+    assert skipped.keys() == missing | {"night.TRC"}
+    for name in missing:
+        assert f"pip install {optional[name]}" in skipped[name]
     assert "MNE cannot read Micromed" in skipped["night.TRC"]
     samples = {r["source"]: r["samples"] for r in manifest["recordings"] if not r["skipped"]}
-    assert len(samples) == 12 and all(n > 0 for n in samples.values()), samples
-    placed = [n for how in manifest["placed_channels"].values() for n in how]
-    assert len(placed) == 29  # scan41_short.cnt's numbered channels within 10 mm of a 10-05 site
+    assert len(samples) == 15 - len(missing) and all(n > 0 for n in samples.values()), samples
+    placed = {n for how in manifest["placed_channels"].values() for n in how}
+    assert len([n for n in placed if n.isdigit() or n in ("LEFT_EAR", "NA1")]) == 29  # scan41_short.cnt
