@@ -173,7 +173,30 @@ def part_b(device, backends, clock, dry, deadline, torch_max_len) -> dict:
         del t, gy
         rows.append(row)
         log(f"b: L={l} {row}")
-    return {"shape": dict(b=b, d_inner=d, n=n), "rows": rows}
+    return {"shape": dict(b=b, d_inner=d, n=n), "rows": rows,
+            "tuning": tuning_sweep(device, clock, b, d, n, deadline) if "triton" in names else []}
+
+
+def tuning_sweep(device, clock, b, d, n, deadline, l=8192) -> list[dict]:
+    """Triton fwd+bwd ms at L=8k for a few channels-per-program choices: data for the next tuning."""
+    from foundation import ssm_triton
+
+    t = scan_inputs(b, d, n, l, device)
+    gy = torch.randn(b, d, l, device=device)
+    rows = []
+    # Each new block size costs a kernel compilation (~10-30 s for the backward kernel), hence only two.
+    for block_d, unroll in ((None, None), (2, None), (16, None)):
+        if time.perf_counter() > deadline:
+            rows.append({"block_d": block_d, "unroll": unroll, "ms": "skipped: time budget"})
+            continue
+        ssm_triton.TUNING.update(block_d=block_d, unroll=unroll)
+        try:
+            sec, _ = clock.measure(lambda: _scan_step(t, "triton")[0].backward(gy), 3)
+            rows.append({"block_d": block_d or "auto", "unroll": unroll or ssm_triton.UNROLL, "ms": 1e3 * sec})
+        finally:
+            ssm_triton.TUNING.update(block_d=None, unroll=None)
+    log(f"b: tuning {rows}")
+    return rows
 
 
 def train_flops_per_token(cfg: EEGMambaConfig) -> float:
@@ -190,7 +213,7 @@ def train_flops_per_token(cfg: EEGMambaConfig) -> float:
 def build_shards(folder: Path, dry: bool) -> str:
     """Simulated corpus -> WebDataset shards with the suite's own CLI; returns the shard spec."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subjects, dur, per_shard = (2, 40, 16) if dry else (16, 240, 100)
+    subjects, dur, per_shard = (2, 40, 16) if dry else (8, 120, 50)
     cmds = [
         [sys.executable, "-m", "shards", "synth", str(folder / "raw"), "--subjects", str(subjects),
          "--duration-s", str(dur)],
@@ -352,6 +375,10 @@ def render(res: dict) -> str:
     rows = [[str(r["L"])] + [_cell(r.get(k), "ms", "{:.2f}") for k in names] + [_cell(r.get(k), "peak_GiB", "{:.2f}") for k in names]
             + [_ratio(r.get(k), r.get("triton"), "ms") for k in others] for r in b["rows"]]
     out += _table(heads, rows)
+    if b.get("tuning"):
+        out += ["", f"Triton tuning at L=8192 (channels per program x unrolled steps, fwd+bwd ms): "
+                + ", ".join(f"{r['block_d']} x {r['unroll']}: " + (f"{r['ms']:.2f}" if isinstance(r["ms"], float) else r["ms"])
+                            for r in b["tuning"])]
     c = res["c"]
     if c:
         out += ["", f"## c. Pretraining, EEGMamba-{c['size']} ({c['params_M']:.2f} M), masked STFT, {c['precision']}, batch "
@@ -423,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"backends: {backends}")
     res["a"] = {"backends": backends, **part_a(device, backends, args.dry_run)}
     log(f"a: {res['a']['rows']}")
-    res["b"] = part_b(device, backends, clock, args.dry_run, t_start + 0.35 * budget, args.torch_max_len)
+    res["b"] = part_b(device, backends, clock, args.dry_run, t_start + 0.4 * budget, args.torch_max_len)
     with tempfile.TemporaryDirectory(prefix="eegfm-gpu-") as tmp:
         res["c"] = part_c(device, clock, args.dry_run, args.train_s, Path(tmp), 4 if args.dry_run else args.batch_size)
     log(f"c: {res['c']}")

@@ -15,7 +15,10 @@ regroup the real steps around a hole and change their rounding). Parallelism com
 instruction-level parallelism: time is walked in statically unrolled groups of ``UNROLL`` steps whose loads,
 exponentials and input terms do not depend on ``h``, so only one FMA per state element is serial. The
 per-step loads of ``[BLOCK_D]`` values are strided by ``L`` in the ``[b, d, l]`` layout, but the next
-``UNROLL`` steps read the same cache lines, which the L1 cache serves.
+``UNROLL`` steps read the same cache lines, which the L1 cache serves. Each chunk walks only its steps
+up to ``L`` (rounded up to ``UNROLL``), so short sequences (pretraining: tens of tokens) waste little.
+The block heuristics are first guesses for an H100 (no GPU was at hand when they were written);
+``benchmarks/gpu.py`` times a few alternatives through :data:`TUNING`.
 
 Memory. The forward pass stores the state entering every chunk of ``CHUNK`` steps (``b d n L / CHUNK``
 floats) and nothing else beyond the inputs. The backward pass walks chunks in reverse: it recomputes the
@@ -52,6 +55,8 @@ __all__ = ["selective_scan_triton", "triton", "interpreting"]
 CHUNK = 64
 # Steps per statically unrolled group (instruction-level parallelism; must divide CHUNK).
 UNROLL = 8
+# Overrides of the block heuristics for benchmarks/gpu.py's tuning sweep (None = heuristic / default).
+TUNING: dict[str, int | None] = {"block_d": None, "unroll": None}
 # Under TRITON_INTERPRET=1 (tests): short chunks, so several chunk boundaries are crossed at small L.
 INTERPRET_CHUNK, INTERPRET_UNROLL = 8, 4
 _LOG2E = 1.4426950408889634
@@ -90,7 +95,8 @@ def _scan_fwd(
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for c in range(0, N_CHUNKS):
         tl.store(hs_ptrs + c * N, h, mask=mask_dn)
-        for s in range(0, CHUNK, UNROLL):
+        # Only the steps up to L (rounded up to UNROLL): a short or last chunk costs what it holds.
+        for s in range(0, tl.minimum(L - c * CHUNK, CHUNK), UNROLL):
             for i in tl.static_range(UNROLL):
                 t = c * CHUNK + s + i
                 m = mask_d & (offs_d * 0 + t < L)
@@ -162,7 +168,8 @@ def _scan_bwd(
         c = N_CHUNKS - 1 - cc
         # Recompute the chunk's states; scratch[k] = the state entering step c * CHUNK + k.
         h = tl.load(hs_ptrs + c * N, mask=mask_dn, other=0.0)
-        for s in range(0, CHUNK, UNROLL):
+        span = tl.cdiv(tl.minimum(L - c * CHUNK, CHUNK), UNROLL) * UNROLL  # steps walked, as in the forward pass
+        for s in range(0, span, UNROLL):
             for i in tl.static_range(UNROLL):
                 t = c * CHUNK + s + i
                 m = mask_d & (offs_d * 0 + t < L)
@@ -182,9 +189,9 @@ def _scan_bwd(
                 tl.store(scr_ptrs + (s + i) * (BLOCK_D * BLOCK_N), h)
                 h = tl.exp2(dt[:, None] * A2) * h + (dt * uu)[:, None] * Bt[None, :]
         # Adjoint pass backwards through the chunk.
-        for s in range(0, CHUNK, UNROLL):
+        for s in range(0, span, UNROLL):
             for i in tl.static_range(UNROLL):
-                k = CHUNK - 1 - s - i
+                k = span - 1 - s - i
                 t = c * CHUNK + k
                 m = mask_d & (offs_d * 0 + t < L)
                 m_n = mask_n & (offs_n * 0 + t < L)
@@ -268,8 +275,10 @@ def _launch_config(u: torch.Tensor, A: torch.Tensor, g: int) -> dict:
         bd = triton.next_power_of_2(dpg) if g > 1 and dpg & (dpg - 1) == 0 else (triton.next_power_of_2(d) if g == 1 else 1)
         chunk, unroll = INTERPRET_CHUNK, INTERPRET_UNROLL
     else:
-        bd = _block_d(b, d, dpg, g > 1)
-        chunk, unroll = CHUNK, UNROLL
+        bd = TUNING["block_d"] or _block_d(b, d, dpg, g > 1)
+        chunk, unroll = CHUNK, TUNING["unroll"] or UNROLL
+        if (g > 1 and dpg % bd) or CHUNK % unroll:
+            raise ValueError(f"ssm_triton.TUNING {TUNING}: block_d must divide the group size {dpg}, unroll {CHUNK}")
     bn = triton.next_power_of_2(n)
     warps = max(1, min(4, bd * bn // 64))
     return dict(b=b, d=d, l=l, n=n, dpg=dpg, bd=bd, bn=bn, warps=warps, chunk=chunk, unroll=unroll,
