@@ -3,6 +3,7 @@
     python benchmarks/gpu.py --out runs/gpu                      # on a CUDA machine
     python benchmarks/gpu.py --out runs/gpu --readme README.md   # also write the figures into README.md
     python benchmarks/gpu.py --dry-run --out /tmp/gpu            # same code, tiny sizes, CPU (a test runs it)
+    python benchmarks/gpu.py --from-md runs/gpu/gpu.md --readme README.md   # a GPU run's report into the README
 
 Parts (each one row group of the table and one key of ``gpu.json``):
 
@@ -419,14 +420,23 @@ def update_readme(readme: Path, report: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md")
+    p.add_argument("--out", type=Path, default=None, help="folder for gpu.json and gpu.md (required unless --from-md)")
     p.add_argument("--readme", type=Path, default=None, help=f"also write the report between {README_BEGIN} / {README_END}")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU (checks the code, not the speed)")
+    p.add_argument("--from-md", type=Path, default=None, metavar="GPU_MD",
+                   help="write an earlier run's gpu.md into --readme and exit (figures measured elsewhere)")
     p.add_argument("--budget-s", type=float, default=330.0, help="wall-clock budget; parts skip rows past their share")
     p.add_argument("--train-s", type=float, default=100.0, help="timed pretraining seconds in part c")
     p.add_argument("--batch-size", type=int, default=256, help="pretraining batch in part c (base.toml: 64 per GPU)")
     p.add_argument("--torch-max-len", type=int, default=8192, help="longest L for the chunked torch scan in part b")
     args = p.parse_args(argv)
+    if args.from_md is not None:
+        if args.readme is None:
+            p.error("--from-md needs --readme")
+        update_readme(args.readme, args.from_md.read_text())
+        return 0
+    if args.out is None:
+        p.error("--out is required")
     t_start = time.perf_counter()
     if args.dry_run:
         device = torch.device("cpu")

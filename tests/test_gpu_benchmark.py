@@ -31,3 +31,8 @@ def test_dry_run_writes_report_json_and_readme_block(tmp_path, one_thread):
     text = readme.read_text()
     assert "not yet measured" not in text and "| backend | y |" in text and text.endswith("tail\n")
     assert text.count(gpu.README_BEGIN) == 1
+    # A report measured elsewhere (the GPU machine's gpu.md) goes into another README unchanged.
+    other = tmp_path / "OTHER.md"
+    other.write_text(f"{gpu.README_BEGIN}\nold\n{gpu.README_END}\n")
+    assert gpu.main(["--from-md", str(tmp_path / "out" / "gpu.md"), "--readme", str(other)]) == 0
+    assert other.read_text().split(gpu.README_BEGIN)[1] == text.split(gpu.README_BEGIN)[1].replace("\n\ntail\n", "\n")
