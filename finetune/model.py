@@ -207,7 +207,13 @@ def load_backbone(
         folder = resolve_checkpoint(checkpoint)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}; or --checkpoint none to train from scratch") from err
-    raw = json.loads((folder / CONFIG_NAME).read_text()) if (folder / CONFIG_NAME).is_file() else None
+    raw = None
+    if (folder / CONFIG_NAME).is_file():
+        try:
+            raw = json.loads((folder / CONFIG_NAME).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{folder / CONFIG_NAME} is not valid JSON ({err}); expected the config.json "
+                                  "written by EEGMamba.save_pretrained or finetune/run.py") from err
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         cfg = _backbone_config(raw["backbone"], folder / CONFIG_NAME)
         prefix_model = "finetuned"

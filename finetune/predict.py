@@ -35,9 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune.contract import ContractError, contract_of, notice, recording_conversions
+from finetune.contract import contract_of, notice, recording_conversions
 from finetune.model import TaskModel
 from shards.corpora import get_corpus
+from shards.cli_errors import DEBUG_ENV, run_cli
 from shards.dataset import collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import read_raw
@@ -190,13 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
-    try:
-        rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s,
-                            device=args.device, sfreq=args.sfreq)
-    except ContractError as err:
-        print(f"python -m finetune.predict: error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(parser.prog, lambda: _label(args), debug=args.debug)
+
+
+def _label(args: argparse.Namespace) -> int:
+    rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s,
+                        device=args.device, sfreq=args.sfreq)
     if args.out:
         write_csv(rows, args.out)
         print(f"{len(rows)} windows labelled -> {args.out}", file=sys.stderr)

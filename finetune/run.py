@@ -20,7 +20,10 @@ from collections.abc import Sequence
 from finetune.config import FinetuneConfig
 from finetune.train import finetune
 from pretrain.configfile import parse_cli
+from pretrain.engine import NonFiniteLossError
+from shards.cli_errors import run_cli
 
+PROG = "finetune/run.py"
 DESCRIPTION = (
     "Finetune EEGMamba on seizure | sleep | emotion | motor_imagery (comma-separated for multi-task). "
     "Required: --recipe, --checkpoint DIR|none, --data SHARDS (or [[tasks]] in --config)."
@@ -50,8 +53,13 @@ def comma_lists(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 done, 2 a bad config / data / checkpoint (one line naming it), 3 the NaN/inf guard stopped the run."""
     argv = comma_lists(sys.argv[1:] if argv is None else argv)
-    config, _ = parse_cli(FinetuneConfig, argv, prog="finetune/run.py", description=DESCRIPTION)
+    return run_cli(PROG, lambda: _main(argv), debug="--debug" in argv, exit_codes={NonFiniteLossError: 3})
+
+
+def _main(argv: list[str]) -> int:
+    config, _ = parse_cli(FinetuneConfig, argv, prog=PROG, description=DESCRIPTION, extra_flags=("debug",))
     result = finetune(config)
     from accelerate import PartialState
 

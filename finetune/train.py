@@ -44,11 +44,21 @@ from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
 from finetune.splits import Split, published_split, split_windows
 from pretrain.configfile import to_dict
-from pretrain.engine import check_finite, clip_and_check, log_scan_backend, make_accelerator, make_scheduler
+from pretrain.engine import (
+    NonFiniteLossError,
+    check_finite,
+    check_model,
+    clip_and_check,
+    log_scan_backend,
+    make_accelerator,
+    make_scheduler,
+)
 from shards.dataset import load_windows
 from shards.sample import SFREQ
 
 __all__ = ["finetune", "evaluate", "shard_split"]
+
+ADVICE = "Lower --lr or raise --warmup_epochs."
 
 
 def shard_split(data: TaskData) -> Split:
@@ -227,7 +237,7 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
             logits, aux = fit.model(x, batch["channel_ids"], channel_mask, task)
         loss = fit.losses[task](logits.float(), batch["label"]) + config.aux_loss_weight * aux.float()
         what = f"at epoch {epoch}, step {fit.step + 1} (task {task!r})"
-        advice = "Stopped before the optimiser step; no model was written. Lower --lr or raise --warmup_epochs."
+        advice = f"Stopped before the optimiser step; no model was written. {ADVICE}"
         check_finite(acc, {"loss": loss}, what=what, advice=advice)
         acc.backward(loss)
         clip_and_check(acc, fit.model, hyper.grad_clip, what=what, advice=advice)
@@ -240,11 +250,18 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
     return total / max(count, 1)
 
 
-def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator) -> tuple[float, dict[str, dict]]:
-    """Mean primary metric over the tasks' validation splits, and every task's metrics."""
+def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator, epoch: int) -> tuple[float, dict[str, dict]]:
+    """Mean primary metric over the tasks' validation splits, and every task's metrics.
+
+    Raises:
+        NonFiniteLossError: the model's outputs are NaN/inf (the same on every rank: they are gathered).
+    """
     val = {}
     for name, dl in fit.val_loaders.items():
         y, p = evaluate(fit.model, dl, name, acc)
+        if not np.isfinite(p).all():
+            raise NonFiniteLossError(f"non-finite value in the validation outputs of task {name!r} after epoch {epoch}: "
+                                     f"the weights diverged. Stopped; no model was written. {ADVICE}")
         val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
     return float(np.mean([val[n][PRIMARY_METRIC] for n in tasks])), val
 
@@ -262,6 +279,8 @@ def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, 
                  weights: Mapping[str, torch.Tensor], acc: Accelerator) -> dict[str, Any]:
     """Validation and test metrics of the best weights, with each task's split and class statistics."""
     acc.unwrap_model(fit.model).load_state_dict(fit.best_state)
+    check_model(acc, fit.model, what=f"in the weights of the best epoch ({fit.best_epoch})",
+                advice=f"No model was written. {ADVICE}")
     results: dict[str, Any] = {}
     for name, data in tasks.items():
         per_split = {}
@@ -323,7 +342,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     with _EpochLog(out_dir / "log.jsonl", acc.is_main_process) as log:
         for epoch in bar:
             train_loss = train_epoch(fit, config, hyper, epoch, acc)
-            score, val = validate(fit, tasks, acc)
+            score, val = validate(fit, tasks, acc, epoch)
             record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
                       "val_score": score, "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
             fit.history.append(record)

@@ -1,7 +1,7 @@
 """Settings of a pretraining (or tokenizer-training) run: frozen dataclasses read from TOML.
 
 ``PretrainConfig`` is what ``pretrain/run.py`` parses (``--config FILE`` + ``--a.b value``
-overrides, unknown keys are errors; ``pretrain.configfile``); ``pretrain.tokenizer`` reuses the same
+overrides, unknown keys are errors; ``pretrain.configfile``); ``pretrain.train_tokenizer`` reuses the same
 data / optimiser / trainer sections. ``[model]`` is the model's own config class
 (``foundation.EEGMambaConfig``), not a mirror of it: ``size`` picks a preset, other keys override fields.
 The defaults ARE the embedded demo: no shards given
@@ -107,6 +107,9 @@ class TrainConfig:
     progress: bool = option("tqdm progress bar on the main process", True)
     log_sample_keys: bool = option("write the shard URL + key of every sample each rank read to logs/samples-rank{R}.jsonl", False)
     stop_after: int | None = option("stop (with a checkpoint) after this many steps, as if preempted; resume with --resume", None)
+    resume_override: str = option(
+        "comma-separated settings (e.g. optim.lr,optim.warmup_steps) that --resume applies although they differ from "
+        "the checkpoint's; any other difference refuses the resume", "")
     inject_nan_at: int | None = option("test hook: make the loss NaN at this step to exercise the NaN guard", None)
 
 

@@ -11,9 +11,10 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
 * :func:`warmup_cosine`: THE learning-rate multiplier, a pure function of the step (nanoGPT style).
 * :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
   so every rank stops together (one rank raising alone would hang the others in the next all-reduce).
-* :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: ``accelerator.save_state``
-  plus our own ``train_state.json`` (step, data position, scheduler), written last so a folder without
-  it is an interrupted save.
+* :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: weights, optimiser and RNG
+  states as safetensors + JSON (``pretrain.resume_state``: no pickle, so resuming a folder from elsewhere
+  cannot run code) plus ``train_state.json`` (step, data position, scheduler, the run's config), written
+  last so a folder without it is an interrupted save.
 * :class:`Throughput`: samples/s and tokens/s over a logging window and over the run.
 * :func:`export`: the one function that writes the trained model a user loads.
 """
@@ -34,9 +35,11 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration
 from torch import nn
 
+from pretrain.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
+
 __all__ = [
-    "CHECKPOINT_PREFIX", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
-    "latest_checkpoint", "load_checkpoint", "log_scan_backend", "make_accelerator", "make_scheduler",
+    "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
+    "check_model", "latest_checkpoint", "load_checkpoint", "read_train_state", "log_scan_backend", "make_accelerator", "make_scheduler",
     "param_groups", "resolve_precision", "resolve_resume", "restore_scheduler", "save_checkpoint", "scheduler_state", "warmup_cosine",
 ]
 
@@ -166,6 +169,31 @@ def check_finite(accelerator: Accelerator, values: Mapping[str, Any], *, what: s
         raise NonFiniteLossError(f"non-finite value {what} {found}. {advice}")
 
 
+def check_model(accelerator: Accelerator, model: nn.Module, batch: Mapping[str, Any] | None = None, *,
+                what: str, advice: str) -> None:
+    """Raise :class:`NonFiniteLossError` (all ranks) unless every weight is finite and, given a ``batch``, the
+    model's forward pass on it (eval mode, no gradient, RNG untouched) gives finite scalars.
+
+    Finite weights are not enough: after one step at a huge learning rate they are merely ~1e6, and the
+    forward pass (``exp(A_log)``, softmax) overflows. Run before every checkpoint and export.
+    """
+    inner = accelerator.unwrap_model(model)
+    bad = [name for name, p in inner.named_parameters() if not torch.isfinite(p.detach()).all()]
+    values: dict[str, Any] = {"weights": torch.tensor(float("nan") if bad else 0.0)}
+    if batch is not None and not bad:
+        devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+        was_training = inner.training
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), accelerator.autocast():
+            inner.eval()
+            try:
+                out = inner(batch)
+            finally:
+                inner.train(was_training)
+        values.update({f"forward {k}": v for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1})
+    names = f" (non-finite parameters: {', '.join(bad[:5])})" if bad else ""
+    check_finite(accelerator, values, what=what, advice=names + " " + advice if names else advice)
+
+
 def clip_and_check(accelerator: Accelerator, model: nn.Module, max_norm: float, *, what: str, advice: str) -> torch.Tensor:
     """Clip the global gradient norm to ``max_norm`` (0 = no clipping), check it is finite, return it."""
     if max_norm > 0:
@@ -201,15 +229,17 @@ def resolve_resume(resume: str | Path | None, out_dir: str | Path) -> Path | Non
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, step: int, state: Mapping[str, Any],
-                    keep: int = 0) -> Path:
-    """``accelerator.save_state`` into ``{out_dir}/checkpoints/step_{step:08d}``, then ``train_state.json``.
+def save_checkpoint(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: str | Path,
+                    step: int, state: Mapping[str, Any], keep: int = 0) -> Path:
+    """Weights, optimiser, RNG into ``{out_dir}/checkpoints/step_{step:08d}``, then ``train_state.json``.
 
-    ``state`` must be JSON (step, data position, scheduler). ``keep`` > 0 deletes all but the newest ``keep``.
+    ``state`` must be JSON (step, data position, scheduler, config). ``keep`` > 0 deletes all but the newest ``keep``.
     """
     path = Path(out_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
+    if accelerator.scaler is not None:
+        state = {**state, "grad_scaler": accelerator.scaler.state_dict()}
+    save_training_state(accelerator, model, optimizer, path)
     accelerator.wait_for_everyone()  # saving and loading race otherwise
     if accelerator.is_main_process:
         (path / STATE_FILE).write_text(json.dumps(state))  # last: marks the folder complete
@@ -221,12 +251,29 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, step: int, st
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, path: str | Path) -> dict[str, Any]:
-    """Restore model, optimiser and RNG states from ``path``; returns its ``train_state.json``."""
+def read_train_state(path: str | Path) -> dict[str, Any]:
+    """``{path}/train_state.json``; CheckpointStateError naming the file when it is not what we write."""
+    file = Path(path) / STATE_FILE
+    state = read_json(file)
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("step", "micro_batches")):
+        raise CheckpointStateError(f"{file}: expected a JSON object with integer 'step' and 'micro_batches'")
+    return state
+
+
+def load_checkpoint(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    path: str | Path) -> dict[str, Any]:
+    """Restore weights, optimiser and RNG states from ``path``; returns its ``train_state.json``.
+
+    Raises:
+        CheckpointStateError: a file of the folder is missing or not what we write (nothing is unpickled).
+    """
+    state = read_train_state(path)
     accelerator.wait_for_everyone()
-    accelerator.load_state(str(path))
+    load_training_state(accelerator, model, optimizer, path)
+    if accelerator.scaler is not None and isinstance(state.get("grad_scaler"), dict):
+        accelerator.scaler.load_state_dict(state["grad_scaler"])
     accelerator.wait_for_everyone()
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    return state
 
 
 def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:

@@ -35,11 +35,11 @@ from accelerate.utils import set_seed
 
 from foundation.model import EEGMamba
 from pretrain.config import PretrainConfig
-from pretrain.configfile import ConfigError, parse_cli, to_dict
-from pretrain.data import Corpus, DataError, crop_length
+from pretrain.configfile import ConfigError, to_dict
+from pretrain.data import Corpus, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
-from pretrain.trainer import NonFiniteLossError, TrainResult, accelerator_for, fit_and_export
+from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
 from shards.sample import PATCH_SAMPLES, SFREQ
 
 PROG = "pretrain/run.py"
@@ -62,7 +62,7 @@ def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: lis
         raise ConfigError(MISSING_TOKENIZER)
     if spec != "auto":
         return Path(spec)
-    from pretrain.tokenizer import TokenizerRunConfig, train_tokenizer
+    from pretrain.train_tokenizer import TokenizerRunConfig, train_tokenizer
 
     out = Path(config.train.out_dir) / "tokenizer"
     if (out / "model" / "config.json").is_file():
@@ -137,30 +137,15 @@ def summary(result: TrainResult, corpora_hint: str = "") -> str:
     return "\n".join(lines)
 
 
+def report(config: PretrainConfig, result: TrainResult) -> str:
+    hint = config.data.shards or ", ".join(c.urls for c in config.data.corpora) or str(
+        Path(config.data.demo_dir or Path(config.train.out_dir) / "demo_data") / "shards")
+    return summary(result, hint)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config, extras = parse_cli(
-            PretrainConfig, argv, prog=PROG, description=__doc__.split("\n\n")[0], extra_flags=("resume",)
-        )
-    except (ConfigError, ValueError) as err:  # ValueError: a nested config's own validation
-        print(f"{PROG}: config error: {err}", file=sys.stderr)
-        return 2
-    acc = accelerator_for(config.optim, config.train)
-    try:
-        result = run(config, resume=extras.get("resume"), accelerator=acc)
-    except (ConfigError, DataError, FileNotFoundError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"{PROG}: stopped: {err}", file=sys.stderr)
-        return 3
-    finally:
-        acc.end_training()
-    if acc.is_main_process:
-        hint = config.data.shards or ", ".join(c.urls for c in config.data.corpora) or str(
-            Path(config.data.demo_dir or Path(config.train.out_dir) / "demo_data") / "shards")
-        print(summary(result, hint))
-    return 0
+    """Exit 0 done, 2 a bad config / data / checkpoint / resume (one line naming it), 3 the NaN/inf guard stopped."""
+    return run_entry(PROG, __doc__.split("\n\n")[0], PretrainConfig, run, report, argv)
 
 
 if __name__ == "__main__":

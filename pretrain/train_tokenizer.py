@@ -28,11 +28,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pretrain.config import DataConfig, OptimConfig, TrainConfig
-from pretrain.configfile import ConfigError, parse_cli
-from pretrain.data import DataError, crop_length
+from pretrain.data import crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
-from pretrain.trainer import NonFiniteLossError, TrainResult, accelerator_for, fit_and_export
+from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
 from shards.sample import PATCH_SAMPLES, SFREQ
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
@@ -82,34 +81,21 @@ def train_tokenizer(config: TokenizerRunConfig, resume: str | None = None, accel
     return result
 
 
+def report(config: TokenizerRunConfig, result: TrainResult) -> str:
+    last = result.logs[-1] if result.logs else {}
+    lines = [f"done: {result.steps} steps, loss {last.get('loss', float('nan')):.4f}, perplexity "
+             f"{last.get('perplexity', float('nan')):.1f}, codebook usage {last.get('usage', float('nan')):.3f}",
+             f"  TensorBoard: tensorboard --logdir {result.out_dir / 'logs'}",
+             f"  checkpoint:  {result.checkpoint}  (continue with --resume auto)"]
+    if result.export_dir is not None:
+        lines.append(f"  tokenizer:   {result.export_dir}  (pretrain with --objective.name masked_token "
+                     f"--objective.tokenizer {result.export_dir})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config, extras = parse_cli(TokenizerRunConfig, argv, prog=PROG, description=__doc__.split("\n\n")[0],
-                                   extra_flags=("resume",))
-    except (ConfigError, ValueError) as err:  # ValueError: a nested config's own validation
-        print(f"{PROG}: config error: {err}", file=sys.stderr)
-        return 2
-    acc = accelerator_for(config.optim, config.train)
-    try:
-        result = train_tokenizer(config, resume=extras.get("resume"), accelerator=acc)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"{PROG}: stopped: {err}", file=sys.stderr)
-        return 3
-    finally:
-        acc.end_training()
-    if acc.is_main_process and result.logs:
-        last = result.logs[-1]
-        print(f"done: {result.steps} steps, loss {last['loss']:.4f}, perplexity {last.get('perplexity', float('nan')):.1f}, "
-              f"codebook usage {last.get('usage', float('nan')):.3f}")
-        print(f"  TensorBoard: tensorboard --logdir {result.out_dir / 'logs'}")
-        print(f"  checkpoint:  {result.checkpoint}  (continue with --resume auto)")
-        if result.export_dir is not None:
-            print(f"  tokenizer:   {result.export_dir}  (pretrain with --objective.name masked_token "
-                  f"--objective.tokenizer {result.export_dir})")
-    return 0
+    """Exit 0 done, 2 a bad config / data / checkpoint / resume (one line naming it), 3 the NaN/inf guard stopped."""
+    return run_entry(PROG, __doc__.split("\n\n")[0], TokenizerRunConfig, train_tokenizer, report, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ and whose ``export(dir)`` writes what downstream code loads). What is particular
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pretrain.config import OptimConfig, TrainConfig
-from pretrain.configfile import to_dict
+from pretrain.configfile import parse_cli, to_dict
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
 from pretrain.engine import (
     NonFiniteLossError,
     Throughput,
     check_finite,
+    check_model,
     clip_and_check,
     export,
     latest_checkpoint,
     load_checkpoint,
+    read_train_state,
     log_scan_backend,
     make_accelerator,
     make_scheduler,
@@ -49,11 +52,16 @@ from pretrain.engine import (
     save_checkpoint,
     scheduler_state,
 )
+from pretrain.resume_settings import apply_overrides, check_resume_settings
+from shards.cli_errors import run_cli
 from shards.sample import PATCH_SAMPLES, SFREQ
 
-__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "fit_and_export", "accelerator_for", "latest_checkpoint"]
+__all__ = [
+    "Trainer", "TrainResult", "NonFiniteLossError", "fit_and_export", "accelerator_for", "latest_checkpoint", "run_entry",
+]
 
-ADVICE = "lower optim.lr, raise optim.warmup_steps or check the shards for extreme values, then --resume"
+ADVICE = ("lower optim.lr or raise optim.warmup_steps (or check the shards for extreme values), then continue from the "
+          "last good checkpoint with --resume auto --train.resume_override optim.lr,optim.warmup_steps")
 
 
 def accelerator_for(optim: OptimConfig, train: TrainConfig) -> Accelerator:
@@ -103,6 +111,7 @@ class Trainer:
         self.out_dir = Path(train.out_dir)
         self.step = 0
         self.micro_batches = 0  # the data position
+        self.last_batch: dict | None = None
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> TrainResult:
@@ -135,7 +144,7 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == end_step:
                     self._log(logs, expert_load, speed)
                 if self.step % cfg.save_every == 0 or self.step == end_step:
-                    result.checkpoint = self._save(scheduler)
+                    result.checkpoint = self._save(model, optimizer, scheduler)
             return self._finish(model, result, speed)
         finally:
             bar.close()
@@ -148,18 +157,32 @@ class Trainer:
         acc, ocfg = self.accelerator, self.optim_cfg
         optimizer = torch.optim.AdamW(param_groups(self.objective, ocfg.weight_decay), lr=ocfg.lr, betas=ocfg.betas)
         scheduler = make_scheduler(optimizer, ocfg.warmup_steps, self.cfg.max_steps, ocfg.min_lr / ocfg.lr)
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         model, optimizer = acc.prepare(self.objective, optimizer)
         path = resolve_resume(resume, self.out_dir) if resume else None
         if path is not None:
-            state = load_checkpoint(acc, path)
-            self.step, self.micro_batches = int(state["step"]), int(state["micro_batches"])
-            restore_scheduler(scheduler, state["scheduler"])
-            acc.print(f"resumed from {path} at step {self.step}")
+            self._resume(path, model, optimizer, scheduler, fresh_groups)
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.hparams:  # after the resume check: it records the settings this run really uses
+                (self.out_dir / "run_config.json").write_text(json.dumps(self.hparams, indent=2))
         acc.init_trackers(self.run_name, config=_flat_scalars(self.hparams))
         log_scan_backend(acc, self.objective)
         return model, optimizer, scheduler
+
+    def _resume(self, path: Path, model, optimizer, scheduler, fresh_groups) -> None:
+        """Restore ``path``; refuse changed settings unless listed in ``train.resume_override`` (then apply them)."""
+        acc = self.accelerator
+        applied = check_resume_settings(read_train_state(path).get("config"), self.hparams, self.cfg.resume_override, path)
+        state = load_checkpoint(acc, model, optimizer, path)
+        self.step, self.micro_batches = state["step"], state["micro_batches"]
+        restore_scheduler(scheduler, state["scheduler"])
+        if applied:
+            apply_overrides(optimizer, scheduler, fresh_groups, applied)
+            acc.print("resume: applying changed settings (train.resume_override): " + ", ".join(
+                f"{k} {old!r} -> {new!r}" for k, (old, new) in applied.items())
+                + f"; learning rate now {scheduler.get_last_lr()[0]:.3g}")
+        acc.print(f"resumed from {path} at step {self.step}")
 
     def _train_step(self, model, optimizer, batches: Iterator[dict], speed: Throughput, sample_log):
         """One optimiser step over ``grad_accum`` micro-batches; returns (mean scalar logs, expert load)."""
@@ -175,9 +198,10 @@ class Trainer:
             if sample_log is not None:
                 sample_log.write("\n".join(sample_log_lines(batch, self.step)) + "\n")
             speed.add(batch["x"].shape[0] * acc.num_processes, batch_tokens(batch, self.patch_size) * acc.num_processes)
+            self.last_batch = to_device(batch, acc.device)  # what the checks before a save or export run
             with acc.accumulate(model):
                 with acc.autocast():
-                    out = model(to_device(batch, acc.device))
+                    out = model(self.last_batch)
                 if cfg.inject_nan_at is not None and self.step + 1 == cfg.inject_nan_at:
                     out["loss"] = out["loss"] * float("nan")
                 check_finite(acc, out, what=what, advice=advice)
@@ -200,9 +224,18 @@ class Trainer:
             scalars.update(_expert_scalars(expert_load))
         self.accelerator.log(scalars, step=self.step)
 
-    def _save(self, scheduler) -> Path:
-        state = {"step": self.step, "micro_batches": self.micro_batches, "scheduler": scheduler_state(scheduler)}
-        return save_checkpoint(self.accelerator, self.out_dir, self.step, state, keep=self.cfg.keep_checkpoints)
+    def _check_weights(self, model, writing: str) -> None:
+        """Stop before ``writing`` unless the weights and a forward pass on the last batch are finite."""
+        advice = (f"Nothing was written: {writing}. Last good checkpoint: {latest_checkpoint(self.out_dir) or 'none'} "
+                  f"({ADVICE})")
+        check_model(self.accelerator, model, self.last_batch, what=f"after step {self.step}", advice=advice)
+
+    def _save(self, model, optimizer, scheduler) -> Path:
+        self._check_weights(model, f"no checkpoint for step {self.step}")
+        state = {"step": self.step, "micro_batches": self.micro_batches, "scheduler": scheduler_state(scheduler),
+                 "config": self.hparams or None}
+        return save_checkpoint(self.accelerator, model, optimizer, self.out_dir, self.step, state,
+                               keep=self.cfg.keep_checkpoints)
 
     def _finish(self, model, result: TrainResult, speed: Throughput) -> TrainResult:
         """Fill in the result; export ``{out_dir}/model`` unless the run stopped before ``max_steps``."""
@@ -215,6 +248,7 @@ class Trainer:
             result.stopped_early = True
             acc.print(f"stopped at step {self.step} of {self.cfg.max_steps} (train.stop_after); continue with --resume auto")
             return result
+        self._check_weights(model, f"no model in {self.out_dir / 'model'}")
         result.export_dir = self.out_dir / "model"
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -278,11 +312,7 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
     stream = make_batch_stream(config.data, corpora, patch_size=patch_size, sfreq=SFREQ, seed=config.train.seed,
                                grad_accum=config.optim.grad_accum, world_size=accelerator.num_processes)
     hparams = to_dict(config)
-    out = Path(config.train.out_dir)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(hparams, indent=2))
-        accelerator.print(announce)
+    accelerator.print(announce)
     record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
     trainer = Trainer(objective, stream, config.optim, config.train, accelerator=accelerator, patch_size=patch_size,
                       run_name=run_name, hparams=hparams, preprocessing=record)
@@ -290,3 +320,26 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
     if result.export_dir is not None and accelerator.is_main_process:
         write_run_contract(result.export_dir, corpora, objective, config, result.steps, patch_size)
     return result
+
+
+def run_entry(prog: str, description: str, config_class: type, train: Callable[..., TrainResult],
+              report: Callable[[Any, TrainResult], str], argv: list[str] | None = None) -> int:
+    """The command line of ``pretrain/run.py`` and ``tokenizer/run.py``: parse, train, print ``report`` (main process).
+
+    ``train(config, resume=..., accelerator=...)``. Exit 0 done; 2 a bad config, data, checkpoint or resume (one line
+    naming it; ``--debug`` / ``EEGFM_DEBUG=1`` for the traceback); 3 the NaN/inf guard stopped the run.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=("resume", "debug"))
+        acc = accelerator_for(config.optim, config.train)
+        try:
+            result = train(config, resume=extras.get("resume"), accelerator=acc)
+        finally:
+            acc.end_training()
+        if acc.is_main_process:
+            print(report(config, result))
+        return 0
+
+    return run_cli(prog, body, debug="--debug" in argv, exit_codes={NonFiniteLossError: 3})

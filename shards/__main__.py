@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-
-# Shared by the command-line entry points of the suite: set to 1 for tracebacks instead of one-line errors.
-DEBUG_ENV = "EEGFM_DEBUG"
+from shards.cli_errors import DEBUG_ENV, run_cli
 
 
 def _part(text: str) -> tuple[int, int]:
@@ -240,16 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from shards.readers import ReadError
 
-    try:
-        return {"list": lambda: cmd_list(), "build": lambda: cmd_build(args), "inspect": lambda: cmd_inspect(args),
-                "synth": lambda: cmd_synth(args)}[args.command]()
-    except (OSError, ValueError, KeyError, RuntimeError, ReadError) as e:
-        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        # Our messages name the file and the fix; one line, the traceback only on request.
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {' '.join(str(text).split())} (--debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
-        return 2
+    commands = {"list": lambda: cmd_list(), "build": lambda: cmd_build(args), "inspect": lambda: cmd_inspect(args),
+                "synth": lambda: cmd_synth(args)}
+    # Our messages name the file and the fix; one line, the traceback only on request.
+    return run_cli("", commands[args.command], debug=args.debug, errors=(ReadError,))
 
 
 if __name__ == "__main__":

@@ -133,14 +133,12 @@ def test_cli_runs_and_rejects_unknown_keys(synth_shards, tmp_path, capsys):
     assert run_main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["out"] == str(out) and "seizure" in printed["metrics"]
-    from pretrain.configfile import ConfigError
-
-    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
-        run_main(argv + ["--epoch", "3"])
-    with pytest.raises(ValueError, match="--checkpoint DIR"):
-        run_main(["--recipe", "seizure", "--data", str(synth_shards)])
-    with pytest.raises(FileNotFoundError, match="nothing"):
-        run_main(["--recipe", "seizure", "--checkpoint", "none", "--data", str(tmp_path / "nothing")])
+    assert run_main(argv + ["--epoch", "3"]) == 2
+    assert "unknown config key 'epoch'" in capsys.readouterr().err
+    assert run_main(["--recipe", "seizure", "--data", str(synth_shards)]) == 2
+    assert "--checkpoint DIR" in capsys.readouterr().err
+    assert run_main(["--recipe", "seizure", "--checkpoint", "none", "--data", str(tmp_path / "nothing")]) == 2
+    assert f"shard path {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
 
 
 def test_bad_task_data_errors(synth_shards, tmp_path):
@@ -221,3 +219,38 @@ def test_predict_rejects_a_rate_the_build_rejects_with_the_same_message(seizure_
     assert str(e.value) == f"{slow}: {rule}"
     m = build("recordings", slow.parent, tmp_path / "shards", progress=False)
     assert [s["source"] for s in m["skipped"]] == ["slow.edf"] and rule in m["skipped"][0]["reason"]
+
+
+# -- issue 14 item 7: the guard's message, one-line CLI errors ------------------------------------------------------
+
+
+def test_a_huge_learning_rate_ends_with_the_guards_message(synth_shards, tmp_path):
+    from pretrain.engine import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="non-finite value .*Lower --lr"):
+        finetune(small_config(tmp_path, "seizure", synth_shards, lr=1e6, epochs=1, warmup_epochs=0, channels=("CZ",)))
+    assert not (tmp_path / "run-seizure" / "model").exists()
+
+
+def test_cli_errors_are_one_line_naming_the_file(synth_shards, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EEGFM_DEBUG", raising=False)
+    ckpt = tmp_path / "broken"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{not json")
+    (ckpt / "model.safetensors").write_bytes(b"")
+    argv = ["--recipe", "seizure", "--checkpoint", str(ckpt), "--data", str(synth_shards), "--out", str(tmp_path / "o"),
+            "--epochs", "1", "--channels", "CZ", "--progress", "false"]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ckpt / "config.json") in err[0] and "not valid JSON" in err[0] and "Traceback" not in err[0]
+    from foundation.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError):  # the traceback on request
+        run_main(argv + ["--debug"])
+    monkeypatch.setenv("EEGFM_DEBUG", "1")
+    with pytest.raises(CheckpointError):
+        run_main(argv)
+    monkeypatch.delenv("EEGFM_DEBUG")
+    assert predict_main(["--model", str(ckpt), str(tmp_path / "missing.edf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ckpt) in err[0] and "python -m finetune.predict: error:" in err[0]

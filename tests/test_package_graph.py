@@ -49,4 +49,4 @@ def test_tokenizer_launcher_runs_the_training_entry(tmp_path):
     env = {**os.environ, "PYTHONPATH": ""}
     bad = subprocess.run([sys.executable, str(REPO / "tokenizer" / "run.py"), "--model.codebook", "3"], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "tokenizer/run.py: config error: unknown config key 'model.codebook'" in bad.stderr
+    assert bad.returncode == 2 and "tokenizer/run.py: error: unknown config key 'model.codebook'" in bad.stderr

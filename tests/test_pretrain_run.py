@@ -220,5 +220,5 @@ def test_two_cpu_processes_read_different_shards_and_write_one_checkpoint(demo_s
     assert reads[0] and reads[1] and not reads[0] & reads[1]
     ckpt = out / "checkpoints" / "step_00000004"
     assert len(list(ckpt.glob("model*.safetensors"))) == 1
-    assert sorted(p.name for p in ckpt.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    assert sorted(p.name for p in ckpt.glob("rng_*")) == ["rng_0.safetensors", "rng_1.safetensors"]  # one per rank, no pickle
     assert EEGMamba.from_pretrained(out / "model").config.d_model == 64

@@ -1,6 +1,6 @@
 """What the backbone learns to predict: VQ-NSP code ids (LaBraM) or Gaussian-masked STFT maps (SpecMoE).
 
-A library: models, codebook and spectral masks only. Training it is ``pretrain.tokenizer`` (launched by
+A library: models, codebook and spectral masks only. Training it is ``pretrain.train_tokenizer`` (launched by
 ``accelerate launch tokenizer/run.py``), so this package imports nothing from ``pretrain``.
 
 Public API::
