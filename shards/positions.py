@@ -213,7 +213,7 @@ def place_by_position(
         if i in out or names[k] in taken or d > max_distance_mm:
             continue
         taken[names[k]] = ch_names[i]
-        out[i] = Placement(names[k], d, f"eeg (placed by position at {names[k]}, {d:.1f} mm)")
+        out[i] = Placement(names[k], d, f"placed by position at {names[k]} ({d:.1f} mm)")
     for i in todo:
         if i not in out:
             k = int(np.argmin(dist[i]))
@@ -253,17 +253,15 @@ def place_unnamed(
     if not candidates:
         return keep_idx, keep_names, dropped, {}
     found: dict[int, Placement] = {}
-    suffix = ""
-    if montage is not None:
-        named, positions = montage_sites(names, montage)
-        suffix = f", {montage} cap"
+    positions = recorded_positions(raw.info)
+    if montage is not None:  # the cap's sites for its ABC labels; other channels keep their recorded positions
+        named, cap_positions = montage_sites(names, montage)
+        positions.update(cap_positions)
         used = set(keep_names)
         for i in candidates:
             if i in named and named[i] not in used:
-                found[i] = Placement(named[i], 0.0, "")
+                found[i] = Placement(named[i], 0.0, f"placed by the {montage} cap layout at {named[i]}")
                 used.add(named[i])
-    else:
-        positions = recorded_positions(raw.info)
     rest = [i for i in candidates if i not in found]
     if rest and positions:
         anchors = {i: c for i, c in zip(keep_idx, keep_names) if i in positions}
@@ -278,7 +276,7 @@ def place_unnamed(
             dropped[names[i]] = p.reason
             continue
         keep[i] = p.canonical
-        placed[names[i]] = f"placed by position at {p.canonical} ({p.distance_mm:.1f} mm{suffix})"
+        placed[names[i]] = p.reason or f"placed by position at {p.canonical} ({p.distance_mm:.1f} mm)"
         del dropped[names[i]]
     order = sorted(keep)
     return order, [keep[i] for i in order], dropped, placed

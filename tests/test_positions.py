@@ -80,8 +80,14 @@ def test_biosemi_abc_labels_with_a_named_cap(shared_data):
     sig = preprocess_raw(raw, PreprocessConfig(montage="biosemi16"))
     cap = mne.channels.make_standard_montage("biosemi16").ch_names
     assert sig.channels == [canonical_name(n) for n in cap]
-    assert sig.placed_channels["A1"] == "placed by position at FP1 (0.0 mm, biosemi16 cap)"
+    assert sig.placed_channels["A1"] == "placed by the biosemi16 cap layout at FP1"
     assert len(montage_sites(raw.ch_names, "biosemi16")[0]) == 16
+
+
+def test_a_cap_option_keeps_other_recordings_placed_by_their_positions(shared_data):
+    raw, truth = anonymised(read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set"))
+    sig = preprocess_raw(raw, PreprocessConfig(montage="biosemi64"))
+    assert len(sig.placed_channels) == 61 and all(truth[n] in how for n, how in sig.placed_channels.items())
 
 
 def test_unknown_montage_is_rejected():
