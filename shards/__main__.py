@@ -188,7 +188,7 @@ def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
                     problems.append(f"{path}: sample {sample['__key__']} holds NaN/inf")
                 n += 1
         except DamagedShardError as e:
-            problems.append(str(e))
+            problems.append(str(e) + _damaged_recordings(path, manifest, listed[name]))
             continue
         except Exception as e:  # noqa: BLE001 - report every unreadable shard, not just the first
             problems.append(f"{path}: unreadable ({type(e).__name__}: {e})")
@@ -199,6 +199,17 @@ def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
     if total != manifest["totals"]["samples"] and not problems:
         problems.append(f"{folder}: {total} samples read, manifest totals say {manifest['totals']['samples']}")
     return problems
+
+
+def _damaged_recordings(path: Path, manifest: dict, shard: dict) -> str:
+    """``"; damaged samples of recording(s) ..."`` for the recordings of a shard whose bytes differ from
+    their manifest sha256 (builds that recorded them), else ""."""
+    from shards.shardfile import recording_digests
+
+    expected = {r["recording"]: r.get("sha256") for r in manifest.get("recordings", [])}
+    actual = recording_digests(str(path), manifest["corpus"])
+    hit = [r for r in shard["recordings"] if expected.get(r) and actual and actual.get(r) != expected[r]]
+    return f"; damaged samples of recording(s) {', '.join(hit)}" if hit else ""
 
 
 def cmd_inspect(args) -> int:

@@ -239,3 +239,21 @@ def read_shard(url: str, sha256: str | None = None, samples: int | None = None) 
     if samples is not None and len(out) != samples:
         raise DamagedShardError(url, f"{len(out)} samples, the manifest says {samples}")
     return out
+
+
+def recording_digests(url: str, corpus: str) -> dict[str, str]:
+    """sha256 of each recording's span of tar members in a local shard (as the manifest's ``recordings``
+    record them), to say which recordings of a damaged shard were hit; {} when the tar cannot be parsed."""
+    data = Path(url).read_bytes()
+    spans: dict[str, list[int]] = {}
+    prefix = f"{corpus}__"
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                key = member.name.partition(".")[0]
+                recording = key.rsplit("__", 1)[0].removeprefix(prefix)
+                end = member.offset_data + member.size + (-member.size % _BLOCK)
+                spans.setdefault(recording, [member.offset, end])[1] = end
+    except (tarfile.TarError, EOFError, ValueError):
+        return {}
+    return {rec: hashlib.sha256(data[a:b]).hexdigest() for rec, (a, b) in spans.items()}

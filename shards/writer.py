@@ -120,6 +120,11 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
     summary["samples"] = len(windows)
     summary["hours"] = sum(durations) / 3600.0
     summary["labels"] = dict(sorted(labels.items()))
+    if pieces:  # of its tar members' bytes, hashed here in the worker: lets inspect name a damaged recording
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(piece)
+        summary["sha256"] = digest.hexdigest()
     return RecordingResult(pieces, summary)
 
 

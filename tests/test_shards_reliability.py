@@ -201,28 +201,41 @@ def _flip(path: Path, offset: int, n: int = 64) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_manifest_records_each_shards_sha256(built):
+def test_manifest_records_sha256_of_each_shard_and_recording(built):
     import hashlib
 
-    shards = json.loads((built / "manifest.json").read_text())["shards"]
+    from shards.shardfile import recording_digests
+
+    manifest = json.loads((built / "manifest.json").read_text())
+    shards = manifest["shards"]
     assert len(shards) >= 3
+    per_recording = {r["recording"]: r["sha256"] for r in manifest["recordings"] if r["samples"]}
     for s in shards:
         data = (built / s["name"]).read_bytes()
         assert s["sha256"] == hashlib.sha256(data).hexdigest() and s["bytes"] == len(data)
+        # and each recording's span of members inside it, as inspect recomputes it
+        assert recording_digests(str(built / s["name"]), "synth") == {r: per_recording[r] for r in s["recordings"]}
 
 
 def test_flipped_bytes_fail_inspect_and_the_readers_skip_that_shard(built, tmp_path, capsys, caplog):
     from pretrain.data import Corpus, ShardStream
     from shards.__main__ import main
 
+    import tarfile
+
     folder = _copy(built, tmp_path / "out" / "synth")
     manifest = json.loads((folder / "manifest.json").read_text())
     victim = manifest["shards"][1]
+    with tarfile.open(folder / victim["name"]) as tar:  # the recording whose samples hold byte 4096
+        hit = next(m for m in tar.getmembers() if m.offset_data <= 4096 < m.offset_data + m.size)
+    hit_recording = hit.name.split("__")[1]
+    assert hit_recording in victim["recordings"] and len(victim["recordings"]) > 1
     _flip(folder / victim["name"], 4096)  # inside a sample's float16 data: still decodes, values changed
 
     assert main(["inspect", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
     assert f"MISMATCH {folder / victim['name']}: sha256" in out and "differs from the manifest's" in out
+    assert f"damaged samples of recording(s) {hit_recording}\n" in out  # only that one of the shard's recordings
     assert "1 problem(s)" in out
 
     skipped: dict[str, str] = {}
