@@ -4,10 +4,7 @@ and braindecode's EEGNet with its own small training loop (importable on a CPU-o
 from __future__ import annotations
 
 import math
-import sys
 import time
-import types
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,56 +18,12 @@ BANDS: dict[str, tuple[float, float]] = {
 }
 
 
-def _stub_module(name: str) -> types.ModuleType:
-    """A placeholder module whose every public attribute is a class that raises when used."""
-    mod = types.ModuleType(name)
-    mod.__path__ = []  # a package, so `import torchaudio.transforms` resolves against sys.modules
-
-    def __getattr__(attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-
-        class _Missing:
-            def __init__(self, *args, **kwargs):
-                raise NotImplementedError(f"{name}.{attr}: torchaudio is stubbed out (its CUDA-linked wheel cannot load here)")
-
-        _Missing.__name__ = attr
-        return _Missing
-
-    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
-    return mod
-
-
 def import_eegnet() -> type:
-    """``braindecode.models.EEGNet``, importable on a CPU-only torch.
+    """``braindecode.models.EEGNet``, importable on a CPU-only torch (``finetune.braindecode.braindecode_models``
+    stubs torchaudio when its CUDA-linked wheel cannot load; EEGNet does not use it)."""
+    from finetune.braindecode import braindecode_models
 
-    braindecode 1.8 imports torchaudio eagerly (filters and a few spectrogram models), and the installed
-    torchaudio wheel is CUDA-linked, so on a CPU-only torch ``import braindecode`` fails with OSError.
-    EEGNet uses no torchaudio function: stub ``torchaudio`` / ``.functional`` / ``.transforms`` (anything
-    taken from them raises NotImplementedError when called), drop the half-imported braindecode modules
-    and import again.
-    """
-    try:
-        from braindecode.models import EEGNet
-
-        return EEGNet
-    except (OSError, ImportError) as err:
-        if "torchaudio" not in f"{err!r} {err.__cause__!r}" and not any(m.startswith("torchaudio") for m in sys.modules):
-            raise
-        print(f"note: braindecode failed to import torchaudio ({type(err).__name__}); using a stub torchaudio "
-              "module (EEGNet does not use it)", flush=True)
-    for name in [m for m in sys.modules if m.split(".")[0] in ("braindecode", "torchaudio")]:
-        del sys.modules[name]
-    subs = {n: _stub_module(f"torchaudio.{n}") for n in ("functional", "transforms")}
-    root = _stub_module("torchaudio")
-    for n, mod in subs.items():
-        setattr(root, n, mod)
-        sys.modules[f"torchaudio.{n}"] = mod
-    sys.modules["torchaudio"] = root
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # MNE montage deprecations inside braindecode
-        from braindecode.models import EEGNet
-    return EEGNet
+    return braindecode_models().EEGNet
 
 
 def band_power_features(x: np.ndarray, sfreq: float = SFREQ) -> np.ndarray:

@@ -52,7 +52,7 @@ class FinetuneConfig:
     """Everything ``finetune/run.py`` needs; see ``--help`` for each key."""
 
     recipe: str = option("recipe name, or several separated by commas for multi-task finetuning", "")
-    checkpoint: str | None = option("pretrained EEGMamba folder (save_pretrained), or none = train from scratch", "")
+    checkpoint: str | None = option("pretrained EEGMamba: folder, shipped name (eegmamba-tiny-open) or Hub org/name[@rev]; none = from scratch", "")
     data: str = option("labelled shards (folder/glob/brace pattern/pipe: URL)", "")
     out: str = option("output folder (default runs/finetune-<recipe>-<time>)", "")
     tasks: tuple[TaskSpec, ...] = option("[[tasks]] tables: one per recipe, each with its own data", ())

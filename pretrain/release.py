@@ -1,0 +1,286 @@
+"""Turn a pretraining run into a publishable checkpoint folder.
+
+Usage::
+
+    python -m pretrain.release RUN_DIR OUT_DIR --datasets datasets.json [--downstream results.json]
+                               [--name NAME] [--license apache-2.0]
+
+``RUN_DIR`` is a pretraining run (``{train.out_dir}``, holding ``model/``) or its ``model/`` folder. ``OUT_DIR``
+receives ``model.safetensors``, ``config.json``, ``contract.json``, a model card ``README.md`` in the
+Hugging Face format, and ``SHA256SUMS`` (``sha256sum -c SHA256SUMS`` verifies the folder). Everything in
+the card is generated from the run (its contract and ``pretraining.json``), the data-set file and the
+downstream results; nothing is typed by hand.
+
+``--datasets`` is a JSON object naming, for every corpus of the run (the names in ``contract.json``), the
+data set and its terms::
+
+    {"eegmmidb": {"title": "PhysioNet EEG Motor Movement/Imagery", "license": "ODC-By-1.0",
+                  "url": "https://physionet.org/content/eegmmidb/1.0.0/", "citation": "Schalk et al. 2004",
+                  "why": "open licence that allows derived works with attribution"}}
+
+A corpus without an entry, or whose licence forbids derivatives or commercial use (``NC`` / ``ND`` terms),
+is an error: the weights are a derived work of their training data. ``--downstream`` takes a
+``benchmarks/downstream.py`` ``results.json``; its table is rendered into the card.
+
+Publishing (needs a Hugging Face token; not done by this command)::
+
+    from huggingface_hub import HfApi
+    HfApi().create_repo("org/eegmamba-tiny-open", exist_ok=True)
+    HfApi().upload_folder(repo_id="org/eegmamba-tiny-open", folder_path="OUT_DIR", commit_message="release")
+
+after which ``EEGMamba.from_pretrained("org/eegmamba-tiny-open@<commit>")`` loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from foundation.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from foundation.contract import CONTRACT_NAME, InputContract, read_contract
+from foundation.model import EEGMamba
+
+__all__ = ["ReleaseError", "release", "model_card", "write_checksums", "verify_checksums", "main"]
+
+CARD_NAME = "README.md"
+SUMS_NAME = "SHA256SUMS"
+_RESTRICTED = re.compile(r"(^|[^A-Za-z])(NC|ND)([^A-Za-z]|$)|non-?commercial|no-?deriv", re.IGNORECASE)
+METRICS = (("balanced_accuracy", "bal. acc."), ("cohen_kappa", "kappa"), ("weighted_f1", "weighted F1"), ("auroc", "AUROC"))
+
+
+class ReleaseError(ValueError):
+    """A run that cannot be released as asked (the message names the file, corpus or field)."""
+
+
+def _model_dir(run_dir: Path) -> Path:
+    for folder in (run_dir / "model", run_dir):
+        if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+            return folder
+    raise ReleaseError(f"{run_dir}: neither it nor {run_dir / 'model'} holds {CONFIG_NAME} + {WEIGHTS_NAME} of a pretraining export")
+
+
+def _check_datasets(contract: InputContract, datasets: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    for corpus in contract.corpora:
+        name = corpus["name"]
+        info = datasets.get(name)
+        if info is None:
+            raise ReleaseError(f"{where}: corpus {name!r} of the run has no entry (title, license, url, citation); "
+                               f"the card must name the terms of every training set")
+        missing = [k for k in ("title", "license") if not info.get(k)]
+        if missing:
+            raise ReleaseError(f"{where}: corpus {name!r} lacks {missing}")
+        if _RESTRICTED.search(str(info["license"])):
+            raise ReleaseError(
+                f"{where}: corpus {name!r} is licensed {info['license']!r} (non-commercial or no-derivatives terms): "
+                f"weights trained on it cannot be released openly; pretrain without it"
+            )
+
+
+def _yaml_list(items: Sequence[str]) -> str:
+    return "\n".join(f"- {json.dumps(str(i))}" for i in items) or "[]"
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:g}"
+
+
+def downstream_table(results: Mapping[str, Any]) -> str:
+    """Markdown table of a ``benchmarks/downstream.py`` ``results.json`` (mean ± std over seeds)."""
+    tasks = results.get("tasks", {})
+    lines = ["| task | method | " + " | ".join(t for _, t in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for task, methods in results.get("table", {}).items():
+        title = tasks.get(task, {}).get("title", task)
+        for method, metrics in methods.items():
+            cells = []
+            for key, _ in METRICS:
+                m = metrics.get(key)
+                cells.append("–" if not m or m.get("mean") is None else f"{m['mean']:.3f} ± {m.get('std') or 0:.3f}")
+            lines.append(f"| {title} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Mapping[str, Mapping[str, Any]],
+               *, license: str, downstream: Mapping[str, Any] | None = None, pretraining: Mapping[str, Any] | None = None,
+               reproduce: str = "") -> str:
+    """The Hugging Face model card (YAML front matter + Markdown), generated from the run's files."""
+    config = EEGMamba.read_config(model_dir)
+    n_params = EEGMamba(config).num_parameters()
+    sets = [datasets[c["name"]] for c in contract.corpora]
+    ids = [d.get("hub_id") or d["title"] for d in sets]
+    optim = (pretraining or {}).get("config", {}).get("optim", {})
+    data_rows = "\n".join(
+        f"| {c['name']} | [{d['title']}]({d.get('url', '')}) | {d['license']} | "
+        f"{_fmt(c.get('hours'))} | {c.get('shards', '')} | {d.get('why', '')} |"
+        for c, d in zip(contract.corpora, sets)
+    )
+    citations = "\n".join(f"- {d['title']}: {d['citation']}" for d in sets if d.get("citation"))
+    band = f"{_fmt(contract.l_freq)}-{_fmt(contract.h_freq)} Hz" + (f", notch {contract.notch:g} Hz" if contract.notch else "")
+    sections = [
+        "---",
+        f"license: {license}",
+        "library_name: eegfm",
+        "pipeline_tag: feature-extraction",
+        "tags:",
+        _yaml_list(["eeg", "mamba", "mixture-of-experts", "foundation-model", "self-supervised", contract.objective]),
+        "datasets:",
+        _yaml_list(ids),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"An EEGMamba backbone (bidirectional Mamba blocks + task-aware mixture of experts, {n_params / 1e6:.2f} M "
+        f"parameters, adapter `{config.adapter}`, d_model {config.d_model}, {config.n_layers} layers, "
+        f"{config.n_experts} experts top-{config.top_k}) pretrained self-supervised with the `{contract.objective}` "
+        f"objective for {contract.steps} steps on {contract.data_hours:g} h of EEG. Made with the eegfm suite; this "
+        "card is generated by `python -m pretrain.release`.",
+        "",
+        "## Input contract (`contract.json`)",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| sampling rate | {contract.sfreq:g} Hz |",
+        f"| units | {contract.units} (µV / 100) |",
+        f"| filters | {band} |",
+        f"| patch | {contract.patch_samples} samples ({contract.patch_s:g} s) |",
+        f"| pretraining crop | {_fmt(contract.window_s)} s |",
+        f"| channel vocabulary | {contract.vocabulary_size} names (append-only `shards.vocabulary`) |",
+        f"| channels seen in pretraining | {len(contract.channels)}: {', '.join(contract.channels)} |",
+        "",
+        "`finetune/run.py` and `python -m finetune.predict` check inputs against it: other sampling rates, units "
+        "(V/mV) and channel spellings are converted with a notice; a montage with none of these channels is refused.",
+        "",
+        "## Training data and licences",
+        "",
+        "| corpus | data set | licence | hours | shards | why included |",
+        "|---|---|---|---|---|---|",
+        data_rows,
+        "",
+        *(["Cite:", "", citations, ""] if citations else []),
+        "## Pretraining",
+        "",
+        f"- objective: `{contract.objective}`; steps: {contract.steps}; data: {contract.data_hours:g} h in "
+        f"{len(contract.corpora)} corpora",
+        *([f"- optimiser: AdamW lr {optim.get('lr')} -> {optim.get('min_lr')}, warm-up {optim.get('warmup_steps')} "
+           f"steps, weight decay {optim.get('weight_decay')}, batch {(pretraining or {}).get('config', {}).get('data', {}).get('batch_size')}"]
+          if optim else []),
+        *([f"- reproduce: `{reproduce}`"] if reproduce else []),
+        "",
+        "## Downstream results",
+        "",
+        (f"From `benchmarks/downstream.py` (`{' '.join(downstream.get('command', []))}`, finished "
+         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream)}"
+         if downstream else "Not evaluated for this release (pass `--downstream results.json`)."),
+        "",
+        "## Intended use and limits",
+        "",
+        "- Intended: a starting point for finetuning EEG classifiers (seizure, sleep, emotion / workload, motor "
+        "imagery) with `finetune/run.py --checkpoint <this>` or the braindecode wrapper, and for research on EEG "
+        "foundation models.",
+        f"- Not for diagnosis or any clinical decision. Pretrained on {contract.data_hours:g} h from "
+        f"{len(contract.corpora)} small corpora: its features are weak next to models pretrained on thousands of "
+        "hours, and it has not been validated on populations, devices or montages beyond those listed above.",
+        "- Channels outside the list above have untrained spatial embeddings; inputs must follow the contract.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from foundation import EEGMamba",
+        f'model = EEGMamba.from_pretrained("{name}")   # a shipped name, a local folder, or org/name@revision',
+        "```",
+        "",
+        "```bash",
+        f"accelerate launch finetune/run.py --recipe sleep --checkpoint {name} --data shards/dreams",
+        "```",
+        "",
+        f"Files: `{WEIGHTS_NAME}`, `{CONFIG_NAME}`, `{CONTRACT_NAME}`, this card; `sha256sum -c {SUMS_NAME}` checks them.",
+        "",
+    ]
+    return "\n".join(sections)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> Path:
+    """``SHA256SUMS`` over every other file of ``folder`` (``sha256sum -c`` format, sorted)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != SUMS_NAME)
+    path = folder / SUMS_NAME
+    path.write_text("".join(f"{_sha256(p)}  {p.name}\n" for p in files))
+    return path
+
+
+def verify_checksums(folder: Path) -> list[str]:
+    """Names of the files whose SHA-256 differs from ``SHA256SUMS`` (or that are missing)."""
+    bad = []
+    for line in (folder / SUMS_NAME).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            bad.append(name)
+    return bad
+
+
+def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Mapping[str, Any]], *,
+            name: str | None = None, license: str = "apache-2.0", downstream: Mapping[str, Any] | None = None,
+            reproduce: str = "") -> Path:
+    """Write the publishable folder ``out_dir`` for the pretraining run ``run_dir``; returns ``out_dir``.
+
+    Raises:
+        ReleaseError: no export in ``run_dir``, no contract, or a corpus with no / a restrictive licence.
+    """
+    model_dir = _model_dir(Path(run_dir))
+    contract = read_contract(model_dir, warn=False)
+    if contract is None:
+        raise ReleaseError(f"{model_dir} has no {CONTRACT_NAME}: re-export it with this suite (pretraining writes it)")
+    _check_datasets(contract, datasets, str(model_dir))
+    EEGMamba.from_pretrained(model_dir)  # refuse weights that do not load
+    out = Path(out_dir)
+    name = name or out.name
+    pre_file = model_dir / "pretraining.json"
+    pretraining = json.loads(pre_file.read_text()) if pre_file.is_file() else None
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for file in (WEIGHTS_NAME, CONFIG_NAME, CONTRACT_NAME):
+        shutil.copyfile(model_dir / file, out / file)
+    card = model_card(name, model_dir, contract, datasets, license=license, downstream=downstream,
+                      pretraining=pretraining, reproduce=reproduce)
+    (out / CARD_NAME).write_text(card)
+    write_checksums(out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.release", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="pretraining run folder (or its model/ folder)")
+    parser.add_argument("out_dir", help="publishable folder to write (replaced if it exists)")
+    parser.add_argument("--datasets", required=True, help="JSON file: corpus -> {title, license, url, citation, why}")
+    parser.add_argument("--downstream", help="benchmarks/downstream.py results.json for this checkpoint")
+    parser.add_argument("--name", help="checkpoint name in the card (default: OUT_DIR's name)")
+    parser.add_argument("--license", default="apache-2.0", help="licence of the released weights (Hub identifier)")
+    args = parser.parse_args(argv)
+    try:
+        datasets = json.loads(Path(args.datasets).read_text())
+        downstream = json.loads(Path(args.downstream).read_text()) if args.downstream else None
+        out = release(args.run_dir, args.out_dir, datasets, name=args.name, license=args.license, downstream=downstream)
+    except (ReleaseError, FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"python -m pretrain.release: error: {err}", file=sys.stderr)
+        return 2
+    print(f"released {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    print(f"publish: huggingface_hub.HfApi().upload_folder(repo_id='org/{out.name}', folder_path='{out}')")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
