@@ -33,7 +33,7 @@ NAME = "eegmamba-tiny-open"
 DEFAULT_OUT = REPO / "foundation" / "released" / NAME
 COMMAND = "python -m pretrain.release_tiny"
 SEED = 0
-STEPS = 1000
+STEPS = 400
 
 PHYSIONET_WHY = "ODC-By 1.0: derived works may be shared with attribution"
 # corpus -> (adapter, folder under the shared data, data-set card entry)
@@ -114,7 +114,7 @@ def pretrain(folders: dict[str, Path], out_dir: Path, steps: int):
     corpora = tuple(CorpusConfig(urls=str(f), weight=float(read_manifest(f)["totals"]["samples"]), name=n)
                     for n, f in folders.items())
     config = PretrainConfig(
-        data=DataConfig(corpora=corpora, crop_s=4.0, batch_size=16, shuffle_buffer=256, num_workers=0, epoch_steps=100),
+        data=DataConfig(corpora=corpora, crop_s=4.0, batch_size=8, shuffle_buffer=256, num_workers=0, epoch_steps=100),
         model=ModelConfig(size="tiny"),
         objective=ObjectiveConfig(name="masked_stft"),
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=max(1, steps // 20)),

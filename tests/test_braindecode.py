@@ -3,11 +3,14 @@ on real EEGMMIDB epochs (volts at 160 Hz, as MNE and braindecode hold them)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("braindecode")
+if importlib.util.find_spec("braindecode") is None or importlib.util.find_spec("skorch") is None:
+    pytest.skip("the braindecode extra is not installed", allow_module_level=True)
 
 from finetune.braindecode import EEGMambaClassifier, fourier_resample  # noqa: E402
 from foundation.contract import ContractError  # noqa: E402
