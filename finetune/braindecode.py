@@ -37,6 +37,7 @@ from finetune.contract import check_montage, contract_of, notice
 from finetune.heads import ClassificationHead
 from finetune.model import load_backbone
 from foundation.contract import ContractError
+from shards.sample import SFREQ, UNIT_SCALE
 from shards.vocabulary import canonical_name, channel_ids
 
 __all__ = ["EEGMambaClassifier", "braindecode_models", "UNIT_FACTORS", "fourier_resample"]
@@ -98,7 +99,7 @@ def braindecode_models() -> types.ModuleType:
 EEGModuleMixin = braindecode_models().base.EEGModuleMixin
 
 # Multiply an input in these units by the factor to get the contract's µV / 100.
-UNIT_FACTORS = {"V": 1e4, "mV": 10.0, "uV": 1e-2, "µV": 1e-2, "100uV": 1.0}
+UNIT_FACTORS = {"V": UNIT_SCALE, "mV": UNIT_SCALE / 1e3, "uV": UNIT_SCALE / 1e6, "µV": UNIT_SCALE / 1e6, "100uV": 1.0}
 
 
 def fourier_resample(x: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -137,7 +138,7 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
             raise ContractError(f"EEGMambaClassifier: input_units={input_units!r}; expected one of {sorted(UNIT_FACTORS)}")
         self.backbone, info = load_backbone(checkpoint)
         contract = contract_of(info.get("checkpoint"))
-        target = contract.sfreq if contract is not None else 200.0
+        target = contract.sfreq if contract is not None else SFREQ
         names = [str(ch["ch_name"]) for ch in self.chs_info]
         canonical = [canonical_name(n) for n in names]
         keep = [i for i, c in enumerate(canonical) if c is not None]

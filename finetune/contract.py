@@ -30,6 +30,7 @@ import numpy as np
 
 from foundation.contract import ContractError, InputContract, read_contract
 from shards.dataset import Window
+from shards.sample import SFREQ
 from shards.vocabulary import CHANNELS, canonical_name
 
 __all__ = [
@@ -196,7 +197,7 @@ def data_contract(tasks: Mapping[str, Any]) -> InputContract:
     builds = [(b or {}).get("config") or {} for data in tasks.values() for b in data.preprocessing.values()]
     pre = next((b for b in builds if b), {})
     return InputContract(
-        sfreq=float(windows[0].meta.get("sfreq", pre.get("sfreq", 200.0))) if windows else float(pre.get("sfreq", 200.0)),
+        sfreq=float(windows[0].meta.get("sfreq", pre.get("sfreq", SFREQ))) if windows else float(pre.get("sfreq", SFREQ)),
         l_freq=pre.get("l_freq"), h_freq=pre.get("h_freq"), notch=pre.get("notch"), vocabulary_size=len(CHANNELS),
         channels=tuple({c for w in windows for c in w.meta.get("channels", [])}), objective="none (finetuning data only)",
     )

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from foundation.contract import InputContract
-from pretrain.data import SFREQ, Corpus
+from pretrain.data import Corpus
 from shards.dataset import read_manifest
+from shards.sample import PATCH_SAMPLES, SFREQ
 from shards.vocabulary import CHANNELS
 
 __all__ = ["run_contract", "write_run_contract"]
@@ -43,7 +44,7 @@ def _corpus_entry(corpus: Corpus) -> tuple[dict[str, Any], set[str]]:
 
 
 def run_contract(corpora: Sequence[Corpus], *, objective: str, steps: int, crop_s: float | None,
-                 patch_size: int = 200) -> InputContract:
+                 patch_size: int = PATCH_SAMPLES) -> InputContract:
     """The contract of a run over ``corpora`` (filter band and notch from the first corpus that records one)."""
     entries, channels = [], set()
     for corpus in corpora:
@@ -60,7 +61,7 @@ def run_contract(corpora: Sequence[Corpus], *, objective: str, steps: int, crop_
 
 
 def write_run_contract(export_dir: str | Path, corpora: Sequence[Corpus], objective: Any, config: Any, steps: int,
-                       patch_size: int = 200) -> Path:
+                       patch_size: int = PATCH_SAMPLES) -> Path:
     """Write ``{export_dir}/contract.json`` for a finished run; returns its path."""
     contract = run_contract(corpora, objective=str(getattr(objective, "name", type(objective).__name__)), steps=steps,
                             crop_s=getattr(getattr(config, "data", None), "crop_s", None), patch_size=patch_size)
