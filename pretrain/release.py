@@ -20,7 +20,8 @@ data set and its terms::
 
 A corpus without an entry, or whose licence forbids derivatives or commercial use (``NC`` / ``ND`` terms),
 is an error: the weights are a derived work of their training data. ``--downstream`` takes a
-``benchmarks/downstream.py`` ``results.json``; its table is rendered into the card.
+``benchmarks/downstream.py`` ``results.json``; its table is rendered into the card. ``release(...,
+excluded={name: reason})`` lists the data sets deliberately left out, and why.
 
 Publishing (needs a Hugging Face token; not done by this command)::
 
@@ -106,9 +107,16 @@ def downstream_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _filters(pre: Mapping[str, Any] | None) -> str:
+    if not pre:
+        return "unknown"
+    band = f"{_fmt(pre.get('l_freq'))}-{_fmt(pre.get('h_freq'))} Hz"
+    return band + (f", notch {pre['notch']:g} Hz" if pre.get("notch") else "")
+
+
 def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Mapping[str, Mapping[str, Any]],
                *, license: str, downstream: Mapping[str, Any] | None = None, pretraining: Mapping[str, Any] | None = None,
-               reproduce: str = "") -> str:
+               reproduce: str = "", excluded: Mapping[str, str] | None = None) -> str:
     """The Hugging Face model card (YAML front matter + Markdown), generated from the run's files."""
     config = EEGMamba.read_config(model_dir)
     n_params = EEGMamba(config).num_parameters()
@@ -117,11 +125,11 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
     optim = (pretraining or {}).get("config", {}).get("optim", {})
     data_rows = "\n".join(
         f"| {c['name']} | [{d['title']}]({d.get('url', '')}) | {d['license']} | "
-        f"{_fmt(c.get('hours'))} | {c.get('shards', '')} | {d.get('why', '')} |"
+        f"{_fmt(c.get('hours'))} | {c.get('shards', '')} | {_filters(c.get('preprocess'))} | {d.get('why', '')} |"
         for c, d in zip(contract.corpora, sets)
     )
+    left_out = "\n".join(f"- {name}: {why}" for name, why in (excluded or {}).items())
     citations = "\n".join(f"- {d['title']}: {d['citation']}" for d in sets if d.get("citation"))
-    band = f"{_fmt(contract.l_freq)}-{_fmt(contract.h_freq)} Hz" + (f", notch {contract.notch:g} Hz" if contract.notch else "")
     sections = [
         "---",
         f"license: {license}",
@@ -147,7 +155,7 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "|---|---|",
         f"| sampling rate | {contract.sfreq:g} Hz |",
         f"| units | {contract.units} (µV / 100) |",
-        f"| filters | {band} |",
+        f"| filters | {_filters({'l_freq': contract.l_freq, 'h_freq': contract.h_freq})} (notch: per corpus, below) |",
         f"| patch | {contract.patch_samples} samples ({contract.patch_s:g} s) |",
         f"| pretraining crop | {_fmt(contract.window_s)} s |",
         f"| channel vocabulary | {contract.vocabulary_size} names (append-only `shards.vocabulary`) |",
@@ -158,10 +166,11 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "",
         "## Training data and licences",
         "",
-        "| corpus | data set | licence | hours | shards | why included |",
-        "|---|---|---|---|---|---|",
+        "| corpus | data set | licence | hours | shards | filters | why included |",
+        "|---|---|---|---|---|---|---|",
         data_rows,
         "",
+        *(["Left out:", "", left_out, ""] if left_out else []),
         *(["Cite:", "", citations, ""] if citations else []),
         "## Pretraining",
         "",
@@ -233,7 +242,7 @@ def verify_checksums(folder: Path) -> list[str]:
 
 def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Mapping[str, Any]], *,
             name: str | None = None, license: str = "apache-2.0", downstream: Mapping[str, Any] | None = None,
-            reproduce: str = "") -> Path:
+            reproduce: str = "", excluded: Mapping[str, str] | None = None) -> Path:
     """Write the publishable folder ``out_dir`` for the pretraining run ``run_dir``; returns ``out_dir``.
 
     Raises:
@@ -255,7 +264,7 @@ def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Map
     for file in (WEIGHTS_NAME, CONFIG_NAME, CONTRACT_NAME):
         shutil.copyfile(model_dir / file, out / file)
     card = model_card(name, model_dir, contract, datasets, license=license, downstream=downstream,
-                      pretraining=pretraining, reproduce=reproduce)
+                      pretraining=pretraining, reproduce=reproduce, excluded=excluded)
     (out / CARD_NAME).write_text(card)
     write_checksums(out)
     return out

@@ -36,6 +36,15 @@ SEED = 0
 STEPS = 400
 
 PHYSIONET_WHY = "ODC-By 1.0: derived works may be shared with attribution"
+# The shared sets left out, and why (written into the model card).
+EXCLUDED = {
+    "DREAMS Spindles (sleep/dreams_spindles)": "CC BY-NC-ND-style licence: non-commercial, no derivatives",
+    "Bonn seizure database (seizure/bonn)": "'public for research; cite the paper': no licence covering redistribution of derived weights",
+    "Mental stress, Emotiv (emotion/mental_stress_emotiv)": "'public research data set': no licence covering redistribution of derived weights",
+    "MNE testing data (unlabeled/mne_testing, formats/)": "terms not stated in the data README",
+    "Sleep-EDF hypnogram (sleep/sleep_edf_hypnogram_only)": "annotations only, no signal",
+    "YASA text snippets (sleep/yasa_*.txt)": "45 s of headerless text; not worth a reader path",
+}
 # corpus -> (adapter, folder under the shared data, data-set card entry)
 SETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "eegmmidb": ("eegmmidb", "motor_imagery/eegmmidb", {
@@ -49,7 +58,7 @@ SETS: dict[str, tuple[str, str, dict[str, str]]] = {
         "citation": "Zyma et al., Data 4(1):14, 2019; Goldberger et al., PhysioNet, Circulation 2000",
         "why": PHYSIONET_WHY}),
     "eeglab": ("recordings", "unlabeled/eeglab", {
-        "title": "EEGLAB sample data (eeglab_data.set, test.edf, test.bdf, testbva)", "license": "BSD-2-Clause",
+        "title": "EEGLAB sample data (eeglab_data.set, test.edf, testbva; test.bdf is skipped: BioSemi A1-A16 labels have no position)", "license": "BSD-2-Clause",
         "url": "https://github.com/sccn/eeglab", "hub_id": "eeglab/sample-data",
         "citation": "Delorme & Makeig, J. Neurosci. Methods 134, 2004",
         "why": "BSD-2: redistribution with the copyright notice"}),
@@ -155,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {name: entry for name, (_, _, entry) in SETS.items()}
     downstream = json.loads(Path(args.downstream).read_text()) if args.downstream else None
     command = COMMAND + (f" --steps {args.steps}" if args.steps != STEPS else "")
-    out = release(run_dir, args.out, datasets, name=NAME, license="apache-2.0", downstream=downstream, reproduce=command)
+    out = release(run_dir, args.out, datasets, name=NAME, license="apache-2.0", downstream=downstream, reproduce=command,
+                  excluded=EXCLUDED)
     k = max(1, len(result.losses) // 10)
     first, last = sum(result.losses[:k]) / k, sum(result.losses[-k:]) / k
     print(f"{NAME}: {result.steps} steps, loss {first:.4f} (first 10 %) -> {last:.4f} (last 10 %), "

@@ -107,7 +107,9 @@ def test_shipped_checkpoint_loads_with_contract_card_and_checksums():
     assert {"C3", "CZ", "C4", "FP1", "O2"} <= set(contract.channels)
     meta, body = _front_matter((folder / "README.md").read_text())
     assert meta["license"] == "apache-2.0" and len(meta["datasets"]) == len(names)
-    assert "python -m pretrain.release_tiny" in body and "ODC-By-1.0" in body and "NC" not in body.split("## Pretraining")[0]
+    assert "python -m pretrain.release_tiny" in body and "ODC-By-1.0" in body
+    table = body.split("## Training data and licences")[1].split("Left out:")
+    assert "DREAMS" not in table[0] and "NC" not in table[0] and "DREAMS" in table[1]  # said which, and why
 
 
 @pytest.mark.slow
