@@ -36,6 +36,9 @@ class Ablation:
     protocol: Mapping[str, Any] = field(default_factory=dict)
 
 
+AUGMENT = {"augment.channel_dropout": 0.1, "augment.gain_range": (0.5, 2.0), "augment.channel_gain_std": 0.1,
+           "augment.time_shift_s": 0.5}
+
 ABLATIONS: dict[str, Ablation] = {
     # protocol and budget
     "transductive": Ablation("pretraining sees every window, test pools included; test = group fold seed mod k",
@@ -58,6 +61,11 @@ ABLATIONS: dict[str, Ablation] = {
                                  tokenizer={"code_norm": "batchnorm"}),
     "legacy-stft-leak": Ablation("masked STFT scored on the Gaussian fringe, no projection of the round-trip residual",
                                  objective={"mask.loss_threshold": 0.0, "mask.cleanup_iters": 0}),
+    # issue 15 item 4: options the fixes added, off by default
+    "channel-embed-position": Ablation("channel embedding from 10-05 coordinates (unseen montages land near their "
+                                       "neighbours) instead of one row per vocabulary id", model={"channel_embed": "position"}),
+    "augment": Ablation("augmentation in pretraining and finetuning: channel dropout 0.1, gain x0.5-2, per-channel gain "
+                        "std 0.1, time shift up to 0.5 s", objective=dict(AUGMENT), finetune=dict(AUGMENT)),
 }
 
 

@@ -164,7 +164,7 @@ def finetune_config(plan: TaskPlan, folder: Path, seed: int, budget: Budget, *, 
     """The ``FinetuneConfig`` of one benchmark run (``overrides``: an ablation's finetune fields)."""
     from finetune.config import FinetuneConfig
 
-    return FinetuneConfig(
+    config = FinetuneConfig(
         recipe=plan.recipe_name, checkpoint=checkpoint, data=str(folder), out=str(out), classes=plan.classes,
         # Masked modelling never trains the class token, so a frozen backbone is probed on the token mean.
         mode=mode, pool="mean" if mode == "linear_probe" else pool, split="kfold", window_s=plan.window_s,
@@ -173,8 +173,9 @@ def finetune_config(plan: TaskPlan, folder: Path, seed: int, budget: Budget, *, 
         test_groups=tuple(test_groups), val_groups=tuple(val_groups),
         lr=budget.probe_lr if mode == "linear_probe" else budget.finetune_lr,
         epochs=budget.finetune_epochs, patience=budget.finetune_patience, warmup_epochs=1,
-        batch_size=budget.batch_size, seed=seed, progress=False, **dict(overrides or {}),
+        batch_size=budget.batch_size, seed=seed, progress=False,
     )
+    return apply(config, overrides or {}, where="ablation finetune")
 
 
 @torch.no_grad()

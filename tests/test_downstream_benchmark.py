@@ -386,6 +386,7 @@ def test_published_eegmat_table_stays_apart_from_ours():
 
 def test_every_named_ablation_applies_to_the_installed_configs():
     """Each ablation's fields exist (a fix's legacy flag that was renamed or removed fails here, not in a 30-min run)."""
+    from finetune.config import FinetuneConfig
     from foundation.model import EEGMambaConfig
     from pretrain.config import ObjectiveConfig
     from tokenizer.vqnsp import VQNSPConfig
@@ -396,4 +397,5 @@ def test_every_named_ablation_applies_to_the_installed_configs():
         ablations.apply(ObjectiveConfig(), abl.objective, where=name)
         ablations.apply(VQNSPConfig.from_size("tiny"), abl.tokenizer, where=name)
         ablations.apply(tasks.FULL, abl.budget, where=name)
+        ablations.apply(FinetuneConfig(), abl.finetune, where=name)
         assert set(abl.protocol) <= {"transductive"}
