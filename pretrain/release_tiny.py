@@ -114,23 +114,29 @@ def build_shards(work: Path, data: Path) -> dict[str, Path]:
     return folders
 
 
-def pretrain(folders: dict[str, Path], out_dir: Path, steps: int):
-    from pretrain.config import CorpusConfig, DataConfig, ModelConfig, ObjectiveConfig, OptimConfig, PretrainConfig, TrainConfig
-    from pretrain.run import run
+def release_config(folders: dict[str, Path], out_dir: Path, steps: int):
+    """The pretraining run of the release (a ``pretrain.config.PretrainConfig``) over the shard ``folders``."""
+    from foundation.model import EEGMambaConfig
+    from pretrain.config import CorpusConfig, DataConfig, ObjectiveConfig, OptimConfig, PretrainConfig, TrainConfig
     from shards.dataset import read_manifest
 
     # Every window equally likely: each corpus weighted by its window count.
     corpora = tuple(CorpusConfig(urls=str(f), weight=float(read_manifest(f)["totals"]["samples"]), name=n)
                     for n, f in folders.items())
-    config = PretrainConfig(
+    return PretrainConfig(
         data=DataConfig(corpora=corpora, crop_s=4.0, batch_size=8, shuffle_buffer=256, num_workers=0, epoch_steps=100),
-        model=ModelConfig(size="tiny"),
+        model=EEGMambaConfig.from_size("tiny"),
         objective=ObjectiveConfig(name="masked_stft"),
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=max(1, steps // 20)),
         train=TrainConfig(out_dir=str(out_dir), max_steps=steps, save_every=steps, keep_checkpoints=1, log_every=50,
                           seed=SEED, progress=False, mixed_precision="no"),
     )
-    return run(config)
+
+
+def pretrain(folders: dict[str, Path], out_dir: Path, steps: int):
+    from pretrain.run import run
+
+    return run(release_config(folders, out_dir, steps))
 
 
 def sha256(path: Path) -> str:

@@ -135,3 +135,16 @@ def test_finetune_the_shipped_checkpoint_on_dreams_then_label_a_recording(shared
     assert len(rows) > 100 and all(r.split(",")[2] in classes for r in rows[1:])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eegfm contract:")]
     assert len(err) == 1 and "excerpt3.edf" in err[0]
+
+
+def test_release_tiny_config_runs_and_releases(synth_shards, tmp_path):
+    """The release script's pretraining config and release call, on the simulated shards (2 steps)."""
+    from pretrain.release_tiny import EXCLUDED, NAME, SETS, release_config
+    from pretrain.run import run
+
+    config = release_config({"synth": synth_shards}, tmp_path / "run", steps=2)
+    assert config.model == EEGMambaConfig.from_size("tiny") and config.train.seed == 0 and config.data.num_workers == 0
+    run(config)
+    out = release(tmp_path / "run", tmp_path / "pub", {"synth": SETS["synth"][2]}, name=NAME, excluded=EXCLUDED)
+    assert verify_checksums(out) == [] and read_contract(out).steps == 2
+    assert "DREAMS" in (out / "README.md").read_text().split("Left out:")[1]
