@@ -333,3 +333,16 @@ def test_loss_threshold_drops_the_fringe_from_the_loss():
     assert masked_spectral_loss(pred, target, mask, threshold=0.9).item() == pytest.approx((0.95 * 4 + 9) / 1.95)
     with pytest.raises(ValueError, match="loss_threshold"):
         MaskConfig(loss_threshold=1.0)
+
+
+def test_corrupt_and_loss_stay_float32_under_bf16_autocast():
+    # "auto" precision trains in bf16 on a GPU; the masks, targets and loss must not follow autocast.
+    x = torch.randn(2, 3, 800, generator=torch.Generator().manual_seed(0))
+    reference = corrupt(x, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = corrupt(x, generator=torch.Generator().manual_seed(1))
+        pred = out.target.to(torch.bfloat16)
+        loss = masked_spectral_loss(pred, out.target, out.mask)
+    assert out.mask.dtype == out.target.dtype == out.x_masked.dtype == torch.float32
+    assert torch.equal(out.mask, reference.mask) and torch.allclose(out.x_masked, reference.x_masked)
+    assert loss.dtype == torch.float32 and 0 < loss.item() < 1e-3

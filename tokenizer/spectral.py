@@ -444,6 +444,7 @@ def masked_spectral_loss(
             f"masked_spectral_loss: pred {tuple(pred.shape)}, target {tuple(target.shape)} and mask "
             f"{tuple(mask.shape)} must have the same shape"
         )
+    pred = pred.float()  # a bf16 prediction is scored in float32 (the sums run over millions of bins)
     weight = mask.to(pred.dtype)
     if threshold > 0:
         weight = weight * (mask >= threshold).to(pred.dtype)
@@ -478,11 +479,12 @@ def corrupt(
 
     Returns ``Corrupted(x_masked [b, c, t], target [b, c, f, n], mask [b, c, f, n])``. The mask is
     zeroed on padded channels (``channel_mask [b, c]`` False) so its statistics describe real channels.
-    Runs under ``no_grad``: the corruption is data, not part of the model.
+    Runs under ``no_grad`` and outside autocast: the corruption is data, not part of the model, and the
+    masks, STFTs and targets stay float32 when the model trains in bf16.
     """
     if x.dim() != 3:
         raise ValueError(f"corrupt expects x [b, c, t], got shape {tuple(x.shape)}")
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
         x32 = x.float()
         spec = stft(x32, stft_config)
         b, c, f, n = spec.shape
