@@ -358,16 +358,34 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+TITLES = {"a": "a. Scan backends", "b": "b. Scan forward + backward", "c": "c. Pretraining", "d": "d. BiMamba vs SDPA transformer"}
+
+
 def render(res: dict) -> str:
     """The report as markdown (printed, written to gpu.md and, with --readme, into the README block)."""
     env = res["env"]
     out = [f"# GPU benchmark (`benchmarks/gpu.py`{' --dry-run' if env['dry_run'] else ''})", "",
-           f"{env['device']}; torch {env['torch']}, triton {env['triton']}; {res['total_s']:.0f} s in all.", "",
-           "## a. Scan backends and agreement with the float64 reference", ""]
+           f"{env['device']}; torch {env['torch']}, triton {env['triton']}; {res['total_s']:.0f} s in all."]
+    for key, fn in (("a", _render_a), ("b", _render_b), ("c", _render_c), ("d", _render_d)):
+        part = res.get(key)
+        if isinstance(part, dict) and "error" in part:
+            out += ["", f"## {TITLES[key]}", "", f"Failed: `{part['error']}`"]
+        elif part:
+            out += fn(res)
+    return "\n".join(out) + "\n"
+
+
+def _render_a(res: dict) -> list[str]:
+    out = ["", "## a. Scan backends and agreement with the float64 reference", ""]
     out += [f"- `{k}`: {v}" for k, v in res["a"]["backends"].items()]
     keys = ["y", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"]
     out += ["", f"Max abs error at {res['a']['shape']} (gradient scale {max((r['grad_scale'] for r in res['a']['rows']), default=0):.3g}):", ""]
     out += _table(["backend"] + keys, [[r["backend"]] + [f"{r[k]:.1e}" for k in keys] for r in res["a"]["rows"]])
+    return out
+
+
+def _render_b(res: dict) -> list[str]:
+    out: list[str] = []
     b = res["b"]
     names = [k for k in ("triton", "mamba_ssm", "torch") if any(k in r for r in b["rows"])]
     out += ["", f"## b. Scan forward + backward, {b['shape']}, float32, D/z/delta_bias/softplus", ""]
@@ -380,6 +398,11 @@ def render(res: dict) -> str:
         out += ["", f"Triton tuning at L=8192 (channels per program x unrolled steps, fwd+bwd ms): "
                 + ", ".join(f"{r['block_d']} x {r['unroll']}: " + (f"{r['ms']:.2f}" if isinstance(r["ms"], float) else r["ms"])
                             for r in b["tuning"])]
+    return out
+
+
+def _render_c(res: dict) -> list[str]:
+    out: list[str] = []
     c = res["c"]
     if c:
         out += ["", f"## c. Pretraining, EEGMamba-{c['size']} ({c['params_M']:.2f} M), masked STFT, {c['precision']}, batch "
@@ -392,6 +415,11 @@ def render(res: dict) -> str:
                         f"{c['loader_samples_per_s']:.0f}", f"{c['loader_over_model']:.1f}x", f"{c['model_TFLOPs']:.2f}", mfu]])
         out += ["", f"{c['steps']} steps in {c['seconds']:.0f} s after warm-up; loader: {c['loader_workers']} workers; "
                 f"shards built in {c['shard_build_s']:.0f} s."]
+    return out
+
+
+def _render_d(res: dict) -> list[str]:
+    out: list[str] = []
     d = res["d"]
     out += ["", f"## d. BiMamba x{d['depth']['bimamba']} ({d['params_M']['bimamba']:.2f} M) vs SDPA transformer "
             f"x{d['depth']['transformer_sdpa']} ({d['params_M']['transformer_sdpa']:.2f} M), d_model {d['d_model']}, "
@@ -402,7 +430,7 @@ def render(res: dict) -> str:
                     _ratio(r.get("transformer_sdpa"), r.get("bimamba"), "ms"),
                     _cell(r.get("bimamba"), "peak_GiB", "{:.2f}"), _cell(r.get("transformer_sdpa"), "peak_GiB", "{:.2f}"),
                     _ratio(r.get("bimamba"), r.get("transformer_sdpa"), "peak_GiB")] for r in d["rows"]])
-    return "\n".join(out) + "\n"
+    return out
 
 
 def update_readme(readme: Path, report: str) -> None:
@@ -458,17 +486,30 @@ def main(argv: list[str] | None = None) -> int:
     }}
     backends = runnable_backends(device)
     log(f"backends: {backends}")
-    res["a"] = {"backends": backends, **part_a(device, backends, args.dry_run)}
-    log(f"a: {res['a']['rows']}")
-    res["b"] = part_b(device, backends, clock, args.dry_run, t_start + 0.4 * budget, args.torch_max_len)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def part(key: str, fn: Callable[[], dict]) -> None:
+        # One part failing (a kernel that does not compile, an out-of-memory) must not lose the others:
+        # its error goes into the table and gpu.json is rewritten after every part.
+        try:
+            res[key] = fn()
+        except Exception as err:  # noqa: BLE001 -- reported, never swallowed
+            log(f"{key}: FAILED {type(err).__name__}: {err}")
+            res[key] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        log(f"{key}: {res[key]}")
+        (args.out / "gpu.json").write_text(json.dumps(res, indent=1, default=str))
+
+    part("a", lambda: {"backends": backends, **part_a(device, backends, args.dry_run)})
+    part("b", lambda: part_b(device, backends, clock, args.dry_run, t_start + 0.35 * budget, args.torch_max_len))
     with tempfile.TemporaryDirectory(prefix="eegfm-gpu-") as tmp:
-        res["c"] = part_c(device, clock, args.dry_run, args.train_s, Path(tmp), 4 if args.dry_run else args.batch_size)
-    log(f"c: {res['c']}")
-    res["d"] = part_d(device, clock, args.dry_run, t_start + budget)
+        part("c", lambda: part_c(device, clock, args.dry_run, args.train_s, Path(tmp),
+                                 4 if args.dry_run else args.batch_size))
+    part("d", lambda: part_d(device, clock, args.dry_run, t_start + budget))
     res["total_s"] = time.perf_counter() - t_start
     report = render(res)
     print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(res, indent=1, default=str))
     (args.out / "gpu.md").write_text(report)
     if args.readme is not None:
