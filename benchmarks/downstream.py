@@ -268,6 +268,8 @@ def release_checkpoint(notes: list[str]) -> str | None:
     except Exception as err:  # noqa: BLE001 - any failure means: not shipped here
         notes.append(f"no row for the released checkpoint {RELEASE_NAME}: it does not resolve here ({type(err).__name__}: {err})")
         return None
+    notes.append(f"the released checkpoint {RELEASE_NAME} was pretrained on its own data (see its README: EEGMMIDB S001 and "
+                 "EEGMAT among them), test pools included: its row is not leak-free")
     return RELEASE_NAME
 
 
