@@ -1,5 +1,7 @@
 """Does pretraining help? End-to-end downstream benchmark on the real recordings in ``../shared/data``.
 
+Length (over 450 lines): orchestration and the CLI only; every stage lives in its own module (below).
+
 One run does everything, from raw files to the results table::
 
     python benchmarks/downstream.py                      # full run (estimate printed first; < 30 min on 2 cores)

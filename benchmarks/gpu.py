@@ -1,5 +1,7 @@
 """One command that proves the GPU path on one GPU (at most ~6 minutes), with a table and a JSON file.
 
+Length (over 450 lines): one self-contained script that is copied to a GPU machine and run in one call.
+
     python benchmarks/gpu.py --out runs/gpu                      # on a CUDA machine
     python benchmarks/gpu.py --out runs/gpu --readme README.md   # also write the figures into README.md
     python benchmarks/gpu.py --dry-run --out /tmp/gpu            # same code, tiny sizes, CPU (a test runs it)

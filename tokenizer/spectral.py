@@ -1,5 +1,8 @@
 """STFT maps of EEG and Gaussian-smoothed spectral masks: the SpecMoE-style pretraining target.
 
+Length (over 450 lines): STFT, mask sampling, corruption and the masked loss are one objective whose
+parts are only meaningful together (the leak fixes couple the mask, the round trip and the scored bins).
+
 The pipeline a pretraining objective runs on a batch ``x [b, c, t]`` (200 Hz, 100 µV units)::
 
     out = corrupt(x, generator=g, channel_mask=channel_mask)
