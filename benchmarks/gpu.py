@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.report import write_block
 from foundation import ssm
 from foundation.bimamba import BiMambaBlock
 from foundation.model import EEGMambaConfig
@@ -437,14 +438,7 @@ def _render_d(res: dict) -> list[str]:
 
 def update_readme(readme: Path, report: str) -> None:
     """Replace the README's block between the gpu-results markers with ``report`` (headings one level down)."""
-    text = readme.read_text()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
-        raise SystemExit(f"{readme}: expected one {README_BEGIN} and one {README_END} marker")
-    body = "\n".join(("##" + line if line.startswith("## ") else line) for line in report.splitlines()
-                     if not line.startswith("# "))
-    head, rest = text.split(README_BEGIN)
-    _, tail = rest.split(README_END)
-    readme.write_text(f"{head}{README_BEGIN}\n{body.strip()}\n{README_END}{tail}")
+    write_block(readme, report, README_BEGIN, README_END, demote="##")
     log(f"updated the GPU block of {readme}")
 
 

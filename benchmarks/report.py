@@ -146,7 +146,6 @@ def render_legacy(payload: Mapping[str, Any]) -> str:
             cells = "; ".join(f"{titles.get(t, t).split(' (')[0]} {v['mean']:+.3f} ± {v['std']:.3f} ({v['wins']}/{v['n']} seeds)"
                               for t, v in d.items() if v["n"])
             diff_lines.append(f"- {method} minus {ref}: {cells}")
-    losses = payload.get("pretrain_losses", {})
     md = [
         f"# Downstream benchmark{' (--quick smoke test)' if payload.get('quick') else ''}",
         "",
@@ -168,6 +167,15 @@ def render_legacy(payload: Mapping[str, Any]) -> str:
         "",
         *diff_lines,
         "",
+        *pretraining_and_stage_lines(payload),
+    ]
+    return "\n".join(md)
+
+
+def pretraining_and_stage_lines(payload: Mapping[str, Any]) -> list[str]:
+    """The closing sections of every report: pretraining loss first/last 10 % and the wall time per stage."""
+    losses = payload.get("pretrain_losses", {})
+    return [
         "## Pretraining",
         "",
         *[f"- {name}: {len(ls)} steps, loss {np.mean(ls[:max(1, len(ls) // 10)]):.4f} (first 10 %) -> "
@@ -178,7 +186,6 @@ def render_legacy(payload: Mapping[str, Any]) -> str:
         stage_table(payload["stages_s"]),
         "",
     ]
-    return "\n".join(md)
 
 
 README_BEGIN = "<!-- downstream-results:begin -->"
@@ -190,15 +197,21 @@ def update_readme(readme: Path, report: str) -> None:
 
     So the README's numbers are the script's output, never typed by hand.
     """
-    text = readme.read_text()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
-        raise SystemExit(f"{readme}: expected one {README_BEGIN} and one {README_END} marker")
-    body = "\n".join(("#" + line if line.startswith("## ") else line) for line in report.splitlines()
-                     if not line.startswith("# "))
-    head, rest = text.split(README_BEGIN)
-    _, tail = rest.split(README_END)
-    readme.write_text(f"{head}{README_BEGIN}\n{body.strip()}\n{README_END}{tail}")
+    write_block(readme, report, README_BEGIN, README_END, demote="#")
     log(f"updated the results block of {readme}")
+
+
+def write_block(readme: Path, report: str, begin: str, end: str, *, demote: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in ``readme`` with ``report`` less its title, every
+    ``## `` heading prefixed with ``demote`` (so the block nests under the README's own section)."""
+    text = readme.read_text()
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise SystemExit(f"{readme}: expected one {begin} and one {end} marker")
+    body = "\n".join((demote + line if line.startswith("## ") else line) for line in report.splitlines()
+                     if not line.startswith("# "))
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    readme.write_text(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
 
 
 def write_results(payload: Mapping[str, Any], folder: Path) -> None:

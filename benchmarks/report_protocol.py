@@ -14,7 +14,7 @@ import numpy as np
 from benchmarks.bootstrap import N_BOOT, balanced_accuracy, group_bootstrap
 from benchmarks.report import (
     BAND, METRIC_TITLES, METRICS, RANDOM_PROBE, SCRATCH, aggregate, fmt, paired_differences,
-    pretrained_name, stage_table,
+    pretrained_name, pretraining_and_stage_lines,
 )
 from benchmarks.tasks import TASKS
 
@@ -195,7 +195,6 @@ def render_protocol(payload: Mapping[str, Any]) -> str:
     command = " ".join(payload["command"]) if isinstance(payload["command"], list) else str(payload["command"])
     abl = payload.get("ablation")
     estimate = sum((payload.get("estimate_s") or {}).values())
-    losses = payload.get("pretrain_losses", {})
     md = [
         f"# Downstream benchmark{' (--quick smoke test)' if payload.get('quick') else ''}"
         + (f": ablation {abl['name']}" if abl else ""),
@@ -231,14 +230,6 @@ def render_protocol(payload: Mapping[str, Any]) -> str:
         "",
         *([f"- {n}" for n in payload.get("notes", [])] or ["- none"]),
         "",
-        "## Pretraining",
-        "",
-        *[f"- {name}: {len(ls)} steps, loss {np.mean(ls[:max(1, len(ls) // 10)]):.4f} (first 10 %) -> "
-          f"{np.mean(ls[-max(1, len(ls) // 10):]):.4f} (last 10 %)" for name, ls in losses.items() if ls],
-        "",
-        "## Wall time per stage",
-        "",
-        stage_table(payload["stages_s"]),
-        "",
+        *pretraining_and_stage_lines(payload),
     ]
     return "\n".join(md)
