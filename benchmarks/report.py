@@ -215,11 +215,13 @@ def write_block(readme: Path, report: str, begin: str, end: str, *, demote: str)
 
 
 def write_results(payload: Mapping[str, Any], folder: Path) -> None:
+    # results.json first: a rendering bug must never cost the half hour of training behind it
+    # (``--render`` rebuilds results.md from the JSON alone).
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
     text = render(payload)
     print(text)
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.md").write_text(text)
-    (folder / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
     log(f"wrote {folder / 'results.md'} and results.json")
 
 
