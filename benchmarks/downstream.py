@@ -54,8 +54,9 @@ Every number in the written table comes from this script.
 Modules: ``tasks.py`` (tasks, shard sets, budgets), ``protocol.py`` (test pools, pretraining shards),
 ``stages.py`` (shards, pretraining, finetune runs), ``baselines.py`` (band power + LR, EEGNet), ``bootstrap.py``
 (intervals over test groups), ``estimate.py`` (run time), ``ablations.py`` (``--ablation``), ``published.py``
-(EEGMAT papers' table), ``report.py`` / ``report_protocol.py`` (tables, aims, README block); this file
-orchestrates them and holds the CLI.
+(EEGMAT papers' table), ``report.py`` / ``report_protocol.py`` (tables, aims, README block),
+``report_ablations.py`` (``--ablation-table``: ablations vs the main run); this file orchestrates them and
+holds the CLI.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"run with one named change (benchmarks/ablations.py): {', '.join(ABLATIONS)}")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="only rewrite results.md next to an existing results.json (no training)")
+    p.add_argument("--ablation-table", action="store_true",
+                   help="no training: compare every benchmarks/results/ablation-*/results.json with the main "
+                        "results.json, paired by seed -> benchmarks/results/ablations.md (and the README block "
+                        "with --readme)")
     p.add_argument("--published", choices=("eegmat",), default=None,
                    help="with --render: print our rows of the task beside the published table (copied from the papers)")
     p.add_argument("--readme", type=Path, default=None, metavar="README",
@@ -187,11 +192,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.readme is not None:
             update_readme(args.readme, render(payload))
         return 0
+    if args.ablation_table:
+        write_ablation_table(REPO / "benchmarks" / "results", args.readme)
+        return 0
     payload = run(args)
     write_results(payload, args.results)
     if args.readme is not None:
         update_readme(args.readme, render(payload))
     return 0
+
+
+def write_ablation_table(folder: Path, readme: Path | None) -> None:
+    """``folder``/ablations.md (and the README block) from the stored main and ablation results."""
+    from benchmarks.report import write_block
+    from benchmarks.report_ablations import README_BEGIN as BEGIN, README_END as END, render_ablations
+
+    main_file = folder / "results.json"
+    if not main_file.is_file():
+        raise SystemExit(f"{main_file}: no main run to compare with (run the benchmark first)")
+    ablations = {d.name.removeprefix("ablation-"): json.loads((d / "results.json").read_text())
+                 for d in sorted(folder.glob("ablation-*")) if (d / "results.json").is_file()}
+    text = render_ablations(json.loads(main_file.read_text()), ablations)
+    print(text)
+    (folder / "ablations.md").write_text(text)
+    log(f"wrote {folder / 'ablations.md'} ({len(ablations)} ablation runs)")
+    if readme is not None:
+        write_block(readme, text, BEGIN, END, demote="#")
 
 
 def available_sets(data_root: Path, notes: list[str]) -> list[str]:

@@ -399,3 +399,46 @@ def test_every_named_ablation_applies_to_the_installed_configs():
         ablations.apply(tasks.FULL, abl.budget, where=name)
         ablations.apply(FinetuneConfig(), abl.finetune, where=name)
         assert set(abl.protocol) <= {"transductive"}
+
+
+def _ablation_payload(values, *, protocol="leak-free", shift=0.6, finished="x"):
+    stft = report.pretrained_name("masked STFT")
+    runs = [{"task": "seizure", "method": stft, "seed": s, "metrics": {"balanced_accuracy": v}, "seconds": 1.0}
+            for s, v in enumerate(values)]
+    runs += [{"task": "seizure", "method": report.BAND, "seed": s, "metrics": {"balanced_accuracy": 0.9}, "seconds": 0.0}
+             for s in range(len(values))]
+    payload = {"runs": runs, "seeds": len(values), "finished": finished, "quick": False,
+               "pools": {"seizure": {"groups": ["bonn/Z001", "bonn/S001"]}},
+               "shift": [{"task": "seizure", "method": stft, "shift": name, "metrics": {"balanced_accuracy": shift + d}}
+                         for name, d in (("none", 0.1), ("amplitude_x2", -0.1))]}
+    if protocol:
+        payload["protocol"] = protocol
+    return payload
+
+
+def test_ablation_table_pairs_seeds_and_leaves_out_other_protocols(bench, tmp_path):
+    from benchmarks.report_ablations import README_BEGIN, README_END, paired, render_ablations
+
+    main = _ablation_payload([0.8, 0.9, 0.7])
+    better = _ablation_payload([0.85, 0.85, 0.75], shift=0.5)
+    old = _ablation_payload([0.1, 0.1, 0.1], protocol=None)
+    d = paired(main["runs"], better["runs"], "seizure", report.pretrained_name("masked STFT"))
+    assert d["n"] == 3 and d["wins"] == 2 and d["mean"] == pytest.approx(0.05 / 3)
+    text = render_ablations(main, {"better": better, "old": old})
+    rows = [line for line in text.splitlines() if line.startswith("| `better` | masked STFT, finetuned |")]
+    assert rows == ["| `better` | masked STFT, finetuned | +0.017 (2/3) |", "| `better` | masked STFT, finetuned | -0.100 |"]
+    assert "| main run | masked STFT, finetuned | 0.800 |" in text  # the in-distribution mean of the main run
+    assert "| main run | masked STFT, finetuned | 0.600 |" in text  # its mean over the shift rows
+    assert "`old`: run before the leak-free protocol" in text and "| `old` |" not in text
+    assert "band power" not in text  # rows an ablation cannot move are not repeated
+
+    results = tmp_path / "results"
+    for name, payload in (("", main), ("ablation-better", better)):
+        (results / name).mkdir(parents=True, exist_ok=True)
+        (results / name / "results.json").write_text(__import__("json").dumps(payload))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nold\n{README_END}\ntail\n")
+    bench.write_ablation_table(results, readme)
+    assert (results / "ablations.md").read_text() == render_ablations(main, {"better": better})
+    block = readme.read_text()
+    assert block.startswith("intro\n") and block.endswith("tail\n") and "+0.017 (2/3)" in block and "\nold\n" not in block
