@@ -92,13 +92,26 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:g}"
 
 
-def downstream_table(results: Mapping[str, Any]) -> str:
-    """Markdown table of a ``benchmarks/downstream.py`` ``results.json`` (mean ± std over seeds)."""
+# Rows of the downstream benchmark kept beside a released checkpoint's own row, as yardsticks.
+REFERENCE_ROWS = ("EEGMamba from scratch", "band power + LR")
+
+
+def downstream_table(results: Mapping[str, Any], name: str | None = None) -> str:
+    """Markdown table of a ``benchmarks/downstream.py`` ``results.json`` (mean ± std over seeds).
+
+    With ``name``, and rows whose method names it (the benchmark's "released checkpoint (NAME)" row), the
+    table is that checkpoint's rows plus ``REFERENCE_ROWS``: the card describes this checkpoint, not the
+    other models the benchmark trained. Otherwise every row.
+    """
     tasks = results.get("tasks", {})
+    table = results.get("table", {})
+    own = name is not None and any(f"({name})" in m for methods in table.values() for m in methods)
     lines = ["| task | method | " + " | ".join(t for _, t in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-    for task, methods in results.get("table", {}).items():
+    for task, methods in table.items():
         title = tasks.get(task, {}).get("title", task)
         for method, metrics in methods.items():
+            if own and f"({name})" not in method and method not in REFERENCE_ROWS:
+                continue
             cells = []
             for key, _ in METRICS:
                 m = metrics.get(key)
@@ -184,7 +197,7 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "## Downstream results",
         "",
         (f"From `benchmarks/downstream.py` (`{' '.join(downstream.get('command', []))}`, finished "
-         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream)}"
+         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream, name)}"
          if downstream else "Not evaluated for this release (pass `--downstream results.json`)."),
         "",
         "## Intended use and limits",

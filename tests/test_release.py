@@ -19,7 +19,7 @@ from finetune.run import main as run_main
 from foundation.checkpoint import released_checkpoints, resolve_checkpoint
 from foundation.contract import InputContract, read_contract
 from foundation.model import EEGMamba, EEGMambaConfig
-from pretrain.release import ReleaseError, main, release, verify_checksums
+from pretrain.release import ReleaseError, downstream_table, main, release, verify_checksums
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"d_model": 32, "n_layers": 1, "n_experts": 2, "top_k": 1, "moe_hidden": 32}
@@ -72,6 +72,20 @@ def test_release_writes_weights_contract_card_and_checksums(run_dir, tmp_path):
     assert (again / "README.md").read_text() == (out / "README.md").read_text()
     (out / "contract.json").write_text((out / "contract.json").read_text() + " ")
     assert verify_checksums(out) == ["contract.json"]
+
+
+def test_card_table_keeps_the_checkpoints_own_rows_and_the_yardsticks():
+    stat = {"balanced_accuracy": {"mean": 0.9, "std": 0.01}}
+    results = {"tasks": {"seizure": {"title": "Bonn seizure"}},
+               "table": {"seizure": {"EEGMamba released checkpoint (eegmamba-tiny-open), finetuned": stat,
+                                     "EEGMamba pretrained (masked STFT), finetuned": stat,
+                                     "EEGMamba from scratch": stat, "band power + LR": stat}}}
+    rows = [line.split(" | ")[1] for line in downstream_table(results, "eegmamba-tiny-open").splitlines()[2:]]
+    assert rows == ["EEGMamba released checkpoint (eegmamba-tiny-open), finetuned", "EEGMamba from scratch",
+                    "band power + LR"]
+    # a run released under a name the benchmark never saw: its table is every row
+    assert len(downstream_table(results, "my-run").splitlines()) == 2 + 4
+    assert "| Bonn seizure | band power + LR | 0.900 ± 0.010 |" in downstream_table(results)
 
 
 def test_release_refuses_unlicensed_or_restricted_data(run_dir, tmp_path, capsys):
