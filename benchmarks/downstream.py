@@ -288,7 +288,7 @@ def pretraining(args, budget, pretrain_folders, stages) -> tuple[dict[str, Path]
 
 
 def release_checkpoint(notes: list[str]) -> str | None:
-    """``RELEASE_NAME`` when ``--checkpoint`` resolves it (the release ships it), else None with a note."""
+    """``RELEASE_NAME`` when it resolves (the installed package ships it), else None with a note."""
     from finetune.model import load_backbone
 
     try:
