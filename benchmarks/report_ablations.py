@@ -32,10 +32,11 @@ SHORT = {pretrained_name("masked STFT"): "masked STFT, finetuned", pretrained_na
 
 def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
     """Why ``other`` cannot be paired with ``main`` seed by seed, or None."""
-    if "protocol" not in other:
-        return "run before the leak-free protocol (issue 15): other test sets"
-    if other.get("protocol") != main.get("protocol"):
-        return f"protocol {other.get('protocol')} vs {main.get('protocol')}"
+    # Payloads from before issue 15 carry no protocol: they were transductive.
+    mine, theirs = main.get("protocol", "transductive"), other.get("protocol", "transductive")
+    if theirs != mine:
+        return (f"protocol {theirs} vs the main run's {mine}"
+                + (" (run before the leak-free protocol of issue 15)" if "protocol" not in other else ""))
     if other.get("quick") != main.get("quick"):
         return "a --quick run"
     pools = lambda p: {t: sorted(v["groups"]) for t, v in (p.get("pools") or {}).items()}  # noqa: E731

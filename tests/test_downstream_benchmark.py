@@ -332,6 +332,27 @@ def test_test_pool_never_enters_the_pretraining_shards(shared_data, tmp_path):
     assert pre_keys == all_keys - held_out
 
 
+def test_eegmat_pretraining_shards_hold_rest_of_training_subjects_on_eight_channels(shared_data, tmp_path):
+    """EEGMAT joins pretraining with the rest recordings (``_1``) of non-pool subjects only, on the 8 kept channels."""
+    from benchmarks.protocol import build_pretrain_shards, choose_pool, pool_window_keys
+    from benchmarks.stages import build_shards
+    from shards.dataset import load_windows
+
+    plan = next(t for t in tasks.TASKS if t.name == "eegmat")
+    folders = build_shards(shared_data, tmp_path, sets=[plan.corpus])
+    pool = choose_pool(plan, folders[plan.corpus])
+    assert pool["group_key"] == "subject" and pool["subjects"] and len(pool["groups"]) < pool["n_groups"]
+    pre = build_pretrain_shards(shared_data, tmp_path, [plan.corpus],
+                                {plan.corpus: {"pool": pool, "match": plan.pretrain_match}})
+    windows = load_windows(str(pre[plan.corpus]))
+    assert windows
+    assert all(str(w.meta["recording"]).endswith("_1") for w in windows)  # rest only: no task label leaks in
+    assert not {str(w.meta["subject"]) for w in windows} & set(pool["subjects"])
+    assert {tuple(w.meta["channels"]) for w in windows} == {tuple(tasks.PRETRAIN_CHANNELS["eegmat"])}
+    held_out = pool_window_keys(folders[plan.corpus], pool)
+    assert held_out and not held_out & {w.key for w in windows}
+
+
 def _protocol_payload():
     """A leak-free payload: 2 seeds, 4 test groups of 3 windows each, the same pool every seed."""
     groups = [g for g in "abcd" for _ in range(3)]
@@ -429,7 +450,7 @@ def test_ablation_table_pairs_seeds_and_leaves_out_other_protocols(bench, tmp_pa
     assert rows == ["| `better` | masked STFT, finetuned | +0.017 (2/3) |", "| `better` | masked STFT, finetuned | -0.100 |"]
     assert "| main run | masked STFT, finetuned | 0.800 |" in text  # the in-distribution mean of the main run
     assert "| main run | masked STFT, finetuned | 0.600 |" in text  # its mean over the shift rows
-    assert "`old`: run before the leak-free protocol" in text and "| `old` |" not in text
+    assert "`old`: protocol transductive vs the main run's leak-free (run before the leak-free protocol" in text and "| `old` |" not in text
     assert "band power" not in text  # rows an ablation cannot move are not repeated
 
     results = tmp_path / "results"
