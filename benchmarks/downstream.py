@@ -153,6 +153,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.published and args.render is None:
         p.error("--published needs --render RESULTS_JSON")
     args.ablation_spec = ablation(args.ablation) if args.ablation else None
+    if args.eegmat_split == "published" and (args.transductive or (args.ablation_spec and args.ablation_spec.protocol.get("transductive"))):
+        p.error("--eegmat-split published is a test pool; the transductive protocol has none")
     suffix = f"-ablation-{args.ablation}" if args.ablation else ""
     if args.out is None:
         args.out = Path(f"runs/downstream{suffix}")

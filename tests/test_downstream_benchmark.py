@@ -124,6 +124,9 @@ def test_parse_args_defaults_and_errors(bench):
     assert quick.results == Path("/tmp/x/results-quick") and quick.seeds == 2
     with pytest.raises(SystemExit):
         bench.parse_args(["--tasks", "seizure,nope"])
+    for flags in (["--transductive"], ["--ablation", "transductive"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args([*flags, "--eegmat-split", "published"])
 
 
 def test_every_task_reads_a_shard_set_that_is_built():
