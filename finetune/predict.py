@@ -8,6 +8,7 @@ API::
 
     from finetune.predict import predict_file
     rows = predict_file("runs/.../model", "night.edf")   # [{onset_s, label, label_name, probability}, ...]
+    rec = recording_windows("runs/.../model", "night.edf")  # the same windows, no model: rec.x [n, c, t]
 
 The recording goes through the same path as the shards the model was trained on: ``shards.readers.read_raw``
 -> ``shards.preprocess.preprocess_raw`` -> ``cut_windows`` with the preprocessing parameters saved in the
@@ -44,7 +45,7 @@ from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import read_raw
 from shards.sample import Window, check_sfreq
 
-__all__ = ["predict_file", "preprocess_config", "main"]
+__all__ = ["RecordingWindows", "predict_file", "preprocess_config", "recording_windows", "main"]
 
 
 def _recipe_json(model_dir: Path) -> dict[str, Any]:
@@ -86,6 +87,72 @@ def _channel_map(corpus: str | None) -> dict[str, str] | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordingWindows:
+    """A raw recording cut as a finetuned model's shards were: ``x [n, c, t]`` float32 (100 µV units),
+    ``onsets_s [n]`` (seconds from the recording's start), ``channels`` (canonical names, the rows of ``x``,
+    the recipe's channels in its order when it names some), ``classes`` (the recipe's), ``sfreq`` of ``x``
+    and the recipe ``task``."""
+
+    x: np.ndarray
+    onsets_s: list[float]
+    channels: list[str]
+    classes: list[str]
+    sfreq: float
+    task: str
+
+
+def recording_windows(
+    model_dir: str | Path,
+    path: str | Path,
+    *,
+    task: str | None = None,
+    stride_s: float | None = None,
+    sfreq: float | None = None,
+    window_s: float | None = None,
+) -> RecordingWindows:
+    """The windows :func:`predict_file` labels, without a model: ``read_raw`` -> ``check_sfreq`` -> the
+    model's saved preprocessing -> the contract's conversion notice -> consecutive windows -> the recipe's
+    channels. Any classifier trained on the model's shard windows (``benchmarks/baselines.py``'s band power)
+    reads a recording through exactly this path.
+
+    Args and errors: as :func:`predict_file` (``task`` default: the first recipe of ``recipe.json``), except
+    that an unknown task lists the recipes.
+    """
+    model_dir = Path(model_dir)
+    recipes = _recipe_json(model_dir)
+    task = task or next(iter(recipes))
+    if task not in recipes:
+        raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {list(recipes)}")
+    recipe = recipes[task]
+    cfg, corpus = preprocess_config(recipe, stride_s=stride_s, window_s=window_s)
+    channel_map = _channel_map(corpus)
+    if Path(path).suffix.lower() in (".txt", ".asc"):
+        # Headerless text has no channel name: use the one the training corpus mapped (Bonn: "EEG").
+        raw = read_raw(path, sfreq=sfreq, ch_name=next(iter(channel_map)) if channel_map else None)
+    else:
+        raw = read_raw(path)
+    check_sfreq(raw.info["sfreq"], str(path))  # the build's rule and message: no labels for a 10-Hz file
+    signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
+    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path))
+    if conversions:
+        notice(conversions)
+    windows, _ = cut_windows(signal, None, cfg)
+    if not windows:
+        raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
+    channels = list(signal.channels)
+    keep = recipe.get("channels")
+    rows_idx = list(range(len(channels)))
+    if keep:
+        missing = [c for c in keep if c not in channels]
+        if missing:
+            raise ValueError(f"{path}: the model's recipe needs channels {missing} that the recording lacks (has {channels})")
+        rows_idx = [channels.index(c) for c in keep]
+        channels = list(keep)
+    x = np.stack([np.asarray(w.eeg, dtype=np.float32)[rows_idx] for w in windows])
+    return RecordingWindows(x, [float(w.onset_s) for w in windows], channels, list(recipe["classes"]), float(cfg.sfreq), task)
+
+
 @torch.no_grad()
 def predict_file(
     model_dir: str | Path,
@@ -124,42 +191,18 @@ def predict_file(
     task = task or model.tasks[0]
     if task not in model.tasks or task not in recipes:
         raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
-    recipe = recipes[task]
-    cfg, corpus = preprocess_config(recipe, stride_s=stride_s, window_s=window_s)
-    channel_map = _channel_map(corpus)
-    if Path(path).suffix.lower() in (".txt", ".asc"):
-        # Headerless text has no channel name: use the one the training corpus mapped (Bonn: "EEG").
-        raw = read_raw(path, sfreq=sfreq, ch_name=next(iter(channel_map)) if channel_map else None)
-    else:
-        raw = read_raw(path)
-    check_sfreq(raw.info["sfreq"], str(path))  # the build's rule and message: no labels for a 10-Hz file
-    signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
-    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path))
-    if conversions:
-        notice(conversions)
-    windows, _ = cut_windows(signal, None, cfg)
-    if not windows:
-        raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
-    channels = list(signal.channels)
-    keep = recipe.get("channels")
-    rows_idx = list(range(len(channels)))
-    if keep:
-        missing = [c for c in keep if c not in channels]
-        if missing:
-            raise ValueError(f"{path}: the model's recipe needs channels {missing} that the recording lacks (has {channels})")
-        rows_idx = [channels.index(c) for c in keep]
-        channels = list(keep)
-    classes = model.head_specs[task]["classes"] or recipe["classes"]
+    rec = recording_windows(model_dir, path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
+    classes = model.head_specs[task]["classes"] or rec.classes
+    meta = {"channels": rec.channels}
     out: list[dict[str, Any]] = []
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
-        batch = collate([Window(np.asarray(w.eeg, dtype=np.float32)[rows_idx], {"channels": channels}) for w in chunk])
+    for start in range(0, len(rec.x), batch_size):
+        batch = collate([Window(w, meta) for w in rec.x[start:start + batch_size]])
         logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
         proba = F.softmax(logits.float(), dim=-1).cpu().numpy()
-        for w, p in zip(chunk, proba):
+        for onset, p in zip(rec.onsets_s[start:start + batch_size], proba):
             k = int(p.argmax())
             out.append({
-                "onset_s": float(w.onset_s),
+                "onset_s": onset,
                 "label": k,
                 "label_name": classes[k],
                 "probability": float(p[k]),
