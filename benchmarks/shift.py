@@ -27,7 +27,9 @@ EDF cannot hold, e.g. Bonn's 173.61 Hz), and that file goes through ``finetune.p
 ``read_raw`` -> the model's saved preprocessing -> consecutive windows of the trained length -> the model.
 So the whole read path (units, channel names, resampling) is exercised, not just the tensors. The baseline
 ``none`` is written the same way, so it differs from the shifts only by the shift. EDF keeps whole seconds:
-a tail shorter than one data record (< 1 s) is cut.
+a tail shorter than one data record (< 1 s) is cut. Another classifier takes the model's place through
+``labeller`` (:data:`Labeller`; ``benchmarks.baselines.BandPowerLabeller`` reads the files through
+``finetune.predict.recording_windows``, the same path without the model).
 
 A window's true label is that of the labelled span holding its midpoint (``Segment``s from the adapter,
 label names mapped through the model's ``recipe.json`` label map, and ``class_map`` first for another
@@ -56,6 +58,7 @@ recording has ``applicable: False``.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections import Counter
@@ -80,6 +83,7 @@ from shards.vocabulary import canonical_name
 __all__ = [
     "CORRESPONDENCES",
     "HeldOut",
+    "Labeller",
     "NO_SHIFT",
     "NotApplicable",
     "STANDARD_1020",
@@ -103,6 +107,12 @@ CORRESPONDENCES: dict[tuple[str, str], dict[str, str]] = {
     ("calm_stress", "eegmat"): {"rest": "calm", "arithmetic": "stress"},
     ("workload", "mental_stress"): {"calm": "rest", "stress": "arithmetic"},
 }
+
+
+# labeller(model_dir, path, *, task, window_s) -> one row per window of the file at ``path``, each with
+# ``onset_s`` and ``probabilities`` (class name -> probability, in the recipe's class order). ``predict_file``
+# is one; ValueError = this recording cannot be labelled (skipped, with the reason).
+Labeller = Callable[..., list[dict[str, Any]]]
 
 
 class NotApplicable(ValueError):
@@ -294,8 +304,10 @@ def evaluate_shifts(
     work_dir: str | Path | None = None,
     batch_size: int = 64,
     device: str = "cpu",
+    labeller: Labeller | None = None,
 ) -> dict[str, Any]:
-    """Label every recording under every shift with ``predict_file``; metrics per shift.
+    """Label every recording under every shift with ``labeller`` (default: the model through ``predict_file``);
+    metrics per shift.
 
     Args:
         model_dir: a finetuned model folder (``{out}/model`` of ``finetune/run.py``).
@@ -304,6 +316,8 @@ def evaluate_shifts(
         task: the head (default: the model's first).
         class_map: target label name -> model class name, for recordings of another label space.
         work_dir: where the temporary folder of shifted files goes (default: the system's temp folder).
+        labeller: another classifier (:data:`Labeller`) reading the files with this model folder's recipe and
+            preprocessing; ``batch_size`` and ``device`` are then unused.
 
     Returns:
         ``{"model", "task", "classes", "window_s", "class_map", "shifts": {name: result}}``; each result has
@@ -315,9 +329,13 @@ def evaluate_shifts(
     shifts = list(default_shifts() if shifts is None else shifts)
     if len({s.name for s in shifts}) != len(shifts):
         raise ValueError(f"shift names repeat: {[s.name for s in shifts]}")
-    model = TaskModel.from_pretrained(model_dir, map_location=device)
-    task = task or model.tasks[0]
-    recipe = json.loads((model_dir / "recipe.json").read_text())[task]
+    recipes = json.loads((model_dir / "recipe.json").read_text())
+    if labeller is None:
+        model = TaskModel.from_pretrained(model_dir, map_location=device)
+        task = task or model.tasks[0]
+        labeller = functools.partial(predict_file, model=model, batch_size=batch_size, device=device)
+    task = task or next(iter(recipes))
+    recipe = recipes[task]
     index = _label_index(recipe, class_map)
     trained_s = float(recipe["window_s"])
     collected = {s.name: {"rows": [], "skipped": {}} for s in shifts}
@@ -325,8 +343,7 @@ def evaluate_shifts(
         for rec in recordings:
             raw = rec.load()
             for shift in shifts:
-                _label_one(model_dir, model, task, rec, raw, shift, trained_s, Path(tmp), collected[shift.name],
-                           index, batch_size, device)
+                _label_one(labeller, model_dir, task, rec, raw, shift, trained_s, Path(tmp), collected[shift.name], index)
     results = {s.name: _summarise(s, collected[s.name], trained_s, len(recipe["classes"]), recordings)
                for s in shifts}
     return {"model": str(model_dir), "task": task, "classes": list(recipe["classes"]), "window_s": trained_s,
@@ -339,8 +356,8 @@ def _window_s(shift: Shift, trained_s: float) -> float:
     return float(max(1, round(trained_s * shift.window_factor)))
 
 
-def _label_one(model_dir, model, task, rec: HeldOut, raw, shift: Shift, trained_s: float, tmp: Path, bucket,
-               index, batch_size: int, device: str) -> None:
+def _label_one(labeller: Labeller, model_dir, task, rec: HeldOut, raw, shift: Shift, trained_s: float, tmp: Path,
+               bucket, index) -> None:
     window_s = _window_s(shift, trained_s)
     try:
         if shift.window_factor is not None and window_s == trained_s:
@@ -351,8 +368,7 @@ def _label_one(model_dir, model, task, rec: HeldOut, raw, shift: Shift, trained_
         bucket["skipped"][rec.recording] = str(why)
         return
     try:
-        rows = predict_file(model_dir, path, task=task, model=model, batch_size=batch_size, device=device,
-                            window_s=window_s)
+        rows = labeller(model_dir, path, task=task, window_s=window_s)
     except ValueError as err:  # predict_file's own refusals: shorter than one window, channels the recipe needs
         bucket["skipped"][rec.recording] = str(err)
         return
@@ -420,7 +436,7 @@ def cross_dataset_shift(
     ``class_map`` (target label -> model class) defaults to :data:`CORRESPONDENCES` for the model's label
     space and the target corpus. ``shifts`` defaults to ``none`` only: the other corpus is the shift (19
     clinical channels at 500 Hz vs 5 consumer channels at 128 Hz, other stressors, other people).
-    Other keyword arguments go to :func:`evaluate_shifts`.
+    Other keyword arguments (``task``, ``labeller``, ...) go to :func:`evaluate_shifts`.
 
     Raises:
         KeyError: no correspondence known for the pair and none given.
@@ -473,8 +489,9 @@ def shift_rows(
     shifts: Sequence[Shift] | None = None,
     cross_dataset: bool = True,
     work_dir: str | Path | None = None,
+    labeller: Labeller | None = None,
 ) -> list[dict[str, Any]]:
-    """The benchmark's shift rows for one finetuned model.
+    """The benchmark's shift rows for one finetuned model (or ``labeller`` reading with its folder).
 
     The held-out recordings are the model's own test groups (``recipe.json`` -> ``split.groups.test``:
     subjects or recordings of one shard set), read raw from ``data_root`` with the shard set's adapter (and
@@ -489,6 +506,7 @@ def shift_rows(
         task: the benchmark's task name (a recipe name, or a ``benchmarks.tasks.TASKS`` plan such as
             ``eegmat`` that reads another recipe).
         shifts: default :func:`default_shifts`; pass fewer to fit a time budget.
+        labeller: see :func:`evaluate_shifts` (the same held-out recordings, recipe and preprocessing).
     """
     model_dir, data_root = Path(model_dir), Path(data_root)
     recipes = json.loads((model_dir / "recipe.json").read_text())
@@ -509,13 +527,13 @@ def shift_rows(
     names = [g.split("/", 1)[1] for g in test]
     key = split.get("group_key", "subject")
     recs = held_out(adapter, root, **({"subjects": names} if key == "subject" else {"recordings": names}))
-    res = evaluate_shifts(model_dir, recs, shifts, task=recipe_name, work_dir=work_dir)
+    res = evaluate_shifts(model_dir, recs, shifts, task=recipe_name, work_dir=work_dir, labeller=labeller)
     rows = _rows(res, task, method, held_out=names)
     space = recipes[recipe_name].get("label_space", "")
     for (model_space, target), _ in CORRESPONDENCES.items():
         if cross_dataset and model_space == space and target != sets[0]:
             adapter, root = _shard_set(target, data_root)
-            res = cross_dataset_shift(model_dir, adapter, root, task=recipe_name, work_dir=work_dir)
+            res = cross_dataset_shift(model_dir, adapter, root, task=recipe_name, work_dir=work_dir, labeller=labeller)
             rows += _rows(res, task, method, target_note=(
                 f"every {target} recording: its labels were never seen by this model; its unlabelled windows may be "
                 "in the pretraining pool unless the benchmark keeps them out"))
