@@ -1,11 +1,15 @@
 """Baselines of ``benchmarks/downstream.py`` on the same splits as EEGMamba: log band power + logistic regression,
-and braindecode's EEGNet with its own small training loop (importable on a CPU-only torch)."""
+and braindecode's EEGNet with its own small training loop (importable on a CPU-only torch); the fitted band-power
+model labels raw recordings under shift (:class:`BandPowerLabeller`, for ``benchmarks/shift.py``)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,6 +74,66 @@ def fit_band_power(x_train, y_train, x_val, y_val, *, seed: int = 0, cs: Sequenc
     return best
 
 
+@dataclass(frozen=True)
+class BandPowerLabeller:
+    """The fitted band power + LR pipeline as a ``benchmarks.shift.Labeller``: labels a raw recording's windows.
+
+    Windows come from ``finetune.predict.recording_windows(model_dir, path)``, the read path of
+    ``predict_file``, with the preprocessing and recipe of an EEGMamba model finetuned on the same shard
+    windows the pipeline was fitted on (the benchmark passes its seed-0 scratch model's folder). Features are
+    :func:`band_power_features` per training channel, in training order. Channels the training windows did
+    not have are ignored. A training channel the recording lacks (``drop_half_channels``, another montage)
+    gets the training mean of its five features, the StandardScaler's ``mean_``: a fixed-feature model needs
+    a value in every column, and after standardisation the mean is 0, so the missing channel adds nothing to
+    the logits and the decision rests on the channels present (mean imputation, what a deployed model of this
+    kind would do). Zeros instead would be a log10 power of 1 (100 µV)², far outside the training range.
+
+    Probabilities are in ``classes`` order (a class absent from training gets 0).
+    """
+
+    pipeline: Any  # sklearn Pipeline(StandardScaler, LogisticRegression) on band_power_features
+    channels: tuple[str, ...]  # training windows' channels (canonical names), the feature order
+    classes: tuple[str, ...]
+
+    @classmethod
+    def fit_on(cls, pipeline, windows, classes: Sequence[str]) -> BandPowerLabeller:
+        """From the training windows' channel list; ValueError when they do not share one."""
+        lists = {tuple(w.meta["channels"]) for w in windows}
+        if len(lists) != 1:
+            raise ValueError(f"the band-power training windows have {len(lists)} channel lists (e.g. "
+                             f"{sorted(lists)[:2]}); one fixed feature order is needed to label other recordings")
+        return cls(pipeline, lists.pop(), tuple(classes))
+
+    def features(self, x: np.ndarray, channels: Sequence[str], sfreq: float = SFREQ) -> np.ndarray:
+        """``x [n, c, t]`` with rows ``channels`` -> ``[n, len(self.channels) * 5]`` in training order, the
+        training channels ``channels`` lacks at the scaler's mean."""
+        n_bands = len(BANDS)
+        scaler = self.pipeline[0]
+        out = np.tile(np.asarray(scaler.mean_, dtype=np.float64), (len(x), 1)).reshape(len(x), len(self.channels), n_bands)
+        have = [(i, list(channels).index(c)) for i, c in enumerate(self.channels) if c in channels]
+        if have:
+            rows = [j for _, j in have]
+            out[:, [i for i, _ in have]] = band_power_features(x[:, rows], sfreq).reshape(len(x), len(rows), n_bands)
+        return out.reshape(len(x), -1)
+
+    def __call__(self, model_dir: str | Path, path: str | Path, *, task: str | None = None,
+                 window_s: float | None = None) -> list[dict[str, Any]]:
+        from finetune.predict import recording_windows
+
+        rec = recording_windows(model_dir, path, task=task, window_s=window_s)
+        if list(rec.classes) != list(self.classes):
+            raise RuntimeError(f"{model_dir}: recipe classes {rec.classes} differ from the band-power model's {list(self.classes)}")
+        fitted = self.pipeline.predict_proba(self.features(rec.x, rec.channels, rec.sfreq))
+        proba = np.zeros((len(rec.x), len(self.classes)))
+        proba[:, self.pipeline.classes_] = fitted
+        rows = []
+        for onset, p in zip(rec.onsets_s, proba):
+            k = int(p.argmax())
+            rows.append({"onset_s": onset, "label": k, "label_name": self.classes[k], "probability": float(p[k]),
+                         "probabilities": {c: float(v) for c, v in zip(self.classes, p)}})
+        return rows
+
+
 def stack_windows(windows) -> np.ndarray:
     shapes = {w.eeg.shape for w in windows}
     if len(shapes) != 1:
@@ -131,7 +195,11 @@ def predict_proba_torch(model: torch.nn.Module, x: np.ndarray, batch_size: int =
 
 def run_baselines(plan: TaskPlan, data, split, seed: int, budget: Budget) -> dict[str, dict]:
     """Band power + logistic regression and EEGNet on one split; test metrics, test probabilities (rounded
-    to 5 decimals, for the bootstrap over test groups) and seconds of each."""
+    to 5 decimals, for the bootstrap over test groups) and seconds of each.
+
+    The band-power result also holds ``labeller`` (a :class:`BandPowerLabeller`, or None) and
+    ``labeller_note`` (why there is none); both are objects for the shift rows, not results: pop them.
+    """
     from finetune.metrics import classification_metrics
 
     n_classes = data.recipe.n_classes
@@ -144,7 +212,12 @@ def run_baselines(plan: TaskPlan, data, split, seed: int, budget: Budget) -> dic
     proba = lr.predict_proba(feats[split.test])
     out["band power + LR"] = {"metrics": classification_metrics(y[split.test], proba, n_classes=n_classes),
                               "seconds": time.time() - t0, "C": float(lr[-1].C),
-                              "test_proba": np.round(proba, 5).tolist()}
+                              "test_proba": np.round(proba, 5).tolist(), "labeller": None, "labeller_note": None}
+    try:
+        out["band power + LR"]["labeller"] = BandPowerLabeller.fit_on(lr, [data.windows[i] for i in split.train],
+                                                                      data.recipe.classes)
+    except ValueError as err:
+        out["band power + LR"]["labeller_note"] = f"{plan.name}: no band-power shift rows: {err}"
     t0 = time.time()
     model, ran = train_eegnet(x[split.train], y[split.train], x[split.val], y[split.val], n_classes=n_classes,
                               epochs=budget.eegnet_epochs, patience=budget.eegnet_patience, seed=seed, batch_size=budget.batch_size)

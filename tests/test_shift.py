@@ -156,3 +156,93 @@ def test_shift_rows_add_the_cross_dataset_row(model_dir, shared_data, one_thread
     rows = _rows(model_dir, shared_data, cross_dataset=True)
     assert [r["shift"] for r in rows] == ["none", "amplitude_x2", "cross_dataset:mental_stress"]
     assert rows[2]["n_recordings"] == 32 and "pretraining" in rows[2]["target_note"]
+
+
+# ------------------------------------------------------------------------- band power under shift
+@pytest.fixture(scope="module")
+def band_power(eegmat_shards, model_dir):
+    """Band power + LR fitted on the shard windows the model was finetuned on (subjects 02-04), as a labeller."""
+    from benchmarks.baselines import BandPowerLabeller, band_power_features, fit_band_power, stack_windows
+    from finetune.data import load_task_data
+    from finetune.recipes import get_recipe
+
+    data = load_task_data(get_recipe("emotion"), str(eegmat_shards[0]), max_windows=60)
+    feats = band_power_features(stack_windows(data.windows))
+    pipeline = fit_band_power(feats, data.labels, feats, data.labels)
+    return BandPowerLabeller.fit_on(pipeline, data.windows, data.recipe.classes)
+
+
+def test_recording_windows_are_the_windows_predict_file_labels(model_dir, shared_data, one_thread):
+    from finetune.predict import recording_windows
+
+    path = shared_data / "workload" / "eegmat" / "Subject05_2.edf"
+    rec = recording_windows(model_dir, path)
+    rows = predict_file(model_dir, path)
+    assert rec.x.shape == (12, 19, 1000) and rec.x.dtype == np.float32 and rec.sfreq == 200.0  # 62 s -> 5-s windows
+    assert rec.onsets_s == [r["onset_s"] for r in rows] == [5.0 * i for i in range(12)]
+    assert rec.task == "emotion" and rec.classes == ["rest", "arithmetic"] == list(rows[0]["probabilities"])
+    assert len(rec.channels) == 19 and "FP1" in rec.channels
+    # shorter windows for the window shifts, the same as predict_file's
+    assert recording_windows(model_dir, path, window_s=2.0).onsets_s == [r["onset_s"] for r in predict_file(model_dir, path, window_s=2.0)]
+    with pytest.raises(KeyError, match="has no task 'sleep'"):
+        recording_windows(model_dir, path, task="sleep")
+
+
+def test_band_power_labeller_puts_each_channel_in_its_training_place(band_power, model_dir, subject05, tmp_path):
+    from benchmarks.baselines import BANDS, band_power_features
+    from finetune.predict import recording_windows
+
+    assert band_power.classes == ("rest", "arithmetic") and len(band_power.channels) == 19
+    raw = subject05[1].load()
+    (half,) = [s for s in default_shifts() if s.name == "drop_half_channels"]
+    full = recording_windows(model_dir, write_recording(raw, tmp_path / "full"))
+    dropped = recording_windows(model_dir, write_recording(half.transform(raw), tmp_path / "half"))
+    assert len(dropped.channels) == 10 and set(dropped.channels) < set(band_power.channels)
+    k = len(BANDS)
+    f_full, f_half = band_power.features(full.x, full.channels), band_power.features(dropped.x, dropped.channels)
+    assert f_full.shape == f_half.shape == (12, 19 * k)
+    np.testing.assert_allclose(f_full, band_power_features(full.x[:, [full.channels.index(c) for c in band_power.channels]]))
+    mean = band_power.pipeline[0].mean_
+    for i, c in enumerate(band_power.channels):
+        cols = slice(i * k, (i + 1) * k)
+        if c in dropped.channels:  # the same channel's features as in the full recording
+            np.testing.assert_allclose(f_half[:, cols], f_full[:, cols], atol=1e-6)
+        else:  # imputed with the training mean: 0 after standardisation, no weight in the logits
+            np.testing.assert_array_equal(f_half[:, cols], np.broadcast_to(mean[cols], (12, k)))
+            assert np.abs(band_power.pipeline[0].transform(f_half)[:, cols]).max() < 1e-12
+            assert np.abs(f_full[:, cols] - mean[cols]).max() > 0.05  # the recording's own value differs
+    # channel order and channels training never saw do not matter
+    perm = np.random.default_rng(0).permutation(10)
+    extra = np.concatenate([dropped.x[:, perm], dropped.x[:, :1]], axis=1)
+    np.testing.assert_array_equal(band_power.features(extra, [dropped.channels[p] for p in perm] + ["ECG"]), f_half)
+    # the labeller's probabilities are the pipeline's on these features, in class order
+    rows = band_power(model_dir, tmp_path / "half.edf", task="emotion", window_s=5.0)
+    np.testing.assert_allclose([list(r["probabilities"].values()) for r in rows], band_power.pipeline.predict_proba(f_half))
+    assert [r["onset_s"] for r in rows] == dropped.onsets_s and [r["label_name"] for r in rows] == [
+        band_power.classes[int(p.argmax())] for p in band_power.pipeline.predict_proba(f_half)]
+
+
+def test_band_power_shift_rows_on_the_held_out_subject(band_power, model_dir, subject05, one_thread):
+    from benchmarks.baselines import BandPowerLabeller
+
+    shifts = [s for s in default_shifts() if s.name in ("none", "amplitude_x2", "drop_half_channels")]
+    res = evaluate_shifts(model_dir, subject05, shifts, labeller=band_power)
+    assert list(res["shifts"]) == ["none", "amplitude_x2", "drop_half_channels"]
+    for name, r in res["shifts"].items():
+        assert r["applicable"] and r["skipped"] == {} and r["n_windows"] == 36 + 12, name
+        assert set(r["windows"]) == METRIC_KEYS and r["recordings"]["n"] == 2
+    # band power is log power: twice the amplitude adds log10(4) to every feature, which changes predictions
+    none, x2 = (res["shifts"][n]["per_recording"] for n in ("none", "amplitude_x2"))
+    assert any(abs(a["mean_probability"][0] - b["mean_probability"][0]) > 1e-3 for a, b in zip(none, x2))
+    # the "none" row is the recordings' own labels through the labeller (re-written EDF: 16-bit quantisation)
+    direct = band_power(model_dir, subject05[1].load().filenames[0], task="emotion", window_s=5.0)
+    np.testing.assert_allclose(none[1]["mean_probability"], np.mean([list(r["probabilities"].values()) for r in direct], 0),
+                               atol=1e-3)
+    with pytest.raises(ValueError, match="2 channel lists"):
+        BandPowerLabeller.fit_on(band_power.pipeline, [_window(["FP1", "FP2"]), _window(["FP1", "CZ"])], ["a", "b"])
+
+
+def _window(channels):
+    from shards.sample import Window
+
+    return Window(np.zeros((len(channels), 10), np.float32), {"channels": channels})
