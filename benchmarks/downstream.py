@@ -29,7 +29,7 @@ Stages (each timed; the wall times are part of the table):
 4. baselines on the same splits: log band power (delta..gamma per channel, ``scipy.signal.welch``) +
    standardised, class-balanced logistic regression (C picked on the validation split), and braindecode's
    EEGNet (AdamW, class-weighted cross-entropy, early stopping on validation balanced accuracy); shift rows
-   from ``benchmarks/shift.py`` on the seed-0 models.
+   from ``benchmarks/shift.py`` on the seed-0 models and the seed-0 band power + LR (same files, same read path).
 5. a table of test balanced accuracy (with a 95% bootstrap interval over test groups), Cohen's kappa,
    weighted F1 and AUROC (binary tasks), mean ± std over seeds, the aims of issues 13 and 15, paired
    differences, wall time per stage: printed, and written to ``--results`` (results.md + results.json).
@@ -83,7 +83,7 @@ from benchmarks.estimate import estimate_seconds, format_estimate
 from benchmarks.protocol import build_pretrain_shards, choose_pool
 from benchmarks.published import published_comparison
 from benchmarks.report import (
-    MULTI, PROBE, RANDOM_PROBE, RELEASE, SCRATCH, README_BEGIN, README_END, aggregate, log, pretrained_name, render,
+    BAND, MULTI, PROBE, RANDOM_PROBE, RELEASE, SCRATCH, README_BEGIN, README_END, aggregate, log, pretrained_name, render,
     update_readme, write_results,
 )
 from benchmarks.stages import (
@@ -331,8 +331,10 @@ def check_split(plan: TaskPlan, seed: int, reported: Mapping, described: Mapping
                            f"({reported['groups']} vs {described['groups']})")
 
 
-def run_task(plan: TaskPlan, folder: Path, seed: int, budget, methods, pool, args) -> tuple[list[dict], dict, Any]:
-    """Every single-task row of one task and seed: EEGMamba variants, then the baselines."""
+def run_task(plan: TaskPlan, folder: Path, seed: int, budget, methods, pool, args,
+             labellers: dict[str, Any] | None = None) -> tuple[list[dict], dict, Any]:
+    """Every single-task row of one task and seed: EEGMamba variants, then the baselines. For seed 0,
+    ``labellers[task]`` gets the band-power shift labeller (or the note why there is none)."""
     data, split = task_split(plan, folder, seed, budget, pool)
     record = split_record(data, split)
     log(f"{plan.name} seed {seed}: {len(data.windows)} windows, classes {list(data.recipe.classes)}, "
@@ -351,6 +353,9 @@ def run_task(plan: TaskPlan, folder: Path, seed: int, budget, methods, pool, arg
         log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s, "
             f"best epoch {r['best_epoch']} of {r['epochs_run']})")
     for method, r in run_baselines(plan, data, split, seed, budget).items():
+        labeller, why = r.pop("labeller", None), r.pop("labeller_note", None)
+        if labellers is not None and seed == 0 and (labeller or why):
+            labellers[plan.name] = labeller or why
         runs.append({"task": plan.name, "method": method, "seed": seed, **r})
         log(f"  {method}: bal.acc {r['metrics']['balanced_accuracy']:.3f} ({r['seconds']:.0f} s)")
     return runs, record, (data, split)
@@ -386,30 +391,38 @@ def run_multitask(plans: Sequence[TaskPlan], folders, seed: int, budget, checkpo
 
 # The shifts the benchmark runs (a subset of benchmarks.shift.default_shifts, to fit the budget): another rate,
 # another gain, half the channels; "none" is the same files unshifted; plus the cross-dataset row where the
-# label space has a partner corpus (mental stress <-> EEGMAT). Run on these seed-0 models:
+# label space has a partner corpus (mental stress <-> EEGMAT). Run on these seed-0 models, and on the seed-0
+# band power + LR (read with the seed-0 scratch model's preprocessing and recipe):
 SHIFTS = ("none", "resample_256hz", "amplitude_x2", "drop_half_channels")
 SHIFT_METHODS = (pretrained_name("VQ masked-token"), pretrained_name("masked STFT"), SCRATCH)
 
 
-def run_shift(seed0_models: Mapping[tuple[str, str], Path], args, notes: list[str]) -> list[dict]:
+def run_shift(seed0_models: Mapping[tuple[str, str], Path], args, notes: list[str],
+              labellers: Mapping[str, Any] | None = None) -> list[dict]:
     """Deployment-style shift rows (issue 15 item 2, issue 13 item 4) from ``benchmarks.shift.shift_rows``:
-    each seed-0 model of ``SHIFT_METHODS`` labels its own test-pool recordings, read raw, under ``SHIFTS``.
+    each seed-0 model of ``SHIFT_METHODS`` labels its own test-pool recordings, read raw, under ``SHIFTS``;
+    so does the seed-0 band power + LR (``labellers``: task -> ``baselines.BandPowerLabeller`` or the note why
+    there is none), through the scratch model's folder: the same recordings, preprocessing and windows.
 
-    A failing model is a note, not a lost run. ``benchmarks/shift.py`` has no band-power path, so the report
-    compares pretrained with scratch under shift, and says band power was not measured there.
+    A failing model is a note, not a lost run.
     """
     from benchmarks import shift
 
     shifts = [s for s in shift.default_shifts() if s.name in SHIFTS]
     (args.out / "shift").mkdir(parents=True, exist_ok=True)
+    jobs = [(task, method, model_dir, None) for (task, method), model_dir in seed0_models.items() if method in SHIFT_METHODS]
+    for task, labeller in (labellers or {}).items():
+        if isinstance(labeller, str) or (task, SCRATCH) not in seed0_models:
+            notes.append(labeller if isinstance(labeller, str) else f"{task}: no band-power shift rows without a scratch model")
+        else:
+            jobs.append((task, BAND, seed0_models[(task, SCRATCH)], labeller))
+    order = list(dict.fromkeys(task for task, _ in seed0_models))
     rows = []
-    for (task, method), model_dir in seed0_models.items():
-        if method not in SHIFT_METHODS:
-            continue
+    for task, method, model_dir, labeller in sorted(jobs, key=lambda job: order.index(job[0])):
         t0 = time.time()
         try:
             new = shift.shift_rows(task=task, method=method, model_dir=model_dir, data_root=args.data, shifts=shifts,
-                                   work_dir=args.out / "shift")
+                                   work_dir=args.out / "shift", labeller=labeller)
         except Exception as err:  # noqa: BLE001 - one model's failure must not lose the run
             notes.append(f"shift rows of {task} / {method} failed: {type(err).__name__}: {err}")
             continue
@@ -462,11 +475,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict] = []
     splits_record: dict[str, dict] = {}
     task_data: dict[tuple[str, int], tuple] = {}
+    labellers: dict[str, Any] = {}  # task -> seed-0 band-power labeller for the shift rows (or why none)
     for plan in plans:
         t_task = time.time()
         for seed in range(args.seeds):
             task_runs, record, task_data[(plan.name, seed)] = run_task(plan, folders[plan.corpus], seed, budget, methods,
-                                                                       pools.get(plan.name), args)
+                                                                       pools.get(plan.name), args, labellers)
             runs += task_runs
             splits_record.setdefault(plan.name, {})[str(seed)] = record
         stages[f"3 {plan.name}: all methods x {args.seeds} seeds"] = time.time() - t_task
@@ -480,7 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     seed0 = {(p.name, m): out / "finetune" / p.name / f"{hashlib.sha256(m.encode()).hexdigest()[:8]}-seed0" / "model"
              for p in plans for m, _, mode in methods if mode == "finetune"}
-    shift_rows = [] if args.no_shift else run_shift(seed0, args, notes)
+    shift_rows = [] if args.no_shift else run_shift(seed0, args, notes, labellers)
     stages["4 shift evaluation (seed 0)"] = time.time() - t0
     del task_data
 
@@ -495,7 +509,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "caps": {t.name: max_windows(t, budget) for t in plans}, "estimate_s": estimate,
         "ablation": {"name": args.ablation, **dataclasses.asdict(args.ablation_spec)} if args.ablation_spec else None,
         "eegmat_split": args.eegmat_split, "shift": shift_rows,
-        "shift_setup": None if args.no_shift else {"shifts": list(SHIFTS), "methods": list(SHIFT_METHODS)},
+        "shift_setup": None if args.no_shift else {"shifts": list(SHIFTS), "methods": [*SHIFT_METHODS, BAND]},
     }
 
 

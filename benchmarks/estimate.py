@@ -26,12 +26,17 @@ PRETRAIN_S_PER_WINDOW = 289.0 / (2 * 1200 * 16)  # both objectives, per objectiv
 TOKENIZER_S_PER_WINDOW = 0.0125  # 200 steps x 16 windows in about 40 s
 SHARDS_S = 60.0  # both shard builds from scratch, EEGMAT included (about 5 s without EEGMAT)
 SHIFT_S = 15.0  # per task and model, seed 0: 3 shifts + none (+ the cross-dataset row); emotion measured ~25 s user time with 12
+# band power + LR under the same shifts: the same files, no network; 1.0 s against 2.9-3.6 s for a scratch model
+# (2 EEGMAT subjects, 4 recordings x 4 shifts, one core)
+SHIFT_BAND_S = SHIFT_S / 3
 STARTUP_S = 1.0  # per finetune run (data loading, model build, saving)
 
 
 def estimate_seconds(plans: Sequence[TaskPlan], seeds: int, budget: Budget, *, probes: bool = True,
-                     multitask: bool = True, release: bool = True, shift_models: int = 3) -> dict[str, float]:
-    """Estimated wall seconds per stage of a run with these tasks, seeds and budget (fresh work dir)."""
+                     multitask: bool = True, release: bool = True, shift_models: int = 3,
+                     shift_band: bool = True) -> dict[str, float]:
+    """Estimated wall seconds per stage of a run with these tasks, seeds and budget (fresh work dir); the
+    shift stage: ``shift_models`` seed-0 models, plus band power + LR with ``shift_band``."""
     epochs = budget.finetune_epochs / 10.0
     out = {
         "shards": SHARDS_S,
@@ -52,7 +57,7 @@ def estimate_seconds(plans: Sequence[TaskPlan], seeds: int, budget: Budget, *, p
     if multitask and sum(p.name in MULTITASK for p in plans) >= 2:
         out["multi-task finetuning"] = multi + seeds * STARTUP_S
     if shift_models:
-        out["shift (seed 0)"] = SHIFT_S * shift_models * len(plans)
+        out["shift (seed 0)"] = (SHIFT_S * shift_models + SHIFT_BAND_S * shift_band) * len(plans)
     return out
 
 

@@ -232,6 +232,8 @@ def test_estimate_fits_the_budget_and_scales_with_seeds_and_rows():
     assert "multi-task finetuning" not in lean and lean["task seizure"] < full["task seizure"]
     quick = estimate.estimate_seconds(tasks.TASKS, 3, tasks.QUICK)
     assert quick["pretraining (2 objectives)"] < full["pretraining (2 objectives)"] / 50
+    no_band = estimate.estimate_seconds(tasks.TASKS, 3, tasks.FULL, shift_band=False)
+    assert full["shift (seed 0)"] - no_band["shift (seed 0)"] == pytest.approx(estimate.SHIFT_BAND_S * len(tasks.TASKS))
     assert "estimated wall time" in estimate.format_estimate(full)
 
 
@@ -466,3 +468,58 @@ def test_ablation_table_pairs_seeds_and_leaves_out_other_protocols(bench, tmp_pa
     assert (results / "ablations.md").read_text() == render_ablations(main, {"better": better})
     block = readme.read_text()
     assert block.startswith("intro\n") and block.endswith("tail\n") and "+0.017 (2/3)" in block and "\nold\n" not in block
+
+
+def test_run_baselines_keeps_the_seed0_band_power_labeller(eegmat_shards):
+    """The fitted band power + LR and its training channels come back for the shift rows (then popped)."""
+    import json
+
+    from finetune.data import load_task_data
+    from finetune.recipes import get_recipe
+    from finetune.splits import split_windows
+
+    plan = next(t for t in tasks.TASKS if t.name == "eegmat")
+    data = load_task_data(get_recipe(plan.recipe_name), str(eegmat_shards[0]), window_s=plan.window_s, max_windows=60)
+    split = split_windows(data.metas, data.labels, group_by="subject", n_folds=3, fold=0, seed=0)
+    budget = dataclasses.replace(tasks.QUICK, eegnet_epochs=1)
+    band = baselines.run_baselines(plan, data, split, 0, budget)["band power + LR"]
+    labeller, note = band.pop("labeller"), band.pop("labeller_note")
+    assert note is None and json.dumps(band)
+    assert labeller.channels == tuple(data.windows[0].meta["channels"]) and len(labeller.channels) == 19
+    assert labeller.classes == tuple(data.recipe.classes) == ("rest", "arithmetic")
+    # the kept pipeline is the one scored: its test probabilities are the result's
+    x = baselines.stack_windows([data.windows[i] for i in split.test])
+    np.testing.assert_allclose(labeller.pipeline.predict_proba(baselines.band_power_features(x)), band["test_proba"], atol=1e-5)
+
+
+def test_run_shift_adds_band_power_rows_through_the_scratch_models_folder(bench, monkeypatch, tmp_path):
+    """Band power gets the same shift rows as the models, read with the seed-0 scratch model's folder, and the
+    report then measures the 'beats band power under shift' aim."""
+    import argparse
+
+    from benchmarks import shift
+    from benchmarks.report_protocol import shift_aims
+
+    pre = report.pretrained_name("masked STFT")
+    calls = []
+    scores = {pre: 0.7, report.SCRATCH: 0.6, report.BAND: 0.65}
+
+    def fake_rows(*, task, method, model_dir, labeller=None, **kw):
+        calls.append((task, method, model_dir.name, labeller))
+        return [{"task": task, "method": method, "shift": s, "metrics": {"balanced_accuracy": scores[method]},
+                 "recording_metrics": None, "n_windows": 10, "n_recordings": 2, "applicable": True} for s in bench.SHIFTS]
+
+    monkeypatch.setattr(shift, "shift_rows", fake_rows)
+    seed0 = {("sleep", pre): tmp_path / "sleep-pre", ("sleep", report.SCRATCH): tmp_path / "sleep-scratch",
+             ("emotion", pre): tmp_path / "emotion-pre", ("emotion", report.SCRATCH): tmp_path / "emotion-scratch"}
+    notes = []
+    labeller = object()
+    rows = bench.run_shift(seed0, argparse.Namespace(out=tmp_path, data=tmp_path), notes,
+                           {"sleep": labeller, "emotion": "emotion: no band-power shift rows: 2 channel lists"})
+    assert calls == [("sleep", pre, "sleep-pre", None), ("sleep", report.SCRATCH, "sleep-scratch", None),
+                     ("sleep", report.BAND, "sleep-scratch", labeller), ("emotion", pre, "emotion-pre", None),
+                     ("emotion", report.SCRATCH, "emotion-scratch", None)]
+    assert notes == ["emotion: no band-power shift rows: 2 channel lists"]
+    assert [r["method"] for r in rows if r["task"] == "sleep"] == [pre] * 4 + [report.SCRATCH] * 4 + [report.BAND] * 4
+    (line,) = shift_aims(rows, [pre])
+    assert "beats band power on 1/2 (sleep; aim 2/4: not met)" in line and "not measured" not in line
