@@ -183,7 +183,8 @@ def test_recording_windows_are_the_windows_predict_file_labels(model_dir, shared
     assert rec.task == "emotion" and rec.classes == ["rest", "arithmetic"] == list(rows[0]["probabilities"])
     assert len(rec.channels) == 19 and "FP1" in rec.channels
     # shorter windows for the window shifts, the same as predict_file's
-    assert recording_windows(model_dir, path, window_s=2.0).onsets_s == [r["onset_s"] for r in predict_file(model_dir, path, window_s=2.0)]
+    short = predict_file(model_dir, path, window_s=2.0)
+    assert recording_windows(model_dir, path, window_s=2.0).onsets_s == [r["onset_s"] for r in short]
     with pytest.raises(KeyError, match="has no task 'sleep'"):
         recording_windows(model_dir, path, task="sleep")
 
