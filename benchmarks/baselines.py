@@ -118,7 +118,7 @@ class BandPowerLabeller:
 
     def __call__(self, model_dir: str | Path, path: str | Path, *, task: str | None = None,
                  window_s: float | None = None) -> list[dict[str, Any]]:
-        from finetune.predict import recording_windows
+        from finetune.predict import prediction_rows, recording_windows
 
         rec = recording_windows(model_dir, path, task=task, window_s=window_s)
         if list(rec.classes) != list(self.classes):
@@ -126,12 +126,7 @@ class BandPowerLabeller:
         fitted = self.pipeline.predict_proba(self.features(rec.x, rec.channels, rec.sfreq))
         proba = np.zeros((len(rec.x), len(self.classes)))
         proba[:, self.pipeline.classes_] = fitted
-        rows = []
-        for onset, p in zip(rec.onsets_s, proba):
-            k = int(p.argmax())
-            rows.append({"onset_s": onset, "label": k, "label_name": self.classes[k], "probability": float(p[k]),
-                         "probabilities": {c: float(v) for c, v in zip(self.classes, p)}})
-        return rows
+        return prediction_rows(rec.onsets_s, proba, self.classes)
 
 
 def stack_windows(windows) -> np.ndarray:

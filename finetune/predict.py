@@ -45,7 +45,7 @@ from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import read_raw
 from shards.sample import Window, check_sfreq
 
-__all__ = ["RecordingWindows", "predict_file", "preprocess_config", "recording_windows", "main"]
+__all__ = ["RecordingWindows", "prediction_rows", "predict_file", "preprocess_config", "recording_windows", "main"]
 
 
 def _recipe_json(model_dir: Path) -> dict[str, Any]:
@@ -194,20 +194,26 @@ def predict_file(
     rec = recording_windows(model_dir, path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
     classes = model.head_specs[task]["classes"] or rec.classes
     meta = {"channels": rec.channels}
-    out: list[dict[str, Any]] = []
+    proba = []
     for start in range(0, len(rec.x), batch_size):
         batch = collate([Window(w, meta) for w in rec.x[start:start + batch_size]])
         logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
-        proba = F.softmax(logits.float(), dim=-1).cpu().numpy()
-        for onset, p in zip(rec.onsets_s[start:start + batch_size], proba):
-            k = int(p.argmax())
-            out.append({
-                "onset_s": onset,
-                "label": k,
-                "label_name": classes[k],
-                "probability": float(p[k]),
-                "probabilities": {c: float(v) for c, v in zip(classes, p)},
-            })
+        proba.append(F.softmax(logits.float(), dim=-1).cpu().numpy())
+    return prediction_rows(rec.onsets_s, np.concatenate(proba), classes)
+
+
+def prediction_rows(onsets_s: Sequence[float], proba: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`predict_file`'s rows from window onsets and class probabilities ``proba [n, k]`` (``classes`` order)."""
+    out = []
+    for onset, p in zip(onsets_s, proba):
+        k = int(p.argmax())
+        out.append({
+            "onset_s": float(onset),
+            "label": k,
+            "label_name": classes[k],
+            "probability": float(p[k]),
+            "probabilities": {c: float(v) for c, v in zip(classes, p)},
+        })
     return out
 
 
