@@ -113,7 +113,8 @@ def aims_lines(payload, table, pretrained: Sequence[str]) -> list[str]:
 def shift_aims(shift: Sequence[Mapping], pretrained: Sequence[str]) -> list[str]:
     """Under shift: per pretrained method, on how many tasks its mean over shifts beats band power / scratch."""
     def mean(task, method):
-        vals = [r["metrics"].get("balanced_accuracy") for r in shift if r["task"] == task and r["method"] == method]
+        # a shift that applied to no recording (one-channel Bonn / DREAMS: drop_half_channels) has metrics None
+        vals = [(r["metrics"] or {}).get("balanced_accuracy") for r in shift if r["task"] == task and r["method"] == method]
         vals = [v for v in vals if v is not None and math.isfinite(v)]
         return float(np.mean(vals)) if vals else math.nan
 
@@ -155,7 +156,7 @@ def shift_table(shift: Sequence[Mapping]) -> list[str]:
         return ["No shift rows in this run (see Notes)."]
     lines = ["| task | shift | method | bal. acc. | AUROC | recordings |", "|---|---|---|---|---|---|"]
     for r in shift:
-        m = r.get("metrics", {})
+        m = r.get("metrics") or {}
         cells = [f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) else "–"
                  for k in ("balanced_accuracy", "auroc")]
         lines.append(f"| {r['task']} | {r['shift']} | {r['method']} | {cells[0]} | {cells[1]} | {r.get('n_recordings', '–')} |")

@@ -498,7 +498,7 @@ def test_run_shift_adds_band_power_rows_through_the_scratch_models_folder(bench,
     import argparse
 
     from benchmarks import shift
-    from benchmarks.report_protocol import shift_aims
+    from benchmarks.report_protocol import shift_aims, shift_table
 
     pre = report.pretrained_name("masked STFT")
     calls = []
@@ -521,5 +521,10 @@ def test_run_shift_adds_band_power_rows_through_the_scratch_models_folder(bench,
                      ("emotion", report.SCRATCH, "emotion-scratch", None)]
     assert notes == ["emotion: no band-power shift rows: 2 channel lists"]
     assert [r["method"] for r in rows if r["task"] == "sleep"] == [pre] * 4 + [report.SCRATCH] * 4 + [report.BAND] * 4
+    # a shift that applied to no recording (drop_half_channels on one-channel Bonn / DREAMS) has no metrics
+    rows.append({**rows[0], "shift": "drop_half_channels", "metrics": None, "applicable": False, "n_recordings": 0})
     (line,) = shift_aims(rows, [pre])
     assert "beats band power on 1/2 (sleep; aim 2/4: not met)" in line and "not measured" not in line
+    table = shift_table(rows)
+    assert "| sleep | drop_half_channels | EEGMamba pretrained (masked STFT), finetuned | – | – | 0 |" in table
+    assert sum(f"| {report.BAND} | 0.650 |" in t for t in table) == 4
