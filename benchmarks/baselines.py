@@ -88,18 +88,26 @@ class BandPowerLabeller:
     the logits and the decision rests on the channels present (mean imputation, what a deployed model of this
     kind would do). Zeros instead would be a log10 power of 1 (100 µV)², far outside the training range.
 
+    Single-channel training windows under different names (DREAMS: C3 in some excerpts, CZ in others) were
+    stacked by position in distribution (``stack_windows``), so the labeller does the same: ``positional``,
+    any recording whose windows have that one channel.
+
     Probabilities are in ``classes`` order (a class absent from training gets 0).
     """
 
     pipeline: Any  # sklearn Pipeline(StandardScaler, LogisticRegression) on band_power_features
     channels: tuple[str, ...]  # training windows' channels (canonical names), the feature order
     classes: tuple[str, ...]
+    positional: bool = False  # one channel whatever its name, as the in-distribution baseline saw it
 
     @classmethod
     def fit_on(cls, pipeline, windows, classes: Sequence[str]) -> BandPowerLabeller:
-        """From the training windows' channel list; ValueError when they do not share one."""
+        """From the training windows' channel list; ValueError when they do not share one (unless every
+        window has one channel: then ``positional``)."""
         lists = {tuple(w.meta["channels"]) for w in windows}
         if len(lists) != 1:
+            if {len(c) for c in lists} == {1}:
+                return cls(pipeline, ("|".join(sorted(c[0] for c in lists)),), tuple(classes), positional=True)
             raise ValueError(f"the band-power training windows have {len(lists)} channel lists (e.g. "
                              f"{sorted(lists)[:2]}); one fixed feature order is needed to label other recordings")
         return cls(pipeline, lists.pop(), tuple(classes))
@@ -107,6 +115,11 @@ class BandPowerLabeller:
     def features(self, x: np.ndarray, channels: Sequence[str], sfreq: float = SFREQ) -> np.ndarray:
         """``x [n, c, t]`` with rows ``channels`` -> ``[n, len(self.channels) * 5]`` in training order, the
         training channels ``channels`` lacks at the scaler's mean."""
+        if self.positional:
+            if x.shape[1] != 1:
+                raise ValueError(f"band power was trained on one channel ({self.channels[0]}); the recording's "
+                                 f"windows have {x.shape[1]} ({list(channels)})")
+            return band_power_features(x, sfreq)
         n_bands = len(BANDS)
         scaler = self.pipeline[0]
         out = np.tile(np.asarray(scaler.mean_, dtype=np.float64), (len(x), 1)).reshape(len(x), len(self.channels), n_bands)

@@ -11,6 +11,7 @@ import mne
 import numpy as np
 import pytest
 
+from benchmarks.baselines import band_power_features
 from benchmarks.shift import (
     CORRESPONDENCES,
     NO_SHIFT,
@@ -241,6 +242,13 @@ def test_band_power_shift_rows_on_the_held_out_subject(band_power, model_dir, su
                                atol=1e-3)
     with pytest.raises(ValueError, match="2 channel lists"):
         BandPowerLabeller.fit_on(band_power.pipeline, [_window(["FP1", "FP2"]), _window(["FP1", "CZ"])], ["a", "b"])
+    # one channel under two names (DREAMS: C3 or CZ): by position, as the in-distribution baseline stacks them
+    single = BandPowerLabeller.fit_on(band_power.pipeline, [_window(["C3"]), _window(["CZ"])], ["a", "b"])
+    assert single.positional and single.channels == ("C3|CZ",)
+    x = np.random.default_rng(0).standard_normal((3, 1, 1000))
+    np.testing.assert_array_equal(single.features(x, ["PZ"]), band_power_features(x))
+    with pytest.raises(ValueError, match="trained on one channel"):
+        single.features(np.zeros((3, 2, 1000)), ["C3", "CZ"])
 
 
 def _window(channels):
