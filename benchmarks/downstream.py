@@ -398,11 +398,13 @@ SHIFT_METHODS = (pretrained_name("VQ masked-token"), pretrained_name("masked STF
 
 
 def run_shift(seed0_models: Mapping[tuple[str, str], Path], args, notes: list[str],
-              labellers: Mapping[str, Any] | None = None) -> list[dict]:
+              labellers: Mapping[str, Any] | None = None, partners: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
     """Deployment-style shift rows (issue 15 item 2, issue 13 item 4) from ``benchmarks.shift.shift_rows``:
     each seed-0 model of ``SHIFT_METHODS`` labels its own test-pool recordings, read raw, under ``SHIFTS``;
     so does the seed-0 band power + LR (``labellers``: task -> ``baselines.BandPowerLabeller`` or the note why
     there is none), through the scratch model's folder: the same recordings, preprocessing and windows.
+    ``partners`` (shard set -> its test-pool subjects) limits the cross-dataset rows to recordings pretraining
+    never saw.
 
     A failing model is a note, not a lost run.
     """
@@ -422,7 +424,7 @@ def run_shift(seed0_models: Mapping[tuple[str, str], Path], args, notes: list[st
         t0 = time.time()
         try:
             new = shift.shift_rows(task=task, method=method, model_dir=model_dir, data_root=args.data, shifts=shifts,
-                                   work_dir=args.out / "shift", labeller=labeller)
+                                   work_dir=args.out / "shift", labeller=labeller, partner_subjects=partners)
         except Exception as err:  # noqa: BLE001 - one model's failure must not lose the run
             notes.append(f"shift rows of {task} / {method} failed: {type(err).__name__}: {err}")
             continue
@@ -494,7 +496,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.time()
     seed0 = {(p.name, m): out / "finetune" / p.name / f"{hashlib.sha256(m.encode()).hexdigest()[:8]}-seed0" / "model"
              for p in plans for m, _, mode in methods if mode == "finetune"}
-    shift_rows = [] if args.no_shift else run_shift(seed0, args, notes, labellers)
+    partners = {p.corpus: pools[p.name]["subjects"] for p in all_plans if pools.get(p.name, {}).get("subjects")}
+    shift_rows = [] if args.no_shift else run_shift(seed0, args, notes, labellers, partners)
     stages["4 shift evaluation (seed 0)"] = time.time() - t0
     del task_data
 

@@ -490,6 +490,7 @@ def shift_rows(
     cross_dataset: bool = True,
     work_dir: str | Path | None = None,
     labeller: Labeller | None = None,
+    partner_subjects: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """The benchmark's shift rows for one finetuned model (or ``labeller`` reading with its folder).
 
@@ -499,8 +500,10 @@ def shift_rows(
     Each row: ``task, method, shift, description, metrics`` (windows; ``finetune.metrics`` keys or None),
     ``recording_metrics`` (per-recording vote or None), ``n_windows, n_recordings, applicable, skipped,
     left_out``. With ``cross_dataset`` and a :data:`CORRESPONDENCES` partner for the model's label space,
-    one more row, ``shift = "cross_dataset:<corpus>"``, labels every recording of the partner corpus
-    (``target_note`` says what that set shares with pretraining).
+    one more row, ``shift = "cross_dataset:<corpus>"``, labels the partner corpus's recordings: those of
+    ``partner_subjects[corpus]`` where given (the benchmark passes the partner's test pool, so pretraining
+    never saw them: otherwise a pretrained model would label recordings it was pretrained on, and scratch
+    would not), else every recording (``target_note`` says which).
 
     Args:
         task: the benchmark's task name (a recipe name, or a ``benchmarks.tasks.TASKS`` plan such as
@@ -533,8 +536,11 @@ def shift_rows(
     for (model_space, target), _ in CORRESPONDENCES.items():
         if cross_dataset and model_space == space and target != sets[0]:
             adapter, root = _shard_set(target, data_root)
-            res = cross_dataset_shift(model_dir, adapter, root, task=recipe_name, work_dir=work_dir, labeller=labeller)
+            subjects = (partner_subjects or {}).get(target)
+            res = cross_dataset_shift(model_dir, adapter, root, task=recipe_name, work_dir=work_dir, labeller=labeller,
+                                      subjects=list(subjects) if subjects else None)
             rows += _rows(res, task, method, target_note=(
+                f"the {target} recordings of its test pool ({len(subjects)} subjects), never in pretraining" if subjects else
                 f"every {target} recording: its labels were never seen by this model; its unlabelled windows may be "
                 "in the pretraining pool unless the benchmark keeps them out"))
             rows[-1]["shift"] = f"cross_dataset:{target}"

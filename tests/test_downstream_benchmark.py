@@ -506,16 +506,19 @@ def test_run_shift_adds_band_power_rows_through_the_scratch_models_folder(bench,
 
     def fake_rows(*, task, method, model_dir, labeller=None, **kw):
         calls.append((task, method, model_dir.name, labeller))
+        partners.append(kw.get("partner_subjects"))
         return [{"task": task, "method": method, "shift": s, "metrics": {"balanced_accuracy": scores[method]},
                  "recording_metrics": None, "n_windows": 10, "n_recordings": 2, "applicable": True} for s in bench.SHIFTS]
 
     monkeypatch.setattr(shift, "shift_rows", fake_rows)
     seed0 = {("sleep", pre): tmp_path / "sleep-pre", ("sleep", report.SCRATCH): tmp_path / "sleep-scratch",
              ("emotion", pre): tmp_path / "emotion-pre", ("emotion", report.SCRATCH): tmp_path / "emotion-scratch"}
-    notes = []
+    notes, partners = [], []
     labeller = object()
+    pools = {"eegmat": ["Subject05", "Subject09"]}
     rows = bench.run_shift(seed0, argparse.Namespace(out=tmp_path, data=tmp_path), notes,
-                           {"sleep": labeller, "emotion": "emotion: no band-power shift rows: 2 channel lists"})
+                           {"sleep": labeller, "emotion": "emotion: no band-power shift rows: 2 channel lists"}, pools)
+    assert partners == [pools] * 5  # cross-dataset rows read only the partner's test pool
     assert calls == [("sleep", pre, "sleep-pre", None), ("sleep", report.SCRATCH, "sleep-scratch", None),
                      ("sleep", report.BAND, "sleep-scratch", labeller), ("emotion", pre, "emotion-pre", None),
                      ("emotion", report.SCRATCH, "emotion-scratch", None)]
