@@ -201,6 +201,26 @@ def predict_proba_torch(model: torch.nn.Module, x: np.ndarray, batch_size: int =
     return torch.cat(out).numpy()
 
 
+def band_power_run(plan: TaskPlan, data, split, seed: int) -> tuple[dict, BandPowerLabeller | str]:
+    """Band power + LR on one split: its result (test metrics, probabilities, seconds, C) and the shift
+    labeller fitted on it, or the note why there is none."""
+    from finetune.metrics import classification_metrics
+
+    n_classes = data.recipe.n_classes
+    x, y = stack_windows(data.windows), data.labels
+    t0 = time.time()
+    feats = band_power_features(x)
+    lr = fit_band_power(feats[split.train], y[split.train], feats[split.val], y[split.val], seed=seed)
+    proba = np.zeros((len(split.test), n_classes))
+    proba[:, lr.classes_] = lr.predict_proba(feats[split.test])  # a class absent from training keeps 0
+    result = {"metrics": classification_metrics(y[split.test], proba, n_classes=n_classes),
+              "seconds": time.time() - t0, "C": float(lr[-1].C), "test_proba": np.round(proba, 5).tolist()}
+    try:
+        return result, BandPowerLabeller.fit_on(lr, [data.windows[i] for i in split.train], data.recipe.classes)
+    except ValueError as err:
+        return result, f"{plan.name}: no band-power shift rows: {err}"
+
+
 def run_baselines(plan: TaskPlan, data, split, seed: int, budget: Budget) -> dict[str, dict]:
     """Band power + logistic regression and EEGNet on one split; test metrics, test probabilities (rounded
     to 5 decimals, for the bootstrap over test groups) and seconds of each.
@@ -213,19 +233,9 @@ def run_baselines(plan: TaskPlan, data, split, seed: int, budget: Budget) -> dic
     n_classes = data.recipe.n_classes
     x = stack_windows(data.windows)
     y = data.labels
-    out = {}
-    t0 = time.time()
-    feats = band_power_features(x)
-    lr = fit_band_power(feats[split.train], y[split.train], feats[split.val], y[split.val], seed=seed)
-    proba = lr.predict_proba(feats[split.test])
-    out["band power + LR"] = {"metrics": classification_metrics(y[split.test], proba, n_classes=n_classes),
-                              "seconds": time.time() - t0, "C": float(lr[-1].C),
-                              "test_proba": np.round(proba, 5).tolist(), "labeller": None, "labeller_note": None}
-    try:
-        out["band power + LR"]["labeller"] = BandPowerLabeller.fit_on(lr, [data.windows[i] for i in split.train],
-                                                                      data.recipe.classes)
-    except ValueError as err:
-        out["band power + LR"]["labeller_note"] = f"{plan.name}: no band-power shift rows: {err}"
+    band, labeller = band_power_run(plan, data, split, seed)
+    out = {"band power + LR": {**band, "labeller": None if isinstance(labeller, str) else labeller,
+                               "labeller_note": labeller if isinstance(labeller, str) else None}}
     t0 = time.time()
     model, ran = train_eegnet(x[split.train], y[split.train], x[split.val], y[split.val], n_classes=n_classes,
                               epochs=budget.eegnet_epochs, patience=budget.eegnet_patience, seed=seed, batch_size=budget.batch_size)

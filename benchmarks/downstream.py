@@ -124,6 +124,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"run with one named change (benchmarks/ablations.py): {', '.join(ABLATIONS)}")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                    help="only rewrite results.md next to an existing results.json (no training)")
+    p.add_argument("--redo-shift", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="no finetuning: rerun only the shift stage of the finished run in --out (its seed-0 models, "
+                        "band power refitted on seed 0) and replace that results.json's shift rows")
     p.add_argument("--ablation-table", action="store_true",
                    help="no training: compare every benchmarks/results/ablation-*/results.json with the main "
                         "results.json, paired by seed -> benchmarks/results/ablations.md (and the README block "
@@ -196,6 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.ablation_table:
         write_ablation_table(REPO / "benchmarks" / "results", args.readme)
+        return 0
+    if args.redo_shift is not None:
+        payload = redo_shift(json.loads(args.redo_shift.read_text()), args)
+        write_results(payload, args.redo_shift.parent)
+        if args.readme is not None:
+            update_readme(args.readme, render(payload))
         return 0
     payload = run(args)
     write_results(payload, args.results)
@@ -434,6 +443,48 @@ def run_shift(seed0_models: Mapping[tuple[str, str], Path], args, notes: list[st
     return rows
 
 
+def seed0_models(out: Path, plans: Sequence[TaskPlan], methods: Sequence[str]) -> dict[tuple[str, str], Path]:
+    """(task, method) -> the seed-0 finetuned model folder ``run_task`` wrote."""
+    return {(p.name, m): out / "finetune" / p.name / f"{hashlib.sha256(m.encode()).hexdigest()[:8]}-seed0" / "model"
+            for p in plans for m in methods}
+
+
+def redo_shift(payload: Mapping[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``payload`` with its shift rows recomputed by the current shift code (and a note saying so): the
+    seed-0 models of ``args.out``, band power refitted on the same seed-0 split (deterministic), the stored
+    pools. Everything else in the payload is the original run's."""
+    from benchmarks.baselines import band_power_run
+    from benchmarks.tasks import Budget
+
+    if payload.get("protocol") != "leak-free":
+        raise SystemExit("--redo-shift needs a leak-free run (the transductive protocol has no test pools)")
+    budget = Budget(**payload["budget"])
+    plans = [t for t in TASKS if t.name in payload["tasks"]]
+    pools = payload["pools"]
+    methods = sorted({r["method"] for r in payload["runs"] if r["method"] in SHIFT_METHODS})
+    models = {k: v for k, v in seed0_models(args.out, plans, methods).items() if (v / "config.json").is_file()}
+    if not models:
+        raise SystemExit(f"--redo-shift: no seed-0 model of {methods} under {args.out / 'finetune'} (is --out the run's work dir?)")
+    notes = [n for n in payload["notes"] if "shift" not in n]
+    labellers = {}
+    for plan in plans:
+        data, split = task_split(plan, args.out / "shards" / plan.corpus, 0, budget, pools.get(plan.name))
+        result, labellers[plan.name] = band_power_run(plan, data, split, seed=0)
+        stored = next(r for r in payload["runs"] if r["task"] == plan.name and r["method"] == BAND and r["seed"] == 0)
+        if result["test_proba"] != stored["test_proba"]:  # same shards, split and seed: the run's own model
+            raise SystemExit(f"--redo-shift: band power refitted on {plan.name} seed 0 differs from the run's "
+                             f"(other shards in {args.out}?)")
+    t0 = time.time()
+    partners = {p.corpus: pools[p.name]["subjects"] for p in plans if pools.get(p.name, {}).get("subjects")}
+    rows = run_shift(models, args, notes, labellers, partners)
+    notes.append(f"shift rows recomputed on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by --redo-shift "
+                 "(same seed-0 models; current shift code)")
+    stages = {k: v for k, v in payload["stages_s"].items() if not k.startswith("4 shift")}
+    stages["4 shift evaluation (seed 0, --redo-shift)"] = time.time() - t0
+    return {**payload, "shift": rows, "notes": notes, "stages_s": stages, "total_s": sum(stages.values()),
+            "shift_setup": {"shifts": list(SHIFTS), "methods": [*SHIFT_METHODS, BAND]}}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns the results.json payload."""
     budget = budget_of(args)
@@ -494,8 +545,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif not args.no_multitask:
         notes.append("no multi-task row in the transductive ablation (its folds differ per task)")
     t0 = time.time()
-    seed0 = {(p.name, m): out / "finetune" / p.name / f"{hashlib.sha256(m.encode()).hexdigest()[:8]}-seed0" / "model"
-             for p in plans for m, _, mode in methods if mode == "finetune"}
+    seed0 = seed0_models(out, plans, [m for m, _, mode in methods if mode == "finetune"])
     partners = {p.corpus: pools[p.name]["subjects"] for p in all_plans if pools.get(p.name, {}).get("subjects")}
     shift_rows = [] if args.no_shift else run_shift(seed0, args, notes, labellers, partners)
     stages["4 shift evaluation (seed 0)"] = time.time() - t0

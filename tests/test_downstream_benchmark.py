@@ -531,3 +531,39 @@ def test_run_shift_adds_band_power_rows_through_the_scratch_models_folder(bench,
     table = shift_table(rows)
     assert "| sleep | drop_half_channels | EEGMamba pretrained (masked STFT), finetuned | – | – | 0 |" in table
     assert sum(f"| {report.BAND} | 0.650 |" in t for t in table) == 4
+
+
+def test_redo_shift_replaces_only_the_shift_rows_and_checks_the_refit(bench, tmp_path, monkeypatch):
+    import argparse
+
+    from benchmarks import baselines
+
+    payload = _protocol_payload()
+    payload["tasks"] = {"seizure": {"classes": ["non_seizure", "seizure"]}}
+    band0 = next(r for r in payload["runs"] if r["method"] == report.BAND and r["seed"] == 0)
+    payload["stages_s"] = {"3 seizure": 50.0, "4 shift evaluation (seed 0)": 10.0}
+    payload["notes"] = ["kept note", "shift rows of seizure / x failed: boom"]
+    method = report.pretrained_name("masked STFT")
+    model = bench.seed0_models(tmp_path, [t for t in tasks.TASKS if t.name == "seizure"], [method])[("seizure", method)]
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    labeller = object()
+    monkeypatch.setattr(bench, "task_split", lambda *a, **k: ("data", "split"))
+    monkeypatch.setattr(baselines, "band_power_run", lambda *a, **k: ({"test_proba": band0["test_proba"]}, labeller))
+    seen = {}
+
+    def fake_shift(models, args, notes, labellers, partners):
+        seen.update(models=models, labellers=labellers, partners=partners)
+        return [{"task": "seizure", "method": method, "shift": "none", "metrics": {"balanced_accuracy": 0.7}}]
+
+    monkeypatch.setattr(bench, "run_shift", fake_shift)
+    args = argparse.Namespace(out=tmp_path)
+    new = bench.redo_shift(payload, args)
+    assert seen["models"] == {("seizure", method): model} and seen["labellers"] == {"seizure": labeller}
+    assert new["runs"] == payload["runs"] and new["shift"][0]["metrics"] == {"balanced_accuracy": 0.7}
+    assert new["notes"][0] == "kept note" and "--redo-shift" in new["notes"][-1] and len(new["notes"]) == 2
+    assert list(new["stages_s"])[0] == "3 seizure" and "--redo-shift" in list(new["stages_s"])[-1]
+    # a refit that is not the run's own model (other shards in --out) refuses
+    monkeypatch.setattr(baselines, "band_power_run", lambda *a, **k: ({"test_proba": [[0.5, 0.5]]}, labeller))
+    with pytest.raises(SystemExit, match="differs from the run's"):
+        bench.redo_shift(payload, args)
