@@ -11,6 +11,9 @@ Hugging Face format, and ``SHA256SUMS`` (``sha256sum -c SHA256SUMS`` verifies th
 the card is generated from the run (its contract and ``pretraining.json``), the data-set file and the
 downstream results; nothing is typed by hand.
 
+``OUT_DIR`` must be new, empty, or an earlier release (listed in its ``SHA256SUMS``), whose files are replaced;
+the run folder itself, a folder holding it (``.``) or any other non-empty folder is refused and nothing is deleted.
+
 ``--datasets`` is a JSON object naming, for every corpus of the run (the names in ``contract.json``), the
 data set and its terms::
 
@@ -253,13 +256,43 @@ def verify_checksums(folder: Path) -> list[str]:
     return bad
 
 
+def _check_out_dir(out: Path, run_dir: Path, model_dir: Path) -> None:
+    """Refuse an ``OUT_DIR`` whose replacement would delete anything but an earlier release.
+
+    Raises:
+        ReleaseError: ``out`` is the run or its model folder, holds either of them (``.``, a parent), or is
+            a non-empty folder that is not a release (no ``SHA256SUMS``, or files / folders it does not list).
+    """
+    target = out.resolve()
+    for source in (run_dir.resolve(), model_dir.resolve()):
+        if target == source or target in source.parents:
+            raise ReleaseError(f"OUT_DIR {out} is or contains the run being released ({source}): replacing it "
+                               "would delete the run; choose a new folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ReleaseError(f"OUT_DIR {out} exists and is not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    sums = out / SUMS_NAME
+    listed = {line.partition("  ")[2] for line in sums.read_text().splitlines()} if sums.is_file() else set()
+    strangers = [n for n in entries if n != SUMS_NAME and (n not in listed or not (out / n).is_file())]
+    if not sums.is_file() or strangers:
+        raise ReleaseError(
+            f"OUT_DIR {out} is a non-empty folder that is not an earlier release ("
+            + (f"no {SUMS_NAME}" if not sums.is_file() else f"{SUMS_NAME} does not list {strangers[:5]}")
+            + "); nothing was deleted: choose a new or empty folder, or delete it yourself")
+
+
 def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Mapping[str, Any]], *,
             name: str | None = None, license: str = "apache-2.0", downstream: Mapping[str, Any] | None = None,
             reproduce: str = "", excluded: Mapping[str, str] | None = None) -> Path:
     """Write the publishable folder ``out_dir`` for the pretraining run ``run_dir``; returns ``out_dir``.
 
     Raises:
-        ReleaseError: no export in ``run_dir``, no contract, or a corpus with no / a restrictive licence.
+        ReleaseError: no export in ``run_dir``, no contract, a corpus with no / a restrictive licence, or an
+            ``out_dir`` that is not safe to replace (see :func:`_check_out_dir`; nothing is deleted then).
     """
     model_dir = _model_dir(Path(run_dir))
     contract = read_contract(model_dir, warn=False)
@@ -268,12 +301,14 @@ def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Map
     _check_datasets(contract, datasets, str(model_dir))
     EEGMamba.from_pretrained(model_dir)  # refuse weights that do not load
     out = Path(out_dir)
+    _check_out_dir(out, Path(run_dir), model_dir)
     name = name or out.name
     pre_file = model_dir / "pretraining.json"
     pretraining = json.loads(pre_file.read_text()) if pre_file.is_file() else None
     if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+        for old in out.iterdir():  # _check_out_dir: only the files of an earlier release
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
     for file in (WEIGHTS_NAME, CONFIG_NAME, CONTRACT_NAME):
         shutil.copyfile(model_dir / file, out / file)
     card = model_card(name, model_dir, contract, datasets, license=license, downstream=downstream,
@@ -286,7 +321,7 @@ def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Map
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pretrain.release", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="pretraining run folder (or its model/ folder)")
-    parser.add_argument("out_dir", help="publishable folder to write (replaced if it exists)")
+    parser.add_argument("out_dir", help="publishable folder to write (new, empty, or an earlier release, which is replaced)")
     parser.add_argument("--datasets", required=True, help="JSON file: corpus -> {title, license, url, citation, why}")
     parser.add_argument("--downstream", help="benchmarks/downstream.py results.json for this checkpoint")
     parser.add_argument("--name", help="checkpoint name in the card (default: OUT_DIR's name)")

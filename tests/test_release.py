@@ -102,6 +102,44 @@ def test_release_refuses_unlicensed_or_restricted_data(run_dir, tmp_path, capsys
     assert "upload_folder" in capsys.readouterr().out and (tmp_path / "pub" / "SHA256SUMS").is_file()
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_release_never_deletes_the_run_or_a_foreign_folder(run_dir, tmp_path, monkeypatch, capsys):
+    before = _tree(tmp_path)
+    # OUT_DIR = the run, its model folder, or a folder holding the run ("." where the run lies below)
+    for out in (run_dir, run_dir / "model", tmp_path, tmp_path / "run" / ".."):
+        with pytest.raises(ReleaseError, match="is or contains the run being released"):
+            release(run_dir, out, DATASETS)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ok.json").write_text(json.dumps(DATASETS))
+    assert main(["run", ".", "--datasets", "ok.json"]) == 2
+    assert "would delete the run" in capsys.readouterr().err
+    (tmp_path / "ok.json").unlink()
+    assert _tree(tmp_path) == before
+    # a non-empty folder that is not an earlier release: notes, or a release with a file it does not list
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("months of work")
+    with pytest.raises(ReleaseError, match="not an earlier release .no SHA256SUMS"):
+        release(run_dir, notes, DATASETS)
+    assert (notes / "thesis.tex").read_text() == "months of work"
+    pub = release(run_dir, tmp_path / "pub", DATASETS)
+    (pub / "mine.txt").write_text("keep")
+    with pytest.raises(ReleaseError, match=r"does not list \['mine.txt'\]"):
+        release(run_dir, pub, DATASETS)
+    assert (pub / "mine.txt").read_text() == "keep"
+    # an earlier release (and an empty folder) is replaced
+    (pub / "mine.txt").unlink()
+    (pub / "README.md").write_text("stale card")
+    again = release(run_dir, pub, DATASETS)
+    assert verify_checksums(again) == [] and "stale card" not in (again / "README.md").read_text()
+    (tmp_path / "empty").mkdir()
+    assert verify_checksums(release(run_dir, tmp_path / "empty", DATASETS)) == []
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
 # -- the shipped checkpoint ------------------------------------------------------------------------------
 
 ALLOWED = {"eegmmidb", "eegmat", "eeglab", "yasa", "synth"}
