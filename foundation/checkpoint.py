@@ -73,6 +73,20 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
+def _local_path_reason(text: str) -> str:
+    """Why ``text`` is a local path rather than a Hub repo id ("" when it may be either).
+
+    ``runs/model`` matches the ``org/name`` form, but when ``runs/`` is a folder here it is a mistyped
+    path: looking it up on the Hub would fetch from the network and then fail with a confusing error.
+    """
+    if text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or text in (".", ".."):
+        return f"{text!r} starts like a path"
+    first = Path(text).parts[0] if Path(text).parts else ""
+    if "/" in text and first and Path(first).expanduser().is_dir():
+        return f"its first segment {first + '/'} is a local folder"
+    return ""
+
+
 def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None) -> Path:
     """The local folder of a checkpoint given as a path, a shipped name, or a Hub repo id.
 
@@ -80,6 +94,8 @@ def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None)
     (:func:`released_checkpoints`); a Hub repo id ``org/name`` or ``org/name@revision`` (``revision`` wins
     over ``@``), downloaded into / read from huggingface_hub's cache. With ``HF_HUB_OFFLINE=1`` only the
     cache is read (a branch or tag resolves through the cache's ``refs/``; a commit hash directly).
+    Text that can only be a local path (starting with ``./``, ``../``, ``/`` or ``~``, or whose first
+    segment is a folder here, like ``runs/model`` when ``runs/`` exists) is never looked up on the Hub.
 
     Raises:
         FileNotFoundError: nothing matched; the message lists what was tried and the shipped names.
@@ -91,6 +107,12 @@ def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None)
     shipped = released_checkpoints()
     if text in shipped:
         return RELEASED_DIR / text
+    local = _local_path_reason(text)
+    if local and not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {text!r}: no such local folder {path.resolve()} ({local}, so it was not looked up on the Hub); "
+            f"expected {CONFIG_NAME} + {WEIGHTS_NAME} written by save_pretrained"
+        )
     repo_id, _, at_rev = text.partition("@")
     if _REPO_ID.match(repo_id) and not path.exists():
         from huggingface_hub import snapshot_download

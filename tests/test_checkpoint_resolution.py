@@ -69,8 +69,28 @@ def test_local_folder_wins_and_missing_paths_say_what_was_tried(tmp_path, monkey
     _model(3).save_pretrained(tmp_path / "org" / "local")
     monkeypatch.chdir(tmp_path)
     assert resolve_checkpoint("org/local") == Path("org/local")  # an existing folder is never a Hub id
-    with pytest.raises(FileNotFoundError, match="does not exist.*shipped checkpoint name"):
+    with pytest.raises(FileNotFoundError, match="no such local folder .*starts like a path"):
         resolve_checkpoint(tmp_path / "a" / "b" / "c")
+    with pytest.raises(FileNotFoundError, match="does not exist.*shipped checkpoint name"):
+        resolve_checkpoint("no-such-name")
+
+
+def test_a_mistyped_local_path_is_never_looked_up_on_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: fetched.append(a) or str(tmp_path))
+    (tmp_path / "runs" / "pretrain").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for text, why in (("runs/model", "first segment runs/ is a local folder"), ("./org/name", "starts like a path"),
+                      ("../org/name", "starts like a path"), ("~/eegfm-no-such-folder/model", "starts like a path")):
+        with pytest.raises(FileNotFoundError, match=f"no such local folder .*{why}"):
+            resolve_checkpoint(text)
+        with pytest.raises(FileNotFoundError, match="no such local folder"):
+            EEGMamba.from_pretrained(text)
+    assert fetched == []
+    # org/name whose "org" is no folder here is still a Hub id
+    assert resolve_checkpoint("org/name") == tmp_path and fetched == [("org/name",)]
 
 
 def test_shipped_checkpoint_by_name(monkeypatch, tmp_path):
