@@ -79,13 +79,20 @@ def shared_data() -> Path:
 
 
 def _adapter(name: str) -> str:
+    """``name`` when this checkout has that corpus adapter; an error otherwise, never a quiet substitute.
+
+    Reading a set through another adapter (e.g. EEGMAT's EDFs as plain ``recordings``) shards other
+    windows and labels, so the weights would not be the ones the release says it reproduces.
+    """
     from shards.corpora import get_corpus
 
     try:
         get_corpus(name)
-        return name
-    except KeyError:  # the eegmat adapter is newer than some checkouts: read its EDFs as plain recordings
-        return "recordings"
+    except KeyError as err:
+        raise RuntimeError(
+            f"{COMMAND}: this checkout has no {name!r} corpus adapter (shards.corpora), which the release is built "
+            f"with; update the checkout (the release is reproducible only with the same adapters)") from err
+    return name
 
 
 def build_shards(work: Path, data: Path) -> dict[str, Path]:

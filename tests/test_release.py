@@ -200,3 +200,20 @@ def test_release_tiny_config_runs_and_releases(synth_shards, tmp_path):
     out = release(tmp_path / "run", tmp_path / "pub", {"synth": SETS["synth"][2]}, name=NAME, excluded=EXCLUDED)
     assert verify_checksums(out) == [] and read_contract(out).steps == 2
     assert "DREAMS" in (out / "README.md").read_text().split("Left out:")[1]
+
+
+def test_release_tiny_refuses_a_missing_adapter_instead_of_substituting_one(monkeypatch):
+    import shards.corpora
+    from pretrain.release_tiny import _adapter
+
+    assert _adapter("eegmat") == "eegmat"
+    real = shards.corpora.get_corpus
+
+    def without_eegmat(name):
+        if name == "eegmat":
+            raise KeyError(name)
+        return real(name)
+
+    monkeypatch.setattr(shards.corpora, "get_corpus", without_eegmat)
+    with pytest.raises(RuntimeError, match="no 'eegmat' corpus adapter"):
+        _adapter("eegmat")
