@@ -14,7 +14,8 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: weights, optimiser and RNG
   states as safetensors + JSON (``pretrain.resume_state``: no pickle, so resuming a folder from elsewhere
   cannot run code) plus ``train_state.json`` (step, data position, scheduler, the run's config), written
-  last so a folder without it is an interrupted save.
+  last and atomically so a folder without it is an interrupted save (``--resume auto`` skips it, and one
+  whose state file does not parse, with a warning).
 * :class:`Throughput`: samples/s and tokens/s over a logging window and over the run.
 * :func:`export`: the one function that writes the trained model a user loads.
 """
@@ -26,6 +27,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from accelerate.utils import ProjectConfiguration
 from torch import nn
 
 from pretrain.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
+from shards.atomic import atomic_write_bytes
 
 __all__ = [
     "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
@@ -209,11 +212,29 @@ def clip_and_check(accelerator: Accelerator, model: nn.Module, max_norm: float, 
 # -- checkpoints -------------------------------------------------------------------------------------
 
 
+def _complete_checkpoints(root: Path, *, warn: bool = False) -> list[Path]:
+    """``root/step_*`` folders whose ``train_state.json`` reads back, oldest first.
+
+    An interrupted save has no state file (it is written last, atomically); one whose state file does not
+    parse (damaged on disk) is skipped too, with a warning naming it when ``warn``.
+    """
+    complete = []
+    for path in sorted(root.glob(f"{CHECKPOINT_PREFIX}*")) if root.is_dir() else []:
+        if not (path / STATE_FILE).is_file():
+            continue
+        try:
+            read_train_state(path)
+        except CheckpointStateError as err:
+            if warn:
+                warnings.warn(f"skipping checkpoint {path}: {err}", RuntimeWarning, stacklevel=3)
+            continue
+        complete.append(path)
+    return complete
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete ``{out_dir}/checkpoints/step_*`` folder, or None."""
-    root = Path(out_dir) / "checkpoints"
-    found = sorted(root.glob(f"{CHECKPOINT_PREFIX}*")) if root.is_dir() else []
-    complete = [p for p in found if (p / STATE_FILE).is_file()]  # an interrupted save has none
+    """The newest complete ``{out_dir}/checkpoints/step_*`` folder (see :func:`_complete_checkpoints`), or None."""
+    complete = _complete_checkpoints(Path(out_dir) / "checkpoints", warn=True)
     return complete[-1] if complete else None
 
 
@@ -242,9 +263,10 @@ def save_checkpoint(accelerator: Accelerator, model: nn.Module, optimizer: torch
     save_training_state(accelerator, model, optimizer, path)
     accelerator.wait_for_everyone()  # saving and loading race otherwise
     if accelerator.is_main_process:
-        (path / STATE_FILE).write_text(json.dumps(state))  # last: marks the folder complete
+        # last, and atomically (temporary file + rename): its presence marks the folder complete
+        atomic_write_bytes(path / STATE_FILE, json.dumps(state).encode())
         if keep > 0:
-            done = [p for p in sorted(path.parent.glob(f"{CHECKPOINT_PREFIX}*")) if (p / STATE_FILE).is_file()]
+            done = _complete_checkpoints(path.parent)
             for old in done[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
