@@ -61,8 +61,9 @@ class FinetuneConfig:
     # model
     model: EEGMambaConfig | None = field(default=None, metadata={"preset": "tiny", "help": (
         "the backbone's own config ([model] size = \"tiny\"|\"base\"|\"large\" + fields; a table without size "
-        "starts from tiny). None: the checkpoint's, or tiny from scratch. With a checkpoint every field but "
-        "drop_path must agree with it (a mismatch is an error naming the field)")})
+        "starts from tiny). None: the checkpoint's, or tiny from scratch. With a checkpoint the fields you set "
+        "(every field with size = ...) must agree with it (a mismatch is an error naming the field), except "
+        "drop_path and scan_backend, which this run applies")})
     mode: Literal["finetune", "linear_probe"] = option("finetune everything, or train only the head on a frozen backbone", "finetune")
     pool: Literal["cls", "mean"] = option("head input: the class token or the mean of the tokens", "cls")
 
@@ -112,7 +113,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # from Python: a mapping reads like a TOML [model] table
-            object.__setattr__(self, "model", from_dict(EEGMambaConfig, {"size": "tiny", **self.model}, where="model"))
+            object.__setattr__(self, "model", from_dict(EEGMambaConfig, dict(self.model), base=EEGMambaConfig.from_size("tiny"),
+                                                        where="model"))
 
     def hyper_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HYPER_FIELDS if getattr(self, k) is not None}

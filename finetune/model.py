@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from finetune.heads import ClassificationHead, set_mode
-from foundation.checkpoint import resolve_checkpoint
+from foundation.checkpoint import config_from_checkpoint, resolve_checkpoint, runtime_fields, stored_config
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
 
 __all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
@@ -109,7 +109,7 @@ class TaskModel(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "backbone": self.backbone.config.to_dict(),
+            "backbone": stored_config(self.backbone.config),
             "heads": self.head_specs,
             "mode": self.mode,
         }
@@ -164,11 +164,10 @@ def read_finetuned_config(folder: Path) -> dict[str, Any]:
 
 
 def _backbone_config(data: Mapping[str, Any], where: Path) -> EEGMambaConfig:
-    from foundation.checkpoint import with_legacy_defaults
-    from foundation.config_dict import ConfigError, from_dict
+    from foundation.config_dict import ConfigError
 
     try:
-        return from_dict(EEGMambaConfig, with_legacy_defaults(EEGMambaConfig, dict(data)))
+        return config_from_checkpoint(EEGMambaConfig, dict(data))
     except (ConfigError, ValueError, TypeError) as err:
         raise CheckpointError(f"{where}: backbone config: {err}") from err
 
@@ -188,6 +187,7 @@ def load_backbone(
             taken), or None for a freshly initialised backbone (``EEGMambaConfig.from_size(size, **model_overrides)``).
         model_overrides: architecture fields. With a checkpoint, each must equal the checkpoint's value:
             finetuning cannot change the architecture, and silently ignoring the request would be worse.
+            Runtime fields (``EEGMambaConfig.RUNTIME_FIELDS``: ``scan_backend``) are applied, never compared.
         drop_path: stochastic depth for finetuning (a regulariser, not architecture: it may differ).
 
     Raises:
@@ -220,6 +220,7 @@ def load_backbone(
     else:
         cfg = read_config(folder)
         prefix_model = "pretrained"
+    runtime = {k: overrides.pop(k) for k in list(overrides) if k in runtime_fields(EEGMambaConfig)}
     for key, value in overrides.items():
         if not hasattr(cfg, key):
             raise CheckpointError(f"model.{key} is not an EEGMambaConfig field")
@@ -228,6 +229,7 @@ def load_backbone(
                 f"checkpoint {folder / CONFIG_NAME} has {key}={getattr(cfg, key)!r} but the finetune config asks for "
                 f"model.{key}={value!r}; a checkpoint's architecture cannot change (drop the override, or use --checkpoint none)"
             )
+    cfg = dataclasses.replace(cfg, **runtime)  # how this run executes (e.g. scan_backend), never compared
     if drop_path is not None:
         cfg = dataclasses.replace(cfg, drop_path=drop_path)
     backbone = EEGMamba(cfg)

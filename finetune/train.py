@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from finetune.config import FinetuneConfig
 from foundation.augment import augment
+from foundation.config_dict import given_keys
 from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
@@ -147,12 +148,26 @@ def make_split(config: FinetuneConfig, data: TaskData) -> Split:
                          test_groups=config.test_groups, val_groups=config.val_groups)
 
 
+def backbone_overrides(config: FinetuneConfig, checkpoint: str | None) -> dict[str, Any]:
+    """The ``[model]`` fields ``load_backbone`` builds (from scratch) or holds the checkpoint to (with one).
+
+    With a checkpoint only the fields the user set count (``foundation.config_dict.given_keys``; every
+    field after ``size = ...``), not the tiny preset a one-key table was filled in from. ``drop_path`` is
+    the recipe's business (``Hyper.drop_path``).
+    """
+    overrides = {} if config.model is None else config.model.to_dict()
+    given = given_keys(config.model)
+    if checkpoint is not None and given is not None:
+        overrides = {k: v for k, v in overrides.items() if k in given}
+    overrides.pop("drop_path", None)
+    return overrides
+
+
 def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hyper, checkpoint: str | None,
                 announce: bool) -> tuple[TaskModel, dict[str, Any], Any]:
     """The backbone (from ``checkpoint`` or fresh) with one head per task, where the backbone came from, and the
     input contract the model is saved with (the tasks' windows are converted to the checkpoint's, in place)."""
-    overrides = {} if config.model is None else {k: v for k, v in config.model.to_dict().items() if k != "drop_path"}
-    backbone, provenance = load_backbone(checkpoint, model_overrides=overrides,
+    backbone, provenance = load_backbone(checkpoint, model_overrides=backbone_overrides(config, checkpoint),
                                          drop_path=hyper.drop_path if config.mode == "finetune" else None)
     contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=announce)
     _check_lengths(tasks, backbone.config)

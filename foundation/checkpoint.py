@@ -15,6 +15,7 @@ huggingface_hub's cache (``snapshot_download``; ``HF_HUB_OFFLINE=1`` reads the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -36,8 +37,11 @@ __all__ = [
     "LoadReport",
     "StrictHubMixin",
     "load_backbone_weights",
+    "config_from_checkpoint",
     "read_config_file",
     "released_checkpoints",
+    "runtime_fields",
+    "stored_config",
     "resolve_checkpoint",
 ]
 
@@ -144,7 +148,8 @@ def read_config_file(config_class: type[C], path: str | Path, *, kind: str = "ch
     """Read ``{path}/config.json`` (or that file) strictly into ``config_class``.
 
     Unknown keys are errors; keys missing from an older checkpoint take ``LEGACY_DEFAULTS`` where the
-    config class defines them (see :func:`with_legacy_defaults`), else the dataclass defaults.
+    config class defines them (see :func:`with_legacy_defaults`), else the dataclass defaults; runtime
+    fields come back neutral (:func:`config_from_checkpoint`).
 
     Raises:
         FileNotFoundError: no such file. CheckpointError: not JSON, unknown key, bad value.
@@ -162,9 +167,33 @@ def read_config_file(config_class: type[C], path: str | Path, *, kind: str = "ch
             f"{file} must hold a JSON object of {config_class.__name__} fields, got {type(data).__name__}"
         )
     try:
-        return from_dict(config_class, with_legacy_defaults(config_class, data))
+        return config_from_checkpoint(config_class, data)
     except (ConfigError, ValueError, TypeError) as err:
         raise CheckpointError(f"{file}: {err} (is this a {kind} checkpoint?)") from err
+
+
+def config_from_checkpoint(config_class: type[C], data: dict[str, Any]) -> C:
+    """A config stored in a checkpoint: missing keys from ``LEGACY_DEFAULTS``, runtime fields neutral.
+
+    Runtime fields (``config_class.RUNTIME_FIELDS``, e.g. EEGMamba's ``scan_backend``) choose how the model
+    runs on this machine, not what it computes: a value stored by an older version (a Triton-forced export)
+    is replaced by the neutral one, so the checkpoint runs anywhere.
+
+    Raises:
+        ConfigError, ValueError, TypeError: unknown key or bad value (callers name the file).
+    """
+    config = from_dict(config_class, with_legacy_defaults(config_class, data))
+    return dataclasses.replace(config, **runtime_fields(config_class))
+
+
+def runtime_fields(config_class: type) -> dict[str, Any]:
+    """``{field: neutral value}`` of the fields that are runtime choices, not architecture (may be empty)."""
+    return dict(getattr(config_class, "RUNTIME_FIELDS", {}))
+
+
+def stored_config(config: Any) -> dict[str, Any]:
+    """``config`` as a checkpoint's ``config.json`` holds it: its fields, runtime ones at their neutral value."""
+    return {**dataclasses.asdict(config), **runtime_fields(type(config))}
 
 
 def with_legacy_defaults(config_class: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -240,6 +269,13 @@ class StrictHubMixin(PyTorchModelHubMixin):
 
     config_class: ClassVar[type]
     checkpoint_kind: ClassVar[str] = "checkpoint"
+
+    def save_pretrained(self, save_directory: str | Path, *, config: Any = None, **kwargs: Any):
+        """Write ``config.json`` (runtime fields at their neutral value, :func:`stored_config`) + weights."""
+        config = config if config is not None else getattr(self, "config", None) or self._hub_mixin_config
+        if dataclasses.is_dataclass(config):
+            config = stored_config(config)
+        return super().save_pretrained(save_directory, config=config, **kwargs)
 
     @classmethod
     def read_config(cls, path: str | Path) -> Any:

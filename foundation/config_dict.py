@@ -15,7 +15,10 @@ import types
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "has_preset"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "has_preset", "given_keys"]
+
+# Attribute on a preset config recording which of its fields were set by a table (see given_keys).
+_GIVEN = "_eegfm_given_keys"
 
 T = TypeVar("T")
 
@@ -111,6 +114,9 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, wher
             base = cls.from_size(size)  # type: ignore[attr-defined]
         except ValueError as err:
             raise ConfigError(f"{where + '.' if where else ''}size: {err}") from err
+        given = set(types_)  # a preset is a request for every one of its fields
+    else:
+        given = set(data) | (given_keys(base) or set())
     base = base if base is not None else cls()
     changes = {}
     for key, value in data.items():
@@ -122,7 +128,20 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, wher
                                      where=path)
         else:
             changes[key] = _coerce(value, types_[key], path)
-    return dataclasses.replace(base, **changes)
+    config = dataclasses.replace(base, **changes)
+    if has_preset(cls):
+        object.__setattr__(config, _GIVEN, frozenset(given))
+    return config
+
+
+def given_keys(config: Any) -> frozenset[str] | None:
+    """The fields of a preset config (one with ``from_size``) that its tables set, or None when unknown.
+
+    ``[model] d_model = 96`` gives ``{"d_model"}``; ``size = "base"`` gives every field (the whole preset
+    was asked for); a config built in Python or by ``dataclasses.replace`` gives None. A checkpoint
+    comparison uses it to check what the user asked for, not the defaults a table was filled in from.
+    """
+    return getattr(config, _GIVEN, None)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

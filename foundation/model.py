@@ -76,8 +76,10 @@ class EEGMambaConfig:
         conv_channels: feature maps of the channel-patch temporal conv encoder.
         st_stride, st_wide_kernel: ST-Adaptive samples per token and wide-path kernel (None -> 8 * stride).
         scan_backend: selective-scan implementation (``foundation.ssm.SCAN_BACKENDS``): "auto" (mamba-ssm,
-            then Triton on CUDA, the chunked torch scan elsewhere) or a forced one; runtime only, the
-            weights do not depend on it.
+            then Triton on CUDA, the chunked torch scan elsewhere; ``$EEGFM_SCAN_BACKEND`` may force one) or a
+            forced one. A runtime choice (``RUNTIME_FIELDS``), not architecture: checkpoints store "auto" and
+            read back "auto", so a model trained with a forced Triton scan runs on a CPU; resume and finetuning
+            take this run's value without comparing it with the checkpoint's.
     """
 
     d_model: int = 128
@@ -113,6 +115,8 @@ class EEGMambaConfig:
     LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
         "gate_noise": "absolute", "task_embed": "legacy", "patch_norm": "patch", "channel_embed": "id",
     }
+    # How the model runs here, not what it computes: saved as (and read back as) these neutral values.
+    RUNTIME_FIELDS: ClassVar[dict[str, Any]] = {"scan_backend": "auto"}
 
     def __post_init__(self) -> None:
         positive = ("d_model", "n_layers", "n_experts", "top_k", "n_tasks", "d_state", "d_conv", "expand",

@@ -21,10 +21,11 @@ import torch
 
 __all__ = ["ResumeSettingsError", "IGNORED", "changed_settings", "check_resume_settings", "apply_overrides"]
 
-#: Settings that do not change what is computed (where to log, how often to save, when to stop).
+#: Settings that do not change what is computed (where to log, how often to save, when to stop, which kernel).
 IGNORED = frozenset({
     "train.out_dir", "train.stop_after", "train.progress", "train.log_every", "train.log_sample_keys",
     "train.keep_checkpoints", "train.save_every", "train.inject_nan_at", "train.resume_override", "data.demo_dir",
+    "model.scan_backend",  # which selective-scan kernel runs here (EEGMambaConfig.RUNTIME_FIELDS), not the maths
 })
 #: Optimiser group entries rebuilt from the new config when their key is overridden.
 GROUP_KEYS = {"optim.lr": "initial_lr", "optim.betas": "betas", "optim.weight_decay": "weight_decay"}

@@ -209,3 +209,43 @@ def test_shipped_multitask_config_parses():
     specs = cfg.task_specs()
     assert [t.recipe for t in specs] == ["seizure", "sleep", "emotion", "motor_imagery"]
     assert specs[3].classes == ("left_fist", "right_fist") and cfg.checkpoint is None
+
+
+def test_finetune_compares_only_the_model_keys_the_user_gave(tmp_path):
+    from finetune.train import backbone_overrides
+    from pretrain.configfile import load_toml
+
+    torch.manual_seed(0)
+    base = tmp_path / "base"  # a checkpoint whose d_model / layers / experts are not tiny's
+    EEGMamba(EEGMambaConfig.from_size("base", n_layers=1, moe_hidden=32)).save_pretrained(base)
+    ckpt = ["--checkpoint", str(base)]
+
+    def load(argv):
+        config, _ = parse_cli(FinetuneConfig, [*ckpt, *argv])
+        return load_backbone(str(base), model_overrides=backbone_overrides(config, str(base)))[0]
+
+    # one field set, equal to the checkpoint's: the tiny preset it was filled in from is not compared
+    assert load(["--model.n_tasks", "8"]).config.d_model == 128
+    # the scan kernel is this run's choice, applied and never compared (the checkpoint stores "auto")
+    torch_scan = load(["--model.scan_backend", "torch"])
+    assert torch_scan.config.scan_backend == "torch" and torch_scan.blocks[0].fwd.scan_backend == "torch"
+    shipped, _ = load_backbone("eegmamba-tiny-open", model_overrides=backbone_overrides(
+        parse_cli(FinetuneConfig, ["--checkpoint", "eegmamba-tiny-open", "--model.scan_backend", "torch"])[0], "eegmamba-tiny-open"))
+    assert shipped.config.scan_backend == "torch"
+    # what the user did set is still held to the checkpoint
+    with pytest.raises(CheckpointError, match="d_model=128 but the finetune config asks for model.d_model=64"):
+        load(["--model.d_model", "64"])
+    with pytest.raises(CheckpointError, match="but the finetune config asks for"):
+        load(["--model.size", "tiny"])  # a preset asks for every field
+    (tmp_path / "run.toml").write_text("[model]\nn_layers = 1\n")
+    from_file = load_toml(FinetuneConfig, tmp_path / "run.toml")
+    assert load_backbone(str(base), model_overrides=backbone_overrides(from_file, str(base)))[0].config.d_model == 128
+    from_python = FinetuneConfig(model={"n_tasks": 8})
+    assert backbone_overrides(from_python, str(base)) == {"n_tasks": 8}
+    # from scratch the whole config is the model (tiny + the fields given)
+    assert backbone_overrides(from_python, None)["d_model"] == 64
+    # a finetuned model stores "auto" whatever kernel trained it
+    model = TaskModel(torch_scan, {"seizure": {"n_classes": 2, "task_id": 1}})
+    model.save_pretrained(tmp_path / "ft")
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["backbone"]["scan_backend"] == "auto"
+    assert TaskModel.from_pretrained(tmp_path / "ft").backbone.config.scan_backend == "auto"
