@@ -16,6 +16,8 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
   cannot run code) plus ``train_state.json`` (step, data position, scheduler, the run's config), written
   last and atomically so a folder without it is an interrupted save (``--resume auto`` skips it, and one
   whose state file does not parse, with a warning).
+* :class:`SeenFlags`: the ``*_seen`` buffers (MoE task rows used) OR-ed over steps and ranks before a save,
+  which DDP's buffer broadcast would otherwise reduce to rank 0's.
 * :class:`Throughput`: samples/s and tokens/s over a logging window and over the run.
 * :func:`export`: the one function that writes the trained model a user loads.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
     "check_model", "latest_checkpoint", "load_checkpoint", "read_train_state", "log_scan_backend", "make_accelerator", "make_scheduler",
     "param_groups", "resolve_precision", "resolve_resume", "restore_scheduler", "save_checkpoint", "scheduler_state", "warmup_cosine",
+    "SeenFlags", "merge_flags",
 ]
 
 CHECKPOINT_PREFIX = "step_"
@@ -306,6 +309,62 @@ def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str
 def restore_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, state: Mapping[str, Any]) -> None:
     """Load what :func:`scheduler_state` saved (the LR function stays the one built from the config)."""
     scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.optimizer.param_groups)})
+
+
+# -- flags that record what training used ----------------------------------------------------------
+
+
+def _seen_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The boolean buffers named ``*_seen`` (``TaskMoE.task_seen``: the task rows training used)."""
+    return [(n, b) for n, b in model.named_buffers() if b.dtype == torch.bool and n.rsplit(".", 1)[-1].endswith("_seen")]
+
+
+def merge_flags(flags: Mapping[str, torch.Tensor], reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OR of every rank's boolean ``flags`` (same names and shapes on all ranks), in one ``reduce_sum`` call.
+
+    ``reduce_sum`` sums a float tensor over the ranks (``accelerator.reduce(t, "sum")``; the identity on one
+    process): a flag is true where it is true on any rank.
+    """
+    if not flags:
+        return {}
+    names = list(flags)
+    flat = torch.cat([flags[n].reshape(-1).float() for n in names])
+    total = reduce_sum(flat) > 0
+    merged, start = {}, 0
+    for n in names:
+        size = flags[n].numel()
+        merged[n] = total[start:start + size].reshape(flags[n].shape)
+        start += size
+    return merged
+
+
+class SeenFlags:
+    """Keeps the ``*_seen`` flags true for everything any rank trained on, until they are saved.
+
+    DDP's ``broadcast_buffers`` copies rank 0's buffers over every other rank's at each forward, so a task
+    seen only on rank 1 is lost at rank 1's next step, the export records rank 0's tasks only, and
+    finetuning's ``inherit_task_rows`` then overwrites a trained row. :meth:`collect` ORs this rank's flags
+    after each forward (no communication); :meth:`sync` (every rank, before a save or export) merges all
+    ranks' (:func:`merge_flags`) and writes the result into the buffers of every rank.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.flags = {n: b.detach().clone() for n, b in _seen_buffers(model)}
+
+    def collect(self, model: nn.Module) -> None:
+        for n, b in _seen_buffers(model):
+            self.flags[n] |= b.detach()
+
+    @torch.no_grad()
+    def sync(self, accelerator: Accelerator, model: nn.Module) -> None:
+        self.collect(model)
+        if accelerator.num_processes > 1:
+            merged = merge_flags(self.flags, lambda t: accelerator.reduce(t, reduction="sum"))
+        else:
+            merged = dict(self.flags)
+        for n, b in _seen_buffers(model):
+            b.copy_(merged[n])
+            self.flags[n] = merged[n].clone()
 
 
 # -- throughput and export ---------------------------------------------------------------------------

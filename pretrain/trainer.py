@@ -35,6 +35,7 @@ from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
 from pretrain.engine import (
     NonFiniteLossError,
+    SeenFlags,
     Throughput,
     check_finite,
     check_model,
@@ -162,6 +163,8 @@ class Trainer:
         path = resolve_resume(resume, self.out_dir) if resume else None
         if path is not None:
             self._resume(path, model, optimizer, scheduler, fresh_groups)
+        self.inner = acc.unwrap_model(model)
+        self.seen = SeenFlags(self.inner)  # after the resume: starts from the checkpoint's flags
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.hparams:  # after the resume check: it records the settings this run really uses
@@ -202,6 +205,7 @@ class Trainer:
             with acc.accumulate(model):
                 with acc.autocast():
                     out = model(self.last_batch)
+                self.seen.collect(self.inner)
                 if cfg.inject_nan_at is not None and self.step + 1 == cfg.inject_nan_at:
                     out["loss"] = out["loss"] * float("nan")
                 check_finite(acc, out, what=what, advice=advice)
@@ -225,7 +229,11 @@ class Trainer:
         self.accelerator.log(scalars, step=self.step)
 
     def _check_weights(self, model, writing: str) -> None:
-        """Stop before ``writing`` unless the weights and a forward pass on the last batch are finite."""
+        """Stop before ``writing`` unless the weights and a forward pass on the last batch are finite.
+
+        Every save and export comes through here (on every rank), so the ``*_seen`` flags are merged first.
+        """
+        self.seen.sync(self.accelerator, self.inner)
         advice = (f"Nothing was written: {writing}. Last good checkpoint: {latest_checkpoint(self.out_dir) or 'none'} "
                   f"({ADVICE})")
         check_model(self.accelerator, model, self.last_batch, what=f"after step {self.step}", advice=advice)

@@ -49,3 +49,53 @@ def test_latest_checkpoint_skips_a_state_file_that_does_not_parse(tmp_path):
     (second / STATE_FILE).write_text(json.dumps({"step": "two"}))
     with pytest.warns(RuntimeWarning, match="step_00000002"):
         assert latest_checkpoint(tmp_path) == first
+
+
+def test_task_flags_of_every_rank_survive_the_ddp_buffer_broadcast():
+    """Two ranks in threads with a fake sum all-reduce; DDP's broadcast_buffers is replayed by hand."""
+    import copy
+    import threading
+
+    from foundation.model import EEGMamba, EEGMambaConfig
+    from pretrain.engine import SeenFlags
+
+    torch.manual_seed(0)
+    rank0 = EEGMamba(EEGMambaConfig.from_size("tiny", d_model=16, n_layers=2, n_experts=2, top_k=1, moe_hidden=16)).train()
+    ranks = [rank0, copy.deepcopy(rank0)]
+    seen = [SeenFlags(m) for m in ranks]
+    tasks = [[0, 0, 0], [3, 2, 2]]  # rank 1 alone trains tasks 2 and 3; task 3 only at its first step
+    x, ids = torch.randn(2, 2, 200), torch.tensor([[1, 2], [3, 4]])
+    for step in range(3):
+        for r, model in enumerate(ranks):
+            for name, buf in model.named_buffers():  # DDP: rank 0's buffers overwrite the others' at each forward
+                buf.copy_(dict(rank0.named_buffers())[name])
+            model(x, ids, task_ids=torch.full((2,), tasks[r][step]))
+            seen[r].collect(model)
+    rows = lambda m: [moe.task_seen.nonzero().flatten().tolist() for moe in m.moes]  # noqa: E731
+    assert rows(ranks[0]) == [[0], [0]] and rows(ranks[1]) == [[0, 2], [0, 2]]  # task 3 already lost
+
+    slots, barrier = [None, None], threading.Barrier(2)
+
+    class Rank:  # what SeenFlags.sync uses of an Accelerator
+        num_processes = 2
+
+        def __init__(self, index):
+            self.index = index
+
+        def reduce(self, tensor, reduction):
+            assert reduction == "sum"
+            slots[self.index] = tensor.clone()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+
+    threads = [threading.Thread(target=seen[r].sync, args=(Rank(r), ranks[r])) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert rows(ranks[0]) == rows(ranks[1]) == [[0, 2, 3], [0, 2, 3]]
+    trained = ranks[0].moes[0].task_embed.weight[3].clone()
+    assert ranks[0].inherit_task_rows([1, 3]) == {0: [1], 1: [1]}  # row 3 was trained: kept
+    assert torch.equal(ranks[0].moes[0].task_embed.weight[3], trained)
