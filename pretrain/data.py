@@ -29,10 +29,13 @@ Batch layout (``shards.dataset.collate`` over cropped windows)::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
+import os
 import random
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shards.dataset import collate, expand_urls
 from shards.manifest import shard_digests
-from shards.shardfile import DamagedShardError, read_shard
+from shards.shardfile import DamagedShardError
 from shards.sample import SFREQ, decode_sample  # noqa: F401 - SFREQ re-exported for older imports
 
 
@@ -104,6 +107,65 @@ def check_shard_counts(corpora: Sequence[Corpus], world_size: int, num_workers: 
             )
 
 
+#: A local shard's samples: ``[(key, [(field, byte offset, size), ...]), ...]`` in file order.
+ShardIndex = list[tuple[str, list[tuple[str, int, int]]]]
+_CHUNK = 1 << 20
+
+
+def check_local_shard(url: str, sha256: str | None = None, samples: int | None = None) -> ShardIndex:
+    """Check a local shard on disk, never holding more than a chunk of it, and return where its samples lie.
+
+    The checks of ``shards.shardfile.read_shard`` in streaming passes: the file's sha256 against the
+    manifest's (``hashlib.file_digest`` over chunks), the tar structure (member headers only; tarfile seeks
+    over the data), only zeros after the archive's end (tarfile stops quietly at a damaged member header,
+    which would hand out the first part of the shard as all of it), and the manifest's sample count. A
+    64-channel, 2000-window shard of 30-s windows is ~1.5 GB: read whole, every worker of every corpus
+    would hold one.
+
+    Raises:
+        DamagedShardError: naming the shard and what is wrong with it.
+    """
+    if sha256 is not None:
+        with open(url, "rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+        if actual != sha256:
+            raise DamagedShardError(url, f"sha256 {actual} differs from the manifest's {sha256}: the shard is "
+                                         "damaged (rebuild it: delete it and its build-state entry, or the folder)")
+    index: ShardIndex = []
+    try:
+        with tarfile.open(url, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, field = member.name.partition(".")
+                if not index or index[-1][0] != key:
+                    index.append((key, []))
+                index[-1][1].append((field, member.offset_data, member.size))
+            end = tar.offset
+    except (tarfile.TarError, EOFError, ValueError, OSError) as e:
+        raise DamagedShardError(url, f"unreadable tar ({type(e).__name__}: {e})") from None
+    with open(url, "rb") as f:
+        f.seek(end)
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            if block.count(0) != len(block):
+                raise DamagedShardError(url, f"the tar ends at byte {end} of {os.path.getsize(url)}: a damaged member header")
+    if samples is not None and len(index) != samples:
+        raise DamagedShardError(url, f"{len(index)} samples, the manifest says {samples}")
+    return index
+
+
+def read_indexed_samples(url: str, index: ShardIndex) -> Iterator[dict]:
+    """The samples of a checked shard (:func:`check_local_shard`), read from disk one at a time:
+    ``{"__key__", "__url__", "<field>": bytes, ...}`` as webdataset's tar reader yields them."""
+    with open(url, "rb") as f:
+        for key, fields in index:
+            sample = {"__key__": key, "__url__": url}
+            for field, offset, size in fields:
+                f.seek(offset)
+                sample[field] = f.read(size)
+            yield sample
+
+
 class ShardStream(IterableDataset):
     """Infinite, seeded stream of cropped, collated batches for one data epoch at a time.
 
@@ -158,9 +220,11 @@ class ShardStream(IterableDataset):
     def _corpus_samples(self, urls: list[str], rng: random.Random) -> Iterator[dict]:
         """Raw samples from this worker's shards, forever, in a fresh shard order per pass.
 
-        A local shard is checked whole before any of its samples is used (``shards.shardfile.read_shard``:
-        its manifest's sha256 and sample count, its tar structure); a damaged one is skipped from then on
-        with one warning naming it. Remote / ``pipe:`` shards stream through WebDataset unchecked.
+        A local shard is checked whole before any of its samples is used (:func:`check_local_shard`: its
+        manifest's sha256 and sample count, its tar structure, all in streaming passes over the file) and
+        then read from disk one sample at a time, so a worker holds one sample, not the shard; a damaged
+        shard is skipped from then on with one warning naming it. Remote / ``pipe:`` shards stream through
+        WebDataset unchecked.
         """
         while True:
             order = [u for u in urls if u not in self.damaged]
@@ -172,14 +236,14 @@ class ShardStream(IterableDataset):
                     yield from wds.tarfile_samples([{"url": url}])
                     continue
                 try:
-                    samples = read_shard(url, **self.digests.get(url, {}))
+                    index = check_local_shard(url, **self.digests.get(url, {}))
                 except DamagedShardError as e:
                     self.damaged[url] = e.reason
                     lost = sum(self.digests.get(u, {}).get("samples", 0) for u in self.damaged)
                     log.warning("skipping damaged shard %s (%d shard(s), %d sample(s) per the manifests skipped "
                                 "by this reader so far): %s", url, len(self.damaged), lost, e.reason)
                     continue
-                yield from samples
+                yield from read_indexed_samples(url, index)
 
     def _mixed(self, rng: random.Random) -> Iterator[dict]:
         streams = [self._corpus_samples(self._my_urls(c), rng) for c in self.corpora]

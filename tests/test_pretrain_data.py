@@ -153,3 +153,65 @@ def test_wrong_sampling_rate_is_an_error(demo_spec):
     stream = ShardStream(corpora, batch_size=2, crop_samples=500, sfreq=250.0, epoch_batches=1, shuffle_buffer=2)
     with pytest.raises(DataError, match="'sfreq' is 200.0, but the model expects 250.0"):
         next(iter(stream))
+
+
+# -- local shards are checked and read from disk without loading them whole ----------------------------------
+
+
+def test_shards_are_hashed_and_read_in_streaming_passes_and_damage_is_still_caught(demo_spec, tmp_path, caplog):
+    import hashlib
+    import io
+    import json
+    import logging
+    import shutil
+    import tarfile
+    import tracemalloc
+    from pathlib import Path
+
+    from pretrain.data import check_local_shard, read_indexed_samples
+    from shards.shardfile import DamagedShardError, read_shard
+
+    folder = Path(expand_urls(demo_spec)[0]).parent
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["shards"][0]
+    url = str(copy / entry["name"])
+    # an intact shard: the same samples, bytes for bytes, as the whole-file reader
+    index = check_local_shard(url, entry["sha256"], entry["samples"])
+    assert list(read_indexed_samples(url, index)) == read_shard(url, entry["sha256"], entry["samples"])
+    # flipped bytes inside a sample: the tar still parses, only the hash tells
+    with tarfile.open(url) as tar:
+        member = next(m for m in tar if m.name.endswith(".eeg.npy"))
+    data = bytearray(Path(url).read_bytes())
+    data[member.offset_data + 200: member.offset_data + 264] = bytes(64)
+    Path(url).write_bytes(bytes(data))
+    assert len(check_local_shard(url)) == entry["samples"]
+    with pytest.raises(DamagedShardError, match=f"{entry['name']}: sha256 .* differs from the manifest's"):
+        check_local_shard(url, entry["sha256"], entry["samples"])
+    with pytest.raises(DamagedShardError, match="samples, the manifest says"):
+        check_local_shard(str(copy / manifest["shards"][1]["name"]), samples=entry["samples"] + 999)
+    urls = tuple(sorted(str(p) for p in copy.glob("*.tar")))
+    stream = ShardStream([Corpus("demo", urls)], batch_size=4, crop_samples=400, sfreq=SFREQ, epoch_batches=40,
+                         shuffle_buffer=8, seed=0)
+    with caplog.at_level(logging.WARNING, logger="pretrain.data"):
+        used = {m["__url__"] for batch in stream for m in batch["meta"]}
+    assert url not in used and list(stream.damaged) == [url]
+    assert [r.getMessage().count(entry["name"]) for r in caplog.records] == [1]
+
+    # memory: a 16 MB shard is checked and streamed holding about one sample, never the file
+    big = tmp_path / "big.tar"
+    payload = np.random.default_rng(0).bytes(80_000)
+    with tarfile.open(big, "w") as tar:
+        for i in range(200):
+            info = tarfile.TarInfo(f"s{i:04d}.eeg.npy")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in read_indexed_samples(str(big), check_local_shard(str(big), digest, 200)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == 200 and peak < 2_000_000 < big.stat().st_size
