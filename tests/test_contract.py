@@ -168,3 +168,37 @@ def test_pretraining_export_writes_the_contract(synth_shards, tmp_path):
     c = read_contract(result.export_dir)
     assert (c.objective, c.steps, c.window_s, c.sfreq) == ("masked_stft", 2, 2.0, 200.0)
     assert c.channels == tuple(sorted(SYNTH_CHANNELS)) and c.data_hours > 0 and c.corpora[0]["name"] == "synth"
+
+
+def _linked_corpus(src: Path, dest: Path, **build_config) -> dict:
+    """``dest``: links to ``src``'s shards and a copy of its manifest with ``build.config`` changed."""
+    dest.mkdir(parents=True)
+    for tar in src.glob("*.tar"):
+        (dest / tar.name).symlink_to(tar)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["build"]["config"].update(build_config)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_run_contract_records_filters_only_where_corpora_agree_and_reads_every_folder(synth_shards, tmp_path):
+    europe = _linked_corpus(synth_shards, tmp_path / "europe" / "synth", notch=50.0)
+    _linked_corpus(synth_shards, tmp_path / "america" / "synth", notch=60.0)
+    train_hours = sum(s["hours"] for s in europe["shards"] if s["split"] == "train")
+    corpora = resolve_corpora([("eu", str(tmp_path / "europe" / "synth" / "train-*.tar"), 1.0),
+                               ("us", str(tmp_path / "america" / "synth" / "train-*.tar"), 1.0)])
+    c = run_contract(corpora, objective="masked_stft", steps=1, crop_s=4.0)
+    assert c.notch is None and (c.l_freq, c.h_freq, c.sfreq) == (0.1, 75.0, 200.0)  # the band agrees, the notch not
+    assert [e["preprocess"]["notch"] for e in c.corpora] == [50.0, 60.0]
+    assert c.data_hours == pytest.approx(2 * train_hours, abs=1e-3)
+    same = run_contract(corpora[:1], objective="masked_stft", steps=1, crop_s=4.0)
+    assert same.notch == 50.0
+    # one corpus whose glob spans two folders: both manifests count (hours, channels, filters)
+    other = _linked_corpus(synth_shards, tmp_path / "more" / "synth", notch=60.0)
+    other["channel_sets"].append({"channels": ["OZ"], "recordings": 0})
+    (tmp_path / "more" / "synth" / "manifest.json").write_text(json.dumps(other))
+    both = resolve_corpora([("mix", str(tmp_path / "{europe,more}" / "synth" / "train-*.tar"), 1.0)])
+    assert {Path(u).parent.parent.name for u in both[0].urls} == {"europe", "more"}
+    c = run_contract(both, objective="masked_stft", steps=1, crop_s=4.0)
+    assert c.data_hours == pytest.approx(2 * train_hours, abs=1e-3) and "OZ" in c.channels
+    assert c.notch is None and c.corpora[0]["preprocess"]["notch"] is None and c.corpora[0]["preprocess"]["l_freq"] == 0.1
