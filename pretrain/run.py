@@ -40,7 +40,7 @@ from pretrain.data import Corpus, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
-from shards.sample import PATCH_SAMPLES, SFREQ
+from shards.sample import SFREQ
 
 PROG = "pretrain/run.py"
 MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
@@ -81,8 +81,8 @@ def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: lis
 
 
 def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: list[Corpus]) -> Objective:
-    """The configured objective around a fresh backbone sized for the crop length."""
-    patch_size = PATCH_SAMPLES
+    """The configured objective around a fresh backbone sized for the crop length (in its own patches)."""
+    patch_size = config.model.patch_size
     crop_patches = crop_length(config.data.crop_s, SFREQ, patch_size) // patch_size
     backbone = EEGMamba(replace(config.model, max_patches=max(config.model.max_patches, crop_patches)))
     obj = config.objective

@@ -32,7 +32,7 @@ from pretrain.data import crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
-from shards.sample import PATCH_SAMPLES, SFREQ
+from shards.sample import SFREQ
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
 PROG = "tokenizer/run.py"  # what users launch (it re-executes this module)
@@ -66,7 +66,7 @@ def train_tokenizer(config: TokenizerRunConfig, resume: str | None = None, accel
     if corpora is None:
         corpora = corpora_or_demo(config.data, config.train.out_dir, acc, seed=config.train.seed,
                                   progress=config.train.progress)
-    patch_size = PATCH_SAMPLES
+    patch_size = config.model.patch_size
     crop = crop_length(config.data.crop_s, SFREQ, patch_size)
     tokenizer = build_tokenizer(config.model, crop // patch_size)
     objective = TokenizerObjective(tokenizer)

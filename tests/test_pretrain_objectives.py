@@ -172,3 +172,20 @@ def test_each_objective_learns_on_real_recordings(real_spec, name):
     losses = _fit(obj, batches, 24)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.85 * first, (name, losses)
+
+
+def test_backbone_is_sized_in_its_own_patches():
+    from accelerate import Accelerator
+
+    from foundation.model import EEGMambaConfig
+    from pretrain.config import PretrainConfig
+    from pretrain.run import build_objective
+
+    # 40.5 s at 200 Hz = 81 patches of 100 samples (and no whole number of the default 200-sample patches)
+    config = PretrainConfig(data=DataConfig(crop_s=40.5), model=EEGMambaConfig.from_size("tiny", patch_size=100))
+    objective = build_objective(config, Accelerator(cpu=True), [])
+    assert objective.backbone.config.patch_size == 100 and objective.backbone.config.max_patches == 81
+    torch.manual_seed(0)
+    batch = {"x": torch.randn(1, 2, 8100), "channel_ids": torch.tensor([[1, 2]]),
+             "channel_mask": torch.ones(1, 2, dtype=torch.bool)}
+    assert torch.isfinite(objective(batch)["loss"])

@@ -104,3 +104,12 @@ def test_pretrain_with_tokenizer_auto_trains_one_first(demo_spec, tmp_path):
     # the two fits shared one accelerator: the backbone's checkpoint holds one model, not two
     ckpt = result.checkpoint
     assert [p.name for p in ckpt.glob("model*.safetensors")] == ["model.safetensors"]
+
+
+def test_crop_counts_the_configured_patch_size(demo_spec, tmp_path):
+    # 1.5-s crops are 3 patches of 100 samples (not a whole number of the default 200-sample patches)
+    args = _args(demo_spec, tmp_path / "run", steps=1) + ["--data.crop_s", "1.5", "--model.patch_size", "100",
+                                                          "--model.max_patches", "2"]
+    assert main(args) == 0
+    tok = VQNSP.from_pretrained(tmp_path / "run" / "model")
+    assert tok.config.patch_size == 100 and tok.config.max_patches == 3
