@@ -114,7 +114,8 @@ def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None)
     local = _local_path_reason(text)
     if local and not path.exists():
         raise FileNotFoundError(
-            f"checkpoint {text!r}: no such local folder {path.resolve()} ({local}, so it was not looked up on the Hub); "
+            f"checkpoint {text!r} does not exist: no such local folder {path.resolve()} ({local}, so it was not looked "
+            f"up on the Hub); "
             f"expected {CONFIG_NAME} + {WEIGHTS_NAME} written by save_pretrained"
         )
     repo_id, _, at_rev = text.partition("@")
