@@ -10,6 +10,10 @@
     optimizer.safetensors    every per-parameter state tensor, key ``{param index}.{name}``
     optimizer.json           the param groups (hyper-parameters and parameter indices)
     rng_{rank}.safetensors   torch CPU/CUDA generator states; Python's and NumPy's in its metadata
+    buffers_{rank}.safetensors  this rank's training-only buffers, which ``model.safetensors`` (like an export)
+                             leaves out: those a module names in ``TRAINING_BUFFERS`` (the tokenizer codebook's
+                             dead-code statistics and vector pool), so a resumed run continues exactly; absent
+                             when the model has none (and in checkpoints written before it existed)
 
 (The caller adds ``train_state.json``: step, data position, scheduler, the run's config.)
 """
@@ -27,7 +31,7 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 
-__all__ = ["CheckpointStateError", "save_training_state", "load_training_state", "read_json", "FILES"]
+__all__ = ["CheckpointStateError", "save_training_state", "load_training_state", "read_json", "training_buffers", "FILES"]
 
 MODEL_FILE = "model.safetensors"
 OPTIM_TENSORS = "optimizer.safetensors"
@@ -57,6 +61,10 @@ def save_training_state(accelerator: Accelerator, model: torch.nn.Module, optimi
         (folder / OPTIM_GROUPS).write_text(json.dumps(state["param_groups"]))
     accelerator.wait_for_everyone()
     _save_rng(folder / _rng_file(accelerator.process_index))
+    buffers = training_buffers(accelerator.unwrap_model(model))
+    if buffers:
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in buffers.items()},
+                                    str(folder / _buffers_file(accelerator.process_index)))
 
 
 def load_training_state(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -77,6 +85,35 @@ def load_training_state(accelerator: Accelerator, model: torch.nn.Module, optimi
                                    f"unexpected {sorted(unexpected)[:3]})")
     optimizer.load_state_dict(_read_optimizer(folder, optimizer))
     _load_rng(_checked(folder / _rng_file(accelerator.process_index)))
+    _load_buffers(folder / _buffers_file(accelerator.process_index), training_buffers(accelerator.unwrap_model(model)))
+
+
+def training_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers each module lists in its ``TRAINING_BUFFERS``, by full name (training bookkeeping that is
+    not part of the model a user loads, e.g. ``tokenizer.codebook.EMACodebook``'s usage statistics)."""
+    found = {}
+    for prefix, module in model.named_modules():
+        for name in getattr(module, "TRAINING_BUFFERS", ()):
+            found[f"{prefix}.{name}" if prefix else name] = getattr(module, name)
+    return found
+
+
+def _buffers_file(rank: int) -> str:
+    return f"buffers_{rank}.safetensors"
+
+
+@torch.no_grad()
+def _load_buffers(path: Path, buffers: dict[str, torch.Tensor]) -> None:
+    """Restore :func:`training_buffers` from ``path``; a checkpoint without the file keeps them as they are."""
+    if not path.is_file():
+        return
+    tensors, _ = _read_tensors(path)
+    wrong = sorted(set(tensors) ^ set(buffers)) + sorted(
+        k for k in set(tensors) & set(buffers) if tensors[k].shape != buffers[k].shape or tensors[k].dtype != buffers[k].dtype)
+    if wrong:
+        raise CheckpointStateError(f"{path}: training buffers do not match the model ({wrong[:3]})")
+    for name, value in tensors.items():
+        buffers[name].copy_(value)
 
 
 def _checked(path: Path) -> Path:

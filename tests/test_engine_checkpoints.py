@@ -99,3 +99,38 @@ def test_task_flags_of_every_rank_survive_the_ddp_buffer_broadcast():
     trained = ranks[0].moes[0].task_embed.weight[3].clone()
     assert ranks[0].inherit_task_rows([1, 3]) == {0: [1], 1: [1]}  # row 3 was trained: kept
     assert torch.equal(ranks[0].moes[0].task_embed.weight[3], trained)
+
+
+def test_a_resumed_codebook_restarts_dead_codes_as_an_uninterrupted_one(tmp_path):
+    import torch.nn.functional as F
+
+    from pretrain.resume_state import load_training_state, save_training_state
+    from tokenizer.codebook import EMACodebook
+
+    acc = Accelerator(cpu=True)
+    g = torch.Generator().manual_seed(1)
+    centres = F.normalize(torch.randn(3, 8, generator=g), dim=-1)  # 3 clusters: most of 32 codes die and restart
+    data = [centres[torch.randint(3, (48,), generator=g)] + 0.1 * torch.randn(48, 8, generator=g) for _ in range(40)]
+
+    def fresh():
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.codebook = EMACodebook(32, 8, kmeans_init=False, dead_code_threshold=0.5, pool_size=64)
+        model.head = nn.Linear(1, 1)
+        return model.train(), torch.optim.SGD(model.head.parameters(), lr=0.1)
+
+    whole, _ = fresh()
+    restarts = sum(whole.codebook(z).n_restarted for z in data)
+    first, optimizer = fresh()
+    for z in data[:20]:
+        first.codebook(z)
+    save_training_state(acc, first, optimizer, tmp_path)
+    assert (tmp_path / "buffers_0.safetensors").is_file()
+    resumed, optimizer = fresh()
+    load_training_state(acc, resumed, optimizer, tmp_path)
+    later = sum(resumed.codebook(z).n_restarted for z in data[20:])
+    assert restarts > later > 0
+    for name in ("embed", "cluster_size", "recent_usage", "last_used", "pool"):
+        assert torch.equal(getattr(resumed.codebook, name), getattr(whole.codebook, name)), name
+    # the exported weights still hold none of it: an export loads strictly, as before
+    assert not {"recent_usage", "pool", "steps"} & {k.split(".")[-1] for k in whole.state_dict()}

@@ -140,11 +140,18 @@ class EMACodebook(nn.Module):
         dead_code_threshold: relative EMA usage under which a code counts as dead (0 disables restarts).
         commitment_weight: weight of the commitment loss (LaBraM's beta = 1).
         pool_size: recent (normalised, real) encoder outputs kept for restarts and the k-means
-            (default ``max(2 * num_codes, kmeans_init_samples)``); not saved in checkpoints.
+            (default ``max(2 * num_codes, kmeans_init_samples)``); not in the model's weights file.
         dead_decay: decay of the usage EMA that decides which codes are dead (None = legacy: the
             codebook's own ``decay``).
         usage_window: training steps over which ``used_fraction`` counts a code as used.
+
+    ``TRAINING_BUFFERS`` (the vector pool, the fast usage EMA, each code's last use, the step count) are
+    training bookkeeping: non-persistent, so ``model.safetensors`` of an export loads strictly whatever
+    version wrote it, and kept by the training checkpoints instead (``pretrain.resume_state``), so a
+    resumed tokenizer run detects and restarts dead codes exactly as an uninterrupted one.
     """
+
+    TRAINING_BUFFERS = ("pool", "pool_count", "pool_ptr", "recent_usage", "recent_total", "last_used", "steps")
 
     def __init__(
         self,
@@ -197,7 +204,8 @@ class EMACodebook(nn.Module):
         self.register_buffer("pool", torch.zeros(self.pool_size, dim), persistent=False)
         self.register_buffer("pool_count", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("pool_ptr", torch.zeros((), dtype=torch.long), persistent=False)
-        # Training-time bookkeeping, rebuilt after a resume (not saved: checkpoints stay loadable both ways).
+        # Training-time bookkeeping (TRAINING_BUFFERS): not in model.safetensors, so exports and the shipped
+        # tokenizer load strictly either way; the trainer's resume state keeps them (pretrain.resume_state).
         # recent_usage / recent_total: the fast usage EMA of dead-code detection (-1 = not started yet).
         self.register_buffer("recent_usage", torch.zeros(num_codes), persistent=False)
         self.register_buffer("recent_total", torch.full((), -1.0), persistent=False)
@@ -263,7 +271,7 @@ class EMACodebook(nn.Module):
         self.last_used[counts > 0] = self.steps.to(self.last_used.dtype)
         if self.dead_decay is None:
             return
-        if self.recent_total < 0:  # first step after k-means or a resume: start from the slow EMA
+        if self.recent_total < 0:  # first step after k-means (or a resume without them): start from the slow EMA
             self.recent_usage.copy_(self.cluster_size)
             self.recent_total.copy_(self.vectors_per_step)
         self.recent_usage.mul_(self.dead_decay).add_(counts, alpha=1 - self.dead_decay)
