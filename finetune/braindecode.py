@@ -11,8 +11,10 @@ MOABB pipelines can finetune it like any braindecode model::
 
 Input ``x [batch, n_chans, n_times]`` is in the user's units (``input_units``: "V" as MNE and braindecode
 hold data, "mV", "uV" or our "100uV") at the user's rate ``sfreq``; the module converts it to the
-checkpoint's input contract (units scaled; Fourier resampling to the contract's rate; the window cut to
-whole 1-s patches) and says so once, at construction. Channel names come from ``chs_info`` (``ch_name``)
+checkpoint's input contract (units scaled; each window's per-channel mean removed, as the shard builder
+removes each recording's; Fourier resampling to the contract's rate; the window cut to whole 1-s patches)
+and says so once, at construction. It does not filter: the notice names the band the checkpoint was
+pretrained on, and the input should be band-passed (and notched) to it first, e.g. ``raw.filter(0.1, 75)``. Channel names come from ``chs_info`` (``ch_name``)
 and are mapped through ``shards.vocabulary``; names the vocabulary does not know (EOG, triggers...) are
 left out with the notice, and a montage with no channel the checkpoint was pretrained on is a
 ``ContractError``. The MoE auxiliary loss is not added (skorch's criterion sees only the logits).
@@ -114,6 +116,15 @@ def fourier_resample(x: torch.Tensor, n_out: int) -> torch.Tensor:
     return torch.fft.irfft(out, n=n_out, dim=-1) * (n_out / n)
 
 
+def _band(contract) -> str:
+    """The training data's filters as the contract records them ("0.1-75 Hz, notch 60 Hz"), or ""."""
+    if contract is None or (contract.l_freq is None and contract.h_freq is None):
+        return ""
+    low = "0" if contract.l_freq is None else f"{contract.l_freq:g}"
+    high = "Nyquist" if contract.h_freq is None else f"{contract.h_freq:g}"
+    return f"{low}-{high} Hz" + (f", notch {contract.notch:g} Hz" if contract.notch else "")
+
+
 class EEGMambaClassifier(EEGModuleMixin, nn.Module):
     """A pretrained EEGMamba + linear head: ``x [batch, n_chans, n_times] -> logits [batch, n_outputs]``.
 
@@ -160,6 +171,8 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         self.task_id = int(task_id)
         self.head = ClassificationHead(self.backbone.config.d_model, self.n_outputs, pool, dropout)
         parts = [f"{input_units} -> 100uV"] if input_units != "100uV" else []
+        parts.append("each window's channel means removed; no filtering applied"
+                     + (f" (pretrained on {_band(contract)} data: filter the input to match)" if _band(contract) else ""))
         if self.sfreq != target:
             parts.append(f"resampled {self.sfreq:g} Hz -> {target:g} Hz")
         if self.n_used != self.n_resampled:
@@ -177,6 +190,9 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         if x.dim() != 3 or x.shape[1] != self.n_chans:
             raise ValueError(f"EEGMambaClassifier: expected x [batch, {self.n_chans}, n_times], got {tuple(x.shape)}")
         x = x.index_select(1, self.keep).float() * self.scale
+        # shards.preprocess removes each channel's mean; an electrode's DC offset (tens of mV in volts data)
+        # would otherwise put the input thousands of units away from anything the backbone was trained on
+        x = x - x.mean(dim=-1, keepdim=True)
         x = fourier_resample(x, self.n_resampled)[..., : self.n_used]
         b = x.shape[0]
         ids = self.channel_ids.unsqueeze(0).expand(b, -1)

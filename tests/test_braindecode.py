@@ -27,13 +27,23 @@ def test_units_rate_and_channels_follow_the_contract(capsys):
     kw = dict(n_chans=3, n_outputs=2, n_times=640, sfreq=160.0, checkpoint="eegmamba-tiny-open")
     volts = EEGMambaClassifier(chs_info=_chs(["C3..", "Cz..", "EOG"]), input_units="V", **kw).eval()
     assert capsys.readouterr().err.strip().splitlines() == [
-        "eegfm contract: EEGMambaClassifier: V -> 100uV; resampled 160 Hz -> 200 Hz; "
+        "eegfm contract: EEGMambaClassifier: V -> 100uV; each window's channel means removed; no filtering applied "
+        "(pretrained on 0.1-75 Hz, notch 60 Hz data: filter the input to match); resampled 160 Hz -> 200 Hz; "
         "left out 1 channel(s) not in the vocabulary: EOG"]
     micro = EEGMambaClassifier(chs_info=_chs(["C3..", "Cz..", "EOG"]), input_units="uV", **kw).eval()
     micro.load_state_dict(volts.state_dict())
     x = torch.randn(4, 3, 640) * 2e-5  # 20 µV
     assert volts(x).shape == (4, 2)
     torch.testing.assert_close(volts(x), micro(x * 1e6), rtol=1e-4, atol=1e-5)
+    # an electrode offset (tens of mV, in volts) is removed per window and channel, as shards.preprocess does
+    offset = torch.tensor([0.05, -0.03, 0.02]).view(1, 3, 1)
+    seen = []
+    hook = volts.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    torch.testing.assert_close(volts(x + offset), volts(x), rtol=1e-4, atol=1e-5)
+    hook.remove()
+    # what the backbone reads: the 20-µV signal in µV / 100 around zero, not 500 units of offset
+    torch.testing.assert_close(seen[0], seen[1], rtol=1e-4, atol=1e-4)
+    assert seen[0].mean(-1).abs().max() < 1e-3 and seen[0].abs().max() < 2.0
     with pytest.raises(ContractError, match="none of the channel names"):
         EEGMambaClassifier(chs_info=_chs(["E1", "E2", "E3"]), **kw)
     with pytest.raises(ContractError, match="input_units"):
