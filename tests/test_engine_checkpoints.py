@@ -134,3 +134,16 @@ def test_a_resumed_codebook_restarts_dead_codes_as_an_uninterrupted_one(tmp_path
         assert torch.equal(getattr(resumed.codebook, name), getattr(whole.codebook, name)), name
     # the exported weights still hold none of it: an export loads strictly, as before
     assert not {"recent_usage", "pool", "steps"} & {k.split(".")[-1] for k in whole.state_dict()}
+
+
+def test_extending_or_moving_a_run_needs_the_override_the_readme_names(tmp_path):
+    from pretrain.resume_settings import ResumeSettingsError, check_resume_settings
+
+    saved = {"train": {"max_steps": 100, "stop_after": 50}, "data": {"shards": "/a/*.tar"}}
+    longer = {"train": {"max_steps": 200, "stop_after": None}, "data": {"shards": "/b/*.tar"}}
+    with pytest.raises(ResumeSettingsError, match="--train.resume_override data.shards,train.max_steps"):
+        check_resume_settings(saved, longer, "", tmp_path)
+    applied = check_resume_settings(saved, longer, "train.max_steps,data.shards", tmp_path)
+    assert applied == {"data.shards": ("/a/*.tar", "/b/*.tar"), "train.max_steps": (100, 200)}
+    paused = {"train": {"max_steps": 100, "stop_after": None}, "data": {"shards": "/a/*.tar"}}
+    assert check_resume_settings(saved, paused, "", tmp_path) == {}  # stop_after is not a training setting
