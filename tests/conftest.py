@@ -85,3 +85,25 @@ def eegmat_shards(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("eegmat_shards")
     manifest = build("eegmat", root, out, progress=False)
     return out / "eegmat", manifest
+
+
+@pytest.fixture(scope="session")
+def annex():
+    """``annex(path, dataset)``: see :func:`annex_file`."""
+    return annex_file
+
+
+def annex_file(path: Path, dataset: Path) -> Path:
+    """Turn ``path`` into a git-annex link as DataLad / OpenNeuro datasets hold every data file: the content moves to
+    ``{dataset}/.git/annex/objects/Xx/Yy/KEY/KEY`` (KEY = ``SHA256E-s{size}--{sha256}{ext}``, one folder per file)
+    and ``path`` becomes a relative symlink to it. Returns the object's path."""
+    import hashlib
+
+    data = path.read_bytes()
+    key = f"SHA256E-s{len(data)}--{hashlib.sha256(data).hexdigest()}{''.join(path.suffixes)}"
+    digest = hashlib.md5(key.encode()).hexdigest()
+    obj = dataset / ".git" / "annex" / "objects" / digest[:3] / digest[3:6] / key / key
+    obj.parent.mkdir(parents=True)
+    path.rename(obj)
+    path.symlink_to(os.path.relpath(obj, path.parent))
+    return obj

@@ -95,3 +95,32 @@ def test_task_recognition_from_event_names():
     assert task_of(["left", "right", "left"]) == "motor_imagery"
     assert task_of(["rest", "rest"]) is None  # a resting-state marker alone is no recipe
     assert task_of(["stimulus/S 1", "response"]) is None
+
+
+# --------------------------------------------------------------------------- DataLad / OpenNeuro datasets
+REST_RUN = "motor_imagery/eegmmidb/S001/S001R03.edf"
+
+
+@pytest.fixture(scope="module")
+def annexed_60hz(shared_data, tmp_path_factory, annex) -> Path:
+    """One EEGMMIDB run (recorded in the USA) as an OpenNeuro-style BIDS dataset: ``PowerLineFrequency`` 60 in its
+    ``_eeg.json`` and the EDF a git-annex link (``sub-01/eeg/sub-01_task-rest_eeg.edf -> ../../.git/annex/objects/
+    .../SHA256E-s...--....edf``), as ``datalad get`` leaves every data file."""
+    root = tmp_path_factory.mktemp("annexed")
+    raw = mne.io.read_raw_edf(shared_data / REST_RUN, verbose="error")
+    raw.info["line_freq"] = 60
+    mne_bids.write_raw_bids(raw, mne_bids.BIDSPath(subject="01", task="rest", datatype="eeg", root=root),
+                            overwrite=True, verbose="error")
+    annex(root / "sub-01/eeg/sub-01_task-rest_eeg.edf", root)
+    return root
+
+
+def test_annexed_recording_is_read_through_its_link(annexed_60hz, shared_data):
+    """Resolving the link gives mne-bids a file named SHA256E-s..--...edf ("segment with multiple hyphens")."""
+    adapter = get_corpus("bids")
+    (rec,) = adapter.find(annexed_60hz)
+    assert rec.path == annexed_60hz / "sub-01/eeg/sub-01_task-rest_eeg.edf" and rec.path.is_symlink()
+    loaded = adapter.load(rec)
+    want = mne.io.read_raw_edf(shared_data / REST_RUN, preload=True, verbose="error")
+    assert loaded.raw.ch_names == want.ch_names and loaded.raw.info["sfreq"] == 160.0
+    np.testing.assert_array_equal(loaded.raw.get_data(), want.get_data())

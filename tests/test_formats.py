@@ -280,6 +280,21 @@ def test_symlink_loops_and_dangling_links_are_listed_as_skipped(shared_data, tmp
     assert manifest["totals"]["recordings"] == 1 and manifest["totals"]["samples"] > 0
 
 
+def test_annexed_brainvision_reads_the_sidecars_next_to_its_link(eegmmidb_10s, tmp_path, annex):
+    """A DataLad dataset links each file to its own annex object: the .vhdr's sidecars sit next to the link only."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    mne.export.export_raw(root / "run.vhdr", eegmmidb_10s, fmt="brainvision", verbose="error")
+    objects = [annex(root / name, root) for name in ("run.vhdr", "run.vmrk", "run.eeg")]
+    assert len({o.parent for o in objects}) == 3
+    adapter = get_corpus("recordings")
+    (rec,) = adapter.find(root)
+    assert rec.source == "run.vhdr" and rec.path == root / "run.vhdr"
+    raw = adapter.load(rec).raw
+    assert raw.ch_names == eegmmidb_10s.ch_names and raw.n_times == 1600
+    np.testing.assert_allclose(raw.get_data(), eegmmidb_10s.get_data(), atol=0.5e-6)
+
+
 def test_linked_folder_outside_the_root_is_searched(shared_data, tmp_path):
     os.symlink(shared_data / "unlabeled/yasa", tmp_path / "yasa")
     assert [r.source for r in get_corpus("recordings").find(tmp_path)] == ["yasa/data_resting_EO_200Hz_raw.fif"]

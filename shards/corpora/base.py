@@ -70,7 +70,10 @@ class Recording:
     subject: str
     session: str
     source: str  # main file path relative to the corpus root (posix)
-    path: Path  # absolute main file
+    # Absolute main file as listed, symlinks kept: in DataLad / git-annex datasets (OpenNeuro, NEMAR) every file
+    # is a link to .git/annex/objects/../SHA256E-s123--abc.edf, and only the link's name and folder carry the
+    # BIDS entities and the sidecars of multi-file formats (.vmrk/.eeg next to a .vhdr, .fdt next to a .set).
+    path: Path
     task: str | None  # "seizure" | "sleep" | "emotion" | "motor_imagery" | other task string | None
     extra: Mapping[str, str] = field(default_factory=dict)  # adapter-specific (sidecar paths, split, ...)
     # Per-subject facts (age, sex, task performance) from the corpus's own tables; copied into every
@@ -138,7 +141,7 @@ class Adapter:
             subject=subject,
             session=session,
             source=path.relative_to(root).as_posix(),
-            path=resolved(path),
+            path=path.absolute(),  # never resolved: see Recording.path
             task=self.task if task is ... else task,  # ... = the adapter's task; None = unlabeled
             extra=dict(extra),
             subject_info=dict(subject_info or {}),
@@ -214,17 +217,6 @@ def check_root(root: Path | str, corpus: str) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"{corpus}: corpus root {root} does not exist or is not a folder")
     return root.resolve()
-
-
-def resolved(path: Path) -> Path:
-    """``path.resolve()``, or the absolute link path when the link dangles or loops: the reader then names
-    that as the reason the recording is skipped."""
-    if path.is_symlink() and not path.exists():  # dangling or looping: keep the link itself
-        return path.absolute()
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # RuntimeError before Python 3.13, OSError(ELOOP) after
-        return path.absolute()
 
 
 def sidecar(rec: Recording, key: str, what: str) -> Path:

@@ -147,8 +147,8 @@ class Bids(Adapter):
         import mne_bids
 
         check_path(rec.path)
-        bp = mne_bids.get_bids_path_from_fname(rec.path)
         try:
+            bp = mne_bids.get_bids_path_from_fname(rec.path)  # the link's name: an annex object's says nothing
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 raw = mne_bids.read_raw_bids(bp, verbose="error")
