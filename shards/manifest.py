@@ -182,9 +182,11 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
             "subjects": dict(sorted({r["subject"]: r["split"] for r in recs}.items())),
             "recordings": {r["recording"]: r["split"] for r in recs},
         },
-        # "sha256": of the recording's tar members (header to padding) inside its shard, when it has samples
+        # "sha256": of the recording's tar members (header to padding) inside its shard, when it has samples;
+        # "notch_hz": the mains notch the recording itself stated (BIDS PowerLineFrequency), used instead of the build's
         "recordings": [{k: r[k] for k in ("recording", "subject", "session", "source", "task", "split", "samples",
-                                             "hours", "recording_hours", "skipped", "sha256") if k in r} for r in recs],
+                                             "hours", "recording_hours", "skipped", "sha256", "notch_hz") if k in r}
+                       for r in recs],
     }))
 
 

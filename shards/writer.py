@@ -89,6 +89,10 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         summary["label_skips"] = dict(getattr(loaded, "skipped", {}) or {})
         # Explicit raw-name -> canonical mappings for names the vocabulary cannot know (Bonn's "EEG").
         channel_map = getattr(loaded, "channel_map", None) or getattr(adapter, "channel_map", None)
+        mains = getattr(loaded, "mains_hz", None)
+        if mains is not None and config.notch is not None:  # the recording's own mains (BIDS PowerLineFrequency)
+            config = dataclasses.replace(config, notch=float(mains))
+            summary["notch_hz"] = config.notch
         signal = preprocess_raw(raw, config, source=rec.source, channel_map=channel_map)
         summary["dropped_channels"] = _dropped_channels(signal)
         summary["placed_channels"] = sorted((getattr(signal, "placed_channels", None) or {}).items())

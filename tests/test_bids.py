@@ -124,3 +124,29 @@ def test_annexed_recording_is_read_through_its_link(annexed_60hz, shared_data):
     want = mne.io.read_raw_edf(shared_data / REST_RUN, preload=True, verbose="error")
     assert loaded.raw.ch_names == want.ch_names and loaded.raw.info["sfreq"] == 160.0
     np.testing.assert_array_equal(loaded.raw.get_data(), want.get_data())
+
+
+def test_each_recording_is_notched_at_its_own_power_line_frequency(annexed_60hz, shared_data, tmp_path):
+    """EEGMMIDB was recorded in New York: PowerLineFrequency 60 must put the notch at 60 Hz, not at the build's 50."""
+    from shards.dataset import load_windows
+    from shards.preprocess import PreprocessConfig, preprocess_raw
+    from shards.writer import build
+
+    manifest = build("bids", annexed_60hz, tmp_path, progress=False)
+    assert manifest["build"]["config"]["notch"] == 50.0  # the build's notch, for recordings that state none
+    (rec,) = manifest["recordings"]
+    assert rec["notch_hz"] == 60.0 and rec["samples"] == 31
+    shards = np.stack([w.eeg for w in load_windows(str(tmp_path / "bids" / "*.tar"))])  # [31, 64, 800]
+    raw = mne.io.read_raw_edf(shared_data / REST_RUN, preload=True, verbose="error")
+    cfg = PreprocessConfig(notch=60.0, window_s=4.0, max_abs_uv=None)
+    want = preprocess_raw(raw, cfg).data[:, : 31 * 800].reshape(64, 31, 800).transpose(1, 0, 2)
+    np.testing.assert_allclose(shards, want, atol=2e-3, rtol=2e-3)  # float16 in the shards
+    # The recording's line noise is gone: 60-Hz power in the 4-s windows 2% of what a 50-Hz notch leaves (measured).
+    at50 = preprocess_raw(raw, PreprocessConfig(notch=50.0, window_s=4.0)).data
+
+    def power_60(x):
+        spec = np.abs(np.fft.rfft(x, axis=-1)) ** 2
+        freqs = np.fft.rfftfreq(x.shape[-1], 1 / 200.0)
+        return spec[..., np.abs(freqs - 60.0) < 0.3].sum()
+
+    assert power_60(shards.astype(np.float64)) < 0.05 * power_60(at50[:, : 31 * 800].reshape(64, 31, 800).transpose(1, 0, 2))

@@ -87,11 +87,14 @@ class Loaded:
 
     ``skipped`` counts annotated spans that carry no usable label (e.g. DREAMS code -1, Sleep-EDF
     "Movement time" / "?") by reason, so the manifest can report them; it is empty when none were.
+    ``mains_hz`` is the power-line frequency the recording states (BIDS ``PowerLineFrequency``): the build
+    notches this recording there instead of at its configured ``notch`` (None = the recording does not say).
     """
 
     raw: mne.io.BaseRaw
     segments: list[Segment] | None  # None = unlabeled, window the whole recording
     skipped: dict[str, int] = field(default_factory=dict)
+    mains_hz: float | None = None
 
 
 class Adapter:

@@ -11,11 +11,15 @@ task and each such event is a labelled span (an event without a duration lasts :
 Other events are counted in the manifest's ``label_skips``; a recording whose events name no recipe class is
 unlabeled (pretraining data). ``participants.tsv`` columns (age, sex, handedness, group, ...) go into every
 sample's JSON as ``subject_info``.
+
+Mains: each recording is notched at the ``PowerLineFrequency`` of its ``*_eeg.json`` (60 Hz in the Americas), the
+build's ``notch`` only where the sidecar gives none; the manifest lists the frequency used per recording (``notch_hz``).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 import warnings
 from pathlib import Path
@@ -118,7 +122,8 @@ class Bids(Adapter):
     task = None  # per recording, from its events
     label_names = ()
     task_label_names = TASK_LABELS
-    mains_hz = 50.0  # unknown across datasets: pass --notch 60 for American sites (PowerLineFrequency in *_eeg.json)
+    # The notch of recordings whose *_eeg.json gives no PowerLineFrequency; the others are notched at theirs.
+    mains_hz = 50.0
     # Motor-imagery cues are 4 s; longer labelled spans (sleep epochs) give several 4-s windows. Labelled
     # recordings keep every window (see base.py); for a pretraining-only build pass --max-abs-uv 500.
     preprocess_overrides = {"window_s": 4.0, "stride_s": 4.0, "max_abs_uv": None}
@@ -156,8 +161,10 @@ class Bids(Adapter):
         except Exception as err:  # noqa: BLE001 - mne-bids raises many kinds on bad sidecars or signals
             msg = " ".join(str(err).split())[:300]
             raise ReadError(rec.path, f"cannot read BIDS recording ({type(err).__name__}: {msg})") from err
+        line = raw.info.get("line_freq")  # mne-bids: PowerLineFrequency of the sidecar (None for "n/a")
+        mains = float(line) if isinstance(line, (int, float)) and math.isfinite(line) and line > 0 else None
         if rec.task is None:
-            return Loaded(raw, None)
+            return Loaded(raw, None, mains_hz=mains)
         segments, skipped = [], {}
         for ann in raw.annotations:
             desc = str(ann["description"])
@@ -173,4 +180,4 @@ class Bids(Adapter):
             segments.append(Segment(start, duration, names.index(label), label))
         if not segments:
             raise LabelError(rec.extra["events"], f"no {rec.task} events left in the recording")
-        return Loaded(raw, segments, skipped)
+        return Loaded(raw, segments, skipped, mains_hz=mains)
