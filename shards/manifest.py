@@ -218,10 +218,10 @@ def read_manifest(folder: str | Path) -> dict:
         raise ValueError(f"{folder} mixes builds of different layouts, whose shards would be read twice: {found}; "
                          f"delete the folder and rebuild one layout")
     if whole.is_file() and not parts:
-        return _read_json(whole)
+        return read_json(whole)
     if not parts:
         raise FileNotFoundError(f"no manifest.json or manifest-part-*.json in {folder}")
-    frags = [_read_json(p) for p in parts]
+    frags = [read_json(p) for p in parts]
     n_expected = frags[0]["build"]["part"][1]
     merged = {k: frags[0][k] for k in ("format", "corpus", "task", "label_names", "versions")}
     build = dict(frags[0]["build"])
@@ -261,11 +261,12 @@ def read_manifest(folder: str | Path) -> dict:
     return merged
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, fix: str = "rebuild the folder or restore the file") -> Any:
+    """The JSON in ``path`` (a manifest or build state); ValueError naming the file, the parse error and ``fix``."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); rebuild the folder or restore the file") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {fix}") from None
 
 
 def shard_digests(urls: Iterable[str]) -> dict[str, dict]:

@@ -41,7 +41,8 @@ from shards import buildlock
 from shards.atomic import atomic_write_json
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
-from shards.manifest import FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix, shard_name
+from shards.manifest import (FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix,
+                             read_json, shard_name)
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import check_path
 from shards.sample import check_sfreq, encode_sample, npy_bytes
@@ -278,7 +279,12 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     fingerprint = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "root"}, sort_keys=True).encode()).hexdigest()
     state = {"format": FORMAT, "fingerprint": fingerprint, "params": params, "shards": [], "tail": [], "complete": False}
     if state_path.exists():
-        old = json.loads(state_path.read_text())
+        # Refuse, never repair: without its state the build would start over and write over the shards it lists.
+        fix = f"restore the file from a copy, or give the build another --out to start over (nothing in {folder} is deleted)"
+        old = read_json(state_path, fix)
+        if not (isinstance(old, dict) and isinstance(old.get("shards"), list) and isinstance(old.get("tail"), list)):
+            raise ValueError(f"{state_path}: not a build state (expected a JSON object with 'fingerprint', 'shards' "
+                             f"and 'tail'); {fix}")
         if old.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "

@@ -162,6 +162,38 @@ def test_lock_of_a_live_build_is_refused_with_one_line_naming_it(raw, tmp_path, 
         holder.wait()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not an object"])
+def test_damaged_build_state_is_refused_naming_it_and_nothing_is_lost(shared_data, tmp_path, capsys, monkeypatch,
+                                                                       damage):
+    """A truncated or hand-edited .build-state.json: one line naming the file and the way out, every shard kept."""
+    from shards.__main__ import main
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    for run in ("S001R03.edf", "S001R04.edf"):
+        (root / run).symlink_to(shared_data / "motor_imagery/eegmmidb/S001" / run)
+    build("recordings", root, tmp_path / "out", max_samples_per_shard=1, progress=False)
+    folder = tmp_path / "out" / "recordings"
+    shards = {p.name: p.read_bytes() for p in folder.glob("*.tar")}
+    assert len(shards) == 2 and all(shards.values())
+    state = folder / ".build-state.json"
+    text = state.read_text()
+    state.write_text(text[: len(text) // 2] if damage == "truncated" else "[]")
+    damaged = state.read_bytes()
+    with pytest.raises(ValueError) as err:
+        build("recordings", root, tmp_path / "out", max_samples_per_shard=1, progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{state}: ") and "restore the file" in msg and "another --out" in msg
+    assert ("not valid JSON" if damage == "truncated" else "not a build state") in msg
+    argv = ["build", "recordings", "--root", str(root), "--out", str(tmp_path / "out"), "--quiet",
+            "--max-samples-per-shard", "1"]
+    monkeypatch.delenv("EEGFM_DEBUG", raising=False)
+    assert main(argv) == 2
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and str(state) in line and "restore the file" in line
+    assert {p.name: p.read_bytes() for p in folder.glob("*.tar")} == shards and state.read_bytes() == damaged
+
+
 # --- item 5: one layout per folder ------------------------------------------------------------------
 
 
