@@ -249,7 +249,9 @@ def preprocess_raw(
         flat = ptp < config.flat_uv
         if flat.any():
             for i in np.flatnonzero(flat):
-                dropped[raw.ch_names[keep_idx[i]]] = f"flat channel (peak-to-peak {ptp[i]:.3g} µV over the recording)"
+                name = raw.ch_names[keep_idx[i]]
+                dropped[name] = f"flat channel (peak-to-peak {ptp[i]:.3g} µV over the recording)"
+                placed.pop(name, None)  # a channel is either kept (placed) or dropped, never both
             keep_names = [n for n, f in zip(keep_names, flat) if not f]
             data = data[~flat]
             if not keep_names:

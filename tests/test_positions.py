@@ -64,6 +64,17 @@ def test_preprocess_keeps_placed_channels_with_their_distance(shared_data):
     assert all(raw.get_channel_types()[raw.ch_names.index(n)] == "eog" for n in eog)
 
 
+def test_a_placed_channel_that_is_flat_is_only_dropped(shared_data):
+    """Placed by position, then flat for the whole recording: dropped as flat, not also listed as placed."""
+    raw, truth = anonymised(read_raw(shared_data / "unlabeled/eeglab/eeglab_data.set"))
+    raw._data[raw.ch_names.index("EEG 002")] = 3e-6  # a dead electrode: constant 3 µV
+    sig = preprocess_raw(raw, PreprocessConfig())
+    assert sig.dropped_channels["EEG 002"].startswith("flat channel (peak-to-peak 0 µV")
+    assert "EEG 002" not in sig.placed_channels and truth["EEG 002"] not in sig.channels
+    assert len(sig.channels) == len(sig.placed_channels) == 29
+    assert not set(sig.placed_channels) & set(sig.dropped_channels)
+
+
 def test_a_channel_moved_off_the_head_stays_out(shared_data):
     raw, truth = anonymised(read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set"))
     raw.info["chs"][5]["loc"][:3] = [0.0, 0.0, -0.09]  # under the head
@@ -87,7 +98,8 @@ def test_biosemi_abc_labels_with_a_named_cap(shared_data):
 def test_a_cap_option_keeps_other_recordings_placed_by_their_positions(shared_data):
     raw, truth = anonymised(read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set"))
     sig = preprocess_raw(raw, PreprocessConfig(montage="biosemi64"))
-    assert len(sig.placed_channels) == 61 and all(truth[n] in how for n, how in sig.placed_channels.items())
+    assert len(sig.placed_channels) == len(sig.channels) == 60 and all(truth[n] in how for n, how in sig.placed_channels.items())
+    assert sig.dropped_channels == {"EEG 000": "flat channel (peak-to-peak 0 µV over the recording)"}  # the file's zero row
 
 
 def test_unknown_montage_is_rejected():
