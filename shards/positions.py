@@ -1,18 +1,23 @@
 """Place channels whose names say nothing ("EEG 000", "1", BioSemi "A17") at standard 10-05 sites by position.
 
 Where a recording carries electrode positions (EEGLAB chanlocs, BrainVision coordinates, FIF digitisation,
-Neuroscan / Curry sensor files, all read by MNE into ``info["chs"][i]["loc"]`` in its head frame) or a known
-cap layout is named (``montage="biosemi64"`` for BioSemi ABC labels), each channel without a vocabulary name
-is mapped to the nearest site of MNE's standard 10-05 montage, if that site is within ``max_distance_mm``.
+Neuroscan / Curry sensor files, all read by MNE into ``info["chs"][i]["loc"]`` in its head frame) or a known cap layout is named (``montage="biosemi64"`` for BioSemi
+ABC labels), each channel without a vocabulary name is mapped to the nearest site of MNE's standard 10-05
+montage, if that site is within ``max_distance_mm``.
 
-The two heads are first brought into one frame:
-- with 4 or more channels that *do* have known names and positions, a similarity transform (rotation, scale,
-  translation; Umeyama 1991) from those anchors to their standard sites;
-- otherwise both are in MNE's head frame already (origin between the ears, x right, y nose, z up), so only
-  scale and offset differ: an initial scale from the median radius of the upper head, then a few rounds of
-  nearest-site matching and a least-squares fit of scale + translation (ICP without rotation).
-Distances are measured on the standard head (radius ~9 cm) after that alignment. Each site takes at most one
-channel (the closest); a channel whose nearest free site is farther than the limit stays out with the reason.
+How the two heads are compared (:func:`_align`, :func:`place_by_position`):
+- the standard sites are MNE's ``spherical_1005`` sites that the vocabulary knows, as unit directions from the
+  sphere's centre, polar angle stretched by 90/72 to the cap files' convention (10-20 equator at 90 degrees);
+- the recording's positions (4 or more) get a least-squares sphere fit, and each is replaced by its unit
+  direction from the fitted centre: head size and the origin's offset drop out, the orientation is taken to be
+  MNE's head frame (x right, y nose, z up) as the file gave it. Degenerate clouds (too few, coplanar) place nothing;
+- with 4 or more named channels that also have positions (anchors), their median distance from their own sites
+  is measured; only when it exceeds 5 mm (a frame from another convention) are all directions rotated by the
+  least-squares rotation onto those sites (Kabsch, no reflection, no scale). Below that nothing is moved: a fit
+  to a few anchors would also bend positions that were right;
+- distances are chords between unit directions times the standard sphere's radius (~9 cm), in mm. Channels take sites greedily in
+  order of distance (a 10-05 half site counts 3 mm farther than a 10-10 site), each site at most once, sites of
+  named channels never; a channel whose best free site is farther than the limit stays out with the reason.
 Default limit 10 mm: about half the spacing of the 10-10 sites, so a channel is never placed on a neighbour
 (measured: the 61 chanlocs of MNE's ``test_raw_chanloc.set`` renamed to ``EEG 000``... land on their own
 sites; see tests/test_positions.py).
