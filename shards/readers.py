@@ -45,10 +45,12 @@ __all__ = [
     "DREAMS_EXCERPT_S",
 ]
 
-# Sampling rates outside this range are header corruption, not EEG (a hypnogram channel at 1/30 Hz lives
-# next to EEG in one EDF, but MNE reports the file at its highest rate).
-MIN_SFREQ = 1.0
-MAX_SFREQ = 100_000.0
+# Sampling rates a header may state without being corrupt (a hypnogram channel at 1/30 Hz lives next to EEG in
+# one EDF, but MNE reports the file at its highest rate). Deliberately looser than shards.sample.MIN_SFREQ (25 Hz,
+# the lowest rate a build keeps): reading answers "is this header intact?", so a valid 10-Hz file still reads, and
+# the build and finetune.predict then refuse it with the sample contract's rule and message (check_sfreq).
+HEADER_MIN_SFREQ = 1.0
+HEADER_MAX_SFREQ = 100_000.0
 
 BONN_SFREQ = 173.61  # Andrzejak et al. 2001: 4097 samples in 23.6 s
 DREAMS_EXCERPT_S = 1800.0  # every DREAMS spindle excerpt is 30 min
@@ -291,8 +293,8 @@ def _xdf_field(node, key: str) -> str:
 
 
 def _check_sfreq(path: Path, sfreq: float) -> None:
-    if not (isinstance(sfreq, (int, float)) and math.isfinite(sfreq) and MIN_SFREQ <= sfreq <= MAX_SFREQ):
-        expected = f"{MIN_SFREQ:g}..{MAX_SFREQ:g} Hz"
+    if not (isinstance(sfreq, (int, float)) and math.isfinite(sfreq) and HEADER_MIN_SFREQ <= sfreq <= HEADER_MAX_SFREQ):
+        expected = f"{HEADER_MIN_SFREQ:g}..{HEADER_MAX_SFREQ:g} Hz"
         raise ReadError(path, f"invalid sampling rate {sfreq!r} Hz in header (expected {expected})")
 
 
@@ -334,7 +336,7 @@ def _check_edf_header(path: Path, bytes_per_sample: int) -> None:
         raise ReadError(path, f"invalid sampling rate: a signal has {min(spr)} samples per record")
     _check_edf_ranges(path, sig, labels)
     top = max(spr) / duration
-    if top > MAX_SFREQ:
+    if top > HEADER_MAX_SFREQ:
         raise ReadError(path, f"invalid sampling rate {top:g} Hz in header (record {duration:g} s, {max(spr)} samples)")
     record_bytes = sum(spr) * bytes_per_sample
     if n_records == -1:
@@ -488,7 +490,7 @@ def read_text_signal(
     path = Path(path)
     if not path.is_file():
         raise ReadError(path, "file not found")
-    if not (isinstance(sfreq, (int, float)) and math.isfinite(sfreq) and MIN_SFREQ <= sfreq <= MAX_SFREQ):
+    if not (isinstance(sfreq, (int, float)) and math.isfinite(sfreq) and HEADER_MIN_SFREQ <= sfreq <= HEADER_MAX_SFREQ):
         raise ReadError(path, f"invalid sampling rate {sfreq!r} Hz")
     values = _parse_numbers(path, _read_text(path), skip_lines=skip_lines)
     info = mne.create_info([ch_name], sfreq, ch_types="eeg")
@@ -511,7 +513,7 @@ def read_dreams_excerpt(path: str | os.PathLike) -> mne.io.RawArray:
         raise ReadError(path, f"not a DREAMS excerpt: first line {first[:40]!r} is not a [channel] name")
     values = _parse_numbers(path, text, skip_lines=1)
     sfreq = float(round(values.size / DREAMS_EXCERPT_S))
-    if sfreq < MIN_SFREQ or abs(values.size / DREAMS_EXCERPT_S - sfreq) > 0.01 * sfreq:
+    if sfreq < HEADER_MIN_SFREQ or abs(values.size / DREAMS_EXCERPT_S - sfreq) > 0.01 * sfreq:
         raise ReadError(path, f"{values.size} samples do not make a 1800-s excerpt at a whole-Hz rate")
     info = mne.create_info([match.group(1).strip()], sfreq, ch_types="eeg")
     return mne.io.RawArray((values * 1e-6)[np.newaxis, :], info, verbose="error")

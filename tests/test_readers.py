@@ -233,3 +233,18 @@ def test_read_error_rebuilds_from_path_and_reason():
 
     err = copy.copy(ReadError("/data/a.edf", "truncated"))
     assert (err.path, err.reason, str(err)) == ("/data/a.edf", "truncated", "/data/a.edf: truncated")
+
+
+def test_header_rate_bounds_are_looser_than_the_sample_contract(shared_data, tmp_path):
+    """A 10-Hz EDF is intact (read_raw reads it) but below the rate a build keeps (shards.sample.check_sfreq)."""
+    from shards import readers, sample
+
+    assert not hasattr(readers, "MIN_SFREQ")  # one name, one meaning: the contract's 25 Hz lives in shards.sample
+    assert readers.HEADER_MIN_SFREQ < 10.0 < sample.MIN_SFREQ
+    raw = mne.io.read_raw_edf(shared_data / "motor_imagery/eegmmidb/S001/S001R04.edf", preload=True, verbose="error")
+    slow = raw.crop(0, 60 - 1 / 160).resample(10.0, verbose="error")
+    mne.export.export_raw(tmp_path / "slow.edf", slow, fmt="edf", verbose="error")
+    got = read_raw(tmp_path / "slow.edf")
+    assert got.info["sfreq"] == 10.0 and got.n_times == 600
+    with pytest.raises(ValueError, match=r"slow\.edf: sampling rate 10 Hz .* \(expected 25-100000 Hz\)"):
+        sample.check_sfreq(got.info["sfreq"], str(tmp_path / "slow.edf"))
