@@ -1,13 +1,16 @@
 """Place channels whose names say nothing ("EEG 000", "1", BioSemi "A17") at standard 10-05 sites by position.
 
 Where a recording carries electrode positions (EEGLAB chanlocs, BrainVision coordinates, FIF digitisation,
-Neuroscan / Curry sensor files, all read by MNE into ``info["chs"][i]["loc"]`` in its head frame) or a known cap layout is named (``montage="biosemi64"`` for BioSemi
-ABC labels), each channel without a vocabulary name is mapped to the nearest site of MNE's standard 10-05
-montage, if that site is within ``max_distance_mm``.
+Neuroscan / Curry sensor files: all read by MNE into ``info["chs"][i]["loc"]`` in its head frame) or a known
+cap layout is named (``montage="biosemi64"`` for BioSemi ABC labels), each channel without a vocabulary name
+is mapped to the nearest 10-05 site, if that site is within ``max_distance_mm``.
 
-How the two heads are compared (:func:`_align`, :func:`place_by_position`):
-- the standard sites are MNE's ``spherical_1005`` sites that the vocabulary knows, as unit directions from the
-  sphere's centre, polar angle stretched by 90/72 to the cap files' convention (10-20 equator at 90 degrees);
+How the recording's head is compared with a standard one (:func:`_align`, :func:`_choose`,
+:func:`place_by_position`):
+- a standard head is the 10-05 sites the vocabulary knows as unit directions from its sphere's centre. Three
+  are kept: MNE's ``spherical_1005`` with the polar angle stretched by 90/72 to the cap files' convention (10-20
+  equator at 90 degrees; the default), the Colin27 MRI head of MNE's ``standard_1005`` (digitised positions) and
+  ``spherical_1005`` as MNE draws it (equator at 72 degrees);
 - the recording's positions (4 or more) get a least-squares sphere fit, and each is replaced by its unit
   direction from the fitted centre: head size and the origin's offset drop out, the orientation is taken to be
   MNE's head frame (x right, y nose, z up) as the file gave it. Degenerate clouds (too few, coplanar) place nothing;
@@ -15,9 +18,11 @@ How the two heads are compared (:func:`_align`, :func:`place_by_position`):
   is measured; only when it exceeds 5 mm (a frame from another convention) are all directions rotated by the
   least-squares rotation onto those sites (Kabsch, no reflection, no scale). Below that nothing is moved: a fit
   to a few anchors would also bend positions that were right;
-- distances are chords between unit directions times the standard sphere's radius (~9 cm), in mm. Channels take sites greedily in
-  order of distance (a 10-05 half site counts 3 mm farther than a 10-10 site), each site at most once, sites of
-  named channels never; a channel whose best free site is farther than the limit stays out with the reason.
+- the default head is used unless another fits the recording clearly better (:func:`_choose`);
+- distances are chords between unit directions times the standard head's radius (~9.5 cm), in mm. Channels
+  take sites greedily in order of distance (a 10-05 half site counts 3 mm farther than a 10-10 site), each site
+  at most once, sites of named channels never; a channel whose best free site is farther than the limit stays
+  out with the reason.
 Default limit 10 mm: about half the spacing of the 10-10 sites, so a channel is never placed on a neighbour
 (measured: the 61 chanlocs of MNE's ``test_raw_chanloc.set`` renamed to ``EEG 000``... land on their own
 sites; see tests/test_positions.py).
@@ -45,6 +50,9 @@ _POLAR_STRETCH = 90.0 / 72.0
 # closer: most caps are 10-20 / 10-10 layouts, and cap coordinates are only accurate to a few mm.
 _HALF_SITE_MM = 3.0
 _ROTATE_ABOVE_MM = 5.0
+# Another head than the cap files' sphere is used where it fits (median channel within 6 mm) and 3 mm better.
+_HEAD_FITS_MM = 6.0
+_OTHER_HEAD_MARGIN_MM = 3.0
 _TEN_TEN = re.compile(r"^(FP|AF|F|FC|FT|C|T|CP|TP|P|PO|O|I)(\d+|Z)$")
 _ABC = re.compile(r"^([A-H])(\d{1,2})$")
 _SINGLE = frozenset(n for n in CHANNELS[2:] if "-" not in n)
@@ -75,18 +83,50 @@ def _head_positions(montage: mne.channels.DigMontage) -> dict[str, np.ndarray]:
     return dict(zip(names, xyz))
 
 
+@dataclass(frozen=True)
+class _Head:
+    """A standard head to place channels on: canonical 10-05 ``names``, their unit ``directions [K, 3]`` from the
+    head's fitted sphere centre (MNE's head orientation), the sphere's ``radius`` (m) that distances are reported
+    on, and ``half [K]``: 1.0 for the 10-05 half sites that are not 10-10 sites (FFC3H, AFF1, ...), else 0.0."""
+
+    names: tuple[str, ...]
+    directions: np.ndarray
+    radius: float
+    half: np.ndarray
+
+
+def _sites(montage: str) -> tuple[list[str], np.ndarray]:
+    names, xyz = [], []
+    for raw_name, p in _head_positions(_montage(montage)).items():
+        canonical = classify_channel(raw_name)[0]
+        if canonical in _SINGLE and canonical not in names and np.isfinite(p).all():
+            names.append(canonical)
+            xyz.append(p)
+    return names, np.array(xyz)
+
+
+def _head(names: list[str], unit: np.ndarray, radius: float) -> _Head:
+    return _Head(tuple(names), unit, radius, np.array([0.0 if _TEN_TEN.match(n) else 1.0 for n in names]))
+
+
+@lru_cache(maxsize=1)
+def _heads() -> tuple[_Head, ...]:
+    """The standard heads, the default first: spherical as cap files draw it, realistic (digitised positions),
+    and spherical as MNE's ``spherical_10xx`` montages draw it (equator at 72 degrees); see :func:`_choose`."""
+    names, xyz = _sites("colin27_1005")  # MNE's standard_1005: the 10-05 sites on the Colin27 MRI head
+    centre, radius = _sphere(xyz)
+    mne_names, mne_xyz = _sites("spherical_1005")
+    mne_radius = float(np.median(np.linalg.norm(mne_xyz, axis=1)))
+    return (_head(*standard_sites()), _head(names, _on_sphere(xyz, centre), radius),
+            _head(mne_names, mne_xyz / np.linalg.norm(mne_xyz, axis=1, keepdims=True), mne_radius))
+
+
 @lru_cache(maxsize=1)
 def standard_sites() -> tuple[tuple[str, ...], np.ndarray, float]:
     """The 10-05 sites the vocabulary knows on MNE's spherical head (``spherical_1005``, the convention of
     spherical cap files: EEGLAB, BESA, BrainVision): canonical names, unit directions ``[K, 3]`` from the
     sphere's centre in MNE's head orientation, and the sphere's radius (m) that distances are reported on."""
-    names, xyz = [], []
-    for raw_name, p in _head_positions(_montage("spherical_1005")).items():
-        canonical = classify_channel(raw_name)[0]
-        if canonical in _SINGLE and canonical not in names and np.isfinite(p).all():
-            names.append(canonical)
-            xyz.append(p)
-    xyz = np.array(xyz)
+    names, xyz = _sites("spherical_1005")
     radius = float(np.median(np.linalg.norm(xyz, axis=1)))
     unit = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
     # MNE's spherical_1005 puts the 10-20 equator (Fpz, T7, Oz, T8) 72 degrees from the vertex; cap files
@@ -95,12 +135,6 @@ def standard_sites() -> tuple[tuple[str, ...], np.ndarray, float]:
     phi = np.arctan2(unit[:, 1], unit[:, 0])
     unit = np.c_[np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)]
     return tuple(names), unit, radius
-
-
-@lru_cache(maxsize=1)
-def _half_sites() -> np.ndarray:
-    """``[K]`` 1.0 for the 10-05 sites that are not 10-10 sites (FFC3H, AFF1, ...), else 0.0."""
-    return np.array([0.0 if _TEN_TEN.match(n) else 1.0 for n in standard_sites()[0]])
 
 
 def montage_sites(ch_names: Sequence[str], montage: str) -> tuple[dict[int, str], dict[int, np.ndarray]]:
@@ -163,11 +197,10 @@ def _kabsch(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return u @ d @ vt
 
 
-def _align(points: np.ndarray, anchors: Mapping[int, str], rows: Sequence[int]) -> np.ndarray | None:
-    """``points [N, 3]`` (rows = channel indices) as unit directions on the standard sphere, or None when
-    they do not lie on a head-shaped surface (too few, or coplanar)."""
-    names, directions, _ = standard_sites()
-    site_of = dict(zip(names, directions))
+def _align(points: np.ndarray, anchors: Mapping[int, str], rows: Sequence[int], head: _Head) -> np.ndarray | None:
+    """``points [N, 3]`` (rows = channel indices) as unit directions on ``head``'s sphere, or None when they do
+    not lie on a head-shaped surface (too few, or coplanar)."""
+    site_of = dict(zip(head.names, head.directions))
     try:
         centre, radius = _sphere(points)
     except np.linalg.LinAlgError:
@@ -180,10 +213,41 @@ def _align(points: np.ndarray, anchors: Mapping[int, str], rows: Sequence[int]) 
         # Named channels check MNE's head frame; they rotate the cap only where it is visibly off (a frame
         # from another convention), since a fit to a few anchors also bends positions that were right.
         got, want = unit[[k for k, _ in pairs]], np.array([s for _, s in pairs])
-        off_mm = np.median(np.linalg.norm(got - want, axis=1)) * standard_sites()[2] * 1000.0
+        off_mm = np.median(np.linalg.norm(got - want, axis=1)) * head.radius * 1000.0
         if off_mm > _ROTATE_ABOVE_MM:
             unit = unit @ _kabsch(got, want).T
     return unit
+
+
+def _choose(points: np.ndarray, anchors: Mapping[int, str], rows: Sequence[int]) -> tuple[_Head, np.ndarray] | None:
+    """The standard head that ``points`` fit, and their directions on it (None: not head-shaped).
+
+    Spherical cap files (EEGLAB, BESA, BrainVision, Neuroscan) follow the cap files' sphere (the default);
+    digitised and template positions (FIF, Polhemus / Xensor ``.elc``, ``standard_1005`` exports) follow a real
+    head, whose 10-20 equator sits lower at the front; MNE's ``spherical_10xx`` montages put the equator at 72
+    degrees. On the wrong head a 10-10 cap lands between sites. The fit of a head is the median distance (mm) of
+    the anchors from their own sites, or, with fewer than 4 anchors, of every channel from its nearest 10-10 site.
+    Another head replaces the default only where it fits (within :data:`_HEAD_FITS_MM`) and at least
+    :data:`_OTHER_HEAD_MARGIN_MM` better. Measured medians on the right head / the others: the shared caps
+    3.3-4.9 / 9.4-11.8 mm, MNE's ``colin27_1020`` 2.0 / 10.5-12.0, ``mgh60`` 2.1 / 12.5-13.0, ``easycap-M1``
+    3.3 / 10.8-11.6; EGI nets and the 128-channel ``scan41_short.cnt`` fit none (11.9-15.6) and stay on the default.
+    """
+    fits = []
+    for head in _heads():
+        unit = _align(points, anchors, rows, head)
+        if unit is None:
+            return None
+        site_of = dict(zip(head.names, head.directions))
+        pairs = [(rows.index(i), site_of[c]) for i, c in anchors.items() if c in site_of and i in rows]
+        if len(pairs) >= _MIN_ANCHORS:
+            off = np.linalg.norm(unit[[k for k, _ in pairs]] - np.array([s for _, s in pairs]), axis=1)
+        else:
+            ten = head.directions[head.half == 0.0]
+            off = np.min(np.linalg.norm(unit[:, None] - ten[None], axis=2), axis=1)
+        fits.append((float(np.median(off)) * head.radius * 1000.0, head, unit))
+    best = min(fits[1:], key=lambda f: f[0])
+    _, head, unit = best if best[0] <= _HEAD_FITS_MM and best[0] + _OTHER_HEAD_MARGIN_MM < fits[0][0] else fits[0]
+    return head, unit
 
 
 def place_by_position(
@@ -204,14 +268,15 @@ def place_by_position(
     todo = [i for i in candidates if i in positions]
     if not todo or len(rows) < _MIN_ANCHORS:
         return {}
-    unit = _align(np.array([positions[i] for i in rows]), anchors, rows)
-    if unit is None:
+    chosen = _choose(np.array([positions[i] for i in rows]), anchors, rows)
+    if chosen is None:
         return {}
+    head, unit = chosen
     moved = dict(zip(rows, unit))
-    names, directions, radius = standard_sites()
+    names = head.names
     taken = {**(taken or {}), **{c: ch_names[i] for i, c in anchors.items()}}
-    dist = {i: np.linalg.norm(directions - moved[i], axis=1) * radius * 1000.0 for i in todo}
-    cost = {i: dist[i] + _HALF_SITE_MM * _half_sites() for i in todo}
+    dist = {i: np.linalg.norm(head.directions - moved[i], axis=1) * head.radius * 1000.0 for i in todo}
+    cost = {i: dist[i] + _HALF_SITE_MM * head.half for i in todo}
     out: dict[int, Placement] = {}
     for _, i, k in sorted((float(cost[i][k]), i, k) for i in todo for k in np.argsort(cost[i])[:8]):
         d = float(dist[i][k])

@@ -44,6 +44,25 @@ def test_renamed_caps_are_placed_back_on_their_own_sites(shared_data, rel):
             assert "no 10-05 site within 10 mm" in p.reason
 
 
+@pytest.mark.parametrize("layout, n_back", [
+    ("colin27_1020", 88),  # MNE's standard positions on the Colin27 MRI head (digitised-like); 34 on the sphere
+    ("spherical_1020", 21),  # MNE's own sphere, 10-20 equator at 72 degrees: 1
+    ("easycap-M1", 72),  # a cap file's sphere, equator at 90 degrees
+])
+def test_layouts_on_each_head_shape_are_placed_back(layout, n_back):
+    """An MNE layout renamed to numbers: each channel back on its own site, whichever head shape it was drawn on."""
+    montage = mne.channels.make_standard_montage(layout)
+    truth = {str(i): canonical_name(n) for i, n in enumerate(montage.ch_names)}
+    montage.rename_channels(dict(zip(montage.ch_names, truth)))
+    raw = mne.io.RawArray(np.zeros((len(truth), 10)), mne.create_info(list(truth), 100.0, "eeg"), verbose="error")
+    raw.set_montage(montage, verbose="error")
+    out = place_by_position(recorded_positions(raw.info), {}, list(range(len(truth))), raw.ch_names)
+    placed = {raw.ch_names[i]: p.canonical for i, p in out.items() if p.canonical is not None}
+    assert sum(c == truth[n] for n, c in placed.items()) == n_back
+    # The only others: O9/O10, drawn on I1/I2 in these layouts; T3-T6 (= T7, P7, T8, P8) find their site taken.
+    assert {(truth[n], c) for n, c in placed.items() if c != truth[n]} <= {("O9", "I1"), ("O10", "I2")}
+
+
 def test_named_channels_anchor_the_rest(shared_data):
     raw = read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set")
     truth = [canonical_name(n) for n in raw.ch_names]
@@ -98,8 +117,9 @@ def test_biosemi_abc_labels_with_a_named_cap(shared_data):
 def test_a_cap_option_keeps_other_recordings_placed_by_their_positions(shared_data):
     raw, truth = anonymised(read_raw(shared_data / "formats/EEGLAB/test_raw_chanloc.set"))
     sig = preprocess_raw(raw, PreprocessConfig(montage="biosemi64"))
-    assert len(sig.placed_channels) == len(sig.channels) == 60 and all(truth[n] in how for n, how in sig.placed_channels.items())
-    assert sig.dropped_channels == {"EEG 000": "flat channel (peak-to-peak 0 µV over the recording)"}  # the file's zero row
+    assert len(sig.placed_channels) == len(sig.channels) == 60
+    assert all(truth[n] in how for n, how in sig.placed_channels.items())
+    assert sig.dropped_channels == {"EEG 000": "flat channel (peak-to-peak 0 µV over the recording)"}  # a zero row
 
 
 def test_unknown_montage_is_rejected():
