@@ -13,6 +13,10 @@ The formats are those MNE (>= 1.13) reads with a ``mne.io.read_raw_*`` function 
 own text adapters and XDF (via ``pyxdf``). A few clinical formats MNE cannot read (Natus/XLTEK ``.erd``,
 NicoletOne ``.e``, Micromed ``.TRC``) are listed too, so that a build names them with the way out instead
 of passing over them in silence.
+
+Electrode-position files (:data:`MONTAGE_EXTENSIONS`, read by ``mne.channels.read_custom_montage``) are
+sidecars of every format: :func:`montage_file` names the one that goes with a recording, and
+:func:`shards.readers.read_raw` places the recording's channels with it when the recording itself has no positions.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Format", "FORMATS", "detect", "extension", "sidecar_of", "missing_package", "recording_extensions"]
+__all__ = ["Format", "FORMATS", "MONTAGE_EXTENSIONS", "detect", "extension", "montage_file", "sidecar_of",
+           "missing_package", "recording_extensions"]
 
 
 def _head(path: Path, n: int = 32) -> bytes:
@@ -154,3 +159,41 @@ def missing_package(fmt: Format) -> str | None:
 def recording_extensions() -> tuple[str, ...]:
     """Every ending the ``recordings`` adapter looks for."""
     return tuple(dict.fromkeys(e for f in FORMATS if f.discover for e in f.extensions))
+
+
+# Electrode-position files mne.channels.read_custom_montage reads (ASA .elc, BESA/EGI .sfp, BrainVision .bvef,
+# EEGLAB .loc/.locs/.eloc, CSD toolbox .csd, BESA spherical .elp, .xyz). Left out although MNE reads them: .txt
+# (our text signals), .csv/.tsv (every other table: participants, events, channels).
+MONTAGE_EXTENSIONS = (".elc", ".sfp", ".bvef", ".loc", ".locs", ".eloc", ".csd", ".elp", ".xyz")
+
+
+def montage_file(path: str | Path) -> Path | None:
+    """The electrode-position file that goes with the recording ``path``, or None.
+
+    In the recording's folder: the montage file with the recording's name (``rec.edf`` -> ``rec.elc``; case
+    ignored), else the folder's only montage file, unless its name is that of another recording there (one cap
+    file for a folder of recordings is common; a file named for one recording is that recording's alone).
+    ValueError naming the files when several carry the recording's name.
+    """
+    path = Path(path)
+    stem = _stem(path)
+    try:
+        found = sorted(p for p in path.parent.iterdir()
+                       if p.suffix.lower() in MONTAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    except OSError:
+        return None
+    same = [p for p in found if p.stem.lower() == stem]
+    if len(same) > 1:
+        raise ValueError(f"several montage files carry the name of {path.name} ({', '.join(p.name for p in same)}): "
+                         "keep one")
+    if same or len(found) != 1:
+        return same[0] if same else None
+    only = found[0]
+    named_for_another = any(p != path and _stem(p) == only.stem.lower() and detect(p) is not None
+                            for p in path.parent.iterdir())
+    return None if named_for_another else only
+
+
+def _stem(path: Path) -> str:
+    """The name without its format ending, lower case: ``Run 1.vhdr`` -> ``run 1``, ``a_raw.fif.gz`` -> ``a_raw``."""
+    return path.name[: len(path.name) - len(extension(path))].lower()

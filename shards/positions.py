@@ -1,9 +1,10 @@
 """Place channels whose names say nothing ("EEG 000", "1", BioSemi "A17") at standard 10-05 sites by position.
 
 Where a recording carries electrode positions (EEGLAB chanlocs, BrainVision coordinates, FIF digitisation,
-Neuroscan / Curry sensor files: all read by MNE into ``info["chs"][i]["loc"]`` in its head frame) or a known
-cap layout is named (``montage="biosemi64"`` for BioSemi ABC labels), each channel without a vocabulary name
-is mapped to the nearest 10-05 site, if that site is within ``max_distance_mm``.
+Neuroscan / Curry sensor files, a montage file next to the recording (:func:`shards.formats.montage_file`): all
+read by MNE into ``info["chs"][i]["loc"]`` in its head frame) or a known cap layout is named
+(``montage="biosemi64"`` for BioSemi ABC labels), each channel without a vocabulary name is mapped to the
+nearest 10-05 site, if that site is within ``max_distance_mm``.
 
 How the recording's head is compared with a standard one (:func:`_align`, :func:`_choose`,
 :func:`place_by_position`):

@@ -7,14 +7,18 @@ Every failure (missing, truncated or corrupt file, a symlink loop, a sidecar ins
 format, a missing optional package, an invalid sampling rate or physical range) is raised as
 :class:`ReadError` naming the file and the reason, so a shard build can record the skip and go on.
 
+Where a recording has no electrode positions of its own, a montage file next to it (same name, or the folder's only
+one: :func:`shards.formats.montage_file`) gives them, so that numbered channels can be placed by position.
+
 Channel names are kept exactly as in the file; only the channel *types* are set from
 :func:`shards.vocabulary.classify_channels` where the format does not say (EDF calls everything "eeg"),
 so ``raw.pick("eeg")`` keeps the channels that map to the vocabulary. Canonical renaming is
 :mod:`shards.preprocess`'s job.
 
 Length (over 450 lines): the one place where every format's quirks meet ReadError: header checks (EDF/BDF),
-unit and width corrections of MNE readers (EDF units, Neuroscan CNT, BCI2000, eXimia), XDF and the text
-adapters. Each block is short and self-contained; splitting them would spread one contract over several modules.
+unit and width corrections of MNE readers (EDF units, Neuroscan CNT, BCI2000, eXimia), montage files, XDF and
+the text adapters. Each block is short and self-contained; splitting them would spread one contract over several
+modules.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import errno
 import math
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,6 +36,7 @@ import numpy as np
 
 from shards import formats
 from shards.formats import Format
+from shards.positions import recorded_positions
 from shards.vocabulary import classify_channels
 
 __all__ = [
@@ -106,6 +112,9 @@ def _format(path: Path) -> Format:
     if fmt is None:
         ext = formats.extension(path)
         owners = formats.sidecar_of(path)
+        if ext in formats.MONTAGE_EXTENSIONS:
+            raise ReadError(path, f"an electrode-position (montage) file ({ext}), not a recording: read_raw applies it "
+                                  "to the recording of the same name in its folder (or to all, if it is the only one)")
         if owners:
             headers = ", ".join(f"{o.name} {'/'.join(o.extensions)}" for o in owners)
             raise ReadError(path, f"a sidecar file ({ext}), not a recording: read its header file ({headers})")
@@ -155,8 +164,52 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
     if raw.n_times == 0 or len(raw.ch_names) == 0:
         raise ReadError(path, "recording holds no samples")
     if fmt.reader != "text":  # text adapters hold one EEG channel and type it themselves
+        _apply_montage_file(raw, path)
         _set_types_from_vocabulary(raw)
     return raw
+
+
+def _apply_montage_file(raw: mne.io.BaseRaw, path: Path) -> None:
+    """Electrode positions from the montage file next to the recording (:func:`shards.formats.montage_file`),
+    where the recording itself has none, so that its unnamed channels are placed by position (``17`` at FC3).
+
+    Channels match montage labels by name, case ignored; the others keep no position. The file's own positions
+    always win. An unreadable montage file is a ReadError naming it: the recording would otherwise lose channels.
+    """
+    if recorded_positions(raw.info):
+        return
+    try:
+        found = formats.montage_file(path)
+    except ValueError as err:
+        raise ReadError(path, str(err)) from None
+    if found is None:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no fiducials: MNE assumes the head frame, as we do
+            montage = _read_montage(found)
+            labels = {name.lower() for name in montage.ch_names}
+            # MNE gives positions to EEG-typed channels only; a unit-less BrainVision channel is "misc" until then.
+            misc = {n: "eeg" for n, t in zip(raw.ch_names, raw.get_channel_types()) if t == "misc" and n.lower() in labels}
+            if misc:
+                raw.set_channel_types(misc, on_unit_change="ignore", verbose="error")
+            try:
+                raw.set_montage(montage, match_case=False, on_missing="ignore", verbose="error")
+            except ValueError:  # names equal but for case within the recording or the file: match exactly
+                raw.set_montage(montage, on_missing="ignore", verbose="error")
+    except Exception as err:  # noqa: BLE001 - MNE's montage readers raise many kinds on a bad file
+        msg = " ".join(str(err).split())[:200]
+        raise ReadError(found, f"montage file of {path.name} is unreadable ({type(err).__name__}: {msg})") from err
+
+
+def _read_montage(path: Path) -> mne.channels.DigMontage:
+    """``mne.channels.read_custom_montage``, which knows lower-case endings only (``CAP.ELC`` read via a link)."""
+    if path.suffix == path.suffix.lower():
+        return mne.channels.read_custom_montage(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        link = Path(tmp) / ("montage" + path.suffix.lower())
+        link.symlink_to(path.absolute())
+        return mne.channels.read_custom_montage(link)
 
 
 def _read_mne(path: Path, fmt: Format) -> mne.io.BaseRaw:

@@ -280,7 +280,8 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     state = {"format": FORMAT, "fingerprint": fingerprint, "params": params, "shards": [], "tail": [], "complete": False}
     if state_path.exists():
         # Refuse, never repair: without its state the build would start over and write over the shards it lists.
-        fix = f"restore the file from a copy, or give the build another --out to start over (nothing in {folder} is deleted)"
+        fix = (f"restore the file from a copy, or give the build another --out to start over (nothing in {folder} "
+               "is deleted)")
         old = read_json(state_path, fix)
         if not (isinstance(old, dict) and isinstance(old.get("shards"), list) and isinstance(old.get("tail"), list)):
             raise ValueError(f"{state_path}: not a build state (expected a JSON object with 'fingerprint', 'shards' "

@@ -9,7 +9,7 @@ import pytest
 
 from shards.positions import montage_sites, place_by_position, recorded_positions
 from shards.preprocess import PreprocessConfig, preprocess_raw
-from shards.readers import read_raw
+from shards.readers import ReadError, read_raw
 from shards.vocabulary import canonical_name
 
 CAPS = {  # recording -> (channels with positions, placed back onto their own name)
@@ -129,3 +129,75 @@ def test_unknown_montage_is_rejected():
 
 def test_positions_need_a_head_shaped_cloud():
     assert place_by_position({0: np.array([0.0, 0.0, 0.09])}, {}, [0], ["X"]) == {}
+
+
+# --------------------------------------------------------------------------- a montage file next to the recording
+EEGMMIDB = "motor_imagery/eegmmidb/S001/S001R04.edf"
+
+
+def numbered_run(shared_data) -> tuple[mne.io.BaseRaw, dict[str, str]]:
+    """10 s of an EEGMMIDB run with its 64 channels renamed "1".."64"; returns it and number -> true site."""
+    raw = mne.io.read_raw_edf(shared_data / EEGMMIDB, preload=True, verbose="error").crop(0, 10 - 1 / 160)
+    raw.set_annotations(None)
+    truth = {str(i + 1): canonical_name(n) for i, n in enumerate(raw.ch_names)}
+    raw.rename_channels(dict(zip(raw.ch_names, truth)))
+    return raw, truth
+
+
+def standard_positions(truth: dict[str, str]) -> tuple[dict[str, np.ndarray], dict]:
+    """MNE's standard_1005 positions (the Colin27 head, MRI frame, metres) of each numbered channel's true site,
+    and the montage's fiducials."""
+    pos = mne.channels.make_standard_montage("colin27_1005").get_positions()  # = standard_1005 (renamed in MNE 1.13)
+    by_name = {name.upper(): xyz for name, xyz in pos["ch_pos"].items()}
+    return {number: by_name[site] for number, site in truth.items()}, pos
+
+
+def write_elc(path, positions: dict[str, np.ndarray], fiducials: dict) -> None:
+    """An ASA electrode file (ANT Neuro's Xensor digitiser writes these): millimetres, Nz/LPA/RPA first."""
+    rows = [("Nz", fiducials["nasion"]), ("LPA", fiducials["lpa"]), ("RPA", fiducials["rpa"]), *positions.items()]
+    lines = ["# ASA electrode file", "ReferenceLabel\tavg", "UnitPosition\tmm", f"NumberPositions=\t{len(rows)}",
+             "Positions", *(" ".join(f"{1000 * v:.3f}" for v in xyz) for _, xyz in rows), "Labels",
+             *(name for name, _ in rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_sfp(path, positions: dict[str, np.ndarray]) -> None:
+    """A BESA / EGI surface-point file: label and x y z in cm per line, no fiducials."""
+    path.write_text("".join(f"{name}\t{x * 100:.4f}\t{y * 100:.4f}\t{z * 100:.4f}\n"
+                            for name, (x, y, z) in positions.items()))
+
+
+@pytest.mark.parametrize("montage_name", ["rec.elc", "cap.sfp"])
+def test_montage_file_next_to_the_recording_places_numbered_channels(shared_data, tmp_path, montage_name):
+    """rec.edf with channels "1".."64" and their standard_1005 positions in rec.elc (same name) or cap.sfp (the
+    folder's only montage file): every channel lands on its true site in the manifest; the montage file is no
+    recording. other.edf shares the folder with rec.elc, a file named for another recording: not placed."""
+    from shards.writer import build
+
+    raw, truth = numbered_run(shared_data)
+    root = tmp_path / "raw"
+    root.mkdir()
+    mne.export.export_raw(root / "rec.edf", raw, fmt="edf", verbose="error")
+    positions, pos = standard_positions(truth)
+    if montage_name.endswith(".elc"):
+        write_elc(root / montage_name, positions, pos)
+        (root / "other.edf").write_bytes((root / "rec.edf").read_bytes())
+    else:
+        head = mne.transforms.apply_trans(mne.channels.compute_native_head_t(
+            mne.channels.make_dig_montage(ch_pos=positions, nasion=pos["nasion"], lpa=pos["lpa"], rpa=pos["rpa"],
+                                          coord_frame="mri")), np.array(list(positions.values())))
+        write_sfp(root / montage_name, dict(zip(positions, head)))
+    with pytest.raises(ReadError, match="montage"):
+        read_raw(root / montage_name)
+
+    manifest = build("recordings", root, tmp_path / "out", overrides={"window_s": 2.0}, progress=False)
+    placed = {name: how for how, names in manifest["placed_channels"].items() for name in names}
+    sites = {name: how.removeprefix("placed by position at ").split(" (")[0] for name, how in placed.items()}
+    assert sites == truth  # all 64, each on its own site
+    # The recording's 64 sites fit another sphere than the template's 343: measured median 4.3 mm, max 5.3 mm.
+    assert max(float(how.split("(")[1].split(" mm")[0]) for how in placed.values()) < 6.0
+    used = [r["source"] for r in manifest["recordings"] if not r["skipped"]]
+    assert used == ["rec.edf"] and manifest["channel_sets"][0]["channels"] == [truth[str(i)] for i in range(1, 65)]
+    if montage_name.endswith(".elc"):
+        (skip,) = manifest["skipped"]
+        assert skip["source"] == "other.edf" and "no usable EEG channel" in skip["reason"]

@@ -177,9 +177,9 @@ def test_garbage_edf(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-    path = tmp_path / "x.xyz"
+    path = tmp_path / "x.abc"  # (.xyz is an electrode-position file: see test_positions.py)
     path.write_text("1\n2\n")
-    with pytest.raises(ReadError, match=r"x\.xyz: unknown format '\.xyz'"):
+    with pytest.raises(ReadError, match=r"x\.abc: unknown format '\.abc'"):
         read_raw(path)
 
 
