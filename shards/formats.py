@@ -4,10 +4,11 @@ Every place that asks "is this file a recording, and how is it read?" asks this 
 :func:`shards.readers.read_raw` dispatches through :func:`detect`, and the ``recordings`` corpus adapter
 lists a file only when :func:`detect` names a format for it. A multi-file recording is named by its header
 file (BrainVision ``.vhdr``, EEGLAB ``.set``, Persyst ``.lay``, Curry ``.cdt`` / ``.dap``, Nihon Kohden
-``.EEG``); its other files are *sidecars* and never count as recordings of their own. Extensions that two
-formats share are told apart by their first bytes (``.cnt``: Neuroscan vs ANT Neuro's RIFF; ``.eeg``: a
-Nihon Kohden header vs BrainVision samples; ``.dat``: a BCI2000 header vs Curry / Persyst / BrainVision
-samples).
+``.EEG``, the first file of a split FIF: :func:`first_split_part`); its other files are *sidecars* and never
+count as recordings of their own. Extensions that two formats share, or that other software uses too, are told
+apart by their first bytes (``.cnt``: Neuroscan vs ANT Neuro's RIFF; ``.eeg``: a Nihon Kohden header vs
+BrainVision samples; ``.dat``: a BCI2000 header vs Curry / Persyst / BrainVision samples; ``.raw``: EGI's
+simple binary version word).
 
 The formats are those MNE (>= 1.13) reads with a ``mne.io.read_raw_*`` function and that hold EEG, plus our
 own text adapters and XDF (via ``pyxdf``). A few clinical formats MNE cannot read (Natus/XLTEK ``.erd``,
@@ -16,18 +17,19 @@ of passing over them in silence.
 
 Electrode-position files (:data:`MONTAGE_EXTENSIONS`, read by ``mne.channels.read_custom_montage``) are
 sidecars of every format: :func:`montage_file` names the one that goes with a recording, and
-:func:`shards.readers.read_raw` places the recording's channels with it when the recording itself has no positions.
+:func:`shards.readers.read_raw` places the recording's channels with it when the recording itself has none.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Format", "FORMATS", "MONTAGE_EXTENSIONS", "detect", "extension", "montage_file", "sidecar_of",
-           "missing_package", "recording_extensions"]
+__all__ = ["Format", "FORMATS", "MONTAGE_EXTENSIONS", "detect", "extension", "first_split_part", "montage_file",
+           "sidecar_of", "missing_package", "recording_extensions"]
 
 
 def _head(path: Path, n: int = 32) -> bytes:
@@ -56,6 +58,55 @@ def _is_nihon(path: Path) -> bool:
 
 def _is_bci2000(path: Path) -> bool:
     return _head(path, 16).startswith((b"HeaderLen=", b"BCI2000V"))
+
+
+def _is_egi_raw(path: Path) -> bool:
+    """EGI simple binary: a big-endian int32 version 2-7 first (bits 1-2: int16/float32/float64, bit 0: segmented)."""
+    head = _head(path, 4)
+    return len(head) == 4 and int.from_bytes(head, "big") in range(2, 8)
+
+
+_NEUROMAG_PART = re.compile(r"^(?P<base>.+)-(?P<n>\d+)(?P<ext>\.fif(?:\.gz)?)$", re.IGNORECASE)
+_BIDS_PART = re.compile(r"_split-(?P<n>\d+)_", re.IGNORECASE)
+
+
+def first_split_part(path: str | Path) -> Path | None:
+    """The first file of the split FIF recording that ``path`` continues, else None.
+
+    MNE splits a recording over 2 GB (or ``split_size``) into ``name.fif``, ``name-1.fif``, ``name-2.fif``... (BIDS:
+    ``..._split-01_eeg.fif``, ``_split-02_``...) and reads every part through the first. A file is a continuation
+    when the first part's name exists next to it and the file itself refers back to a previous part (FIF block
+    FIFFB_REF, role "previous file"), so ``run.fif`` beside an unrelated ``run-1.fif`` stay two recordings.
+    """
+    path = Path(path)
+    m = _NEUROMAG_PART.match(path.name)
+    b = _BIDS_PART.search(path.name)
+    if m and int(m["n"]) >= 1:
+        first = path.with_name(m["base"] + m["ext"])
+    elif b and int(b["n"]) >= 2:
+        first = path.with_name(f"{path.name[:b.start()]}_split-{1:0{len(b['n'])}d}_{path.name[b.end():]}")
+    else:
+        return None
+    return first if first.is_file() and _refers_back(path) else None
+
+
+def _refers_back(path: Path) -> bool:
+    """Whether the FIF file names a previous part of its recording (MNE writes this into every continuation)."""
+    try:
+        from mne._fiff.constants import FIFF
+        from mne._fiff.open import fiff_open
+        from mne._fiff.tag import read_tag
+        from mne._fiff.tree import dir_tree_find
+    except ImportError:  # pragma: no cover - MNE moved its private FIF reader: trust the file names
+        return True
+    try:
+        fid, tree, _ = fiff_open(path, verbose="error")
+        with fid:
+            roles = [int(read_tag(fid, ent.pos).data[0]) for block in dir_tree_find(tree, FIFF.FIFFB_REF)
+                     for ent in block["directory"] if ent.kind == FIFF.FIFF_REF_ROLE]
+        return FIFF.FIFFV_ROLE_PREV_FILE in roles
+    except Exception:  # noqa: BLE001 - not a readable FIF: not a continuation; reading it says what is wrong
+        return False
 
 
 @dataclass(frozen=True)
@@ -89,7 +140,8 @@ FORMATS: tuple[Format, ...] = (
     Format("EDF/EDF+", (".edf",), "read_raw_edf"),
     Format("BDF/BDF+ (BioSemi)", (".bdf",), "read_raw_bdf"),
     Format("GDF", (".gdf",), "read_raw_gdf"),
-    Format("FIF (MNE / Elekta)", (".fif", ".fif.gz"), "read_raw_fif"),
+    # Continuation parts of a split recording (name-1.fif, _split-02_) are sidecars of its first part.
+    Format("FIF (MNE / Elekta)", (".fif", ".fif.gz"), "read_raw_fif", sniff=lambda p: first_split_part(p) is None),
     Format("EEGLAB", (".set",), "read_raw_eeglab", sidecars=(".fdt",)),
     Format("BrainVision", (".vhdr", ".ahdr"), "read_raw_brainvision", sidecars=(".vmrk", ".amrk", ".eeg", ".dat")),
     Format("Neuroscan CNT", (".cnt",), "read_raw_cnt", sniff=_is_neuroscan_cnt),
@@ -100,6 +152,7 @@ FORMATS: tuple[Format, ...] = (
     Format("Persyst", (".lay",), "read_raw_persyst", sidecars=(".dat",)),
     Format("Nihon Kohden", (".eeg",), "read_raw_nihon", sidecars=(".21e", ".pnt", ".log"), sniff=_is_nihon),
     Format("BCI2000", (".dat",), "read_raw_bci2k", sniff=_is_bci2000),
+    Format("EGI simple binary", (".raw",), "read_raw_egi", sniff=_is_egi_raw),
     Format("EGI MFF", (".mff",), "read_raw_egi", package="mffpy", folder=True),
     # MNE 1.13 calibrates eXimia samples to 0.0763 per count but labels them volts: a 16-bit converter at that
     # step spans +-2.5, which is +-2.5 mV for an EEG amplifier (+-2.5 V would be 1000x any scalp signal).

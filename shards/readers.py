@@ -112,6 +112,10 @@ def _format(path: Path) -> Format:
     if fmt is None:
         ext = formats.extension(path)
         owners = formats.sidecar_of(path)
+        first = formats.first_split_part(path) if ext in (".fif", ".fif.gz") else None
+        if first is not None:
+            raise ReadError(path, f"a continuation part of the split FIF recording {first.name}: read that file "
+                                  "(MNE reads every part through the first)")
         if ext in formats.MONTAGE_EXTENSIONS:
             raise ReadError(path, f"an electrode-position (montage) file ({ext}), not a recording: read_raw applies it "
                                   "to the recording of the same name in its folder (or to all, if it is the only one)")

@@ -229,6 +229,60 @@ def test_egi_mff_written_by_mffpy(eegmmidb_10s, tmp_path):
     assert sig.placed_channels["E1"].startswith("placed by position at FP1") and len(sig.placed_channels) >= 16
 
 
+def write_egi_raw(path: Path, data_uv: np.ndarray, sfreq: int, din: np.ndarray) -> None:
+    """An EGI simple binary file (Net Station's export) from its specification: big-endian header (version 4 =
+    unsegmented float32, date, rate, channels, gain, bits and range 0 = values in µV), one event code, then per
+    sample every channel's value and the event track."""
+    import struct
+
+    n_ch, n = data_uv.shape
+    header = struct.pack(">i6hi5h", 4, 2024, 1, 2, 3, 4, 5, 0, sfreq, n_ch, 0, 0, 0)
+    header += struct.pack(">ih", n, 1) + b"DIN1"
+    frames = np.r_[data_uv, din[np.newaxis]].T.astype(">f4")  # [T, C + 1]
+    path.write_bytes(header + frames.tobytes())
+
+
+def test_egi_simple_binary_written_from_the_spec(eegmmidb_10s, tmp_path):
+    din = np.zeros(1600)
+    din[[160, 800]] = 1.0
+    write_egi_raw(tmp_path / "rec.raw", eegmmidb_10s.get_data() * 1e6, 160, din)
+    assert formats.detect(tmp_path / "rec.raw").name == "EGI simple binary"
+    ours = read_raw(tmp_path / "rec.raw")
+    theirs = mne.io.read_raw_egi(tmp_path / "rec.raw", preload=True, verbose="error")
+    same_as_mne(ours, theirs, 65, 160.0, 1600)
+    assert ours.ch_names[:2] == ["E1", "E2"] and ours.ch_names[64] == "DIN1"
+    assert ours.get_channel_types()[64] == "stim"
+    np.testing.assert_allclose(ours.get_data()[:64], eegmmidb_10s.get_data(), rtol=1e-6, atol=1e-12)
+    (tmp_path / "other.raw").write_bytes(b"\x00\x00\x01\x00" + bytes(64))  # another program's .raw: not EGI
+    assert formats.detect(tmp_path / "other.raw") is None
+
+
+def test_split_fif_is_one_recording_of_its_full_duration(shared_data, tmp_path):
+    """A FIF saved in 2-MB parts (MNE's and BIDS' naming) is one recording, read whole through its first part;
+    an unrelated run-1.fif beside run.fif stays a recording of its own."""
+    from shards.writer import build
+
+    raw = mne.io.read_raw_edf(shared_data / EEGMMIDB, preload=True, verbose="error")  # 64 x 20000, 125 s
+    root = tmp_path / "raw"
+    root.mkdir()
+    raw.save(root / "run_raw.fif", split_size="2MB", verbose="error")
+    raw.save(root / "sub-01_task-imagery_eeg.fif", split_size="2MB", split_naming="bids", verbose="error")
+    assert {p.name for p in root.iterdir()} == {f"run_raw{s}.fif" for s in ("", "-1", "-2", "-3", "-4")} | {
+        f"sub-01_task-imagery_split-0{i}_eeg.fif" for i in range(1, 6)}
+    yasa = mne.io.read_raw_fif(shared_data / "unlabeled/yasa/data_resting_EO_200Hz_raw.fif", verbose="error")
+    yasa.save(root / "rest.fif", verbose="error")
+    yasa.copy().crop(0, 60 - 1 / 200).save(root / "rest-1.fif", verbose="error")
+    with pytest.raises(ReadError, match=r"run_raw-2\.fif: a continuation part of the split FIF recording run_raw\.fif"):
+        read_raw(root / "run_raw-2.fif")
+
+    manifest = build("recordings", root, tmp_path / "out", overrides={"max_abs_uv": None}, progress=False)
+    got = {r["source"]: (round(r["recording_hours"] * 3600, 3), r["samples"]) for r in manifest["recordings"]}
+    assert got == {"run_raw.fif": (125.0, 12), "sub-01_task-imagery_split-01_eeg.fif": (125.0, 12),
+                   "rest.fif": (360.0, 36), "rest-1.fif": (60.0, 6)}
+    whole = read_raw(root / "run_raw.fif")
+    np.testing.assert_allclose(whole.get_data(), raw.get_data(), rtol=1e-6, atol=1e-12)  # FIF stores float32
+
+
 # --------------------------------------------------------------------------- dispatch, sidecars, discovery
 def test_header_files_and_sidecars(tmp_path):
     nihon = tmp_path / "pt.EEG"
@@ -334,6 +388,12 @@ def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp
     for fmt, name in (("edf", "run.edf"), ("brainvision", "run.vhdr"), ("eeglab", "run.set")):
         mne.export.export_raw(root / name, eegmmidb_10s, fmt=fmt, verbose="error")
     eegmmidb_10s.save(root / "run_raw.fif", verbose="error")
+    # Net Station exports carry no positions: the net's .sfp next to the file places E1..E64 (as HBN ships them).
+    write_egi_raw(root / "egi.raw", eegmmidb_10s.get_data() * 1e6, 160, np.zeros(1600))
+    net = mne.channels.make_standard_montage("GSN-HydroCel-64_1.0").get_positions()
+    fiducials = {"FidNz": net["nasion"], "FidT9": net["lpa"], "FidT10": net["rpa"]}
+    (root / "egi.sfp").write_text("".join(f"{name}\t{x * 100:.3f}\t{y * 100:.3f}\t{z * 100:.3f}\n"
+                                          for name, (x, y, z) in {**fiducials, **net["ch_pos"]}.items()))
     counts = np.round(np.tile(eegmmidb_10s.get_data(), 3)[:, :1450 * 3] * 1e6 / EXIMIA_CAL).astype("<i2")  # 3 s
     (root / "run.nxe").write_bytes(counts.T.tobytes())
     for rel in (PERSYST, CHANLOC, NEUROSCAN, ANT, "unlabeled/mne_testing/BDF/multiple_annotation_chans.bdf"):
@@ -351,6 +411,7 @@ def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp
         assert f"pip install {optional[name]}" in skipped[name]
     assert "MNE cannot read Micromed" in skipped["night.TRC"]
     samples = {r["source"]: r["samples"] for r in manifest["recordings"] if not r["skipped"]}
-    assert len(samples) == 15 - len(missing) and all(n > 0 for n in samples.values()), samples
+    assert len(samples) == 16 - len(missing) and all(n > 0 for n in samples.values()), samples
     placed = {n for how in manifest["placed_channels"].values() for n in how}
     assert len([n for n in placed if n.isdigit() or n in ("LEFT_EAR", "NA1")]) == 29  # scan41_short.cnt
+    assert len([n for n in placed if n.startswith("E") and n[1:].isdigit()]) == 48  # egi.raw, by egi.sfp
