@@ -1,10 +1,10 @@
 """Generic unlabeled "folder of recordings": every EEG recording under a root, for pretraining corpora.
 
 Every format of :data:`shards.formats.FORMATS` counts (EDF, BDF, GDF, FIF, EEGLAB, BrainVision, Neuroscan /
-ANT CNT, Curry, Persyst, Nihon Kohden, EGI ``.mff`` folders, eXimia, NEDF, Nicolet, BCI2000, NSx, MEF3, XDF,
+ANT CNT, Curry, Persyst, Nihon Kohden, EGI ``.mff`` folders and ``.raw`` files, eXimia, NEDF, Nicolet, BCI2000, NSx, MEF3, XDF,
 and the clinical formats MNE cannot read, which are skipped with the way out). Multi-file formats count once,
-by their header file; sidecars (``.fdt``, ``.vmrk``, ``.21E``, Persyst's ``.dat``, ...), readmes and montages
-are not recordings. The subject is BIDS ``sub-XX`` when the path has one, else the name of the folder holding
+by their header file; sidecars (``.fdt``, ``.vmrk``, ``.21E``, Persyst's ``.dat``, split FIF parts, ...), readmes
+and montage files are not recordings. The subject is BIDS ``sub-XX`` when the path has one, else the name of the folder holding
 the file.
 
 Folder symlinks are followed once (a linked folder outside the root is searched). A link back into a folder
