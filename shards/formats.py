@@ -215,9 +215,9 @@ def recording_extensions() -> tuple[str, ...]:
 
 
 # Electrode-position files mne.channels.read_custom_montage reads (ASA .elc, BESA/EGI .sfp, BrainVision .bvef,
-# EEGLAB .loc/.locs/.eloc, CSD toolbox .csd, BESA spherical .elp, .xyz). Left out although MNE reads them: .txt
-# (our text signals), .csv/.tsv (every other table: participants, events, channels).
-MONTAGE_EXTENSIONS = (".elc", ".sfp", ".bvef", ".loc", ".locs", ".eloc", ".csd", ".elp", ".xyz")
+# EEGLAB .loc/.locs/.eloc, CSD toolbox .csd, BESA spherical .elp). Left out although MNE reads them, as endings
+# other files share: .txt (our text signals), .csv/.tsv (participants, events, channels tables), .xyz.
+MONTAGE_EXTENSIONS = (".elc", ".sfp", ".bvef", ".loc", ".locs", ".eloc", ".csd", ".elp")
 
 
 def montage_file(path: str | Path) -> Path | None:

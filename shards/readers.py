@@ -175,12 +175,16 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
 
 def _apply_montage_file(raw: mne.io.BaseRaw, path: Path) -> None:
     """Electrode positions from the montage file next to the recording (:func:`shards.formats.montage_file`),
-    where the recording itself has none, so that its unnamed channels are placed by position (``17`` at FC3).
+    where the recording has channels the vocabulary cannot name and no positions of its own, so that those are
+    placed by position (``17`` at FC3).
 
     Channels match montage labels by name, case ignored; the others keep no position. The file's own positions
-    always win. An unreadable montage file is a ReadError naming it: the recording would otherwise lose channels.
+    always win, and a recording whose channels all have known names never looks. An unreadable montage file is a
+    ReadError naming it: the recording would otherwise lose channels without a word.
     """
-    if recorded_positions(raw.info):
+    unnamed = any(canonical is None and reason.startswith("unknown name")
+                  for canonical, reason in classify_channels(raw.ch_names))
+    if not unnamed or recorded_positions(raw.info):
         return
     try:
         found = formats.montage_file(path)

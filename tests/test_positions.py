@@ -201,3 +201,22 @@ def test_montage_file_next_to_the_recording_places_numbered_channels(shared_data
     if montage_name.endswith(".elc"):
         (skip,) = manifest["skipped"]
         assert skip["source"] == "other.edf" and "no usable EEG channel" in skip["reason"]
+
+
+def test_a_broken_montage_file_costs_only_the_recordings_that_need_it(shared_data, tmp_path):
+    """named.edf (10-20 names) never looks at montage files; numbered.edf needs cap.elc, which is broken: skipped
+    naming it."""
+    from shards.writer import build
+
+    numbered, _ = numbered_run(shared_data)
+    named = mne.io.read_raw_edf(shared_data / EEGMMIDB, preload=True, verbose="error").crop(0, 10 - 1 / 160)
+    named.set_annotations(None)
+    root = tmp_path / "raw"
+    root.mkdir()
+    mne.export.export_raw(root / "numbered.edf", numbered, fmt="edf", verbose="error")
+    mne.export.export_raw(root / "named.edf", named, fmt="edf", verbose="error")
+    (root / "cap.elc").write_text("# ASA electrode file, cut short by a copy\nNumberPositions=\t64\n")
+    manifest = build("recordings", root, tmp_path / "out", overrides={"window_s": 2.0}, progress=False)
+    assert [r["source"] for r in manifest["recordings"] if not r["skipped"]] == ["named.edf"]
+    (skip,) = manifest["skipped"]
+    assert skip["source"] == "numbered.edf" and "cap.elc: montage file of numbered.edf is unreadable" in skip["reason"]
