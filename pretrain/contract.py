@@ -52,6 +52,10 @@ def _corpus_entry(corpus: Corpus) -> tuple[dict[str, Any], set[str]]:
         hours += sum(float(s.get("hours", 0.0)) for s in manifest.get("shards", []) if s.get("name") in files)
         config = (manifest.get("build") or {}).get("config")
         if config:
+            # A recording that stated its own mains (BIDS PowerLineFrequency) was notched there instead.
+            stated = {r["notch_hz"] for r in manifest.get("recordings", []) if r.get("notch_hz") is not None}
+            if stated and stated != {config.get("notch")}:
+                config = {**config, "notch": None}
             configs.append(config)
         channels |= {c for cs in manifest.get("channel_sets", []) for c in cs.get("channels", [])}
         names.append(manifest.get("corpus", corpus.name))

@@ -202,3 +202,14 @@ def test_run_contract_records_filters_only_where_corpora_agree_and_reads_every_f
     c = run_contract(both, objective="masked_stft", steps=1, crop_s=4.0)
     assert c.data_hours == pytest.approx(2 * train_hours, abs=1e-3) and "OZ" in c.channels
     assert c.notch is None and c.corpora[0]["preprocess"]["notch"] is None and c.corpora[0]["preprocess"]["l_freq"] == 0.1
+
+
+def test_run_contract_has_no_notch_where_recordings_stated_their_own_mains(synth_shards, tmp_path):
+    """A BIDS build notches each recording at its PowerLineFrequency (manifest ``notch_hz``), not at the build's."""
+    manifest = _linked_corpus(synth_shards, tmp_path / "bids" / "synth", notch=50.0)
+    corpora = resolve_corpora([("bids", str(tmp_path / "bids" / "synth" / "train-*.tar"), 1.0)])
+    assert run_contract(corpora, objective="masked_stft", steps=1, crop_s=4.0).notch == 50.0
+    manifest["recordings"][0]["notch_hz"] = 60.0
+    (tmp_path / "bids" / "synth" / "manifest.json").write_text(json.dumps(manifest))
+    c = run_contract(corpora, objective="masked_stft", steps=1, crop_s=4.0)
+    assert c.notch is None and c.l_freq == 0.1
