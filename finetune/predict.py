@@ -42,7 +42,7 @@ from shards.corpora import get_corpus
 from shards.cli_errors import DEBUG_ENV, run_cli
 from shards.dataset import collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
-from shards.readers import read_raw
+from shards.readers import ReadError, read_raw
 from shards.sample import Window, check_sfreq
 
 __all__ = ["RecordingWindows", "prediction_rows", "predict_file", "preprocess_config", "recording_windows", "main"]
@@ -238,16 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", help="head to use in a multi-task model (default: the first)")
     parser.add_argument("--stride-s", type=float, default=None, help="hop between windows in seconds (default: window length)")
     parser.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
+    parser.add_argument("--window-s", type=float, default=None,
+                        help="window length in whole seconds (default: the trained length; others are a shift the "
+                             "model was not trained for)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
-    return run_cli(parser.prog, lambda: _label(args), debug=args.debug)
+    return run_cli(parser.prog, lambda: _label(args), debug=args.debug, errors=(ReadError,))
 
 
 def _label(args: argparse.Namespace) -> int:
     rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s,
-                        device=args.device, sfreq=args.sfreq)
+                        device=args.device, sfreq=args.sfreq, window_s=args.window_s)
     if args.out:
         write_csv(rows, args.out)
         print(f"{len(rows)} windows labelled -> {args.out}", file=sys.stderr)

@@ -93,6 +93,18 @@ def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path)
     assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv)]) == 0
     lines = out_csv.read_text().splitlines()
     assert lines[0].startswith("onset_s,label,label_name,probability") and len(lines) == 25
+    # 8-s windows on request (a shift the model was not trained for): 12 rows
+    assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv),
+                         "--window-s", "8"]) == 0
+    assert len(out_csv.read_text().splitlines()) == 1 + 12
+
+
+def test_predict_names_a_corrupt_recording_in_one_line(seizure_run, tmp_path, capsys):
+    bad = tmp_path / "broken.edf"
+    bad.write_bytes(b"0       not an EDF header at all")
+    assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.edf" in err[0] and "python -m finetune.predict: error:" in err[0]
 
 
 def test_pretrained_checkpoint_finetunes_and_mismatch_errors(synth_shards, tmp_path):
