@@ -78,6 +78,28 @@ def test_every_default_shift_labels_the_held_out_files_and_returns_metrics(model
         np.testing.assert_allclose(a["mean_probability"], b["mean_probability"], atol=1e-4)
 
 
+def test_each_shift_transforms_the_signal_as_named(subject05):
+    """The transforms themselves, on a real 19-channel recording (a no-op shift would pass the labelling tests)."""
+    raw = subject05[1].load()
+    raw.crop(0, 20).load_data()
+    shifts = {s.name: s for s in default_shifts()}
+    eeg = mne.pick_types(raw.info, eeg=True, exclude=[])
+    x = raw.get_data()
+    assert len(eeg) == 19 and raw.info["sfreq"] == 500
+    r256 = shifts["resample_256hz"].transform(raw)
+    assert r256.info["sfreq"] == 256 and abs(r256.n_times - 20 * 256) <= 1
+    x2 = shifts["amplitude_x2"].transform(raw).get_data()
+    np.testing.assert_allclose(x2[eeg], 2 * x[eeg])
+    other = [i for i in range(len(raw.ch_names)) if i not in set(eeg)]
+    np.testing.assert_array_equal(x2[other], x[other])  # ECG / the A2-A1 derivation keep their gain
+    avg = shifts["average_reference"].transform(raw).get_data()
+    np.testing.assert_allclose(avg[eeg].mean(axis=0), 0.0, atol=1e-12)
+    half = shifts["drop_half_channels"].transform(raw)
+    assert [c for c in half.ch_names if c in {raw.ch_names[i] for i in eeg}] == [raw.ch_names[i] for i in eeg[::2]]
+    assert shifts["units_volts"].units == "V" and shifts["window_x2"].window_factor == 2.0
+    np.testing.assert_array_equal(raw.get_data(), x)  # the transforms never change their input
+
+
 def test_volts_and_microvolts_files_of_a_2x_signal_give_identical_predictions(model_dir, subject05, tmp_path,
                                                                               one_thread):
     raw = subject05[1].load()
