@@ -436,7 +436,7 @@ def _ablation_payload(values, *, protocol="leak-free", shift=0.6, finished="x"):
     payload = {"runs": runs, "seeds": len(values), "finished": finished, "quick": False,
                "pools": {"seizure": {"groups": ["bonn/Z001", "bonn/S001"]}},
                "shift": [{"task": "seizure", "method": stft, "shift": name, "metrics": {"balanced_accuracy": shift + d}}
-                         for name, d in (("none", 0.1), ("amplitude_x2", -0.1))]}
+                         for name, d in (("none", 0.1), ("amplitude_x2", -0.1), ("cross_dataset:eegmat", 0.3 - shift))]}
     if protocol:
         payload["protocol"] = protocol
     return payload
