@@ -8,6 +8,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +126,36 @@ def render(payload: Mapping[str, Any]) -> str:
     return render_legacy(payload)
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What every report reads off a results.json payload."""
+
+    runs: list
+    table: dict  # aggregate(runs)
+    titles: dict  # task -> title
+    methods: list  # in the order the runs hold them
+    pretrained: list  # the "EEGMamba pretrained (...)" methods
+    command: str
+    machine: str  # "Machine: ..." line
+
+
+def facts(payload: Mapping[str, Any]) -> Facts:
+    runs = payload["runs"]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    info = payload["machine"]
+    return Facts(
+        runs=runs, table=aggregate(runs), titles={t.name: t.title for t in TASKS}, methods=methods,
+        pretrained=[m for m in methods if m.startswith("EEGMamba pretrained")],
+        command=" ".join(payload["command"]) if isinstance(payload["command"], list) else str(payload["command"]),
+        machine=(f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']} "
+                 f"({info['torch_threads']} threads), Python {info['python']}  "),
+    )
+
+
 def render_legacy(payload: Mapping[str, Any]) -> str:
     """The report of a payload from before issue 15 (transductive, no test predictions), byte for byte."""
-    runs = payload["runs"]
-    table = aggregate(runs)
-    titles = {t.name: t.title for t in TASKS}
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    pretrained = [m for m in methods if m.startswith("EEGMamba pretrained")]
-    info = payload["machine"]
-    command = " ".join(payload["command"]) if isinstance(payload["command"], list) else str(payload["command"])
+    f = facts(payload)
+    runs, table, titles, methods, pretrained, command = f.runs, f.table, f.titles, f.methods, f.pretrained, f.command
     if not command.startswith("python"):
         command = "python " + command
     finished = f"Finished: {payload['finished']}, " if payload.get("finished") else ""
@@ -150,8 +172,7 @@ def render_legacy(payload: Mapping[str, Any]) -> str:
         f"# Downstream benchmark{' (--quick smoke test)' if payload.get('quick') else ''}",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']} "
-        f"({info['torch_threads']} threads), Python {info['python']}  ",
+        f.machine,
         f"{finished}total wall time {payload['total_s'] / 60:.1f} min",
         "",
         "Test-split metrics, mean ± std over seeds (seed s = fold s mod k of a group k-fold, "
@@ -218,6 +239,8 @@ def write_results(payload: Mapping[str, Any], folder: Path) -> None:
     # results.json first: a rendering bug must never cost the half hour of training behind it
     # (``--render`` rebuilds results.md from the JSON alone).
     folder.mkdir(parents=True, exist_ok=True)
+    # "table" (the aggregate) is what pretrain.release's model card reads.
+    payload = {**payload, "table": aggregate(payload["runs"])}
     (folder / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
     text = render(payload)
     print(text)

@@ -13,7 +13,7 @@ import numpy as np
 
 from benchmarks.bootstrap import N_BOOT, balanced_accuracy, group_bootstrap
 from benchmarks.report import (
-    BAND, METRIC_TITLES, METRICS, RANDOM_PROBE, SCRATCH, aggregate, fmt, paired_differences,
+    BAND, METRIC_TITLES, METRICS, RANDOM_PROBE, SCRATCH, aggregate, facts, fmt, paired_differences,
     pretrained_name, pretraining_and_stage_lines,
 )
 from benchmarks.tasks import TASKS
@@ -189,13 +189,8 @@ def protocol_lines(payload) -> list[str]:
 
 
 def render_protocol(payload: Mapping[str, Any]) -> str:
-    runs = payload["runs"]
-    table = aggregate(runs)
-    titles = {t.name: t.title for t in TASKS}
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    pretrained = [m for m in methods if m.startswith("EEGMamba pretrained")]
-    info = payload["machine"]
-    command = " ".join(payload["command"]) if isinstance(payload["command"], list) else str(payload["command"])
+    f = facts(payload)
+    table, titles, methods, pretrained, command = f.table, f.titles, f.methods, f.pretrained, f.command
     abl = payload.get("ablation")
     estimate = sum((payload.get("estimate_s") or {}).values())
     md = [
@@ -204,8 +199,7 @@ def render_protocol(payload: Mapping[str, Any]) -> str:
         "",
         *([f"Ablation: {abl['description']}", ""] if abl else []),
         f"Command: `{command}`  ",
-        f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']} "
-        f"({info['torch_threads']} threads), Python {info['python']}  ",
+        f.machine,
         f"Finished: {payload['finished']}, total wall time {payload['total_s'] / 60:.1f} min "
         f"(estimated {estimate / 60:.1f} min before the run)",
         "",
