@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from foundation.contract import ContractError, InputContract, read_contract
 from shards.dataset import Window
+from shards.filters import resample
 from shards.sample import SFREQ
 from shards.vocabulary import CHANNELS, canonical_name
 
@@ -97,17 +97,15 @@ def _band(l_freq: float | None, h_freq: float | None) -> str:
 
 
 def resample_windows(windows: Sequence[Window], sfreq: float) -> list[Window]:
-    """Windows resampled to ``sfreq`` (polyphase, zero-phase FIR; ``meta['sfreq']`` updated)."""
+    """Windows resampled to ``sfreq`` with the shard build's own resampler (``shards.filters.resample``:
+    polyphase, the same ratio rule and kernel), ``meta['sfreq']`` updated."""
     out = []
     for w in windows:
         src = float(w.meta.get("sfreq", sfreq))
         if src == sfreq:
             out.append(w)
             continue
-        from scipy.signal import resample_poly
-
-        ratio = Fraction(sfreq / src).limit_denominator(1000)
-        data = resample_poly(np.asarray(w.eeg, dtype=np.float32), ratio.numerator, ratio.denominator, axis=1)
+        data = resample(np.asarray(w.eeg, dtype=np.float32), src, float(sfreq))
         out.append(Window(data.astype(np.float32), {**w.meta, "sfreq": float(sfreq)}))
     return out
 
