@@ -117,7 +117,8 @@ def fourier_resample(x: torch.Tensor, n_out: int) -> torch.Tensor:
 
 
 def _band(contract) -> str:
-    """The training data's filters as the contract records them ("0.1-75 Hz, notch 60 Hz"), or ""."""
+    """The training data's filters as the contract records them ("0.1-75 Hz, notch 60 Hz"; no notch where the
+    corpora's notches differ), or ""."""
     if contract is None or (contract.l_freq is None and contract.h_freq is None):
         return ""
     low = "0" if contract.l_freq is None else f"{contract.l_freq:g}"

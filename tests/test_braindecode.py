@@ -28,7 +28,7 @@ def test_units_rate_and_channels_follow_the_contract(capsys):
     volts = EEGMambaClassifier(chs_info=_chs(["C3..", "Cz..", "EOG"]), input_units="V", **kw).eval()
     assert capsys.readouterr().err.strip().splitlines() == [
         "eegfm contract: EEGMambaClassifier: V -> 100uV; each window's channel means removed; no filtering applied "
-        "(pretrained on 0.1-75 Hz, notch 60 Hz data: filter the input to match); resampled 160 Hz -> 200 Hz; "
+        "(pretrained on 0.1-75 Hz data: filter the input to match); resampled 160 Hz -> 200 Hz; "
         "left out 1 channel(s) not in the vocabulary: EOG"]
     micro = EEGMambaClassifier(chs_info=_chs(["C3..", "Cz..", "EOG"]), input_units="uV", **kw).eval()
     micro.load_state_dict(volts.state_dict())
