@@ -47,7 +47,9 @@ that -25 dB residual informative. The defaults therefore score only bins with ``
 mask (``mask >= 0.5``, the region the smoothing started from) and invert (``cleanup_iters = 1``
 projection): the energy left in the scored bins falls from ~2e-3 to ~1e-5 of their clean energy (simulated
 EEG; what remains is window leakage from visible neighbours). The soft edge then survives on the outside
-of the hard mask only, where the input keeps ``(1 - m) X``, and that fringe is not scored. ``loss_threshold = 0``
+of the hard mask only, where the input keeps ``(1 - m) X``, and that fringe is not scored. Bins with
+``0.5 <= mask < 0.9`` are hidden after the cleanup but not scored either (about half the hidden area with
+the defaults); ``benchmarks/ablations.py`` ``stft-score-hard-mask`` scores them. ``loss_threshold = 0``
 and ``cleanup_iters = 0`` restore the legacy corruption and loss.
 
 Frames and backbone patches: with the defaults a 1-s patch of the backbone covers ``k = patch_size // hop = 4``
