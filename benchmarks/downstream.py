@@ -78,7 +78,7 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks.ablations import ABLATIONS, ablation, apply
-from benchmarks.baselines import import_eegnet, run_baselines
+from benchmarks.baselines import eegnet_unavailable, run_baselines
 from benchmarks.estimate import estimate_seconds, format_estimate
 from benchmarks.protocol import build_pretrain_shards, choose_pool
 from benchmarks.published import published_comparison
@@ -494,7 +494,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stages: dict[str, float] = {}
     notes: list[str] = []
     t_start = time.time()
-    import_eegnet()  # fail early, and print the torchaudio note once
+    if why := eegnet_unavailable():  # once, before any work (also prints the torchaudio note once)
+        log(why)
+        notes.append(why)
 
     log(f"stage 1/4: shards from {args.data}")
     t0 = time.time()

@@ -3,8 +3,7 @@
 ``EEGMambaClassifier`` follows braindecode's ``EEGModuleMixin`` conventions, so braindecode / skorch /
 MOABB pipelines can finetune it like any braindecode model::
 
-    from braindecode import EEGClassifier
-    from finetune.braindecode import EEGMambaClassifier
+    from finetune.braindecode import EEGClassifier, EEGMambaClassifier   # this module first: see below
     clf = EEGClassifier(EEGMambaClassifier, module__checkpoint="eegmamba-tiny-open", module__sfreq=160.0,
                         module__chs_info=raw.info["chs"], module__input_units="V", max_epochs=10, ...)
     clf.fit(X, y)                                         # X [n, n_chans, n_times] in volts at 160 Hz
@@ -19,9 +18,11 @@ and are mapped through ``shards.vocabulary``; names the vocabulary does not know
 left out with the notice, and a montage with no channel the checkpoint was pretrained on is a
 ``ContractError``. The MoE auxiliary loss is not added (skorch's criterion sees only the logits).
 
-braindecode 1.8 imports torchaudio eagerly, and a CUDA-linked torchaudio wheel cannot load beside a
-CPU-only torch; :func:`braindecode_models` then imports braindecode against a stub torchaudio (the models
-used here call none of it).
+braindecode 1.8 imports torchaudio eagerly, and the torchaudio wheel pip picks (built for another torch, or
+CUDA-linked) cannot load beside a CPU-only torch: ``import braindecode`` then fails with an ``OSError``.
+Importing this module first avoids that: :func:`braindecode_models` imports braindecode against a stub
+torchaudio when the real one cannot load (the models used here call none of it), and braindecode's
+``EEGClassifier`` is re-exported from here so one import line does both.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from foundation.contract import ContractError
 from shards.sample import SFREQ, UNIT_SCALE
 from shards.vocabulary import canonical_name, channel_ids
 
-__all__ = ["EEGMambaClassifier", "braindecode_models", "UNIT_FACTORS", "fourier_resample"]
+__all__ = ["EEGClassifier", "EEGMambaClassifier", "braindecode_models", "UNIT_FACTORS", "fourier_resample"]
 
 
 def _stub_module(name: str) -> types.ModuleType:
@@ -69,7 +70,7 @@ def braindecode_models() -> types.ModuleType:
     """``braindecode.models``, importable on a CPU-only torch (stub torchaudio when its wheel cannot load).
 
     Raises:
-        ImportError: braindecode is not installed (``pip install -e ".[baselines]"``).
+        ImportError: braindecode is not installed (``pip install -e ".[braindecode]"``).
     """
     try:
         import braindecode.models as models
@@ -77,7 +78,7 @@ def braindecode_models() -> types.ModuleType:
         return models
     except ModuleNotFoundError as err:
         if err.name and err.name.split(".")[0] == "braindecode":
-            raise ImportError('finetune.braindecode needs braindecode: pip install -e ".[baselines]"') from err
+            raise ImportError('finetune.braindecode needs braindecode and skorch: pip install -e ".[braindecode]"') from err
         raise
     except (OSError, ImportError) as err:
         if "torchaudio" not in f"{err!r} {err.__cause__!r}" and not any(m.startswith("torchaudio") for m in sys.modules):
@@ -99,6 +100,7 @@ def braindecode_models() -> types.ModuleType:
 
 
 EEGModuleMixin = braindecode_models().base.EEGModuleMixin
+from braindecode import EEGClassifier  # noqa: E402  (after the torchaudio stub is in place)
 
 # Multiply an input in these units by the factor to get the contract's µV / 100.
 UNIT_FACTORS = {"V": UNIT_SCALE, "mV": UNIT_SCALE / 1e3, "uV": UNIT_SCALE / 1e6, "µV": UNIT_SCALE / 1e6, "100uV": 1.0}

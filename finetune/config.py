@@ -10,10 +10,10 @@ each with its own ``data``::
     checkpoint = "runs/pretrain/model"
     [[tasks]]
     recipe = "seizure"
-    data = "shards/bonn"
+    data = "data/shards/bonn"
     [[tasks]]
     recipe = "sleep"
-    data = "shards/dreams"
+    data = "data/shards/dreams"
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Usage::
 
-    accelerate launch finetune/run.py --recipe sleep --checkpoint runs/pretrain/model --data shards/dreams
-    accelerate launch finetune/run.py --recipe sleep --checkpoint none --data shards/dreams   # from scratch
-    accelerate launch finetune/run.py --recipe seizure,sleep --checkpoint CKPT --data shards/synth  # multi-task
+    accelerate launch finetune/run.py --recipe sleep --checkpoint runs/pretrain/model --data data/shards/dreams
+    accelerate launch finetune/run.py --recipe sleep --checkpoint none --data data/shards/dreams   # from scratch
+    accelerate launch finetune/run.py --recipe seizure,sleep --checkpoint CKPT --data data/shards/synth  # multi-task
     python finetune/run.py --config my_run.toml --epochs 20 --mode linear_probe
 
 Every key of :class:`finetune.config.FinetuneConfig` can be set in a TOML ``--config`` file and/or as

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 import safetensors
 import safetensors.torch
-from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from foundation.config_dict import ConfigError, from_dict
@@ -277,6 +277,23 @@ class StrictHubMixin(PyTorchModelHubMixin):
         if dataclasses.is_dataclass(config):
             config = stored_config(config)
         return super().save_pretrained(save_directory, config=config, **kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """A short card of what the folder holds: the class, its config, how to load it (huggingface_hub's
+        template would be placeholders only). A pretraining run's export replaces it with the full card."""
+        cls = type(self)
+        doc = " ".join((cls.__doc__ or cls.__name__).strip().split("\n\n")[0].split())
+        config = getattr(self, "config", None)
+        fields = stored_config(config) if dataclasses.is_dataclass(config) else {}
+        rows = "\n".join(f"| {k} | `{json.dumps(v)}` |" for k, v in fields.items())
+        tags = "\n".join(f"- {t}" for t in self._hub_mixin_info.model_card_data.tags or [])
+        return ModelCard("\n".join([
+            "---", "library_name: eegfm", *(["tags:", tags] if tags else []), "---", "",
+            f"# {cls.__name__}", "", doc, "",
+            "| config field | value |", "|---|---|", rows, "",
+            "```python", f"from {cls.__module__.split('.')[0]} import {cls.__name__}",
+            f'model = {cls.__name__}.from_pretrained("path/to/this/folder")', "```", "",
+        ]))
 
     @classmethod
     def read_config(cls, path: str | Path) -> Any:

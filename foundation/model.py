@@ -20,7 +20,7 @@ Example::
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.utils.checkpoint
@@ -183,9 +183,9 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class EEGMambaOutput:
-    """What :meth:`EEGMamba.forward` returns.
+class EEGMambaOutput(NamedTuple):
+    """What :meth:`EEGMamba.forward` returns (a named tuple: summary tools such as torchinfo, DDP and
+    ``torch.compile`` walk its tensors as they walk a tuple's).
 
     Fields:
         tokens: ``[b L d]`` final-normed token features without the class token; channel_patch:

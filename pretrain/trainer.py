@@ -29,6 +29,9 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from foundation.contract import read_contract
+from foundation.model import EEGMamba
+from pretrain.card import CARD_NAME, backbone_summary, export_card
 from pretrain.config import OptimConfig, TrainConfig
 from pretrain.configfile import parse_cli, to_dict
 from pretrain.contract import write_run_contract
@@ -326,8 +329,24 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
                       run_name=run_name, hparams=hparams, preprocessing=record)
     result = trainer.fit(resume=resume)
     if result.export_dir is not None and accelerator.is_main_process:
-        write_run_contract(result.export_dir, corpora, objective, config, result.steps, patch_size)
+        contract_path = write_run_contract(result.export_dir, corpora, objective, config, result.steps, patch_size)
+        write_export_card(result, objective, read_contract(contract_path.parent), hparams)
     return result
+
+
+def write_export_card(result: TrainResult, objective: nn.Module, contract: Any, hparams: dict[str, Any]) -> Path:
+    """``{export_dir}/README.md``: what the exported model is, its input contract and how it was trained."""
+    model = getattr(objective, "backbone", None) or getattr(objective, "tokenizer", None) or objective
+    n_params = sum(p.numel() for p in model.parameters())
+    name = str(getattr(objective, "name", type(objective).__name__))
+    cls = type(model).__name__
+    what = (backbone_summary(model.config, n_params) if isinstance(model, EEGMamba)
+            else f"A {cls} ({n_params / 1e6:.2f} M parameters; {(type(model).__doc__ or '').strip().splitlines()[0]})")
+    load = f"from {type(model).__module__.split('.')[0]} import {cls}\nmodel = {cls}.from_pretrained(\"{result.export_dir}\")"
+    path = result.export_dir / CARD_NAME
+    path.write_text(export_card(result.export_dir, contract, what=what, objective=name, config=hparams,
+                                final_loss=result.losses[-1] if result.losses else None, load=load))
+    return path
 
 
 def run_entry(prog: str, description: str, config_class: type, train: Callable[..., TrainResult],

@@ -1,5 +1,8 @@
 """Shared test fixtures.
 
+Tests that need an optional extra (braindecode, triton, mne-bids, antio, curryreader, mffpy, pyxdf) skip with
+the reason and the install command when it is absent; ``-rs`` in the pytest config lists every skip.
+
 Real recordings live in ``../shared/data`` next to the repository (override with ``EEG_SHARED_DATA``).
 A fresh clone does not have them, so every test that needs them takes the ``shared_data`` fixture and is
 skipped cleanly when the folder is absent. The data are never copied into the repository.
@@ -8,9 +11,16 @@ skipped cleanly when the folder is absent. The data are never copied into the re
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# EEGFM_HIDE_PACKAGES=braindecode,skorch runs the suite as if those packages were not installed (``import``
+# raises ModuleNotFoundError, ``importlib.util.find_spec`` returns None): how tests/test_optional_extras.py
+# proves that every test needing an optional extra skips, on a machine where the extra is installed.
+for _name in filter(None, os.environ.get("EEGFM_HIDE_PACKAGES", "").split(",")):
+    sys.modules[_name.strip()] = None  # type: ignore[assignment]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

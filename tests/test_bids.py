@@ -10,7 +10,7 @@ import mne
 import numpy as np
 import pytest
 
-mne_bids = pytest.importorskip("mne_bids")
+mne_bids = pytest.importorskip("mne_bids", reason="the bids extra is not installed (pip install -e '.[bids]')")
 
 from shards.corpora import get_corpus  # noqa: E402
 from shards.corpora.bids import label_of, task_of  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 if importlib.util.find_spec("braindecode") is None or importlib.util.find_spec("skorch") is None:
-    pytest.skip("the braindecode extra is not installed", allow_module_level=True)
+    pytest.skip("the braindecode extra is not installed (pip install -e '.[braindecode]')", allow_module_level=True)
 
 from finetune.braindecode import EEGMambaClassifier, fourier_resample  # noqa: E402
 from foundation.contract import ContractError  # noqa: E402
@@ -86,3 +86,29 @@ def test_eeg_classifier_trains_on_real_motor_imagery(shared_data, capsys):
     proba = clf.predict_proba(x)
     assert proba.shape == (30, 2) and np.allclose(proba.sum(1), 1.0, atol=1e-5)
     assert set(clf.predict(x).tolist()) <= {0, 1}
+
+
+def test_documented_import_line_works_in_a_fresh_interpreter_and_the_module_prints():
+    """The docs' one import line, in a new process (braindecode not yet imported), then braindecode's own
+    torchinfo summary of the module (it walks every layer's output)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    code = (
+        "from finetune.braindecode import EEGClassifier, EEGMambaClassifier\n"
+        "import torch\n"
+        "clf = EEGClassifier(EEGMambaClassifier, module__checkpoint='eegmamba-tiny-open', module__sfreq=160.0,\n"
+        "    module__n_chans=3, module__n_outputs=2, module__n_times=640,\n"
+        "    module__chs_info=[{'ch_name': n} for n in ('C3', 'Cz', 'C4')], train_split=None, device='cpu')\n"
+        "clf.initialize()\n"
+        "print(clf.module_)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout
+    assert "EEGMambaClassifier" in summary and "ClassificationHead (head)" in summary
+    total = int(summary.split("Total params:")[1].split()[0].replace(",", ""))
+    assert total == sum(p.numel() for p in EEGMambaClassifier(
+        n_chans=3, n_outputs=2, n_times=640, sfreq=160.0, chs_info=_chs(["C3", "Cz", "C4"])).parameters())

@@ -58,3 +58,18 @@ def test_scan_backend_is_a_runtime_choice_never_stored(tmp_path, monkeypatch):
     # resume compares the training maths, not the kernel
     saved, now = {"model": {"scan_backend": "triton", "d_model": 32}}, {"model": {"scan_backend": "torch", "d_model": 32}}
     assert check_resume_settings(saved, now, "", tmp_path) == {}
+
+
+def test_save_pretrained_writes_a_card_of_the_model_not_a_template(tmp_path):
+    import json
+
+    config = EEGMambaConfig.from_size("tiny")
+    EEGMamba(config).save_pretrained(tmp_path / "bb")
+    VQNSP(VQNSPConfig.from_size("tiny")).save_pretrained(tmp_path / "tok")
+    card = (tmp_path / "bb" / "README.md").read_text()
+    assert "More Information Needed" not in card and "\n# EEGMamba\n" in card
+    stored = json.loads((tmp_path / "bb" / "config.json").read_text())
+    assert all(f"| {k} | `{json.dumps(v)}` |" in card for k, v in stored.items())
+    assert 'EEGMamba.from_pretrained("path/to/this/folder")' in card
+    tok = (tmp_path / "tok" / "README.md").read_text()
+    assert "\n# VQNSP\n" in tok and "from tokenizer import VQNSP" in tok and "More Information Needed" not in tok

@@ -38,7 +38,7 @@ def same_as_mne(ours: mne.io.BaseRaw, theirs: mne.io.BaseRaw, n_ch: int, sfreq: 
 
 def needs(package: str) -> None:
     if formats.missing_package(formats.Format("x", (), None, package=package)):
-        pytest.skip(f"optional package {package} is not installed")
+        pytest.skip(f"optional package {package} is not installed (pip install -e '.[formats]')")
 
 
 # --------------------------------------------------------------------------- shared files, per format
@@ -387,7 +387,8 @@ def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp
 
     root = tmp_path / "raw"
     root.mkdir()
-    optional = {"rec.mff": "mffpy", "rec.xdf": "pyxdf"}
+    optional = {"rec.mff": "mffpy", "rec.xdf": "pyxdf", Path(ANT).name: "antio", f"curry/{Path(CURRY7).name}": "curryreader",
+                f"curry/{Path(CURRY8).name}": "curryreader"}
     missing = {name for name, package in optional.items() if formats.missing_package(formats.Format("", (), "", package=package))}
     if "rec.mff" in missing:
         (root / "rec.mff").mkdir()

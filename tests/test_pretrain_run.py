@@ -123,6 +123,13 @@ def test_short_run_checkpoints_logs_and_exports(demo_spec, tmp_path):
     pre = json.loads((result.export_dir / "preprocess.json").read_text())
     assert pre["sfreq"] == 200.0 and pre["corpora"]["synth"]["preprocess"]["window_s"] == 4.0
     assert result.tokens_per_s > 0 and {"loss_stft", "lr", "grad_norm", "moe_aux"} <= set(result.logs[-1])
+    # the card beside the weights is generated from this run, not huggingface_hub's template
+    card = (result.export_dir / "README.md").read_text()
+    assert "More Information Needed" not in card and card.startswith("---\nlibrary_name: eegfm\n")
+    assert f"{model.num_parameters() / 1e6:.2f} M parameters" in card and "d_model 64, 2 layers" in card
+    assert "| sampling rate | 200 Hz |" in card and "| pretraining crop | 2 s |" in card
+    assert "`masked_stft` objective for 4 steps" in card and f"final loss {result.losses[-1]:.4f}" in card
+    assert "| synth | " in card and f'EEGMamba.from_pretrained("{result.export_dir}")' in card
 
 
 @pytest.mark.slow
