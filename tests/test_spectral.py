@@ -125,8 +125,9 @@ def test_mask_fraction_per_map(family, fraction):
     size = {"time": n_frames, "freq": n_freqs, "timefreq": n_freqs * n_frames}[family]
     per_map = masks.flatten(2).mean(-1)
     assert (per_map - fraction).abs().max().item() <= 0.5 / size + 1e-5
-    # Not a uniform haze: each map hides some bins almost completely and leaves others nearly untouched.
-    assert (masks.flatten(2).amax(-1) > 0.95).all() and (masks.flatten(2).amin(-1) < 0.05).all()
+    # Not a uniform haze: each map hides some bins almost completely and leaves others nearly untouched (at
+    # fraction 0.7 about 0.5% of "freq" maps have their visible 30% in gaps too short to reach 0.05).
+    assert (masks.flatten(2).amax(-1) > 0.95).all() and (masks.flatten(2).amin(-1) < 0.05).float().mean() >= 0.9
 
 
 def test_mixed_families_fraction_and_mix():
@@ -179,6 +180,107 @@ def test_masks_reproducible_with_generator_and_shared_across_channels():
     assert torch.equal(a, b)
     shared = sample_masks((2, 3), 51, 33, MaskConfig(share_across_channels=True), generator=torch.Generator().manual_seed(7))
     assert torch.equal(shared[:, 0], shared[:, 2]) and not torch.equal(shared[0, 0], shared[1, 0])
+
+
+def _sequential_bands(m, length, goal, width, gen, bands=None, bias=0.0, rounds=512):
+    """The reference sampler: one band per round for every row short of its goal, trimmed at its end to
+    the deficit, until the goal (what tokenizer.spectral did with a data-dependent number of rounds)."""
+    from tokenizer.spectral import _sample_extent
+
+    idx = torch.arange(length)
+    hard = torch.zeros(m, length, dtype=torch.bool)
+    for _ in range(rounds):
+        deficit = goal - hard.sum(1)
+        if not bool((deficit > 0).any()):
+            break
+        w, start = _sample_extent(m, length, width, gen, "cpu", bands, bias)
+        w = torch.minimum(w, deficit.clamp(min=1))
+        hard |= (idx >= start[:, None]) & (idx < (start + w)[:, None]) & (deficit > 0)[:, None]
+    return hard
+
+
+def _sequential_patches(m, n_freqs, n_frames, goal, cfg, gen, rounds=512):
+    from tokenizer.spectral import _sample_extent
+
+    fi, ti = torch.arange(n_freqs), torch.arange(n_frames)
+    hard = torch.zeros(m, n_freqs, n_frames, dtype=torch.bool)
+    for _ in range(rounds):
+        d = goal - hard.flatten(1).sum(1)
+        if not bool((d > 0).any()):
+            break
+        fw, fs = _sample_extent(m, n_freqs, cfg.patch_freq_width, gen, "cpu", None, 0.0)
+        tw, ts = _sample_extent(m, n_frames, cfg.patch_time_width, gen, "cpu", None, 0.0)
+        fw = torch.minimum(fw, d.clamp(min=1))
+        tw = torch.minimum(tw, torch.div(d.clamp(min=1), fw, rounding_mode="floor").clamp(min=1))
+        ts = torch.minimum(ts, n_frames - tw)
+        rect = ((fi >= fs[:, None]) & (fi < (fs + fw)[:, None]))[:, :, None] & ((ti >= ts[:, None]) & (ti < (ts + tw)[:, None]))[:, None, :]
+        hard |= rect & (d > 0)[:, None, None]
+    return hard
+
+
+def _runs(hard: torch.Tensor) -> torch.Tensor:
+    """Lengths of the runs of True along the last axis of ``hard [m, length]``, all rows together."""
+    edges = torch.diff(torch.nn.functional.pad(hard.int(), (1, 1)), dim=1)
+    starts = (edges == 1).nonzero()[:, 1]
+    ends = (edges == -1).nonzero()[:, 1]
+    return (ends - starts).float()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fixed_round_sampler_matches_the_sequential_one_in_distribution(family):
+    """The vectorised sampler (candidate bands drawn at once, the trimmed tail run a fixed number of rounds)
+    against the sequential reference: exact coverage per map, and the same band statistics (runs per map
+    and run width, along each axis for rectangles) within 4 standard errors over a few thousand maps."""
+    from tokenizer.spectral import _hard_bands_1d, _hard_patches
+
+    cfg, m = MaskConfig(), 3000
+    shape = {"time": (17,), "freq": (101,), "timefreq": (101, 17)}[family]
+    goal = int(round(cfg.fraction * math.prod(shape)))
+    if family == "timefreq":
+        m = 600
+        new = _hard_patches(m, *shape, goal, cfg, torch.Generator().manual_seed(0), "cpu", None)
+        ref = _sequential_patches(m, *shape, goal, cfg, torch.Generator().manual_seed(1))
+        views = {"freq runs": lambda h: h.transpose(1, 2).reshape(-1, shape[0]), "time runs": lambda h: h.reshape(-1, shape[1])}
+    else:
+        width = cfg.time_width if family == "time" else cfg.freq_width
+        new = _hard_bands_1d(m, shape[0], goal, width, cfg, torch.Generator().manual_seed(0), "cpu")
+        ref = _sequential_bands(m, shape[0], goal, width, torch.Generator().manual_seed(1))
+        views = {"runs": lambda h: h}
+    assert (new.flatten(1).sum(1) == goal).all() and (ref.flatten(1).sum(1) == goal).all()
+    for name, view in views.items():
+        a, b = _runs(view(new)), _runs(view(ref))
+        per_map = [_runs_per_map(view(h), m) for h in (new, ref)]
+        for stat, x, y in (("runs per map", *per_map), ("run width", a, b)):
+            se = math.sqrt(x.var() / len(x) + y.var() / len(y))
+            assert abs(x.mean() - y.mean()) < 4 * se, f"{family} {name} {stat}: {x.mean():.3f} vs {y.mean():.3f} (se {se:.3f})"
+
+
+def _runs_per_map(rows: torch.Tensor, m: int) -> torch.Tensor:
+    """Number of runs of True in each map, from its rows ``[m * k, length]``."""
+    starts = (torch.diff(torch.nn.functional.pad(rows.int(), (1, 1)), dim=1) == 1).sum(1)
+    return starts.view(m, -1).sum(1).float()
+
+
+def test_fixed_round_sampler_rarely_completes_a_map_by_hand():
+    """Maps the fixed rounds leave short of their goal are completed with their first free entries: under
+    1% of maps, by a few entries (a bias far below the band widths)."""
+    import tokenizer.spectral as spectral
+
+    seen = []
+    original = spectral._fill
+
+    def spy(hard, goal):
+        seen.append((goal - hard.sum(1)).float())
+        return original(hard, goal)
+
+    spectral._fill = spy
+    try:
+        sample_masks((32, 19), 101, 17, MaskConfig(), generator=torch.Generator().manual_seed(0))
+    finally:
+        spectral._fill = original
+    assert len(seen) == 3  # time, freq, timefreq candidates for every map
+    for short in seen:
+        assert (short > 0).float().mean() < 0.01 and short.max() <= 4
 
 
 def test_mask_config_errors_name_the_field():
@@ -313,14 +415,17 @@ def test_a_linear_read_out_of_hidden_bins_gains_nothing_from_the_input_there():
     x = _pink_alpha(8, 4, 2000, seed=5)
 
     def explained(config: MaskConfig) -> float:
-        out = corrupt(x, mask_config=config, generator=torch.Generator().manual_seed(1))
-        scored = out.mask >= 0.9
-        seen = spectral_target(stft(out.x_masked))[scored]
-        target = out.target[scored]
-        slope = ((seen - seen.mean()) * (target - target.mean())).sum() / (seen - seen.mean()).pow(2).sum()
-        # target variance explained, relative to a read-out that ignores the input (predicts the mean)
-        fit = target.mean() + slope * (seen - seen.mean())
-        return float(1 - (target - fit).pow(2).mean() / target.var(unbiased=False))
+        values = []
+        for seed in range(3):  # averaged over mask draws: one draw's figure varies by +-0.02
+            out = corrupt(x, mask_config=config, generator=torch.Generator().manual_seed(seed))
+            scored = out.mask >= 0.9
+            seen = spectral_target(stft(out.x_masked))[scored]
+            target = out.target[scored]
+            slope = ((seen - seen.mean()) * (target - target.mean())).sum() / (seen - seen.mean()).pow(2).sum()
+            # target variance explained, relative to a read-out that ignores the input (predicts the mean)
+            fit = target.mean() + slope * (seen - seen.mean())
+            values.append(float(1 - (target - fit).pow(2).mean() / target.var(unbiased=False)))
+        return sum(values) / len(values)
 
     legacy, fixed = explained(MaskConfig(**LEGACY_MASK)), explained(MaskConfig())
     assert legacy > 0.08 and fixed < 0.03 and fixed < 0.25 * legacy  # measured: 0.108 -> 0.013

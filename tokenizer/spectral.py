@@ -29,9 +29,12 @@ Defaults and why
   count reaches ``round(fraction * size)`` (bands are trimmed so it never overshoots), then smoothed with
   a Gaussian (``sigma_time`` frames, ``sigma_freq`` bins) using half-sample-symmetric padding, which keeps
   the total mass, so the soft mask's mean equals the hard mask's: ``|mean - fraction| <= 1 / (2 * size)``
-  (size = frames for "time", bins for "freq", bins x frames for "timefreq"). Soft edges mean a hidden alpha
-  burst cannot be read off a sharp boundary in the unmasked neighbours, and the reconstruction loss
-  weighs the mask's core more than its fringe.
+  (size = frames for "time", bins for "freq", bins x frames for "timefreq"). Soft edges mean a hidden
+  alpha burst cannot be read off a sharp boundary in the unmasked neighbours, and the reconstruction loss
+  weighs the mask's core more than its fringe. The sampler draws a fixed number of candidate bands per
+  map at once and builds the union the round-by-round process would (no data-dependent loop and no host
+  synchronisation, so it runs inside a compiled training step; ``tests/test_spectral.py`` checks the two
+  agree in coverage, band counts and widths).
 * ``band_bias``: the probability that a frequency band (or a patch's frequency extent) is placed exactly
   on one of the physiological bands (delta 0.5-4, theta 4-8, alpha 8-13, beta 13-30 Hz) instead of
   uniformly; 0 by default (uniform), raise it to make the model reconstruct whole rhythms.
@@ -59,6 +62,7 @@ whose centre is the end of the window) so that one token can predict its own fra
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -236,7 +240,7 @@ class MaskConfig:
     bands_hz: tuple[tuple[float, float], ...] = field(default=PHYSIOLOGICAL_BANDS_HZ)
     sfreq: float = 200.0  # with n_freqs, gives the bin spacing used to place `bands_hz`
     share_across_channels: bool = False  # one mask per sample, hiding the same region in every channel
-    max_rounds: int = 512
+    max_rounds: int = 512  # cap on the candidate bands drawn per map (see _rounds)
     loss_threshold: float = 0.9  # score only bins with mask >= this (0 = legacy: every bin, weighted by the mask)
     cleanup_iters: int = 1  # STFT -> zero bins with mask >= 0.5 -> iSTFT projections after the round trip (0 = legacy)
 
@@ -303,72 +307,165 @@ def _sample_extent(
     return w, start
 
 
+# Rounds run one at a time once bands start being trimmed (the union is then within one band of its goal
+# and each trimmed band adds about half of what is left): enough that under 1% of maps need _fill, with a
+# deficit of one or two entries (tests/test_spectral.py measures both).
+_FINAL_ROUNDS_1D, _FINAL_ROUNDS_2D = 16, 24
+
+
+def _rounds(goal: int, mean_extent: float, final: int, config: MaskConfig) -> int:
+    """Candidate bands drawn per map: three times the rounds the goal needs on average (overlaps make later
+    bands add less), a margin and the ``final`` one-at-a-time rounds, capped by ``config.max_rounds``. A
+    function of the shapes only: every batch of a run draws as many random numbers and runs the same ops."""
+    return int(min(config.max_rounds, 3 * math.ceil(goal / max(mean_extent, 1.0)) + 8 + final))
+
+
+def _untrimmed_union(first: torch.Tensor, rounds: int, fits) -> tuple[torch.Tensor, torch.Tensor]:
+    """The leading rounds in which no band is trimmed, for all maps at once.
+
+    ``first [m, s]`` long: the round in which each entry is first covered by a candidate band (``rounds`` =
+    never); ``fits(deficit [m, rounds]) -> [m, rounds]`` bool: whether each round's band fits the deficit
+    it meets. Returns ``(union [m, s] bool, resume [m] long)``: the union before the first band that must be
+    trimmed, and that band's round (``rounds`` when none must be).
+    """
+    m = first.shape[0]
+    counts = torch.zeros(m, rounds + 1, dtype=torch.long, device=first.device)
+    counts.scatter_add_(1, first, torch.ones_like(first))
+    before = counts[:, :rounds].cumsum(1) - counts[:, :rounds]  # [m, rounds] entries covered before each round
+    resume = fits(before).long().cumprod(1).sum(1)  # the first round whose band does not fit
+    return first < resume[:, None], resume
+
+
+# Rounds per int64 bit set (the sign bit stays clear).
+_ROUND_BITS = 62
+
+
+def _round_groups(rounds: int) -> list[slice]:
+    return [slice(r0, min(rounds, r0 + _ROUND_BITS)) for r0 in range(0, rounds, _ROUND_BITS)]
+
+
+def _round_bits(cover: torch.Tensor) -> torch.Tensor:
+    """``cover [..., g]`` bool (g <= 62 rounds) -> ``[...]`` int64 with bit r set where round r covers."""
+    shifts = torch.arange(cover.shape[-1], device=cover.device)
+    return (cover.long() << shifts).sum(-1)
+
+
+def _lowest_round(bits: torch.Tensor, offset: int, never: int) -> torch.Tensor:
+    """The lowest set bit of ``bits`` (int64) + ``offset``, or ``never`` where no bit is set. A rectangle
+    covers a cell iff its bin's and its frame's bit sets share the round, so the first covering round of
+    every cell is one AND of two small bit sets and one lowest-bit search, never an [m, f, n, rounds] array."""
+    low = bits & -bits  # the lowest set bit alone: an exact power of two
+    return torch.where(bits != 0, torch.log2(low.double()).round().long() + offset, never)
+
+
+def _pick(values: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``values [m, rounds]`` at round ``r [m]`` (clamped to the last round)."""
+    return values.gather(1, r.clamp(max=values.shape[1] - 1)[:, None]).squeeze(1)
+
+
+def _fill(hard: torch.Tensor, goal: int) -> torch.Tensor:
+    """Complete rows of ``hard [m, s]`` still short of ``goal`` with their first free entries (a map whose
+    candidate bands all ran out; the tests bound how rare that is)."""
+    short = goal - hard.sum(1, keepdim=True)
+    free = ~hard
+    return hard | (free & (free.cumsum(1) <= short))
+
+
 def _hard_bands_1d(
     m: int, length: int, goal: int, width: tuple[int, int], config: MaskConfig, generator, device,
     bands: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Union of bands ``[m, length]`` bool with exactly ``goal`` True entries per row (unless max_rounds runs out).
+    """Union of bands ``[m, length]`` bool with exactly ``goal`` True entries per row.
 
-    Each round adds one band to every row still short of its goal, trimmed to the remaining deficit, so a
-    row can never overshoot.
+    The sequential sampler: each round adds a random band to every row short of its goal, trimmed at its
+    end to the remaining deficit (so a snapped band stays anchored at its physiological lower edge). Here
+    the rounds before the first trimmed band run together (:func:`_untrimmed_union`) and the last
+    ``_FINAL_ROUNDS_1D`` one at a time: the same masks in distribution, with fixed shapes and no host sync.
     """
+    rounds = _rounds(goal, (min(width[0], length) + min(width[1], length)) / 2, _FINAL_ROUNDS_1D, config)
+    w, start = _sample_extent(m * rounds, length, width, generator, device, bands, config.band_bias)
+    w, start = w.view(m, rounds), start.view(m, rounds)
     idx = torch.arange(length, device=device)
-    hard = torch.zeros(m, length, dtype=torch.bool, device=device)
-    for _ in range(config.max_rounds):
-        deficit = goal - hard.sum(1)
-        active = deficit > 0
-        if not bool(active.any()):
-            break
-        w, start = _sample_extent(m, length, width, generator, device, bands, config.band_bias)
-        # Trimming from the end keeps a snapped band anchored at its physiological lower edge.
-        w = torch.minimum(w, deficit.clamp(min=1))
-        band = (idx >= start[:, None]) & (idx < (start + w)[:, None])
-        hard |= band & active[:, None]
-    return hard
+    first = torch.full((m, length), rounds, dtype=torch.long, device=device)
+    for sl in _round_groups(rounds):
+        cover = (idx[:, None] >= start[:, None, sl]) & (idx[:, None] < (start + w)[:, None, sl])  # [m, length, g]
+        first = torch.minimum(first, _lowest_round(_round_bits(cover), sl.start, rounds))
+    hard, resume = _untrimmed_union(first, rounds, lambda before: w <= goal - before)
+    for j in range(_FINAL_ROUNDS_1D):
+        r = resume + j
+        deficit = (goal - hard.sum(1)).clamp(min=0) * (r < rounds)
+        s, wj = _pick(start, r), torch.minimum(_pick(w, r), deficit)
+        hard |= (idx >= s[:, None]) & (idx < (s + wj)[:, None])
+    return _fill(hard, goal)
 
 
 def _hard_patches(
     m: int, n_freqs: int, n_frames: int, goal: int, config: MaskConfig, generator, device, bands: torch.Tensor | None
 ) -> torch.Tensor:
-    """Union of rectangles ``[m, f, n]`` bool with exactly ``goal`` True entries per map (area trimmed)."""
-    fi = torch.arange(n_freqs, device=device)
-    ti = torch.arange(n_frames, device=device)
-    hard = torch.zeros(m, n_freqs, n_frames, dtype=torch.bool, device=device)
-    for _ in range(config.max_rounds):
-        deficit = goal - hard.flatten(1).sum(1)
-        active = torch.nonzero(deficit > 0).squeeze(1)
-        if active.numel() == 0:
-            break
-        k = active.numel()
-        d = deficit[active]
-        fw, fs = _sample_extent(k, n_freqs, config.patch_freq_width, generator, device, bands, config.band_bias)
-        tw, ts = _sample_extent(k, n_frames, config.patch_time_width, generator, device, None, 0.0)
-        # Shrink the rectangle to at most the deficit's area: first in time, then in frequency.
-        fw = torch.minimum(fw, d)
-        tw = torch.minimum(tw, torch.div(d, fw, rounding_mode="floor").clamp(min=1))
-        ts = torch.minimum(ts, n_frames - tw)
-        band_f = (fi >= fs[:, None]) & (fi < (fs + fw)[:, None])
-        band_t = (ti >= ts[:, None]) & (ti < (ts + tw)[:, None])
-        hard[active] |= band_f[:, :, None] & band_t[:, None, :]
-    return hard
+    """Union of rectangles ``[m, f, n]`` bool with exactly ``goal`` True entries per map.
+
+    As :func:`_hard_bands_1d` with rectangles, trimmed to the deficit's area first in time, then in
+    frequency. Which rounds cover a bin (a frame) is a bit set; a cell's covering rounds are the AND of its
+    bin's and frame's sets, so the work is a few passes over the ``[m, f, n]`` maps whatever the round count.
+    """
+    (flo, fhi), (tlo, thi) = config.patch_freq_width, config.patch_time_width
+    area = (min(flo, n_freqs) + min(fhi, n_freqs)) * (min(tlo, n_frames) + min(thi, n_frames)) / 4
+    rounds = _rounds(goal, area, _FINAL_ROUNDS_2D, config)
+    fw, fs = _sample_extent(m * rounds, n_freqs, config.patch_freq_width, generator, device, bands, config.band_bias)
+    tw, ts = _sample_extent(m * rounds, n_frames, config.patch_time_width, generator, device, None, 0.0)
+    fw, fs, tw, ts = (v.view(m, rounds) for v in (fw, fs, tw, ts))
+    fi, ti = torch.arange(n_freqs, device=device), torch.arange(n_frames, device=device)
+    first = torch.full((m, n_freqs * n_frames), rounds, dtype=torch.long, device=device)
+    for sl in _round_groups(rounds):
+        bits_f = _round_bits((fi[:, None] >= fs[:, None, sl]) & (fi[:, None] < (fs + fw)[:, None, sl]))  # [m, f]
+        bits_t = _round_bits((ti[:, None] >= ts[:, None, sl]) & (ti[:, None] < (ts + tw)[:, None, sl]))  # [m, n]
+        cell = (bits_f[:, :, None] & bits_t[:, None, :]).flatten(1)  # rounds covering each (bin, frame)
+        first = torch.minimum(first, _lowest_round(cell, sl.start, rounds))
+
+    def fits(before: torch.Tensor) -> torch.Tensor:
+        deficit = goal - before
+        return (fw <= deficit) & (tw <= torch.div(deficit, fw, rounding_mode="floor").clamp(min=1))
+
+    hard, resume = _untrimmed_union(first, rounds, fits)
+    for j in range(_FINAL_ROUNDS_2D):
+        r = resume + j
+        deficit = (goal - hard.sum(1)).clamp(min=0) * (r < rounds)
+        fwj = torch.minimum(_pick(fw, r), deficit)
+        twj = torch.minimum(_pick(tw, r), torch.div(deficit, fwj.clamp(min=1), rounding_mode="floor").clamp(min=1))
+        tsj = torch.minimum(_pick(ts, r), n_frames - twj)
+        fsj = _pick(fs, r)
+        band_f = (fi >= fsj[:, None]) & (fi < (fsj + fwj)[:, None])
+        band_t = (ti >= tsj[:, None]) & (ti < (tsj + twj)[:, None])
+        hard |= (band_f[:, :, None] & band_t[:, None, :]).flatten(1) & (deficit > 0)[:, None]
+    return _fill(hard, goal).view(m, n_freqs, n_frames)
 
 
 def _gaussian_smooth(x: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
-    """Gaussian blur of float ``x`` along ``dim`` with half-sample-symmetric padding (preserves the sum)."""
+    """Gaussian blur of float ``x`` along ``dim`` with half-sample-symmetric padding (preserves the sum).
+
+    One matrix product with the blur's ``[length, length]`` matrix (the padding folded into it): a single
+    operation whatever the batch, and faster on CPUs than a one-channel convolution.
+    """
     length = x.shape[dim]
     if sigma <= 0 or length < 2:
         return x
+    return torch.matmul(x.movedim(dim, -1), _smoothing_matrix(length, sigma, x.device, x.dtype)).movedim(-1, dim)
+
+
+@functools.lru_cache(maxsize=32)
+def _smoothing_matrix(length: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[length, length]`` M with ``(x @ M)[i] = sum_k kernel[k] x[reflect(i + k - radius)]``: a normalised
+    Gaussian kernel of radius ``min(ceil(3 sigma), length)`` over the signal mirrored about its edges
+    (half-sample symmetric: mass pushed past an edge folds back in, so every row of M sums to 1)."""
     radius = min(int(math.ceil(3.0 * sigma)), length)
-    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    moved = x.movedim(dim, -1)
-    shape = moved.shape
-    flat = moved.reshape(-1, 1, length)
-    # Symmetric ("edge-duplicating") reflection: mass pushed past an edge by the kernel folds back in.
-    padded = torch.cat([flat[..., :radius].flip(-1), flat, flat[..., -radius:].flip(-1)], dim=-1)
-    out = F.conv1d(padded, kernel.view(1, 1, -1))
-    return out.reshape(shape).movedim(-1, dim)
+    src = torch.arange(length)[:, None] + torch.arange(-radius, radius + 1)[None, :]  # [out, k] source index
+    src = torch.where(src < 0, -src - 1, torch.where(src >= length, 2 * length - 1 - src, src))
+    matrix = torch.zeros(length, length, dtype=torch.float64)
+    matrix.scatter_add_(1, src, kernel.expand(length, -1).contiguous())  # [out, source]
+    return matrix.t().contiguous().to(device=device, dtype=dtype)  # x @ M: [..., source] -> [..., out]
 
 
 def sample_masks(
@@ -384,6 +481,8 @@ def sample_masks(
 
     ``return_families=True`` also returns the family index per map ``[b, c]`` (into ``FAMILIES``).
     Each map's mean equals ``config.fraction`` to within ``1 / (2 * size)`` (see the module docstring).
+    Every map draws a candidate of each family and keeps the one its family names: a fixed amount of work
+    and no host synchronisation, so the sampler runs inside a compiled (CUDA-graphed) training step.
     """
     if len(batch_shape) != 2:
         raise ValueError(f"sample_masks: batch_shape must be (b, c), got {batch_shape}")
@@ -396,28 +495,19 @@ def sample_masks(
     m = b * c_draw
     weights = torch.tensor(config.family_weights, dtype=torch.float32, device=device)
     family = torch.multinomial(weights, m, replacement=True, generator=generator)
-    masks = torch.zeros(m, n_freqs, n_frames, device=device)
     bands = _band_bins(config, n_freqs, device) if config.bands_hz else None
-
-    sel = torch.nonzero(family == 0).squeeze(1)
-    if sel.numel():
-        goal = int(round(config.fraction * n_frames))
-        hard = _hard_bands_1d(sel.numel(), n_frames, goal, config.time_width, config, generator, device)
-        soft = _gaussian_smooth(hard.float(), config.sigma_time, dim=-1)
-        masks[sel] = soft[:, None, :].expand(-1, n_freqs, -1)
-    sel = torch.nonzero(family == 1).squeeze(1)
-    if sel.numel():
-        goal = int(round(config.fraction * n_freqs))
-        hard = _hard_bands_1d(sel.numel(), n_freqs, goal, config.freq_width, config, generator, device, bands)
-        soft = _gaussian_smooth(hard.float(), config.sigma_freq, dim=-1)
-        masks[sel] = soft[:, :, None].expand(-1, -1, n_frames)
-    sel = torch.nonzero(family == 2).squeeze(1)
-    if sel.numel():
-        goal = int(round(config.fraction * n_freqs * n_frames))
-        hard = _hard_patches(sel.numel(), n_freqs, n_frames, goal, config, generator, device, bands)
-        soft = _gaussian_smooth(_gaussian_smooth(hard.float(), config.sigma_freq, dim=1), config.sigma_time, dim=2)
-        masks[sel] = soft
-
+    goal_t = int(round(config.fraction * n_frames))
+    goal_f = int(round(config.fraction * n_freqs))
+    goal_tf = int(round(config.fraction * n_freqs * n_frames))
+    hard_t = _hard_bands_1d(m, n_frames, goal_t, config.time_width, config, generator, device)
+    hard_f = _hard_bands_1d(m, n_freqs, goal_f, config.freq_width, config, generator, device, bands)
+    hard_tf = _hard_patches(m, n_freqs, n_frames, goal_tf, config, generator, device, bands)
+    fam = family.view(m, 1, 1)
+    hard = torch.where(fam == 0, hard_t[:, None, :], torch.where(fam == 1, hard_f[:, :, None], hard_tf)).float()
+    # Each family is smoothed along the axes it varies on only, so a "time" mask stays exactly constant
+    # along frequency (and a "freq" mask along time).
+    masks = torch.where(fam == 0, hard, _gaussian_smooth(hard, config.sigma_freq, dim=1))
+    masks = torch.where(fam == 1, masks, _gaussian_smooth(masks, config.sigma_time, dim=2))
     masks = masks.clamp_(0.0, 1.0).reshape(b, c_draw, n_freqs, n_frames).expand(b, c, n_freqs, n_frames)
     family = family.reshape(b, c_draw).expand(b, c)
     if config.share_across_channels:
