@@ -9,7 +9,7 @@ specialist does.
 Layout (pre-norm + residual, like ``BiMambaBlock``)::
 
     h        = LayerNorm(x)                                   [b l d]
-    logits   = W_g [h ; task_emb(task_id)]                     [n e]   (real tokens only, n = sum(mask))
+    logits   = W_g [h ; task_emb(task_id)]                     [n e]   (n = b l; padding has h = 0 and weight 0)
     noisy    = logits + randn * sigma                            (training only)
     sigma    = noise_rel * softplus(W_n [h ; task_emb]) / ln 2 * std_e(logits)   (noise_rel set: relative)
              = softplus(W_n [h ; task_emb]) + 0.01                              (noise_rel None: legacy)
@@ -33,8 +33,10 @@ buffer ``task_seen [n_tasks]`` records which rows training has used, and :meth:`
 starts an unused row from the mean of the used ones when finetuning begins. ``"legacy"``: N(0, 1) rows,
 no record, no inheritance (what checkpoints from before this option were built with).
 
-``importance[e]`` sums the gate weights given to expert e, ``load[e]`` is Shazeer's smooth
-(differentiable) estimate of how many tokens pick e; both over real tokens only. ``cv2`` is the squared
+Every token is routed (fixed shapes, so a compiled step needs no host synchronisation); padded tokens have
+weight 0 in every sum below and leave the layer unchanged. ``importance[e]`` sums the gate weights given to
+expert e, ``load[e]`` is Shazeer's smooth (differentiable) estimate of how many tokens pick e; both over
+real tokens only. ``cv2`` is the squared
 coefficient of variation var/mean^2: squared as in Shazeer et al. because std = sqrt(var) has an infinite
 gradient at perfect balance. The router z-loss (ST-MoE, Zoph et al., 2022) keeps the logits small so the
 softmax stays in a well-conditioned range under bf16.
@@ -47,6 +49,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from foundation.index_checks import check_range
 
 __all__ = ["TaskMoE", "Expert", "TASK_EMBED_MODES"]
 
@@ -67,10 +71,21 @@ class Expert(nn.Module):
 
 
 def _cv_squared(v: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Squared coefficient of variation var/mean^2 of a vector ``[e]`` (0 when there is one entry)."""
+    """Squared coefficient of variation var/mean^2 of a vector ``[e]`` (0 when there is one entry).
+
+    Written out rather than ``Tensor.var``, whose CPU kernel reads a scalar back (a host sync on the path
+    the static-shape dispatch keeps free of them)."""
     if v.numel() <= 1:
         return v.new_zeros(())
-    return v.float().var(unbiased=False) / (v.float().mean() ** 2 + eps)
+    v = v.float()
+    mean = v.mean()
+    return (v - mean).square().mean() / (mean**2 + eps)
+
+
+def _chosen(top_idx: torch.Tensor, n_experts: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[n, e]``: 1 where a token chose the expert (its top-k are distinct). ``F.one_hot`` would check the
+    indices' range on the host."""
+    return torch.zeros(top_idx.shape[0], n_experts, dtype=dtype, device=top_idx.device).scatter_(1, top_idx, 1.0)
 
 
 class TaskMoE(nn.Module):
@@ -91,6 +106,12 @@ class TaskMoE(nn.Module):
         task_embed: "tracked" (small init, ``task_seen`` record, inheritance) or "legacy" (N(0, 1) rows).
         drop_path: stochastic-depth probability for the MoE branch (per sample, training only).
         dropout: dropout inside the experts.
+        dispatch: how tokens reach their experts (same outputs up to float rounding; an attribute, so it can
+            be switched after construction): "dense" (default) runs every expert on every token in two
+            matrix products over the concatenated expert weights, and the gate (0 for an unchosen expert)
+            picks the outputs: fixed shapes and no host synchronisation, so a compiled step can be
+            CUDA-graphed, for ``(n_experts + 1) / (top_k + 1)`` times the expert FLOPs. "grouped" gathers
+            each expert's tokens and runs it on them only (fewest FLOPs; data-dependent shapes, host syncs).
     """
 
     def __init__(
@@ -108,6 +129,7 @@ class TaskMoE(nn.Module):
         dropout: float = 0.0,
         noise_rel: float | None = 0.25,
         task_embed: str = "tracked",
+        dispatch: str = "dense",
     ) -> None:
         super().__init__()
         if not 1 <= top_k < n_experts:
@@ -124,6 +146,7 @@ class TaskMoE(nn.Module):
         self.noise, self.noise_rel, self.task_embed_mode = noise, noise_rel, task_embed
         self.balance_coef, self.z_coef = balance_coef, z_coef
         self.drop_path = drop_path
+        self.dispatch = dispatch
 
         self.norm = nn.LayerNorm(d_model)
         self.task_embed = nn.Embedding(n_tasks, task_dim)
@@ -167,18 +190,16 @@ class TaskMoE(nn.Module):
         else:
             if task_ids.shape != (b,) or task_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
                 raise ValueError(f"TaskMoE: task_ids must be an integer tensor [b] = [{b}], got {task_ids.dtype} {tuple(task_ids.shape)}")
-            if b and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.n_tasks):
-                raise ValueError(
-                    f"TaskMoE: task_ids must lie in [0, {self.n_tasks}), got min {int(task_ids.min())} max {int(task_ids.max())}"
-                )
+            check_range(task_ids, self.n_tasks, "TaskMoE: task_ids")
             task_ids = task_ids.long()
         return mask, task_ids
 
-    def route(self, h: torch.Tensor, task: torch.Tensor):
-        """Gate real tokens.
+    def route(self, h: torch.Tensor, task: torch.Tensor, weight: torch.Tensor | None = None):
+        """Gate tokens.
 
         Args:
-            h: normalised real tokens ``[n d]``; task: their task ids ``[n]``.
+            h: normalised tokens ``[n d]``; task: their task ids ``[n]``; weight: ``[n]`` float, 1 for the
+                tokens that count in the load (real ones), 0 for the others (None: all count).
         Returns:
             ``(top_idx [n k] long, top_gate [n k], clean_logits [n e], load [e])`` where ``load`` is
             Shazeer's differentiable estimate of the number of tokens routed to each expert when noise
@@ -207,10 +228,10 @@ class TaskMoE(nn.Module):
             is_in = noisy > thr_in
             p_in = torch.special.ndtr((clean - thr_in) / noise_std)
             p_out = torch.special.ndtr((clean - thr_out) / noise_std)
-            load = torch.where(is_in, p_in, p_out).sum(0)
+            per_token = torch.where(is_in, p_in, p_out)
         else:
-            load = torch.zeros(self.n_experts, device=h.device, dtype=clean.dtype)
-            load.index_add_(0, top_idx.reshape(-1), torch.ones_like(top_idx.reshape(-1), dtype=clean.dtype))
+            per_token = _chosen(top_idx, self.n_experts, clean.dtype)
+        load = (per_token if weight is None else per_token * weight[:, None].to(per_token.dtype)).sum(0)
         return top_idx, top_gate, clean, load
 
     def forward(
@@ -229,49 +250,71 @@ class TaskMoE(nn.Module):
         """
         mask, task_ids = self._check(x, task_ids, mask)
         b, l, d = x.shape
-        # Work on the flat list of real tokens only: padding never reaches the router or the experts.
-        flat_pos = mask.reshape(-1).nonzero().squeeze(1)  # [n]
-        n = flat_pos.numel()
-        if n == 0:
-            zero = x.new_zeros((), dtype=torch.float32)
-            return x, zero, torch.zeros(self.n_experts, device=x.device)
-        x_flat = x.reshape(b * l, d)
-        h = self.norm(x_flat.index_select(0, flat_pos))  # [n d]
-        task = task_ids.repeat_interleave(l).index_select(0, flat_pos)  # [n]
+        real = mask.reshape(b * l)
+        weight = real.to(torch.float32)
+        # Padding never counts: its h is 0 (finite whatever x holds there), its weight is 0 in every loss and
+        # load, and its output is x unchanged.
+        h = torch.where(real[:, None], self.norm(x.reshape(b * l, d)), torch.zeros((), dtype=x.dtype, device=x.device))
+        task = task_ids.repeat_interleave(l)
         if self.training and self.task_embed_mode == "tracked":
-            self.task_seen[task_ids.unique()] = True
-        top_idx, top_gate, clean, load = self.route(h, task)
+            self.task_seen.index_fill_(0, task_ids, True)
+        top_idx, top_gate, clean, load = self.route(h, task, weight)
+        if self.dispatch == "dense":
+            out = self._dense(h, top_idx, top_gate)
+        elif self.dispatch == "grouped":
+            out = self._grouped(h, real, top_idx, top_gate)
+        else:
+            raise ValueError(f"TaskMoE.dispatch must be 'dense' or 'grouped', got {self.dispatch!r}")
+        if self.training and self.drop_path > 0.0:
+            keep = 1.0 - self.drop_path
+            sample_keep = x.new_empty(b).bernoulli_(keep) / keep  # [b]
+            out = out * sample_keep.repeat_interleave(l).unsqueeze(-1).to(out.dtype)
+        y = torch.where(mask.unsqueeze(-1), x + out.view(b, l, d).to(x.dtype), x)
+        n = weight.sum()
+        gates = torch.zeros_like(clean, dtype=torch.float32).scatter(1, top_idx, top_gate.float())  # [b l, e]
+        importance = (gates * weight[:, None]).sum(0)
+        balance = _cv_squared(importance) + _cv_squared(load.float())
+        z_loss = (torch.logsumexp(clean.float(), dim=-1).pow(2) * weight).sum() / n.clamp_min(1.0)
+        aux = self.balance_coef * balance + self.z_coef * z_loss
+        expert_load = (_chosen(top_idx, self.n_experts, torch.float32) * weight[:, None]).sum(0) / n.clamp_min(1.0)
+        return y, aux, expert_load
 
-        # Grouped dispatch: one pass per expert over the (token, slot) pairs it received.
-        out = self.universal(h) * (1.0 - top_gate.max(dim=-1).values).unsqueeze(-1)
-        flat_idx = top_idx.reshape(-1)  # [n k]: slot j of token i at i*k + j
+    def _dense(self, h: torch.Tensor, top_idx: torch.Tensor, top_gate: torch.Tensor) -> torch.Tensor:
+        """``sum_j g_j expert_{i_j}(h) + (1 - max g) universal(h)`` for every token of ``h [n d]``: two matrix
+        products over the concatenated weights of the experts and the universal one, the gate (0 for an
+        unchosen expert) applied between them (``g fc2(a) = fc2.W (g a) + g fc2.b``)."""
+        n = h.shape[0]
+        experts = [*self.experts, self.universal]
+        gates = torch.zeros(n, self.n_experts, dtype=top_gate.dtype, device=h.device).scatter(1, top_idx, top_gate)
+        gates = torch.cat([gates, 1.0 - top_gate.max(dim=-1, keepdim=True).values], dim=1)  # [n, e + 1]
+        w1 = torch.cat([e.fc1.weight for e in experts])  # [(e + 1) hidden, d]
+        b1 = torch.cat([e.fc1.bias for e in experts])
+        w2 = torch.cat([e.fc2.weight for e in experts], dim=1)  # [d, (e + 1) hidden]
+        b2 = torch.stack([e.fc2.bias for e in experts])  # [e + 1, d]
+        act = F.dropout(F.gelu(F.linear(h, w1, b1)), self.experts[0].dropout.p, self.training)
+        act = (act.view(n, len(experts), -1) * gates.unsqueeze(-1).to(act.dtype)).view(n, -1)
+        return F.linear(act, w2) + gates.to(act.dtype) @ b2.to(act.dtype)
+
+    def _grouped(self, h: torch.Tensor, real: torch.Tensor, top_idx: torch.Tensor, top_gate: torch.Tensor) -> torch.Tensor:
+        """The same mixture with each expert run only on the real tokens it received, one call per expert
+        over its group: data-dependent shapes (``nonzero``, per-expert counts read on the host)."""
+        pos = real.nonzero().squeeze(1)  # [m] real tokens
+        hr, idx, gate = h.index_select(0, pos), top_idx.index_select(0, pos), top_gate.index_select(0, pos)
+        out = self.universal(hr) * (1.0 - gate.max(dim=-1).values).unsqueeze(-1)
+        flat_idx = idx.reshape(-1)  # slot j of token i at i*k + j
         order = flat_idx.argsort(stable=True)
         counts = torch.bincount(flat_idx, minlength=self.n_experts).tolist()
         token_of = order // self.top_k
-        gate_of = top_gate.reshape(-1).index_select(0, order)
+        gate_of = gate.reshape(-1).index_select(0, order)
         start = 0
         for e, count in enumerate(counts):
             # An expert with no tokens still runs on an empty group: every parameter stays in the graph
             # (zero gradient), which DistributedDataParallel needs without find_unused_parameters.
             tok = token_of[start : start + count]
-            y_e = self.experts[e](h.index_select(0, tok)) * gate_of[start : start + count].unsqueeze(-1)
+            y_e = self.experts[e](hr.index_select(0, tok)) * gate_of[start : start + count].unsqueeze(-1)
             out = out.index_add(0, tok, y_e.to(out.dtype))
             start += count
-
-        if self.training and self.drop_path > 0.0:
-            keep = 1.0 - self.drop_path
-            sample_keep = x.new_empty(b).bernoulli_(keep) / keep  # [b]
-            out = out * sample_keep.repeat_interleave(l).index_select(0, flat_pos).unsqueeze(-1)
-
-        y = x_flat.index_add(0, flat_pos, out.to(x.dtype)).reshape(b, l, d)
-
-        importance = torch.zeros(self.n_experts, device=x.device, dtype=torch.float32)
-        importance = importance.index_add(0, flat_idx, top_gate.reshape(-1).float())
-        balance = _cv_squared(importance) + _cv_squared(load.float())
-        z_loss = torch.logsumexp(clean.float(), dim=-1).pow(2).mean()
-        aux = self.balance_coef * balance + self.z_coef * z_loss
-        expert_load = torch.bincount(flat_idx, minlength=self.n_experts).float() / n
-        return y, aux, expert_load
+        return torch.zeros_like(h).index_add(0, pos, out.to(h.dtype))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_experts={self.n_experts}, top_k={self.top_k}, n_tasks={self.n_tasks}, noise={self.noise}"

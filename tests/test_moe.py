@@ -141,8 +141,8 @@ def test_task_ids_default_to_zero_and_change_the_output():
     assert (y1 - y0).abs().amax() > 1e-4
 
 
-def test_dispatch_is_batched_one_call_per_expert_on_a_large_batch():
-    moe = _moe()
+def test_grouped_dispatch_is_batched_one_call_per_expert_on_a_large_batch():
+    moe = _moe(dispatch="grouped")
     calls = []
     for e in moe.experts:
         e.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
@@ -175,3 +175,44 @@ def test_drop_path_drops_whole_samples_in_training_only():
     assert 0 < int(unchanged.sum()) < 64  # some samples lost the branch, others kept it
     moe.eval()
     assert not (moe(x)[0] == x).all(-1).all(-1).any()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_dense_dispatch_equals_grouped_dispatch(training):
+    """The static-shape dense dispatch and the grouped one give the same outputs, auxiliary loss, load and
+    gradients (to 1e-5 relative in float32: only the order of the sums differs), with padding, several
+    tasks, gate noise and drop-path drawn identically (same seed: routing is shared, so the draws are too)."""
+    x = torch.randn(3, 13, D, generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(3, 13, dtype=torch.bool)
+    mask[1, 9:] = False
+    mask[2, :4] = False
+    task = torch.tensor([0, 2, 1])
+    results = {}
+    for dispatch in ("dense", "grouped"):
+        moe = _moe(dispatch=dispatch, drop_path=0.3).train(training)
+        torch.manual_seed(11)
+        xi = x.clone().requires_grad_()
+        y, aux, load = moe(xi, task, mask)
+        (y.square().sum() + aux).backward()
+        grads = {n: p.grad.clone() for n, p in moe.named_parameters() if p.grad is not None}
+        results[dispatch] = (y, aux, load, xi.grad, grads)
+    dense, grouped = results["dense"], results["grouped"]
+    for a, b in zip(dense[:4], grouped[:4]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert dense[4].keys() == grouped[4].keys()
+    for name, grad in grouped[4].items():
+        torch.testing.assert_close(dense[4][name], grad, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_dense_dispatch_needs_no_host_sync():
+    """The default (dense) path runs the same operations whatever the routing: no nonzero, no item/tolist,
+    no bincount read on the host."""
+    moe = _moe().train()
+    x = torch.randn(2, 9, D)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.profiler.profile() as prof:
+        y, aux, _ = moe(x, None, mask)
+        (y.sum() + aux).backward()
+    names = {e.name for e in prof.events()}
+    assert not names & {"aten::nonzero", "aten::_local_scalar_dense", "aten::item", "aten::bincount", "aten::_unique2"}

@@ -36,9 +36,10 @@ def _top2(model: EEGMamba, x, ids, task: int) -> list[torch.Tensor]:
     seen = []
     original = moe_module.TaskMoE.route
 
-    def route(self, h, t):
-        out = original(self, h, t)
-        seen.append(out[0].sort(-1).values)
+    def route(self, h, t, weight=None):
+        out = original(self, h, t, weight)
+        real = slice(None) if weight is None else weight > 0
+        seen.append(out[0][real].sort(-1).values)
         return out
 
     moe_module.TaskMoE.route = route
