@@ -1,96 +1,89 @@
-"""Selective scan (Mamba's S6 recurrence) with a fused-kernel path on CUDA and a chunked path on CPU.
-
-Length (over 450 lines): the dispatch, the chunked torch scan with its autograd function and the sequential
-reference share one contract and are tested against each other; the Triton kernels live in ``ssm_triton``.
+"""Selective scan (Mamba's S6 recurrence): one dispatch point, registered as a custom operator.
 
 The recurrence, per batch ``b``, channel ``d`` and state ``n`` (``t`` = time)::
 
     h[t] = exp(delta[t] * A[d, n]) * h[t-1] + delta[t] * B[n, t] * u[t]
     y[t] = sum_n C[n, t] * h[t, n]  (+ D[d] * u[t])   (* silu(z[t]))
 
-``selective_scan`` has the signature and semantics of ``mamba_ssm``'s ``selective_scan_fn``. One dispatch
-point (:func:`selective_scan_backend`) picks the implementation:
+``selective_scan`` has the signature and semantics of ``mamba_ssm``'s ``selective_scan_fn`` (plus
+``reverse``: scan from the last step to the first). :func:`bidirectional_scan` runs a forward and a
+reverse scan with their own parameters in one call, with a padding mask (``delta = 0`` at padded steps),
+for :class:`foundation.bimamba.BiMambaBlock`. One dispatch point (:func:`selective_scan_backend`) picks the
+implementation:
 
 * ``"mamba_ssm"``: ``mamba_ssm``'s fused CUDA kernel, when that package imports and the tensors are on CUDA;
 * ``"triton"``: our Triton kernels (:mod:`foundation.ssm_triton`), when triton imports and the tensors are
   on CUDA (no CUDA compiler needed);
-* ``"torch"``: our pure-PyTorch chunked scan (:class:`_ChunkedScan`), everywhere else (and for float64);
+* ``"torch"``: our pure-PyTorch chunked scan (:mod:`foundation.ssm_chunked`), everywhere else (and for
+  float64);
 * ``"ref"``: :func:`selective_scan_ref`, only when forced.
 
 ``selective_scan(..., backend=...)`` (from ``EEGMambaConfig.scan_backend``) or the environment variable
 ``EEGFM_SCAN_BACKEND`` forces one of them (tests, benchmarks, bug reports); ``"auto"`` (the default)
-applies the order above. The chunked torch scan is built for a memory-bound CPU:
+applies the order above.
 
-* Time is cut into ``n_chunks`` chunks of ``K`` steps (``K ~ sqrt(L / 2)``), and consecutive chunks into
-  groups sized so one ``[K, b, d, chunks, n]`` scratch buffer holds at most 2**19 numbers (2 MiB: the
-  buffers stay cache-resident between the passes over a group). At realistic sizes (``b * d * K * n``
-  above that) a group is one chunk: its entering state is known, so one in-place pass of ``K`` fused
-  ``addcmul_`` steps over ``[b, d, n]`` slabs gives its states. Smaller problems pack several chunks per
-  group: the recurrence runs step by step inside the chunks for all the group's chunks at once, the
-  chunk-boundary states are carried across chunks, and a second pass gives the true states. ``y`` comes
-  from one fused multiply-reduce per group. The decays ``exp(delta A)`` (the costliest op: ``exp`` is
-  compute-bound) are evaluated once per group and reused by every pass over it.
-* Inputs and gradients change layout (``[b, d, l]`` <-> step-major ``[K, b, g, c, h]``) inside the
-  autograd function with cache-tiled transposes, 3-4x cheaper than a plain strided copy.
-* Decays are applied as products of ``exp(delta * A) <= 1`` step by step, never as ``exp(-cumsum)``: that
-  log-space trick overflows in fp32 once ``|sum delta * A|`` passes ~88 (chunks longer than ~16 steps or
-  large ``delta``), while a product of numbers in ``[0, 1]`` can only underflow towards its true value 0.
-* The forward pass saves only its (rearranged) inputs and the chunk-start states (``O(b d n L / K)``); the
-  ``[b, d, L, n]`` states are never stored. The backward pass recomputes them a group of chunks at a time and
-  runs the adjoint (reverse-time) recurrence, as ``mamba_ssm``'s CUDA kernel does. Activation memory is
-  therefore ``O(b d L)``, not ``O(b d L n)``.
+The Triton and torch scans are the custom operators ``eegfm::scan_fwd`` / ``eegfm::scan_bwd``
+(``torch.library``), with shape functions and an autograd formula: ``torch.compile(fullgraph=True)`` traces
+a whole block around the scan as one opaque node, CUDA graphs can capture it, and both the forward and the
+backward pass are one operator each (the backward recomputes the states from the chunk-start states the
+forward pass saved: activation memory ``O(b d L)``, not ``O(b d L n)``). The operators take ``k`` stacked
+directions ``[k, b, d, l]``; direction ``i`` scans forward when ``i + reverse`` is even.
 
 ``selective_scan_ref`` is a plain loop over time for tests.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_backend", "chunked_scan", "SCAN_BACKENDS"]
+from foundation.ssm_chunked import chunked_backward, chunked_forward, chunked_scan, n_chunks
+
+__all__ = [
+    "SCAN_BACKENDS", "bidirectional_scan", "chunked_scan", "selective_scan", "selective_scan_backend",
+    "selective_scan_ref",
+]
 
 #: Values of ``backend`` / ``EEGFM_SCAN_BACKEND`` / ``EEGMambaConfig.scan_backend``.
 SCAN_BACKENDS = ("auto", "mamba_ssm", "triton", "torch", "ref")
 SCAN_BACKEND_ENV = "EEGFM_SCAN_BACKEND"
 
-# Elements per ``[K, b, d, chunks, n]`` scratch buffer (2 live in the forward pass, 3 in the backward):
-# 2**19 fp32 = 2 MiB keeps the transient memory bounded whatever L is and the buffers cache-resident
-# between the passes over a group (measured 5-30% faster than 16 MiB buffers at B=8, d=256, n=16,
-# L=512..8192, where a group is then one chunk and the single-chunk fast path applies).
-_BWD_BUFFER_ELEMENTS = 1 << 19
+
+# What the optional packages gave, once looked up (a plain dict rather than lru_cache: torch.compile traces a
+# lookup here as a constant, where it would re-run an lru_cache-wrapped function and its imports).
+_LOADED: dict[str, object] = {}
 
 
-@functools.lru_cache(maxsize=1)
 def _load_mamba_scan() -> Callable | None:
     """``mamba_ssm``'s fused ``selective_scan_fn``, or None where it cannot be imported.
 
     mamba-ssm imports its CUDA extension at module import time, so on a CPU-only install even its
     reference implementation raises; any import failure simply means "use our path".
     """
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except (ImportError, OSError, RuntimeError):
-        return None
-    return selective_scan_fn
+    if "mamba_ssm" not in _LOADED:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        except (ImportError, OSError, RuntimeError):
+            selective_scan_fn = None
+        _LOADED["mamba_ssm"] = selective_scan_fn
+    return _LOADED["mamba_ssm"]
 
 
 def _is_cuda(t: torch.Tensor) -> bool:
     return t.is_cuda
 
 
-@functools.lru_cache(maxsize=1)
 def _load_triton_module():
     """:mod:`foundation.ssm_triton` when triton imports, else None."""
-    from foundation import ssm_triton
+    if "triton" not in _LOADED:
+        from foundation import ssm_triton
 
-    return ssm_triton if ssm_triton.triton is not None else None
+        _LOADED["triton"] = ssm_triton if ssm_triton.triton is not None else None
+    return _LOADED["triton"]
 
 
 def _requested_backend(backend: str | None) -> str:
@@ -184,12 +177,13 @@ def _grouped(m: torch.Tensor, b: int, l: int) -> torch.Tensor:
 
 
 def selective_scan_ref(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False, reverse=False
 ):
     """Sequential reference: one recurrence step per time step (slow; for tests).
 
     Shapes as in :func:`selective_scan`. Computes in float32 (float64 stays float64) and returns ``y`` in
-    ``u``'s dtype, like ``mamba_ssm``'s ``selective_scan_ref``.
+    ``u``'s dtype, like ``mamba_ssm``'s ``selective_scan_ref``. ``reverse``: scan from the last step to the
+    first (``last_state`` is then the state after step 0).
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
@@ -204,11 +198,11 @@ def selective_scan_ref(
     Bd = Bg.repeat_interleave(d // Bg.shape[1], dim=1)  # [b, d, n, l]
     Cd = Cg.repeat_interleave(d // Cg.shape[1], dim=1)
     h = u.new_zeros(b, d, A.shape[1])
-    ys = []
-    for t in range(l):
+    ys = [None] * l
+    for t in (reversed(range(l)) if reverse else range(l)):
         dt = delta[:, :, t, None]
         h = torch.exp(dt * A) * h + dt * Bd[..., t] * u[:, :, t, None]
-        ys.append((h * Cd[..., t]).sum(-1))
+        ys[t] = (h * Cd[..., t]).sum(-1)
     y = torch.stack(ys, dim=-1) if l else u.new_zeros(b, d, 0)
     out = y if D is None else y + u * D.to(ct)[:, None]
     if z is not None:
@@ -217,230 +211,169 @@ def selective_scan_ref(
     return (out, h) if return_last_state else out
 
 
-def _default_chunk(l: int) -> int:
-    # 2K + L/K Python steps is smallest at K = sqrt(L/2); clamp so per-step tensors stay large enough to
-    # amortise dispatch overhead at short L and the chunk loop stays short at long L.
-    return int(min(64, max(8, round(math.sqrt(max(l, 1) / 2)))))
+def _same_groups(B: torch.Tensor, C: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[b, g, n, l]`` B and C with one grouping (per-channel groups for both when they differ), contiguous
+    along time (the kernels read time rows)."""
+    if B.shape[1] != C.shape[1]:
+        B, C = B.repeat_interleave(d // B.shape[1], dim=1), C.repeat_interleave(d // C.shape[1], dim=1)
+    return B.contiguous(), C.contiguous()
 
 
-class _ChunkedScan(torch.autograd.Function):
-    """Core recurrence ``y[t] = C[t] . h[t]`` on step-major chunked tensors, with a recomputing backward.
-
-    Inputs (all in the compute dtype, time padded to ``c * K``; ``g`` groups of ``h`` channels share B, C):
-    ``dk, uk: [K, b, g, c, h]``, ``A: [g, h, n]``, ``Bk, Ck: [K, b, g, c, n]``.
-    Outputs ``y: [K, b, g, c, h]`` and the last state ``[b, g, h, n]``.
-
-    Chunks are processed in groups of consecutive chunks, in time order (reverse order in the backward
-    pass), so that one group's decays ``exp(delta A)`` and inputs ``delta u B`` fit in two
-    ``[K, b, g, chunks, h, n]`` buffers of at most ``_BWD_BUFFER_ELEMENTS``: each ``exp`` (the costliest
-    op, compute-bound) is evaluated once per pass, and the buffers are reused by the passes over the group.
-    The ``c`` axis sits before ``h`` so every contraction over ``n`` or ``h`` is a plain ``bmm`` over a
-    batch of ``(k b g c)`` without copies.
-    """
-
-    @staticmethod
-    def forward(ctx, delta, u, A, B, C, K):
-        # Layout changes happen here, not through autograd-tracked rearranges, so the backward pass
-        # can use the same cache-blocked transposes (see _step_major) for the gradients.
-        g = B.shape[1]
-        dk, uk = _step_major(delta, g, K), _step_major(u, g, K)
-        Bk, Ck = _step_major(B.flatten(1, 2), g, K), _step_major(C.flatten(1, 2), g, K)
-        K, b, g, c, hh = dk.shape
-        n = A.shape[-1]
-        A_ = A.unsqueeze(1)  # [g, 1, h, n]
-        G = _group_size(K, b, g, hh, n, c)
-        hs = dk.new_empty(b, g, c, hh, n)  # state entering each chunk: all the backward pass needs
-        y = dk.new_empty(K, b, g, c, hh)
-        state = dk.new_zeros(b, g, hh, n)
-        bufs = _Buffers(dk, K * b * g * G * hh * n, 2)
-        for c0 in range(0, c, G):
-            sl = slice(c0, min(c, c0 + G))
-            cn = sl.stop - sl.start
-            dks = dk[:, :, :, sl]
-            shape = (K, b, g, cn, hh, n)
-            abuf = _decays(dks, A_, bufs.get(0, shape))
-            hbuf = _inputs(dks, uk[:, :, :, sl], Bk[:, :, :, sl], bufs.get(1, shape))
-            if cn == 1:
-                # A one-chunk group (the usual case at d_inner * b >= 1024): the state entering it is
-                # already known, so passes 1-2 reduce to storing it; pass 3 alone gives the states.
-                hs[:, :, c0] = state
-            else:
-                # Pass 1: each chunk's end state from a zero start, all chunks of the group at once.
-                hloc, tmp = hbuf[0].clone(), torch.empty_like(hbuf[0])
-                for k in range(1, K):
-                    torch.addcmul(hbuf[k], abuf[k], hloc, out=tmp)
-                    hloc, tmp = tmp, hloc
-                # Pass 2: carry the state across the group's chunk boundaries. The whole-chunk decay
-                # exp(A * sum(delta)) has an exponent <= 0, so it cannot overflow (unlike exp(-cumsum)).
-                P = torch.exp(torch.mul(dks.sum(0).unsqueeze(-1), A_, out=tmp), out=tmp)
-                for j in range(cn):
-                    hs[:, :, c0 + j] = state
-                    state = torch.addcmul(hloc[:, :, j], P[:, :, j], state)
-                del hloc, tmp, P
-            # Pass 3: the true states, in place over the inputs, then y for the whole group in one bmm.
-            hbuf[0].addcmul_(abuf[0], hs[:, :, sl])
-            for k in range(1, K):
-                hbuf[k].addcmul_(abuf[k], hbuf[k - 1])
-            # vecdot (fused multiply-reduce) beats a bmm of [h, n] x [n, 1] products (n is tiny).
-            torch.linalg.vecdot(hbuf, Ck[:, :, :, sl].unsqueeze(-2), out=y[:, :, :, sl])
-            if cn == 1:
-                state = hbuf[K - 1, :, :, 0].clone()
-            del abuf, hbuf
-        ctx.save_for_backward(dk, uk, A, Bk, Ck, hs)
-        return _time_major(y), state
-
-    @staticmethod
-    def backward(ctx, gy, glast):
-        dk, uk, A, Bk, Ck, hs = ctx.saved_tensors
-        K, b, g, c, hh = dk.shape
-        n = A.shape[-1]
-        A_ = A.unsqueeze(1)
-        gy = _step_major(gy, g, K)
-        G = _group_size(K, b, g, hh, n, c)
-        ddelta = torch.empty_like(dk)
-        du = torch.empty_like(uk)
-        dB = torch.empty_like(Bk)
-        dC = torch.empty_like(Ck)
-        dA = torch.zeros_like(A)
-        # r = dL/dh flowing into the current group's last step from later groups (and from last_state).
-        r = glast.to(dk.dtype) if glast is not None else dk.new_zeros(b, g, hh, n)
-        bufs = _Buffers(dk, K * b * g * G * hh * n, 3)
-        for c0 in reversed(range(0, c, G)):
-            sl = slice(c0, min(c, c0 + G))
-            cn = sl.stop - sl.start
-            dks, uks, Bks, Cks, gys = dk[:, :, :, sl], uk[:, :, :, sl], Bk[:, :, :, sl], Ck[:, :, :, sl], gy[:, :, :, sl]
-            hs_sl = hs[:, :, sl]
-            shape = (K, b, g, cn, hh, n)
-            abuf = _decays(dks, A_, bufs.get(0, shape))
-            duks = dks * uks
-            # Recompute the states h[t] of the group, in place over its inputs delta u B.
-            hbuf = _inputs(dks, uks, Bks, bufs.get(1, shape))
-            hbuf[0].addcmul_(abuf[0], hs_sl)
-            for k in range(1, K):
-                hbuf[k].addcmul_(abuf[k], hbuf[k - 1])
-            # Adjoint lambda[t] = C[t] gy[t] + a[t+1] lambda[t+1], first with nothing entering each chunk...
-            lbuf = torch.mul(gys.unsqueeze(-1), Cks.unsqueeze(-2), out=bufs.get(2, shape))
-            if cn == 1:
-                # One chunk: what enters its last step from later groups is known, so one pass suffices.
-                lbuf[K - 1].add_(r.unsqueeze(2))
-                for k in range(K - 2, -1, -1):
-                    lbuf[k].addcmul_(abuf[k + 1], lbuf[k + 1])
-                r = abuf[0, :, :, 0] * lbuf[0, :, :, 0]  # what leaves its first step into the previous chunk
-            else:
-                for k in range(K - 2, -1, -1):
-                    lbuf[k].addcmul_(abuf[k + 1], lbuf[k + 1])
-                # ...then rho[c], what enters chunk c's last step from later chunks, carried chunk to chunk...
-                zeta = abuf[0] * lbuf[0]  # what leaves each chunk's first step into the previous chunk
-                P = torch.exp(torch.mul(dks.sum(0).unsqueeze(-1), A_))
-                q = torch.empty_like(zeta)
-                for j in reversed(range(cn)):
-                    q[:, :, j] = r
-                    r = torch.addcmul(zeta[:, :, j], P[:, :, j], r)
-                del zeta, P
-                # ...and added back: lambda[t] += (a[t+1] ... a[K-1]) rho.
-                for k in range(K - 1, -1, -1):
-                    lbuf[k].add_(q)
-                    if k:
-                        q.mul_(abuf[k])
-                del q
-            m = K * b * g * cn
-            lv, hv = lbuf.view(m, hh, n), hbuf.view(m, hh, n)
-            # y[t] = C[t] . h[t]  ->  dC[t] = sum_h gy[t] h[t];   h[t] gets delta[t] u[t] B[t]  ->  dB, du, ddelta.
-            dC[:, :, :, sl] = torch.bmm(gys.reshape(m, 1, hh), hv).view(K, b, g, cn, n)
-            dB[:, :, :, sl] = torch.bmm(duks.reshape(m, 1, hh), lv).view(K, b, g, cn, n)
-            v = torch.linalg.vecdot(lbuf, Bks.unsqueeze(-2))  # sum_n lambda B
-            # dL/d(delta A)[t] = lambda[t] * a[t] * h[t-1], in place over abuf.
-            W = abuf.mul_(lbuf)
-            W[1:].mul_(hbuf[:-1])
-            W[0].mul_(hs_sl)
-            ddelta[:, :, :, sl] = torch.mul(W, A_, out=hbuf).sum(-1).addcmul_(v, uks)
-            du[:, :, :, sl] = v.mul_(dks)
-            dA += W.mul_(dks.unsqueeze(-1)).sum(dim=(0, 1, 3))
-            del abuf, hbuf, lbuf, W, v
-        return (
-            _time_major(ddelta), _time_major(du), dA,
-            _time_major(dB).view(b, g, n, -1), _time_major(dC).view(b, g, n, -1), None,
-        )
+def _backend(u: torch.Tensor, backend: str | None) -> str:
+    """:func:`selective_scan_backend` for the scan entry points. Under ``torch.compile`` it is traced, which is
+    free once the optional packages were looked up in eager mode (the trainer's ``log_scan_backend`` does)."""
+    return selective_scan_backend(u, backend)
 
 
-# Rows per tile in the [b, e, l] <-> [b, l, e] transposes: a naive strided copy of a whole [e, l] plane
-# thrashes the cache (4x slower than these tiles, and ~14% of the scan's time before tiling).
-_TILE = 16
+# ------------------------------------------------------------------------------------ custom operators
 
 
-def _step_major(x: torch.Tensor, g: int, K: int) -> torch.Tensor:
-    """``[b, (g h), (c k)] -> [k, b, g, c, h]`` contiguous, via a tiled transpose then whole-row moves."""
-    b, e, l = x.shape
-    xt = x.new_empty(b, l, e)
-    for i in range(0, e, _TILE):
-        xt[:, :, i : i + _TILE] = x[:, i : i + _TILE].transpose(1, 2)
-    return xt.view(b, l // K, K, g, e // g).permute(2, 0, 3, 1, 4).contiguous()
+def _triton_time_block() -> int:
+    return _load_triton_module().launch_time_block()
 
 
-def _time_major(y: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_step_major`: ``[k, b, g, c, h] -> [b, (g h), (c k)]`` contiguous."""
-    K, b, g, c, hh = y.shape
-    yt = y.permute(1, 3, 0, 2, 4).reshape(b, c * K, g * hh)
-    out = y.new_empty(b, g * hh, c * K)
-    for i in range(0, g * hh, _TILE):
-        out[:, i : i + _TILE] = yt[:, :, i : i + _TILE].transpose(1, 2)
-    return out
+@torch.library.custom_op("eegfm::scan_fwd", mutates_args=())
+def _scan_fwd(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], mask: Optional[torch.Tensor], softplus: bool,
+    reverse: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y [k, b, d, l], last [k, b, d, n], saved states, y before the z gate or an empty tensor)``."""
+    if backend == "triton":
+        y, last, hs = _load_triton_module().scan_forward(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse)
+        return y, last, hs, u.new_empty(0)
+    return _torch_scan_fwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse)
 
 
-def _group_size(K: int, b: int, g: int, hh: int, n: int, c: int) -> int:
-    """Chunks per group so that one ``[K, b, g, chunks, h, n]`` buffer holds at most ``_BWD_BUFFER_ELEMENTS``."""
-    return max(1, min(c, _BWD_BUFFER_ELEMENTS // max(1, K * b * g * hh * n)))
+@_scan_fwd.register_fake
+def _scan_fwd_shapes(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, backend):
+    k, b, d, l = u.shape
+    n, g = A.shape[-1], B.shape[2]
+    if backend == "triton":
+        hs = u.new_empty(k, b, d, max(1, math.ceil(l / _triton_time_block())), n, dtype=torch.float32)
+        return torch.empty_like(u), u.new_empty(k, b, d, n, dtype=torch.float32), hs, u.new_empty(0)
+    ct = torch.promote_types(u.dtype, torch.float32)
+    hs = u.new_empty(k, b, g, n_chunks(l), d // g, n, dtype=ct)
+    y_pre = u.new_empty(k, b, d, l, dtype=ct) if z is not None else u.new_empty(0)
+    return torch.empty_like(u), u.new_empty(k, b, d, n, dtype=ct), hs, y_pre
 
 
-class _Buffers:
-    """Flat scratch buffers reused by every group: a fresh multi-MiB tensor per group would cost page
-    faults (the allocator returns big blocks to the OS) comparable to the arithmetic itself."""
-
-    def __init__(self, like: torch.Tensor, numel: int, count: int):
-        self.flat = [like.new_empty(numel) for _ in range(count)]
-
-    def get(self, i: int, shape: tuple[int, ...]) -> torch.Tensor:
-        return self.flat[i][: math.prod(shape)].view(shape)
-
-
-def _decays(dks: torch.Tensor, A_: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``exp(delta A)``: ``[K, b, g, c, h] x [g, 1, h, n] -> [K, b, g, c, h, n]``, each entry in (0, 1]."""
-    return torch.mul(dks.unsqueeze(-1), A_, out=out).exp_()
-
-
-def _inputs(dks: torch.Tensor, uks: torch.Tensor, Bks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``delta u B``: ``[K, b, g, c, h]``, ``[K, b, g, c, n] -> [K, b, g, c, h, n]``."""
-    return torch.mul((dks * uks).unsqueeze(-1), Bks.unsqueeze(-2), out=out)
+@torch.library.custom_op("eegfm::scan_bwd", mutates_args=())
+def _scan_bwd(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], mask: Optional[torch.Tensor], softplus: bool,
+    reverse: bool, backend: str, hs: torch.Tensor, y_pre: torch.Tensor, gy: torch.Tensor, glast: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, d delta_bias)``; an absent input's is an empty tensor."""
+    if backend == "triton":
+        grads = _load_triton_module().scan_backward(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, hs,
+                                                    gy, glast)
+    else:
+        grads = _torch_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, hs, y_pre, gy, glast)
+    return tuple(u.new_empty(0) if g is None else g for g in grads)
 
 
-def chunked_scan(u, delta, A, B, C, chunk_size: int | None = None):
-    """Our CPU scan of the bare recurrence: ``y[t] = C[t] . h[t]`` (no D, z, bias or softplus).
+@_scan_bwd.register_fake
+def _scan_bwd_shapes(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, backend, hs, y_pre, gy, glast):
+    return tuple(u.new_empty(0) if x is None else torch.empty_like(x) for x in (u, delta, A, B, C, D, z, delta_bias))
 
-    ``u, delta: [b, d, l]``, ``A: [d, n]``, ``B, C: [b, g, n, l]`` (``g`` divides ``d``; ``g = 1`` is the
-    ungrouped case). Returns ``(y [b, d, l], last_state [b, d, n])`` in the compute dtype (float32, or
-    float64 for float64 inputs).
-    """
-    b, d, l = u.shape
-    g = B.shape[1]
-    if C.shape[1] != g:  # B and C grouped differently: expand both to per-channel groups
-        B = B.repeat_interleave(d // g, dim=1)
-        C = C.repeat_interleave(d // C.shape[1], dim=1)
-        g = d
-    K = chunk_size or _default_chunk(l)
-    nc = max(1, -(-l // K))
-    pad = nc * K - l
-    if pad:
-        # delta = 0 at padded steps: decay exp(0) = 1 and no input, so the last state is carried through.
-        u, delta, B, C = (F.pad(x, (0, pad)) for x in (u, delta, B, C))
-    Ag = rearrange(A, "(g h) n -> g h n", g=g).contiguous()
-    y, last = _ChunkedScan.apply(delta, u, Ag, B, C, K)
-    y = y[..., :l]
-    return y, rearrange(last, "b g h n -> b (g h) n")
+
+def _scan_setup(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, mask, output[2], output[3])
+    ctx.options = (softplus, reverse, backend)
+
+
+def _scan_autograd(ctx, gy, glast, _ghs, _gy_pre):
+    u, delta, A, B, C, D, z, delta_bias, mask, hs, y_pre = ctx.saved_tensors
+    gy = torch.zeros_like(u) if gy is None else gy
+    glast = torch.zeros(hs.shape[0], *u.shape[1:3], A.shape[-1], device=u.device) if glast is None else glast
+    grads = torch.ops.eegfm.scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, *ctx.options, hs, y_pre, gy, glast)
+    present = (u, delta, A, B, C, D, z, delta_bias)
+    return (*(g if x is not None else None for g, x in zip(grads, present)), None, None, None, None)
+
+
+_scan_fwd.register_autograd(_scan_autograd, setup_context=_scan_setup)
+
+
+# ----------------------------------------------------------------------------- the torch (CPU) backend
+
+
+def _effective_delta(delta, bias, mask, softplus, ct):
+    """``softplus(delta + bias) * valid`` in the compute dtype ``[b, d, l]``, and the derivative factor
+    ``d effective / d delta`` (None when it is 1)."""
+    x = delta.to(ct)
+    if bias is not None:
+        x = x + bias.to(ct)[:, None]
+    factor = None
+    if softplus:
+        factor = torch.where(x > 20.0, 1.0, torch.sigmoid(x))  # torch's softplus threshold
+        x = F.softplus(x)
+    if mask is not None:
+        valid = mask[:, None, :].to(ct)
+        x = x * valid
+        factor = valid if factor is None else factor * valid
+    return x, factor
+
+
+def _flipper(rev: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    return (lambda x: x.flip(-1)) if rev else (lambda x: x)
+
+
+def _torch_scan_fwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse):
+    ct = torch.promote_types(u.dtype, torch.float32)
+    ys, lasts, states, pres = [], [], [], []
+    for k in range(u.shape[0]):
+        f = _flipper(bool((k + reverse) % 2))
+        uk = u[k].to(ct)
+        dk, _ = _effective_delta(delta[k], None if delta_bias is None else delta_bias[k], mask, softplus, ct)
+        y, last, hs = chunked_forward(f(uk), f(dk), A[k].to(ct), f(B[k]).to(ct), f(C[k]).to(ct))
+        y = f(y)
+        if D is not None:
+            y = y + uk * D[k].to(ct)[:, None]
+        pres.append(y)
+        if z is not None:
+            y = y * F.silu(z.to(ct))
+        ys.append(y.to(u.dtype))
+        lasts.append(last)
+        states.append(hs)
+    y_pre = torch.stack(pres) if z is not None else u.new_empty(0)
+    return torch.stack(ys), torch.stack(lasts), torch.stack(states), y_pre
+
+
+def _torch_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, hs, y_pre, gy, glast):
+    ct = torch.promote_types(u.dtype, torch.float32)
+    grads = [[] for _ in range(8)]
+    for k in range(u.shape[0]):
+        f = _flipper(bool((k + reverse) % 2))
+        uk, gk = u[k].to(ct), gy[k].to(ct)
+        bias_k = None if delta_bias is None else delta_bias[k]
+        dk, factor = _effective_delta(delta[k], bias_k, mask, softplus, ct)
+        if z is not None:
+            zc = z.to(ct)
+            s = torch.sigmoid(zc)
+            grads[6].append((gk * y_pre[k] * s * (1.0 + zc * (1.0 - s))).to(z.dtype))
+            gk = gk * zc * s
+        du, ddk, dA, dB, dC = chunked_backward(f(uk), f(dk), A[k].to(ct), f(B[k]).to(ct), f(C[k]).to(ct), hs[k], f(gk),
+                                               glast[k])
+        du, ddk = f(du), f(ddk)
+        if D is not None:
+            du = du + gk * D[k].to(ct)[:, None]
+            grads[5].append((gk * uk).sum((0, 2)).to(D.dtype))
+        ddelta = ddk if factor is None else ddk * factor
+        if delta_bias is not None:
+            grads[7].append(ddelta.sum((0, 2)).to(delta_bias.dtype))
+        for i, (g, like) in enumerate(((du, u), (ddelta, delta), (dA, A), (f(dB), B), (f(dC), C))):
+            grads[i].append(g.to(like.dtype))
+    return tuple(torch.stack(g) if g else None for g in grads)
+
+
+# ---------------------------------------------------------------------------------------- entry points
 
 
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    backend: str | None = None,
+    backend: str | None = None, reverse: bool = False,
 ):
     """Mamba's selective scan (``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` semantics).
 
@@ -456,34 +389,61 @@ def selective_scan(
         return_last_state: also return the final state ``[b, d, n]`` (float32).
         backend: force an implementation (see :func:`selective_scan_backend`); None or ``"auto"`` defers to
             ``$EEGFM_SCAN_BACKEND``, then to the automatic choice.
+        reverse: scan from the last step to the first (equal to flipping the inputs and the output along
+            time); the final state is then the state after step 0.
 
     Returns:
         ``y [b, d, l]`` in ``u``'s dtype, and ``last_state [b, d, n]`` when asked for.
-
-    On CUDA this is ``mamba_ssm``'s fused kernel when installed, else our Triton kernels; otherwise
-    :func:`chunked_scan` (float32 compute, float64 for float64 inputs).
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
-    chosen = selective_scan_backend(u, backend)
-    if chosen == "mamba_ssm":
-        return _load_mamba_scan()(u, delta, A, B, C, **kwargs)
+    chosen = _backend(u, backend)
     if chosen == "ref":
-        return selective_scan_ref(u, delta, A, B, C, **kwargs)
-    if chosen == "triton":
-        return _load_triton_module().selective_scan_triton(u, delta, A, B, C, **kwargs)
-    dtype_in = u.dtype
-    ct = torch.promote_types(dtype_in, torch.float32)
+        return selective_scan_ref(u, delta, A, B, C, **kwargs, reverse=reverse)
+    if chosen == "mamba_ssm":
+        if not reverse:
+            return _load_mamba_scan()(u, delta, A, B, C, **kwargs)
+        flip = _flipper(True)
+        out = _load_mamba_scan()(flip(u), flip(delta), A, *(m if m.dim() == 2 else flip(m) for m in (B, C)),
+                                 **{**kwargs, "z": None if z is None else flip(z)})
+        return (flip(out[0]), out[1]) if return_last_state else flip(out)
     b, d, l = u.shape
-    uc, delta, A = u.to(ct), delta.to(ct), A.to(ct)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    y, last = chunked_scan(uc, delta, A, _grouped(B, b, l).to(ct), _grouped(C, b, l).to(ct))
-    if D is not None:
-        y = y + uc * D.to(ct)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(ct))
-    y = y.to(dtype_in)
-    return (y, last) if return_last_state else y
+    if l == 0:
+        y = u.new_zeros(b, d, 0)
+        return (y, u.new_zeros(b, d, A.shape[1], dtype=torch.float32)) if return_last_state else y
+    B, C = _same_groups(_grouped(B, b, l), _grouped(C, b, l), d)
+    y, last, _, _ = torch.ops.eegfm.scan_fwd(
+        u.contiguous()[None], delta.contiguous()[None], A.contiguous()[None], B[None], C[None],
+        None if D is None else D[None], None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias[None], None, bool(delta_softplus), bool(reverse), chosen,
+    )
+    return (y[0], last[0]) if return_last_state else y[0]
+
+
+def bidirectional_scan(u, delta, A, B, C, D, delta_bias, mask=None, backend: str | None = None):
+    """A forward and a reverse scan, each with its own parameters, in one call (no flipped copies).
+
+    Args:
+        u, delta: ``[2, b, d, l]`` (direction 0 scans from the first step, direction 1 from the last);
+            ``delta`` before ``delta_bias`` and softplus (both always applied).
+        A: ``[2, d, n]``. B, C: ``[2, b, n, l]``. D, delta_bias: ``[2, d]``.
+        mask: ``[b, l]`` bool, True = real step; a padded step has ``delta = 0`` (the state passes through it
+            untouched and it injects nothing), or None.
+        backend: as in :func:`selective_scan`.
+    Returns:
+        ``y [2, b, d, l]`` (``C h + D u`` per direction, ungated) in ``u``'s dtype.
+    """
+    chosen = _backend(u[0], backend)
+    if chosen in ("ref", "mamba_ssm"):
+        valid = None if mask is None else mask[:, None, :].to(torch.float32)
+        ys = []
+        for k in range(2):
+            dk = F.softplus(delta[k].float() + delta_bias[k].float()[:, None])
+            dk = dk if valid is None else dk * valid
+            ys.append(selective_scan(u[k], dk, A[k], B[k], C[k], D=D[k], backend=chosen, reverse=bool(k)))
+        return torch.stack(ys)
+    y, _, _, _ = torch.ops.eegfm.scan_fwd(
+        u.contiguous(), delta.contiguous(), A.contiguous(), B.unsqueeze(2).contiguous(), C.unsqueeze(2).contiguous(),
+        D, None, delta_bias, None if mask is None else mask.to(torch.uint8).contiguous(), True, False, chosen,
+    )
+    return y

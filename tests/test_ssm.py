@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import foundation.ssm as ssm
+import foundation.ssm_chunked as ssm_chunked
 from foundation.ssm import chunked_scan, selective_scan, selective_scan_backend, selective_scan_ref
 
 
@@ -89,7 +90,7 @@ def test_long_sequence_extreme_dt_fp32(delta_kind, monkeypatch):
     y_ref32 = selective_scan_ref(t["u"], delta, t["A"], t["B"], t["C"], D=t["D"])
     assert _rel(y, y_ref32) < 1e-4
     # The single-chunk-group path (taken at realistic b * d) over the same sequence.
-    monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", 1)
+    monkeypatch.setattr(ssm_chunked, "BUFFER_ELEMENTS", 1)
     y1, last1 = selective_scan(t["u"], delta, t["A"], t["B"], t["C"], D=t["D"], return_last_state=True)
     assert _rel(y1, y_ref) < 1e-4 and _rel(last1, last_ref) < 1e-4
 
@@ -98,8 +99,8 @@ def test_long_sequence_extreme_dt_fp32(delta_kind, monkeypatch):
 def test_gradcheck_float64(buffer, monkeypatch):
     # Chunk 4 with l=13 pads the tail (4 chunks). buffer=1: one chunk per group (the single-chunk fast
     # path); 200: groups of 2 chunks (the within-group chunk carry); 10**6: all chunks in one group.
-    monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", buffer)
-    monkeypatch.setattr(ssm, "_default_chunk", lambda l: 4)
+    monkeypatch.setattr(ssm_chunked, "BUFFER_ELEMENTS", buffer)
+    monkeypatch.setattr(ssm_chunked, "default_chunk", lambda l: 4)
     t = _inputs(b=2, d=4, n=3, l=13, groups=2, dtype=torch.float64, requires_grad=True)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -114,7 +115,7 @@ def test_gradcheck_float64(buffer, monkeypatch):
 @pytest.mark.parametrize("buffer", [4096, 16384])
 def test_gradients_match_reference_fp32(groups, buffer, monkeypatch):
     # K=12, 25 chunks: 4096 -> one chunk per group (fast path); 16384 -> groups of 5 chunks.
-    monkeypatch.setattr(ssm, "_BWD_BUFFER_ELEMENTS", buffer)
+    monkeypatch.setattr(ssm_chunked, "BUFFER_ELEMENTS", buffer)
     t32 = _inputs(b=2, d=16, n=8, l=300, groups=groups, requires_grad=True, seed=3)
     t64 = {k: v.detach().double().requires_grad_(True) for k, v in t32.items()}
     names = list(t32)
@@ -220,8 +221,5 @@ def test_loader_returns_none_when_mamba_ssm_cannot_import(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # makes `import mamba_ssm...` raise ImportError
-    ssm._load_mamba_scan.cache_clear()
-    try:
-        assert ssm._load_mamba_scan() is None
-    finally:
-        ssm._load_mamba_scan.cache_clear()
+    monkeypatch.setattr(ssm, "_LOADED", {})
+    assert ssm._load_mamba_scan() is None
