@@ -12,6 +12,16 @@ direction. Two things make that hold exactly: the conv input is zeroed there (so
 same as its own left padding) and the discretisation step ``delta`` is 0 there, so the recurrence
 ``h = exp(0 * A) h + 0 * B u = h`` carries the state through untouched and injects nothing. The mixer output
 is zeroed at padded positions, so they leave the block equal to their input.
+
+Fused path (the "torch" and "triton" scan backends): both directions run as one autograd function
+(:class:`_BiMambaInner`, the bidirectional ``mamba_inner_fn``): the reverse direction's conv is the
+anti-causal conv of the unflipped sequence and its scan runs from the end (an index map in the kernel), so
+no flipped copy is made; the raw ``dt`` (before bias and softplus) and the padding mask go to one
+:func:`foundation.ssm.bidirectional_scan` launch for both directions. It keeps only the block's inputs
+(``xi``, ``z``), the small ``x_proj`` outputs and the scan's chunk-start states; the convs, SiLUs and
+``delta = dt_proj(dt)`` are recomputed in the backward pass, whose gradients are written out by hand so
+``torch.compile`` traces it like any other function. The same math as the per-direction path (kept for the
+``mamba_ssm`` and ``ref`` backends), to float rounding.
 """
 
 from __future__ import annotations
@@ -24,7 +34,13 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from foundation.ssm import SCAN_BACKENDS, selective_scan
+from foundation.ssm import (
+    SCAN_BACKENDS,
+    bidirectional_scan_backward,
+    bidirectional_scan_forward,
+    selective_scan,
+    selective_scan_backend,
+)
 
 __all__ = ["BiMambaBlock", "DropPath"]
 
@@ -130,6 +146,101 @@ class _Direction(nn.Module):
         )
 
 
+# ------------------------------------------------------------------------------- the fused inner function
+
+
+def _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, reverse: bool, dt_rank: int):
+    """One direction's conv + SiLU, ``x_proj`` and ``dt_proj`` (no bias) on ``xi [b, e, l]``.
+
+    The reverse direction's conv is the causal conv of the flipped sequence, written as an anti-causal conv
+    of this one (kernel flipped, window ahead). Returns ``(conv out [b, e, l], u = silu of it,
+    x_dbl [b, l, r + 2n], raw dt [b, e, l])``.
+    """
+    width, l = conv_w.shape[-1], xi.shape[-1]
+    full = F.conv1d(xi, conv_w.flip(-1) if reverse else conv_w, conv_b, padding=width - 1, groups=xi.shape[1])
+    xc = full[..., width - 1 :] if reverse else full[..., :l]
+    u = F.silu(xc)
+    x_dbl = F.linear(u.transpose(1, 2), x_proj_w)
+    dt = F.linear(x_dbl[..., :dt_rank], dt_proj_w).transpose(1, 2)
+    return xc, u, x_dbl, dt
+
+
+def _scan_inputs(x_dbl: list[torch.Tensor], dt_rank: int, d_state: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C ``[2, b, n, l]`` of both directions from their ``x_dbl [b, l, r + 2n]``."""
+    B = torch.stack([x[..., dt_rank : dt_rank + d_state] for x in x_dbl]).transpose(2, 3)
+    C = torch.stack([x[..., dt_rank + d_state :] for x in x_dbl]).transpose(2, 3)
+    return B.contiguous(), C.contiguous()
+
+
+def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, reverse, dt_rank, du, ddt, dB, dC):
+    """Gradients through :func:`_pre_scan` of one direction, recomputing its activations: returns
+    ``(dxi, d conv weight, d conv bias or None, d x_proj, d dt_proj)`` for ``du``, ``ddt [b, e, l]`` and
+    ``dB``, ``dC [b, n, l]`` (the scan's gradients for its inputs). Runs under the forward pass's autocast."""
+    xc, u, x_dbl, _ = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, reverse, dt_rank)
+    ddt_t = ddt.transpose(1, 2)  # [b, l, e]
+    d_dt_proj = torch.einsum("ble,blr->er", ddt_t, x_dbl[..., :dt_rank])
+    dx_dbl = torch.cat([ddt_t @ dt_proj_w, dB.transpose(1, 2), dC.transpose(1, 2)], dim=-1)  # [b, l, r + 2n]
+    d_x_proj = torch.einsum("blj,ble->je", dx_dbl, u.transpose(1, 2))
+    du = du + (dx_dbl @ x_proj_w).transpose(1, 2)
+    s = torch.sigmoid(xc.float())
+    dxc = (du.float() * s * (1.0 + xc.float() * (1.0 - s))).to(xc.dtype)
+    width = conv_w.shape[-1]
+    # The conv's own backward, with the operands in the dtype the forward conv ran in (autocast's, if on).
+    w = (conv_w.flip(-1) if reverse else conv_w).to(xc.dtype)
+    dxi, dw, db = torch.ops.aten.convolution_backward(
+        F.pad(dxc, (width - 1, 0) if reverse else (0, width - 1)), xi.to(xc.dtype), w, [xi.shape[1]], [1],
+        [width - 1], [1], False, [0], xi.shape[1], [True, True, conv_b is not None],
+    )
+    return dxi, (dw.flip(-1) if reverse else dw), db, d_x_proj, d_dt_proj
+
+
+class _BiMambaInner(torch.autograd.Function):
+    """``(y_fwd + y_bwd) * silu(z)`` of a BiMamba block from ``xi, z [b, e, l]``, both directions in one scan
+    launch; saves the inputs, ``x_dbl`` and the scan's states, recomputes the convs and ``dt`` in backward.
+
+    Per-direction parameters come stacked ``[2, ...]`` (forward, reverse): conv weight ``[2, e, 1, w]`` and
+    bias ``[2, e]`` (or None), ``x_proj [2, r + 2n, e]``, ``dt_proj`` weight ``[2, e, r]`` and bias ``[2, e]``,
+    ``A [2, e, n]``, ``D [2, e]``.
+    """
+
+    @staticmethod
+    def forward(ctx, xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, backend, dt_rank):
+        n = A.shape[-1]
+        parts = [_pre_scan(xi, conv_w[k], None if conv_b is None else conv_b[k], x_proj_w[k], dt_proj_w[k], bool(k),
+                           dt_rank) for k in range(2)]
+        B, C = _scan_inputs([p[2] for p in parts], dt_rank, n)
+        u, dt = torch.stack([p[1] for p in parts]), torch.stack([p[3] for p in parts])
+        y, saved = bidirectional_scan_forward(u, dt, A, B, C, D, dt_bias, mask, backend)
+        y_sum = y[0] + y[1]
+        x_dbl = torch.stack([p[2] for p in parts])
+        ctx.save_for_backward(xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, x_dbl, y_sum, *saved)
+        ctx.options = (backend, dt_rank, xi.device.type, torch.is_autocast_enabled(xi.device.type),
+                       torch.get_autocast_dtype(xi.device.type))
+        return y_sum * F.silu(z)
+
+    @staticmethod
+    def backward(ctx, gout):
+        xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, x_dbl, y_sum, *saved = ctx.saved_tensors
+        backend, dt_rank, device_type, amp, amp_dtype = ctx.options
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp):  # recompute exactly as the forward ran
+            s = torch.sigmoid(z.float())
+            gy = gout.float() * z.float() * s
+            dz = (gout.float() * y_sum.float() * s * (1.0 + z.float() * (1.0 - s))).to(z.dtype)
+            n = A.shape[-1]
+            cb = [None if conv_b is None else conv_b[k] for k in range(2)]
+            parts = [_pre_scan(xi, conv_w[k], cb[k], x_proj_w[k], dt_proj_w[k], bool(k), dt_rank) for k in range(2)]
+            B, C = _scan_inputs([p[2] for p in parts], dt_rank, n)
+            u, dt = torch.stack([p[1] for p in parts]), torch.stack([p[3] for p in parts])
+            du, ddt, dA, dB, dC, dD, ddt_bias = bidirectional_scan_backward(
+                u, dt, A, B, C, D, dt_bias, mask, backend, tuple(saved), torch.stack([gy, gy]).to(u.dtype))
+            grads = [_pre_scan_backward(xi, conv_w[k], cb[k], x_proj_w[k], dt_proj_w[k], bool(k), dt_rank, du[k], ddt[k],
+                                        dB[k], dC[k]) for k in range(2)]
+        dxi = (grads[0][0] + grads[1][0]).to(xi.dtype)
+        stack = lambda i, like: None if like is None else torch.stack([g[i] for g in grads]).to(like.dtype)  # noqa: E731
+        return (dxi, dz, None, stack(1, conv_w), stack(2, conv_b), stack(3, x_proj_w), stack(4, dt_proj_w),
+                ddt_bias.to(dt_bias.dtype), dA.to(A.dtype), dD.to(D.dtype), None, None)
+
+
 class BiMambaBlock(nn.Module):
     """Pre-norm bidirectional Mamba block with residual and drop-path.
 
@@ -223,11 +334,36 @@ class BiMambaBlock(nn.Module):
         """The residual branch: ``x [b, l, d_model] -> [b, l, d_model]``, zero at padded positions."""
         xz = rearrange(self.in_proj(self.norm(x)), "b l e -> b e l")
         xi, z = xz.chunk(2, dim=1)
-        valid = None
         if mask is not None:
-            valid = mask[:, None, :].to(xi.dtype)
             # where, not multiply: garbage at padding may be inf/nan, and 0 * inf = nan.
             xi = torch.where(mask[:, None, :], xi, 0.0)
+        backend = selective_scan_backend(xi, self.fwd.scan_backend)
+        if backend in ("torch", "triton"):
+            y = self._fused(xi, z, mask, backend)
+        else:
+            y = self._per_direction(xi, z, mask, nested)
+        out = self.out_proj(rearrange(y, "b e l -> b l e"))
+        if mask is not None:
+            out = torch.where(mask[..., None], out, 0.0)
+        return out
+
+    def _fused(self, xi: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None, backend: str) -> torch.Tensor:
+        """``(y_fwd + y_bwd) * silu(z)`` ``[b, e, l]`` through :class:`_BiMambaInner` (one scan launch)."""
+        f, r = self.fwd, self.bwd
+
+        def both(get):
+            return torch.stack([get(f), get(r)])
+
+        conv_b = both(lambda m: m.conv1d.bias) if f.conv1d.bias is not None else None
+        return _BiMambaInner.apply(
+            xi, z, mask, both(lambda m: m.conv1d.weight), conv_b, both(lambda m: m.x_proj.weight),
+            both(lambda m: m.dt_proj.weight), both(lambda m: m.dt_proj.bias), -torch.exp(both(lambda m: m.A_log).float()),
+            both(lambda m: m.D).float(), backend, self.dt_rank,
+        )
+
+    def _per_direction(self, xi: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None, nested: bool) -> torch.Tensor:
+        """The same as :meth:`_fused` one direction at a time on a flipped copy (the mamba_ssm and ref scans)."""
+        valid = None if mask is None else mask[:, None, :].to(xi.dtype)
         xi_b = xi.flip(-1)
         valid_b = None if valid is None else valid.flip(-1)
         if nested:
@@ -239,8 +375,4 @@ class BiMambaBlock(nn.Module):
         else:
             y_f = self.fwd(xi, valid)
             y_b = self.bwd(xi_b, valid_b).flip(-1)
-        y = (y_f + y_b) * F.silu(z)
-        out = self.out_proj(rearrange(y, "b e l -> b l e"))
-        if mask is not None:
-            out = torch.where(mask[..., None], out, 0.0)
-        return out
+        return (y_f + y_b) * F.silu(z)

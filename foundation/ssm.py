@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from foundation.ssm_chunked import chunked_backward, chunked_forward, chunked_scan, n_chunks
 
 __all__ = [
-    "SCAN_BACKENDS", "bidirectional_scan", "chunked_scan", "selective_scan", "selective_scan_backend",
-    "selective_scan_ref",
+    "SCAN_BACKENDS", "bidirectional_scan", "bidirectional_scan_backward", "bidirectional_scan_forward", "chunked_scan",
+    "selective_scan", "selective_scan_backend", "selective_scan_ref",
 ]
 
 #: Values of ``backend`` / ``EEGFM_SCAN_BACKEND`` / ``EEGMambaConfig.scan_backend``.
@@ -447,3 +447,27 @@ def bidirectional_scan(u, delta, A, B, C, D, delta_bias, mask=None, backend: str
         D, None, delta_bias, None if mask is None else mask.to(torch.uint8).contiguous(), True, False, chosen,
     )
     return y
+
+
+def bidirectional_scan_forward(u, delta, A, B, C, D, delta_bias, mask, backend: str):
+    """:func:`bidirectional_scan` for a fused block's own autograd function (``backend`` "torch" or
+    "triton", already resolved; call without autograd): ``(y [2, b, d, l], saved)`` where ``saved`` is what
+    :func:`bidirectional_scan_backward` needs besides the inputs."""
+    y, _, hs, y_pre = torch.ops.eegfm.scan_fwd(
+        u, delta, A, B.unsqueeze(2), C.unsqueeze(2), D, None, delta_bias,
+        None if mask is None else mask.to(torch.uint8), True, False, backend,
+    )
+    return y, (hs, y_pre)
+
+
+def bidirectional_scan_backward(u, delta, A, B, C, D, delta_bias, mask, backend: str, saved, gy):
+    """Gradients of :func:`bidirectional_scan_forward` for ``gy = dL/dy [2, b, d, l]``:
+    ``(du, ddelta, dA, dB [2, b, n, l], dC, dD, d delta_bias)`` (``ddelta`` for delta before bias/softplus)."""
+    hs, y_pre = saved
+    k, b, d, _ = u.shape
+    glast = torch.zeros(k, b, d, A.shape[-1], device=u.device)
+    du, ddelta, dA, dB, dC, dD, _, dbias = torch.ops.eegfm.scan_bwd(
+        u, delta, A, B.unsqueeze(2), C.unsqueeze(2), D, None, delta_bias,
+        None if mask is None else mask.to(torch.uint8), True, False, backend, hs, y_pre, gy.contiguous(), glast,
+    )
+    return du, ddelta, dA, dB.squeeze(2), dC.squeeze(2), dD, dbias

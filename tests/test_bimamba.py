@@ -200,3 +200,36 @@ def test_recompute_keeps_only_the_block_input():
 def test_recompute_validation():
     with pytest.raises(ValueError, match="recompute"):
         BiMambaBlock(16, recompute="sometimes")
+
+
+def test_fused_block_equals_the_per_direction_path():
+    """The fused path (both directions in one autograd function, anti-causal conv, no flipped copies, conv and
+    dt recomputed in backward) against the per-direction path on flipped copies (what the ref and mamba_ssm
+    scans use), with padding: outputs, input gradient and every parameter's gradient to 1e-5."""
+    blk = _block(16, drop_path=0.0).train()
+    mask = _interior_mask()
+    x = torch.randn(3, 40, 16)
+    results = {}
+    for backend in ("torch", "ref"):
+        blk.fwd.scan_backend = blk.bwd.scan_backend = backend
+        blk.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        y = blk(xi, mask)
+        (y[mask] ** 2).sum().backward()
+        results[backend] = (y.detach(), xi.grad, {n: p.grad for n, p in blk.named_parameters()})
+    fused, per_direction = results["torch"], results["ref"]
+    torch.testing.assert_close(fused[0], per_direction[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused[1], per_direction[1], rtol=1e-5, atol=1e-6)
+    for name, grad in per_direction[2].items():
+        torch.testing.assert_close(fused[2][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_fused_block_keeps_under_half_of_the_per_direction_activations(monkeypatch):
+    """Saved for backward per token: the fused path keeps the block inputs, x_proj's small outputs and the
+    scan's chunk-start states, not the convs' outputs, dt or the flipped copies (same chunked scan)."""
+    blk = _block(32).train()
+    x = torch.randn(1, 512, 32, requires_grad=True)
+    fused = _saved_bytes(lambda: blk(x))
+    monkeypatch.setattr(BiMambaBlock, "_fused", lambda self, xi, z, mask, backend: self._per_direction(xi, z, mask, False))
+    per_direction = _saved_bytes(lambda: blk(x))
+    assert fused < 0.5 * per_direction, (fused, per_direction)
