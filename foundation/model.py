@@ -29,6 +29,7 @@ from torch import nn
 from foundation.bimamba import BiMambaBlock
 from foundation.checkpoint import CheckpointError, LoadReport, StrictHubMixin, load_backbone_weights
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
+from foundation.index_checks import check_range
 from foundation.moe import TaskMoE
 from foundation.ssm import SCAN_BACKENDS
 
@@ -300,8 +301,7 @@ class EEGMamba(
                 f"task_ids must be an integer tensor [b] = [{b}], got "
                 f"{getattr(task_ids, 'dtype', type(task_ids))} {tuple(getattr(task_ids, 'shape', ()))}"
             )
-        if b and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.config.n_tasks):
-            raise ValueError(f"task_ids must lie in [0, n_tasks={self.config.n_tasks}), got {task_ids.tolist()}")
+        check_range(task_ids, self.config.n_tasks, "task_ids")
         return task_ids.long()
 
     def forward(
