@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from foundation.channel_positions import PositionChannelEmbed
+from foundation.index_checks import check_range
 
 __all__ = ["ChannelPatchEmbed", "STAdaptiveEmbed", "check_inputs"]
 
@@ -67,15 +68,20 @@ def check_inputs(
             f"channel_mask must be a bool tensor [b, c] = [{b}, {c}], got "
             f"{getattr(channel_mask, 'dtype', type(channel_mask))} {tuple(getattr(channel_mask, 'shape', ()))}"
         )
-    if b and not bool(channel_mask.any(dim=1).all()):
-        empty = (~channel_mask.any(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(f"channel_mask: samples {empty} have no real channel")
-    real_ids = channel_ids[channel_mask]
-    if real_ids.numel() and (int(real_ids.min()) < 0 or int(real_ids.max()) >= n_channel_ids):
-        raise ValueError(
-            f"channel_ids must lie in [0, n_channel_ids={n_channel_ids}) at real channels, got min "
-            f"{int(real_ids.min())} max {int(real_ids.max())}"
-        )
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        # Checked on the device (no host sync, no graph break; foundation.index_checks): same conditions.
+        torch._assert_async(channel_mask.any(dim=1).all(), "channel_mask: a sample has no real channel")
+        check_range(torch.where(channel_mask, channel_ids, 0), n_channel_ids, "channel_ids (at real channels)")
+    else:
+        if b and not bool(channel_mask.any(dim=1).all()):
+            empty = (~channel_mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"channel_mask: samples {empty} have no real channel")
+        real_ids = channel_ids[channel_mask]
+        if real_ids.numel() and (int(real_ids.min()) < 0 or int(real_ids.max()) >= n_channel_ids):
+            raise ValueError(
+                f"channel_ids must lie in [0, n_channel_ids={n_channel_ids}) at real channels, got min "
+                f"{int(real_ids.min())} max {int(real_ids.max())}"
+            )
     # Ids at padded channels are don't-care; pin them to 0 so an embedding lookup cannot go out of range.
     channel_ids = torch.where(channel_mask, channel_ids, torch.zeros_like(channel_ids)).long()
     return channel_ids, channel_mask
@@ -319,8 +325,8 @@ class STAdaptiveEmbed(nn.Module):
             task_ids = torch.zeros(b, dtype=torch.long, device=x.device)
         elif task_ids.shape != (b,) or task_ids.is_floating_point():
             raise ValueError(f"task_ids must be an integer tensor [b] = [{b}], got {task_ids.dtype} {tuple(task_ids.shape)}")
-        elif b and (int(task_ids.min()) < 0 or int(task_ids.max()) >= self.n_tasks):
-            raise ValueError(f"task_ids must lie in [0, n_tasks={self.n_tasks}), got {task_ids.tolist()}")
+        else:
+            check_range(task_ids, self.n_tasks, "task_ids")
         task_ids = task_ids.long()
         x = _zero_padding(x, channel_mask)
         w = self.spatial_weight[task_ids[:, None], channel_ids]  # [b c d]
