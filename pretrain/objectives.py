@@ -84,7 +84,21 @@ def build_backbone(size: str, overrides: dict[str, Any], crop_patches: int) -> E
     return EEGMamba(config)
 
 
+def pad_channels(x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor, multiple: int):
+    """``x [b c t]``, ``channel_ids``, ``channel_mask [b c]`` with ``c`` padded up to a multiple of ``multiple``
+    (padded channels: zeros, id 0, mask False), so batches of a run take few distinct shapes and a compiled,
+    CUDA-graphed step is reused. The model, the targets and the losses ignore padded channels."""
+    extra = -x.shape[1] % multiple if multiple > 1 else 0
+    if not extra:
+        return x, channel_ids, channel_mask
+    return F.pad(x, (0, 0, 0, extra)), F.pad(channel_ids, (0, extra)), F.pad(channel_mask, (0, extra), value=False)
+
+
 class _BackboneObjective(Objective):
+    """Shared by the backbone objectives: ``forward(batch)`` turns the batch into tensors (task ids, channel
+    bucketing) and calls :meth:`compute`: tensors in and out, fixed shapes, no host synchronisation, so
+    :meth:`compile_step` can hand it to ``torch.compile`` as one graph without breaks."""
+
     def __init__(self, backbone: EEGMamba, moe_aux_weight: float, task_aware: bool = True,
                  augment: AugmentConfig = AugmentConfig()) -> None:
         super().__init__()
@@ -93,6 +107,29 @@ class _BackboneObjective(Objective):
         self.task_aware = task_aware
         self.augment = augment
         self.patch_size = backbone.config.patch_size
+        self.channel_bucket = 1
+        self._compiled = None
+
+    def compile_step(self, *, mode: str | None = None, channel_bucket: int = 8) -> "_BackboneObjective":
+        """Run :meth:`compute` in training through ``torch.compile(fullgraph=True, dynamic=False)`` (``mode``
+        "reduce-overhead" adds CUDA graphs) and pad the channel count to a multiple of ``channel_bucket``, so
+        a run compiles one graph per bucket. Eager (the default, and evaluation) stays the fallback."""
+        self.channel_bucket = max(1, int(channel_bucket))
+        self._compiled = torch.compile(self.compute, fullgraph=True, dynamic=False, mode=mode)
+        return self
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x, ids, cmask = pad_channels(batch["x"], batch["channel_ids"], batch["channel_mask"], self.channel_bucket)
+        task_ids = self._task_ids(batch, x.shape[0], x.device)
+        if self._compiled is None or not self.training:
+            return self.compute(x, ids, cmask, task_ids)
+        if x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last step's graph outputs may be reused
+        return self._compiled(x, ids, cmask, task_ids)
+
+    def compute(self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor,
+                task_ids: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def export(self, out_dir: str | Path) -> Path:
         """The backbone as ``EEGMamba.save_pretrained(out_dir)`` (what ``finetune/`` loads)."""
@@ -100,12 +137,11 @@ class _BackboneObjective(Objective):
         self.backbone.save_pretrained(out_dir)
         return out_dir
 
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x, channel_ids, channel_mask)``, augmented in training (before any target is computed)."""
-        x, cmask = batch["x"], batch["channel_mask"]
+    def _augmented(self, x: torch.Tensor, cmask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, channel_mask)``, augmented in training (before any target is computed)."""
         if self.training:
             x, cmask = augment(x, cmask, self.augment)
-        return x, batch["channel_ids"], cmask
+        return x, cmask
 
     def _task_ids(self, batch: dict[str, Any], n: int, device: torch.device) -> torch.Tensor:
         """``[n]`` router ids: the shards' task names when task-aware, else all 0 (pretraining)."""
@@ -162,35 +198,53 @@ class MaskedTokenObjective(_BackboneObjective):
         self.tokenizer.eval()  # frozen targets: no EMA codebook updates, no dropout
         return self
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def compute(self, x: torch.Tensor, ids: torch.Tensor, cmask: torch.Tensor, task_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x [b c t]`` -> CE over ``codebook_size`` on masked (and complement) patches."""
-        x, ids, cmask = self._inputs(batch)
+        x, cmask = self._augmented(x, cmask)
         b, c, t = x.shape
         p = t // self.patch_size
-        with torch.no_grad():
-            codes = self.tokenizer.encode(x.float(), ids, cmask)  # [b c p]
+        codes = frozen_codes(self.tokenizer, x.float(), ids, cmask)  # [b c p], -1 at padded channels
         mask = random_patch_mask(cmask, p, self.mask_ratio)
         masks = [mask]
         if self.symmetric:
             masks.append(~mask & cmask[:, :, None])
         n = len(masks)
         out = self.backbone(
-            x.repeat(n, 1, 1), ids.repeat(n, 1), cmask.repeat(n, 1),
-            task_ids=self._task_ids(batch, b, x.device).repeat(n), patch_mask=torch.cat(masks),
+            x.repeat(n, 1, 1), ids.repeat(n, 1), cmask.repeat(n, 1), task_ids=task_ids.repeat(n),
+            patch_mask=torch.cat(masks),
         )
         logits = rearrange(self.head(out.tokens), "(n b) (c p) k -> n b c p k", n=n, c=c)
         logs: dict[str, torch.Tensor] = {}
         total = x.new_zeros((), dtype=torch.float32)
+        target = codes.clamp(min=0)
         for i, (m, tag) in enumerate(zip(masks, ("mask", "sym"))):
-            picked = logits[i][m].float()  # [n_masked, k]
-            target = codes[m]
-            loss = F.cross_entropy(picked, target)
+            # Mean over the masked patches as a weighted sum over all of them: fixed shapes, no indexing.
+            w = m.float()
+            count = w.sum().clamp_min(1.0)
+            ce = F.cross_entropy(logits[i].float().flatten(0, 2), target.flatten(), reduction="none").view_as(w)
+            loss = (ce * w).sum() / count
             total = total + loss
             logs[f"loss_{tag}"] = loss.detach()
-            logs[f"acc_{tag}"] = (picked.argmax(-1) == target).float().mean().detach()
+            logs[f"acc_{tag}"] = ((logits[i].argmax(-1) == target).float() * w).sum().detach() / count
         aux = out.aux_loss.float()
         logs["moe_aux"] = aux.detach()
         return {"loss": total + self.moe_aux_weight * aux, **logs, "expert_load": out.expert_load}
+
+
+@torch.no_grad()
+def frozen_codes(tokenizer: nn.Module, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+    """``tokenizer.encode(x, channel_ids, channel_mask)`` ``[b c p]`` (-1 at padded channels) for a tokenizer
+    kept in eval mode (the objective's frozen one), written with fixed shapes: in eval mode the code norm
+    uses running statistics, one affine map per feature, so it applies to every token and the padded ones
+    are dropped afterwards, where ``encode`` normalises the real tokens picked by a boolean index.
+    ``tests/test_pretrain_objectives.py`` checks the two agree."""
+    tokens, token_mask, _ = tokenizer.embed(x, channel_ids, channel_mask)
+    z = tokenizer.to_code(tokenizer.encoder(tokens, token_mask))
+    if tokenizer.code_norm is not None:
+        z = tokenizer.code_norm(z.flatten(0, 1)).view_as(z)
+    codes = tokenizer.codebook.quantize(z)
+    codes = torch.where(token_mask, codes, torch.full_like(codes, -1))
+    return rearrange(codes, "b (c p) -> b c p", c=x.shape[1])
 
 
 class MaskedSTFTObjective(_BackboneObjective):
@@ -218,22 +272,22 @@ class MaskedSTFTObjective(_BackboneObjective):
         self.frames_per_patch = self.patch_size // stft.hop
         self.head = nn.Linear(backbone.config.d_model, self.frames_per_patch * stft.n_freqs)
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def compute(self, x: torch.Tensor, ids: torch.Tensor, cmask: torch.Tensor, task_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Corrupt ``x [b c t]`` in the STFT domain, predict ``[b c p (k f)]`` clean frames, MSE on masked energy."""
-        x, ids, cmask = self._inputs(batch)
+        x, cmask = self._augmented(x, cmask)
         b, c, t = x.shape
         x_masked, target, soft = corrupt(x.float(), self.stft, self.mask, channel_mask=cmask)
-        out = self.backbone(x_masked, ids, cmask, task_ids=self._task_ids(batch, b, x.device))
+        out = self.backbone(x_masked, ids, cmask, task_ids=task_ids)
         pred = rearrange(self.head(out.tokens).float(), "b (c p) kf -> b c p kf", c=c)
         target_p = to_patches(target, self.patch_size, self.stft)  # [b c p (k f)]
         mask_p = to_patches(soft, self.patch_size, self.stft)
         loss = masked_spectral_loss(pred, target_p, mask_p, cmask, threshold=self.mask.loss_threshold)
         aux = out.aux_loss.float()
-        real = cmask[:, :, None, None].expand_as(mask_p)
+        real = cmask[:, :, None, None].expand_as(mask_p).float()
         return {
             "loss": loss + self.moe_aux_weight * aux,
             "loss_stft": loss.detach(),
-            "masked_fraction": mask_p[real].mean().detach() if real.any() else mask_p.new_zeros(()),
+            "masked_fraction": ((mask_p * real).sum() / real.sum().clamp_min(1.0)).detach(),
             "moe_aux": aux.detach(),
             "expert_load": out.expert_load,
         }
