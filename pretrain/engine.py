@@ -9,7 +9,7 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
   (biases, norms, ``D``), ``nn.Embedding`` tables and parameters tagged ``_no_weight_decay`` (the
   SSM's ``A_log``, class / mask tokens); an optional per-name LR scale (layer-wise decay).
 * :func:`warmup_cosine`: THE learning-rate multiplier, a pure function of the step (nanoGPT style).
-* :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
+* :func:`clip_gradients` / :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
   so every rank stops together (one rank raising alone would hang the others in the next all-reduce).
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: weights, optimiser and RNG
   states as safetensors + JSON (``pretrain.resume_state``: no pickle, so resuming a folder from elsewhere
@@ -43,7 +43,7 @@ from pretrain.resume_state import CheckpointStateError, load_training_state, rea
 from shards.atomic import atomic_write_bytes
 
 __all__ = [
-    "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
+    "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "clip_gradients", "export",
     "check_model", "latest_checkpoint", "load_checkpoint", "read_train_state", "log_scan_backend", "make_accelerator", "make_scheduler",
     "param_groups", "resolve_precision", "resolve_resume", "restore_scheduler", "save_checkpoint", "scheduler_state", "warmup_cosine",
     "SeenFlags", "merge_flags",
@@ -200,14 +200,20 @@ def check_model(accelerator: Accelerator, model: nn.Module, batch: Mapping[str, 
     check_finite(accelerator, values, what=what, advice=names + " " + advice if names else advice)
 
 
-def clip_and_check(accelerator: Accelerator, model: nn.Module, max_norm: float, *, what: str, advice: str) -> torch.Tensor:
-    """Clip the global gradient norm to ``max_norm`` (0 = no clipping), check it is finite, return it."""
+def clip_gradients(accelerator: Accelerator, model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (0 = no clipping) and return the norm as a device tensor,
+    without reading it back (no host sync; check it later with :func:`check_finite`)."""
     if max_norm > 0:
         norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
     else:
         norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=accelerator.device)
-    norm = torch.as_tensor(norm, device=accelerator.device)
+    return torch.as_tensor(norm, device=accelerator.device)
+
+
+def clip_and_check(accelerator: Accelerator, model: nn.Module, max_norm: float, *, what: str, advice: str) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (0 = no clipping), check it is finite, return it."""
+    norm = clip_gradients(accelerator, model, max_norm)
     check_finite(accelerator, {"grad_norm": norm}, what=what, advice=advice)
     return norm
 
