@@ -111,6 +111,11 @@ class TrainConfig:
         "comma-separated settings (e.g. optim.lr,optim.warmup_steps) that --resume applies although they differ from "
         "the checkpoint's; any other difference refuses the resume", "")
     inject_nan_at: int | None = option("test hook: make the loss NaN at this step to exercise the NaN guard", None)
+    compile: bool = option(
+        "torch.compile the training step (one graph, CUDA graphs on a GPU); the first steps pay the compilation; "
+        "false = eager", False)
+    channel_bucket: int = option(
+        "compile: pad each batch's channel count to a multiple of this, so a run compiles one graph per bucket", 8)
 
 
 @dataclass(frozen=True)
