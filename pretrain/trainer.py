@@ -9,9 +9,12 @@ and whose ``export(dir)`` writes what downstream code loads). What is particular
   micro-batches consumed, saved with every checkpoint, so a resumed run reads on where it stopped.
 * Checkpoints every ``save_every`` steps and at the end; ``resume`` restores model, optimiser, RNG
   states, scheduler and data position, so the continued run matches an uninterrupted one.
-* The NaN/inf guard (``engine.check_finite``, all ranks agree) runs on every loss and on the
-  grad norm before the optimiser step; the run stops with :class:`NonFiniteLossError` naming the step
-  and writes no checkpoint or model for it.
+* No host synchronisation inside a step: the scalar logs stay on the device and are read back, and the
+  NaN/inf guard (``engine.check_finite``, all ranks agree) checks every step's loss and grad norm, once
+  every ``log_every`` steps and before every checkpoint; the run then stops with
+  :class:`NonFiniteLossError` naming the first bad step and writes no checkpoint or model after it.
+* ``train.compile``: the objective's step runs through ``torch.compile`` (one graph per channel bucket,
+  CUDA graphs on a GPU; ``Objective.compile_step``); AdamW is the fused kernel on CUDA.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pretrain.engine import (
     Throughput,
     check_finite,
     check_model,
-    clip_and_check,
+    clip_gradients,
     export,
     latest_checkpoint,
     load_checkpoint,
@@ -136,18 +139,19 @@ class Trainer:
         batches = self.stream.batches(self.micro_batches)
         model.train()
         try:
+            pending: list[tuple[int, dict, float]] = []  # (step, device scalar logs, lr) not yet read back
             while self.step < end_step:
                 logs, expert_load = self._train_step(model, optimizer, batches, speed, sample_log)
                 scheduler.step()
                 self.step += 1
-                logs["lr"] = scheduler.get_last_lr()[0]
-                result.losses.append(logs["loss"])
-                result.logs.append(logs)
+                pending.append((self.step, logs, scheduler.get_last_lr()[0]))
                 bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-                if self.step % cfg.log_every == 0 or self.step == end_step:
-                    self._log(logs, expert_load, speed)
-                if self.step % cfg.save_every == 0 or self.step == end_step:
+                log_now, save_now = self.step % cfg.log_every == 0, self.step % cfg.save_every == 0
+                if log_now or save_now or self.step == end_step:
+                    self._read_back(pending, result, bar)
+                if log_now or self.step == end_step:
+                    self._log(result.logs[-1], expert_load, speed)
+                if save_now or self.step == end_step:
                     result.checkpoint = self._save(model, optimizer, scheduler)
             return self._finish(model, result, speed)
         finally:
@@ -159,7 +163,16 @@ class Trainer:
     def _setup(self, resume: str | Path | None):
         """Optimiser and schedule, ``prepare``, restore a checkpoint, start the trackers."""
         acc, ocfg = self.accelerator, self.optim_cfg
-        optimizer = torch.optim.AdamW(param_groups(self.objective, ocfg.weight_decay), lr=ocfg.lr, betas=ocfg.betas)
+        cuda = acc.device.type == "cuda"
+        if self.cfg.compile:
+            compile_step = getattr(self.objective, "compile_step", None)
+            if compile_step is None:
+                raise ValueError(f"train.compile: the {type(self.objective).__name__} objective has no compiled step; "
+                                 "set train.compile = false")
+            compile_step(mode="reduce-overhead" if cuda else None, channel_bucket=self.cfg.channel_bucket)
+        self.objective.to(acc.device)  # before the optimiser: the fused kernel wants its parameters on the GPU
+        optimizer = torch.optim.AdamW(param_groups(self.objective, ocfg.weight_decay), lr=ocfg.lr, betas=ocfg.betas,
+                                      fused=cuda)
         scheduler = make_scheduler(optimizer, ocfg.warmup_steps, self.cfg.max_steps, ocfg.min_lr / ocfg.lr)
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         model, optimizer = acc.prepare(self.objective, optimizer)
@@ -191,13 +204,11 @@ class Trainer:
         acc.print(f"resumed from {path} at step {self.step}")
 
     def _train_step(self, model, optimizer, batches: Iterator[dict], speed: Throughput, sample_log):
-        """One optimiser step over ``grad_accum`` micro-batches; returns (mean scalar logs, expert load)."""
+        """One optimiser step over ``grad_accum`` micro-batches; returns (mean scalar logs, expert load) as
+        device tensors (nothing is read back here: see :meth:`_read_back`)."""
         acc, ocfg, cfg = self.accelerator, self.optim_cfg, self.cfg
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         expert_load = None
-        what = f"at step {self.step + 1}"
-        advice = (f"Stopped before the optimiser step; no checkpoint or model was written for it. "
-                  f"Last good checkpoint: {latest_checkpoint(self.out_dir) or 'none'} ({ADVICE})")
         for _ in range(ocfg.grad_accum):
             batch = next(batches)
             self.micro_batches += 1
@@ -211,18 +222,37 @@ class Trainer:
                 self.seen.collect(self.inner)
                 if cfg.inject_nan_at is not None and self.step + 1 == cfg.inject_nan_at:
                     out["loss"] = out["loss"] * float("nan")
-                check_finite(acc, out, what=what, advice=advice)
                 acc.backward(out["loss"])  # accelerate divides by grad_accum itself
                 if acc.sync_gradients:
-                    logs["grad_norm"] = float(clip_and_check(acc, model, ocfg.grad_clip, what=what, advice=advice))
+                    logs["grad_norm"] = clip_gradients(acc, model, ocfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             for key, value in out.items():
                 if key == "expert_load" and isinstance(value, torch.Tensor):
-                    expert_load = value.detach().float().cpu()
-                elif isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
-                    logs[key] = logs.get(key, 0.0) + float(value.detach() if isinstance(value, torch.Tensor) else value) / ocfg.grad_accum
+                    expert_load = value.detach().float().clone()  # a copy: a CUDA graph reuses its outputs
+                elif isinstance(value, torch.Tensor) and value.numel() == 1:
+                    logs[key] = logs.get(key, 0.0) + value.detach().float().reshape(()) / ocfg.grad_accum
+                elif isinstance(value, (int, float)):
+                    logs[key] = logs.get(key, 0.0) + torch.tensor(float(value) / ocfg.grad_accum, device=acc.device)
         return logs, expert_load
+
+    def _read_back(self, pending: list, result: TrainResult, bar) -> None:
+        """Read the pending steps' scalar logs back in one transfer, stop on the first non-finite one (every rank
+        agrees through ``check_finite``), then record them in ``result`` and on the progress bar."""
+        names = sorted(pending[0][1], key=lambda k: (k != "loss", k))  # the loss first: it names a bad step best
+        values = torch.stack([torch.stack([logs[k] for k in names]) for _, logs, _ in pending]).cpu()
+        bad = (~torch.isfinite(values)).any(1).nonzero().flatten().tolist()
+        at = bad[0] if bad else len(pending) - 1
+        advice = (f"Stopped at step {self.step}; no checkpoint or model was written after step {pending[0][0] - 1}. "
+                  f"Last good checkpoint: {latest_checkpoint(self.out_dir) or 'none'} ({ADVICE})")
+        what = f"at step {pending[at][0]}" if bad else f"at one of steps {pending[0][0]}-{pending[-1][0]}"
+        check_finite(self.accelerator, dict(zip(names, values[at])), what=what, advice=advice)
+        for (_, _, lr), row in zip(pending, values.tolist()):
+            logs = {**dict(zip(names, row)), "lr": lr}
+            result.losses.append(logs["loss"])
+            result.logs.append(logs)
+        bar.set_postfix(loss=f"{result.logs[-1]['loss']:.4f}", lr=f"{result.logs[-1]['lr']:.2e}")
+        pending.clear()
 
     def _log(self, logs: dict[str, float], expert_load: torch.Tensor | None, speed: Throughput) -> None:
         scalars = {f"train/{k}": v for k, v in logs.items()}
