@@ -503,6 +503,35 @@ def _smoothing_matrix(length: int, sigma: float, device: torch.device, dtype: to
     return matrix.t().contiguous().to(device=device, dtype=dtype)  # x @ M: [..., source] -> [..., out]
 
 
+def _hard_masks(family: torch.Tensor, n_freqs: int, n_frames: int, config: MaskConfig, generator, device,
+                bands: torch.Tensor | None) -> torch.Tensor:
+    """Hard masks ``[m, f, n]`` bool of the family each map drew (``family [m]``).
+
+    On a GPU or while compiling every map draws a candidate of each family and keeps its own: fixed shapes,
+    no host sync. Eagerly on a CPU, where reading ``family`` back is free, each family is drawn for its maps
+    only (a third of the work; the same masks in distribution, not the same random draws).
+    """
+    m = family.shape[0]
+    goals = [int(round(config.fraction * size)) for size in (n_frames, n_freqs, n_freqs * n_frames)]
+
+    def draw(k: int, count: int) -> torch.Tensor:
+        if k == 0:
+            return _hard_bands_1d(count, n_frames, goals[0], config.time_width, config, generator, device)[:, None, :]
+        if k == 1:
+            return _hard_bands_1d(count, n_freqs, goals[1], config.freq_width, config, generator, device, bands)[:, :, None]
+        return _hard_patches(count, n_freqs, n_frames, goals[2], config, generator, device, bands)
+
+    if torch.compiler.is_compiling() or torch.device(device).type != "cpu":
+        fam = family.view(m, 1, 1)
+        return torch.where(fam == 0, draw(0, m), torch.where(fam == 1, draw(1, m), draw(2, m)))
+    hard = torch.zeros(m, n_freqs, n_frames, dtype=torch.bool, device=device)
+    for k in range(len(FAMILIES)):
+        rows = (family == k).nonzero().flatten()
+        if len(rows):
+            hard[rows] = draw(k, len(rows)).expand(-1, n_freqs, n_frames)
+    return hard
+
+
 def sample_masks(
     batch_shape: tuple[int, int],
     n_freqs: int,
@@ -531,14 +560,8 @@ def sample_masks(
     weights = torch.tensor(config.family_weights, dtype=torch.float32, device=device)
     family = torch.multinomial(weights, m, replacement=True, generator=generator)
     bands = _band_bins(config, n_freqs, device) if config.bands_hz else None
-    goal_t = int(round(config.fraction * n_frames))
-    goal_f = int(round(config.fraction * n_freqs))
-    goal_tf = int(round(config.fraction * n_freqs * n_frames))
-    hard_t = _hard_bands_1d(m, n_frames, goal_t, config.time_width, config, generator, device)
-    hard_f = _hard_bands_1d(m, n_freqs, goal_f, config.freq_width, config, generator, device, bands)
-    hard_tf = _hard_patches(m, n_freqs, n_frames, goal_tf, config, generator, device, bands)
+    hard = _hard_masks(family, n_freqs, n_frames, config, generator, device, bands).float()
     fam = family.view(m, 1, 1)
-    hard = torch.where(fam == 0, hard_t[:, None, :], torch.where(fam == 1, hard_f[:, :, None], hard_tf)).float()
     # Each family is smoothed along the axes it varies on only, so a "time" mask stays exactly constant
     # along frequency (and a "freq" mask along time).
     masks = torch.where(fam == 0, hard, _gaussian_smooth(hard, config.sigma_freq, dim=1))
