@@ -14,7 +14,7 @@ and whose ``export(dir)`` writes what downstream code loads). What is particular
   every ``log_every`` steps and before every checkpoint; the run then stops with
   :class:`NonFiniteLossError` naming the first bad step and writes no checkpoint or model after it.
 * ``train.compile``: the objective's step runs through ``torch.compile`` (one graph per channel bucket,
-  CUDA graphs on a GPU; ``Objective.compile_step``); AdamW is the fused kernel on CUDA.
+  CUDA graphs on a GPU; ``Objective.compile_step``); AdamW is the fused kernel (one operator per step).
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ class Trainer:
                 raise ValueError(f"train.compile: the {type(self.objective).__name__} objective has no compiled step; "
                                  "set train.compile = false")
             compile_step(mode="reduce-overhead" if cuda else None, channel_bucket=self.cfg.channel_bucket)
-        self.objective.to(acc.device)  # before the optimiser: the fused kernel wants its parameters on the GPU
+        self.objective.to(acc.device)  # before the optimiser: the fused kernel wants its parameters on their device
         optimizer = torch.optim.AdamW(param_groups(self.objective, ocfg.weight_decay), lr=ocfg.lr, betas=ocfg.betas,
-                                      fused=cuda)
+                                      fused=acc.device.type in ("cuda", "cpu"))
         scheduler = make_scheduler(optimizer, ocfg.warmup_steps, self.cfg.max_steps, ocfg.min_lr / ocfg.lr)
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         model, optimizer = acc.prepare(self.objective, optimizer)
