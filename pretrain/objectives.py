@@ -137,6 +137,11 @@ class _BackboneObjective(Objective):
         self.backbone.save_pretrained(out_dir)
         return out_dir
 
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, channel_ids, channel_mask)`` of a batch, augmented in training (what :meth:`compute` starts from)."""
+        x, cmask = self._augmented(batch["x"], batch["channel_mask"])
+        return x, batch["channel_ids"], cmask
+
     def _augmented(self, x: torch.Tensor, cmask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, channel_mask)``, augmented in training (before any target is computed)."""
         if self.training:
