@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from foundation.channel_positions import PositionChannelEmbed
-from foundation.index_checks import check_range
+from foundation.index_checks import check_range, sync_free
 
 __all__ = ["ChannelPatchEmbed", "STAdaptiveEmbed", "check_inputs"]
 
@@ -68,7 +68,7 @@ def check_inputs(
             f"channel_mask must be a bool tensor [b, c] = [{b}, {c}], got "
             f"{getattr(channel_mask, 'dtype', type(channel_mask))} {tuple(getattr(channel_mask, 'shape', ()))}"
         )
-    if torch.compiler.is_compiling() or x.device.type != "cpu":
+    if sync_free(x.device):
         # Checked on the device (no host sync, no graph break; foundation.index_checks): same conditions.
         torch._assert_async(channel_mask.any(dim=1).all(), "channel_mask: a sample has no real channel")
         check_range(torch.where(channel_mask, channel_ids, 0), n_channel_ids, "channel_ids (at real channels)")

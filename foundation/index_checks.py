@@ -1,16 +1,30 @@
-"""Range checks of index tensors (task ids, channel ids) that never stop a compiled or CUDA step.
+"""Where reading a tensor back on the host is free, and range checks of index tensors built on that.
 
-Reading a tensor's minimum on the host (``int(t.min())``) synchronises with the GPU and breaks a
-``torch.compile`` graph. So where that would happen (CUDA tensors, or while tracing) the check is
-``torch._assert_async``: it runs on the device and fails the step with the same message; on CPU tensors in
-eager mode it raises a ``ValueError`` naming the range found, at no cost.
+Reading a tensor's value on the host (``int(t.min())``, ``.any()``, ``nonzero``) synchronises with the GPU and
+breaks a ``torch.compile`` graph. :func:`sync_free` says where the code must not: while compiling, on any
+device but the CPU, and wherever ``$EEGFM_SYNC_FREE=1`` asks for the GPU's code path on a CPU (benchmarks count
+a GPU step's operators and syncs that way; tests run that path). Elsewhere (eager, on a CPU) shortcuts that read
+values back cost nothing.
+
+:func:`check_range` (task ids, channel ids) is ``torch._assert_async`` where :func:`sync_free`: it runs on the
+device and fails the step with the same message; otherwise it raises a ``ValueError`` naming the range found.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["check_range"]
+__all__ = ["SYNC_FREE_ENV", "check_range", "sync_free"]
+
+SYNC_FREE_ENV = "EEGFM_SYNC_FREE"
+
+
+def sync_free(device: torch.device | str) -> bool:
+    """True where code must not read tensor values back on the host (see the module docstring)."""
+    return (torch.compiler.is_compiling() or torch.device(device).type != "cpu"
+            or os.environ.get(SYNC_FREE_ENV, "") == "1")
 
 
 def check_range(ids: torch.Tensor, upper: int, what: str) -> None:
@@ -23,7 +37,7 @@ def check_range(ids: torch.Tensor, upper: int, what: str) -> None:
     """
     if ids.numel() == 0:
         return
-    if torch.compiler.is_compiling() or ids.device.type != "cpu":
+    if sync_free(ids.device):
         torch._assert_async(((ids >= 0) & (ids < upper)).all(), f"{what} must lie in [0, {upper})")
         return
     low, high = int(ids.min()), int(ids.max())

@@ -60,8 +60,8 @@ except ImportError:  # CPU-only installs: callers fall back to the torch scan
     tl = None
 
 __all__ = [
-    "TUNING", "LaunchConfig", "interpreting", "launch_config", "launch_time_block", "reverse_scan_mode", "scan_backward",
-    "scan_forward", "triton",
+    "TUNING", "LaunchConfig", "interpreting", "kernels", "launch_config", "launch_time_block", "reverse_scan_mode",
+    "scan_backward", "scan_forward", "triton",
 ]
 
 #: Overrides of the launch heuristics (``benchmarks/gpu.py`` sweeps them; None = heuristic).
@@ -417,7 +417,7 @@ _SOURCES = {name: globals()[name] for name in _HELPERS + _KERNELS}
 _DECORATED: list[bool] = []  # the interpreter mode the module's functions are decorated for (empty: none yet)
 
 
-def _kernels() -> dict:
+def kernels() -> dict:
     """The kernels, decorated for the current mode (compiled, or TRITON_INTERPRET=1). Triton resolves the
     helpers a kernel calls through this module's globals, so helpers are decorated in place too."""
     mode = interpreting()
@@ -470,7 +470,7 @@ def launch_config(k: int, b: int, d: int, n: int, l: int, groups: int) -> Launch
 def _native_reverse_scan_ok() -> bool:
     """Whether this Triton's ``associative_scan(reverse=True)`` composes a non-commutative combine in the
     right order on this GPU (checked once against ``flip(scan(flip))``)."""
-    kernel = _kernels()["_reverse_check_kernel"]
+    kernel = kernels()["_reverse_check_kernel"]
     gen = torch.Generator().manual_seed(0)
     a = (0.5 + torch.rand(64, generator=gen)).cuda()
     b = torch.randn(64, generator=gen).cuda()
@@ -515,7 +515,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, mask=None, 
     k, b, d, l = u.shape
     n, g = A.shape[-1], B.shape[2]
     cfg = launch_config(k, b, d, n, l, g)
-    kernels = _kernels()
+    launch = kernels()
     y = torch.empty_like(u)
     last = u.new_empty(k, b, d, n, dtype=torch.float32)
     hs = u.new_empty(k, b, d, cfg.n_chunks, n, dtype=torch.float32)
@@ -529,12 +529,12 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, mask=None, 
     if cfg.segments > 1:
         hend = u.new_empty(k, b, d, cfg.segments, n, dtype=torch.float32)
         dtsum = u.new_empty(k, b, d, cfg.segments, dtype=torch.float32)
-        kernels["_fwd_local_kernel"][cfg.grid](
+        launch["_fwd_local_kernel"][cfg.grid](
             u, delta, A, B, opt(delta_bias), opt(mask), hend, dtsum, *shape, *B.stride()[:4],
             HAS_BIAS=flags["HAS_BIAS"], HAS_MASK=flags["HAS_MASK"], SOFTPLUS=flags["SOFTPLUS"], **cfg.constexprs(),
         )
         h0 = _carry_states(A, hend, dtsum)
-    kernels["_fwd_kernel"][cfg.grid](
+    launch["_fwd_kernel"][cfg.grid](
         u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(mask), opt(h0), y, last, hs,
         *shape, *B.stride()[:4], *C.stride()[:4], HAS_H0=h0 is not None, **flags, **cfg.constexprs(),
     )
@@ -572,7 +572,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, 
     k, b, d, l = u.shape
     n, g = A.shape[-1], B.shape[2]
     cfg = launch_config(k, b, d, n, l, g)
-    kernels = _kernels()
+    launch = kernels()
     gy = gy.contiguous()
     glast = u.new_zeros(k, b, d, n, dtype=torch.float32) if glast is None else glast.float().contiguous()
     flags = _flags(D, z, delta_bias, mask, softplus)
@@ -584,7 +584,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, 
     if cfg.segments > 1:
         lstart = u.new_empty(k, b, d, cfg.segments, n, dtype=torch.float32)
         dtsum = u.new_empty(k, b, d, cfg.segments, dtype=torch.float32)
-        kernels["_bwd_local_kernel"][cfg.grid](
+        launch["_bwd_local_kernel"][cfg.grid](
             delta, A, C, opt(z), opt(delta_bias), opt(mask), gy, lstart, dtsum, *shape, *C.stride()[:4],
             HAS_Z=flags["HAS_Z"], HAS_BIAS=flags["HAS_BIAS"], HAS_MASK=flags["HAS_MASK"], SOFTPLUS=flags["SOFTPLUS"],
             FLIP=cfg.flip, **cfg.constexprs(),
@@ -600,7 +600,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, 
     dbias = u.new_empty(*parts, dtype=torch.float32) if delta_bias is not None else None
     dB = u.new_zeros(k, b, g, n, l, dtype=torch.float32)
     dC = u.new_zeros(k, b, g, n, l, dtype=torch.float32)
-    kernels["_bwd_kernel"][cfg.grid](
+    launch["_bwd_kernel"][cfg.grid](
         u, delta, A, B, C, opt(D), opt(z), opt(delta_bias), opt(mask), hs, gy, g0,
         du, ddelta, opt(dz), dA, dB, dC, opt(dD), opt(dbias),
         l, d, cfg.dpg, g, n, b, cfg.n_chunks, cfg.seg_chunks, cfg.segments, int(reverse),
