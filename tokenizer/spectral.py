@@ -71,6 +71,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from foundation.index_checks import sync_free
+
 FAMILIES: tuple[str, ...] = ("time", "freq", "timefreq")
 PHYSIOLOGICAL_BANDS_HZ: tuple[tuple[float, float], ...] = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0))
 _WINDOWS = {
@@ -446,17 +448,18 @@ def _mask_tail(hard: torch.Tensor, fs: torch.Tensor, fw: torch.Tensor, ts: torch
     in frequency (``tests/test_spectral.py`` checks this against the round-by-round sampler). A custom
     operator: a compiler would fuse the chain of rounds into one kernel that recomputes every earlier round
     (measured 60 ms instead of 9 ms on a CPU); opaque, it runs as written, and a CUDA graph still captures it.
+    Where reading back is free (eager, CPU) each round works on the maps still short only.
     """
     m, n_freqs, n_frames = hard.shape
     fi, ti = torch.arange(n_freqs, device=hard.device), torch.arange(n_frames, device=hard.device)
     hard = hard.reshape(m, -1).clone()
     rows = torch.arange(m, device=hard.device)  # the maps each round works on
+    cpu = not sync_free(hard.device)
     for j in range(fs.shape[1]):
-        if hard.device.type == "cpu":  # on a CPU, free to look: drop the maps already at their goal
+        if cpu:  # reading back is free: drop the maps already at their goal
             rows = rows[hard.index_select(0, rows).sum(1) < goal]
             if not len(rows):
                 break
-        cpu = hard.device.type == "cpu"
         sub = hard.index_select(0, rows) if cpu else hard
         fsj, fwj, tsj, twj = (v[:, j].index_select(0, rows) if cpu else v[:, j] for v in (fs, fw, ts, tw))
         deficit = (goal - sub.sum(1)).clamp(min=0)
@@ -507,9 +510,9 @@ def _hard_masks(family: torch.Tensor, n_freqs: int, n_frames: int, config: MaskC
                 bands: torch.Tensor | None) -> torch.Tensor:
     """Hard masks ``[m, f, n]`` bool of the family each map drew (``family [m]``).
 
-    On a GPU or while compiling every map draws a candidate of each family and keeps its own: fixed shapes,
-    no host sync. Eagerly on a CPU, where reading ``family`` back is free, each family is drawn for its maps
-    only (a third of the work; the same masks in distribution, not the same random draws).
+    Where reading back is not free (``foundation.index_checks.sync_free``: a GPU, compiling) every map draws
+    a candidate of each family and keeps its own: fixed shapes, no host sync. Eagerly on a CPU each family is
+    drawn for its maps only (a third of the work; the same masks in distribution, not the same random draws).
     """
     m = family.shape[0]
     goals = [int(round(config.fraction * size)) for size in (n_frames, n_freqs, n_freqs * n_frames)]
@@ -521,7 +524,7 @@ def _hard_masks(family: torch.Tensor, n_freqs: int, n_frames: int, config: MaskC
             return _hard_bands_1d(count, n_freqs, goals[1], config.freq_width, config, generator, device, bands)[:, :, None]
         return _hard_patches(count, n_freqs, n_frames, goals[2], config, generator, device, bands)
 
-    if torch.compiler.is_compiling() or torch.device(device).type != "cpu":
+    if sync_free(device):
         fam = family.view(m, 1, 1)
         return torch.where(fam == 0, draw(0, m), torch.where(fam == 1, draw(1, m), draw(2, m)))
     hard = torch.zeros(m, n_freqs, n_frames, dtype=torch.bool, device=device)
