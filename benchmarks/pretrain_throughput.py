@@ -1,7 +1,8 @@
-"""Pretraining throughput: model step vs data loader, so we can see the loader never starves the model.
+"""Pretraining throughput: model step vs data loader, and the step against an earlier revision of the suite.
 
     python benchmarks/pretrain_throughput.py                      # tiny + base on the demo shards, CPU
     python benchmarks/pretrain_throughput.py --shards /data/shards/tueg --sizes base --batch-size 64
+    python benchmarks/pretrain_throughput.py --baseline 6bb5af2 --sizes tiny   # this code vs revision 6bb5af2
 
 For each model size it times full training steps (forward + backward + AdamW) of the chosen
 objective on pre-loaded batches (``model samples/s``, ``tokens/s`` = real channel-patches per second),
@@ -9,6 +10,12 @@ and separately the WebDataset loader alone (``pretrain.data`` stream: read, deco
 collate) with the same batch shape. ``loader/model`` is the ratio of the two sample rates: above 1 the
 loader keeps up; the aim is >= 5 on CPU. On CUDA the step runs under bf16 autocast (mamba-ssm kernels
 when installed) and peak memory is reported.
+
+``--baseline REV``: the same training step (objective, clipping, AdamW as that revision's trainer builds it)
+timed in a temporary ``git worktree`` of revision ``REV`` and in this tree, on the same batches, one thread
+each, alternating between the two so machine load hits both alike; prints windows/s of each (wall clock, and
+per CPU-second of the process, which a shared machine disturbs less), their ratio, and the operators and
+host syncs per step (``benchmarks/step_overhead.py``) of each.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,6 +105,89 @@ def model_rate(size: str, objective: str, batches: list[dict], steps: int, devic
     }
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs inside a tree (its own packages first on sys.path): times its training step on the saved batches.
+_STEP_SCRIPT = r"""
+import json, os, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(1, os.environ["EEGFM_BENCH_TOOLS"])
+from pretrain.objectives import MaskedSTFTObjective, build_backbone
+from pretrain.engine import param_groups
+from step_overhead import profile_step
+batches = torch.load(os.environ["EEGFM_BENCH_BATCHES"])
+fused = "fused=" in open("pretrain/trainer.py").read()  # the optimiser this revision's trainer builds
+torch.manual_seed(0)
+obj = MaskedSTFTObjective(build_backbone(os.environ["EEGFM_BENCH_SIZE"], {}, batches[0]["x"].shape[-1] // 200)).train()
+opt = torch.optim.AdamW(param_groups(obj, 0.05), lr=5e-4, betas=(0.9, 0.98), **({"fused": True} if fused else {}))
+def step(i=[0]):
+    batch = batches[i[0] % len(batches)]
+    i[0] += 1
+    opt.zero_grad(set_to_none=True)
+    obj(batch)["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(obj.parameters(), 3.0)
+    opt.step()
+for _ in range(3):
+    step()
+walls, cpus = [], []
+for _ in range(int(os.environ["EEGFM_BENCH_STEPS"])):
+    w, c = time.perf_counter(), time.process_time()
+    step()
+    walls.append(time.perf_counter() - w)
+    cpus.append(time.process_time() - c)
+counts = profile_step(step, torch.device("cpu"))
+print(json.dumps({"wall": walls, "cpu": cpus, "fused_adamw": fused, **counts}))
+"""
+
+
+def compare_with_baseline(rev: str, batches: list[dict], size: str, steps: int, rounds: int) -> dict:
+    """The training step of revision ``rev`` (a temporary git worktree) and of this tree, alternately
+    ``rounds`` times each; windows/s from the median step (wall clock and CPU time), ops and syncs per step."""
+    runs: dict[str, list[dict]] = {"baseline": [], "current": []}
+    with tempfile.TemporaryDirectory(prefix="eegfm-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True,
+                       capture_output=True, text=True)
+        try:
+            batch_file = Path(tmp) / "batches.pt"
+            torch.save([{k: b[k] for k in ("x", "channel_ids", "channel_mask", "task") if k in b} for b in batches],
+                        batch_file)
+            for _ in range(rounds):
+                for name, where in (("baseline", tree), ("current", ROOT)):
+                    env = {**os.environ, "PYTHONPATH": str(where), "EEGFM_BENCH_TOOLS": str(ROOT / "benchmarks"),
+                           "EEGFM_BENCH_BATCHES": str(batch_file), "EEGFM_BENCH_SIZE": size,
+                           "EEGFM_BENCH_STEPS": str(steps), "OMP_NUM_THREADS": "1"}
+                    done = subprocess.run([sys.executable, "-c", _STEP_SCRIPT], cwd=where, env=env, check=True,
+                                          capture_output=True, text=True)
+                    runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    b = batches[0]["x"].shape[0]
+    out = {"rev": rev, "size": size, "batch": b, "steps": steps, "rounds": rounds}
+    for name, rs in runs.items():
+        wall = statistics.median(t for r in rs for t in r["wall"])
+        cpu = statistics.median(t for r in rs for t in r["cpu"])
+        out[name] = {"windows_per_s": b / wall, "windows_per_cpu_s": b / cpu, "ops": rs[-1]["ops"],
+                     "syncs": rs[-1]["syncs"], "fused_adamw": rs[-1]["fused_adamw"]}
+    out["ratio_wall"] = out["current"]["windows_per_s"] / out["baseline"]["windows_per_s"]
+    out["ratio_cpu"] = out["current"]["windows_per_cpu_s"] / out["baseline"]["windows_per_cpu_s"]
+    return out
+
+
+def render_comparison(c: dict) -> str:
+    lines = [f"{c['size']} model, batch {c['batch']}, one thread, median of {c['steps']} steps x {c['rounds']} "
+             f"alternating runs per tree", f"{'tree':<22}{'windows/s':>11}{'windows/CPU-s':>15}{'ops/step':>10}"
+             f"{'syncs/step':>12}"]
+    for name in ("baseline", "current"):
+        r = c[name]
+        label = f"{c['rev']} (baseline)" if name == "baseline" else "this tree"
+        lines.append(f"{label:<22}{r['windows_per_s']:>11.1f}{r['windows_per_cpu_s']:>15.1f}{r['ops']:>10.0f}"
+                     f"{r['syncs']:>12.0f}")
+    lines.append(f"ratio this / baseline: {c['ratio_wall']:.2f}x (wall), {c['ratio_cpu']:.2f}x (CPU time)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", default="", help="shard spec (default: build the demo corpus in a temp dir)")
@@ -106,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loader-batches", type=int, default=30)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
+    parser.add_argument("--baseline", default="", metavar="REV",
+                        help="also time the step of git revision REV (temporary worktree) against this tree")
+    parser.add_argument("--rounds", type=int, default=3, help="--baseline: alternating runs per tree")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = list(itertools.islice(stream.batches(0), 4))
     loader = loader_rate(spec, args.batch_size, args.crop_s, args.loader_batches, args.num_workers)
 
+    comparison = None
+    if args.baseline:
+        comparison = compare_with_baseline(args.baseline, batches, args.sizes[0], max(args.steps, 5), args.rounds)
     rows = []
     for size in args.sizes:
         r = model_rate(size, args.objective, batches, args.steps, device)
@@ -138,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             line += f"{r['peak_mem_GiB']:>10.2f}"
         print(line)
+    if comparison is not None:
+        print()
+        print(render_comparison(comparison))
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"device": str(device), "rows": rows, "baseline": comparison}, indent=2))
     if tmp is not None:
         tmp.cleanup()
     return 0
