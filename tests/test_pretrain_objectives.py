@@ -189,3 +189,54 @@ def test_backbone_is_sized_in_its_own_patches():
     batch = {"x": torch.randn(1, 2, 8100), "channel_ids": torch.tensor([[1, 2]]),
              "channel_mask": torch.ones(1, 2, dtype=torch.bool)}
     assert torch.isfinite(objective(batch)["loss"])
+
+
+def test_frozen_codes_equal_the_tokenizers_encode_with_padding(demo_spec):
+    """The fixed-shape code lookup of MaskedTokenObjective gives exactly the frozen tokenizer's encode()."""
+    from pretrain.objectives import frozen_codes
+
+    torch.manual_seed(0)
+    tokenizer = VQNSP(VQNSPConfig.from_size("tiny", kmeans_init=False)).eval()
+    batch = _pad(_batches(demo_spec, 1)[0])
+    expected = tokenizer.encode(batch["x"], batch["channel_ids"], batch["channel_mask"])
+    got = frozen_codes(tokenizer, batch["x"], batch["channel_ids"], batch["channel_mask"])
+    assert torch.equal(got, expected) and (got[~batch["channel_mask"]] == -1).all()
+
+
+def test_channel_buckets_pad_without_changing_the_features(demo_spec):
+    """pad_channels (what a compiled step does to share graphs): zeros, id 0, mask False; the backbone's
+    features of the real tokens stay the same."""
+    from pretrain.objectives import pad_channels
+
+    batch = _batches(demo_spec, 1)[0]
+    c = batch["x"].shape[1]
+    x, ids, mask = pad_channels(batch["x"], batch["channel_ids"], batch["channel_mask"], 8)
+    assert x.shape[1] == ids.shape[1] == mask.shape[1] == -(-c // 8) * 8
+    assert (x[:, c:] == 0).all() and (ids[:, c:] == 0).all() and not mask[:, c:].any()
+    assert pad_channels(x, ids, mask, 8)[0] is x  # already a multiple: unchanged
+    torch.manual_seed(0)
+    model = build_backbone("tiny", {}, 2).eval()
+    with torch.no_grad():
+        plain = model(batch["x"], batch["channel_ids"], batch["channel_mask"])
+        padded = model(x, ids, mask)
+    torch.testing.assert_close(padded.pooled, plain.pooled, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(padded.cls, plain.cls, rtol=1e-5, atol=1e-6)
+
+
+def test_the_step_a_gpu_runs_reads_nothing_back(demo_spec, monkeypatch):
+    """With EEGFM_SYNC_FREE=1 (the code path of a GPU or a compiled step), a training step of either backbone
+    objective calls no operator that reads a device value on the host."""
+    from benchmarks.step_overhead import profile_step
+
+    monkeypatch.setenv("EEGFM_SYNC_FREE", "1")
+    batch = _pad(_batches(demo_spec, 1)[0])
+    torch.manual_seed(0)
+    objectives = [MaskedSTFTObjective(build_backbone("tiny", {}, 2)),
+                  MaskedTokenObjective(build_backbone("tiny", {}, 2), VQNSP(VQNSPConfig.from_size("tiny", kmeans_init=False)))]
+    for objective in objectives:
+        objective.train()
+
+        def step(objective=objective):
+            objective(batch)["loss"].backward()
+
+        assert profile_step(step, torch.device("cpu"))["syncs"] == 0, type(objective).__name__

@@ -175,6 +175,20 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(demo_spec, tmp
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(demo_spec, tmp_path, monkeypatch):
+    """train.compile = true (torch.compile of the objective's step, channel buckets) trains like eager: with the
+    compiled graph drawing random numbers as eager does (inductor's fallback_random), the same losses to
+    float rounding and a model that loads. Slow: compiling on a CPU takes minutes."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    eager = run(_config(demo_spec, tmp_path / "eager", max_steps=4))
+    compiled = run(_config(demo_spec, tmp_path / "compiled", max_steps=4, compile=True, channel_bucket=1))
+    assert compiled.steps == 4 and compiled.export_dir is not None
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3, abs=1e-4)
+
+
 def test_resume_from_a_folder_that_is_not_a_checkpoint(demo_spec, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         run(_config(demo_spec, tmp_path / "run"), resume=str(tmp_path))
