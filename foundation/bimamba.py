@@ -149,54 +149,65 @@ class _Direction(nn.Module):
 # ------------------------------------------------------------------------------- the fused inner function
 
 
-def _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, reverse: bool, dt_rank: int):
-    """One direction's conv + SiLU, ``x_proj`` and ``dt_proj`` (no bias) on ``xi [b, e, l]``.
+def _conv_weights(conv_w: torch.Tensor, conv_b: torch.Tensor | None):
+    """Both directions' depthwise conv as one grouped conv of ``xi [b, e, l]``: ``[2e, 1, w]`` weights (and
+    ``[2e]`` bias) interleaved per channel, the reverse direction's kernel flipped (its causal conv of the flipped
+    sequence is an anti-causal conv of this one)."""
+    weight = torch.stack([conv_w[0], conv_w[1].flip(-1)], dim=1).flatten(0, 1)
+    return weight, None if conv_b is None else conv_b.t().reshape(-1)
 
-    The reverse direction's conv is the causal conv of the flipped sequence, written as an anti-causal conv
-    of this one (kernel flipped, window ahead). Returns ``(conv out [b, e, l], u = silu of it,
-    x_dbl [b, l, r + 2n], raw dt [b, e, l])``.
+
+def _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank: int):
+    """Both directions' conv + SiLU, ``x_proj`` and ``dt_proj`` (no bias) on ``xi [b, e, l]``, one operator each.
+
+    Returns ``(conv out [2, b, e, l], u = its silu, x_dbl [2, b l, r + 2n], raw dt [2, b, e, l])``.
     """
-    width, l = conv_w.shape[-1], xi.shape[-1]
-    full = F.conv1d(xi, conv_w.flip(-1) if reverse else conv_w, conv_b, padding=width - 1, groups=xi.shape[1])
-    xc = full[..., width - 1 :] if reverse else full[..., :l]
+    (b, e, l), width = xi.shape, conv_w.shape[-1]
+    weight, bias = _conv_weights(conv_w, conv_b)
+    full = F.conv1d(xi, weight, bias, padding=width - 1, groups=e).view(b, e, 2, l + width - 1)
+    xc = torch.stack([full[:, :, 0, :l], full[:, :, 1, width - 1 :]])  # forward: causal; reverse: anti-causal
     u = F.silu(xc)
-    x_dbl = F.linear(u.transpose(1, 2), x_proj_w)
-    dt = F.linear(x_dbl[..., :dt_rank], dt_proj_w).transpose(1, 2)
+    x_dbl = torch.bmm(u.transpose(2, 3).reshape(2, b * l, e), x_proj_w.transpose(1, 2))
+    dt = torch.bmm(x_dbl[..., :dt_rank], dt_proj_w.transpose(1, 2)).view(2, b, l, e).transpose(2, 3)
     return xc, u, x_dbl, dt
 
 
-def _scan_inputs(x_dbl: list[torch.Tensor], dt_rank: int, d_state: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B and C ``[2, b, n, l]`` of both directions from their ``x_dbl [b, l, r + 2n]``."""
-    B = torch.stack([x[..., dt_rank : dt_rank + d_state] for x in x_dbl]).transpose(2, 3)
-    C = torch.stack([x[..., dt_rank + d_state :] for x in x_dbl]).transpose(2, 3)
-    return B.contiguous(), C.contiguous()
+def _scan_inputs(x_dbl: torch.Tensor, b: int, dt_rank: int, d_state: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C ``[2, b, n, l]`` of both directions from their ``x_dbl [2, b l, r + 2n]``."""
+    x = x_dbl.view(2, b, -1, x_dbl.shape[-1]).transpose(2, 3)
+    return x[:, :, dt_rank : dt_rank + d_state].contiguous(), x[:, :, dt_rank + d_state :].contiguous()
 
 
-def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, reverse, dt_rank, du, ddt, dB, dC):
-    """Gradients through :func:`_pre_scan` of one direction, recomputing its activations: returns
-    ``(dxi, d conv weight, d conv bias or None, d x_proj, d dt_proj)`` for ``du``, ``ddt [b, e, l]`` and
-    ``dB``, ``dC [b, n, l]`` (the scan's gradients for its inputs). Runs under the forward pass's autocast."""
-    xc, u, x_dbl, _ = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, reverse, dt_rank)
-    ddt_t = ddt.transpose(1, 2)  # [b, l, e]
-    d_dt_proj = torch.einsum("ble,blr->er", ddt_t, x_dbl[..., :dt_rank])
-    dx_dbl = torch.cat([ddt_t @ dt_proj_w, dB.transpose(1, 2), dC.transpose(1, 2)], dim=-1)  # [b, l, r + 2n]
-    d_x_proj = torch.einsum("blj,ble->je", dx_dbl, u.transpose(1, 2))
-    du = du + (dx_dbl @ x_proj_w).transpose(1, 2)
+def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, du, ddt, dB, dC):
+    """Gradients through :func:`_pre_scan`, recomputing its activations: ``(dxi, d conv weight, d conv bias or
+    None, d x_proj, d dt_proj)`` for ``du``, ``ddt [2, b, e, l]`` and ``dB``, ``dC [2, b, n, l]`` (the scan's
+    gradients for its inputs). Runs under the forward pass's autocast."""
+    (b, e, l), width = xi.shape, conv_w.shape[-1]
+    xc, u, x_dbl, _ = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank)
+    ddt_t = ddt.transpose(2, 3).reshape(2, b * l, e)
+    d_dt_proj = torch.bmm(ddt_t.transpose(1, 2), x_dbl[..., :dt_rank])
+    dx_dbl = torch.cat([torch.bmm(ddt_t, dt_proj_w), dB.transpose(2, 3).reshape(2, b * l, -1),
+                        dC.transpose(2, 3).reshape(2, b * l, -1)], dim=-1)  # [2, b l, r + 2n]
+    d_x_proj = torch.bmm(dx_dbl.transpose(1, 2), u.transpose(2, 3).reshape(2, b * l, e))
+    du = du + torch.bmm(dx_dbl, x_proj_w).view(2, b, l, e).transpose(2, 3)
     s = torch.sigmoid(xc.float())
     dxc = (du.float() * s * (1.0 + xc.float() * (1.0 - s))).to(xc.dtype)
-    width = conv_w.shape[-1]
-    # The conv's own backward, with the operands in the dtype the forward conv ran in (autocast's, if on).
-    w = (conv_w.flip(-1) if reverse else conv_w).to(xc.dtype)
+    # The grouped conv's own backward, in the dtype the forward conv ran in (autocast's, if on).
+    grad_full = torch.stack([F.pad(dxc[0], (0, width - 1)), F.pad(dxc[1], (width - 1, 0))], dim=2).flatten(1, 2)
+    weight, _ = _conv_weights(conv_w, conv_b)
     dxi, dw, db = torch.ops.aten.convolution_backward(
-        F.pad(dxc, (width - 1, 0) if reverse else (0, width - 1)), xi.to(xc.dtype), w, [xi.shape[1]], [1],
-        [width - 1], [1], False, [0], xi.shape[1], [True, True, conv_b is not None],
+        grad_full, xi.to(xc.dtype), weight.to(xc.dtype), [2 * e], [1], [width - 1], [1], False, [0], e,
+        [True, True, conv_b is not None],
     )
-    return dxi, (dw.flip(-1) if reverse else dw), db, d_x_proj, d_dt_proj
+    dw = dw.view(e, 2, 1, width).transpose(0, 1)
+    dw = torch.stack([dw[0], dw[1].flip(-1)])  # [2, e, 1, w]
+    db = None if db is None else db.view(e, 2).t()
+    return dxi, dw, db, d_x_proj, d_dt_proj
 
 
 class _BiMambaInner(torch.autograd.Function):
     """``(y_fwd + y_bwd) * silu(z)`` of a BiMamba block from ``xi, z [b, e, l]``, both directions in one scan
-    launch; saves the inputs, ``x_dbl`` and the scan's states, recomputes the convs and ``dt`` in backward.
+    launch; saves the inputs and the scan's states, recomputes the convs and ``dt`` in backward.
 
     Per-direction parameters come stacked ``[2, ...]`` (forward, reverse): conv weight ``[2, e, 1, w]`` and
     bias ``[2, e]`` (or None), ``x_proj [2, r + 2n, e]``, ``dt_proj`` weight ``[2, e, r]`` and bias ``[2, e]``,
@@ -205,40 +216,31 @@ class _BiMambaInner(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, backend, dt_rank):
-        n = A.shape[-1]
-        parts = [_pre_scan(xi, conv_w[k], None if conv_b is None else conv_b[k], x_proj_w[k], dt_proj_w[k], bool(k),
-                           dt_rank) for k in range(2)]
-        B, C = _scan_inputs([p[2] for p in parts], dt_rank, n)
-        u, dt = torch.stack([p[1] for p in parts]), torch.stack([p[3] for p in parts])
+        _, u, x_dbl, dt = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank)
+        B, C = _scan_inputs(x_dbl, xi.shape[0], dt_rank, A.shape[-1])
         y, saved = bidirectional_scan_forward(u, dt, A, B, C, D, dt_bias, mask, backend)
         y_sum = y[0] + y[1]
-        x_dbl = torch.stack([p[2] for p in parts])
-        ctx.save_for_backward(xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, x_dbl, y_sum, *saved)
+        ctx.save_for_backward(xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, y_sum, *saved)
         ctx.options = (backend, dt_rank, xi.device.type, torch.is_autocast_enabled(xi.device.type),
                        torch.get_autocast_dtype(xi.device.type))
         return y_sum * F.silu(z)
 
     @staticmethod
     def backward(ctx, gout):
-        xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, x_dbl, y_sum, *saved = ctx.saved_tensors
+        xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, y_sum, *saved = ctx.saved_tensors
         backend, dt_rank, device_type, amp, amp_dtype = ctx.options
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp):  # recompute exactly as the forward ran
             s = torch.sigmoid(z.float())
             gy = gout.float() * z.float() * s
             dz = (gout.float() * y_sum.float() * s * (1.0 + z.float() * (1.0 - s))).to(z.dtype)
-            n = A.shape[-1]
-            cb = [None if conv_b is None else conv_b[k] for k in range(2)]
-            parts = [_pre_scan(xi, conv_w[k], cb[k], x_proj_w[k], dt_proj_w[k], bool(k), dt_rank) for k in range(2)]
-            B, C = _scan_inputs([p[2] for p in parts], dt_rank, n)
-            u, dt = torch.stack([p[1] for p in parts]), torch.stack([p[3] for p in parts])
+            _, u, x_dbl, dt = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank)
+            B, C = _scan_inputs(x_dbl, xi.shape[0], dt_rank, A.shape[-1])
             du, ddt, dA, dB, dC, dD, ddt_bias = bidirectional_scan_backward(
                 u, dt, A, B, C, D, dt_bias, mask, backend, tuple(saved), torch.stack([gy, gy]).to(u.dtype))
-            grads = [_pre_scan_backward(xi, conv_w[k], cb[k], x_proj_w[k], dt_proj_w[k], bool(k), dt_rank, du[k], ddt[k],
-                                        dB[k], dC[k]) for k in range(2)]
-        dxi = (grads[0][0] + grads[1][0]).to(xi.dtype)
-        stack = lambda i, like: None if like is None else torch.stack([g[i] for g in grads]).to(like.dtype)  # noqa: E731
-        return (dxi, dz, None, stack(1, conv_w), stack(2, conv_b), stack(3, x_proj_w), stack(4, dt_proj_w),
-                ddt_bias.to(dt_bias.dtype), dA.to(A.dtype), dD.to(D.dtype), None, None)
+            dxi, dw, db, dxp, ddp = _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, du, ddt, dB, dC)
+        return (dxi.to(xi.dtype), dz, None, dw.to(conv_w.dtype), None if db is None else db.to(conv_b.dtype),
+                dxp.to(x_proj_w.dtype), ddp.to(dt_proj_w.dtype), ddt_bias.to(dt_bias.dtype), dA.to(A.dtype),
+                dD.to(D.dtype), None, None)
 
 
 class BiMambaBlock(nn.Module):

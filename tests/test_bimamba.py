@@ -192,7 +192,7 @@ def test_recompute_keeps_only_the_block_input():
     lean = _saved_bytes(lambda: blk(x))
     # The input x itself (plus parameters, which are not per-token): d_model floats per token.
     assert lean <= x.numel() * 4 + sum(p.numel() * 4 for p in blk.parameters())
-    assert full > 20 * x.numel() * 4  # thousands of floats per token without recomputation
+    assert full > 8 * x.numel() * 4  # ~17 d_model floats per token without recomputation (fused block)
     with torch.no_grad():  # no graph, no checkpoint: plain forward
         torch.testing.assert_close(blk(x), _block(16)(x))
 

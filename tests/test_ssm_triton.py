@@ -243,8 +243,10 @@ def test_bimamba_block_triton_matches_torch_with_padding():
         outs[backend] = (y, xi.grad, {n: p.grad.clone() for n, p in block.named_parameters()})
     torch.testing.assert_close(outs["triton"][0], outs["torch"][0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(outs["triton"][1], outs["torch"][1], atol=1e-5, rtol=1e-4)
+    scale = max(g.abs().max().item() for g in outs["torch"][2].values())  # float32 sums: tolerance on that scale
     for name, grad in outs["torch"][2].items():
-        torch.testing.assert_close(outs["triton"][2][name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(outs["triton"][2][name], grad, atol=1e-4 * max(1.0, scale), rtol=1e-4,
+                                   msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_backend_selection_and_errors(monkeypatch):
