@@ -247,15 +247,17 @@ def _scan_fwd(
 
 @_scan_fwd.register_fake
 def _scan_fwd_shapes(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, backend):
+    # Every output is contiguous, whatever the inputs' strides (both implementations write fresh dense tensors).
     k, b, d, l = u.shape
     n, g = A.shape[-1], B.shape[2]
+    y = u.new_empty(u.shape)
     if backend == "triton":
         hs = u.new_empty(k, b, d, max(1, math.ceil(l / _triton_time_block())), n, dtype=torch.float32)
-        return torch.empty_like(u), u.new_empty(k, b, d, n, dtype=torch.float32), hs, u.new_empty(0)
+        return y, u.new_empty(k, b, d, n, dtype=torch.float32), hs, u.new_empty(0)
     ct = torch.promote_types(u.dtype, torch.float32)
     hs = u.new_empty(k, b, g, n_chunks(l), d // g, n, dtype=ct)
     y_pre = u.new_empty(k, b, d, l, dtype=ct) if z is not None else u.new_empty(0)
-    return torch.empty_like(u), u.new_empty(k, b, d, n, dtype=ct), hs, y_pre
+    return y, u.new_empty(k, b, d, n, dtype=ct), hs, y_pre
 
 
 @torch.library.custom_op("eegfm::scan_bwd", mutates_args=())
@@ -270,12 +272,12 @@ def _scan_bwd(
                                                     gy, glast)
     else:
         grads = _torch_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, hs, y_pre, gy, glast)
-    return tuple(u.new_empty(0) if g is None else g for g in grads)
+    return tuple(u.new_empty(0) if g is None else g.contiguous() for g in grads)
 
 
 @_scan_bwd.register_fake
 def _scan_bwd_shapes(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, backend, hs, y_pre, gy, glast):
-    return tuple(u.new_empty(0) if x is None else torch.empty_like(x) for x in (u, delta, A, B, C, D, z, delta_bias))
+    return tuple(u.new_empty(0) if x is None else x.new_empty(x.shape) for x in (u, delta, A, B, C, D, z, delta_bias))
 
 
 def _scan_setup(ctx, inputs, output) -> None:

@@ -494,6 +494,12 @@ def reverse_scan_mode() -> str:
     return "native" if _native_reverse_scan_ok() else "flip"
 
 
+def _dense(*tensors):
+    """The tensors contiguous (None stays None): the kernels index them as dense row-major arrays (B and C by
+    their strides, but with time contiguous). Triton's CPU interpreter would not notice a strided one."""
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def _flags(D, z, delta_bias, mask, softplus) -> dict:
     return dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_MASK=mask is not None,
                 SOFTPLUS=bool(softplus))
@@ -512,6 +518,7 @@ def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, mask=None, 
         ``y [k, b, d, l]`` (u's dtype), ``last [k, b, d, n]`` and the chunk-start states
         ``hs [k, b, d, n_chunks, n]`` (float32; what :func:`scan_backward` needs).
     """
+    u, delta, A, B, C, D, z, delta_bias, mask = _dense(u, delta, A, B, C, D, z, delta_bias, mask)
     k, b, d, l = u.shape
     n, g = A.shape[-1], B.shape[2]
     cfg = launch_config(k, b, d, n, l, g)
@@ -569,6 +576,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, 
     Returns ``(du, ddelta, dA [k, d, n], dB, dC, dD [k, d] | None, dz | None, d delta_bias [k, d] | None)``;
     ``ddelta`` is the gradient with respect to ``delta`` as passed (before bias, softplus and mask).
     """
+    u, delta, A, B, C, D, z, delta_bias, mask = _dense(u, delta, A, B, C, D, z, delta_bias, mask)
     k, b, d, l = u.shape
     n, g = A.shape[-1], B.shape[2]
     cfg = launch_config(k, b, d, n, l, g)

@@ -216,8 +216,11 @@ def test_bidirectional_scan_one_launch_matches_two_flipped_scans():
     results = {}
     for backend in ("triton", "ref"):
         leaves = {k: v.clone().requires_grad_() for k, v in t.items()}
-        y = bidirectional_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"],
-                               leaves["bias"], mask, backend=backend)
+        # u and delta as strided views (what the fused block passes): the kernels must not assume a layout.
+        u, delta = (leaves[k].transpose(2, 3).contiguous().transpose(2, 3) for k in ("u", "delta"))
+        assert not delta.is_contiguous()
+        y = bidirectional_scan(u, delta, leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["bias"], mask,
+                               backend=backend)
         (y * gy).sum().backward()
         results[backend] = (y, {k: v.grad for k, v in leaves.items()})
     torch.testing.assert_close(results["triton"][0], results["ref"][0], atol=1e-5, rtol=1e-4)
@@ -229,6 +232,9 @@ def test_bimamba_block_triton_matches_torch_with_padding():
     """A whole padded BiMamba block (both directions, every parameter's gradient) on the Triton backend."""
     torch.manual_seed(0)
     block = BiMambaBlock(2, d_state=4, scan_backend="torch")
+    with torch.no_grad():  # steps of ~1 (not Mamba's initial ~0.01): the scan, not D u, then shapes the output
+        block.fwd.dt_proj.bias.fill_(1.0)
+        block.bwd.dt_proj.bias.fill_(0.5)
     x = torch.randn(2, 11, 2)
     mask = torch.ones(2, 11, dtype=torch.bool)
     mask[1, 7:] = False
