@@ -201,7 +201,7 @@ def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, du, ddt
     )
     dw = dw.view(e, 2, 1, width).transpose(0, 1)
     dw = torch.stack([dw[0], dw[1].flip(-1)])  # [2, e, 1, w]
-    db = None if db is None else db.view(e, 2).t()
+    db = None if db is None else db.view(e, 2).t().contiguous()  # rows that autograd hands on as they are
     return dxi, dw, db, d_x_proj, d_dt_proj
 
 

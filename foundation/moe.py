@@ -107,10 +107,10 @@ class TaskMoE(nn.Module):
         drop_path: stochastic-depth probability for the MoE branch (per sample, training only).
         dropout: dropout inside the experts.
         dispatch: how tokens reach their experts (same outputs up to float rounding; an attribute, so it can
-            be switched after construction): "dense" (default) runs every expert on every token in two
-            matrix products over the concatenated expert weights, and the gate (0 for an unchosen expert)
-            picks the outputs: fixed shapes and no host synchronisation, so a compiled step can be
-            CUDA-graphed, for ``(n_experts + 1) / (top_k + 1)`` times the expert FLOPs. "grouped" gathers
+            be switched after construction): "dense" (default) runs every expert on every token in one
+            matrix product for the first layers and one batched over the experts for the second, and the gate
+            (0 for an unchosen expert) picks the outputs: fixed shapes and no host synchronisation, so a
+            compiled step can be CUDA-graphed, for ``(n_experts + 1) / (top_k + 1)`` times the expert FLOPs. "grouped" gathers
             each expert's tokens and runs it on them only (fewest FLOPs; data-dependent shapes, host syncs).
     """
 
@@ -206,14 +206,17 @@ class TaskMoE(nn.Module):
             is on, else the plain (non-differentiable) count.
         """
         g_in = torch.cat([h, self.task_embed(task).to(h.dtype)], dim=-1)
-        clean = self.gate(g_in)
         use_noise = self.noise and self.training
+        if use_noise:  # both gates in one product
+            clean, raw_noise = F.linear(g_in, torch.cat([self.gate.weight, self.noise_gate.weight])).chunk(2, dim=-1)
+        else:
+            clean = self.gate(g_in)
         if use_noise and self.noise_rel is not None:
             spread = clean.detach().float().std(dim=-1, keepdim=True).to(clean.dtype) + 1e-6
-            noise_std = self.noise_rel / math.log(2.0) * F.softplus(self.noise_gate(g_in)) * spread
+            noise_std = self.noise_rel / math.log(2.0) * F.softplus(raw_noise) * spread
             noisy = clean + torch.randn_like(clean) * noise_std
         elif use_noise:
-            noise_std = F.softplus(self.noise_gate(g_in)) + 1e-2
+            noise_std = F.softplus(raw_noise) + 1e-2
             noisy = clean + torch.randn_like(clean) * noise_std
         else:
             noisy = clean
@@ -280,20 +283,25 @@ class TaskMoE(nn.Module):
         return y, aux, expert_load
 
     def _dense(self, h: torch.Tensor, top_idx: torch.Tensor, top_gate: torch.Tensor) -> torch.Tensor:
-        """``sum_j g_j expert_{i_j}(h) + (1 - max g) universal(h)`` for every token of ``h [n d]``: two matrix
-        products over the concatenated weights of the experts and the universal one, the gate (0 for an
-        unchosen expert) applied between them (``g fc2(a) = fc2.W (g a) + g fc2.b``)."""
-        n = h.shape[0]
+        """``sum_j g_j expert_{i_j}(h) + (1 - max g) universal(h)`` for every token of ``h [n d]``: one matrix
+        product for all experts' first layers, one batched over the experts for the second layers, the gate (0 for
+        an unchosen expert) applied between them (``g fc2(a) = fc2.W (g a) + g fc2.b``).
+
+        Feature-major (``[experts, features, tokens]``) so every expert's weight gradient comes out as a whole
+        contiguous block, which autograd hands to the parameter as is (a column block of one big gradient
+        would be copied into place, parameter by parameter, every step).
+        """
         experts = [*self.experts, self.universal]
-        gates = torch.zeros(n, self.n_experts, dtype=top_gate.dtype, device=h.device).scatter(1, top_idx, top_gate)
+        gates = torch.zeros(h.shape[0], self.n_experts, dtype=top_gate.dtype, device=h.device).scatter(1, top_idx, top_gate)
         gates = torch.cat([gates, 1.0 - top_gate.max(dim=-1, keepdim=True).values], dim=1)  # [n, e + 1]
-        w1 = torch.cat([e.fc1.weight for e in experts])  # [(e + 1) hidden, d]
-        b1 = torch.cat([e.fc1.bias for e in experts])
-        w2 = torch.cat([e.fc2.weight for e in experts], dim=1)  # [d, (e + 1) hidden]
+        w1 = torch.stack([e.fc1.weight for e in experts])  # [e + 1, hidden, d]
+        b1 = torch.stack([e.fc1.bias for e in experts])
+        w2 = torch.stack([e.fc2.weight for e in experts])  # [e + 1, d, hidden]
         b2 = torch.stack([e.fc2.bias for e in experts])  # [e + 1, d]
-        act = F.dropout(F.gelu(F.linear(h, w1, b1)), self.experts[0].dropout.p, self.training)
-        act = (act.view(n, len(experts), -1) * gates.unsqueeze(-1).to(act.dtype)).view(n, -1)
-        return F.linear(act, w2) + gates.to(act.dtype) @ b2.to(act.dtype)
+        pre = torch.matmul(w1, h.t()) + b1.unsqueeze(-1)  # [e + 1, hidden, n]: one product of (e + 1) hidden rows
+        act = F.dropout(F.gelu(pre), self.experts[0].dropout.p, self.training) * gates.t().unsqueeze(1).to(pre.dtype)
+        out = torch.matmul(w2, act).sum(0) + b2.t().to(act.dtype) @ gates.t().to(act.dtype)  # [d, n]
+        return out.t()
 
     def _grouped(self, h: torch.Tensor, real: torch.Tensor, top_idx: torch.Tensor, top_gate: torch.Tensor) -> torch.Tensor:
         """The same mixture with each expert run only on the real tokens it received, one call per expert
