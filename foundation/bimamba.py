@@ -83,7 +83,8 @@ class DropPath(nn.Module):
         """``x [b, ...] -> [b, ...]``."""
         if not self.training or self.p == 0.0:
             return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        # rand < p rather than bernoulli_: the same draw, and a compiler fuses it instead of calling out
+        keep = (torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) < 1.0 - self.p).to(x.dtype)
         return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
@@ -157,8 +158,9 @@ def _conv_weights(conv_w: torch.Tensor, conv_b: torch.Tensor | None):
     return weight, None if conv_b is None else conv_b.t().reshape(-1)
 
 
-def _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank: int):
-    """Both directions' conv + SiLU, ``x_proj`` and ``dt_proj`` (no bias) on ``xi [b, e, l]``, one operator each.
+def _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank: int, x_dbl: torch.Tensor | None = None):
+    """Both directions' conv + SiLU, ``x_proj`` and ``dt_proj`` (no bias) on ``xi [b, e, l]``, one operator each
+    (``x_proj`` skipped when its output ``x_dbl`` is given).
 
     Returns ``(conv out [2, b, e, l], u = its silu, x_dbl [2, b l, r + 2n], raw dt [2, b, e, l])``.
     """
@@ -167,7 +169,8 @@ def _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank: int):
     full = F.conv1d(xi, weight, bias, padding=width - 1, groups=e).view(b, e, 2, l + width - 1)
     xc = torch.stack([full[:, :, 0, :l], full[:, :, 1, width - 1 :]])  # forward: causal; reverse: anti-causal
     u = F.silu(xc)
-    x_dbl = torch.bmm(u.transpose(2, 3).reshape(2, b * l, e), x_proj_w.transpose(1, 2))
+    if x_dbl is None:
+        x_dbl = torch.bmm(u.transpose(2, 3).reshape(2, b * l, e), x_proj_w.transpose(1, 2))
     dt = torch.bmm(x_dbl[..., :dt_rank], dt_proj_w.transpose(1, 2)).view(2, b, l, e).transpose(2, 3)
     return xc, u, x_dbl, dt
 
@@ -178,12 +181,11 @@ def _scan_inputs(x_dbl: torch.Tensor, b: int, dt_rank: int, d_state: int) -> tup
     return x[:, :, dt_rank : dt_rank + d_state].contiguous(), x[:, :, dt_rank + d_state :].contiguous()
 
 
-def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, du, ddt, dB, dC):
-    """Gradients through :func:`_pre_scan`, recomputing its activations: ``(dxi, d conv weight, d conv bias or
-    None, d x_proj, d dt_proj)`` for ``du``, ``ddt [2, b, e, l]`` and ``dB``, ``dC [2, b, n, l]`` (the scan's
-    gradients for its inputs). Runs under the forward pass's autocast."""
+def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, x_dbl, xc, u, du, ddt, dB, dC):
+    """Gradients through :func:`_pre_scan` from its activations (``x_dbl`` saved, ``xc``, ``u`` recomputed):
+    ``(dxi, d conv weight, d conv bias or None, d x_proj, d dt_proj)`` for ``du``, ``ddt [2, b, e, l]`` and ``dB``,
+    ``dC [2, b, n, l]`` (the scan's gradients for its inputs). Runs under the forward pass's autocast."""
     (b, e, l), width = xi.shape, conv_w.shape[-1]
-    xc, u, x_dbl, _ = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank)
     ddt_t = ddt.transpose(2, 3).reshape(2, b * l, e)
     d_dt_proj = torch.bmm(ddt_t.transpose(1, 2), x_dbl[..., :dt_rank])
     dx_dbl = torch.cat([torch.bmm(ddt_t, dt_proj_w), dB.transpose(2, 3).reshape(2, b * l, -1),
@@ -207,7 +209,8 @@ def _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, du, ddt
 
 class _BiMambaInner(torch.autograd.Function):
     """``(y_fwd + y_bwd) * silu(z)`` of a BiMamba block from ``xi, z [b, e, l]``, both directions in one scan
-    launch; saves the inputs and the scan's states, recomputes the convs and ``dt`` in backward.
+    launch; saves the inputs, ``x_dbl`` (``r + 2n`` numbers per token and direction) and the scan's states,
+    recomputes the convs and ``dt`` in backward.
 
     Per-direction parameters come stacked ``[2, ...]`` (forward, reverse): conv weight ``[2, e, 1, w]`` and
     bias ``[2, e]`` (or None), ``x_proj [2, r + 2n, e]``, ``dt_proj`` weight ``[2, e, r]`` and bias ``[2, e]``,
@@ -220,24 +223,25 @@ class _BiMambaInner(torch.autograd.Function):
         B, C = _scan_inputs(x_dbl, xi.shape[0], dt_rank, A.shape[-1])
         y, saved = bidirectional_scan_forward(u, dt, A, B, C, D, dt_bias, mask, backend)
         y_sum = y[0] + y[1]
-        ctx.save_for_backward(xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, y_sum, *saved)
+        ctx.save_for_backward(xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, x_dbl, y_sum, *saved)
         ctx.options = (backend, dt_rank, xi.device.type, torch.is_autocast_enabled(xi.device.type),
                        torch.get_autocast_dtype(xi.device.type))
         return y_sum * F.silu(z)
 
     @staticmethod
     def backward(ctx, gout):
-        xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, y_sum, *saved = ctx.saved_tensors
+        xi, z, mask, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, x_dbl, y_sum, *saved = ctx.saved_tensors
         backend, dt_rank, device_type, amp, amp_dtype = ctx.options
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp):  # recompute exactly as the forward ran
             s = torch.sigmoid(z.float())
             gy = gout.float() * z.float() * s
             dz = (gout.float() * y_sum.float() * s * (1.0 + z.float() * (1.0 - s))).to(z.dtype)
-            _, u, x_dbl, dt = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank)
+            xc, u, _, dt = _pre_scan(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, x_dbl)
             B, C = _scan_inputs(x_dbl, xi.shape[0], dt_rank, A.shape[-1])
             du, ddt, dA, dB, dC, dD, ddt_bias = bidirectional_scan_backward(
                 u, dt, A, B, C, D, dt_bias, mask, backend, tuple(saved), torch.stack([gy, gy]).to(u.dtype))
-            dxi, dw, db, dxp, ddp = _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, du, ddt, dB, dC)
+            dxi, dw, db, dxp, ddp = _pre_scan_backward(xi, conv_w, conv_b, x_proj_w, dt_proj_w, dt_rank, x_dbl, xc, u,
+                                                       du, ddt, dB, dC)
         return (dxi.to(xi.dtype), dz, None, dw.to(conv_w.dtype), None if db is None else db.to(conv_b.dtype),
                 dxp.to(x_proj_w.dtype), ddp.to(dt_proj_w.dtype), ddt_bias.to(dt_bias.dtype), dA.to(A.dtype),
                 dD.to(D.dtype), None, None)

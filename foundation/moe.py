@@ -270,7 +270,7 @@ class TaskMoE(nn.Module):
             raise ValueError(f"TaskMoE.dispatch must be 'dense' or 'grouped', got {self.dispatch!r}")
         if self.training and self.drop_path > 0.0:
             keep = 1.0 - self.drop_path
-            sample_keep = x.new_empty(b).bernoulli_(keep) / keep  # [b]
+            sample_keep = (torch.rand(b, device=x.device) < keep).to(x.dtype) / keep  # [b]; fuses, unlike bernoulli_
             out = out * sample_keep.repeat_interleave(l).unsqueeze(-1).to(out.dtype)
         y = torch.where(mask.unsqueeze(-1), x + out.view(b, l, d).to(x.dtype), x)
         n = weight.sum()
