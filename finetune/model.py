@@ -3,7 +3,8 @@
 Folder layout (``save_pretrained``-style, no pickle anywhere)::
 
     model/config.json         {"format": "eegfm-finetuned/1", "backbone": EEGMambaConfig fields,
-                               "heads": {task: {n_classes, pool, dropout, task_id, classes}}, "mode": ...}
+                               "heads": {task: {n_classes, pool, dropout, task_id, classes, norm, channels,
+                               threshold}}, "mode": ...}
     model/model.safetensors   backbone.* and heads.<task>.* tensors
     model/recipe.json         per task: the resolved recipe, the window length and the shards'
                               preprocessing parameters (what finetune.predict needs to label new files)
@@ -29,6 +30,7 @@ from torch import nn
 from finetune.heads import ClassificationHead, set_mode
 from foundation.checkpoint import config_from_checkpoint, resolve_checkpoint, runtime_fields, stored_config
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
+from shards.vocabulary import channel_ids
 
 __all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
 
@@ -62,18 +64,24 @@ class TaskModel(nn.Module):
         self.head_specs: dict[str, dict[str, Any]] = {}
         self.heads = nn.ModuleDict()
         for name, spec in heads.items():
-            spec = {"pool": pool, "dropout": dropout, **dict(spec)}
+            spec = {"pool": pool, "dropout": dropout, "norm": "layer", "channels": [], "threshold": None, **dict(spec)}
             classes = list(spec.get("classes") or [])
             if classes and len(classes) != int(spec["n_classes"]):
                 raise ValueError(f"head {name!r}: {len(classes)} class names for n_classes={spec['n_classes']}")
             task_id = int(spec["task_id"])
             if not 0 <= task_id < backbone.config.n_tasks:
                 raise ValueError(f"head {name!r}: task_id {task_id} outside the backbone's n_tasks={backbone.config.n_tasks}")
+            channels = [str(c) for c in spec["channels"] or []]
+            if spec["pool"] == "channels" and backbone.config.adapter != "channel_patch":
+                raise ValueError(f"head {name!r}: pool='channels' reads per-channel tokens (needs adapter='channel_patch')")
             self.head_specs[name] = {
                 "n_classes": int(spec["n_classes"]), "task_id": task_id, "pool": spec["pool"],
-                "dropout": float(spec["dropout"]), "classes": classes,
+                "dropout": float(spec["dropout"]), "classes": classes, "norm": spec["norm"], "channels": channels,
+                "threshold": None if spec["threshold"] is None else float(spec["threshold"]),
             }
-            self.heads[name] = ClassificationHead(backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]))
+            self.heads[name] = ClassificationHead(
+                backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]),
+                channel_ids=channel_ids(channels) if channels else (), norm=spec["norm"])
         self.mode = mode
         set_mode(self.backbone, mode)
         # Rows the backbone never trained (e.g. a task-0-only pretraining) start from the trained ones, so
@@ -95,15 +103,27 @@ class TaskModel(nn.Module):
         self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None, task: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [b, c, t]``, ``channel_ids [b, c]``, ``channel_mask [b, c]`` -> ``logits [b, n_classes(task)]``, aux loss."""
+        out = self._encode(x, channel_ids, channel_mask, task)
+        return self.heads[task](out, channel_ids, channel_mask), out.aux_loss
+
+    def features(self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None,
+                 task: str) -> torch.Tensor:
+        """What ``task``'s head reads, before its normalisation: ``[b, in_features]``."""
+        out = self._encode(x, channel_ids, channel_mask, task)
+        return self.heads[task].features(out, channel_ids, channel_mask)
+
+    def set_threshold(self, task: str, threshold: float | None) -> None:
+        """A binary head's decision threshold on the positive class's probability (None = argmax)."""
+        self.head_specs[task]["threshold"] = None if threshold is None else float(threshold)
+
+    def _encode(self, x, channel_ids, channel_mask, task):
         if task not in self.heads:
             raise KeyError(f"no head for task {task!r}; this model has heads {self.tasks}")
         task_ids = torch.full((x.shape[0],), self.head_specs[task]["task_id"], dtype=torch.long, device=x.device)
         if self.mode == "linear_probe":
             with torch.no_grad():
-                out = self.backbone(x, channel_ids, channel_mask, task_ids)
-        else:
-            out = self.backbone(x, channel_ids, channel_mask, task_ids)
-        return self.heads[task](out), out.aux_loss
+                return self.backbone(x, channel_ids, channel_mask, task_ids)
+        return self.backbone(x, channel_ids, channel_mask, task_ids)
 
     # ---- checkpoint folder ----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:

@@ -16,9 +16,16 @@ model's ``recipe.json`` (copied from the shards' manifest at training time), and
 length. Windows are consecutive (stride = window length unless ``stride_s`` is given) and none is dropped
 for amplitude or flatness: every span of the recording gets a label, which is what a hypnogram or a
 seizure timeline needs. ``probability`` is the softmax probability of the predicted class;
-``probabilities`` holds all classes. The recording is checked against the checkpoint's input contract
+``probabilities`` holds all classes. A binary model's label uses the decision threshold chosen on its
+validation split (saved in ``recipe.json``); a model trained with Euclidean alignment gets the recording
+aligned by its own windows. The recording is checked against the checkpoint's input contract
 (``finetune.contract``): another rate, units or channel spelling is converted with one notice line on
-stderr; a montage the contract cannot map is a ``ContractError``.
+stderr; a montage the contract cannot map is a ``ContractError``; channels the model was finetuned on that
+the recording lacks (or has in addition) are named in a notice.
+
+A model finetuned on a single channel (Bonn's position-less ``EEG``, one sleep derivation) labels a
+multi-channel recording channel by channel: every channel is read as the one the model knows, and each
+window's label comes from the class probabilities averaged over the channels (a notice says so).
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from finetune.align import align_array
 from finetune.contract import contract_of, notice, recording_conversions
+from finetune.metrics import predict_labels
 from finetune.model import TaskModel
 from shards.corpora import get_corpus
 from shards.cli_errors import DEBUG_ENV, run_cli
@@ -100,6 +109,32 @@ class RecordingWindows:
     classes: list[str]
     sfreq: float
     task: str
+    per_channel: str | None = None  # the one channel a single-channel model reads each row of x as
+
+
+def _per_channel(recipe: dict[str, Any], channels: Sequence[str]) -> str | None:
+    """The single channel a model was finetuned on, when the recording has several (labelled one by one)."""
+    trained = recipe.get("trained_channels") or []
+    return trained[0] if len(trained) == 1 and len(channels) > 1 and not recipe.get("channels") else None
+
+
+def _montage_notice(recipe: dict[str, Any], channels: Sequence[str], path: str | Path) -> str | None:
+    """What the recording's montage lacks or adds next to the one the model was finetuned on."""
+    trained = recipe.get("trained_channels")
+    if not trained or len(trained) == 1:
+        return None
+    missing = [c for c in trained if c not in channels]
+    extra = [c for c in channels if c not in trained]
+    if not missing and not extra:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"lacks {len(missing)} of the {len(trained)} channels the model was finetuned on "
+                     f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); a per-channel head reads them as zeros")
+    if extra:
+        parts.append(f"has {len(extra)} channel(s) finetuning never saw ({', '.join(extra[:8])}"
+                     f"{', ...' if len(extra) > 8 else ''})")
+    return f"{path}: montage differs from the model's finetuning data: " + "; ".join(parts)
 
 
 def recording_windows(
@@ -134,9 +169,15 @@ def recording_windows(
         raw = read_raw(path)
     check_sfreq(raw.info["sfreq"], str(path))  # the build's rule and message: no labels for a 10-Hz file
     signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
-    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path))
-    if conversions:
-        notice(conversions)
+    single = _per_channel(recipe, signal.channels)
+    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path), montage=single is None)
+    for line in (conversions, None if single else _montage_notice(recipe, signal.channels, path)):
+        if line:
+            notice(line)
+    if single:
+        notice(f"{path}: the model was finetuned on one channel ({single}): each of the recording's "
+               f"{len(signal.channels)} channels is labelled as {single} on its own, and a window's label comes from "
+               "the class probabilities averaged over its channels")
     windows, _ = cut_windows(signal, None, cfg)
     if not windows:
         raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
@@ -150,7 +191,10 @@ def recording_windows(
         rows_idx = [channels.index(c) for c in keep]
         channels = list(keep)
     x = np.stack([np.asarray(w.eeg, dtype=np.float32)[rows_idx] for w in windows])
-    return RecordingWindows(x, [float(w.onset_s) for w in windows], channels, list(recipe["classes"]), float(cfg.sfreq), task)
+    if recipe.get("align") == "euclidean":
+        x = align_array(x)  # the recording aligned by its own windows, as finetuning aligned each subject
+    return RecordingWindows(x, [float(w.onset_s) for w in windows], channels, list(recipe["classes"]), float(cfg.sfreq),
+                            task, per_channel=single)
 
 
 @torch.no_grad()
@@ -193,20 +237,28 @@ def predict_file(
         raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
     rec = recording_windows(model_dir, path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
     classes = model.head_specs[task]["classes"] or rec.classes
-    meta = {"channels": rec.channels}
+    x, meta = rec.x, {"channels": rec.channels}
+    if rec.per_channel:
+        n, c, t = x.shape
+        x, meta = x.reshape(n * c, 1, t), {"channels": [rec.per_channel]}
     proba = []
-    for start in range(0, len(rec.x), batch_size):
-        batch = collate([Window(w, meta) for w in rec.x[start:start + batch_size]])
+    for start in range(0, len(x), batch_size):
+        batch = collate([Window(w, meta) for w in x[start:start + batch_size]])
         logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
         proba.append(F.softmax(logits.float(), dim=-1).cpu().numpy())
-    return prediction_rows(rec.onsets_s, np.concatenate(proba), classes)
+    proba = np.concatenate(proba)
+    if rec.per_channel:
+        proba = proba.reshape(len(rec.x), len(rec.channels), -1).mean(1)
+    return prediction_rows(rec.onsets_s, proba, classes, model.head_specs[task].get("threshold"))
 
 
-def prediction_rows(onsets_s: Sequence[float], proba: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """:func:`predict_file`'s rows from window onsets and class probabilities ``proba [n, k]`` (``classes`` order)."""
+def prediction_rows(onsets_s: Sequence[float], proba: np.ndarray, classes: Sequence[str],
+                    threshold: float | None = None) -> list[dict[str, Any]]:
+    """:func:`predict_file`'s rows from window onsets and class probabilities ``proba [n, k]`` (``classes`` order);
+    a binary model's ``threshold`` on the second class's probability decides its label (None = argmax)."""
     out = []
-    for onset, p in zip(onsets_s, proba):
-        k = int(p.argmax())
+    labels = predict_labels(proba, threshold)
+    for onset, p, k in zip(onsets_s, proba, labels.tolist()):
         out.append({
             "onset_s": float(onset),
             "label": k,

@@ -78,6 +78,8 @@ class ObjectiveConfig:
     tokenizer_steps: int = option("tokenizer='auto': training steps of the small tokenizer", 150)
     stft: STFTConfig = option("masked_stft: STFT window/hop/target ([objective.stft])", factory=STFTConfig)
     mask: MaskConfig = option("masked_stft: Gaussian soft-mask families and widths ([objective.mask])", factory=MaskConfig)
+    band_power_weight: float = option(
+        "masked_stft: weight of the per-token log band-power target (delta..gamma of the token's own patch); 0 = off", 0.0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """The validation probe (``pretrain/probe.py``): frozen-feature logistic regression on held-out labelled shards."""
+
+    shards: tuple[str, ...] = option(
+        "labelled shard folders/globs to probe (kept out of the pretraining data; empty = no probe)", ())
+    task: str = option("only the windows of this shard task (e.g. emotion); empty = every labelled window", "")
+    every: int = option("probe every N steps (and at the end)", 200)
+    folds: int = option("cross-validation folds by subject (recording where no subject is named)", 5)
+    C: float = option("inverse L2 strength of the probe's logistic regression", 0.01)
+    max_windows: int = option("at most this many evenly spaced windows per probe set", 2000)
+    select: bool = option("export the weights of the step with the best probe score instead of the last step", True)
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """Everything ``pretrain/run.py`` needs."""
 
@@ -121,5 +137,6 @@ class PretrainConfig:
     model: EEGMambaConfig = option('the backbone: [model] size = "tiny"|"base"|"large" picks the preset, other keys override it',
                                   factory=lambda: EEGMambaConfig.from_size("tiny"))
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    probe: ProbeConfig = option("validation probe of the frozen features ([probe])", factory=ProbeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -93,7 +93,7 @@ def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: l
             task_aware=obj.task_aware, augment=obj.augment,
         )
     return MaskedSTFTObjective(backbone, stft=obj.stft, mask=obj.mask, moe_aux_weight=obj.moe_aux_weight,
-                               task_aware=obj.task_aware, augment=obj.augment)
+                               task_aware=obj.task_aware, augment=obj.augment, band_power_weight=obj.band_power_weight)
 
 
 def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelerator | None = None) -> TrainResult:

@@ -17,6 +17,7 @@ and whose ``export(dir)`` writes what downstream code loads). What is particular
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from foundation.checkpoint import WEIGHTS_NAME
 from foundation.contract import read_contract
 from foundation.model import EEGMamba
 from pretrain.card import CARD_NAME, backbone_summary, export_card
-from pretrain.config import OptimConfig, TrainConfig
+from pretrain.config import OptimConfig, ProbeConfig, TrainConfig
 from pretrain.configfile import parse_cli, to_dict
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
@@ -56,6 +58,7 @@ from pretrain.engine import (
     save_checkpoint,
     scheduler_state,
 )
+from pretrain.probe import BEST_DIR, check_probe_leak, load_probe_sets, probe_backbone, read_best, write_best
 from pretrain.resume_settings import apply_overrides, check_resume_settings
 from shards.cli_errors import run_cli
 from shards.sample import PATCH_SAMPLES, SFREQ
@@ -83,6 +86,7 @@ class TrainResult:
     logs: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     export_dir: Path | None = None
+    selected_step: int | None = None  # the step whose weights were exported (validation probe), None = the last
     stopped_early: bool = False
     samples_per_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -104,8 +108,10 @@ class Trainer:
 
     def __init__(self, objective: nn.Module, stream: BatchStream, optim: OptimConfig, train: TrainConfig, *,
                  accelerator: Accelerator | None = None, patch_size: int = PATCH_SAMPLES, run_name: str = "pretrain",
-                 hparams: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None) -> None:
+                 hparams: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None,
+                 probe: ProbeConfig | None = None, probe_sets: list | None = None) -> None:
         self.objective, self.stream = objective, stream
+        self.probe, self.probe_sets = probe, probe_sets or []
         self.optim_cfg, self.cfg = optim, train
         self.accelerator = accelerator or accelerator_for(optim, train)
         self.accelerator.gradient_accumulation_steps = optim.grad_accum
@@ -116,6 +122,7 @@ class Trainer:
         self.step = 0
         self.micro_batches = 0  # the data position
         self.last_batch: dict | None = None
+        self.probe_log: list[dict[str, Any]] = []
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> TrainResult:
@@ -147,6 +154,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 if self.step % cfg.log_every == 0 or self.step == end_step:
                     self._log(logs, expert_load, speed)
+                if self.probe_sets and (self.step % self.probe.every == 0 or self.step == end_step):
+                    self._probe()
                 if self.step % cfg.save_every == 0 or self.step == end_step:
                     result.checkpoint = self._save(model, optimizer, scheduler)
             return self._finish(model, result, speed)
@@ -166,6 +175,8 @@ class Trainer:
         path = resolve_resume(resume, self.out_dir) if resume else None
         if path is not None:
             self._resume(path, model, optimizer, scheduler, fresh_groups)
+        elif acc.is_main_process and (self.out_dir / BEST_DIR).is_dir():
+            shutil.rmtree(self.out_dir / BEST_DIR)  # an earlier run's best probe step is not this run's
         self.inner = acc.unwrap_model(model)
         self.seen = SeenFlags(self.inner)  # after the resume: starts from the checkpoint's flags
         if acc.is_main_process:
@@ -231,6 +242,22 @@ class Trainer:
             scalars.update(_expert_scalars(expert_load))
         self.accelerator.log(scalars, step=self.step)
 
+    def _probe(self) -> None:
+        """Score the frozen backbone on the probe sets (main process), log it, keep the best step's weights."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            backbone = self.inner.backbone
+            result = probe_backbone(backbone, self.probe_sets, folds=self.probe.folds, C=self.probe.C,
+                                    seed=self.cfg.seed, device=acc.device)
+            scalars = {f"probe/{name}/{k}": v for name, s in result.scores.items() for k, v in s.items()}
+            scalars["probe/score"] = result.score
+            acc.log(scalars, step=self.step)
+            best = read_best(self.out_dir)
+            if best is None or result.score > best["score"] + 1e-9:
+                write_best(self.out_dir, backbone, self.step, result)
+            self.probe_log.append({"step": self.step, "score": result.score, "scores": result.scores})
+        acc.wait_for_everyone()
+
     def _check_weights(self, model, writing: str) -> None:
         """Stop before ``writing`` unless the weights and a forward pass on the last batch are finite.
 
@@ -264,6 +291,14 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             export(acc.unwrap_model(model), result.export_dir, self.preprocessing)
+            best = read_best(self.out_dir) if self.probe_sets else None
+            if best is not None and self.probe.select:
+                # the weights of the best-probing step, with the same config (the probe never changes the architecture)
+                shutil.copyfile(self.out_dir / BEST_DIR / WEIGHTS_NAME, result.export_dir / WEIGHTS_NAME)
+                result.selected_step = int(best["step"])
+            if best is not None:
+                (result.export_dir / "probe.json").write_text(json.dumps(
+                    {"selected_step": result.selected_step, "best": best, "history": self.probe_log}, indent=2))
         acc.wait_for_everyone()
         return result
 
@@ -325,8 +360,15 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
     hparams = to_dict(config)
     accelerator.print(announce)
     record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+    probe = getattr(config, "probe", None)
+    sets = []
+    if probe is not None and probe.shards and hasattr(objective, "backbone"):
+        check_probe_leak(probe.shards, [u for c in corpora for u in c.urls])
+        sets = load_probe_sets(probe.shards, max_windows=probe.max_windows, task=probe.task)
+        accelerator.print("validation probe every {} steps on {}".format(probe.every, ", ".join(
+            f"{s.name} ({len(s.windows)} windows, {len(set(s.groups.tolist()))} groups)" for s in sets)))
     trainer = Trainer(objective, stream, config.optim, config.train, accelerator=accelerator, patch_size=patch_size,
-                      run_name=run_name, hparams=hparams, preprocessing=record)
+                      run_name=run_name, hparams=hparams, preprocessing=record, probe=probe, probe_sets=sets)
     result = trainer.fit(resume=resume)
     if result.export_dir is not None and accelerator.is_main_process:
         contract_path = write_run_contract(result.export_dir, corpora, objective, config, result.steps, patch_size)
@@ -345,7 +387,8 @@ def write_export_card(result: TrainResult, objective: nn.Module, contract: Any, 
     load = f"from {type(model).__module__.split('.')[0]} import {cls}\nmodel = {cls}.from_pretrained(\"{result.export_dir}\")"
     path = result.export_dir / CARD_NAME
     path.write_text(export_card(result.export_dir, contract, what=what, objective=name, config=hparams,
-                                final_loss=result.losses[-1] if result.losses else None, load=load))
+                                final_loss=result.losses[-1] if result.losses else None, load=load,
+                                selected_step=result.selected_step))
     return path
 
 

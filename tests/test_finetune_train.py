@@ -74,7 +74,9 @@ def test_outputs_model_report_and_logs(seizure_run):
     assert f"| seizure | test | {test['balanced_accuracy']:.4f} |" in md
     assert (out / "confusion_seizure_test.png").stat().st_size > 1000
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 6 and log[-1]["train_loss"] < log[0]["train_loss"]
+    # epoch -1 scores the probe the head starts from; then one line per training epoch
+    assert len(log) == 7 and log[0]["epoch"] == -1 and log[0]["train_loss"] is None
+    assert log[-1]["train_loss"] < log[1]["train_loss"]
     assert report["run"]["best_epoch"] == seizure_run["best_epoch"]
 
 

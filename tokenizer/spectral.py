@@ -89,6 +89,8 @@ class STFTConfig:
     sfreq: float = 200.0
     target: str = "log_magnitude"  # "log_magnitude" | "magnitude"
     log_eps: float = 1e-2
+    max_hz: float | None = None  # highest target bin (None = Nyquist); see ``target_bins``
+    demean: bool = False  # subtract each sample's mean log-magnitude from the target (see ``demean_target``)
 
     def __post_init__(self) -> None:
         if self.n_fft < 2:
@@ -103,6 +105,19 @@ class STFTConfig:
             raise ValueError(f"STFTConfig.target must be one of {_TARGETS}, got {self.target!r}")
         if self.sfreq <= 0 or self.log_eps <= 0:
             raise ValueError(f"STFTConfig.sfreq and log_eps must be > 0, got {self.sfreq}, {self.log_eps}")
+        if self.max_hz is not None and not 0 < self.max_hz:
+            raise ValueError(f"STFTConfig.max_hz must be > 0 or None, got {self.max_hz}")
+        if self.demean and self.target != "log_magnitude":
+            raise ValueError("STFTConfig.demean needs target='log_magnitude' (a gain is an offset only in the log)")
+
+    @property
+    def target_bins(self) -> int:
+        """Bins ``0..target_bins-1`` (at most ``max_hz``) are predicted and scored. The suite's shards are
+        low-passed at 75 Hz by default: above it every bin sits at the ``log_eps`` floor, so scoring it
+        only teaches the model a constant."""
+        if self.max_hz is None:
+            return self.n_freqs
+        return min(self.n_freqs, int(math.floor(self.max_hz / self.bin_hz + 1e-9)) + 1)
 
     @property
     def window_length(self) -> int:
@@ -194,6 +209,42 @@ def spectral_target(spec: torch.Tensor, config: STFTConfig = STFTConfig()) -> to
     if config.target == "magnitude":
         return magnitude
     return torch.log(magnitude + config.log_eps)
+
+
+def demean_target(target: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``target [b, c, ...]`` minus each sample's mean over its real channels (``channel_mask [b, c]``) and
+    every other axis. In the log domain a recording's gain (electrode impedance, amplifier, skull) is an
+    additive offset that differs between subjects; without it the target is the spectral *shape* and the
+    relative level of channels and moments, which is what transfers across subjects."""
+    weight = torch.ones(target.shape[:2], dtype=target.dtype, device=target.device)
+    if channel_mask is not None:
+        weight = channel_mask.to(target.dtype)
+    w = weight.view(*weight.shape, *([1] * (target.dim() - 2))).expand_as(target)
+    mean = (target * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+    return target - mean.view(-1, *([1] * (target.dim() - 1)))
+
+
+# Bands of the log band-power target (``band_log_power``): delta..gamma, as the band-power baseline reads them.
+BAND_POWER_HZ: tuple[tuple[float, float], ...] = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 45.0))
+
+
+def band_log_power(log_magnitude: torch.Tensor, patch_size: int, config: STFTConfig = STFTConfig(),
+                   bands_hz: tuple[tuple[float, float], ...] = BAND_POWER_HZ) -> torch.Tensor:
+    """Log power per band and backbone patch from a log-magnitude STFT: ``[b, c, f, n] -> [b, c, p, bands]``.
+
+    Power is ``(exp(target) - log_eps)^2`` summed over the band's bins and averaged over the patch's
+    ``k = patch_size // hop`` frames (the frames ``to_patches`` assigns it), then ``log(. + log_eps^2)``.
+    """
+    freqs = config.frequencies().to(log_magnitude.device)
+    select = torch.stack([((freqs >= lo) & (freqs < hi)).to(log_magnitude.dtype) for lo, hi in bands_hz], dim=1)
+    if (select.sum(0) == 0).any():
+        raise ValueError(f"band_log_power: a band of {bands_hz} holds no bin at {config.bin_hz:g} Hz spacing")
+    power = (log_magnitude.exp() - config.log_eps).clamp_min(0.0) ** 2  # [b c f n]
+    bands = torch.einsum("bcfn,fk->bckn", power, select)  # [b c bands n]
+    per_patch = to_patches(bands, patch_size, config)  # [b c p (k bands)]
+    k = patch_size // config.hop
+    per_patch = rearrange(per_patch, "b c p (k m) -> b c p k m", k=k).mean(3)
+    return torch.log(per_patch + config.log_eps ** 2)
 
 
 def to_patches(spec_like: torch.Tensor, patch_size: int, config: STFTConfig = STFTConfig()) -> torch.Tensor:
