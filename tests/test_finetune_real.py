@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from finetune.config import FinetuneConfig
 from foundation.model import EEGMambaConfig
@@ -69,6 +71,31 @@ def test_bonn_seizure_subset_held_out_segments(shared_data, tmp_path):
     test_segment = res["split"]["groups"]["test"][0].split("/")[1]
     rows = predict_file(Path(result["out"]) / "model", bonn / test_segment[0] / f"{test_segment}.txt", sfreq=173.61)
     assert [r["onset_s"] for r in rows] == pytest.approx([0.0, 5.0, 10.0, 15.0])  # 23.6 s -> 4 whole windows
+
+
+def test_single_channel_model_labels_a_multichannel_recording_channel_by_channel(shared_data, tmp_path, capsys):
+    """A Bonn model (one position-less channel) on a 19-channel EEGMAT recording: each channel is labelled as
+    Bonn's channel and a window's probabilities are the mean over its channels."""
+    from finetune.model import TaskModel
+    from finetune.predict import recording_windows
+    from shards.dataset import collate
+    from shards.sample import Window
+
+    bonn = shared_data / "seizure" / "bonn"
+    files = sorted((bonn / "Z").glob("*.txt"))[:4] + sorted((bonn / "S").glob("*.txt"))[:4]
+    data = shard("bonn", link(files, tmp_path / "raw"), tmp_path)
+    model_dir = Path(run(tmp_path, "seizure", data, epochs=1, n_folds=4)["out"]) / "model"
+    recording = shared_data / "workload" / "eegmat" / "Subject05_2.edf"
+    rows = predict_file(model_dir, recording)
+    err = capsys.readouterr().err
+    assert "finetuned on one channel (EEG): each of the recording's 19 channels is labelled as EEG" in err
+    rec = recording_windows(model_dir, recording)
+    assert rec.per_channel == "EEG" and rec.x.shape[1] == 19 and len(rows) == rec.x.shape[0] == 12
+    model = TaskModel.from_pretrained(model_dir)
+    b = collate([Window(ch[None], {"channels": ["EEG"]}) for ch in rec.x[0]])
+    with torch.no_grad():
+        per_channel = torch.softmax(model(b["x"], b["channel_ids"], b["channel_mask"], "seizure")[0], -1).numpy()
+    np.testing.assert_allclose(list(rows[0]["probabilities"].values()), per_channel.mean(0), atol=1e-5)
 
 
 @pytest.mark.slow
