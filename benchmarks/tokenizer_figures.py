@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-from pretrain.configfile import parse_cli  # noqa: E402
+from runtime.configfile import parse_cli  # noqa: E402
 from tokenizer.spectral import (  # noqa: E402
     FAMILIES,
     MaskConfig,

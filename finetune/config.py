@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import from_dict, option
+from runtime.configfile import from_dict, option
 
 __all__ = ["FinetuneConfig", "TaskSpec", "HYPER_FIELDS"]
 

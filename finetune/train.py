@@ -1,4 +1,4 @@
-"""The finetuning loop on ``pretrain.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
+"""The finetuning loop on ``runtime.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
 
 ``finetune(config)`` runs one (single- or multi-task) finetuning and returns its results; it is what
 ``finetune/run.py`` calls under ``accelerate launch``. Per epoch it trains on :class:`TaskBatches`,
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from finetune.config import FinetuneConfig
 from foundation.augment import augment
-from foundation.config_dict import given_keys
+from runtime.config_dict import given_keys
 from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
@@ -44,8 +44,8 @@ from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
 from finetune.splits import Split, published_split, split_windows
-from pretrain.configfile import to_dict
-from pretrain.engine import (
+from runtime.configfile import to_dict
+from runtime.engine import (
     NonFiniteLossError,
     check_finite,
     check_model,
@@ -151,7 +151,7 @@ def make_split(config: FinetuneConfig, data: TaskData) -> Split:
 def backbone_overrides(config: FinetuneConfig, checkpoint: str | None) -> dict[str, Any]:
     """The ``[model]`` fields ``load_backbone`` builds (from scratch) or holds the checkpoint to (with one).
 
-    With a checkpoint only the fields the user set count (``foundation.config_dict.given_keys``; every
+    With a checkpoint only the fields the user set count (``runtime.config_dict.given_keys``; every
     field after ``size = ...``), not the tiny preset a one-key table was filled in from. ``drop_path`` is
     the recipe's business (``Hyper.drop_path``).
     """

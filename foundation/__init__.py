@@ -10,7 +10,7 @@ Public API::
 
 from foundation.bimamba import BiMambaBlock, DropPath
 from foundation.checkpoint import CheckpointError, LoadReport, load_backbone_weights
-from foundation.config_dict import ConfigError
+from runtime.config_dict import ConfigError
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 from foundation.model import SIZES, EEGMamba, EEGMambaConfig, EEGMambaOutput, read_config
 from foundation.moe import TaskMoE

@@ -1,7 +1,7 @@
 """Settings of a pretraining (or tokenizer-training) run: frozen dataclasses read from TOML.
 
 ``PretrainConfig`` is what ``pretrain/run.py`` parses (``--config FILE`` + ``--a.b value``
-overrides, unknown keys are errors; ``pretrain.configfile``); ``pretrain.train_tokenizer`` reuses the same
+overrides, unknown keys are errors; ``runtime.configfile``); ``pretrain.train_tokenizer`` reuses the same
 data / optimiser / trainer sections. ``[model]`` is the model's own config class
 (``foundation.EEGMambaConfig``), not a mirror of it: ``size`` picks a preset, other keys override fields.
 The defaults ARE the embedded demo: no shards given
@@ -15,7 +15,7 @@ from typing import Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import option
+from runtime.configfile import option
 from tokenizer.spectral import MaskConfig, STFTConfig
 
 

@@ -35,7 +35,7 @@ from accelerate.utils import set_seed
 
 from foundation.model import EEGMamba
 from pretrain.config import PretrainConfig
-from pretrain.configfile import ConfigError, to_dict
+from runtime.configfile import ConfigError, to_dict
 from pretrain.data import Corpus, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective

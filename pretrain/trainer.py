@@ -1,4 +1,4 @@
-"""The streaming training loop of backbone pretraining and tokenizer training, on ``pretrain.engine``.
+"""The streaming training loop of backbone pretraining and tokenizer training, on ``runtime.engine``.
 
 One :class:`Trainer` drives any :class:`pretrain.objectives.Objective` (an ``nn.Module`` whose
 ``forward(batch)`` returns ``dict(loss=scalar tensor, <name>=scalar logs, expert_load=[layers, experts])``
@@ -33,10 +33,10 @@ from foundation.contract import read_contract
 from foundation.model import EEGMamba
 from pretrain.card import CARD_NAME, backbone_summary, export_card
 from pretrain.config import OptimConfig, TrainConfig
-from pretrain.configfile import parse_cli, to_dict
+from runtime.configfile import parse_cli, to_dict
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
-from pretrain.engine import (
+from runtime.engine import (
     NonFiniteLossError,
     SeenFlags,
     Throughput,
@@ -57,7 +57,7 @@ from pretrain.engine import (
     scheduler_state,
 )
 from pretrain.resume_settings import apply_overrides, check_resume_settings
-from shards.cli_errors import run_cli
+from runtime.cli_errors import run_cli
 from shards.sample import PATCH_SAMPLES, SFREQ
 
 __all__ = [

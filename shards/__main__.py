@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from shards.cli_errors import DEBUG_ENV, run_cli
+from runtime.cli_errors import DEBUG_ENV, run_cli
 
 
 def _part(text: str) -> tuple[int, int]:

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from shards import buildlock
-from shards.atomic import atomic_write_json
+from runtime.atomic import atomic_write_json
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
 from shards.manifest import (FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix,

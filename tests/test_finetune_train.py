@@ -237,7 +237,7 @@ def test_predict_rejects_a_rate_the_build_rejects_with_the_same_message(seizure_
 
 
 def test_a_huge_learning_rate_ends_with_the_guards_message(synth_shards, tmp_path):
-    from pretrain.engine import NonFiniteLossError
+    from runtime.engine import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="non-finite value .*Lower --lr"):
         finetune(small_config(tmp_path, "seizure", synth_shards, lr=1e6, epochs=1, warmup_epochs=0, channels=("CZ",)))

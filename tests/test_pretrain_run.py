@@ -18,7 +18,7 @@ from foundation.model import EEGMamba, EEGMambaConfig
 from pretrain.config import DataConfig, DemoConfig, OptimConfig, PretrainConfig, TrainConfig
 from pretrain.demo import build_demo_shards
 from pretrain.run import main, run
-from pretrain.engine import NonFiniteLossError, latest_checkpoint, param_groups, warmup_cosine
+from runtime.engine import NonFiniteLossError, latest_checkpoint, param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_masked_token_without_tokenizer_says_what_to_do(tmp_path, capsys):
 
 
 def test_checked_in_configs_parse_and_tiny_is_the_default():
-    from pretrain.configfile import load_toml
+    from runtime.configfile import load_toml
 
     assert load_toml(PretrainConfig, REPO / "pretrain" / "configs" / "tiny.toml") == PretrainConfig()
     for size in ("base", "large"):

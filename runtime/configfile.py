@@ -9,7 +9,7 @@ Nested dataclasses map to TOML tables (``[optim]``) and to dotted flags (``--opt
 may be a model's own config class (``[model]`` is ``EEGMambaConfig``): ``size = "base"`` picks its
 preset and the other keys override fields. An unknown key, in a file or on the command line, is an
 error that names the key: a typo must never silently fall back to a default and waste a training run.
-The strict dict -> dataclass reading is ``foundation.config_dict`` (checkpoints use it too).
+The strict dict -> dataclass reading is ``runtime.config_dict`` (checkpoints use it too).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from foundation.config_dict import ConfigError, _field_types, _nested_dataclass, from_dict, has_preset, to_dict
+from runtime.config_dict import ConfigError, _field_types, _nested_dataclass, from_dict, has_preset, to_dict
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load_toml", "apply_overrides", "parse_cli", "option"]
 

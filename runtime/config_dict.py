@@ -4,7 +4,7 @@ A checkpoint's ``config.json`` and a run's TOML ``[model]`` table are read the s
 be a field (an unknown key is an error naming it, so a typo never falls back to a default), values are
 checked against the field's type, lists become tuples. A table for a config class with a ``from_size``
 preset may carry ``size = "base"``: the preset is the base and the table's other keys override it.
-The TOML file + command-line layer on top of this is ``pretrain.configfile``.
+The TOML file + command-line layer on top of this is ``runtime.configfile``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
 * :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
   so every rank stops together (one rank raising alone would hang the others in the next all-reduce).
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: weights, optimiser and RNG
-  states as safetensors + JSON (``pretrain.resume_state``: no pickle, so resuming a folder from elsewhere
+  states as safetensors + JSON (``runtime.resume_state``: no pickle, so resuming a folder from elsewhere
   cannot run code) plus ``train_state.json`` (step, data position, scheduler, the run's config), written
   last and atomically so a folder without it is an interrupted save (``--resume auto`` skips it, and one
   whose state file does not parse, with a warning).
@@ -39,8 +39,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration
 from torch import nn
 
-from pretrain.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
-from shards.atomic import atomic_write_bytes
+from runtime.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
+from runtime.atomic import atomic_write_bytes
 
 __all__ = [
     "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
