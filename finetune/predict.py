@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from finetune.contract import contract_of, notice, recording_conversions
 from finetune.model import TaskModel
-from shards.corpora import get_corpus
 from runtime.cli_errors import DEBUG_ENV, run_cli
+from shards.corpora import get_corpus
 from shards.dataset import collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import ReadError, read_raw

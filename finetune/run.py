@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from finetune.config import FinetuneConfig
 from finetune.train import finetune
+from runtime.cli_errors import run_cli
 from runtime.configfile import parse_cli
 from runtime.engine import NonFiniteLossError
-from runtime.cli_errors import run_cli
 
 PROG = "finetune/run.py"
 DESCRIPTION = (

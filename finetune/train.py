@@ -33,8 +33,6 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from finetune.config import FinetuneConfig
-from foundation.augment import augment
-from runtime.config_dict import given_keys
 from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
@@ -44,6 +42,9 @@ from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
 from finetune.splits import Split, published_split, split_windows
+from foundation.augment import augment
+from foundation.ssm import selective_scan_backend
+from runtime.config_dict import given_keys
 from runtime.configfile import to_dict
 from runtime.engine import (
     NonFiniteLossError,
@@ -350,7 +351,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     losses, weights = task_losses(config, tasks, splits, hyper, acc.device)
     fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
     out_dir = _out_dir(config, list(tasks), acc)
-    log_scan_backend(acc, model)
+    log_scan_backend(acc, selective_scan_backend, model)
 
     bad_epochs = 0
     bar = tqdm(range(hyper.epochs), desc="finetune", disable=not (acc.is_main_process and config.progress))

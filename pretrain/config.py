@@ -65,7 +65,7 @@ class ObjectiveConfig:
         "masked_token: LaBraM VQ codes with symmetric masking; masked_stft: SpecMoE Gaussian-masked STFT", "masked_stft"
     )
     tokenizer: str = option(
-        "masked_token: directory of a trained VQNSP (tokenizer/run.py output); 'auto' trains a small one first", ""
+        "masked_token: directory of a trained VQNSP (pretrain.train_tokenizer output); 'auto' trains a small one first", ""
     )
     mask_ratio: float = option("masked_token: fraction of (channel, patch) tokens masked", 0.5)
     symmetric: bool = option("masked_token: also train on the complement mask (LaBraM)", True)

@@ -31,11 +31,14 @@ from tqdm.auto import tqdm
 
 from foundation.contract import read_contract
 from foundation.model import EEGMamba
+from foundation.ssm import selective_scan_backend
 from pretrain.card import CARD_NAME, backbone_summary, export_card
 from pretrain.config import OptimConfig, TrainConfig
-from runtime.configfile import parse_cli, to_dict
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
+from pretrain.resume_settings import apply_overrides, check_resume_settings
+from runtime.cli_errors import run_cli
+from runtime.configfile import parse_cli, to_dict
 from runtime.engine import (
     NonFiniteLossError,
     SeenFlags,
@@ -56,8 +59,6 @@ from runtime.engine import (
     save_checkpoint,
     scheduler_state,
 )
-from pretrain.resume_settings import apply_overrides, check_resume_settings
-from runtime.cli_errors import run_cli
 from shards.sample import PATCH_SAMPLES, SFREQ
 
 __all__ = [
@@ -173,7 +174,7 @@ class Trainer:
             if self.hparams:  # after the resume check: it records the settings this run really uses
                 (self.out_dir / "run_config.json").write_text(json.dumps(self.hparams, indent=2))
         acc.init_trackers(self.run_name, config=_flat_scalars(self.hparams))
-        log_scan_backend(acc, self.objective)
+        log_scan_backend(acc, selective_scan_backend, self.objective)
         return model, optimizer, scheduler
 
     def _resume(self, path: Path, model, optimizer, scheduler, fresh_groups) -> None:
@@ -351,7 +352,7 @@ def write_export_card(result: TrainResult, objective: nn.Module, contract: Any, 
 
 def run_entry(prog: str, description: str, config_class: type, train: Callable[..., TrainResult],
               report: Callable[[Any, TrainResult], str], argv: list[str] | None = None) -> int:
-    """The command line of ``pretrain/run.py`` and ``tokenizer/run.py``: parse, train, print ``report`` (main process).
+    """The command line of ``pretrain/run.py`` and ``python -m pretrain.train_tokenizer``: parse, train, print ``report`` (main process).
 
     ``train(config, resume=..., accelerator=...)``. Exit 0 done; 2 a bad config, data, checkpoint or resume (one line
     naming it; ``--debug`` / ``EEGFM_DEBUG=1`` for the traceback); 3 the NaN/inf guard stopped the run.

@@ -1,6 +1,6 @@
 """Frozen dataclass configs read from TOML files and overridden on the command line.
 
-Every training entry point (``pretrain/run.py``, ``tokenizer/run.py`` -> ``pretrain.train_tokenizer``,
+Every training entry point (``pretrain/run.py``, ``python -m pretrain.train_tokenizer``,
 ``finetune/run.py``) takes its settings the same way, with precedence **CLI > file > dataclass defaults**::
 
     accelerate launch pretrain/run.py --config pretrain/configs/base.toml --optim.lr 3e-4
@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from runtime.config_dict import ConfigError, _field_types, _nested_dataclass, from_dict, has_preset, to_dict
+from runtime.config_dict import ConfigError, field_types, nested_dataclass, from_dict, has_preset, to_dict
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load_toml", "apply_overrides", "parse_cli", "option"]
 
@@ -99,7 +99,7 @@ def _describe(cls: type, prefix: str = "", base: Any = None) -> list[str]:
     base = base if base is not None else cls()
     for f in dataclasses.fields(cls):
         value = getattr(base, f.name)
-        nested = _nested_dataclass(f.type if not isinstance(f.type, str) else _field_types(cls)[f.name])
+        nested = nested_dataclass(f.type if not isinstance(f.type, str) else field_types(cls)[f.name])
         if nested is not None and value is not None:
             if has_preset(nested):
                 lines.append(f"  --{prefix}{f.name}.size NAME  preset of {nested.__name__}.from_size; the keys below override it")

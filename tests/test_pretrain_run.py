@@ -69,7 +69,7 @@ def test_missing_shard_path_is_named(tmp_path, capsys):
 def test_masked_token_without_tokenizer_says_what_to_do(tmp_path, capsys):
     assert main(["--objective.name", "masked_token", "--train.out_dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "tokenizer/run.py" in err and "--objective.tokenizer auto" in err
+    assert "pretrain.train_tokenizer" in err and "--objective.tokenizer auto" in err
     assert not (tmp_path / "run").exists()  # failed before simulating or reading anything
 
 
