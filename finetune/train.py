@@ -56,7 +56,7 @@ from runtime.engine import (
     make_scheduler,
 )
 from shards.dataset import load_windows
-from shards.sample import SFREQ
+from runtime.signal import SFREQ
 
 __all__ = ["finetune", "evaluate", "shard_split"]
 

@@ -39,8 +39,8 @@ from torch import nn
 
 from foundation.augment import AugmentConfig, augment
 from foundation.model import EEGMamba, EEGMambaConfig
-from shards.sample import PATCH_SAMPLES
 from foundation.tasks import task_ids as task_ids_of
+from runtime.signal import PATCH_SAMPLES
 from tokenizer.spectral import MaskConfig, STFTConfig, corrupt, masked_spectral_loss, to_patches
 
 

@@ -40,7 +40,7 @@ from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
 from runtime.configfile import ConfigError, to_dict
-from shards.sample import SFREQ
+from runtime.signal import SFREQ
 
 PROG = "pretrain/run.py"
 MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "

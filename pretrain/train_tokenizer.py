@@ -32,7 +32,7 @@ from pretrain.data import crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
-from shards.sample import SFREQ
+from runtime.signal import SFREQ
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
 PROG = "python -m pretrain.train_tokenizer"

@@ -59,7 +59,7 @@ from runtime.engine import (
     save_checkpoint,
     scheduler_state,
 )
-from shards.sample import PATCH_SAMPLES, SFREQ
+from runtime.signal import PATCH_SAMPLES, SFREQ
 
 __all__ = [
     "Trainer", "TrainResult", "NonFiniteLossError", "fit_and_export", "accelerator_for", "latest_checkpoint", "run_entry",

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import mne
 import numpy as np
 
+from runtime.signal import SFREQ, UNIT_SCALE, UNIT_UV
 from shards.filters import fft_filter_resample, resample, resample_mask, zero_phase_filter
-from shards.sample import SFREQ, UNIT_SCALE, Window
 from shards.positions import ABC_MONTAGES, place_unnamed
+from shards.sample import Window
 from shards.vocabulary import CHANNELS, classify_channels
 
 __all__ = [
@@ -245,7 +246,7 @@ def preprocess_raw(
         del volts
 
     if config.flat_uv is not None:
-        ptp = np.ptp(data, axis=1) * 100.0  # µV
+        ptp = np.ptp(data, axis=1) * UNIT_UV  # µV
         flat = ptp < config.flat_uv
         if flat.any():
             for i in np.flatnonzero(flat):
@@ -319,8 +320,8 @@ def cut_windows(
     n_total = data.shape[1]
     n = config.window_samples
     stride = config.stride_samples
-    flat_thr = None if config.flat_uv is None else config.flat_uv / 100.0
-    amp_thr = None if config.max_abs_uv is None else config.max_abs_uv / 100.0
+    flat_thr = None if config.flat_uv is None else config.flat_uv / UNIT_UV
+    amp_thr = None if config.max_abs_uv is None else config.max_abs_uv / UNIT_UV
     if segments is None:
         segments = [Segment(0.0, n_total / signal.sfreq)]
     windows: list[Window] = []
