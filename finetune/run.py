@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    config, _ = parse_cli(FinetuneConfig, argv, prog=PROG, description=DESCRIPTION, extra_flags=("debug",))
+    config, _ = parse_cli(FinetuneConfig, argv, prog=PROG, description=DESCRIPTION,
+                          extra_flags={"debug": "show the traceback of an error (or set EEGFM_DEBUG=1)"})
     result = finetune(config)
     from accelerate import PartialState
 

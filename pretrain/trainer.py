@@ -65,6 +65,11 @@ __all__ = [
     "Trainer", "TrainResult", "NonFiniteLossError", "fit_and_export", "accelerator_for", "latest_checkpoint", "run_entry",
 ]
 
+# The options of a training run that are not config keys.
+RUN_FLAGS = {
+    "resume": "auto: continue from the newest complete checkpoint of train.out_dir; DIR: from that checkpoint folder",
+    "debug": "show the traceback of an error (or set EEGFM_DEBUG=1)",
+}
 ADVICE = ("lower optim.lr or raise optim.warmup_steps (or check the shards for extreme values), then continue from the "
           "last good checkpoint with --resume auto --train.resume_override optim.lr,optim.warmup_steps")
 
@@ -360,7 +365,7 @@ def run_entry(prog: str, description: str, config_class: type, train: Callable[.
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=("resume", "debug"))
+        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=RUN_FLAGS)
         acc = accelerator_for(config.optim, config.train)
         try:
             result = train(config, resume=extras.get("resume"), accelerator=acc)

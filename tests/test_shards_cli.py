@@ -31,7 +31,7 @@ def test_help_and_list(capsys):
         out = capsys.readouterr().out
         assert e.value.code == 0 and "usage: python -m shards " + sub in out
         if sub == "build":
-            assert "--part I/N" in out and "--max-abs-uv" in out
+            assert "--part I/N" in out and "--max_abs_uv" in out
     listed = shards("list").stdout
     for name in ("synth", "bonn", "recordings", "eegmmidb"):
         assert name in listed
