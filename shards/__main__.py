@@ -54,7 +54,7 @@ def _optional_float(text: str) -> float | None:
 _PREPROCESS_OPTIONS = ("sfreq", "l_freq", "h_freq", "window_s", "stride_s", "notch", "max_abs_uv", "montage")
 
 
-def _parser() -> argparse.ArgumentParser:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shards", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
@@ -252,7 +252,7 @@ def cmd_synth(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = _parser()
+    parser = make_parser()
     args = parser.parse_args(canonical_spelling(sys.argv[1:] if argv is None else argv, argparse_options(parser),
                                                 prog=parser.prog))
     from shards.readers import ReadError

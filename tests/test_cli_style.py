@@ -43,7 +43,7 @@ def test_every_entry_point_spells_options_with_underscores_and_groups_its_help(c
 def test_the_dashed_spelling_is_read_with_one_notice(capsys):
     from finetune.config import FinetuneConfig
     from runtime.configfile import parse_cli
-    from shards.__main__ import _parser
+    from shards.__main__ import make_parser
 
     config, _ = parse_cli(FinetuneConfig, ["--window-s", "3", "--max-windows=5", "--recipe", "sleep"], prog="finetune/run.py")
     assert (config.window_s, config.max_windows, config.recipe) == (3.0, 5, "sleep")
@@ -51,7 +51,7 @@ def test_the_dashed_spelling_is_read_with_one_notice(capsys):
     assert err == ["finetune/run.py: note: options are spelled with underscores; read --window-s as --window_s, "
                    "--max-windows as --max_windows"]
 
-    parser = _parser()
+    parser = make_parser()
     argv = ["build", "bonn", "--root", "r", "--out", "o", "--max-abs-uv", "none", "--window_s", "5", "--", "--not-an-option"]
     fixed = canonical_spelling(argv, argparse_options(parser), prog="python -m shards")
     assert fixed == ["build", "bonn", "--root", "r", "--out", "o", "--max_abs_uv", "none", "--window_s", "5", "--",

@@ -95,7 +95,7 @@ def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path)
     assert lines[0].startswith("onset_s,label,label_name,probability") and len(lines) == 25
     # 8-s windows on request (a shift the model was not trained for): 12 rows
     assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv),
-                         "--window-s", "8"]) == 0
+                         "--window_s", "8"]) == 0
     assert len(out_csv.read_text().splitlines()) == 1 + 12
 
 
