@@ -54,7 +54,7 @@ Every number in the written table comes from this script.
 Modules: ``tasks.py`` (tasks, shard sets, budgets), ``protocol.py`` (test pools, pretraining shards),
 ``stages.py`` (shards, pretraining, finetune runs), ``baselines.py`` (band power + LR, EEGNet), ``bootstrap.py``
 (intervals over test groups), ``estimate.py`` (run time), ``ablations.py`` (``--ablation``), ``published.py``
-(EEGMAT papers' table), ``report.py`` / ``report_protocol.py`` (tables, aims, README block),
+(EEGMAT papers' table), ``report.py`` / ``report_protocol.py`` / ``report_render.py`` (tables, aims, README block),
 ``report_ablations.py`` (``--ablation-table``: ablations vs the main run); this file orchestrates them and
 holds the CLI.
 """
@@ -83,9 +83,10 @@ from benchmarks.estimate import estimate_seconds, format_estimate
 from benchmarks.protocol import build_pretrain_shards, choose_pool
 from benchmarks.published import published_comparison
 from benchmarks.report import (
-    BAND, MULTI, PROBE, RANDOM_PROBE, RELEASE, SCRATCH, README_BEGIN, README_END, aggregate, log, pretrained_name, render,
-    update_readme, write_results,
+    BAND, MULTI, PROBE, RANDOM_PROBE, RELEASE, SCRATCH, README_BEGIN, README_END, aggregate, log, pretrained_name,
+    update_readme,
 )
+from benchmarks.report_render import render, write_results
 from benchmarks.stages import (
     build_shards, finetune_config, machine, pretrain_backbone, run_eegmamba, task_split, train_vq_tokenizer,
 )

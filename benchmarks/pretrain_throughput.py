@@ -30,7 +30,7 @@ from pretrain.config import DataConfig, DemoConfig
 from pretrain.data import batch_tokens, corpus_specs, make_batch_stream, resolve_corpora, to_device
 from pretrain.demo import build_demo_shards
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, build_backbone
-from pretrain.engine import param_groups
+from runtime.engine import param_groups
 
 
 def loader_rate(spec: str, batch_size: int, crop_s: float, n_batches: int, num_workers: int) -> float:

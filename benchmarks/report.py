@@ -1,10 +1,9 @@
-"""The report of ``benchmarks/downstream.py``: aggregation over seeds, the Markdown tables and aims, paired
-differences, results.md / results.json and the README results block. ``render`` is a pure function of the
-results.json payload, so ``--render`` reproduces a report byte for byte."""
+"""The tables of ``benchmarks/downstream.py``'s report: aggregation over seeds, the Markdown tables and aims,
+paired differences, the layout of runs without the leak-free protocol and the README results block.
+``benchmarks.report_render`` picks the layout of a payload and writes results.md / results.json."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -114,18 +113,6 @@ def paired_differences(runs: Sequence[Mapping[str, Any]], method: str, reference
     return out
 
 
-def render(payload: Mapping[str, Any]) -> str:
-    """The Markdown report of one benchmark run (a pure function of its results.json payload).
-
-    Payloads written before the leak-free protocol (no ``protocol`` key) render as they always did.
-    """
-    if "protocol" in payload:
-        from benchmarks.report_protocol import render_protocol
-
-        return render_protocol(payload)
-    return render_legacy(payload)
-
-
 @dataclass(frozen=True)
 class Facts:
     """What every report reads off a results.json payload."""
@@ -233,31 +220,3 @@ def write_block(readme: Path, report: str, begin: str, end: str, *, demote: str)
     head, rest = text.split(begin)
     _, tail = rest.split(end)
     readme.write_text(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
-
-
-def write_results(payload: Mapping[str, Any], folder: Path) -> None:
-    # results.json first: a rendering bug must never cost the half hour of training behind it
-    # (``--render`` rebuilds results.md from the JSON alone).
-    folder.mkdir(parents=True, exist_ok=True)
-    # "table" (the aggregate) is what pretrain.release's model card reads.
-    payload = {**payload, "table": aggregate(payload["runs"])}
-    (folder / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
-    text = render(payload)
-    print(text)
-    (folder / "results.md").write_text(text)
-    log(f"wrote {folder / 'results.md'} and results.json")
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return _json_safe(x.item())
-    if isinstance(x, Path):
-        return str(x)
-    return x
-

@@ -84,7 +84,7 @@ def _fresh(folder: Path) -> None:
 
 def train_vq_tokenizer(folders, out: Path, budget: Budget, seed: int, ablation=None) -> tuple[Path, bool]:
     """Train the VQ-NSP tokenizer on all windows; returns (``model`` folder, reused?)."""
-    from pretrain.configfile import to_dict
+    from runtime.configfile import to_dict
     from pretrain.config import OptimConfig, TrainConfig
     from pretrain.train_tokenizer import TokenizerRunConfig, train_tokenizer
     from tokenizer.vqnsp import VQNSPConfig
@@ -114,7 +114,7 @@ def pretrain_backbone(name: str, objective, folders, out: Path, budget: Budget, 
     """Pretrain a tiny EEGMamba with ``objective`` (an ObjectiveConfig); returns (model folder, reused?, losses)."""
     from foundation.model import EEGMambaConfig
     from pretrain.config import OptimConfig, PretrainConfig, TrainConfig
-    from pretrain.configfile import to_dict
+    from runtime.configfile import to_dict
     from pretrain.run import run
 
     folder = out / "pretrain" / name

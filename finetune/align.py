@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shards.sample import UNIT_UV, Window
+from runtime.signal import UNIT_UV
+from shards.sample import Window
 
 __all__ = ["ALIGNMENTS", "ALIGNED_RMS_UV", "alignment_matrix", "align_groups", "align_array"]
 

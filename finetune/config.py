@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import from_dict, option
+from runtime.configfile import from_dict, option
 
 __all__ = ["FinetuneConfig", "TaskSpec", "HYPER_FIELDS"]
 
@@ -50,6 +50,12 @@ HYPER_FIELDS = (
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Everything ``finetune/run.py`` needs; see ``--help`` for each key."""
+
+    # --help groups: first field of a group -> its title.
+    HELP_GROUPS: ClassVar[dict[str, str]] = {
+        "recipe": "task, checkpoint and output", "model": "model", "extra_tasks": "data and split",
+        "lr": "optimisation (None = the recipe's default)", "seed": "machinery",
+    }
 
     recipe: str = option("recipe name, or several separated by commas for multi-task finetuning", "")
     checkpoint: str | None = option("pretrained EEGMamba: folder, shipped name (eegmamba-tiny-open) or Hub org/name[@rev]; none = from scratch", "")

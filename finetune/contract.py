@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from foundation.contract import ContractError, InputContract, read_contract
+from runtime.signal import SFREQ
 from shards.dataset import Window
 from shards.filters import resample
-from shards.sample import SFREQ
 from shards.vocabulary import CHANNELS, canonical_name
 
 __all__ = [

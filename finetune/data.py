@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from finetune.recipes.base import Recipe
+from runtime.signal import SFREQ
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
-from shards.sample import SFREQ, Window
+from shards.sample import Window
 
 __all__ = ["TaskData", "TaskBatches", "load_task_data", "batch_tensors", "class_weights"]
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from foundation.readout import align_channels, channel_means
-from pretrain.engine import param_groups as engine_param_groups
+from runtime.engine import param_groups as engine_param_groups
 
 __all__ = ["ClassificationHead", "layer_id", "param_groups", "set_mode", "POOLS", "NORMS", "MODES"]
 
@@ -148,7 +148,7 @@ def param_groups(
 ) -> list[dict]:
     """AdamW parameter groups with layer-wise LR decay over trainable parameters.
 
-    The engine's groups (``pretrain.engine.param_groups``: no decay on vectors, embedding tables and
+    The engine's groups (``runtime.engine.param_groups``: no decay on vectors, embedding tables and
     ``_no_weight_decay`` tags), one per (LR scale, decay); each carries ``lr`` (already scaled),
     ``weight_decay``, ``lr_scale`` and ``names``; the scheduler multiplies ``lr`` by its factor.
 

@@ -184,7 +184,7 @@ def read_finetuned_config(folder: Path) -> dict[str, Any]:
 
 
 def _backbone_config(data: Mapping[str, Any], where: Path) -> EEGMambaConfig:
-    from foundation.config_dict import ConfigError
+    from runtime.config_dict import ConfigError
 
     try:
         return config_from_checkpoint(EEGMambaConfig, dict(data))

@@ -47,8 +47,9 @@ from finetune.align import align_array
 from finetune.contract import contract_of, notice, recording_conversions
 from finetune.metrics import predict_labels
 from finetune.model import TaskModel
+from runtime.cli_errors import DEBUG_ENV, run_cli
+from runtime.cli_spelling import argparse_options, canonical_spelling
 from shards.corpora import get_corpus
-from shards.cli_errors import DEBUG_ENV, run_cli
 from shards.dataset import collate
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import ReadError, read_raw
@@ -284,19 +285,23 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="finetuned model folder ({out}/model of finetune/run.py)")
     parser.add_argument("file", help="raw recording (EDF/BDF/FIF/SET/VHDR/GDF/CNT/text)")
-    parser.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
-    parser.add_argument("--task", help="head to use in a multi-task model (default: the first)")
-    parser.add_argument("--stride-s", type=float, default=None, help="hop between windows in seconds (default: window length)")
-    parser.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
-    parser.add_argument("--window-s", type=float, default=None,
-                        help="window length in whole seconds (default: the trained length; others are a shift the "
-                             "model was not trained for)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
-    args = parser.parse_args(argv)
+    io = parser.add_argument_group("model and output")
+    io.add_argument("--model", required=True, help="finetuned model folder ({out}/model of finetune/run.py)")
+    io.add_argument("--task", help="head to use in a multi-task model (default: the first)")
+    io.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
+    windows = parser.add_argument_group("windows")
+    windows.add_argument("--window_s", type=float, default=None,
+                         help="window length in whole seconds (default: the trained length; others are a shift the "
+                              "model was not trained for)")
+    windows.add_argument("--stride_s", type=float, default=None, help="hop between windows in seconds (default: window length)")
+    windows.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
+    machine = parser.add_argument_group("machinery")
+    machine.add_argument("--batch_size", type=int, default=64, help="windows per forward pass")
+    machine.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    machine.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
+    args = parser.parse_args(canonical_spelling(sys.argv[1:] if argv is None else argv, argparse_options(parser),
+                                                prog=parser.prog))
     return run_cli(parser.prog, lambda: _label(args), debug=args.debug, errors=(ReadError,))
 
 

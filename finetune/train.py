@@ -1,4 +1,4 @@
-"""The finetuning loop on ``pretrain.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
+"""The finetuning loop on ``runtime.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
 
 ``finetune(config)`` runs one (single- or multi-task) finetuning and returns its results; it is what
 ``finetune/run.py`` calls under ``accelerate launch``. Before the first step each head is fitted as a
@@ -41,12 +41,10 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
+from finetune.align import align_groups
 from finetune.config import FinetuneConfig
-from foundation.augment import augment
-from foundation.config_dict import given_keys
 from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
-from finetune.align import align_groups
 from finetune.heads import param_groups
 from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
 from finetune.model import TaskModel, load_backbone
@@ -55,8 +53,11 @@ from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
 from finetune.splits import Split, choose_group_key, group_names, published_split, split_windows
-from pretrain.configfile import to_dict
-from pretrain.engine import (
+from foundation.augment import augment
+from foundation.ssm import selective_scan_backend
+from runtime.config_dict import given_keys
+from runtime.configfile import to_dict
+from runtime.engine import (
     NonFiniteLossError,
     check_finite,
     check_model,
@@ -65,8 +66,8 @@ from pretrain.engine import (
     make_accelerator,
     make_scheduler,
 )
+from runtime.signal import SFREQ
 from shards.dataset import load_windows
-from shards.sample import SFREQ
 from shards.vocabulary import channel_id
 
 __all__ = ["finetune", "evaluate", "shard_split"]
@@ -167,7 +168,7 @@ def make_split(config: FinetuneConfig, data: TaskData) -> Split:
 def backbone_overrides(config: FinetuneConfig, checkpoint: str | None) -> dict[str, Any]:
     """The ``[model]`` fields ``load_backbone`` builds (from scratch) or holds the checkpoint to (with one).
 
-    With a checkpoint only the fields the user set count (``foundation.config_dict.given_keys``; every
+    With a checkpoint only the fields the user set count (``runtime.config_dict.given_keys``; every
     field after ``size = ...``), not the tiny preset a one-key table was filled in from. ``drop_path`` is
     the recipe's business (``Hyper.drop_path``).
     """
@@ -462,7 +463,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     probes = start_heads(model, config, tasks, splits, hyper, torch.device("cpu")) if acc.is_main_process else {}
     fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
     out_dir = _out_dir(config, list(tasks), acc)
-    log_scan_backend(acc, model)
+    log_scan_backend(acc, selective_scan_backend, model)
 
     bad_epochs = 0
     epochs = hyper.epochs if config.mode == "finetune" else 0

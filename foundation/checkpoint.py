@@ -28,7 +28,7 @@ import safetensors.torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from foundation.config_dict import ConfigError, from_dict
+from runtime.config_dict import ConfigError, from_dict
 
 __all__ = [
     "CONFIG_NAME",

@@ -8,7 +8,7 @@ silently on the wrong rate, units or montage; with it, ``finetune/contract.py`` 
 convert (resampling, unit rescaling, channel-name mapping) and refuses what it cannot, naming the mismatch.
 
 This module only describes and stores the contract (no shard or recording code: ``foundation`` imports
-none of the suite's other packages). ``pretrain`` writes it at export; ``finetune`` compares against it.
+nothing of the suite but ``runtime``, whose ``runtime.signal`` holds the rate, patch length and units). ``pretrain`` writes it at export; ``finetune`` compares against it.
 
 Example::
 
@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.signal import PATCH_SAMPLES, SFREQ, UNITS
+
 __all__ = ["CONTRACT_NAME", "FORMAT", "UNITS", "ContractError", "InputContract", "read_contract"]
 
 CONTRACT_NAME = "contract.json"
 FORMAT = "eegfm-contract/1"
-# The one unit convention of the suite (LaBraM's): values are microvolts divided by 100.
-UNITS = "100uV"
 
 
 class ContractError(ValueError):
@@ -53,12 +53,12 @@ class InputContract:
         corpora: per corpus ``{"name", "hours", "shards", "preprocess"}`` as recorded from its manifest.
     """
 
-    sfreq: float = 200.0
+    sfreq: float = SFREQ
     units: str = UNITS
     l_freq: float | None = None
     h_freq: float | None = None
     notch: float | None = None
-    patch_samples: int = 200
+    patch_samples: int = PATCH_SAMPLES
     window_s: float | None = None
     vocabulary_size: int = 0
     channels: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ from foundation.checkpoint import CheckpointError, LoadReport, StrictHubMixin, l
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 from foundation.moe import TaskMoE
 from foundation.ssm import SCAN_BACKENDS
+from runtime.signal import PATCH_SAMPLES
 
 __all__ = [
     "EEGMambaConfig",
@@ -90,7 +91,7 @@ class EEGMambaConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    patch_size: int = 200
+    patch_size: int = PATCH_SAMPLES
     max_patches: int = 64
     n_channel_ids: int = 512
     adapter: Literal["channel_patch", "st_adaptive"] = "channel_patch"

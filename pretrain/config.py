@@ -1,7 +1,7 @@
 """Settings of a pretraining (or tokenizer-training) run: frozen dataclasses read from TOML.
 
 ``PretrainConfig`` is what ``pretrain/run.py`` parses (``--config FILE`` + ``--a.b value``
-overrides, unknown keys are errors; ``pretrain.configfile``); ``pretrain.train_tokenizer`` reuses the same
+overrides, unknown keys are errors; ``runtime.configfile``); ``pretrain.train_tokenizer`` reuses the same
 data / optimiser / trainer sections. ``[model]`` is the model's own config class
 (``foundation.EEGMambaConfig``), not a mirror of it: ``size`` picks a preset, other keys override fields.
 The defaults ARE the embedded demo: no shards given
@@ -15,7 +15,7 @@ from typing import Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import option
+from runtime.configfile import option
 from tokenizer.spectral import MaskConfig, STFTConfig
 
 
@@ -65,7 +65,7 @@ class ObjectiveConfig:
         "masked_token: LaBraM VQ codes with symmetric masking; masked_stft: SpecMoE Gaussian-masked STFT", "masked_stft"
     )
     tokenizer: str = option(
-        "masked_token: directory of a trained VQNSP (tokenizer/run.py output); 'auto' trains a small one first", ""
+        "masked_token: directory of a trained VQNSP (pretrain.train_tokenizer output); 'auto' trains a small one first", ""
     )
     mask_ratio: float = option("masked_token: fraction of (channel, patch) tokens masked", 0.5)
     symmetric: bool = option("masked_token: also train on the complement mask (LaBraM)", True)

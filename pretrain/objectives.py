@@ -14,7 +14,7 @@ expert_load=[n_layers, n_experts])``; ``export(dir)`` writes what downstream cod
   time / frequency / time-frequency regions from each channel's STFT and returns the corrupted signal
   to the time domain; the backbone sees that signal and a linear head predicts, from each token, the
   clean log-magnitude STFT frames of its patch ``[b c p (k f)]``; the loss counts masked energy only.
-* :class:`TokenizerObjective`: trains a VQ-NSP tokenizer itself (``tokenizer/run.py``).
+* :class:`TokenizerObjective`: trains a VQ-NSP tokenizer itself (``python -m pretrain.train_tokenizer``).
 
 Padded channels (``channel_mask`` False) are never masked and never count in a loss. The MoE
 auxiliary loss of the backbone (already weighted by its ``balance_coef`` / ``z_coef``) is added with
@@ -39,8 +39,8 @@ from torch import nn
 
 from foundation.augment import AugmentConfig, augment
 from foundation.model import EEGMamba, EEGMambaConfig
-from shards.sample import PATCH_SAMPLES
 from foundation.tasks import task_ids as task_ids_of
+from runtime.signal import PATCH_SAMPLES
 from tokenizer.spectral import (
     BAND_POWER_HZ, MaskConfig, STFTConfig, band_log_power, corrupt, demean_target, masked_spectral_loss, to_patches,
 )
@@ -147,14 +147,14 @@ class MaskedTokenObjective(_BackboneObjective):
 
     @classmethod
     def from_tokenizer_dir(cls, backbone: EEGMamba, tokenizer_dir: str | Path, **kwargs: Any) -> "MaskedTokenObjective":
-        """Load the frozen tokenizer from a ``VQNSP.save_pretrained`` folder (``tokenizer/run.py`` output)."""
+        """Load the frozen tokenizer from a ``VQNSP.save_pretrained`` folder (``pretrain.train_tokenizer`` output)."""
         from tokenizer.vqnsp import VQNSP
 
         path = Path(tokenizer_dir)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"objective.tokenizer = {str(path)!r} is not a trained tokenizer folder (no config.json). "
-                "Train one first: accelerate launch tokenizer/run.py --data.shards YOUR_SHARDS, then pass "
+                "Train one first: accelerate launch -m pretrain.train_tokenizer --data.shards YOUR_SHARDS, then pass "
                 "--objective.tokenizer RUN_DIR/model (or use --objective.tokenizer auto)"
             )
         return cls(backbone, VQNSP.from_pretrained(str(path)), **kwargs)

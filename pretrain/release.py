@@ -122,26 +122,8 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
     config = EEGMamba.read_config(model_dir)
     n_params = EEGMamba(config).num_parameters()
     sets = [datasets[c["name"]] for c in contract.corpora]
-    ids = [d.get("hub_id") or d["title"] for d in sets]
-    optim = (pretraining or {}).get("config", {}).get("optim", {})
-    data_rows = "\n".join(
-        f"| {c['name']} | [{d['title']}]({d.get('url', '')}) | {d['license']} | "
-        f"{fmt(c.get('hours'))} | {c.get('shards', '')} | {filters(c.get('preprocess'))} | {d.get('why', '')} |"
-        for c, d in zip(contract.corpora, sets)
-    )
-    left_out = "\n".join(f"- {name}: {why}" for name, why in (excluded or {}).items())
-    citations = "\n".join(f"- {d['title']}: {d['citation']}" for d in sets if d.get("citation"))
     sections = [
-        "---",
-        f"license: {license}",
-        "library_name: eegfm",
-        "pipeline_tag: feature-extraction",
-        "tags:",
-        yaml_list(["eeg", "mamba", "mixture-of-experts", "foundation-model", "self-supervised", contract.objective]),
-        "datasets:",
-        yaml_list(ids),
-        "---",
-        "",
+        *_card_front_matter(license, contract, [d.get("hub_id") or d["title"] for d in sets]),
         f"# {name}",
         "",
         f"{backbone_summary(config, n_params)} pretrained self-supervised with the `{contract.objective}` "
@@ -155,6 +137,44 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "`finetune/run.py` and `python -m finetune.predict` check inputs against it: other sampling rates, units "
         "(V/mV) and channel spellings are converted with a notice; a montage with none of these channels is refused.",
         "",
+        *_card_training_data(contract, sets, excluded),
+        *_card_pretraining(contract, pretraining, reproduce),
+        "## Downstream results",
+        "",
+        (f"From `benchmarks/downstream.py` (`{' '.join(downstream.get('command', []))}`, finished "
+         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream, name)}"
+         if downstream else "Not evaluated for this release (pass `--downstream results.json`)."),
+        "",
+        *_card_use(name, contract),
+    ]
+    return "\n".join(sections)
+
+
+def _card_front_matter(license: str, contract: InputContract, dataset_ids: list[str]) -> list[str]:
+    return [
+        "---",
+        f"license: {license}",
+        "library_name: eegfm",
+        "pipeline_tag: feature-extraction",
+        "tags:",
+        yaml_list(["eeg", "mamba", "mixture-of-experts", "foundation-model", "self-supervised", contract.objective]),
+        "datasets:",
+        yaml_list(dataset_ids),
+        "---",
+        "",
+    ]
+
+
+def _card_training_data(contract: InputContract, sets: list[Mapping[str, Any]],
+                        excluded: Mapping[str, str] | None) -> list[str]:
+    data_rows = "\n".join(
+        f"| {c['name']} | [{d['title']}]({d.get('url', '')}) | {d['license']} | "
+        f"{fmt(c.get('hours'))} | {c.get('shards', '')} | {filters(c.get('preprocess'))} | {d.get('why', '')} |"
+        for c, d in zip(contract.corpora, sets)
+    )
+    left_out = "\n".join(f"- {name}: {why}" for name, why in (excluded or {}).items())
+    citations = "\n".join(f"- {d['title']}: {d['citation']}" for d in sets if d.get("citation"))
+    return [
         "## Training data and licences",
         "",
         "| corpus | data set | licence | hours | shards | filters | why included |",
@@ -163,6 +183,12 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "",
         *(["Left out:", "", left_out, ""] if left_out else []),
         *(["Cite:", "", citations, ""] if citations else []),
+    ]
+
+
+def _card_pretraining(contract: InputContract, pretraining: Mapping[str, Any] | None, reproduce: str) -> list[str]:
+    optim = (pretraining or {}).get("config", {}).get("optim", {})
+    return [
         "## Pretraining",
         "",
         f"- objective: `{contract.objective}`; steps: {contract.steps}; data: {contract.data_hours:g} h in "
@@ -172,12 +198,11 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
           if optim else []),
         *([f"- reproduce: `{reproduce}`"] if reproduce else []),
         "",
-        "## Downstream results",
-        "",
-        (f"From `benchmarks/downstream.py` (`{' '.join(downstream.get('command', []))}`, finished "
-         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream, name)}"
-         if downstream else "Not evaluated for this release (pass `--downstream results.json`)."),
-        "",
+    ]
+
+
+def _card_use(name: str, contract: InputContract) -> list[str]:
+    return [
         "## Intended use and limits",
         "",
         "- Intended: a starting point for finetuning EEG classifiers (seizure, sleep, emotion / workload, motor "
@@ -202,7 +227,6 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         f"Files: `{WEIGHTS_NAME}`, `{CONFIG_NAME}`, `{CONTRACT_NAME}`, this card; `sha256sum -c {SUMS_NAME}` checks them.",
         "",
     ]
-    return "\n".join(sections)
 
 
 def _sha256(path: Path) -> str:

@@ -35,16 +35,16 @@ from accelerate.utils import set_seed
 
 from foundation.model import EEGMamba
 from pretrain.config import PretrainConfig
-from pretrain.configfile import ConfigError, to_dict
 from pretrain.data import Corpus, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
-from shards.sample import SFREQ
+from runtime.configfile import ConfigError, to_dict
+from runtime.signal import SFREQ
 
 PROG = "pretrain/run.py"
 MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
-            "`accelerate launch tokenizer/run.py --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
+            "`accelerate launch -m pretrain.train_tokenizer --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
             "--objective.tokenizer runs/tokenizer/model, or pass --objective.tokenizer auto to train a small one "
             "first, or use --objective.name masked_stft (needs no tokenizer)")
 

@@ -1,4 +1,4 @@
-"""The streaming training loop of backbone pretraining and tokenizer training, on ``pretrain.engine``.
+"""The streaming training loop of backbone pretraining and tokenizer training, on ``runtime.engine``.
 
 One :class:`Trainer` drives any :class:`pretrain.objectives.Objective` (an ``nn.Module`` whose
 ``forward(batch)`` returns ``dict(loss=scalar tensor, <name>=scalar logs, expert_load=[layers, experts])``
@@ -33,12 +33,16 @@ from tqdm.auto import tqdm
 from foundation.checkpoint import WEIGHTS_NAME
 from foundation.contract import read_contract
 from foundation.model import EEGMamba
+from foundation.ssm import selective_scan_backend
 from pretrain.card import CARD_NAME, backbone_summary, export_card
 from pretrain.config import OptimConfig, ProbeConfig, TrainConfig
-from pretrain.configfile import parse_cli, to_dict
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
-from pretrain.engine import (
+from pretrain.probe import BEST_DIR, check_probe_leak, load_probe_sets, probe_backbone, read_best, write_best
+from pretrain.resume_settings import apply_overrides, check_resume_settings
+from runtime.cli_errors import run_cli
+from runtime.configfile import parse_cli, to_dict
+from runtime.engine import (
     NonFiniteLossError,
     SeenFlags,
     Throughput,
@@ -58,15 +62,17 @@ from pretrain.engine import (
     save_checkpoint,
     scheduler_state,
 )
-from pretrain.probe import BEST_DIR, check_probe_leak, load_probe_sets, probe_backbone, read_best, write_best
-from pretrain.resume_settings import apply_overrides, check_resume_settings
-from shards.cli_errors import run_cli
-from shards.sample import PATCH_SAMPLES, SFREQ
+from runtime.signal import PATCH_SAMPLES, SFREQ
 
 __all__ = [
     "Trainer", "TrainResult", "NonFiniteLossError", "fit_and_export", "accelerator_for", "latest_checkpoint", "run_entry",
 ]
 
+# The options of a training run that are not config keys.
+RUN_FLAGS = {
+    "resume": "auto: continue from the newest complete checkpoint of train.out_dir; DIR: from that checkpoint folder",
+    "debug": "show the traceback of an error (or set EEGFM_DEBUG=1)",
+}
 ADVICE = ("lower optim.lr or raise optim.warmup_steps (or check the shards for extreme values), then continue from the "
           "last good checkpoint with --resume auto --train.resume_override optim.lr,optim.warmup_steps")
 
@@ -184,7 +190,7 @@ class Trainer:
             if self.hparams:  # after the resume check: it records the settings this run really uses
                 (self.out_dir / "run_config.json").write_text(json.dumps(self.hparams, indent=2))
         acc.init_trackers(self.run_name, config=_flat_scalars(self.hparams))
-        log_scan_backend(acc, self.objective)
+        log_scan_backend(acc, selective_scan_backend, self.objective)
         return model, optimizer, scheduler
 
     def _resume(self, path: Path, model, optimizer, scheduler, fresh_groups) -> None:
@@ -394,7 +400,7 @@ def write_export_card(result: TrainResult, objective: nn.Module, contract: Any, 
 
 def run_entry(prog: str, description: str, config_class: type, train: Callable[..., TrainResult],
               report: Callable[[Any, TrainResult], str], argv: list[str] | None = None) -> int:
-    """The command line of ``pretrain/run.py`` and ``tokenizer/run.py``: parse, train, print ``report`` (main process).
+    """The command line of ``pretrain/run.py`` and ``python -m pretrain.train_tokenizer``: parse, train, print ``report`` (main process).
 
     ``train(config, resume=..., accelerator=...)``. Exit 0 done; 2 a bad config, data, checkpoint or resume (one line
     naming it; ``--debug`` / ``EEGFM_DEBUG=1`` for the traceback); 3 the NaN/inf guard stopped the run.
@@ -402,7 +408,7 @@ def run_entry(prog: str, description: str, config_class: type, train: Callable[.
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=("resume", "debug"))
+        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=RUN_FLAGS)
         acc = accelerator_for(config.optim, config.train)
         try:
             result = train(config, resume=extras.get("resume"), accelerator=acc)

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import mne
 import numpy as np
 
+from runtime.signal import SFREQ, UNIT_SCALE, UNIT_UV
 from shards.filters import fft_filter_resample, resample, resample_mask, zero_phase_filter
-from shards.sample import SFREQ, UNIT_SCALE, Window
 from shards.positions import ABC_MONTAGES, place_unnamed
+from shards.sample import Window
 from shards.vocabulary import CHANNELS, classify_channels
 
 __all__ = [
@@ -214,11 +215,31 @@ def preprocess_raw(
     if not keep_idx:
         raise _no_eeg(source, raw, dropped)
     notes: list[str] = []
-    # Remove each channel's offset in float64 (Emotiv and DC-coupled amplifiers sit thousands of µV off zero,
-    # and a 0.1-Hz high-pass would otherwise ring for tens of seconds from the first sample), then work in
-    # float32 in 100-µV units: float32 filtering differs from float64 by ~2e-4 relative RMS (measured on
-    # EEGMMIDB), below the float16 resolution of the shards.
-    bad_time = None
+    data, bad_time = _to_units(raw, keep_idx, notes)
+    if config.flat_uv is not None:
+        data, keep_names = _drop_flat(data, raw, keep_idx, keep_names, dropped, placed, config.flat_uv)
+        if not keep_names:
+            raise _no_eeg(source, raw, dropped)
+    data = _filter_and_resample(data, orig, config, source, notes)
+
+    out = np.ascontiguousarray(data, dtype=np.float32)
+    if bad_time is not None:
+        out[:, resample_mask(bad_time, orig, config.sfreq, out.shape[1])] = np.nan
+    return Signal(
+        data=out, channels=list(keep_names), sfreq=float(config.sfreq), dropped_channels=dropped, notes=notes,
+        orig_sfreq=orig, source=source, placed_channels=placed,
+    )
+
+
+def _to_units(raw: mne.io.BaseRaw, keep_idx: list[int], notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The kept channels ``[C, T]`` float32 in 100-µV units with each channel's offset removed, and the ``[T]``
+    mask of samples that held NaN/inf anywhere (None when none did; they are zeroed here for filtering).
+
+    The offset is removed in float64 (Emotiv and DC-coupled amplifiers sit thousands of µV off zero, and a
+    0.1-Hz high-pass would otherwise ring for tens of seconds from the first sample), then everything works in
+    float32: float32 filtering differs from float64 by ~2e-4 relative RMS (measured on EEGMMIDB), below the
+    float16 resolution of the shards.
+    """
     src = raw._data if getattr(raw, "preload", False) and isinstance(getattr(raw, "_data", None), np.ndarray) else None
     means = None if src is None else np.array([src[c].mean() for c in keep_idx])
     if means is not None and np.isfinite(means).all():
@@ -229,34 +250,39 @@ def preprocess_raw(
         for i, c in enumerate(keep_idx):
             np.subtract(src[c], means[i], out=data[i], casting="same_kind")
         data *= np.float32(UNIT_SCALE)
-    else:
-        volts = raw.get_data(picks=keep_idx)  # [C, T] float64 volts (a copy: picks index the buffer)
-        if not volts.flags.writeable:
-            volts = np.array(volts)
-        bad = ~np.isfinite(volts)
-        bad_time = bad.any(axis=0) if bad.any() else None
-        if bad_time is not None:
-            # Filters spread one NaN over the whole channel; zero the gaps for filtering and mark them NaN
-            # again afterwards so only the windows that touch them are dropped.
-            volts[bad] = 0.0
-            notes.append(f"{int(bad_time.sum())} samples with NaN/inf (windows touching them are dropped)")
-        volts -= volts.mean(axis=1, keepdims=True)
-        data = (volts * UNIT_SCALE).astype(np.float32)
-        del volts
+        return data, None
+    volts = raw.get_data(picks=keep_idx)  # [C, T] float64 volts (a copy: picks index the buffer)
+    if not volts.flags.writeable:
+        volts = np.array(volts)
+    bad = ~np.isfinite(volts)
+    bad_time = bad.any(axis=0) if bad.any() else None
+    if bad_time is not None:
+        # Filters spread one NaN over the whole channel; zero the gaps for filtering and mark them NaN
+        # again afterwards so only the windows that touch them are dropped.
+        volts[bad] = 0.0
+        notes.append(f"{int(bad_time.sum())} samples with NaN/inf (windows touching them are dropped)")
+    volts -= volts.mean(axis=1, keepdims=True)
+    return (volts * UNIT_SCALE).astype(np.float32), bad_time
 
-    if config.flat_uv is not None:
-        ptp = np.ptp(data, axis=1) * 100.0  # µV
-        flat = ptp < config.flat_uv
-        if flat.any():
-            for i in np.flatnonzero(flat):
-                name = raw.ch_names[keep_idx[i]]
-                dropped[name] = f"flat channel (peak-to-peak {ptp[i]:.3g} µV over the recording)"
-                placed.pop(name, None)  # a channel is either kept (placed) or dropped, never both
-            keep_names = [n for n, f in zip(keep_names, flat) if not f]
-            data = data[~flat]
-            if not keep_names:
-                raise _no_eeg(source, raw, dropped)
 
+def _drop_flat(data: np.ndarray, raw: mne.io.BaseRaw, keep_idx: list[int], keep_names: list[str],
+               dropped: dict[str, str], placed: dict[str, str], flat_uv: float) -> tuple[np.ndarray, list[str]]:
+    """Drop the channels whose peak-to-peak over the whole recording is below ``flat_uv`` µV, with the reason."""
+    ptp = np.ptp(data, axis=1) * UNIT_UV  # µV
+    flat = ptp < flat_uv
+    if not flat.any():
+        return data, keep_names
+    for i in np.flatnonzero(flat):
+        name = raw.ch_names[keep_idx[i]]
+        dropped[name] = f"flat channel (peak-to-peak {ptp[i]:.3g} µV over the recording)"
+        placed.pop(name, None)  # a channel is either kept (placed) or dropped, never both
+    return data[~flat], [n for n, f in zip(keep_names, flat) if not f]
+
+
+def _filter_and_resample(data: np.ndarray, orig: float, config: PreprocessConfig, source: str,
+                         notes: list[str]) -> np.ndarray:
+    """Band-pass, notch and resample ``data`` ``[C, T]`` from ``orig`` to ``config.sfreq`` Hz; edges the rate cannot
+    carry are lowered or skipped with a note."""
     h_freq = config.h_freq
     if h_freq is not None and h_freq > _NYQUIST_FRACTION * orig / 2:
         h_freq = round(_NYQUIST_FRACTION * orig / 2, 3)
@@ -282,21 +308,12 @@ def preprocess_raw(
     fir_h = h_freq if fold_lp else None
     if config.filter_method == "fft":
         # The Butterworth design of the "iir" path, designed at the original rate, applied in one go.
-        data = fft_filter_resample(data, orig, config.sfreq, l_freq, h_freq, notch)
-    elif orig > config.sfreq:
+        return fft_filter_resample(data, orig, config.sfreq, l_freq, h_freq, notch)
+    if orig > config.sfreq:
         data = resample(data, orig, config.sfreq, fir_h)
-        data = zero_phase_filter(data, config.sfreq, l_freq, iir_h, notch, config.filter_method)
-    else:
-        data = zero_phase_filter(data, orig, l_freq, iir_h, notch, config.filter_method)
-        data = resample(data, orig, config.sfreq, fir_h)
-
-    out = np.ascontiguousarray(data, dtype=np.float32)
-    if bad_time is not None:
-        out[:, resample_mask(bad_time, orig, config.sfreq, out.shape[1])] = np.nan
-    return Signal(
-        data=out, channels=list(keep_names), sfreq=float(config.sfreq), dropped_channels=dropped, notes=notes,
-        orig_sfreq=orig, source=source, placed_channels=placed,
-    )
+        return zero_phase_filter(data, config.sfreq, l_freq, iir_h, notch, config.filter_method)
+    data = zero_phase_filter(data, orig, l_freq, iir_h, notch, config.filter_method)
+    return resample(data, orig, config.sfreq, fir_h)
 
 
 def cut_windows(
@@ -319,8 +336,8 @@ def cut_windows(
     n_total = data.shape[1]
     n = config.window_samples
     stride = config.stride_samples
-    flat_thr = None if config.flat_uv is None else config.flat_uv / 100.0
-    amp_thr = None if config.max_abs_uv is None else config.max_abs_uv / 100.0
+    flat_thr = None if config.flat_uv is None else config.flat_uv / UNIT_UV
+    amp_thr = None if config.max_abs_uv is None else config.max_abs_uv / UNIT_UV
     if segments is None:
         segments = [Segment(0.0, n_total / signal.sfreq)]
     windows: list[Window] = []

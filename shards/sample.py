@@ -9,8 +9,8 @@ One WebDataset sample is one window of one recording:
   sorted keys and no spaces.
 
 Everything that writes or reads samples (``shards.writer``, ``shards.dataset``, ``pretrain``, ``finetune``)
-takes the rate, the units, the patch length, the key format and the encoding from here. ``foundation``
-keeps its own defaults (it imports nothing from the data side); they must agree with these.
+takes the key format and the encoding from here. The rate, the units and the patch length are the signal
+contract of the whole suite (``runtime.signal``, which the model in ``foundation`` reads too).
 """
 
 from __future__ import annotations
@@ -24,19 +24,16 @@ from typing import Any
 
 import numpy as np
 
+# The rate, patch length and units belong to the signal contract (runtime.signal); they are part of this
+# module's API because every sample is written in them.
+from runtime.signal import PATCH_SAMPLES, SFREQ, UNIT_SCALE, UNIT_UV
+
 __all__ = [
     "SFREQ", "PATCH_SAMPLES", "UNIT_UV", "UNIT_SCALE", "MIN_SFREQ", "MAX_SFREQ", "EEG_MEMBER", "META_MEMBER",
     "META_FIELDS", "OPTIONAL_META_FIELDS", "Window", "sample_key", "key_prefix", "check_sfreq", "npy_bytes", "npy_header", "json_bytes",
     "encode_sample", "decode_sample",
 ]
 
-# The common output rate of the shards, in Hz; the backbone's 1-s patches assume it.
-SFREQ = 200.0
-# Samples per patch: one second at SFREQ (LaBraM's channel-patch tokens).
-PATCH_SAMPLES = int(SFREQ)
-# Sample values are in units of UNIT_UV microvolts; UNIT_SCALE turns volts into those units.
-UNIT_UV = 100.0
-UNIT_SCALE = 1e6 / UNIT_UV
 # Below MIN_SFREQ nothing of EEG's 1-30 Hz band survives; above MAX_SFREQ a header's record duration is
 # almost surely wrong. The build and finetune.predict apply the same rule (:func:`check_sfreq`).
 MIN_SFREQ, MAX_SFREQ = 25.0, 100_000.0

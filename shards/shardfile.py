@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.atomic import fsync_dir
+from runtime.atomic import fsync_dir
 from shards.sample import EEG_MEMBER, META_MEMBER, key_prefix, npy_header
 
 # tarfile.TarInfo.tobuf and np.save cost ~0.1 ms per sample in Python; the header below is GNU tar (tarfile.GNU_FORMAT, no per-member PAX header) built from a

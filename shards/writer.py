@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from runtime.atomic import atomic_write_json
 from shards import buildlock
-from shards.atomic import atomic_write_json
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
 from shards.manifest import (FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix,
@@ -258,18 +258,14 @@ def build(
         "seed": seed, "part": [i, n], "max_samples_per_shard": max_samples_per_shard,
     }
     state_path = folder / f".build-state{part_suffix((i, n))}.json"
-    lock = _lock(folder / f".build{part_suffix((i, n))}.lock")
+    # An exclusive advisory lock, so two processes never build the same part into one folder at once.
+    lock = buildlock.acquire(folder / f".build{part_suffix((i, n))}.lock")
     try:
         check_layout(folder, (i, n))
         return _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, (i, n), workers,
                              max_samples_per_shard, progress, lock.fileno())
     finally:
         lock.close()  # releases the flock
-
-
-def _lock(path: Path):
-    """An exclusive advisory lock, so two processes never build the same part into one folder at once."""
-    return buildlock.acquire(path)
 
 
 def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, part, workers,

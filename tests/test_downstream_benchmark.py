@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import ablations, baselines, bootstrap, estimate, report, tasks
+from benchmarks import ablations, baselines, bootstrap, estimate, report, report_render, tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def test_render_is_a_function_of_the_payload(bench, tmp_path):
                "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch": "x", "torch_threads": 1, "python": "3"},
                "total_s": 120.0, "finished": "2026-01-01 00:00 UTC", "stages_s": {"a": 60.0, "b": 60.0},
                "pretrain_losses": {"masked STFT": [2.0] * 10 + [1.0] * 10}, "runs": _runs()}
-    text = report.render(payload)
+    text = report_render.render(payload)
     assert "Command: `python benchmarks/downstream.py --seeds 2`" in text
     assert "Machine: Test CPU, 2 CPU cores" in text and "total wall time 2.0 min" in text
     assert "| Bonn seizure (S vs Z/O/N/F) | EEGMamba pretrained (X), finetuned | 0.800 ± 0.141 |" in text
@@ -382,7 +382,7 @@ def _protocol_payload():
 
 
 def test_render_of_a_leak_free_run_has_intervals_aims_and_caps():
-    text = report.render(_protocol_payload())
+    text = report_render.render(_protocol_payload())
     assert "Protocol: leak-free" in text and "seizure 4/20 subjects" in text
     assert "Caps (to fit 30 min on 2 cores): windows per task, evenly spaced: seizure 500; 2 seeds" in text
     # a perfect classifier on every resample: the interval is a point at 1

@@ -97,7 +97,7 @@ def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path)
     assert lines[0].startswith("onset_s,label,label_name,probability") and len(lines) == 25
     # 8-s windows on request (a shift the model was not trained for): 12 rows
     assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv),
-                         "--window-s", "8"]) == 0
+                         "--window_s", "8"]) == 0
     assert len(out_csv.read_text().splitlines()) == 1 + 12
 
 
@@ -239,7 +239,7 @@ def test_predict_rejects_a_rate_the_build_rejects_with_the_same_message(seizure_
 
 
 def test_a_huge_learning_rate_ends_with_the_guards_message(synth_shards, tmp_path):
-    from pretrain.engine import NonFiniteLossError
+    from runtime.engine import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="non-finite value .*Lower --lr"):
         finetune(small_config(tmp_path, "seizure", synth_shards, lr=1e6, epochs=1, warmup_epochs=0, channels=("CZ",)))

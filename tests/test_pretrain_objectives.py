@@ -139,7 +139,7 @@ def test_tokenizer_objective_learns_and_logs_codebook_use(demo_spec):
 
 
 def test_missing_tokenizer_folder_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer/run.py"):
+    with pytest.raises(FileNotFoundError, match="pretrain.train_tokenizer"):
         MaskedTokenObjective.from_tokenizer_dir(build_backbone("tiny", {}, 2), tmp_path / "none")
 
 

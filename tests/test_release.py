@@ -204,9 +204,9 @@ def test_release_tiny_config_runs_and_releases(synth_shards, tmp_path):
 
 def test_release_tiny_refuses_a_missing_adapter_instead_of_substituting_one(monkeypatch):
     import shards.corpora
-    from pretrain.release_tiny import _adapter
+    from pretrain.release_tiny import checked_adapter
 
-    assert _adapter("eegmat") == "eegmat"
+    assert checked_adapter("eegmat") == "eegmat"
     real = shards.corpora.get_corpus
 
     def without_eegmat(name):
@@ -216,4 +216,4 @@ def test_release_tiny_refuses_a_missing_adapter_instead_of_substituting_one(monk
 
     monkeypatch.setattr(shards.corpora, "get_corpus", without_eegmat)
     with pytest.raises(RuntimeError, match="no 'eegmat' corpus adapter"):
-        _adapter("eegmat")
+        checked_adapter("eegmat")

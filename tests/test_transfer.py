@@ -16,7 +16,8 @@ from finetune.metrics import choose_threshold, classification_metrics, is_consta
 from finetune.probe import fit_probe
 from foundation.model import EEGMamba, EEGMambaConfig
 from foundation.readout import align_channels, channel_means
-from shards.sample import UNIT_UV, Window
+from runtime.signal import UNIT_UV
+from shards.sample import Window
 
 SMALL = dict(d_model=32, n_layers=1, n_experts=2, top_k=1, moe_hidden=32)
 

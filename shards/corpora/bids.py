@@ -125,7 +125,7 @@ class Bids(Adapter):
     # The notch of recordings whose *_eeg.json gives no PowerLineFrequency; the others are notched at theirs.
     mains_hz = 50.0
     # Motor-imagery cues are 4 s; longer labelled spans (sleep epochs) give several 4-s windows. Labelled
-    # recordings keep every window (see base.py); for a pretraining-only build pass --max-abs-uv 500.
+    # recordings keep every window (see base.py); for a pretraining-only build pass --max_abs_uv 500.
     preprocess_overrides = {"window_s": 4.0, "stride_s": 4.0, "max_abs_uv": None}
 
     def find(self, root: Path) -> list[Recording]:

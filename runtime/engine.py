@@ -12,7 +12,7 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
 * :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
   so every rank stops together (one rank raising alone would hang the others in the next all-reduce).
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: weights, optimiser and RNG
-  states as safetensors + JSON (``pretrain.resume_state``: no pickle, so resuming a folder from elsewhere
+  states as safetensors + JSON (``runtime.resume_state``: no pickle, so resuming a folder from elsewhere
   cannot run code) plus ``train_state.json`` (step, data position, scheduler, the run's config), written
   last and atomically so a folder without it is an interrupted save (``--resume auto`` skips it, and one
   whose state file does not parse, with a warning).
@@ -39,8 +39,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration
 from torch import nn
 
-from pretrain.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
-from shards.atomic import atomic_write_bytes
+from runtime.atomic import atomic_write_bytes
+from runtime.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
 
 __all__ = [
     "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "export",
@@ -83,17 +83,18 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, log_dir
     )
 
 
-def log_scan_backend(accelerator: Accelerator, model: nn.Module | None = None) -> str:
+def log_scan_backend(accelerator: Accelerator, select: Callable[[torch.Tensor, str | None], str],
+                     model: nn.Module | None = None) -> str:
     """Say once, on the main process and on stderr (stdout may carry a result), which selective scan runs.
 
-    The choice honours the first ``config.scan_backend`` found among ``model``'s modules and
-    ``$EEGFM_SCAN_BACKEND``; a forced backend that cannot run here raises ``RuntimeError`` now, not mid-run.
+    ``select(probe, forced)`` is the model's chooser (``foundation.ssm.selective_scan_backend``); the runtime
+    takes it as an argument because it imports no model code. The choice honours the first
+    ``config.scan_backend`` found among ``model``'s modules and ``$EEGFM_SCAN_BACKEND``; a forced backend that
+    cannot run here raises ``RuntimeError`` now, not mid-run.
     """
-    from foundation.ssm import selective_scan_backend
-
     configs = (getattr(m, "config", None) for m in (model.modules() if model is not None else ()))
     forced = next((c.scan_backend for c in configs if hasattr(c, "scan_backend")), None)
-    backend = selective_scan_backend(torch.empty(1, 1, 1, device=accelerator.device), forced)
+    backend = select(torch.empty(1, 1, 1, device=accelerator.device), forced)
     if accelerator.is_main_process:
         print(f"selective scan: {backend} on {accelerator.device}", file=sys.stderr, flush=True)
     return backend

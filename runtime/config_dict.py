@@ -4,7 +4,7 @@ A checkpoint's ``config.json`` and a run's TOML ``[model]`` table are read the s
 be a field (an unknown key is an error naming it, so a typo never falls back to a default), values are
 checked against the field's type, lists become tuples. A table for a config class with a ``from_size``
 preset may carry ``size = "base"``: the preset is the base and the table's other keys override it.
-The TOML file + command-line layer on top of this is ``pretrain.configfile``.
+The TOML file + command-line layer on top of this is ``runtime.configfile``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "has_preset", "given_keys"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "has_preset", "given_keys", "field_types", "nested_dataclass"]
 
 # Attribute on a preset config recording which of its fields were set by a table (see given_keys).
 _GIVEN = "_eegfm_given_keys"
@@ -27,12 +27,13 @@ class ConfigError(ValueError):
     """A config file or override that does not match the config dataclass."""
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation of the dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _nested_dataclass(tp: Any) -> type | None:
+def nested_dataclass(tp: Any) -> type | None:
     """The dataclass inside ``tp`` (also ``X | None``), or None."""
     if dataclasses.is_dataclass(tp):
         return tp
@@ -99,7 +100,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, wher
     Raises:
         ConfigError: naming the first unknown key or mistyped value, with its dotted path.
     """
-    types_ = _field_types(cls)
+    types_ = field_types(cls)
     unknown = sorted(set(data) - set(types_) - ({"size"} if has_preset(cls) else set()))
     if unknown:
         prefix = f"{where}." if where else ""
@@ -121,7 +122,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, wher
     changes = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
-        nested = _nested_dataclass(types_[key])
+        nested = nested_dataclass(types_[key])
         current = getattr(base, key)
         if nested is not None and isinstance(value, dict):
             changes[key] = from_dict(nested, value, base=current if current is not None else _default(cls, key, nested),
