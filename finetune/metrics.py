@@ -135,20 +135,25 @@ def classification_metrics(
         }
         out["predicted_classes"] = int(len(np.unique(y_pred)))
         if proba is not None:
-            picked = proba[np.arange(len(y_true)), y_true]
-            out["nll"] = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
-            top = int(np.bincount(y_pred, minlength=n_classes).argmax())
-            out["proba_spread"] = float(proba[:, top].max() - proba[:, top].min())
-        if n_classes == 2 and proba is not None:
-            score = proba[:, 1]
-            both = len(np.unique(y_true)) == 2
-            out["auroc"] = float(roc_auc_score(y_true, score)) if both else math.nan
-            out["auc_pr"] = float(average_precision_score(y_true, score)) if both else math.nan
-        elif proba is not None:
-            every = len(np.unique(y_true)) == n_classes
-            out["auroc_macro"] = (float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels))
-                                  if every else math.nan)
+            out.update(_probability_metrics(y_true, proba, y_pred, n_classes))
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    return out
+
+
+def _probability_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """``nll``, ``proba_spread`` and the ranking metrics (AUROC, AUC-PR; macro AUROC for multi-class)."""
+    picked = proba[np.arange(len(y_true)), y_true]
+    top = int(np.bincount(y_pred, minlength=n_classes).argmax())
+    out = {"nll": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()),
+           "proba_spread": float(proba[:, top].max() - proba[:, top].min())}
+    if n_classes == 2:
+        both = len(np.unique(y_true)) == 2
+        out["auroc"] = float(roc_auc_score(y_true, proba[:, 1])) if both else math.nan
+        out["auc_pr"] = float(average_precision_score(y_true, proba[:, 1])) if both else math.nan
+    else:
+        every = len(np.unique(y_true)) == n_classes
+        out["auroc_macro"] = (float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
+                                                  labels=list(range(n_classes)))) if every else math.nan)
     return out
 
 

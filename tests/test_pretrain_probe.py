@@ -33,9 +33,11 @@ def test_probe_on_pretraining_subjects_is_refused(synth_shards):
 def test_single_class_probe_set_is_named(synth_shards):
     with pytest.raises(ValueError, match=r"probe set .*val-\*\.tar: 0 labelled windows of 0 class\(es\); a probe needs two"):
         load_probe_sets([str(synth_shards / "val-*.tar")], max_windows=100, task="no_such_task")
-    sets = load_probe_sets([str(synth_shards / "val-*.tar"), str(synth_shards / "test-*.tar")], max_windows=40, task="sleep")
-    assert [len(s.windows) for s in sets] == [40, 40] and all(s.n_classes >= 2 for s in sets)
-    assert all(s.channels and len(s.windows[0].meta["channels"]) >= 2 for s in sets)  # per-channel readout
+    with pytest.raises(ValueError, match=r"val-\*\.tar: all windows come from one recording; cross-validation needs two"):
+        load_probe_sets([str(synth_shards / "val-*.tar")], max_windows=40, task="sleep")  # one subject, one sleep recording
+    (probe,) = load_probe_sets([str(synth_shards / "{val,test}-*.tar")], max_windows=40, task="sleep")
+    assert len(probe.windows) == 40 and probe.n_classes >= 2 and len(set(probe.groups.tolist())) == 2
+    assert len(probe.channels) == len(probe.windows[0].meta["channels"]) >= 2  # per-channel readout
 
 
 def test_run_logs_the_probe_and_exports_its_best_step(synth_shards, tmp_path):
