@@ -238,6 +238,7 @@ class Fit:
     best_score: tuple[float, float] = (-math.inf, -math.inf)
     best_epoch: int = -2
     best_state: dict[str, torch.Tensor] | None = None
+    predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # test outputs, one process only
 
 
 def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: Hyper, losses,
@@ -408,6 +409,10 @@ def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, 
                 y, p = (y_val, p_val) if side == "val" else evaluate(fit.model, loaders[name], name, acc)
                 per_split[side] = classification_metrics(y, p, n_classes=data.recipe.n_classes, threshold=threshold)
                 per_split[side]["constant_predictor"] = is_constant_predictor(per_split[side])
+                if side == "test" and acc.num_processes == 1:  # one process: outputs in split order
+                    split = splits[name]
+                    fit.predictions[name] = {"y": y.tolist(), "proba": p.tolist(), "threshold": threshold,
+                                             "groups": group_names([data.metas[i] for i in split.test], split.group_key)}
         classes = data.recipe.classes
         results[name] = {
             "classes": list(classes), "splits": per_split, "split": splits[name].describe(),
@@ -439,7 +444,9 @@ def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData],
 
 
 def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Run one finetuning; returns ``{"out": path, "results": {task: {...}}, "best_epoch": int, ...}``.
+    """Run one finetuning; returns ``{"out": path, "results": {task: {...}}, "best_epoch": int, ...}`` and, in a
+    one-process run, ``predictions``: per task the test windows' ``y``, ``proba``, ``groups`` (split order) and
+    the decision ``threshold`` (what ``benchmarks/downstream.py`` pools across folds).
 
     Raises:
         ValueError / KeyError / FileNotFoundError / CheckpointError: bad config, data or checkpoint,
@@ -496,7 +503,8 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     if acc.is_main_process:
         save_outputs(out_dir, acc.unwrap_model(fit.model), tasks, splits, hyper, results, run_info, contract)
     acc.wait_for_everyone()
-    return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info}
+    return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info,
+            "predictions": fit.predictions}
 
 
 def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator) -> Path:

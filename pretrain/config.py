@@ -79,7 +79,7 @@ class ObjectiveConfig:
     stft: STFTConfig = option("masked_stft: STFT window/hop/target ([objective.stft])", factory=STFTConfig)
     mask: MaskConfig = option("masked_stft: Gaussian soft-mask families and widths ([objective.mask])", factory=MaskConfig)
     band_power_weight: float = option(
-        "masked_stft: weight of the per-token log band-power target (delta..gamma of the token's own patch); 0 = off", 0.0)
+        "masked_stft: weight of the per-token log band-power target (delta..gamma of the token's own patch); 0 = off", 3.0)
 
 
 @dataclass(frozen=True)

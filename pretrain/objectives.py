@@ -210,14 +210,16 @@ class MaskedSTFTObjective(_BackboneObjective):
             token. Masked reconstruction alone scores a token by the bins it can infer, and nothing asks the
             token to *hold* its own patch's spectrum; band power is the feature a linear readout of EEG most
             needs (the band-power baseline is strong on every task), so this target puts it in the tokens
-            where a frozen probe and a finetuned head read them. 0 = off.
+            where a frozen probe and a finetuned head read them. 0 = off. Measured with the validation probe
+            on held-out EEGMAT subjects (frozen per-channel features, subject folds): AUROC 0.60 without it,
+            0.67-0.73 with it (weights 1 and 3, two seeds), where band power + LR scores 0.66.
     """
 
     name = "masked_stft"
 
     def __init__(self, backbone: EEGMamba, stft: STFTConfig = STFTConfig(), mask: MaskConfig = MaskConfig(),
                  moe_aux_weight: float = 1.0, task_aware: bool = True, augment: AugmentConfig = AugmentConfig(),
-                 band_power_weight: float = 0.0) -> None:
+                 band_power_weight: float = 3.0) -> None:
         super().__init__(backbone, moe_aux_weight, task_aware, augment)
         if backbone.config.adapter != "channel_patch":
             raise ValueError("objective masked_stft predicts per (channel, patch) token: needs model.adapter = 'channel_patch'")

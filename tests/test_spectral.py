@@ -346,3 +346,29 @@ def test_corrupt_and_loss_stay_float32_under_bf16_autocast():
     assert out.mask.dtype == out.target.dtype == out.x_masked.dtype == torch.float32
     assert torch.equal(out.mask, reference.mask) and torch.allclose(out.x_masked, reference.x_masked)
     assert loss.dtype == torch.float32 and 0 < loss.item() < 1e-3
+
+
+def test_band_log_power_puts_a_sine_in_its_band_per_patch():
+    from tokenizer.spectral import BAND_POWER_HZ, band_log_power, spectral_target
+
+    t = torch.arange(800) / 200.0
+    x = torch.stack([torch.sin(2 * torch.pi * 10 * t), 0.5 * torch.sin(2 * torch.pi * 20 * t)])[None]  # [1, 2, 800]
+    power = band_log_power(spectral_target(stft(x)), 200)
+    assert power.shape == (1, 2, 4, len(BAND_POWER_HZ))
+    assert (power[0, 0].argmax(-1) == 2).all() and (power[0, 1].argmax(-1) == 3).all()  # alpha, beta in every patch
+    # a quarter of the amplitude is a sixteenth of the power: log ratio = log(4) for 0.5 amplitude -> 2 log 2
+    assert float(power[0, 0, 1:3, 2].mean() - power[0, 1, 1:3, 3].mean()) == pytest.approx(2 * math.log(2), abs=0.15)
+
+
+def test_target_band_and_demean():
+    from tokenizer.spectral import STFTConfig, demean_target
+
+    assert STFTConfig().target_bins == 76 and STFTConfig(max_hz=None).target_bins == 101
+    assert STFTConfig(max_hz=30.5).target_bins == 31
+    target = torch.randn(2, 3, 5, 7) + torch.tensor([10.0, -4.0]).view(2, 1, 1, 1)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    out = demean_target(target, mask)
+    assert out[0, :2].mean().abs() < 1e-5 and out[1].mean().abs() < 1e-5
+    torch.testing.assert_close(out[0, 0] - out[0, 1], target[0, 0] - target[0, 1])  # shape kept, gain removed
+    with pytest.raises(ValueError, match="demean needs target='log_magnitude'"):
+        STFTConfig(demean=True, target="magnitude")
