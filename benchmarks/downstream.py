@@ -46,7 +46,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ablations import ABLATIONS, ablation, apply
-from benchmarks.folds import TaskFolds, assign_folds, probe_pool
+from benchmarks.folds import TaskFolds, assign_folds, probe_pool, published_folds
 from benchmarks.report import log, pool_predictions, table_of, update_readme, write_results
 from benchmarks.stages import build_shards, excluding, machine, pretrain_backbone, subset_shards
 from benchmarks.tasks import FAST, FULL, SHARD_SETS, TASKS, TaskPlan
@@ -150,8 +150,9 @@ def available_sets(data_root: Path, notes: list[str]) -> list[str]:
     return sets
 
 
-def task_folds(plan: TaskPlan, folder: Path) -> tuple[TaskFolds, Any]:
-    """The task's folds (and its data, for the counts) from its shards."""
+def task_folds(plan: TaskPlan, folder: Path) -> tuple[TaskFolds, Any, TaskFolds | None]:
+    """The task's folds (and its data, for the counts) from its shards, and its published split when the data hold
+    every subject of one (EEGMAT: subjects 00-35)."""
     from finetune.data import load_task_data
     from finetune.recipes import get_recipe
     from finetune.splits import choose_group_key
@@ -159,18 +160,27 @@ def task_folds(plan: TaskPlan, folder: Path) -> tuple[TaskFolds, Any]:
     data = load_task_data(get_recipe(plan.recipe_name), str(folder), classes=plan.classes, window_s=plan.window_s)
     key = choose_group_key(data.metas, prefer=data.recipe.group_by)
     pool = probe_pool(data.metas, data.labels, plan.probe_pool, group_key=key) if plan.probe_pool else ()
-    return assign_folds(plan.name, data.metas, data.labels, plan.folds, group_key=key, pool=pool), data
+    folds = assign_folds(plan.name, data.metas, data.labels, plan.folds, group_key=key, pool=pool)
+    return folds, data, published_folds(f"{plan.name}_published", data.metas, pool)
+
+
+def backbone_name(plan: TaskPlan, seed: int, half: int) -> str:
+    """The backbone that tests a half of ``plan``: ``s{seed}-h{half}``, or ``s{seed}-pub`` for a published split."""
+    return f"s{seed}-pub" if plan.name.endswith("_published") else f"s{seed}-h{half}"
 
 
 def pretraining_sets(args, sets: Sequence[str], plans: Sequence[TaskPlan], folds: Mapping[str, TaskFolds],
                      notes: list[str]) -> tuple[dict[int, dict[str, Path]], list[Path]]:
     """Per half the pretraining shards (every set without that half's groups and the probe pool), and the probe
     pool's shards."""
-    halves: dict[int, dict[str, Path]] = {}
-    for half in (0, 1):
+    halves: dict[Any, dict[str, Path]] = {}
+    published = [p for p in plans if p.name.endswith("_published")]
+    for half in (0, 1) + (("pub",) if published else ()):
         held: dict[str, dict[str, set[str]]] = {}
         for plan in plans:
-            h = folds[plan.name].held_out(half)
+            if (half == "pub") != plan.name.endswith("_published"):
+                continue
+            h = folds[plan.name].held_out(0 if half == "pub" else half)
             entry = held.setdefault(plan.corpus, {"recordings": set(), "subjects": set()})
             for kind in entry:
                 entry[kind] |= h[kind]
@@ -179,6 +189,8 @@ def pretraining_sets(args, sets: Sequence[str], plans: Sequence[TaskPlan], folds
                                      {c: excluding(h) for c, h in held.items()}, stamp)
     probe = []
     for plan in plans:
+        if plan.name.endswith("_published"):
+            continue
         pool = [g for g, f in folds[plan.name].fold_of.items() if f == -1]
         if pool:
             subjects = {s for g in pool for s in folds[plan.name].members[g]["subjects"]}
@@ -201,8 +213,8 @@ def _pretrain_job(job):
 
 def pretraining(args, halves: Mapping[int, Mapping[str, Path]], probe: Sequence[Path]) -> dict[str, dict]:
     """One backbone per seed and half (``s{seed}-h{half}``), in ``--jobs`` processes."""
-    jobs = [(f"s{seed}-h{half}", dict(halves[half]), args.out, args.budget, seed, list(probe), args.ablation_spec)
-            for seed in range(args.budget.seeds) for half in (0, 1)]
+    jobs = [(f"s{seed}-{'pub' if half == 'pub' else f'h{half}'}", dict(halves[half]), args.out, args.budget, seed,
+             list(probe), args.ablation_spec) for seed in range(args.budget.seeds) for half in halves]
     if args.jobs <= 1:
         return dict(map(_pretrain_job, jobs))
     import multiprocessing as mp
@@ -222,12 +234,12 @@ def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list
         tf = folds[plan.name]
         ctx = {fold: Context(shards=str(folders[plan.corpus]), recipe=plan.recipe_name, classes=plan.classes,
                              window_s=plan.window_s, test_groups=tuple(tf.groups(fold)), n_folds=tf.k, budget=budget,
-                             finetune_overrides=overrides, out=str(args.out)) for fold in range(tf.k)}
+                             finetune_overrides=overrides, out=str(args.out), val_groups=tf.val) for fold in range(tf.k)}
         protocols = ["plain"] + (["aligned"] if plan.name in ALIGNABLE and not args.no_aligned else [])
         for seed in range(args.budget.seeds):
             for protocol in protocols:
                 for half in sorted({tf.half(f) for f in range(tf.k)}):
-                    backbone = backbones[f"s{seed}-h{half}"]
+                    backbone = backbones[backbone_name(plan, seed, half)]
                     in_half = [f for f in range(tf.k) if tf.half(f) == half]
                     for method in FEATURES:
                         pre = method == PROBE
@@ -263,11 +275,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log("stage 2/5: folds and the pretraining shards of each half")
     t0 = time.time()
     folds, counts = {}, {}
-    for plan in plans:
-        folds[plan.name], data = task_folds(plan, folders[plan.corpus])
+    for plan in list(plans):
+        folds[plan.name], data, published = task_folds(plan, folders[plan.corpus])
         counts[plan.name] = {"windows": len(data.windows), "classes": dict(zip(plan.classes, data.class_counts()))}
         log(f"  {plan.name}: {len(data.windows)} windows, {len(folds[plan.name].fold_of)} {folds[plan.name].group_key}s, "
             f"{folds[plan.name].k} folds")
+        if published is not None:
+            extra = dataclasses.replace(plan, name=published.task, title=f"{plan.title}, published split", folds=1)
+            plans.append(extra)
+            folds[extra.name], counts[extra.name] = published, counts[plan.name]
+        elif plan.name == "eegmat":
+            notes.append("EEGMAT's published split (subjects 00-27 / 28-31 / 32-35) is not scored: the data folder "
+                         f"holds {len({m['subject'] for m in data.metas})} of its 36 subjects")
     halves, probe = pretraining_sets(args, sets, plans, folds, notes)
     stages["2 folds and pretraining shards"] = time.time() - t0
 

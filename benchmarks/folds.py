@@ -19,20 +19,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FOLD_SEED", "TaskFolds", "assign_folds", "probe_pool"]
+__all__ = ["FOLD_SEED", "TaskFolds", "assign_folds", "probe_pool", "published_folds"]
 
 FOLD_SEED = 0  # the folds are fixed: never a run's seed
 
 
 @dataclass
 class TaskFolds:
-    """One task's folds: ``fold_of[group]`` in ``0..k-1``, or -1 for probe-pool groups (never tested)."""
+    """One task's folds: ``fold_of[group]`` in ``0..k-1``, -1 for probe-pool groups (never tested), -2 for groups
+    a fixed split only trains on (``published``: fold 0 is its test set, ``val`` its validation groups)."""
 
     task: str
     group_key: str
     k: int
     fold_of: dict[str, int]
     members: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # group -> {recordings, subjects}
+    val: tuple[str, ...] = ()  # fixed validation groups (a published split), else chosen per seed
 
     def half(self, fold: int) -> int:
         """Which half a fold lies in (the backbone ``not_half`` of that half tests it)."""
@@ -48,7 +50,7 @@ class TaskFolds:
         """Recordings and subjects a backbone that tests ``half`` must not pretrain on (that half + the probe pool)."""
         out: dict[str, set[str]] = {"recordings": set(), "subjects": set()}
         for g, f in self.fold_of.items():
-            if f == -1 or self.half(f) == half:
+            if f == -1 or (f >= 0 and self.half(f) == half):
                 for kind in out:
                     out[kind] |= set(self.members.get(g, {}).get(kind, ()))
         return out
@@ -95,3 +97,21 @@ def probe_pool(metas: list[dict], labels: np.ndarray, n: int, *, group_key: str)
         return ()
     picks = np.linspace(0, len(full) - 1, n).round().astype(int)
     return tuple(full[i] for i in picks)
+
+
+def published_folds(task: str, metas: list[dict], pool: tuple[str, ...] = ()) -> TaskFolds | None:
+    """The corpus's published split as one fold (``finetune.splits.published_split``: test = fold 0, validation
+    fixed, the rest train only), or None when the data lack a subject of it. Probe-pool groups stay out of
+    pretraining (-1) unless the split tests them."""
+    from finetune.splits import published_split
+
+    try:
+        split = published_split(metas)
+    except ValueError:
+        return None
+    fold_of = {g: -2 for side in ("train", "val") for g in split.groups[side]}
+    fold_of.update({g: -1 for g in pool if fold_of.get(g) == -2})
+    fold_of.update({g: 0 for g in split.groups["test"]})
+    members = {g: {"recordings": sorted({str(m["recording"]) for m in metas if f"{m['corpus']}/{m['subject']}" == g}),
+                   "subjects": [g.split("/", 1)[1]]} for g in fold_of}
+    return TaskFolds(task, "subject", 1, fold_of, members, val=tuple(split.groups["val"]))

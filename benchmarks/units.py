@@ -70,6 +70,7 @@ class Context:
     budget: dict[str, Any]
     finetune_overrides: dict[str, Any]
     out: str
+    val_groups: tuple[str, ...] = ()  # fixed validation groups (a published split), else a fold chosen by the seed
 
 
 def finetune_config(unit: Unit, ctx: Context):
@@ -83,7 +84,8 @@ def finetune_config(unit: Unit, ctx: Context):
         recipe=ctx.recipe, checkpoint=unit.checkpoint if unit.method in (PRETRAINED, PROBE) else "none",
         data=ctx.shards, out=str(Path(ctx.out) / "runs" / f"{unit.task}-f{unit.fold}-s{unit.seed}-{_slug(unit)}"),
         classes=ctx.classes, window_s=ctx.window_s, mode="linear_probe" if probe else "finetune",
-        test_groups=ctx.test_groups, n_folds=max(2, ctx.n_folds - 1), fold=unit.seed, seed=unit.seed,
+        test_groups=ctx.test_groups, val_groups=ctx.val_groups, n_folds=max(2, ctx.n_folds - 1), fold=unit.seed,
+        seed=unit.seed,
         epochs=b["finetune_epochs"], warmup_epochs=b["warmup_epochs"], patience=b["patience"],
         batch_size=b["batch_size"], align="euclidean" if unit.protocol == "aligned" else "none", progress=False,
     )
@@ -125,7 +127,7 @@ def split_of(data, ctx: Context, seed: int):
     from finetune.splits import split_windows
 
     return split_windows(data.metas, data.labels, group_by=data.recipe.group_by, n_folds=max(2, ctx.n_folds - 1),
-                         fold=seed, seed=seed, test_groups=ctx.test_groups)
+                         fold=seed, seed=seed, test_groups=ctx.test_groups, val_groups=ctx.val_groups)
 
 
 def eegnet_unit(unit: Unit, ctx: Context) -> dict[str, Any]:
@@ -258,7 +260,7 @@ def run_job(job, contexts, cache: Path) -> list[dict[str, Any]]:
 
 def _unit_context(ctx: Context) -> dict[str, Any]:
     return {"shards": ctx.shards, "budget": ctx.budget, "overrides": ctx.finetune_overrides, "test": ctx.test_groups,
-            "classes": ctx.classes, "window_s": ctx.window_s}
+            "val": ctx.val_groups, "classes": ctx.classes, "window_s": ctx.window_s}
 
 
 def _call(args):

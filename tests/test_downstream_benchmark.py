@@ -320,3 +320,16 @@ def test_fast_balanced_accuracy_matches_sklearn():
     assert bootstrap.balanced_accuracy(y, pred, 4) == pytest.approx(balanced_accuracy_score(y, pred))
 
 
+
+
+def test_published_split_is_one_fold_when_every_subject_is_there():
+    metas = [{"corpus": "eegmat", "subject": f"Subject{s:02d}", "recording": f"Subject{s:02d}_{k}"}
+             for s in range(36) for k in (1, 2)]
+    tf = folds.published_folds("eegmat_published", metas, pool=("eegmat/Subject05", "eegmat/Subject33"))
+    assert tf.k == 1 and tf.groups(0) == [f"eegmat/Subject{s}" for s in range(32, 36)]
+    assert tf.val == tuple(f"eegmat/Subject{s}" for s in range(28, 32))
+    assert tf.fold_of["eegmat/Subject05"] == -1 and tf.fold_of["eegmat/Subject33"] == 0  # a tested subject stays tested
+    held = tf.held_out(0)
+    assert held["subjects"] == {"Subject05", "Subject32", "Subject33", "Subject34", "Subject35"}
+    assert "Subject32_2" in held["recordings"] and "Subject28_1" not in held["recordings"]
+    assert folds.published_folds("x", metas[:52]) is None  # 26 subjects: no published split
