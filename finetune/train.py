@@ -411,8 +411,9 @@ def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, 
                 per_split[side]["constant_predictor"] = is_constant_predictor(per_split[side])
                 if side == "test" and acc.num_processes == 1:  # one process: outputs in split order
                     split = splits[name]
+                    key = split.group_key if split.group_key in ("subject", "recording") else "recording"
                     fit.predictions[name] = {"y": y.tolist(), "proba": p.tolist(), "threshold": threshold,
-                                             "groups": group_names([data.metas[i] for i in split.test], split.group_key)}
+                                             "groups": group_names([data.metas[i] for i in split.test], key)}
         classes = data.recipe.classes
         results[name] = {
             "classes": list(classes), "splits": per_split, "split": splits[name].describe(),

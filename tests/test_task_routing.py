@@ -148,7 +148,8 @@ def test_the_effective_balance_weight_is_the_backbone_config_value():
     assert obj.moe_aux_weight == 1.0
     x, ids = _batch(b=2)
     out = obj.train()({"x": x, "channel_ids": ids, "channel_mask": torch.ones(2, 6, dtype=torch.bool)})
-    torch.testing.assert_close(out["loss"].detach(), out["loss_stft"] + out["moe_aux"])
+    band = obj.band_power_weight * out["loss_band"]  # the band-power target, weighted by the objective
+    torch.testing.assert_close(out["loss"].detach(), out["loss_stft"] + out["moe_aux"] + band)
 
 
 def test_gate_noise_does_not_decide_the_routing():
