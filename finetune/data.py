@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from finetune.recipes.base import Recipe
-from runtime.signal import SFREQ
+from runtime.signal import SFREQ, check_sfreq
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
 from shards.sample import Window
 
@@ -114,6 +114,9 @@ def load_task_data(
             f"recipe {recipe.name!r}: no windows with task in {list(recipe.accepted_tasks)} in {spec_str} "
             f"(tasks found: {dict(sorted(found.items())) or 'none'})"
         )
+    for rate in {w.meta.get("sfreq", SFREQ) for w in mine}:  # one check per rate, not per window
+        first = next(w for w in mine if w.meta.get("sfreq", SFREQ) == rate)
+        check_sfreq(rate, f"{spec_str}: sample {first.key}", what="(sfreq in its JSON)")
     names = [w.meta.get("label_name") for w in mine if w.meta.get("label") is not None]
     recipe = recipe.with_classes(classes) if classes else recipe.resolve(names)
 

@@ -55,14 +55,34 @@ from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import ReadError, read_raw
 from shards.sample import Window, check_sfreq
 
+# The longest window a recipe may ask for (a whole sleep epoch is 30 s; the backbone reads at most minutes).
+MAX_WINDOW_S = 3600.0
+
 __all__ = ["RecordingWindows", "prediction_rows", "predict_file", "preprocess_config", "recording_windows", "main"]
 
 
 def _recipe_json(model_dir: Path) -> dict[str, Any]:
+    """``{model_dir}/recipe.json``, checked: one object per task with a plausible ``sfreq`` and ``window_s``."""
     file = model_dir / "recipe.json"
+    fix = "restore it from the finetuning run, or finetune again"
     if not file.is_file():
         raise FileNotFoundError(f"{file} is missing: a finetuned model folder holds config.json, model.safetensors and recipe.json")
-    return json.loads(file.read_text())
+    try:
+        recipes = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(recipes, dict) or not recipes or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ValueError(f"{file}: expected a JSON object mapping each task to its recipe; {fix}")
+    for task, recipe in recipes.items():
+        if "sfreq" in recipe:
+            check_sfreq(recipe["sfreq"], str(file), what=f"(task {task!r}: sfreq)")
+        window = recipe.get("window_s")
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window <= MAX_WINDOW_S:
+            raise ValueError(f"{file}: task {task!r}: window_s {window!r} is not a window length in seconds "
+                             f"(0-{MAX_WINDOW_S:g}); {fix}")
+        if not isinstance(recipe.get("classes"), list) or not recipe["classes"]:
+            raise ValueError(f"{file}: task {task!r} lists no classes; {fix}")
+    return recipes
 
 
 def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None,

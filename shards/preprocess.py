@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import mne
 import numpy as np
 
-from runtime.signal import SFREQ, UNIT_SCALE, UNIT_UV
+from runtime.signal import SFREQ, UNIT_SCALE, UNIT_UV, check_sfreq
 from shards.filters import fft_filter_resample, resample, resample_mask, zero_phase_filter
 from shards.positions import ABC_MONTAGES, place_unnamed
 from shards.sample import Window
@@ -90,6 +90,7 @@ class PreprocessConfig:
                 raise ValueError(f"PreprocessConfig.{name} must be a positive number, got {value!r}")
 
         positive("sfreq", self.sfreq, False)
+        check_sfreq(self.sfreq, what="as PreprocessConfig.sfreq (--sfreq)")
         positive("l_freq", self.l_freq, True)
         positive("h_freq", self.h_freq, True)
         positive("notch", self.notch, True)
