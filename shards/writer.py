@@ -41,8 +41,8 @@ from runtime.atomic import atomic_write_json
 from shards import buildlock
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
-from shards.manifest import (FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix,
-                             read_json, shard_name)
+from shards.manifest import (FORMAT, SPLITS, check_layout, check_parts, check_subject_splits, jsonable, make_manifest,
+                             manifest_name, part_suffix, read_json, shard_name)
 from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
 from shards.readers import check_path
 from shards.sample import check_sfreq, encode_sample, npy_bytes
@@ -252,6 +252,8 @@ def build(
         if safe_id(r.recording) != r.recording:
             raise ValueError(f"{adapter.name}: recording id {r.recording!r} ({r.source}) has characters outside [A-Za-z0-9_-]")
     splits = {r.recording: assign_split(r, fractions, seed) for r in recordings}
+    check_subject_splits(({"recording": r.recording, "subject": r.subject, "split": splits[r.recording]}
+                          for r in recordings), f"{adapter.name} under {root} (official splits)")
 
     params = {
         "corpus": adapter.name, "root": str(root.resolve()), "config": jsonable(cfg), "split": list(fractions),
@@ -262,6 +264,7 @@ def build(
     lock = buildlock.acquire(folder / f".build{part_suffix((i, n))}.lock")
     try:
         check_layout(folder, (i, n))
+        check_parts(folder, params)
         return _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, (i, n), workers,
                              max_samples_per_shard, progress, lock.fileno())
     finally:
@@ -286,6 +289,7 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
             raise ValueError(
                 f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "
                 f"use another --out or delete that folder to rebuild with {params}")
+        _check_state(old, state_path, fix)
         state = old
     # Leftovers of a killed build: half-written temporary shards of this part.
     for tmp in folder.glob(".*.tmp-*"):
@@ -339,6 +343,44 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     manifest = make_manifest(adapter, params, state)
     atomic_write_json(folder / manifest_name((i, n)), manifest)
     return manifest
+
+
+# The entries of one recording's summary in a build state, with their JSON types (``process_recording``).
+_SUMMARY = {"recording": str, "subject": str, "session": str, "source": str, "split": str, "samples": int,
+            "hours": (int, float), "recording_hours": (int, float), "channels": list, "labels": dict, "drops": dict,
+            "dropped_channels": list, "label_skips": dict, "skipped": (str, type(None))}
+_SHARD = {"name": str, "split": str, "samples": int, "hours": (int, float), "recordings": list}
+
+
+def _check_state(state: dict, path: Path, fix: str) -> None:
+    """ValueError naming ``path`` unless every shard and recording entry of a build state has the shape this
+    module writes (a hand-edited state with a matching fingerprint would otherwise fail deep in the build)."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: not a build state this suite wrote ({what}); {fix}")
+
+    def check_summary(r: Any, where: str) -> None:
+        if not isinstance(r, dict):
+            raise bad(f"{where} is not an object")
+        wrong = [k for k, kind in _SUMMARY.items() if not isinstance(r.get(k), kind) or isinstance(r.get(k), bool)
+                 and kind is int]
+        if wrong:
+            raise bad(f"{where} ({r.get('recording', '?')}): missing or mistyped {', '.join(wrong)}")
+        if r["split"] not in SPLITS:
+            raise bad(f"{where} ({r['recording']}): split {r['split']!r} is not one of {', '.join(SPLITS)}")
+
+    for k, shard in enumerate(state["shards"]):
+        if not isinstance(shard, dict):
+            raise bad(f"shards[{k}] is not an object")
+        wrong = [key for key, kind in _SHARD.items() if not isinstance(shard.get(key), kind)]
+        if wrong:
+            raise bad(f"shards[{k}]: missing or mistyped {', '.join(wrong)}")
+        for j, r in enumerate(shard["recordings"]):
+            check_summary(r, f"shards[{k}].recordings[{j}]")
+        if sum(r["samples"] for r in shard["recordings"]) != shard["samples"]:
+            raise bad(f"shards[{k}] ({shard['name']}): {shard['samples']} samples, its recordings hold "
+                      f"{sum(r['samples'] for r in shard['recordings'])}")
+    for j, r in enumerate(state["tail"]):
+        check_summary(r, f"tail[{j}]")
 
 
 def _belongs(tmp_name: str, part: tuple[int, int]) -> bool:

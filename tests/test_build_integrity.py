@@ -1,0 +1,158 @@
+"""Shard folders that must never be read wrong: parts of one build with different settings, tars no manifest
+lists, hand-edited manifests and build states, planted links, malformed participants.tsv, NaN channels and
+implausible rates. Each test is a fault-probe finding: it failed before the fix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shards.dataset import expand_urls, load_windows, read_manifest
+from shards.synth import simulate
+from shards.writer import build
+
+BUILD = dict(max_samples_per_shard=20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    """3 subjects x 4 tasks x 32 s of simulated EDF+."""
+    folder = tmp_path_factory.mktemp("integrity_raw")
+    simulate(folder, n_subjects=3, duration_s=32.0, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(raw, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("integrity_built")
+    build("synth", raw, out, **BUILD)
+    return out / "synth"
+
+
+def _copy_tree(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def _cli(argv, capsys, monkeypatch) -> tuple[int, str, str]:
+    from shards.__main__ import main
+
+    monkeypatch.delenv("EEGFM_DEBUG", raising=False)
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- parts of one build must share every setting --------------------------------------------------
+
+
+def test_a_part_with_another_seed_split_or_window_is_refused_before_writing(raw, tmp_path, capsys, monkeypatch):
+    build("synth", raw, tmp_path, part=(0, 2), **BUILD)
+    folder = tmp_path / "synth"
+    written = lambda: sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))  # noqa: E731
+    before = written()
+    with pytest.raises(ValueError, match=r"other settings .*seed: 0 vs 3.*split: \[0\.8, 0\.1, 0\.1\] vs \[0\.4, 0\.3, 0\.3\]"):
+        build("synth", raw, tmp_path, part=(1, 2), seed=3, split=(0.4, 0.3, 0.3), **BUILD)
+    with pytest.raises(ValueError, match=r"config\.window_s: 4\.0 vs 2\.0"):
+        build("synth", raw, tmp_path, part=(1, 2), overrides={"window_s": 2.0}, **BUILD)
+    assert written() == before  # nothing of part 1 was written (its lock aside)
+
+    argv = ["build", "synth", "--root", str(raw), "--out", str(tmp_path), "--part", "1/2", "--seed", "3",
+            "--max_samples_per_shard", "20", "--quiet"]
+    code, _, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and "part [0, 2] of a build with other settings" in err
+    build("synth", raw, tmp_path, part=(1, 2), **BUILD)  # the same settings go on
+    assert read_manifest(folder)["complete"]
+
+
+def test_readers_and_inspect_refuse_a_folder_mixed_from_two_builds(raw, tmp_path, capsys, monkeypatch):
+    build("synth", raw, tmp_path / "a", part=(0, 2), **BUILD)
+    build("synth", raw, tmp_path / "b", part=(1, 2), seed=3, split=(0.4, 0.3, 0.3), **BUILD)
+    mixed = tmp_path / "mixed" / "synth"
+    mixed.mkdir(parents=True)
+    for src in (tmp_path / "a" / "synth", tmp_path / "b" / "synth"):
+        for p in src.iterdir():
+            if not p.name.startswith("."):
+                shutil.copy(p, mixed / p.name)
+    with pytest.raises(ValueError, match="mixes parts built with different settings.*seed: 0 vs 3"):
+        read_manifest(mixed)
+    with pytest.raises(ValueError, match="mixes parts"):
+        load_windows(mixed)
+    code, out, err = _cli(["inspect", str(mixed)], capsys, monkeypatch)
+    assert code == 2 and "mixes parts built with different settings" in err and "OK" not in out
+
+
+def test_a_subject_in_two_splits_is_an_error(built, tmp_path):
+    folder = _copy_tree(built, tmp_path / "synth")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    recs = [r for r in manifest["recordings"] if r["samples"]]
+    subject = recs[0]["subject"]
+    victim = next(r for r in recs[1:] if r["subject"] == subject)
+    victim["split"] = "test" if victim["split"] != "test" else "train"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"subject '{subject}' has recordings in 2 splits"):
+        read_manifest(folder)
+
+
+# --- readers of a folder use its manifest's list only ---------------------------------------------
+
+
+def test_tars_no_manifest_lists_are_left_out_and_named_by_inspect(built, tmp_path, capsys, monkeypatch, caplog):
+    from pretrain.data import resolve_corpora
+
+    folder = _copy_tree(built, tmp_path / "out" / "synth")
+    manifest = read_manifest(folder)
+    first = manifest["shards"][0]["name"]
+    copy = folder / f"{first[:-4]} (copy).tar"
+    shutil.copy(folder / first, copy)
+    (folder / "old").mkdir()
+    shutil.copy(folder / first, folder / "old" / first)
+
+    with caplog.at_level(logging.WARNING, logger="shards.dataset"):
+        urls = expand_urls(folder)
+    assert sorted(Path(u).name for u in urls) == sorted(s["name"] for s in manifest["shards"])
+    assert "left out 2 tar(s)" in caplog.text and "(copy).tar" in caplog.text and "old/" in caplog.text
+    assert len(load_windows(folder)) == manifest["totals"]["samples"]
+    assert len(load_windows(str(folder / "train-*.tar"))) == manifest["by_split"]["train"]["samples"]
+    (corpus,) = resolve_corpora([("", str(tmp_path / "out"), 1.0)])  # the parent folder: corpora below it
+    assert len(corpus.urls) == len(manifest["shards"])
+
+    code, out, _ = _cli(["inspect", str(tmp_path / "out")], capsys, monkeypatch)
+    assert code == 1
+    assert f"MISMATCH {copy}: tar on disk but not in the manifest" in out
+    assert f"MISMATCH {folder / 'old' / first}: tar on disk but not in the manifest" in out
+
+    (folder / manifest["shards"][-1]["name"]).unlink()
+    with pytest.raises(FileNotFoundError, match="listed in .* manifest but missing"):
+        expand_urls(folder)
+
+
+# --- hand-edited files: one line naming the file ---------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"format": "eegfm-shards/1"}', "{"])
+def test_a_manifest_that_is_not_one_is_one_line_naming_it(built, tmp_path, capsys, monkeypatch, content):
+    folder = _copy_tree(built, tmp_path / "synth")
+    (folder / "manifest.json").write_text(content)
+    with pytest.raises(ValueError, match=f"{folder / 'manifest.json'}: not (a manifest|valid JSON)"):
+        read_manifest(folder)
+    code, _, err = _cli(["inspect", str(folder)], capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and str(folder / "manifest.json") in err
+
+
+def test_a_hand_edited_build_state_with_a_valid_fingerprint_is_refused(raw, tmp_path, capsys, monkeypatch):
+    build("synth", raw, tmp_path, **BUILD)
+    state_path = tmp_path / "synth" / ".build-state.json"
+    state = json.loads(state_path.read_text())
+    del state["shards"][0]["recordings"][0]["samples"]
+    state_path.write_text(json.dumps(state))
+    argv = ["build", "synth", "--root", str(raw), "--out", str(tmp_path), "--max_samples_per_shard", "20", "--quiet"]
+    code, _, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{state_path}: not a build state this suite wrote" in err and "missing or mistyped samples" in err
