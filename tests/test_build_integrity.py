@@ -156,3 +156,52 @@ def test_a_hand_edited_build_state_with_a_valid_fingerprint_is_refused(raw, tmp_
     code, _, err = _cli(argv, capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1
     assert f"{state_path}: not a build state this suite wrote" in err and "missing or mistyped samples" in err
+
+
+# --- participants.tsv is read as BIDS defines it, or refused naming the line -------------------------
+
+
+@pytest.fixture(scope="module")
+def bids_root(tmp_path_factory) -> Path:
+    """Two subjects of 40 s, 4 EEG channels, written by mne_bids.write_raw_bids (participants.tsv replaced per test)."""
+    mne_bids = pytest.importorskip("mne_bids", reason="the bids extra is not installed (pip install -e '.[bids]')")
+    import mne
+
+    root = tmp_path_factory.mktemp("bids_participants")
+    rng = np.random.default_rng(0)
+    info = mne.create_info(["Fp1", "Fp2", "C3", "C4"], 200.0, "eeg")
+    for sub in ("01", "02"):
+        raw = mne.io.RawArray(rng.standard_normal((4, 200 * 40)) * 2e-5, info, verbose="error")
+        mne_bids.write_raw_bids(raw, mne_bids.BIDSPath(subject=sub, task="rest", datatype="eeg", root=root),
+                                overwrite=True, verbose="error", allow_preload=True, format="EDF")
+    return root
+
+
+MALFORMED = {
+    "ragged row": ("participant_id\tage\tsex\nsub-01\t42\nsub-02\t30\tM\n", "line 2: 2 tab-separated field(s), the header has 3"),
+    "no participant_id": ("subject\tage\nsub-01\t42\nsub-02\t30\n", "line 1: the header ['subject', 'age'] has no participant_id"),
+    "empty file": ("", "empty file"),
+    "duplicate id": ("participant_id\tage\nsub-01\t42\nsub-02\t30\nsub-01\t43\n", "line 4: sub-01 is listed again (first on line 2)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_participants_table_stops_the_build_naming_the_line(bids_root, tmp_path, capsys, monkeypatch, case):
+    text, message = MALFORMED[case]
+    root = _copy_tree(bids_root, tmp_path / "bids")
+    (root / "participants.tsv").write_text(text)
+    argv = ["build", "bids", "--root", str(root), "--out", str(tmp_path / "out"), "--quiet"]
+    code, out, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{root / 'participants.tsv'}: {message}" in err
+    assert not (tmp_path / "out" / "bids" / "manifest.json").exists()
+
+
+def test_bom_crlf_and_quotes_are_read_as_bids_tsv(bids_root, tmp_path):
+    root = _copy_tree(bids_root, tmp_path / "bids")
+    (root / "participants.tsv").write_bytes('\ufeffparticipant_id\tage\tnote\r\nsub-01\t42\t"unbalanced\r\n'
+                                            'sub-02\t30\tok\r\n'.encode())
+    manifest = build("bids", root, tmp_path / "out", progress=False)
+    assert manifest["totals"]["skipped"] == 0 and manifest["totals"]["recordings"] == 2
+    info = {w.meta["subject"]: w.meta.get("subject_info") for w in load_windows(tmp_path / "out" / "bids")}
+    assert info == {"sub-01": {"age": 42, "note": '"unbalanced'}, "sub-02": {"age": 30, "note": "ok"}}
