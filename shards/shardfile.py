@@ -27,6 +27,7 @@ _TAR_USER = "eegfm"
 _TAR_MODE = 0o444
 _BLOCK = tarfile.BLOCKSIZE  # 512
 _RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads a closed archive to a multiple of this
+_SPOOL_CHUNK = 8 << 20
 
 
 def _tarinfo_header(name: str, size: int) -> bytes:
@@ -86,6 +87,10 @@ class RecordingResult:
 
     tar: list[bytes] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    # A recording too long to hold (shards.streaming): its members are in this file instead of ``tar``, which
+    # the shard takes over (copies in chunks, then deletes).
+    spool: str | None = None
+    spool_bytes: int = 0
 
     @property
     def n_samples(self) -> int:
@@ -93,7 +98,7 @@ class RecordingResult:
 
     @property
     def nbytes(self) -> int:
-        return sum(map(len, self.tar))
+        return sum(map(len, self.tar)) + self.spool_bytes
 
 
 class RecordingEncoder:
@@ -173,7 +178,14 @@ class OpenShard:
             self.file.writelines(result.tar)
             for chunk in result.tar:
                 self.sha256.update(chunk)
-            self.size += result.nbytes
+            self.size += sum(map(len, result.tar))
+        if result.spool is not None:
+            with open(result.spool, "rb") as f:
+                for chunk in iter(lambda: f.read(_SPOOL_CHUNK), b""):
+                    self.file.write(chunk)
+                    self.sha256.update(chunk)
+                    self.size += len(chunk)
+            os.unlink(result.spool)
         self.samples += result.n_samples
         self.recordings.append(result.summary)
 
