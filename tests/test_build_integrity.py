@@ -205,3 +205,29 @@ def test_bom_crlf_and_quotes_are_read_as_bids_tsv(bids_root, tmp_path):
     assert manifest["totals"]["skipped"] == 0 and manifest["totals"]["recordings"] == 2
     info = {w.meta["subject"]: w.meta.get("subject_info") for w in load_windows(tmp_path / "out" / "bids")}
     assert info == {"sub-01": {"age": 42, "note": '"unbalanced'}, "sub-02": {"age": 30, "note": "ok"}}
+
+
+# --- NaN channels and implausible rates ---------------------------------------------------------------
+
+
+def test_an_all_nan_channel_is_dropped_and_the_recording_kept(raw, tmp_path):
+    import mne
+
+    rec = mne.io.read_raw_edf(raw / "sub-01_task-sleep.edf", preload=True, verbose="error")
+    dead = rec.ch_names[2]
+    rec._data[2] = np.nan
+    root = tmp_path / "raw"
+    root.mkdir()
+    rec.save(root / "night_raw.fif", verbose="error")
+    manifest = build("recordings", root, tmp_path / "out", progress=False)
+    assert manifest["totals"]["skipped"] == 0 and manifest["totals"]["samples"] == 3  # 32 s in 10-s windows
+    assert manifest["dropped_channels"]["NaN/inf in 100% of the recording"] == {dead: 1}
+    windows = load_windows(tmp_path / "out" / "recordings")
+    assert all(np.isfinite(w.eeg).all() and len(w.meta["channels"]) == 18 for w in windows)
+
+
+def test_an_implausible_build_rate_is_refused(raw, tmp_path, capsys, monkeypatch):
+    argv = ["build", "synth", "--root", str(raw), "--out", str(tmp_path), "--sfreq", "1e12", "--quiet"]
+    code, _, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1
+    assert "sampling rate 1e+12 Hz as PreprocessConfig.sfreq (--sfreq) is implausible for EEG" in err
