@@ -31,6 +31,7 @@ from finetune.heads import ClassificationHead, set_mode
 from foundation.checkpoint import (check_config_fits_weights, check_finite_weights, config_from_checkpoint,
                                    resolve_checkpoint, runtime_fields, stored_config)
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
+from runtime.atomic import atomic_save, atomic_write_text, refuse_link
 from shards.vocabulary import channel_ids
 
 __all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
@@ -142,12 +143,14 @@ class TaskModel(nn.Module):
     def save_pretrained(self, folder: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
         """Write config.json + model.safetensors (+ ``extra`` name -> JSON object, e.g. recipe/metrics)."""
         folder = Path(folder)
+        refuse_link(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2))
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.config_dict(), indent=2))
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        safetensors.torch.save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "eegfm": FORMAT})
+        atomic_save(lambda tmp: safetensors.torch.save_file(state, tmp, metadata={"format": "pt", "eegfm": FORMAT}),
+                    folder / WEIGHTS_NAME)
         for name, obj in (extra or {}).items():
-            (folder / f"{name}.json").write_text(json.dumps(obj, indent=2, allow_nan=False, default=str))
+            atomic_write_text(folder / f"{name}.json", json.dumps(obj, indent=2, allow_nan=False, default=str))
         return folder
 
     @classmethod

@@ -30,6 +30,7 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
+from runtime.atomic import refuse_links
 from runtime.config_dict import ConfigError, from_dict
 
 __all__ = [
@@ -337,6 +338,8 @@ class StrictHubMixin(PyTorchModelHubMixin):
         config = config if config is not None else getattr(self, "config", None) or self._hub_mixin_config
         if dataclasses.is_dataclass(config):
             config = stored_config(config)
+        # huggingface_hub opens these by name: a planted link would send the write elsewhere
+        refuse_links(Path(save_directory), (CONFIG_NAME, WEIGHTS_NAME, "README.md"))
         return super().save_pretrained(save_directory, config=config, **kwargs)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.atomic import fsync_dir
+from runtime.atomic import fsync_dir, refuse_link
 from shards.sample import EEG_MEMBER, META_MEMBER, key_prefix, npy_header
 
 # tarfile.TarInfo.tobuf and np.save cost ~0.1 ms per sample in Python; the header below is GNU tar (tarfile.GNU_FORMAT, no per-member PAX header) built from a
@@ -167,7 +167,10 @@ class OpenShard:
         self.path = folder / name
         self.tmp = folder / f".{name}.tmp-{os.getpid()}"
         self.name, self.split = name, split
-        self.file = open(self.tmp, "wb", buffering=1 << 20)  # few large write syscalls for many small members
+        if os.path.lexists(self.tmp):
+            os.unlink(self.tmp)  # a killed build's leftover, or a planted link: never written through
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        self.file = os.fdopen(fd, "wb", buffering=1 << 20)  # few large write syscalls for many small members
         self.size = 0
         self.sha256 = hashlib.sha256()
         self.samples = 0
@@ -197,6 +200,7 @@ class OpenShard:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
+        refuse_link(self.path)
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         return {"name": self.name, "split": self.split, "samples": self.samples,

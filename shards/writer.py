@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from runtime.atomic import atomic_write_json
+from runtime.atomic import atomic_write_json, refuse_links
 from shards import buildlock
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
@@ -315,6 +315,7 @@ def build(
     # An exclusive advisory lock, so two processes never build the same part into one folder at once.
     lock = buildlock.acquire(folder / f".build{part_suffix((i, n))}.lock")
     try:
+        refuse_links(folder)  # a planted link at a state, manifest or shard name would redirect our writes
         check_layout(folder, (i, n))
         check_parts(folder, params)
         return _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, (i, n), workers,
