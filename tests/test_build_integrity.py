@@ -231,3 +231,21 @@ def test_an_implausible_build_rate_is_refused(raw, tmp_path, capsys, monkeypatch
     code, _, err = _cli(argv, capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1
     assert "sampling rate 1e+12 Hz as PreprocessConfig.sfreq (--sfreq) is implausible for EEG" in err
+
+
+# --- no write through a planted link --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [".build.lock", ".build-state.json", "manifest.json"])
+def test_a_planted_link_in_the_build_folder_is_refused_and_its_target_untouched(raw, tmp_path, capsys, monkeypatch,
+                                                                                 name):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    folder = tmp_path / "out" / "synth"
+    folder.mkdir(parents=True)
+    (folder / name).symlink_to(target)
+    argv = ["build", "synth", "--root", str(raw), "--out", str(tmp_path / "out"), "--max_samples_per_shard", "20",
+            "--quiet"]
+    code, _, err = _cli(argv, capsys, monkeypatch)
+    assert code == 2 and err.count("\n") == 1 and f"{folder / name} is a symbolic link" in err
+    assert target.read_text() == "keep me"
