@@ -370,10 +370,15 @@ MIN_VAL_GROUPS = 2
 
 
 def run_warnings(tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyper: Hyper, mode: str) -> list[str]:
-    """What the user should know before trusting this run: validation too small to select on, a class missing from
-    validation, a warm-up longer than the run."""
+    """What the user should know before trusting this run: windows of the data left out (labels the recipe does not
+    use, missing channels), validation too small to select on, a class missing from validation, a warm-up longer
+    than the run."""
     out = []
     for name, data in tasks.items():
+        for corpus, why in data.left_out_by_corpus.items():
+            out.append(f"task {name!r}: {sum(why.values())} window(s) of corpus {corpus!r} left out ("
+                       + ", ".join(f"label {k} x{v}" if not k.startswith("missing") else f"{k} x{v}" for k, v in why.items())
+                       + f"); the recipe's classes are {list(data.recipe.classes)}")
         split = splits[name]
         val_groups = len(split.groups.get("val", ())) if split.groups else None
         counts = data.class_counts(split.val)

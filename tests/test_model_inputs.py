@@ -197,3 +197,45 @@ def test_release_names_a_truncated_json_file(tmp_path, capsys):
     assert main([str(tmp_path / "run"), str(tmp_path / "pub"), "--datasets", str(datasets)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{run / 'pretraining.json'} is not valid JSON" in err
+
+
+# --- a corpus whose labels the recipe does not use is never dropped silently ------------------------------
+
+
+def _bids_emotion(root: Path, events: tuple[str, ...]) -> Path:
+    """Three subjects of 48 s whose events.tsv name ``events`` (8 s each, in turn): a BIDS emotion corpus."""
+    mne_bids = pytest.importorskip("mne_bids", reason="the bids extra is not installed (pip install -e '.[bids]')")
+    rng = np.random.default_rng(0)
+    info = mne.create_info(["Fp1", "Fp2", "F3", "F4", "C3", "C4"], 200.0, "eeg")
+    for sub in ("01", "02", "03"):
+        raw = mne.io.RawArray(rng.standard_normal((6, 200 * 48)) * 2e-5, info, verbose="error")
+        onsets = np.arange(0.0, 48.0, 8.0)
+        raw.set_annotations(mne.Annotations(onsets, [8.0] * len(onsets), [events[i % len(events)] for i in range(len(onsets))]))
+        mne_bids.write_raw_bids(raw, mne_bids.BIDSPath(subject=sub, task="mood", datatype="eeg", root=root),
+                                overwrite=True, verbose="error", allow_preload=True, format="EDF")
+    return root
+
+
+def test_a_corpus_that_contributes_nothing_is_refused_and_partial_drops_are_reported(synth_raw, tmp_path, capsys):
+    from shards.writer import build
+
+    both = tmp_path / "both"
+    build("synth", synth_raw, both, split=(0.5, 0.25, 0.25), progress=False)
+    shutil.copytree(both, tmp_path / "other")
+    build("bids", _bids_emotion(tmp_path / "bids_sad", ("negative", "positive")), tmp_path / "other", progress=False)
+    config = dict(recipe="emotion", checkpoint=None, epochs=1, warmup_epochs=1, batch_size=16, lr=3e-3,
+                  layer_decay=1.0, drop_path=0.0, patience=100, progress=False, pool="mean",
+                  model=EEGMambaConfig.from_size("tiny", **SMALL))
+    with pytest.raises(ValueError, match=r"corpus 'bids' of .* contributes none of its 36 windows \(negative x18, "
+                                         r"positive x18\): its labels are not the classes \['calm', 'stress'\]"):
+        finetune(FinetuneConfig(data=str(tmp_path / "other"), out=str(tmp_path / "ft_other"), **config))
+    assert not (tmp_path / "ft_other").exists()
+
+    build("bids", _bids_emotion(tmp_path / "bids_mixed", ("calm", "stress", "neutral")), both, progress=False)
+    capsys.readouterr()
+    result = finetune(FinetuneConfig(data=str(both), out=str(tmp_path / "ft_both"), **config))
+    line = ("task 'emotion': 12 window(s) of corpus 'bids' left out (label neutral x12); the recipe's classes are "
+            "['calm', 'stress']")
+    assert f"warning: {line}" in capsys.readouterr().err
+    assert line in (tmp_path / "ft_both" / "report.md").read_text()
+    assert result["results"]["emotion"]["left_out_labels"] == {"neutral": 12}
