@@ -106,14 +106,24 @@ def test_a_non_finite_output_never_becomes_a_label():
 
 
 @pytest.mark.parametrize("edit", [{"n_layers": 100000}, {"d_model": 10**6}, {"n_layers": 3}, {"d_state": 64}])
-def test_a_config_json_that_does_not_describe_its_weights_is_refused_before_building(tmp_path, edit):
+def test_a_config_json_that_does_not_describe_its_weights_is_refused_before_building(tmp_path, monkeypatch, edit):
     folder = tmp_path / "ckpt"
     EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **edit}))
+    built = []  # models built with real memory (not on the meta device) from the edited config
+    init = EEGMamba.__init__
+
+    def spy(self, cfg):
+        if torch.empty(0).device.type != "meta":
+            built.append(cfg)
+        init(self, cfg)
+
+    monkeypatch.setattr(EEGMamba, "__init__", spy)
     key = next(iter(edit))
     with pytest.raises((CheckpointError, ValueError), match=rf"{key}=\d+ is above|does not match the model .*config\.json"):
         EEGMamba.from_pretrained(folder)
+    assert built == []
 
 
 def test_a_finetuned_config_asking_for_a_billion_classes_is_refused(model_dir, tmp_path):
