@@ -22,26 +22,42 @@ import numpy as np
 from runtime.signal import UNIT_UV
 from shards.sample import Window
 
-__all__ = ["ALIGNMENTS", "ALIGNED_RMS_UV", "alignment_matrix", "align_groups", "align_array"]
+__all__ = ["ALIGNMENTS", "ALIGNED_RMS_UV", "alignment_matrix", "align_groups", "align_array", "align_with",
+           "mean_covariance", "whitening"]
 
 ALIGNMENTS = ("none", "euclidean")
 ALIGNED_RMS_UV = 20.0
 
 
-def alignment_matrix(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """``R^{-1/2}`` of windows ``x [n, c, t]``: ``[c, c]`` (float64). ``eps`` (relative to the mean eigenvalue)
-    keeps a flat or duplicated channel from blowing up its direction."""
+def mean_covariance(x: np.ndarray) -> np.ndarray:
+    """``R = mean_i x_i x_i^T / t`` of windows ``x [n, c, t]``: ``[c, c]`` (float64)."""
     x = np.asarray(x, dtype=np.float64)
-    cov = np.einsum("nct,ndt->cd", x, x) / (x.shape[0] * x.shape[2])
+    return np.einsum("nct,ndt->cd", x, x) / (x.shape[0] * x.shape[2])
+
+
+def whitening(cov: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """``R^{-1/2}`` of a mean covariance ``[c, c]``. ``eps`` (relative to the mean eigenvalue) keeps a flat or
+    duplicated channel from blowing up its direction."""
     vals, vecs = np.linalg.eigh(cov)
     floor = eps * max(float(vals.mean()), 1e-12)
     return (vecs / np.sqrt(np.maximum(vals, floor))) @ vecs.T
 
 
+def alignment_matrix(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """``R^{-1/2}`` of windows ``x [n, c, t]``: ``[c, c]`` (float64)."""
+    return whitening(mean_covariance(x), eps)
+
+
+def align_with(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Windows ``x [n, c, t]`` whitened by ``matrix`` (:func:`alignment_matrix` of their group) and scaled to
+    ``ALIGNED_RMS_UV`` (float32); a long recording is aligned batch by batch with the matrix of all its windows."""
+    scale = ALIGNED_RMS_UV / UNIT_UV  # µV -> the suite's units
+    return (scale * np.einsum("cd,ndt->nct", matrix, np.asarray(x, dtype=np.float64))).astype(np.float32)
+
+
 def align_array(x: np.ndarray) -> np.ndarray:
     """All windows ``x [n, c, t]`` of one subject (or recording), aligned together (float32)."""
-    scale = ALIGNED_RMS_UV / UNIT_UV  # µV -> the suite's units
-    return (scale * np.einsum("cd,ndt->nct", alignment_matrix(x), np.asarray(x, dtype=np.float64))).astype(np.float32)
+    return align_with(x, alignment_matrix(x))
 
 
 def align_groups(windows: Sequence[Window], groups: Sequence[str]) -> list[Window]:

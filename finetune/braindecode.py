@@ -40,7 +40,7 @@ from finetune.contract import check_montage, contract_of, notice
 from finetune.heads import ClassificationHead
 from finetune.model import load_backbone
 from foundation.contract import ContractError
-from runtime.signal import SFREQ, UNIT_SCALE, UNITS
+from runtime.signal import SFREQ, UNIT_SCALE, UNITS, check_sfreq
 from shards.vocabulary import canonical_name, channel_ids
 
 __all__ = ["EEGClassifier", "EEGMambaClassifier", "braindecode_models", "UNIT_FACTORS", "fourier_resample"]
@@ -148,6 +148,7 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         super().__init__(n_outputs=n_outputs, n_chans=n_chans, chs_info=chs_info, n_times=n_times,
                          input_window_seconds=input_window_seconds, sfreq=sfreq)
         del n_outputs, n_chans, chs_info, n_times, input_window_seconds, sfreq
+        check_sfreq(self.sfreq, "EEGMambaClassifier", what="(sfreq)")
         if input_units not in UNIT_FACTORS:
             raise ContractError(f"EEGMambaClassifier: input_units={input_units!r}; expected one of {sorted(UNIT_FACTORS)}")
         self.backbone, info = load_backbone(checkpoint)

@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from finetune.heads import ClassificationHead, set_mode
-from foundation.checkpoint import config_from_checkpoint, resolve_checkpoint, runtime_fields, stored_config
+from foundation.checkpoint import (check_config_fits_weights, check_finite_weights, config_from_checkpoint,
+                                   resolve_checkpoint, runtime_fields, stored_config)
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
+from runtime.atomic import atomic_save, atomic_write_text, refuse_link
 from shards.vocabulary import channel_ids
 
 __all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
@@ -46,6 +48,7 @@ class TaskModel(nn.Module):
         backbone: the EEGMamba backbone.
         heads: task name -> ``dict(n_classes, task_id, classes)`` (plus optional ``pool``/``dropout``).
         pool, dropout: head defaults. mode: "finetune" or "linear_probe" (frozen backbone in eval mode).
+        inherit_task_rows: start unused task rows from the used ones (False when the weights are loaded next).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class TaskModel(nn.Module):
         pool: str = "cls",
         dropout: float = 0.0,
         mode: str = "finetune",
+        inherit_task_rows: bool = True,
     ) -> None:
         super().__init__()
         if not heads:
@@ -86,7 +90,9 @@ class TaskModel(nn.Module):
         set_mode(self.backbone, mode)
         # Rows the backbone never trained (e.g. a task-0-only pretraining) start from the trained ones, so
         # the pretrained routing survives the switch of task id (a no-op for task_embed="legacy").
-        backbone.inherit_task_rows(sorted({s["task_id"] for s in self.head_specs.values()}))
+        # (Not when loading a finetuned folder, whose weights carry its rows: inherit_task_rows=False.)
+        if inherit_task_rows:
+            backbone.inherit_task_rows(sorted({s["task_id"] for s in self.head_specs.values()}))
 
     @property
     def tasks(self) -> list[str]:
@@ -137,12 +143,14 @@ class TaskModel(nn.Module):
     def save_pretrained(self, folder: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
         """Write config.json + model.safetensors (+ ``extra`` name -> JSON object, e.g. recipe/metrics)."""
         folder = Path(folder)
+        refuse_link(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2))
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.config_dict(), indent=2))
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        safetensors.torch.save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "eegfm": FORMAT})
+        atomic_save(lambda tmp: safetensors.torch.save_file(state, tmp, metadata={"format": "pt", "eegfm": FORMAT}),
+                    folder / WEIGHTS_NAME)
         for name, obj in (extra or {}).items():
-            (folder / f"{name}.json").write_text(json.dumps(obj, indent=2, allow_nan=False, default=str))
+            atomic_write_text(folder / f"{name}.json", json.dumps(obj, indent=2, allow_nan=False, default=str))
         return folder
 
     @classmethod
@@ -155,8 +163,16 @@ class TaskModel(nn.Module):
         """
         folder = Path(folder)
         cfg = read_finetuned_config(folder)
-        backbone = EEGMamba(_backbone_config(cfg["backbone"], folder / CONFIG_NAME))
-        model = cls(backbone, cfg["heads"], mode=cfg.get("mode", "finetune"))
+        backbone_cfg = _backbone_config(cfg["backbone"], folder / CONFIG_NAME)
+
+        def build() -> "TaskModel":
+            try:
+                return cls(EEGMamba(backbone_cfg), cfg["heads"], mode=cfg.get("mode", "finetune"), inherit_task_rows=False)
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                raise CheckpointError(f"{folder / CONFIG_NAME}: heads: {err}") from err
+
+        check_config_fits_weights(build, folder / CONFIG_NAME, folder / WEIGHTS_NAME)
+        model = build()
         load_backbone_weights(model, folder / WEIGHTS_NAME, strict=True)
         return model.to(map_location).eval()
 
@@ -252,13 +268,16 @@ def load_backbone(
     cfg = dataclasses.replace(cfg, **runtime)  # how this run executes (e.g. scan_backend), never compared
     if drop_path is not None:
         cfg = dataclasses.replace(cfg, drop_path=drop_path)
-    backbone = EEGMamba(cfg)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint folder {folder} has no {WEIGHTS_NAME}")
+    prefix = "backbone." if prefix_model == "finetuned" else ""
+    check_config_fits_weights(lambda: EEGMamba(cfg), folder / CONFIG_NAME, weights, prefix=prefix)
+    backbone = EEGMamba(cfg)
     if prefix_model == "finetuned":
         state = safetensors.torch.load_file(str(weights))
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        check_finite_weights(state, weights)
         _load_state_checked(backbone, state, weights)
     else:
         load_backbone_weights(backbone, weights, strict=True)

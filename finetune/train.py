@@ -55,6 +55,8 @@ from finetune.report import json_safe, write_report
 from finetune.splits import Split, choose_group_key, group_names, published_split, split_windows
 from foundation.augment import augment
 from foundation.ssm import selective_scan_backend
+from runtime import run_folder
+from runtime.atomic import LinkedPathError, atomic_write_text
 from runtime.config_dict import given_keys
 from runtime.configfile import to_dict
 from runtime.engine import (
@@ -66,6 +68,7 @@ from runtime.engine import (
     make_accelerator,
     make_scheduler,
 )
+from runtime.folder_lock import FolderLockedError
 from runtime.signal import SFREQ
 from shards.dataset import load_windows
 from shards.vocabulary import channel_id
@@ -368,10 +371,15 @@ MIN_VAL_GROUPS = 2
 
 
 def run_warnings(tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyper: Hyper, mode: str) -> list[str]:
-    """What the user should know before trusting this run: validation too small to select on, a class missing from
-    validation, a warm-up longer than the run."""
+    """What the user should know before trusting this run: windows of the data left out (labels the recipe does not
+    use, missing channels), validation too small to select on, a class missing from validation, a warm-up longer
+    than the run."""
     out = []
     for name, data in tasks.items():
+        for corpus, why in data.left_out_by_corpus.items():
+            out.append(f"task {name!r}: {sum(why.values())} window(s) of corpus {corpus!r} left out ("
+                       + ", ".join(f"label {k} x{v}" if not k.startswith("missing") else f"{k} x{v}" for k, v in why.items())
+                       + f"); the recipe's classes are {list(data.recipe.classes)}")
         split = splits[name]
         val_groups = len(split.groups.get("val", ())) if split.groups else None
         counts = data.class_counts(split.val)
@@ -456,6 +464,8 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     config.task_specs()  # config errors before anything is read
     if config.checkpoint == "":
         raise ValueError("no checkpoint: pass --checkpoint DIR (a pretrained EEGMamba folder) or --checkpoint none")
+    if config.out:  # an output over the input is refused before any work (and again, locked, in _out_dir)
+        run_folder.check_output(config.out, inputs={"--checkpoint": None if config.checkpoint == "none" else config.checkpoint})
     acc = accelerator or make_accelerator(config.mixed_precision)
     set_seed(config.seed)
     t0 = time.time()
@@ -470,7 +480,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     losses, weights = task_losses(config, tasks, splits, hyper, acc.device)
     probes = start_heads(model, config, tasks, splits, hyper, torch.device("cpu")) if acc.is_main_process else {}
     fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
-    out_dir = _out_dir(config, list(tasks), acc)
+    out_dir = _out_dir(config, list(tasks), acc, provenance.get("checkpoint"))
     log_scan_backend(acc, selective_scan_backend, model)
 
     bad_epochs = 0
@@ -503,21 +513,31 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     }
     if acc.is_main_process:
         save_outputs(out_dir, acc.unwrap_model(fit.model), tasks, splits, hyper, results, run_info, contract)
+        run_folder.release(out_dir)
     acc.wait_for_everyone()
     return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info,
             "predictions": fit.predictions}
 
 
-def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator) -> Path:
-    """The run folder (one name for all ranks), with the resolved config written into it."""
-    out = [_default_out(config, names)]
+def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator, checkpoint: str | None = None) -> Path:
+    """The run folder (one name for all ranks), locked for this run, with the resolved config written into it.
+
+    Refused on every rank (``runtime.run_folder.claim_output``): a folder that is or holds the checkpoint or the
+    data the run reads, one that holds a training run, one another run is writing, a planted link in it.
+    """
+    out = [_default_out(config, names), None]
+    if acc.is_main_process:
+        inputs = {"--checkpoint": checkpoint, **{"--data": spec.data for spec in config.task_specs()}}
+        try:
+            run_folder.claim_output(out[0], inputs=inputs)
+            atomic_write_text(Path(out[0]) / "config.json", json.dumps(to_dict(config), indent=2))
+        except (run_folder.RunFolderError, FolderLockedError, LinkedPathError) as err:
+            out[1] = str(err)
     if acc.num_processes > 1:
         broadcast_object_list(out)
-    out_dir = Path(out[0])
-    if acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-    return out_dir
+    if out[1] is not None:
+        raise run_folder.RunFolderError(out[1])
+    return Path(out[0])
 
 
 class _EpochLog:

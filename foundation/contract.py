@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.signal import PATCH_SAMPLES, SFREQ, UNITS
+from runtime.signal import PATCH_SAMPLES, SFREQ, UNITS, check_sfreq
 
 __all__ = ["CONTRACT_NAME", "FORMAT", "UNITS", "ContractError", "InputContract", "read_contract"]
 
@@ -69,8 +69,10 @@ class InputContract:
     format: str = FORMAT
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.sfreq, (int, float)) and self.sfreq > 0):
-            raise ContractError(f"InputContract.sfreq must be a positive number, got {self.sfreq!r}")
+        try:  # the rule every rate the suite reads passes: a contract of 1e9 Hz would ask for 290-GiB windows
+            check_sfreq(self.sfreq, what="as InputContract.sfreq")
+        except ValueError as err:
+            raise ContractError(str(err)) from None
         if self.units != UNITS:
             raise ContractError(f"InputContract.units must be {UNITS!r} (µV / 100), got {self.units!r}")
         if self.format != FORMAT:
@@ -103,8 +105,8 @@ class InputContract:
                 values[key] = tuple(values[key])
         try:
             return cls(**values)
-        except TypeError as err:
-            raise ContractError(f"{where}: {err}") from err
+        except (TypeError, ContractError) as err:
+            raise ContractError(f"{where}: {err}") from None
 
     def save(self, folder: str | Path) -> Path:
         """Write ``{folder}/contract.json``; returns its path."""

@@ -113,6 +113,8 @@ class TrainConfig:
         "comma-separated settings (e.g. optim.lr,optim.warmup_steps) that --resume applies although they differ from "
         "the checkpoint's; any other difference refuses the resume", "")
     inject_nan_at: int | None = option("test hook: make the loss NaN at this step to exercise the NaN guard", None)
+    overwrite: bool = option("a fresh run may start over in an out_dir that holds an earlier run (its checkpoints, "
+                             "model/ and run_config.json are removed first); without it such a run is refused", False)
 
 
 @dataclass(frozen=True)

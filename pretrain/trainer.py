@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -40,8 +40,11 @@ from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
 from pretrain.probe import BEST_DIR, check_probe_leak, load_probe_sets, probe_backbone, read_best, write_best
 from pretrain.resume_settings import apply_overrides, check_resume_settings
+from runtime import run_folder
+from runtime.atomic import LinkedPathError, atomic_write_text
 from runtime.cli_errors import run_cli
 from runtime.configfile import parse_cli, to_dict
+from runtime.folder_lock import FolderLockedError
 from runtime.engine import (
     NonFiniteLossError,
     SeenFlags,
@@ -51,6 +54,7 @@ from runtime.engine import (
     clip_and_check,
     export,
     latest_checkpoint,
+    lineage_of,
     load_checkpoint,
     read_train_state,
     log_scan_backend,
@@ -129,6 +133,8 @@ class Trainer:
         self.micro_batches = 0  # the data position
         self.last_batch: dict | None = None
         self.probe_log: list[dict[str, Any]] = []
+        self.lineage = ""  # a branch resume (runtime.engine.lineage_of) names its checkpoints step_N-bK
+        self._lock = None  # the run folder's lock, held from _setup to the end of fit
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> TrainResult:
@@ -179,6 +185,8 @@ class Trainer:
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         model, optimizer = acc.prepare(self.objective, optimizer)
         path = resolve_resume(resume, self.out_dir) if resume else None
+        self._lock = claim_run_folder(acc, self.out_dir, fresh=path is None, overwrite=self.cfg.overwrite,
+                                      what=f"{self.run_name} run")
         if path is not None:
             self._resume(path, model, optimizer, scheduler, fresh_groups)
         elif acc.is_main_process and (self.out_dir / BEST_DIR).is_dir():
@@ -188,7 +196,7 @@ class Trainer:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.hparams:  # after the resume check: it records the settings this run really uses
-                (self.out_dir / "run_config.json").write_text(json.dumps(self.hparams, indent=2))
+                atomic_write_text(self.out_dir / "run_config.json", json.dumps(self.hparams, indent=2))
         acc.init_trackers(self.run_name, config=_flat_scalars(self.hparams))
         log_scan_backend(acc, selective_scan_backend, self.objective)
         return model, optimizer, scheduler
@@ -199,7 +207,12 @@ class Trainer:
         applied = check_resume_settings(read_train_state(path).get("config"), self.hparams, self.cfg.resume_override, path)
         state = load_checkpoint(acc, model, optimizer, path)
         self.step, self.micro_batches = state["step"], state["micro_batches"]
-        restore_scheduler(scheduler, state["scheduler"])
+        restore_scheduler(scheduler, state.get("scheduler"), path / "train_state.json")
+        self.lineage, later = lineage_of(path, self.out_dir)
+        if later:
+            acc.print(f"resume: {path} is not the newest checkpoint of its run (it went on to step {later[-1]}): this "
+                      f"run branches from it and saves its checkpoints as step_NNNNNNNN-{self.lineage}; the other "
+                      "run's checkpoints are kept, and --resume auto continues this branch")
         if applied:
             apply_overrides(optimizer, scheduler, fresh_groups, applied)
             acc.print("resume: applying changed settings (train.resume_override): " + ", ".join(
@@ -279,7 +292,7 @@ class Trainer:
         state = {"step": self.step, "micro_batches": self.micro_batches, "scheduler": scheduler_state(scheduler),
                  "config": self.hparams or None}
         return save_checkpoint(self.accelerator, model, optimizer, self.out_dir, self.step, state,
-                               keep=self.cfg.keep_checkpoints)
+                               keep=self.cfg.keep_checkpoints, lineage=self.lineage)
 
     def _finish(self, model, result: TrainResult, speed: Throughput) -> TrainResult:
         """Fill in the result; export ``{out_dir}/model`` unless the run stopped before ``max_steps``."""
@@ -325,6 +338,28 @@ class Trainer:
             tracker.finish()
         acc.trackers = []
         acc.free_memory()
+        if self._lock is not None:
+            run_folder.release(self.out_dir)  # the run folder is free for the next run
+            self._lock = None
+
+
+def claim_run_folder(accelerator: Accelerator, out_dir: Path, *, fresh: bool, overwrite: bool, what: str):
+    """``runtime.run_folder.claim`` on the main process; its refusal is raised on every rank (one rank raising
+    alone would leave the others waiting in the next collective)."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = run_folder.claim(out_dir, fresh=fresh, overwrite=overwrite, what=what)
+        except (run_folder.RunFolderError, FolderLockedError, LinkedPathError) as err:
+            error = err
+    if accelerator.num_processes > 1:
+        message = [None if error is None else str(error)]
+        broadcast_object_list(message)
+        if message[0] is not None and error is None:
+            error = run_folder.RunFolderError(message[0])
+    if error is not None:
+        raise error
+    return lock
 
 
 def _expert_scalars(load: torch.Tensor) -> dict[str, float]:

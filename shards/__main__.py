@@ -177,8 +177,10 @@ def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
     problems = []
     listed = {s["name"]: s for s in manifest["shards"]}
     on_disk = {p.name for p in folder.glob("*.tar")}
-    for name in sorted(on_disk - set(listed)):
-        problems.append(f"{folder / name}: shard on disk but not in the manifest")
+    # Readers take only what the manifest lists, so a copy or an old/ subfolder is never read; name each one.
+    for path in sorted(folder.rglob("*.tar")):
+        if path.parent != folder or path.name not in listed:
+            problems.append(f"{path}: tar on disk but not in the manifest (readers leave it out; delete or move it)")
     total = 0
     for name in tqdm(sorted(listed), desc=f"validate {folder.name}", unit="shard", disable=not progress):
         path = folder / name

@@ -21,18 +21,23 @@ def _save(out, step, acc):
     return save_checkpoint(acc, model, optimizer, out, step, {"step": step, "micro_batches": step, "scheduler": {}})
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names a descriptor's file through /proc")
 def test_a_save_killed_while_writing_the_state_leaves_no_state_file(tmp_path, monkeypatch):
     acc = Accelerator(cpu=True)
     first = _save(tmp_path, 1, acc)
     assert json.loads((first / STATE_FILE).read_text())["step"] == 1
 
-    def killed(fd):  # the process dies after the bytes are handed to the OS, before they are on disk
-        raise KeyboardInterrupt
+    real_fsync = os.fsync
+
+    def killed(fd):  # the process dies after the state's bytes are handed to the OS, before they are on disk
+        if STATE_FILE in os.readlink(f"/proc/self/fd/{fd}"):
+            raise KeyboardInterrupt
+        real_fsync(fd)
 
     monkeypatch.setattr(runtime.atomic.os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, 2, acc)
-    monkeypatch.setattr(runtime.atomic.os, "fsync", os.fsync)
+    monkeypatch.setattr(runtime.atomic.os, "fsync", real_fsync)
     second = tmp_path / "checkpoints" / "step_00000002"
     assert (second / "model.safetensors").is_file() and not (second / STATE_FILE).exists()
     assert latest_checkpoint(tmp_path) == first

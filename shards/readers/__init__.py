@@ -1,4 +1,4 @@
-"""Read raw EEG recordings of any supported format into a preloaded :class:`mne.io.BaseRaw`.
+"""Read raw EEG recordings of any supported format into an :class:`mne.io.BaseRaw` (preloaded up to a size).
 
 ``read_raw`` is the one entry; every failure is a :class:`ReadError` naming the file and the reason. The modules:
 
@@ -14,7 +14,7 @@
   ``read_raw`` recognises in any folder (so they sit here, below the corpus adapters that use them).
 """
 
-from shards.readers.dispatch import SUPPORTED_EXTENSIONS, read_raw
+from shards.readers.dispatch import PRELOAD_MAX_BYTES, SUPPORTED_EXTENSIONS, read_raw
 from shards.readers.dreams import DREAMS_EXCERPT_S, read_dreams_excerpt
 from shards.readers.errors import HEADER_MAX_SFREQ, HEADER_MIN_SFREQ, ReadError, check_path
 from shards.readers.text import read_text_signal
@@ -22,5 +22,5 @@ from shards.readers.yasa import read_yasa_snippet
 
 __all__ = [
     "ReadError", "check_path", "read_raw", "read_text_signal", "read_dreams_excerpt", "read_yasa_snippet",
-    "SUPPORTED_EXTENSIONS", "DREAMS_EXCERPT_S", "HEADER_MIN_SFREQ", "HEADER_MAX_SFREQ",
+    "SUPPORTED_EXTENSIONS", "PRELOAD_MAX_BYTES", "DREAMS_EXCERPT_S", "HEADER_MIN_SFREQ", "HEADER_MAX_SFREQ",
 ]

@@ -1,4 +1,4 @@
-"""Read raw EEG recordings of any supported format into a preloaded :class:`mne.io.BaseRaw`.
+"""Read raw EEG recordings of any supported format into an :class:`mne.io.BaseRaw` (large ones left on disk).
 
 Which formats exist, which file of a multi-file recording is its header and which optional package a format
 needs is :mod:`shards.formats`' table; this module dispatches through it to MNE's ``mne.io.read_raw_*``
@@ -36,7 +36,7 @@ from shards.readers.vendor import fix_bci2000, read_neuroscan_cnt
 from shards.readers.xdf import read_xdf
 from shards.readers.yasa import SFREQ_IN_NAME, read_yasa_snippet
 
-__all__ = ["read_raw", "SUPPORTED_EXTENSIONS"]
+__all__ = ["read_raw", "SUPPORTED_EXTENSIONS", "PRELOAD_MAX_BYTES"]
 
 SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(e for f in formats.FORMATS if f.reader for e in f.extensions))
 
@@ -70,9 +70,19 @@ def _format(path: Path) -> Format:
     return fmt
 
 
-def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: str | None = None) -> mne.io.BaseRaw:
-    """Read one recording, preloaded, with its original channel names and types set from the vocabulary.
+# Channels x samples x 8 bytes above which read_raw leaves a recording on disk (MNE reads it lazily) and the
+# build and predict process it in blocks (shards.streaming): a 10-hour EDF would be 1.1 GB in float64.
+PRELOAD_MAX_BYTES = 64 * 2**20
 
+
+def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: str | None = None,
+             preload: bool | None = None) -> mne.io.BaseRaw:
+    """Read one recording with its original channel names and types set from the vocabulary.
+
+    ``preload``: True reads the samples into memory, False leaves them on disk where the format allows it, None
+    (default) preloads recordings up to :data:`PRELOAD_MAX_BYTES` in float64 and leaves larger ones on disk.
+    Formats whose samples this module corrects in memory (BCI2000, Neuroscan CNT, eXimia) and text/XDF files
+    are always preloaded.
     ``path`` is the recording's header file (or folder), see :data:`shards.formats.FORMATS`.
     ``sfreq``/``ch_name`` are only used for headerless text files (``.txt``/``.asc``): DREAMS excerpts and
     YASA snippets carry their rate, other text needs ``sfreq``. Raises :class:`ReadError` for a missing,
@@ -92,7 +102,7 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
     else:
         if ext in (".edf", ".bdf"):
             check_edf_header(path, bytes_per_sample=3 if ext == ".bdf" else 2)
-        raw = _read_mne(path, fmt)
+        raw = _read_mne(path, fmt, preload)
         if ext in (".edf", ".bdf"):
             fix_edf_units(raw)
         if fmt.reader == "read_raw_bci2k":
@@ -108,7 +118,7 @@ def read_raw(path: str | os.PathLike, *, sfreq: float | None = None, ch_name: st
     return raw
 
 
-def _read_mne(path: Path, fmt: Format) -> mne.io.BaseRaw:
+def _read_mne(path: Path, fmt: Format, preload: bool | None) -> mne.io.BaseRaw:
     try:
         with warnings.catch_warnings():
             # MNE warns about things we handle ourselves (unit scaling, channel name deduplication,
@@ -116,7 +126,12 @@ def _read_mne(path: Path, fmt: Format) -> mne.io.BaseRaw:
             warnings.simplefilter("ignore")
             if fmt.reader == "read_raw_cnt":
                 return read_neuroscan_cnt(path)
-            return getattr(mne.io, fmt.reader)(path, preload=True, verbose="error", **fmt.kwargs)
+            in_memory = fmt.reader == "read_raw_bci2k" or fmt.scale != 1.0  # corrected in memory after reading
+            raw = getattr(mne.io, fmt.reader)(path, preload=bool(preload) or in_memory, verbose="error", **fmt.kwargs)
+            size = raw.n_times * len(raw.ch_names) * 8
+            if not raw.preload and (preload or (preload is None and size <= PRELOAD_MAX_BYTES)):
+                raw.load_data(verbose="error")
+            return raw
     except ReadError:
         raise
     except MemoryError:

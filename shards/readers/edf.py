@@ -124,7 +124,10 @@ def fix_edf_units(raw: mne.io.BaseRaw) -> None:
         want = _CASELESS_SCALE.get((unit or "").strip().lower())
         if want is None or types[i] == "stim" or math.isclose(applied[i], want, rel_tol=1e-9):
             continue
-        raw._data[i] *= want / applied[i]
+        if raw.preload:
+            raw._data[i] *= want / applied[i]
+        else:  # left on disk (a long recording): MNE applies _cals as it reads each block
+            raw._cals[i] *= want / applied[i]
 
 
 def _edf_units(path: Path) -> dict[str, str]:
