@@ -131,7 +131,9 @@ def test_eegmmidb_left_right_fist_held_out_run(shared_data, tmp_path):
     s001 = shared_data / "motor_imagery" / "eegmmidb" / "S001"
     runs = [s001 / f"S001R{r:02d}.edf" for r in (3, 4, 7, 8, 11)]
     data = shard("eegmmidb", link(runs, tmp_path / "raw"), tmp_path)
-    res = run(tmp_path, "motor_imagery", data, epochs=20, channels=("C3", "CZ", "C4"), pool="cls",
+    # the head reads one token mean per channel (the default for several channels); the class token of a model
+    # trained from scratch on 60 trials ranked the held-out run at AUROC 0.21 (the selection saw 15 windows)
+    res = run(tmp_path, "motor_imagery", data, epochs=20, channels=("C3", "CZ", "C4"), pool="auto",
               extra_tasks=("motor_execution",))["results"]["motor_imagery"]
     assert res["split"]["group_key"] == "recording" and res["split"]["n_folds"] == 5
     disjoint(res)
