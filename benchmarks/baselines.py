@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from benchmarks.tasks import Budget, TaskPlan
+from runtime.signal import SFREQ  # the shards' common rate
 
-SFREQ = 200.0  # the shards' common rate
 BANDS: dict[str, tuple[float, float]] = {
     "delta": (0.5, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0), "gamma": (30.0, 45.0),
 }

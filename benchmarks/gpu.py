@@ -319,7 +319,7 @@ def build_shards(folder: Path, dry: bool) -> str:
 def _pretrain_row(device, stream, size: str, crop_s: float, seconds: float, compiled: bool, dry: bool) -> dict:
     """One pretraining loop (eager or compiled): rates, overhead per step, compile time, peak memory."""
     from pretrain.data import batch_tokens, to_device
-    from pretrain.engine import param_groups
+    from runtime.engine import param_groups
     from pretrain.objectives import MaskedSTFTObjective, build_backbone
 
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ from pretrain.config import DataConfig, DemoConfig
 from pretrain.data import batch_tokens, corpus_specs, make_batch_stream, resolve_corpora, to_device
 from pretrain.demo import build_demo_shards
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, build_backbone
-from pretrain.engine import param_groups
+from runtime.engine import param_groups
 
 
 def loader_rate(spec: str, batch_size: int, crop_s: float, n_batches: int, num_workers: int) -> float:
@@ -114,7 +114,10 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(1, os.environ["EEGFM_BENCH_TOOLS"])
 from pretrain.objectives import MaskedSTFTObjective, build_backbone
-from pretrain.engine import param_groups
+try:
+    from runtime.engine import param_groups
+except ImportError:  # revisions before the runtime package
+    from pretrain.engine import param_groups
 from step_overhead import profile_step
 batches = torch.load(os.environ["EEGFM_BENCH_BATCHES"])
 fused = "fused=" in open("pretrain/trainer.py").read()  # the optimiser this revision's trainer builds

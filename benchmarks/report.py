@@ -1,6 +1,7 @@
-"""The report of ``benchmarks/downstream.py``: aggregation over seeds, the Markdown tables and aims, paired
-differences, results.md / results.json and the README results block. ``render`` is a pure function of the
-results.json payload, so ``--render`` reproduces a report byte for byte."""
+"""The report of ``benchmarks/downstream.py``: folds pooled into one prediction per window, metrics per seed, mean ±
+std over seeds with bootstrap intervals over groups, constant predictors flagged and counted, paired differences,
+the aims, and the README block. ``render`` is a pure function of the results.json payload, so ``--render``
+reproduces a report from the JSON alone."""
 
 from __future__ import annotations
 
@@ -8,25 +9,19 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.tasks import TASKS
+from benchmarks.bootstrap import balanced_accuracy, group_bootstrap
+from benchmarks.units import BAND, EEGNET, PRETRAINED, PROBE, RANDOM_PROBE, SCRATCH
 
-SCRATCH, BAND = "EEGMamba from scratch", "band power + LR"
-PROBE = "EEGMamba linear probe ({})"
-RANDOM_PROBE = "EEGMamba linear probe (random init)"
-RELEASE = "EEGMamba released checkpoint (eegmamba-tiny-open), finetuned"
-MULTI = "EEGMamba multi-task ({} backbone), one model for all tasks"
-METRICS = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc")
-METRIC_TITLES = {"balanced_accuracy": "bal. acc.", "cohen_kappa": "kappa", "weighted_f1": "weighted F1", "auroc": "AUROC"}
-
-
-def pretrained_name(objective: str) -> str:
-    return f"EEGMamba pretrained ({objective}), finetuned"
+METRICS = ("balanced_accuracy", "auroc", "cohen_kappa", "weighted_f1")
+TITLES = {"balanced_accuracy": "bal. acc.", "auroc": "AUROC", "cohen_kappa": "kappa", "weighted_f1": "weighted F1"}
+ALIGNED = " [aligned]"
+README_BEGIN = "<!-- downstream-results:begin -->"
+README_END = "<!-- downstream-results:end -->"
 
 
 def log(msg: str) -> None:
@@ -48,176 +43,248 @@ def fmt(stat: Mapping[str, float] | None) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
-    """Per-seed runs ``[{task, method, seed, metrics, seconds}]`` -> ``{task: {method: {metric: stat, seconds}}}``."""
-    out: dict[str, dict] = {}
-    for r in runs:
-        out.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
-    table: dict[str, dict] = {}
-    for task, methods in out.items():
-        table[task] = {}
-        for method, rs in methods.items():
-            entry = {m: summarize([r["metrics"].get(m, math.nan) for r in rs]) for m in METRICS}
-            entry["seconds"] = summarize([r["seconds"] for r in rs])
-            entry["seeds"] = sorted(r["seed"] for r in rs)
-            table[task][method] = entry
-    return table
+def row_name(method: str, protocol: str) -> str:
+    return method + (ALIGNED if protocol == "aligned" else "")
 
 
-def results_table(table: Mapping[str, Mapping[str, Mapping]], titles: Mapping[str, str]) -> str:
-    """Markdown table: one row per (task, method), metrics as mean ± std, seconds per run."""
-    head = "| task | method | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " | s / run |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 3)]
-    for task, methods in table.items():
-        for method, entry in methods.items():
-            cells = [fmt(entry.get(m)) for m in METRICS]
-            sec = entry.get("seconds", {}).get("mean", math.nan)
-            lines.append(f"| {titles.get(task, task)} | {method} | " + " | ".join(cells) + f" | {sec:.0f} |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------------------- pooling the folds
+def pool_predictions(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per task: the windows of every fold in fold order (``y``, ``groups``) and per row and seed the pooled
+    ``pred`` (each fold's own threshold applied) and probabilities ``p`` (the positive class's for binary tasks).
+    A row/seed missing a fold (a failed unit) is left out, with the reason in ``missing``."""
+    out: dict[str, Any] = {}
+    by_task: dict[str, list] = {}
+    for u in units:
+        by_task.setdefault(u["task"], []).append(u)
+    for task, us in by_task.items():
+        folds = sorted({u["fold"] for u in us})
+        ref = {}
+        for u in us:
+            if "error" not in u:
+                ref.setdefault(u["fold"], (u["y"], u["groups"]))
+        if set(ref) != set(folds):
+            continue
+        entry = {"y": [v for f in folds for v in ref[f][0]], "groups": [g for f in folds for g in ref[f][1]],
+                 "folds": [f for f in folds for _ in ref[f][0]], "rows": {}, "missing": {}, "constant": {}}
+        cells: dict[tuple[str, int], dict[int, Mapping]] = {}
+        for u in us:
+            cells.setdefault((row_name(u["method"], u["protocol"]), u["seed"]), {})[u["fold"]] = u
+        for (row, seed), per_fold in cells.items():
+            bad = [f"fold {f}: {per_fold[f].get('error', 'missing')}" for f in folds
+                   if f not in per_fold or "error" in per_fold[f]]
+            if bad:
+                entry["missing"].setdefault(row, {})[str(seed)] = bad
+                continue
+            if any(per_fold[f]["y"] != ref[f][0] or per_fold[f]["groups"] != ref[f][1] for f in folds):
+                entry["missing"].setdefault(row, {})[str(seed)] = ["test windows differ from the other methods'"]
+                continue
+            from finetune.metrics import is_constant_predictor, predict_labels
 
-
-def stage_table(stages: Mapping[str, float]) -> str:
-    lines = ["| stage | wall time (s) |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in stages.items()]
-    lines.append(f"| total | {sum(stages.values()):.0f} |")
-    return "\n".join(lines)
-
-
-def aims(table: Mapping[str, Mapping[str, Mapping]], pretrained: Sequence[str], scratch: str, band: str,
-         seizure_task: str = "seizure") -> list[str]:
-    """The issue's aims, checked on mean test balanced accuracy (lines for the report)."""
-    def ba(task, method):
-        return table.get(task, {}).get(method, {}).get("balanced_accuracy", {}).get("mean", math.nan)
-
-    lines = []
-    for method in pretrained:
-        wins = [t for t in table if ba(t, method) > ba(t, scratch)]
-        not_worse = [t for t in table if ba(t, method) >= ba(t, band)]
-        lines.append(f"- {method}: beats from-scratch on {len(wins)}/{len(table)} tasks ({', '.join(wins) or 'none'}); "
-                     f"no worse than band power on {len(not_worse)}/{len(table)} ({', '.join(not_worse) or 'none'}).")
-    for method in [*pretrained, scratch, band]:
-        if seizure_task in table and method in table[seizure_task]:
-            v = ba(seizure_task, method)
-            lines.append(f"- seizure balanced accuracy >= 0.95 with {method}: {'yes' if v >= 0.95 else 'no'} ({v:.3f})")
-    return lines
-
-
-def paired_differences(runs: Sequence[Mapping[str, Any]], method: str, reference: str,
-                       metric: str = "balanced_accuracy") -> dict[str, dict]:
-    """Per task: ``method - reference`` on the same split (seed), mean ± std over seeds, and wins/seeds."""
-    by = {(r["task"], r["method"], r["seed"]): r["metrics"].get(metric) for r in runs}
-    out = {}
-    for task in dict.fromkeys(r["task"] for r in runs):
-        diffs = [by[(task, method, s)] - by[(task, reference, s)] for (t, m, s) in by
-                 if t == task and m == method and by.get((task, reference, s)) is not None and by[(t, m, s)] is not None]
-        out[task] = {**summarize(diffs), "wins": int(sum(d > 0 for d in diffs))}
+            pred, prob, constant = [], [], 0
+            for f in folds:
+                proba = np.asarray(per_fold[f]["proba"], dtype=np.float64)
+                labels = predict_labels(proba, per_fold[f].get("threshold"))
+                pred += labels.tolist()
+                prob += (proba[:, 1] if proba.shape[1] == 2 else proba).round(4).tolist()
+                spread = float(np.ptp(proba[:, np.bincount(labels).argmax()]))
+                constant += int(is_constant_predictor({"predicted_classes": len(set(labels.tolist())), "proba_spread": spread}))
+            entry["rows"].setdefault(row, {})[str(seed)] = {"pred": pred, "p": prob}
+            entry["constant"].setdefault(row, {})[str(seed)] = constant
+        out[task] = entry
     return out
 
 
+def _proba(p: Sequence, n_classes: int) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    return np.c_[1 - p, p] if n_classes == 2 else p
+
+
+def metrics_of(y: Sequence[int], pred: Sequence[int], p: Sequence, n_classes: int) -> dict[str, float]:
+    from finetune.metrics import classification_metrics
+
+    m = classification_metrics(np.asarray(y), _proba(p, n_classes), y_pred=np.asarray(pred), n_classes=n_classes)
+    if n_classes > 2:
+        m["auroc"] = m.get("auroc_macro", math.nan)
+    return {k: m[k] for k in (*METRICS, "predicted_classes")}
+
+
+def table_of(pooled: Mapping[str, Any], n_classes: Mapping[str, int]) -> dict[str, dict]:
+    """``{task: {row: {metric: {mean, std, n}, seeds: {seed: metrics}, constant_folds, folds_run}}}``."""
+    table: dict[str, dict] = {}
+    for task, entry in pooled.items():
+        k = n_classes[task]
+        n_folds = len(set(entry["folds"]))
+        table[task] = {}
+        for row, seeds in entry["rows"].items():
+            per_seed = {s: metrics_of(entry["y"], v["pred"], v["p"], k) for s, v in seeds.items()}
+            cell = {m: summarize([v[m] for v in per_seed.values()]) for m in METRICS}
+            cell["seeds"] = per_seed
+            cell["constant_folds"] = int(sum(entry["constant"][row].values()))
+            cell["folds_run"] = n_folds * len(seeds)
+            cell["ci"] = bootstrap_ci(entry, row, k)
+            table[task][row] = cell
+    return table
+
+
+def bootstrap_ci(entry: Mapping[str, Any], row: str, n_classes: int) -> dict[str, float] | None:
+    """95 % interval of the seed-mean balanced accuracy under resampling groups (subjects / recordings)."""
+    seeds = sorted(entry["rows"][row])
+    y = np.asarray(entry["y"], dtype=np.int64)
+    preds = [np.asarray(entry["rows"][row][s]["pred"], dtype=np.int64) for s in seeds]
+    return group_bootstrap([entry["groups"]] * len(seeds), lambda i, idx: balanced_accuracy(y[idx], preds[i][idx], n_classes))
+
+
+def paired(table: Mapping[str, Any], task: str, row: str, ref: str, metric: str = "balanced_accuracy") -> dict | None:
+    """``row - ref`` per seed (same folds), mean ± std, and the seeds where ``row`` is better."""
+    a, b = table.get(task, {}).get(row), table.get(task, {}).get(ref)
+    if not a or not b:
+        return None
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    diffs = [a["seeds"][s][metric] - b["seeds"][s][metric] for s in seeds]
+    diffs = [d for d in diffs if math.isfinite(d)]
+    return {**summarize(diffs), "wins": int(sum(d > 0 for d in diffs))} if diffs else None
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _mean(table, task, row, metric="balanced_accuracy") -> float:
+    return table.get(task, {}).get(row, {}).get(metric, {}).get("mean", math.nan)
+
+
+def aims_lines(table: Mapping[str, Any], tasks: Mapping[str, Any], protocol: str = "plain") -> list[str]:
+    """The aims, each checked on the table (means over pretraining seeds); rows this run has no results for are
+    left out of a comparison, never counted as a loss or a win."""
+    r = lambda m: row_name(m, protocol)  # noqa: E731
+    has = lambda t, m: r(m) in table.get(t, {})  # noqa: E731
+    names = [t for t in table if has(t, PROBE) or has(t, PRETRAINED)]
+    lines = []
+    eeg_rows = [r(m) for m in (PRETRAINED, SCRATCH, PROBE, RANDOM_PROBE)]
+    const = sum(table[t][row]["constant_folds"] for t in names for row in eeg_rows if row in table[t])
+    runs = sum(table[t][row]["folds_run"] for t in names for row in eeg_rows if row in table[t])
+    lines.append(f"- constant predictors among the EEGMamba fold models: {const} of {runs}")
+    tuned = [t for t in names if has(t, PRETRAINED) and has(t, PROBE)]
+    if tuned:
+        below = [t for t in tuned if _mean(table, t, r(PRETRAINED)) < _mean(table, t, r(PROBE)) - 1e-9]
+        lines.append(f"- finetuned (LP-FT) below its own frozen probe (test balanced accuracy): "
+                     f"{', '.join(below) or 'on no task'} of {len(tuned)}")
+    best = PRETRAINED if tuned else PROBE
+    for metric in ("balanced_accuracy", "auroc"):
+        pairs = [(t, ref) for ref in (SCRATCH if best == PRETRAINED else RANDOM_PROBE, BAND) for t in names
+                 if has(t, best) and has(t, ref)]
+        for ref in dict.fromkeys(ref for _, ref in pairs):
+            ts = [t for t, rr in pairs if rr == ref]
+            ok = [t for t in ts if _mean(table, t, r(best), metric) > _mean(table, t, r(ref), metric)
+                  or (ref == BAND and _mean(table, t, r(best), metric) >= _mean(table, t, r(ref), metric))]
+            types = sorted({tasks[t]["recipe"] for t in ok})
+            relation = ">=" if ref == BAND else ">"
+            lines.append(f"- {TITLES[metric]}: {r(best)} {relation} {r(ref)} on {len(ok)}/{len(ts)} tasks "
+                         f"({', '.join(ok) or 'none'}; task types {', '.join(types) or 'none'})")
+    if "eegmat" in names:
+        v = _mean(table, "eegmat", r(best))
+        lines.append(f"- EEGMAT, subject-wise CV over every window: {r(best)} {v:.3f} balanced accuracy (aim >= 0.75: "
+                     f"{'met' if v >= 0.75 else 'not met'}); band power + LR {_mean(table, 'eegmat', r(BAND)):.3f}")
+    return lines
+
+
+def results_table(table: Mapping[str, Any], titles: Mapping[str, str]) -> str:
+    head = ("| task | method | " + " | ".join(TITLES[m] for m in METRICS)
+            + " | 95 % CI of bal. acc. (groups) | constant fold models |")
+    lines = [head, "|" + "---|" * (len(METRICS) + 4)]
+    for task, rows in table.items():
+        for row, cell in rows.items():
+            ci = cell.get("ci")
+            ci_text = f"[{ci['lo']:.3f}, {ci['hi']:.3f}] ({ci['n_groups']} groups)" if ci else "–"
+            flag = f"**{cell['constant_folds']}** of {cell['folds_run']}" if cell["constant_folds"] else f"0 of {cell['folds_run']}"
+            lines.append(f"| {titles.get(task, task)} | {row} | " + " | ".join(fmt(cell.get(m)) for m in METRICS)
+                         + f" | {ci_text} | {flag} |")
+    return "\n".join(lines)
+
+
+def paired_lines(table: Mapping[str, Any], titles: Mapping[str, str], protocol: str = "plain") -> list[str]:
+    lines = []
+    r = lambda m: row_name(m, protocol)  # noqa: E731
+    for row, ref in ((PRETRAINED, SCRATCH), (PRETRAINED, BAND), (PRETRAINED, PROBE), (PROBE, RANDOM_PROBE), (PROBE, BAND)):
+        cells = []
+        for task in table:
+            for metric in ("balanced_accuracy", "auroc"):
+                d = paired(table, task, r(row), r(ref), metric)
+                if d:
+                    cells.append(f"{titles.get(task, task).split(' (')[0]} {TITLES[metric]} {d['mean']:+.3f} ± {d['std']:.3f} "
+                                 f"({d['wins']}/{d['n']})")
+        if cells:
+            lines.append(f"- {r(row)} minus {r(ref)}: " + "; ".join(cells))
+    return lines
+
+
+def pretraining_lines(payload: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for name, info in payload.get("pretraining", {}).items():
+        losses = info.get("losses") or []
+        k = max(1, len(losses) // 10)
+        probe = info.get("probe") or []
+        best = max(probe, key=lambda h: h["score"]) if probe else None
+        lines.append(f"- {name}: {info.get('steps', len(losses))} steps, loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f}"
+                     + (f"; probe score {' '.join(format(h['score'], '.3f') for h in probe)} (steps "
+                        f"{' '.join(str(h['step']) for h in probe)}), exported step {best['step']}" if best else "")
+                     + f"; {info.get('seconds', 0) / 60:.1f} min")
+    return lines
+
+
 def render(payload: Mapping[str, Any]) -> str:
-    """The Markdown report of one benchmark run (a pure function of its results.json payload).
-
-    Payloads written before the leak-free protocol (no ``protocol`` key) render as they always did.
-    """
-    if "protocol" in payload:
-        from benchmarks.report_protocol import render_protocol
-
-        return render_protocol(payload)
-    return render_legacy(payload)
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What every report reads off a results.json payload."""
-
-    runs: list
-    table: dict  # aggregate(runs)
-    titles: dict  # task -> title
-    methods: list  # in the order the runs hold them
-    pretrained: list  # the "EEGMamba pretrained (...)" methods
-    command: str
-    machine: str  # "Machine: ..." line
-
-
-def facts(payload: Mapping[str, Any]) -> Facts:
-    runs = payload["runs"]
-    methods = list(dict.fromkeys(r["method"] for r in runs))
+    """The Markdown report of one run (a pure function of its results.json payload)."""
+    tasks = payload["tasks"]
+    titles = {t: v["title"] for t, v in tasks.items()}
+    table = payload["table"]
+    b = payload["budget"]
+    schedule = ("the recipes' own schedule" if b["finetune_epochs"] is None else
+                f"{b['finetune_epochs']} epochs ({b['warmup_epochs']} warm-up, patience {b['patience']})")
     info = payload["machine"]
-    return Facts(
-        runs=runs, table=aggregate(runs), titles={t.name: t.title for t in TASKS}, methods=methods,
-        pretrained=[m for m in methods if m.startswith("EEGMamba pretrained")],
-        command=" ".join(payload["command"]) if isinstance(payload["command"], list) else str(payload["command"]),
-        machine=(f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']} "
-                 f"({info['torch_threads']} threads), Python {info['python']}  "),
-    )
-
-
-def render_legacy(payload: Mapping[str, Any]) -> str:
-    """The report of a payload from before issue 15 (transductive, no test predictions), byte for byte."""
-    f = facts(payload)
-    runs, table, titles, methods, pretrained, command = f.runs, f.table, f.titles, f.methods, f.pretrained, f.command
-    if not command.startswith("python"):
-        command = "python " + command
-    finished = f"Finished: {payload['finished']}, " if payload.get("finished") else ""
-    diff_lines = []
-    for method in pretrained:
-        for ref in (SCRATCH, BAND):
-            if ref not in methods:
-                continue
-            d = paired_differences(runs, method, ref)
-            cells = "; ".join(f"{titles.get(t, t).split(' (')[0]} {v['mean']:+.3f} ± {v['std']:.3f} ({v['wins']}/{v['n']} seeds)"
-                              for t, v in d.items() if v["n"])
-            diff_lines.append(f"- {method} minus {ref}: {cells}")
+    protocols = sorted({row.endswith(ALIGNED) for rows in table.values() for row in rows})
     md = [
-        f"# Downstream benchmark{' (--quick smoke test)' if payload.get('quick') else ''}",
+        f"# Downstream benchmark ({payload['mode']} mode)",
         "",
-        f"Command: `{command}`  ",
-        f.machine,
-        f"{finished}total wall time {payload['total_s'] / 60:.1f} min",
+        f"Command: `{' '.join(payload['command'])}`  ",
+        f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']}, "
+        f"{payload.get('jobs', 1)} worker process(es)  ",
+        f"Finished: {payload['finished']}, total wall time {payload['total_s'] / 60:.1f} min",
         "",
-        "Test-split metrics, mean ± std over seeds (seed s = fold s mod k of a group k-fold, "
-        "groups = segments / excerpts / runs / subjects; same split for every method).",
+        f"Protocol: every window of every task; groups (subjects, else recordings) dealt into stratified folds nested in "
+        f"two halves; each of {b['seeds']} pretraining seeds pretrains two tiny backbones ({b['pretrain_steps']} steps), "
+        "each without one half of every task and without the probe pool, and each fold is tested by the backbone that "
+        "never saw it; every test window is predicted once per seed, and the folds are pooled before scoring. Seed s "
+        f"also seeds finetuning (split of the other groups into train / validation, initialisation). Finetuning: {schedule}; "
+        "model selection on validation AUROC; binary thresholds chosen on validation. Mean ± std over seeds: for the "
+        "pretrained probe the spread of pretraining seeds alone (the probe is deterministic), for the from-scratch model "
+        "that of finetuning seeds. Intervals: bootstrap over groups of the seed-mean balanced accuracy. "
+        f"{ALIGNED.strip()} rows: Euclidean alignment per subject, for every method listed"
+        + ("." if b["aligned_finetune"] else " (the fast mode aligns the probes and band power only)."),
         "",
         results_table(table, titles),
         "",
-        "## Aims (issue 7), on mean balanced accuracy",
-        "",
-        *aims(table, pretrained, SCRATCH, BAND),
-        "",
-        "Paired by seed (same split), balanced accuracy differences, mean ± std (seeds where the first is better):",
-        "",
-        *diff_lines,
-        "",
-        *pretraining_and_stage_lines(payload),
     ]
+    for aligned in protocols:
+        protocol = "aligned" if aligned else "plain"
+        md += [f"## Aims ({'aligned' if aligned else 'plain'} protocol)", "", *aims_lines(table, tasks, protocol), "",
+               "Paired by seed (same folds), mean ± std of the difference (seeds where the first is better):", "",
+               *paired_lines(table, titles, protocol), ""]
+    md += ["## Pretraining", "", *pretraining_lines(payload), "", "## Notes", "",
+           *[f"- {n}" for n in payload.get("notes", [])], "", "## Wall time per stage", "",
+           "| stage | minutes |", "|---|---|", *[f"| {k} | {v / 60:.1f} |" for k, v in payload["stages_s"].items()], ""]
     return "\n".join(md)
 
 
-def pretraining_and_stage_lines(payload: Mapping[str, Any]) -> list[str]:
-    """The closing sections of every report: pretraining loss first/last 10 % and the wall time per stage."""
-    losses = payload.get("pretrain_losses", {})
-    return [
-        "## Pretraining",
-        "",
-        *[f"- {name}: {len(ls)} steps, loss {np.mean(ls[:max(1, len(ls) // 10)]):.4f} (first 10 %) -> "
-          f"{np.mean(ls[-max(1, len(ls) // 10):]):.4f} (last 10 %)" for name, ls in losses.items() if ls],
-        "",
-        "## Wall time per stage",
-        "",
-        stage_table(payload["stages_s"]),
-        "",
-    ]
-
-
-README_BEGIN = "<!-- downstream-results:begin -->"
-README_END = "<!-- downstream-results:end -->"
+def write_results(payload: Mapping[str, Any], folder: Path) -> str:
+    """``results.json`` (first: a rendering bug must never cost the run behind it) and ``results.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(_json_safe(payload), separators=(",", ":")))
+    text = render(payload)
+    (folder / "results.md").write_text(text)
+    log(f"wrote {folder / 'results.json'} and results.md")
+    return text
 
 
 def update_readme(readme: Path, report: str) -> None:
-    """Put ``report`` (the results.md text) between the README's markers, headings one level down.
-
-    So the README's numbers are the script's output, never typed by hand.
-    """
+    """Put ``report`` (the results.md text) between the README's markers, headings one level down: the README's
+    numbers are the script's output, never typed by hand."""
     write_block(readme, report, README_BEGIN, README_END, demote="#")
     log(f"updated the results block of {readme}")
 
@@ -235,29 +302,18 @@ def write_block(readme: Path, report: str, begin: str, end: str, *, demote: str)
     readme.write_text(f"{head}{begin}\n{body.strip()}\n{end}{tail}")
 
 
-def write_results(payload: Mapping[str, Any], folder: Path) -> None:
-    # results.json first: a rendering bug must never cost the half hour of training behind it
-    # (``--render`` rebuilds results.md from the JSON alone).
-    folder.mkdir(parents=True, exist_ok=True)
-    # "table" (the aggregate) is what pretrain.release's model card reads.
-    payload = {**payload, "table": aggregate(payload["runs"])}
-    (folder / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
-    text = render(payload)
-    print(text)
-    (folder / "results.md").write_text(text)
-    log(f"wrote {folder / 'results.md'} and results.json")
-
-
 def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
         return {str(k): _json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
+    if isinstance(x, np.generic):
         return _json_safe(x.item())
-    if isinstance(x, Path):
-        return str(x)
     return x
 
+
+__all__ = ["ALIGNED", "EEGNET", "METRICS", "README_BEGIN", "README_END", "aims_lines", "bootstrap_ci", "fmt", "log",
+           "metrics_of", "paired", "pool_predictions", "render", "row_name", "summarize", "table_of", "update_readme",
+           "write_block", "write_results"]

@@ -1,12 +1,10 @@
-"""The stages of ``benchmarks/downstream.py``: shards from the data folder, self-supervised pretraining (the VQ
-tokenizer, then one backbone per objective), and one finetune run per task, seed and method. Each stage reuses a
-finished run of the same settings in the work dir."""
+"""The stages of ``benchmarks/downstream.py`` before the per-fold runs: shards from the data folder, the
+pretraining shards of each half (``benchmarks.folds``), the probe pool's shards, and the backbones (one per
+pretraining seed and half). Each stage reuses a finished build or run of the same settings in the work dir."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -20,17 +18,14 @@ import torch
 
 from benchmarks.ablations import apply
 from benchmarks.report import log
-from benchmarks.tasks import SHARD_SETS, Budget, TaskPlan, max_windows, shard_adapter
-
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+from benchmarks.tasks import SHARD_SETS, Budget, shard_adapter
+from benchmarks.units import key_of
 
 
 def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = None,
-                 keep: Mapping[str, Callable[[Any], bool]] | None = None, folder_name: str = "shards",
-                 channels: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
+                 keep: Mapping[str, Callable[[Any], bool]] | None = None, folder_name: str = "shards") -> dict[str, Path]:
     """Shard each set of ``SHARD_SETS`` (default: all) into ``{out}/{folder_name}/{set}``, recordings filtered by
-    ``keep[set]`` and channels subset to ``channels[set]`` where given; reuse a finished identical build."""
+    ``keep[set]`` where given; reuse a finished identical build, replace one with other settings."""
     from shards.writer import build
 
     folders = {}
@@ -40,13 +35,12 @@ def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = Non
         root = data_root / rel
         if not root.is_dir():
             raise FileNotFoundError(f"{root} does not exist: --data must hold {rel}/ (see ../shared/data/README.md)")
-        adapter = shard_adapter(corpus, (keep or {}).get(corpus), (channels or {}).get(corpus))
+        adapter = shard_adapter(corpus, (keep or {}).get(corpus))
         try:
             manifest = build(adapter, root, base, progress=False)
         except ValueError as err:
             if "different parameters" not in str(err):
                 raise
-            # A build of this work dir with other settings: it is ours to replace.
             log(f"{corpus}: shards in {base / corpus} were built with other parameters; rebuilding")
             shutil.rmtree(base / corpus)
             manifest = build(adapter, root, base, progress=False)
@@ -55,6 +49,29 @@ def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = Non
         log(f"{folder_name} {corpus}: {manifest['totals']['samples']} windows from {manifest['totals']['recordings']} "
             f"recordings ({manifest['totals']['skipped']} skipped); labels {manifest['label_counts']}")
         folders[corpus] = base / corpus
+    return folders
+
+
+def excluding(held: Mapping[str, set[str]]) -> Callable[[Any], bool]:
+    """``keep(recording)``: not one of the held-out recordings or subjects."""
+    recordings, subjects = set(held.get("recordings", ())), set(held.get("subjects", ()))
+    return lambda rec: rec.recording not in recordings and rec.subject not in subjects
+
+
+def subset_shards(data_root: Path, out: Path, name: str, sets: Sequence[str],
+                  keep: Mapping[str, Callable[[Any], bool]], stamp: Mapping[str, Any]) -> dict[str, Path]:
+    """``{out}/{name}/{set}``: the sets with ``keep`` applied, rebuilt when ``stamp`` (what ``keep`` keeps)
+    differs from the one the folder was built with."""
+    folders = {}
+    for corpus in sets:
+        stamp_file = out / name / f"{corpus}.keep.json"
+        text = json.dumps(stamp.get(corpus), sort_keys=True, default=str)
+        if (out / name / corpus).exists() and (not stamp_file.is_file() or stamp_file.read_text() != text):
+            log(f"{name}/{corpus}: built for other folds; rebuilding")
+            shutil.rmtree(out / name / corpus)
+        folders.update(build_shards(data_root, out, sets=[corpus], keep={corpus: keep[corpus]} if corpus in keep else None,
+                                    folder_name=name))
+        stamp_file.write_text(text)
     return folders
 
 
@@ -72,148 +89,44 @@ def pretrain_data_config(folders: Mapping[str, Path], budget: Budget):
                       num_workers=0, epoch_steps=100)
 
 
-def _reusable(folder: Path, key: str) -> bool:
-    stamp = folder / "benchmark_key.json"
-    return (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
-
-
-def _fresh(folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)  # a run of this work dir with other settings
-
-
-def train_vq_tokenizer(folders, out: Path, budget: Budget, seed: int, ablation=None) -> tuple[Path, bool]:
-    """Train the VQ-NSP tokenizer on all windows; returns (``model`` folder, reused?)."""
-    from pretrain.configfile import to_dict
-    from pretrain.config import OptimConfig, TrainConfig
-    from pretrain.train_tokenizer import TokenizerRunConfig, train_tokenizer
-    from tokenizer.vqnsp import VQNSPConfig
-
-    folder = out / "pretrain" / "tokenizer"
-    config = TokenizerRunConfig(
-        data=pretrain_data_config(folders, budget),
-        model=apply(VQNSPConfig.from_size("tiny"), ablation.tokenizer if ablation else {}, where="ablation tokenizer"),
-        optim=OptimConfig(lr=1e-3, warmup_steps=max(1, budget.tokenizer_steps // 10)),
-        train=TrainConfig(out_dir=str(folder), max_steps=budget.tokenizer_steps, save_every=budget.tokenizer_steps,
-                          keep_checkpoints=1, seed=seed, progress=False),
-    )
-    key = _key(to_dict(config))
-    if _reusable(folder, key):
-        return folder / "model", True
-    _fresh(folder)
-    result = train_tokenizer(config)
-    (folder / "benchmark_key.json").write_text(json.dumps({"key": key}))
-    last = result.logs[-1] if result.logs else {}
-    log(f"tokenizer: {result.steps} steps, loss {last.get('loss', math.nan):.4f}, "
-        f"perplexity {last.get('perplexity', math.nan):.1f}, usage {last.get('usage', math.nan):.3f}")
-    return folder / "model", False
-
-
-def pretrain_backbone(name: str, objective, folders, out: Path, budget: Budget, seed: int,
-                      ablation=None) -> tuple[Path, bool, list[float]]:
-    """Pretrain a tiny EEGMamba with ``objective`` (an ObjectiveConfig); returns (model folder, reused?, losses)."""
+def pretrain_backbone(name: str, folders: Mapping[str, Path], out: Path, budget: Budget, seed: int, *,
+                      probe: Sequence[str] = (), ablation=None) -> dict[str, Any]:
+    """Pretrain a tiny EEGMamba with the suite's default objective on ``folders`` (labels unused), the validation
+    probe on the ``probe`` shards choosing the exported step; reused when ``{out}/pretrain/{name}`` holds a run of
+    the same settings. Returns ``{model, losses, selected_step, probe, seconds, reused}``."""
     from foundation.model import EEGMambaConfig
-    from pretrain.config import OptimConfig, PretrainConfig, TrainConfig
-    from pretrain.configfile import to_dict
+    from pretrain.config import ObjectiveConfig, OptimConfig, PretrainConfig, ProbeConfig, TrainConfig
     from pretrain.run import run
+    from runtime.configfile import to_dict
 
     folder = out / "pretrain" / name
     config = PretrainConfig(
         data=pretrain_data_config(folders, budget),
         model=apply(EEGMambaConfig.from_size("tiny"), ablation.model if ablation else {}, where="ablation model"),
-        objective=apply(objective, ablation.objective if ablation else {}, where="ablation objective"),
+        objective=apply(ObjectiveConfig(), ablation.objective if ablation else {}, where="ablation objective"),
+        probe=ProbeConfig(shards=tuple(str(p) for p in probe), every=budget.probe_every),
         optim=OptimConfig(lr=budget.pretrain_lr, warmup_steps=max(1, budget.pretrain_steps // 20)),
         train=TrainConfig(out_dir=str(folder), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,
                           keep_checkpoints=1, log_every=10, seed=seed, progress=False),
     )
-    key = _key(to_dict(config))
-    if _reusable(folder, key):
-        losses = json.loads((folder / "benchmark_key.json").read_text()).get("losses", [])
-        return folder / "model", True, losses
-    _fresh(folder)
+    key = key_of(to_dict(config))
+    stamp = folder / "benchmark_key.json"
+    if (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+        return {**json.loads(stamp.read_text())["info"], "reused": True}
+    if folder.exists():
+        shutil.rmtree(folder)  # a run of this work dir with other settings
+    t0 = time.time()
     result = run(config)
     losses = [float(v) for v in result.losses]
-    (folder / "benchmark_key.json").write_text(json.dumps({"key": key, "losses": losses}))
+    probe_file = result.export_dir / "probe.json"
+    info = {"model": str(result.export_dir), "key": key, "losses": losses, "selected_step": result.selected_step,
+            "probe": json.loads(probe_file.read_text())["history"] if probe_file.is_file() else [],
+            "seconds": time.time() - t0, "steps": result.steps}
+    stamp.write_text(json.dumps({"key": key, "info": info}))
     k = max(1, len(losses) // 10)
-    log(f"pretrain {name}: {result.steps} steps, loss first {np.mean(losses[:k]):.4f} -> last {np.mean(losses[-k:]):.4f}, "
-        f"{result.samples_per_s:.1f} windows/s")
-    return folder / "model", False, losses
-
-
-def task_split(plan: TaskPlan, folder: Path, seed: int, budget: Budget, pool: Mapping[str, Any] | None = None):
-    """(TaskData, Split) exactly as ``finetune.train.finetune`` builds them for this task, fold and seed.
-
-    With ``pool`` (``protocol.choose_pool``) the test set is the pool and ``seed`` picks the validation fold
-    of the other groups; without it (transductive) the test set is group fold ``seed mod n_folds``.
-    """
-    from finetune.data import load_task_data
-    from finetune.recipes import get_recipe
-    from finetune.splits import split_windows
-
-    data = load_task_data(get_recipe(plan.recipe_name), str(folder), classes=plan.classes, window_s=plan.window_s,
-                          max_windows=max_windows(plan, budget))
-    split = split_windows(data.metas, data.labels, group_by=data.recipe.group_by, n_folds=plan.n_folds,
-                          fold=seed if pool else seed % plan.n_folds, seed=seed, test_groups=tuple(pool["groups"]) if pool else (),
-                          val_groups=tuple(pool.get("val_groups", ())) if pool else ())
-    return data, split
-
-
-def finetune_config(plan: TaskPlan, folder: Path, seed: int, budget: Budget, *, checkpoint: str, mode: str, out: Path,
-                    pool: str = "cls", test_groups: Sequence[str] = (), val_groups: Sequence[str] = (),
-                    overrides: Mapping[str, Any] | None = None):
-    """The ``FinetuneConfig`` of one benchmark run (``overrides``: an ablation's finetune fields)."""
-    from finetune.config import FinetuneConfig
-
-    config = FinetuneConfig(
-        recipe=plan.recipe_name, checkpoint=checkpoint, data=str(folder), out=str(out), classes=plan.classes,
-        # Masked modelling never trains the class token, so a frozen backbone is probed on the token mean.
-        mode=mode, pool="mean" if mode == "linear_probe" else pool, split="kfold", window_s=plan.window_s,
-        # With a test pool the fold picks the validation fold of the other groups (modulo their count).
-        fold=seed if test_groups else seed % plan.n_folds, n_folds=plan.n_folds, max_windows=max_windows(plan, budget),
-        test_groups=tuple(test_groups), val_groups=tuple(val_groups),
-        lr=budget.probe_lr if mode == "linear_probe" else budget.finetune_lr,
-        epochs=budget.finetune_epochs, patience=budget.finetune_patience, warmup_epochs=1,
-        batch_size=budget.batch_size, seed=seed, progress=False,
-    )
-    return apply(config, overrides or {}, where="ablation finetune")
-
-
-@torch.no_grad()
-def test_probabilities(model_dir: Path, task: str, windows, batch_size: int = 64) -> list[list[float]]:
-    """Softmax ``[n, k]`` of the saved finetuned model on ``windows`` (the test windows, in split order),
-    rounded to 5 decimals: what the bootstrap over test groups resamples."""
-    from finetune.data import batch_tensors
-    from finetune.model import TaskModel
-
-    model = TaskModel.from_pretrained(model_dir, map_location="cpu")
-    model.eval()
-    out = []
-    for i in range(0, len(windows), batch_size):
-        b = batch_tensors(windows[i:i + batch_size])
-        logits, _ = model(b["x"], b["channel_ids"], b["channel_mask"], task)
-        out.append(torch.softmax(logits.float(), dim=-1))
-    return np.round(torch.cat(out).numpy(), 5).tolist() if out else []
-
-
-def run_eegmamba(config, tasks: Mapping[str, tuple[Any, Any]]) -> dict[str, dict]:
-    """One ``finetune`` run (single- or multi-task); per task name: test metrics, split, test probabilities.
-
-    ``tasks``: task name -> (recipe name, TaskData and Split the benchmark built for it), to predict the
-    test windows with the saved model (finetune reports metrics, not per-window outputs).
-    """
-    from finetune.train import finetune
-
-    t0 = time.time()
-    result = finetune(config)
-    seconds = time.time() - t0
-    out = {}
-    for name, (recipe, data, split) in tasks.items():
-        res = result["results"][recipe]
-        out[name] = {"metrics": res["splits"]["test"], "split": res["split"], "seconds": seconds,
-                     "best_epoch": result["best_epoch"], "epochs_run": result["run"]["epochs_run"],
-                     "test_proba": test_probabilities(Path(result["out"]) / "model", recipe,
-                                                      [data.windows[i] for i in split.test])}
-    return out
+    log(f"pretrain {name}: {result.steps} steps, loss {np.mean(losses[:k]):.4f} -> {np.mean(losses[-k:]):.4f}, "
+        f"exported step {result.selected_step or result.steps}, {info['seconds']:.0f} s")
+    return {**info, "reused": False}
 
 
 def machine() -> dict[str, Any]:
@@ -228,5 +141,4 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return info
-
 

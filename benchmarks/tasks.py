@@ -1,5 +1,5 @@
-"""The downstream tasks of ``benchmarks/downstream.py``: which shard sets are built, which task reads which, and
-the step / epoch / window budget of a full or ``--quick`` run."""
+"""The downstream tasks of ``benchmarks/downstream.py``: which shard sets are built, which task reads which, how
+many folds each is cross-validated in, and the budget of the fast default and of ``--full``."""
 
 from __future__ import annotations
 
@@ -65,18 +65,16 @@ def shard_adapter(shard_set: str, keep: Callable[[Any], bool] | None = None, cha
 
 @dataclass(frozen=True)
 class TaskPlan:
-    """One downstream task of the benchmark."""
+    """One downstream task of the benchmark: every window of its shard set, cross-validated by group."""
 
     name: str  # task name in the results (the recipe name unless ``recipe`` is given)
     corpus: str  # key of SHARD_SETS
     title: str
     classes: tuple[str, ...]
-    n_folds: int  # transductive protocol: group k-fold; leak-free: folds of the non-pool groups (validation)
-    max_windows: int | None = None  # evenly spaced subset (full mode), None = all
+    folds: int = 4  # cross-validation folds by group (capped at the groups there are); even, so they split in halves
     window_s: float | None = None  # crop windows to their first window_s seconds (None = as sharded)
     recipe: str = ""  # finetune recipe when it differs from ``name`` (EEGMAT uses the emotion recipe)
-    pool_folds: int = 5  # leak-free protocol: the test pool is fold 0 of a stratified group k-fold (1/k of the groups)
-    pretrain_match: str = ""  # regex a recording id must match to join pretraining ("" = every recording)
+    probe_pool: int = 0  # groups set aside as the pretraining validation probe (never tested, never pretrained on)
 
     @property
     def recipe_name(self) -> str:
@@ -92,59 +90,46 @@ SHARD_SETS.update({
     "recordings_1020": ("recordings", "unlabeled", RECORDING_CHANNELS),
 })
 
-# Bonn (8 overlapping windows per segment), DREAMS, mental stress and EEGMAT are capped to an evenly spaced
-# subset (every segment / excerpt / recording stays in) and mental stress is cropped to the 4-s crops the
-# backbone is pretrained on, so that 3 seeds x every EEGMamba variant fit the 30-minute budget on 2 cores.
-# EEGMAT keeps the published protocol's 5-s windows and all 19 channels (95 tokens a window, 19x a Bonn
-# window), hence its low cap; only the rest recordings (``_1``) of subjects outside the test pool join
-# pretraining (issue 13).
+# Groups: Bonn segments (the set names no patient), DREAMS excerpts (one subject each; six folds = leave one
+# excerpt out), EEGMMIDB runs (one subject: run 4 against run 8), mental-stress and EEGMAT subjects. Mental stress
+# is cropped to the 4-s windows the backbone is pretrained on; EEGMAT keeps the published protocol's 5-s windows
+# and all 19 channels. Four EEGMAT subjects are the pretraining's validation probe (``benchmarks.folds``).
 TASKS: tuple[TaskPlan, ...] = (
-    TaskPlan("seizure", "bonn", "Bonn seizure (S vs Z/O/N/F)", ("non_seizure", "seizure"), 5, max_windows=500),
-    TaskPlan("sleep", "dreams", "DREAMS sleep (W/N1/N2/N3)", ("W", "N1", "N2", "N3"), 6, max_windows=720,
-             pool_folds=3),
+    TaskPlan("seizure", "bonn", "Bonn seizure (S vs Z/O/N/F)", ("non_seizure", "seizure"), folds=4),
+    TaskPlan("sleep", "dreams", "DREAMS sleep (W/N1/N2/N3)", ("W", "N1", "N2", "N3"), folds=6),
     TaskPlan("motor_imagery", "eegmmidb_motor8", "EEGMMIDB S001 imagined left vs right fist (8 sensorimotor ch.)",
-             ("left_fist", "right_fist"), 2, pool_folds=2),
-    TaskPlan("emotion", "mental_stress", "Mental stress (horror vs relaxing), 4-s crops", ("calm", "stress"), 5,
-             max_windows=300, window_s=4.0),
-    TaskPlan("eegmat", "eegmat", "EEGMAT rest vs mental arithmetic (19 ch., 5 s)", ("rest", "arithmetic"), 5,
-             max_windows=240, recipe="emotion", pool_folds=4, pretrain_match=r"_1$"),
+             ("left_fist", "right_fist"), folds=2),
+    TaskPlan("emotion", "mental_stress", "Mental stress (horror vs relaxing), 4-s crops", ("calm", "stress"), folds=4,
+             window_s=4.0),
+    TaskPlan("eegmat", "eegmat", "EEGMAT rest vs mental arithmetic (19 ch., 5 s)", ("rest", "arithmetic"), folds=4,
+             recipe="emotion", probe_pool=4),
 )
-# Pretraining shards that keep fewer channels than the task's: a batch pads every window to its widest
-# member, so 19-channel EEGMAT windows in ~80 % of pretraining batches would more than double the
-# pretraining time; its rest recordings join pretraining on the 8 10-20 channels the unlabeled set keeps.
-PRETRAIN_CHANNELS: dict[str, tuple[str, ...]] = {"eegmat": RECORDING_CHANNELS}
-# The four recipes one multi-task model finetunes on (EEGMAT shares the emotion recipe with mental stress,
-# and a multi-task run holds each recipe once).
-MULTITASK = ("seizure", "sleep", "motor_imagery", "emotion")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Steps and epochs of one benchmark mode (full or --quick)."""
+    """What one benchmark mode spends: pretraining steps and seeds, and how finetuning is scheduled.
 
-    tokenizer_steps: int
+    ``finetune_epochs`` / ``warmup_epochs`` / ``patience`` None = the recipe's own schedule (LaBraM's: 50 epochs,
+    5 warm-up, patience 10).
+    """
+
+    seeds: int
     pretrain_steps: int
     pretrain_batch: int
     pretrain_lr: float
-    finetune_epochs: int
-    finetune_patience: int
-    finetune_lr: float
-    probe_lr: float
+    probe_every: int
+    finetune_epochs: int | None
+    warmup_epochs: int | None
+    patience: int | None
     batch_size: int
     eegnet_epochs: int
     eegnet_patience: int
-    max_windows: int | None  # per task (evenly spaced) in --quick; None = the task's own cap
+    aligned_finetune: bool  # the subject-adaptive protocol's rows include the finetuned models (else probes and band power)
 
 
-FULL = Budget(tokenizer_steps=200, pretrain_steps=1200, pretrain_batch=16, pretrain_lr=1e-3,
-              finetune_epochs=10, finetune_patience=4, finetune_lr=3e-3, probe_lr=1e-2, batch_size=16,
-              eegnet_epochs=30, eegnet_patience=8, max_windows=None)
-QUICK = Budget(tokenizer_steps=10, pretrain_steps=15, pretrain_batch=8, pretrain_lr=1e-3,
-               finetune_epochs=2, finetune_patience=2, finetune_lr=3e-3, probe_lr=1e-2, batch_size=16,
-               eegnet_epochs=3, eegnet_patience=3, max_windows=120)
-
-
-def max_windows(plan: TaskPlan, budget: Budget) -> int | None:
-    caps = [c for c in (plan.max_windows, budget.max_windows) if c is not None]
-    return min(caps) if caps else None
-
+# The fast default fits a 2-core CPU in about an hour; --full runs the recipes' schedule (many hours on a CPU).
+FAST = Budget(seeds=3, pretrain_steps=1200, pretrain_batch=16, pretrain_lr=1e-3, probe_every=300, finetune_epochs=3,
+              warmup_epochs=1, patience=3, batch_size=32, eegnet_epochs=30, eegnet_patience=8, aligned_finetune=False)
+FULL = Budget(seeds=3, pretrain_steps=2400, pretrain_batch=16, pretrain_lr=1e-3, probe_every=300, finetune_epochs=None,
+              warmup_epochs=None, patience=None, batch_size=64, eegnet_epochs=60, eegnet_patience=10, aligned_finetune=True)

@@ -40,7 +40,7 @@ from finetune.contract import check_montage, contract_of, notice
 from finetune.heads import ClassificationHead
 from finetune.model import load_backbone
 from foundation.contract import ContractError
-from shards.sample import SFREQ, UNIT_SCALE
+from runtime.signal import SFREQ, UNIT_SCALE, UNITS, check_sfreq
 from shards.vocabulary import canonical_name, channel_ids
 
 __all__ = ["EEGClassifier", "EEGMambaClassifier", "braindecode_models", "UNIT_FACTORS", "fourier_resample"]
@@ -103,7 +103,7 @@ EEGModuleMixin = braindecode_models().base.EEGModuleMixin
 from braindecode import EEGClassifier  # noqa: E402  (after the torchaudio stub is in place)
 
 # Multiply an input in these units by the factor to get the contract's µV / 100.
-UNIT_FACTORS = {"V": UNIT_SCALE, "mV": UNIT_SCALE / 1e3, "uV": UNIT_SCALE / 1e6, "µV": UNIT_SCALE / 1e6, "100uV": 1.0}
+UNIT_FACTORS = {"V": UNIT_SCALE, "mV": UNIT_SCALE / 1e3, "uV": UNIT_SCALE / 1e6, "µV": UNIT_SCALE / 1e6, UNITS: 1.0}
 
 
 def fourier_resample(x: torch.Tensor, n_out: int) -> torch.Tensor:
@@ -148,6 +148,7 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         super().__init__(n_outputs=n_outputs, n_chans=n_chans, chs_info=chs_info, n_times=n_times,
                          input_window_seconds=input_window_seconds, sfreq=sfreq)
         del n_outputs, n_chans, chs_info, n_times, input_window_seconds, sfreq
+        check_sfreq(self.sfreq, "EEGMambaClassifier", what="(sfreq)")
         if input_units not in UNIT_FACTORS:
             raise ContractError(f"EEGMambaClassifier: input_units={input_units!r}; expected one of {sorted(UNIT_FACTORS)}")
         self.backbone, info = load_backbone(checkpoint)
@@ -173,7 +174,7 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         self.scale = UNIT_FACTORS[input_units]
         self.task_id = int(task_id)
         self.head = ClassificationHead(self.backbone.config.d_model, self.n_outputs, pool, dropout)
-        parts = [f"{input_units} -> 100uV"] if input_units != "100uV" else []
+        parts = [f"{input_units} -> {UNITS}"] if input_units != UNITS else []
         parts.append("each window's channel means removed; no filtering applied"
                      + (f" (pretrained on {_band(contract)} data: filter the input to match)" if _band(contract) else ""))
         if self.sfreq != target:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import from_dict, option
+from runtime.configfile import from_dict, option
 
 __all__ = ["FinetuneConfig", "TaskSpec", "HYPER_FIELDS"]
 
@@ -51,6 +51,12 @@ HYPER_FIELDS = (
 class FinetuneConfig:
     """Everything ``finetune/run.py`` needs; see ``--help`` for each key."""
 
+    # --help groups: first field of a group -> its title.
+    HELP_GROUPS: ClassVar[dict[str, str]] = {
+        "recipe": "task, checkpoint and output", "model": "model", "extra_tasks": "data and split",
+        "lr": "optimisation (None = the recipe's default)", "seed": "machinery",
+    }
+
     recipe: str = option("recipe name, or several separated by commas for multi-task finetuning", "")
     checkpoint: str | None = option("pretrained EEGMamba: folder, shipped name (eegmamba-tiny-open) or Hub org/name[@rev]; none = from scratch", "")
     data: str = option("labelled shards (folder/glob/brace pattern/pipe: URL)", "")
@@ -64,8 +70,18 @@ class FinetuneConfig:
         "starts from tiny). None: the checkpoint's, or tiny from scratch. With a checkpoint the fields you set "
         "(every field with size = ...) must agree with it (a mismatch is an error naming the field), except "
         "drop_path and scan_backend, which this run applies")})
-    mode: Literal["finetune", "linear_probe"] = option("finetune everything, or train only the head on a frozen backbone", "finetune")
-    pool: Literal["cls", "mean"] = option("head input: the class token or the mean of the tokens", "cls")
+    mode: Literal["finetune", "linear_probe"] = option(
+        "finetune everything (from the probe's head, see head_init), or only fit the head on the frozen backbone", "finetune")
+    pool: Literal["auto", "cls", "mean", "channels"] = option(
+        "head input: one token mean per channel (keeps the montage), the mean of all tokens, or the class token "
+        "(masked pretraining never trains it); auto = channels when every window has 2+ channels, else mean", "auto")
+    head_init: Literal["auto", "probe", "random"] = option(
+        "probe: the head starts as a logistic regression fitted on the frozen features (LP-FT); random: small random "
+        "weights; auto = probe from a pretrained checkpoint, random from scratch (random features are no start)", "auto")
+    calibrate: bool = option("binary tasks: choose the decision threshold on validation (stored with the model)", True)
+    align: Literal["none", "euclidean"] = option(
+        "subject-adaptive input: euclidean = whiten each subject's windows by the inverse square root of their mean "
+        "channel covariance (He & Wu 2019; prediction aligns each recording by its own)", "none")
 
     # data and split
     extra_tasks: tuple[str, ...] = option(

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from foundation.contract import ContractError, InputContract, read_contract
+from runtime.signal import SFREQ
 from shards.dataset import Window
 from shards.filters import resample
-from shards.sample import SFREQ
 from shards.vocabulary import CHANNELS, canonical_name
 
 __all__ = [
@@ -149,11 +149,13 @@ def _units(raw: Any, names: Sequence[str]) -> list[str]:
     return sorted(u for u in found if u and u != "µV")
 
 
-def recording_conversions(raw: Any, signal: Any, contract: InputContract | None, source: str) -> str | None:
+def recording_conversions(raw: Any, signal: Any, contract: InputContract | None, source: str,
+                          montage: bool = True) -> str | None:
     """One line saying what was converted to read ``source`` under ``contract`` (None: nothing was).
 
     ``raw`` is the ``mne.io.Raw`` as read, ``signal`` the ``shards.preprocess.Signal`` made from it.
-    Raises ContractError for an unmappable montage (:func:`check_montage`).
+    Raises ContractError for an unmappable montage (:func:`check_montage`), unless ``montage`` is False (a
+    single-channel model reads each channel as its own, so the montage is not compared).
     """
     parts = []
     target = contract.sfreq if contract is not None else signal.sfreq
@@ -168,7 +170,7 @@ def recording_conversions(raw: Any, signal: Any, contract: InputContract | None,
     if renamed:
         shown = ", ".join(f"{a} -> {b}" for a, b in renamed[:4])
         parts.append(f"{len(renamed)} channel name(s) mapped ({shown}{', ...' if len(renamed) > 4 else ''})")
-    unseen = check_montage(signal.channels, contract, source)
+    unseen = check_montage(signal.channels, contract, source) if montage else []
     if unseen:
         parts.append(f"{len(unseen)} channel(s) unseen in pretraining: {', '.join(unseen[:8])}")
     return f"{source}: " + "; ".join(parts) if parts else None

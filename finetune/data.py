@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from finetune.recipes.base import Recipe
+from runtime.signal import SFREQ, check_sfreq
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
-from shards.sample import SFREQ, Window
+from shards.sample import Window
 
 __all__ = ["TaskData", "TaskBatches", "load_task_data", "batch_tensors", "class_weights"]
 
@@ -41,6 +42,7 @@ class TaskData:
     preprocessing: dict[str, Any] = field(default_factory=dict)  # corpus -> manifest "build" entry
     shard_splits: dict[str, str] = field(default_factory=dict)  # "corpus/recording" -> train|val|test
     left_out: dict[str, int] = field(default_factory=dict)  # label names the recipe does not use -> windows
+    left_out_by_corpus: dict[str, dict[str, int]] = field(default_factory=dict)  # corpus -> the same, its own
 
     @property
     def labels(self) -> np.ndarray:
@@ -113,28 +115,25 @@ def load_task_data(
             f"recipe {recipe.name!r}: no windows with task in {list(recipe.accepted_tasks)} in {spec_str} "
             f"(tasks found: {dict(sorted(found.items())) or 'none'})"
         )
+    for rate in {w.meta.get("sfreq", SFREQ) for w in mine}:  # one check per rate, not per window
+        first = next(w for w in mine if w.meta.get("sfreq", SFREQ) == rate)
+        check_sfreq(rate, f"{spec_str}: sample {first.key}", what="(sfreq in its JSON)")
     names = [w.meta.get("label_name") for w in mine if w.meta.get("label") is not None]
     recipe = recipe.with_classes(classes) if classes else recipe.resolve(names)
 
-    kept: list[Window] = []
-    left_out: Counter = Counter()
-    for w in mine:
-        name = w.meta.get("label_name") if w.meta.get("label") is not None else None
-        idx = recipe.label_index(name)
-        if idx is None:
-            left_out[str(name)] += 1
-            continue
-        kept.append(Window(w.eeg, {**w.meta, "label": idx, "label_name": recipe.classes[idx], "source_label_name": name}))
+    kept, by_corpus = _relabel(mine, recipe)
     if not kept:
         raise ValueError(f"recipe {recipe.name!r}: no window of {spec_str} has one of the classes {list(recipe.classes)}")
     channels = tuple(channels) if channels else recipe.channels
     if channels:
         recipe = dataclasses.replace(recipe, channels=tuple(channels))
-        kept, n_missing = _select_channels(kept, channels)
-        if n_missing:
-            left_out[f"missing channels of {list(channels)}"] += n_missing
+        kept, missing = _select_channels(kept, channels)
+        for corpus, n in missing.items():
+            by_corpus.setdefault(corpus, Counter())[f"missing channels of {list(channels)}"] += n
         if not kept:
             raise ValueError(f"recipe {recipe.name!r}: no window of {spec_str} has all channels {list(channels)}")
+    _check_corpora(mine, kept, by_corpus, recipe, spec_str)
+    left_out = sum(by_corpus.values(), Counter())
 
     window_s = window_s if window_s is not None else recipe.window_s
     kept = _crop(kept, window_s, spec_str, recipe.name)
@@ -143,15 +142,46 @@ def load_task_data(
         kept = [kept[i] for i in sorted(set(pick.tolist()))]
     builds, splits = _manifests(spec)
     return TaskData(recipe=recipe, windows=kept, source=spec_str, preprocessing=builds, shard_splits=splits,
-                    left_out=dict(sorted(left_out.items())))
+                    left_out=dict(sorted(left_out.items())),
+                    left_out_by_corpus={c: dict(sorted(v.items())) for c, v in sorted(by_corpus.items()) if v})
 
 
-def _select_channels(windows: list[Window], channels: Sequence[str]) -> tuple[list[Window], int]:
-    out, missing = [], 0
+def _relabel(mine: Sequence[Window], recipe: Recipe) -> tuple[list[Window], dict[str, Counter]]:
+    """The windows whose label is one of the recipe's classes, relabelled to its indices; the others counted by
+    corpus and label name."""
+    kept: list[Window] = []
+    left_out: dict[str, Counter] = {}
+    for w in mine:
+        name = w.meta.get("label_name") if w.meta.get("label") is not None else None
+        idx = recipe.label_index(name)
+        if idx is None:
+            left_out.setdefault(str(w.meta.get("corpus")), Counter())[str(name)] += 1
+            continue
+        kept.append(Window(w.eeg, {**w.meta, "label": idx, "label_name": recipe.classes[idx], "source_label_name": name}))
+    return kept, left_out
+
+
+def _check_corpora(mine: Sequence[Window], kept: Sequence[Window], left_out: Mapping[str, Counter], recipe: Recipe,
+                   spec: str) -> None:
+    """ValueError naming a corpus of the task that contributes no window (its labels are not the recipe's classes,
+    or it lacks the recipe's channels): left out silently, a run would report metrics on less data than it was
+    given."""
+    offered = Counter(str(w.meta.get("corpus")) for w in mine)
+    used = Counter(str(w.meta.get("corpus")) for w in kept)
+    for corpus in sorted(c for c in offered if not used[c]):
+        why = ", ".join(f"{k} x{v}" for k, v in sorted(left_out.get(corpus, {}).items()))
+        raise ValueError(
+            f"recipe {recipe.name!r}: corpus {corpus!r} of {spec} contributes none of its {offered[corpus]} windows "
+            f"({why}): its labels are not the classes {list(recipe.classes)} the recipe resolved. Finetune it in a run "
+            f"of its own, name its classes with --classes, or leave it out of --data")
+
+
+def _select_channels(windows: list[Window], channels: Sequence[str]) -> tuple[list[Window], Counter]:
+    out, missing = [], Counter()
     for w in windows:
         names = list(w.meta["channels"])
         if not all(c in names for c in channels):
-            missing += 1
+            missing[str(w.meta.get("corpus"))] += 1
             continue
         rows = [names.index(c) for c in channels]
         out.append(Window(np.ascontiguousarray(w.eeg[rows]), {**w.meta, "channels": list(channels)}))

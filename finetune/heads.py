@@ -1,7 +1,8 @@
 """Task heads on the backbone, finetuning modes, and layer-wise learning-rate decay.
 
-- :class:`ClassificationHead`: LayerNorm -> dropout -> Linear on the class token (``pool="cls"``) or on
-  the masked mean of the tokens (``pool="mean"``, LaBraM's choice for its finetuning).
+- :class:`ClassificationHead`: standardisation -> dropout -> Linear on the class token (``pool="cls"``),
+  the masked mean of the tokens (``pool="mean"``, LaBraM's choice for its finetuning) or one token mean per
+  channel (``pool="channels"``, keeping the montage).
 - Modes: ``"finetune"`` trains everything; ``"linear_probe"`` freezes the backbone and keeps it in eval
   mode (no dropout / drop path / MoE gate noise), so only the head learns: the standard measure of what
   the pretrained features already hold.
@@ -19,17 +20,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
-from pretrain.engine import param_groups as engine_param_groups
+from foundation.readout import align_channels, channel_means
+from runtime.engine import param_groups as engine_param_groups
 
-__all__ = ["ClassificationHead", "layer_id", "param_groups", "set_mode", "POOLS", "MODES"]
+__all__ = ["ClassificationHead", "layer_id", "param_groups", "set_mode", "POOLS", "NORMS", "MODES"]
 
-POOLS = ("cls", "mean")
+POOLS = ("cls", "mean", "channels")
+NORMS = ("standard", "layer")
 MODES = ("finetune", "linear_probe")
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|blocks|moes)\.(\d+)\.")
@@ -38,18 +41,45 @@ _EMBEDDING = re.compile(r"(?:^|\.)(?:embed\w*|cls_token|mask_token|pos_embed\w*|
 
 
 class ClassificationHead(nn.Module):
-    """``features [b, d]`` (the backbone's ``cls`` or ``pooled``) -> ``logits [b, n_classes]``."""
+    """Backbone output -> ``logits [b, n_classes]``.
 
-    def __init__(self, d_model: int, n_classes: int, pool: Literal["cls", "mean"] = "cls", dropout: float = 0.0) -> None:
+    Args:
+        d_model: token width d.
+        n_classes: number of classes (>= 2).
+        pool: what the head reads (``foundation.readout``): ``"cls"`` the class token ``[b, d]``; ``"mean"``
+            the mean of the real tokens ``[b, d]``; ``"channels"`` one token mean per channel of
+            ``channel_ids`` (vocabulary ids, in that order), flattened ``[b, C * d]`` (a window's other
+            channels are left out, its missing ones read as zeros).
+        dropout: before the linear layer.
+        channel_ids: the channels of ``pool="channels"``.
+        norm: ``"standard"``: per-feature standardisation with fixed statistics of the training features
+            (buffers ``feature_mean`` / ``feature_std``, set by finetuning before its first step), so the head
+            is a logistic regression on standardised features and can start as the one fitted on the
+            frozen backbone (``set_linear``, LP-FT); ``"layer"``: a LayerNorm (how heads were saved before).
+    """
+
+    def __init__(self, d_model: int, n_classes: int, pool: Literal["cls", "mean", "channels"] = "cls",
+                 dropout: float = 0.0, *, channel_ids: Sequence[int] = (), norm: Literal["standard", "layer"] = "layer") -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if n_classes < 2:
             raise ValueError(f"a classification head needs n_classes >= 2, got {n_classes}")
-        self.pool, self.n_classes = pool, n_classes
-        self.norm = nn.LayerNorm(d_model)
+        if pool == "channels" and not channel_ids:
+            raise ValueError("pool='channels' needs the channel ids the head reads")
+        self.pool, self.n_classes, self.norm_kind = pool, n_classes, norm
+        if pool == "channels":
+            self.register_buffer("channel_ids", torch.as_tensor(list(channel_ids), dtype=torch.long))
+        self.in_features = d_model * (len(channel_ids) if pool == "channels" else 1)
+        if norm == "layer":
+            self.norm = nn.LayerNorm(d_model)
+        else:
+            self.register_buffer("feature_mean", torch.zeros(self.in_features))
+            self.register_buffer("feature_std", torch.ones(self.in_features))
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(d_model, n_classes)
+        self.fc = nn.Linear(self.in_features, n_classes)
         # LaBraM initialises the head small (trunc-normal 0.02, scaled by 1e-3) so the first steps of
         # finetuning do not push large, random gradients into the pretrained layers.
         nn.init.trunc_normal_(self.fc.weight, std=0.02)
@@ -57,12 +87,40 @@ class ClassificationHead(nn.Module):
             self.fc.weight.mul_(1e-3)
         nn.init.zeros_(self.fc.bias)
 
-    def features(self, output) -> torch.Tensor:
-        """Pick ``cls [b, d]`` or ``pooled [b, d]`` from an ``EEGMambaOutput``."""
-        return output.cls if self.pool == "cls" else output.pooled
+    def features(self, output, channel_ids: torch.Tensor | None = None,
+                 channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head reads from an ``EEGMambaOutput``: ``[b, in_features]``, before normalisation."""
+        if self.pool == "cls":
+            return output.cls
+        if self.pool == "mean":
+            return output.pooled
+        if channel_ids is None:
+            raise ValueError("pool='channels' needs the batch's channel_ids")
+        per_channel = channel_means(output.tokens, output.token_mask, channel_ids.shape[1])
+        return align_channels(per_channel, channel_ids, channel_mask, self.channel_ids).flatten(1)
 
-    def forward(self, output) -> torch.Tensor:
-        return self.fc(self.dropout(self.norm(self.features(output))))
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        if self.norm_kind == "layer":
+            return self.norm(features)
+        return (features - self.feature_mean) / self.feature_std
+
+    def forward(self, output, channel_ids: torch.Tensor | None = None,
+                channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.dropout(self.normalize(self.features(output, channel_ids, channel_mask))))
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise features with these training-set statistics (``norm="standard"``)."""
+        if self.norm_kind != "standard":
+            raise ValueError("set_statistics needs norm='standard'")
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=self.feature_mean.dtype))
+        self.feature_std.copy_(torch.as_tensor(std, dtype=self.feature_std.dtype).clamp_min(1e-6))
+
+    @torch.no_grad()
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Load a linear classifier of the standardised features (``weight [k, in_features]``, ``bias [k]``)."""
+        self.fc.weight.copy_(torch.as_tensor(weight, dtype=self.fc.weight.dtype))
+        self.fc.bias.copy_(torch.as_tensor(bias, dtype=self.fc.bias.dtype))
 
 
 def layer_id(name: str, n_layers: int, prefix: str = "backbone.") -> int:
@@ -90,7 +148,7 @@ def param_groups(
 ) -> list[dict]:
     """AdamW parameter groups with layer-wise LR decay over trainable parameters.
 
-    The engine's groups (``pretrain.engine.param_groups``: no decay on vectors, embedding tables and
+    The engine's groups (``runtime.engine.param_groups``: no decay on vectors, embedding tables and
     ``_no_weight_decay`` tags), one per (LR scale, decay); each carries ``lr`` (already scaled),
     ``weight_decay``, ``lr_scale`` and ``names``; the scheduler multiplies ``lr`` by its factor.
 

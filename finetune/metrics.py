@@ -26,9 +26,44 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["PRIMARY_METRIC", "classification_metrics", "chance_level"]
+__all__ = ["PRIMARY_METRIC", "classification_metrics", "chance_level", "choose_threshold", "is_constant_predictor",
+           "predict_labels", "selection_score"]
 
 PRIMARY_METRIC = "balanced_accuracy"
+
+
+def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class per row of ``proba [n, k]``: the argmax, or for a binary task with ``threshold`` (the positive
+    class's decision threshold chosen on validation, :func:`choose_threshold`) ``proba[:, 1] >= threshold``."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if threshold is not None and proba.shape[1] == 2:
+        return (proba[:, 1] >= threshold).astype(np.int64)
+    return proba.argmax(axis=1)
+
+
+def choose_threshold(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> float | None:
+    """The decision threshold on the positive class's probability that maximises balanced accuracy on this
+    (validation) set; ties go to the threshold nearest 0.5. None when the set holds one class only or the
+    task is not binary.
+
+    Class weights, label smoothing and a small training set all move a model's probabilities away from
+    0.5 at the class boundary, so a model can rank windows perfectly (AUROC 1) and still call nearly all of
+    them one class at 0.5; the validation set says where the boundary is.
+    """
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != 2 or len(np.unique(y)) < 2:
+        return None
+    score = proba[:, 1]
+    values = np.unique(score)
+    # candidate thresholds: midpoints between consecutive distinct scores, and the ends
+    cands = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
+    pos, neg = y == 1, y == 0
+    tpr = (score[pos][None, :] >= cands[:, None]).mean(1)
+    tnr = (score[neg][None, :] < cands[:, None]).mean(1)
+    bacc = (tpr + tnr) / 2
+    best = np.flatnonzero(bacc >= bacc.max() - 1e-12)
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 
 
 def classification_metrics(
@@ -37,21 +72,28 @@ def classification_metrics(
     *,
     y_pred: Sequence[int] | np.ndarray | None = None,
     n_classes: int | None = None,
+    threshold: float | None = None,
 ) -> dict[str, float | int | list[list[int]]]:
     """Metrics of one evaluation set.
 
     Args:
         y_true: ``[n]`` integer class indices in ``[0, n_classes)``.
-        proba: ``[n, n_classes]`` class probabilities (rows sum to 1); ``y_pred`` defaults to its argmax.
-            Needed for AUROC / AUC-PR (binary tasks only).
+        proba: ``[n, n_classes]`` class probabilities (rows sum to 1); ``y_pred`` defaults to its argmax
+            (binary tasks with ``threshold``: ``proba[:, 1] >= threshold``). Needed for AUROC / AUC-PR and
+            the loss.
         y_pred: ``[n]`` predicted classes, when no probabilities are available.
         n_classes: size of the label space (default: ``proba.shape[1]`` or ``max(y) + 1``); fixes the
             confusion-matrix shape even when a class is absent from this set.
+        threshold: a binary task's decision threshold on ``proba[:, 1]`` (None = argmax).
 
     Returns:
-        ``balanced_accuracy, cohen_kappa, weighted_f1, accuracy, n`` and ``confusion_matrix``
-        (``[n_classes, n_classes]`` list, rows = true class); for binary tasks also ``auroc`` and
-        ``auc_pr`` (positive class = index 1). Values are plain Python floats/ints.
+        ``balanced_accuracy, cohen_kappa, weighted_f1, accuracy, n``, ``confusion_matrix``
+        (``[n_classes, n_classes]`` list, rows = true class), ``predicted_classes`` (how many classes the
+        predictions use: 1 = a constant predictor) and, with probabilities, ``nll`` (mean negative
+        log-likelihood) and ``proba_spread`` (range of the probability of the most predicted class: below
+        0.01 the model ignores its input); binary tasks also ``auroc`` and ``auc_pr`` (positive class =
+        index 1), multi-class ones ``auroc_macro`` (one-vs-rest, when every class is present). Values are
+        plain Python floats/ints.
     """
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     if proba is not None:
@@ -63,7 +105,7 @@ def classification_metrics(
         elif proba.shape[1] != n_classes:
             raise ValueError(f"proba has {proba.shape[1]} columns but n_classes={n_classes}")
         if y_pred is None:
-            y_pred = proba.argmax(axis=1)
+            y_pred = predict_labels(proba, threshold)
     if y_pred is None:
         raise ValueError("classification_metrics needs proba or y_pred")
     y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
@@ -91,13 +133,46 @@ def classification_metrics(
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "n": int(y_true.size),
         }
-        if n_classes == 2 and proba is not None:
-            score = proba[:, 1]
-            both = len(np.unique(y_true)) == 2
-            out["auroc"] = float(roc_auc_score(y_true, score)) if both else math.nan
-            out["auc_pr"] = float(average_precision_score(y_true, score)) if both else math.nan
+        out["predicted_classes"] = int(len(np.unique(y_pred)))
+        if proba is not None:
+            out.update(_probability_metrics(y_true, proba, y_pred, n_classes))
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     return out
+
+
+def _probability_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """``nll``, ``proba_spread`` and the ranking metrics (AUROC, AUC-PR; macro AUROC for multi-class)."""
+    picked = proba[np.arange(len(y_true)), y_true]
+    top = int(np.bincount(y_pred, minlength=n_classes).argmax())
+    out = {"nll": float(-np.log(np.clip(picked, 1e-12, 1.0)).mean()),
+           "proba_spread": float(proba[:, top].max() - proba[:, top].min())}
+    if n_classes == 2:
+        both = len(np.unique(y_true)) == 2
+        out["auroc"] = float(roc_auc_score(y_true, proba[:, 1])) if both else math.nan
+        out["auc_pr"] = float(average_precision_score(y_true, proba[:, 1])) if both else math.nan
+    else:
+        every = len(np.unique(y_true)) == n_classes
+        out["auroc_macro"] = (float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
+                                                  labels=list(range(n_classes)))) if every else math.nan)
+    return out
+
+
+def is_constant_predictor(metrics: dict) -> bool:
+    """One predicted class for every window, or probabilities that barely move (spread < 0.01): a result
+    such a model gets says nothing about its input (a constant classifier scores 1/k balanced accuracy
+    and any AUROC its ties give)."""
+    return metrics.get("predicted_classes", 2) <= 1 or metrics.get("proba_spread", 1.0) < 0.01
+
+
+def selection_score(metrics: dict) -> float:
+    """What model selection maximises on validation: AUROC (binary) or macro one-vs-rest AUROC (multi-class),
+    which rank windows and so cannot prefer a constant predictor; balanced accuracy where AUROC is undefined
+    (a class missing from the validation set)."""
+    for key in ("auroc", "auroc_macro"):
+        value = metrics.get(key)
+        if value is not None and math.isfinite(value):
+            return float(value)
+    return float(metrics["balanced_accuracy"])
 
 
 def chance_level(n_classes: int) -> float:

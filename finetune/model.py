@@ -3,7 +3,8 @@
 Folder layout (``save_pretrained``-style, no pickle anywhere)::
 
     model/config.json         {"format": "eegfm-finetuned/1", "backbone": EEGMambaConfig fields,
-                               "heads": {task: {n_classes, pool, dropout, task_id, classes}}, "mode": ...}
+                               "heads": {task: {n_classes, pool, dropout, task_id, classes, norm, channels,
+                               threshold}}, "mode": ...}
     model/model.safetensors   backbone.* and heads.<task>.* tensors
     model/recipe.json         per task: the resolved recipe, the window length and the shards'
                               preprocessing parameters (what finetune.predict needs to label new files)
@@ -27,8 +28,11 @@ import torch
 from torch import nn
 
 from finetune.heads import ClassificationHead, set_mode
-from foundation.checkpoint import config_from_checkpoint, resolve_checkpoint, runtime_fields, stored_config
+from foundation.checkpoint import (check_config_fits_weights, check_finite_weights, config_from_checkpoint,
+                                   resolve_checkpoint, runtime_fields, stored_config)
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
+from runtime.atomic import atomic_save, atomic_write_text, refuse_link
+from shards.vocabulary import channel_ids
 
 __all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
 
@@ -44,6 +48,7 @@ class TaskModel(nn.Module):
         backbone: the EEGMamba backbone.
         heads: task name -> ``dict(n_classes, task_id, classes)`` (plus optional ``pool``/``dropout``).
         pool, dropout: head defaults. mode: "finetune" or "linear_probe" (frozen backbone in eval mode).
+        inherit_task_rows: start unused task rows from the used ones (False when the weights are loaded next).
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class TaskModel(nn.Module):
         pool: str = "cls",
         dropout: float = 0.0,
         mode: str = "finetune",
+        inherit_task_rows: bool = True,
     ) -> None:
         super().__init__()
         if not heads:
@@ -62,23 +68,31 @@ class TaskModel(nn.Module):
         self.head_specs: dict[str, dict[str, Any]] = {}
         self.heads = nn.ModuleDict()
         for name, spec in heads.items():
-            spec = {"pool": pool, "dropout": dropout, **dict(spec)}
+            spec = {"pool": pool, "dropout": dropout, "norm": "layer", "channels": [], "threshold": None, **dict(spec)}
             classes = list(spec.get("classes") or [])
             if classes and len(classes) != int(spec["n_classes"]):
                 raise ValueError(f"head {name!r}: {len(classes)} class names for n_classes={spec['n_classes']}")
             task_id = int(spec["task_id"])
             if not 0 <= task_id < backbone.config.n_tasks:
                 raise ValueError(f"head {name!r}: task_id {task_id} outside the backbone's n_tasks={backbone.config.n_tasks}")
+            channels = [str(c) for c in spec["channels"] or []]
+            if spec["pool"] == "channels" and backbone.config.adapter != "channel_patch":
+                raise ValueError(f"head {name!r}: pool='channels' reads per-channel tokens (needs adapter='channel_patch')")
             self.head_specs[name] = {
                 "n_classes": int(spec["n_classes"]), "task_id": task_id, "pool": spec["pool"],
-                "dropout": float(spec["dropout"]), "classes": classes,
+                "dropout": float(spec["dropout"]), "classes": classes, "norm": spec["norm"], "channels": channels,
+                "threshold": None if spec["threshold"] is None else float(spec["threshold"]),
             }
-            self.heads[name] = ClassificationHead(backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]))
+            self.heads[name] = ClassificationHead(
+                backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]),
+                channel_ids=channel_ids(channels) if channels else (), norm=spec["norm"])
         self.mode = mode
         set_mode(self.backbone, mode)
         # Rows the backbone never trained (e.g. a task-0-only pretraining) start from the trained ones, so
         # the pretrained routing survives the switch of task id (a no-op for task_embed="legacy").
-        backbone.inherit_task_rows(sorted({s["task_id"] for s in self.head_specs.values()}))
+        # (Not when loading a finetuned folder, whose weights carry its rows: inherit_task_rows=False.)
+        if inherit_task_rows:
+            backbone.inherit_task_rows(sorted({s["task_id"] for s in self.head_specs.values()}))
 
     @property
     def tasks(self) -> list[str]:
@@ -95,15 +109,27 @@ class TaskModel(nn.Module):
         self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None, task: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [b, c, t]``, ``channel_ids [b, c]``, ``channel_mask [b, c]`` -> ``logits [b, n_classes(task)]``, aux loss."""
+        out = self._encode(x, channel_ids, channel_mask, task)
+        return self.heads[task](out, channel_ids, channel_mask), out.aux_loss
+
+    def features(self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None,
+                 task: str) -> torch.Tensor:
+        """What ``task``'s head reads, before its normalisation: ``[b, in_features]``."""
+        out = self._encode(x, channel_ids, channel_mask, task)
+        return self.heads[task].features(out, channel_ids, channel_mask)
+
+    def set_threshold(self, task: str, threshold: float | None) -> None:
+        """A binary head's decision threshold on the positive class's probability (None = argmax)."""
+        self.head_specs[task]["threshold"] = None if threshold is None else float(threshold)
+
+    def _encode(self, x, channel_ids, channel_mask, task):
         if task not in self.heads:
             raise KeyError(f"no head for task {task!r}; this model has heads {self.tasks}")
         task_ids = torch.full((x.shape[0],), self.head_specs[task]["task_id"], dtype=torch.long, device=x.device)
         if self.mode == "linear_probe":
             with torch.no_grad():
-                out = self.backbone(x, channel_ids, channel_mask, task_ids)
-        else:
-            out = self.backbone(x, channel_ids, channel_mask, task_ids)
-        return self.heads[task](out), out.aux_loss
+                return self.backbone(x, channel_ids, channel_mask, task_ids)
+        return self.backbone(x, channel_ids, channel_mask, task_ids)
 
     # ---- checkpoint folder ----------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -117,12 +143,14 @@ class TaskModel(nn.Module):
     def save_pretrained(self, folder: str | Path, *, extra: Mapping[str, Any] | None = None) -> Path:
         """Write config.json + model.safetensors (+ ``extra`` name -> JSON object, e.g. recipe/metrics)."""
         folder = Path(folder)
+        refuse_link(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2))
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.config_dict(), indent=2))
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        safetensors.torch.save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "eegfm": FORMAT})
+        atomic_save(lambda tmp: safetensors.torch.save_file(state, tmp, metadata={"format": "pt", "eegfm": FORMAT}),
+                    folder / WEIGHTS_NAME)
         for name, obj in (extra or {}).items():
-            (folder / f"{name}.json").write_text(json.dumps(obj, indent=2, allow_nan=False, default=str))
+            atomic_write_text(folder / f"{name}.json", json.dumps(obj, indent=2, allow_nan=False, default=str))
         return folder
 
     @classmethod
@@ -135,8 +163,16 @@ class TaskModel(nn.Module):
         """
         folder = Path(folder)
         cfg = read_finetuned_config(folder)
-        backbone = EEGMamba(_backbone_config(cfg["backbone"], folder / CONFIG_NAME))
-        model = cls(backbone, cfg["heads"], mode=cfg.get("mode", "finetune"))
+        backbone_cfg = _backbone_config(cfg["backbone"], folder / CONFIG_NAME)
+
+        def build() -> "TaskModel":
+            try:
+                return cls(EEGMamba(backbone_cfg), cfg["heads"], mode=cfg.get("mode", "finetune"), inherit_task_rows=False)
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                raise CheckpointError(f"{folder / CONFIG_NAME}: heads: {err}") from err
+
+        check_config_fits_weights(build, folder / CONFIG_NAME, folder / WEIGHTS_NAME)
+        model = build()
         load_backbone_weights(model, folder / WEIGHTS_NAME, strict=True)
         return model.to(map_location).eval()
 
@@ -164,7 +200,7 @@ def read_finetuned_config(folder: Path) -> dict[str, Any]:
 
 
 def _backbone_config(data: Mapping[str, Any], where: Path) -> EEGMambaConfig:
-    from foundation.config_dict import ConfigError
+    from runtime.config_dict import ConfigError
 
     try:
         return config_from_checkpoint(EEGMambaConfig, dict(data))
@@ -232,13 +268,16 @@ def load_backbone(
     cfg = dataclasses.replace(cfg, **runtime)  # how this run executes (e.g. scan_backend), never compared
     if drop_path is not None:
         cfg = dataclasses.replace(cfg, drop_path=drop_path)
-    backbone = EEGMamba(cfg)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint folder {folder} has no {WEIGHTS_NAME}")
+    prefix = "backbone." if prefix_model == "finetuned" else ""
+    check_config_fits_weights(lambda: EEGMamba(cfg), folder / CONFIG_NAME, weights, prefix=prefix)
+    backbone = EEGMamba(cfg)
     if prefix_model == "finetuned":
         state = safetensors.torch.load_file(str(weights))
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        check_finite_weights(state, weights)
         _load_state_checked(backbone, state, weights)
     else:
         load_backbone_weights(backbone, weights, strict=True)

@@ -14,11 +14,20 @@ The recording goes through the same path as the shards the model was trained on:
 -> ``shards.preprocess.preprocess_raw`` -> ``cut_windows`` with the preprocessing parameters saved in the
 model's ``recipe.json`` (copied from the shards' manifest at training time), and windows of the trained
 length. Windows are consecutive (stride = window length unless ``stride_s`` is given) and none is dropped
-for amplitude or flatness: every span of the recording gets a label, which is what a hypnogram or a
-seizure timeline needs. ``probability`` is the softmax probability of the predicted class;
-``probabilities`` holds all classes. The recording is checked against the checkpoint's input contract
+for amplitude or flatness: every span of the recording gets a row, which is what a hypnogram or a seizure
+timeline needs. A window that cannot be labelled (NaN/inf samples, a model output that is not finite) keeps its
+row without a label and with the reason in ``skipped``. A long recording is read and labelled in blocks
+(``shards.streaming``: bounded memory for any length), with a progress bar on stderr. ``probability`` is the softmax probability of the predicted class;
+``probabilities`` holds all classes. A binary model's label uses the decision threshold chosen on its
+validation split (saved in ``recipe.json``); a model trained with Euclidean alignment gets the recording
+aligned by its own windows. The recording is checked against the checkpoint's input contract
 (``finetune.contract``): another rate, units or channel spelling is converted with one notice line on
-stderr; a montage the contract cannot map is a ``ContractError``.
+stderr; a montage the contract cannot map is a ``ContractError``; channels the model was finetuned on that
+the recording lacks (or has in addition) are named in a notice.
+
+A model finetuned on a single channel (Bonn's position-less ``EEG``, one sleep derivation) labels a
+multi-channel recording channel by channel: every channel is read as the one the model knows, and each
+window's label comes from the class probabilities averaged over the channels (a notice says so).
 """
 
 from __future__ import annotations
@@ -28,31 +37,56 @@ import csv
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from finetune.align import align_array, align_with, mean_covariance, whitening
 from finetune.contract import contract_of, notice, recording_conversions
+from finetune.metrics import predict_labels
 from finetune.model import TaskModel
+from runtime.cli_errors import DEBUG_ENV, run_cli
+from runtime.cli_spelling import argparse_options, canonical_spelling
 from shards.corpora import get_corpus
-from shards.cli_errors import DEBUG_ENV, run_cli
 from shards.dataset import collate
-from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
+from shards.preprocess import PreprocessConfig, Signal
 from shards.readers import ReadError, read_raw
 from shards.sample import Window, check_sfreq
+from shards.streaming import StreamedSignal, iter_windows, preprocess_recording
+
+# The longest window a recipe may ask for (a whole sleep epoch is 30 s; the backbone reads at most minutes).
+MAX_WINDOW_S = 3600.0
 
 __all__ = ["RecordingWindows", "prediction_rows", "predict_file", "preprocess_config", "recording_windows", "main"]
 
 
 def _recipe_json(model_dir: Path) -> dict[str, Any]:
+    """``{model_dir}/recipe.json``, checked: one object per task with a plausible ``sfreq`` and ``window_s``."""
     file = model_dir / "recipe.json"
+    fix = "restore it from the finetuning run, or finetune again"
     if not file.is_file():
         raise FileNotFoundError(f"{file} is missing: a finetuned model folder holds config.json, model.safetensors and recipe.json")
-    return json.loads(file.read_text())
+    try:
+        recipes = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(recipes, dict) or not recipes or not all(isinstance(r, dict) for r in recipes.values()):
+        raise ValueError(f"{file}: expected a JSON object mapping each task to its recipe; {fix}")
+    for task, recipe in recipes.items():
+        if "sfreq" in recipe:
+            check_sfreq(recipe["sfreq"], str(file), what=f"(task {task!r}: sfreq)")
+        window = recipe.get("window_s")
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window <= MAX_WINDOW_S:
+            raise ValueError(f"{file}: task {task!r}: window_s {window!r} is not a window length in seconds "
+                             f"(0-{MAX_WINDOW_S:g}); {fix}")
+        if not isinstance(recipe.get("classes"), list) or not recipe["classes"]:
+            raise ValueError(f"{file}: task {task!r} lists no classes; {fix}")
+    return recipes
 
 
 def preprocess_config(recipe: dict[str, Any], *, stride_s: float | None = None,
@@ -100,26 +134,60 @@ class RecordingWindows:
     classes: list[str]
     sfreq: float
     task: str
+    per_channel: str | None = None  # the one channel a single-channel model reads each row of x as
 
 
-def recording_windows(
-    model_dir: str | Path,
-    path: str | Path,
-    *,
-    task: str | None = None,
-    stride_s: float | None = None,
-    sfreq: float | None = None,
-    window_s: float | None = None,
-) -> RecordingWindows:
-    """The windows :func:`predict_file` labels, without a model: ``read_raw`` -> ``check_sfreq`` -> the
-    model's saved preprocessing -> the contract's conversion notice -> consecutive windows -> the recipe's
-    channels. Any classifier trained on the model's shard windows (``benchmarks/baselines.py``'s band power)
-    reads a recording through exactly this path.
+def _per_channel(recipe: dict[str, Any], channels: Sequence[str]) -> str | None:
+    """The single channel a model was finetuned on, when the recording has several (labelled one by one)."""
+    trained = recipe.get("trained_channels") or []
+    return trained[0] if len(trained) == 1 and len(channels) > 1 and not recipe.get("channels") else None
 
-    Args and errors: as :func:`predict_file` (``task`` default: the first recipe of ``recipe.json``), except
-    that an unknown task lists the recipes.
-    """
-    model_dir = Path(model_dir)
+
+def _montage_notice(recipe: dict[str, Any], channels: Sequence[str], path: str | Path) -> str | None:
+    """What the recording's montage lacks or adds next to the one the model was finetuned on."""
+    trained = recipe.get("trained_channels")
+    if not trained or len(trained) == 1:
+        return None
+    missing = [c for c in trained if c not in channels]
+    extra = [c for c in channels if c not in trained]
+    if not missing and not extra:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"lacks {len(missing)} of the {len(trained)} channels the model was finetuned on "
+                     f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); a per-channel head reads them as zeros")
+    if extra:
+        parts.append(f"has {len(extra)} channel(s) finetuning never saw ({', '.join(extra[:8])}"
+                     f"{', ...' if len(extra) > 8 else ''})")
+    return f"{path}: montage differs from the model's finetuning data: " + "; ".join(parts)
+
+
+@dataclasses.dataclass
+class _Reading:
+    """A recording opened as a model reads it: preprocessed (whole or in blocks), its window config, and the rows
+    of each window the model gets (``rows``; ``channels`` names them)."""
+
+    path: str
+    task: str
+    recipe: dict[str, Any]
+    cfg: PreprocessConfig
+    signal: Signal | StreamedSignal
+    rows: list[int]
+    channels: list[str]
+    single: str | None
+
+    @property
+    def n_windows(self) -> int:
+        """Candidate windows (before any is skipped for NaN/inf)."""
+        n, stride = self.cfg.window_samples, self.cfg.stride_samples
+        total = self.signal.data.shape[1] if isinstance(self.signal, Signal) else self.signal.n_samples
+        return 0 if total < n else (total - n) // stride + 1
+
+
+def _open(model_dir: Path, path: str | Path, *, task: str | None, stride_s: float | None, sfreq: float | None,
+          window_s: float | None) -> _Reading:
+    """``read_raw`` -> ``check_sfreq`` -> the model's saved preprocessing (in blocks for a long recording) -> the
+    contract's conversion notice -> the recipe's channels."""
     recipes = _recipe_json(model_dir)
     task = task or next(iter(recipes))
     if task not in recipes:
@@ -133,24 +201,94 @@ def recording_windows(
     else:
         raw = read_raw(path)
     check_sfreq(raw.info["sfreq"], str(path))  # the build's rule and message: no labels for a 10-Hz file
-    signal = preprocess_raw(raw, cfg, source=str(path), channel_map=channel_map)
-    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path))
-    if conversions:
-        notice(conversions)
-    windows, _ = cut_windows(signal, None, cfg)
-    if not windows:
-        raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
+    signal = preprocess_recording(raw, cfg, source=str(path), channel_map=channel_map)
+    single = _per_channel(recipe, signal.channels)
+    conversions = recording_conversions(raw, signal, contract_of(model_dir), str(path), montage=single is None)
+    for line in (conversions, None if single else _montage_notice(recipe, signal.channels, path)):
+        if line:
+            notice(line)
+    if single:
+        notice(f"{path}: the model was finetuned on one channel ({single}): each of the recording's "
+               f"{len(signal.channels)} channels is labelled as {single} on its own, and a window's label comes from "
+               "the class probabilities averaged over its channels")
     channels = list(signal.channels)
+    rows = list(range(len(channels)))
     keep = recipe.get("channels")
-    rows_idx = list(range(len(channels)))
     if keep:
         missing = [c for c in keep if c not in channels]
         if missing:
             raise ValueError(f"{path}: the model's recipe needs channels {missing} that the recording lacks (has {channels})")
-        rows_idx = [channels.index(c) for c in keep]
-        channels = list(keep)
-    x = np.stack([np.asarray(w.eeg, dtype=np.float32)[rows_idx] for w in windows])
-    return RecordingWindows(x, [float(w.onset_s) for w in windows], channels, list(recipe["classes"]), float(cfg.sfreq), task)
+        rows, channels = [channels.index(c) for c in keep], list(keep)
+    reading = _Reading(str(path), task, recipe, cfg, signal, rows, channels, single)
+    if reading.n_windows == 0:
+        raise ValueError(f"{path}: recording of {signal.duration_s:.1f} s is shorter than one {cfg.window_s:g}-s window")
+    return reading
+
+
+def _batches(reading: _Reading, batch_size: int, skipped: list[tuple[float, str]] | None = None,
+             ) -> Iterator[tuple[list[float], np.ndarray]]:
+    """``(onsets_s, x [b, c, t] float32)`` of the recording's windows, ``batch_size`` at a time; windows that
+    cannot be labelled (NaN/inf samples) go to ``skipped`` as ``(onset_s, reason)``."""
+    windows, _ = iter_windows(reading.signal, None, reading.cfg, dropped=skipped)
+    onsets, xs = [], []
+    for w in windows:
+        onsets.append(float(w.onset_s))
+        xs.append(np.asarray(w.eeg, dtype=np.float32)[reading.rows])
+        if len(xs) == batch_size:
+            yield onsets, np.stack(xs)
+            onsets, xs = [], []
+    if xs:
+        yield onsets, np.stack(xs)
+
+
+def _alignment(reading: _Reading, batch_size: int) -> np.ndarray | None:
+    """The recording's own Euclidean-alignment matrix (a first pass over its windows), for a model trained aligned."""
+    if reading.recipe.get("align") != "euclidean":
+        return None
+    cov, count = None, 0
+    for _, x in _batches(reading, batch_size):
+        part = mean_covariance(x) * len(x)
+        cov = part if cov is None else cov + part
+        count += len(x)
+    if cov is None:
+        raise ValueError(f"{reading.path}: no window without NaN/inf samples to align the recording by")
+    return whitening(cov / count)
+
+
+def recording_windows(
+    model_dir: str | Path,
+    path: str | Path,
+    *,
+    task: str | None = None,
+    stride_s: float | None = None,
+    sfreq: float | None = None,
+    window_s: float | None = None,
+) -> RecordingWindows:
+    """The windows :func:`predict_file` labels, without a model, all in memory: ``read_raw`` -> ``check_sfreq``
+    -> the model's saved preprocessing -> the contract's conversion notice -> consecutive windows -> the recipe's
+    channels. Any classifier trained on the model's shard windows (``benchmarks/baselines.py``'s band power)
+    reads a recording through exactly this path. Windows with NaN/inf samples are left out (``predict_file``
+    lists them as skipped).
+
+    Args and errors: as :func:`predict_file` (``task`` default: the first recipe of ``recipe.json``), except
+    that an unknown task lists the recipes.
+    """
+    reading = _open(Path(model_dir), path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
+    onsets, xs = [], []
+    for batch_onsets, x in _batches(reading, 256):
+        onsets += batch_onsets
+        xs.append(x)
+    if not xs:
+        raise ValueError(f"{path}: every window of the recording holds NaN/inf samples")
+    x = np.concatenate(xs)
+    if reading.recipe.get("align") == "euclidean":
+        x = align_array(x)  # the recording aligned by its own windows, as finetuning aligned each subject
+    return RecordingWindows(x, onsets, reading.channels, list(reading.recipe["classes"]), float(reading.cfg.sfreq),
+                            reading.task, per_channel=reading.single)
+
+
+# A recording with more windows than this gets a progress bar on stderr (10-s windows: about 40 minutes).
+PROGRESS_WINDOWS = 256
 
 
 @torch.no_grad()
@@ -165,8 +303,13 @@ def predict_file(
     sfreq: float | None = None,
     model: TaskModel | None = None,
     window_s: float | None = None,
+    progress: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per window of ``path``: ``onset_s, label, label_name, probability, probabilities``.
+    """One row per window of ``path``: ``onset_s, label, label_name, probability, probabilities, skipped``.
+
+    A window that cannot be labelled (NaN/inf samples in the recording, or a model output that is not finite)
+    keeps its row, with ``label`` None and the reason in ``skipped``. A long recording is read, preprocessed and
+    labelled in blocks (``shards.streaming``), in bounded memory.
 
     Args:
         model_dir: folder written by ``finetune/run.py`` (``{out}/model``).
@@ -177,6 +320,7 @@ def predict_file(
         model: an already loaded model (labelling many files).
         window_s: window length in whole seconds (default: the trained length; other lengths are a shift
             the model was not trained for, see ``benchmarks/shift.py``).
+        progress: a progress bar on stderr (None: for recordings of more than ``PROGRESS_WINDOWS`` windows).
 
     Raises:
         FileNotFoundError / CheckpointError: model folder problems; ``shards.readers.ReadError``: the
@@ -191,71 +335,115 @@ def predict_file(
     task = task or model.tasks[0]
     if task not in model.tasks or task not in recipes:
         raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
-    rec = recording_windows(model_dir, path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
-    classes = model.head_specs[task]["classes"] or rec.classes
-    meta = {"channels": rec.channels}
-    proba = []
-    for start in range(0, len(rec.x), batch_size):
-        batch = collate([Window(w, meta) for w in rec.x[start:start + batch_size]])
-        logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
-        proba.append(F.softmax(logits.float(), dim=-1).cpu().numpy())
-    return prediction_rows(rec.onsets_s, np.concatenate(proba), classes)
+    reading = _open(model_dir, path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
+    classes = model.head_specs[task]["classes"] or list(reading.recipe["classes"])
+    matrix = _alignment(reading, batch_size)
+    meta = {"channels": [reading.single] if reading.single else reading.channels}
+    skipped: list[tuple[float, str]] = []
+    onsets, proba = [], []
+    bar = tqdm(total=reading.n_windows, desc=f"labelling {Path(path).name}", unit="window", dynamic_ncols=True,
+               disable=not (progress if progress is not None else reading.n_windows > PROGRESS_WINDOWS))
+    with bar:
+        for batch_onsets, x in _batches(reading, batch_size, skipped):
+            if matrix is not None:
+                x = align_with(x, matrix)
+            n, c, t = x.shape
+            windows = x.reshape(n * c, 1, t) if reading.single else x
+            batch = collate([Window(w, meta) for w in windows])
+            logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
+            p = F.softmax(logits.float(), dim=-1).cpu().numpy()
+            proba.append(p.reshape(n, c, -1).mean(1) if reading.single else p)
+            onsets += batch_onsets
+            bar.update(n)
+        bar.update(len(skipped))
+    proba_all = np.concatenate(proba) if proba else np.zeros((0, len(classes)))
+    rows = prediction_rows(onsets, proba_all, classes, model.head_specs[task].get("threshold"))
+    rows += [{"onset_s": onset, "label": None, "label_name": None, "probability": None, "probabilities": {},
+              "skipped": SKIP_REASONS.get(reason, reason)} for onset, reason in skipped]
+    return sorted(rows, key=lambda r: r["onset_s"])
 
 
-def prediction_rows(onsets_s: Sequence[float], proba: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """:func:`predict_file`'s rows from window onsets and class probabilities ``proba [n, k]`` (``classes`` order)."""
+SKIP_REASONS = {"nan": "NaN/inf samples in the recording", "flat": "flat channel", "amplitude": "amplitude bound"}
+NONFINITE_OUTPUT = "the model's output is not finite (NaN/inf): no label"
+
+
+def prediction_rows(onsets_s: Sequence[float], proba: np.ndarray, classes: Sequence[str],
+                    threshold: float | None = None) -> list[dict[str, Any]]:
+    """:func:`predict_file`'s rows from window onsets and class probabilities ``proba [n, k]`` (``classes`` order);
+    a binary model's ``threshold`` on the second class's probability decides its label (None = argmax). A row
+    whose probabilities are not finite gets no label: ``label`` None and the reason in ``skipped``."""
     out = []
-    for onset, p in zip(onsets_s, proba):
-        k = int(p.argmax())
+    finite = np.isfinite(proba).all(axis=1) if len(proba) else np.zeros(0, bool)
+    labels = predict_labels(np.where(finite[:, None], proba, 0.0), threshold) if len(proba) else np.zeros(0, int)
+    for onset, p, k, ok in zip(onsets_s, proba, labels.tolist(), finite.tolist()):
+        if not ok:
+            out.append({"onset_s": float(onset), "label": None, "label_name": None, "probability": None,
+                        "probabilities": {}, "skipped": NONFINITE_OUTPUT})
+            continue
         out.append({
             "onset_s": float(onset),
             "label": k,
             "label_name": classes[k],
             "probability": float(p[k]),
             "probabilities": {c: float(v) for c, v in zip(classes, p)},
+            "skipped": None,
         })
     return out
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """``onset_s,label,label_name,probability,p_<class>...`` one line per window."""
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, classes: Sequence[str] | None = None) -> Path:
+    """``onset_s,label,label_name,probability,p_<class>...,skipped`` one line per window; a skipped window has empty
+    label and probability cells and its reason in ``skipped``."""
     path = Path(path)
-    classes = list(rows[0]["probabilities"]) if rows else []
+    if classes is None:
+        classes = next((list(r["probabilities"]) for r in rows if r.get("probabilities")), [])
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["onset_s", "label", "label_name", "probability"] + [f"p_{c}" for c in classes])
+        writer.writerow(["onset_s", "label", "label_name", "probability"] + [f"p_{c}" for c in classes] + ["skipped"])
         for r in rows:
+            if r.get("skipped"):
+                writer.writerow([f"{r['onset_s']:.3f}", "", "", ""] + [""] * len(classes) + [r["skipped"]])
+                continue
             writer.writerow([f"{r['onset_s']:.3f}", r["label"], r["label_name"], f"{r['probability']:.6f}"]
-                            + [f"{r['probabilities'][c]:.6f}" for c in classes])
+                            + [f"{r['probabilities'][c]:.6f}" for c in classes] + [""])
     return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="finetuned model folder ({out}/model of finetune/run.py)")
     parser.add_argument("file", help="raw recording (EDF/BDF/FIF/SET/VHDR/GDF/CNT/text)")
-    parser.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
-    parser.add_argument("--task", help="head to use in a multi-task model (default: the first)")
-    parser.add_argument("--stride-s", type=float, default=None, help="hop between windows in seconds (default: window length)")
-    parser.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
-    parser.add_argument("--window-s", type=float, default=None,
-                        help="window length in whole seconds (default: the trained length; others are a shift the "
-                             "model was not trained for)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
-    args = parser.parse_args(argv)
+    io = parser.add_argument_group("model and output")
+    io.add_argument("--model", required=True, help="finetuned model folder ({out}/model of finetune/run.py)")
+    io.add_argument("--task", help="head to use in a multi-task model (default: the first)")
+    io.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
+    windows = parser.add_argument_group("windows")
+    windows.add_argument("--window_s", type=float, default=None,
+                         help="window length in whole seconds (default: the trained length; others are a shift the "
+                              "model was not trained for)")
+    windows.add_argument("--stride_s", type=float, default=None, help="hop between windows in seconds (default: window length)")
+    windows.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
+    machine = parser.add_argument_group("machinery")
+    machine.add_argument("--batch_size", type=int, default=64, help="windows per forward pass")
+    machine.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    machine.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
+    args = parser.parse_args(canonical_spelling(sys.argv[1:] if argv is None else argv, argparse_options(parser),
+                                                prog=parser.prog))
     return run_cli(parser.prog, lambda: _label(args), debug=args.debug, errors=(ReadError,))
 
 
 def _label(args: argparse.Namespace) -> int:
     rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s,
                         device=args.device, sfreq=args.sfreq, window_s=args.window_s)
+    skipped = [r for r in rows if r.get("skipped")]
     if args.out:
         write_csv(rows, args.out)
-        print(f"{len(rows)} windows labelled -> {args.out}", file=sys.stderr)
+        print(f"{len(rows) - len(skipped)} windows labelled -> {args.out}", file=sys.stderr)
     else:
         write_csv(rows, "/dev/stdout")
+    if skipped:
+        reasons = sorted({r["skipped"] for r in skipped})
+        print(f"{len(skipped)} window(s) not labelled, listed with their reason in the 'skipped' column: "
+              f"{'; '.join(reasons)}", file=sys.stderr)
     return 0
 
 

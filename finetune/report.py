@@ -105,7 +105,16 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping[str, Any]], 
             sp = res["split"]
             lines.append(f"  split by {sp.get('group_key')} (fold {sp.get('fold')} of {sp.get('n_folds')}); windows {sp.get('n_windows')}")
         if "best_epoch" in res:
-            lines.append(f"  best epoch {res['best_epoch']}")
+            lines.append(f"  best epoch {res['best_epoch']}" + (" (the probe: no finetuning epoch beat it on validation)"
+                                                                 if res["best_epoch"] == -1 else ""))
+        if res.get("threshold") is not None:
+            lines.append(f"  decision threshold on p({classes[1]}) = {res['threshold']:.4f} (chosen on validation)")
+        for split, metrics in res["splits"].items():
+            if metrics.get("constant_predictor"):
+                lines.append(f"  **{split}: constant predictor** ({metrics.get('predicted_classes')} predicted class(es), "
+                             f"probability spread {_fmt(metrics.get('proba_spread'))}): its scores say nothing about the input")
+    if run and run.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in run["warnings"]]
     if run:
         lines += ["", "## Run", ""] + [f"- {k}: `{json.dumps(json_safe(v), default=str)}`" for k, v in run.items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")

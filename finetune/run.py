@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from finetune.config import FinetuneConfig
 from finetune.train import finetune
-from pretrain.configfile import parse_cli
-from pretrain.engine import NonFiniteLossError
-from shards.cli_errors import run_cli
+from runtime.cli_errors import run_cli
+from runtime.configfile import parse_cli
+from runtime.engine import NonFiniteLossError
 
 PROG = "finetune/run.py"
 DESCRIPTION = (
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    config, _ = parse_cli(FinetuneConfig, argv, prog=PROG, description=DESCRIPTION, extra_flags=("debug",))
+    config, _ = parse_cli(FinetuneConfig, argv, prog=PROG, description=DESCRIPTION,
+                          extra_flags={"debug": "show the traceback of an error (or set EEGFM_DEBUG=1)"})
     result = finetune(config)
     from accelerate import PartialState
 

@@ -1,11 +1,19 @@
-"""The finetuning loop on ``pretrain.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
+"""The finetuning loop on ``runtime.engine``: data -> split -> model -> AdamW + warm-up/cosine -> early stopping.
 
 ``finetune(config)`` runs one (single- or multi-task) finetuning and returns its results; it is what
-``finetune/run.py`` calls under ``accelerate launch``. Per epoch it trains on :class:`TaskBatches`,
-evaluates every task's validation split (``accelerator.gather_for_metrics``, so padded duplicates of the
-last distributed batch are dropped), and keeps the weights of the epoch with the best mean primary metric
-(balanced accuracy) across tasks; ``patience`` epochs without improvement stop the run. The best weights
-are then evaluated on the validation and held-out test splits and saved with their recipe and metrics.
+``finetune/run.py`` calls under ``accelerate launch``. Before the first step each head is fitted as a
+logistic regression on the frozen backbone's features (``finetune.probe``, LP-FT; ``head_init="random"``
+skips the fit but keeps the feature standardisation), and that probe is the first candidate model (epoch
+-1). Per epoch it trains on :class:`TaskBatches`, evaluates every task's validation split
+(``accelerator.gather_for_metrics``, so padded duplicates of the last distributed batch are dropped), and
+keeps the weights with the best mean selection score across tasks (``finetune.metrics.selection_score``:
+AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to the lower validation loss),
+so a run never ends below its own probe on validation; ``patience`` epochs without improvement stop the run.
+Binary heads then take the decision threshold that maximises validation balanced accuracy
+(``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
+with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone.
+Warnings (printed and kept in the report) say when validation is too small to select on and when the
+warm-up is longer than the run.
 
 Outputs in ``out``::
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,20 +41,25 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
+from finetune.align import align_groups
 from finetune.config import FinetuneConfig
-from foundation.augment import augment
-from foundation.config_dict import given_keys
 from finetune.contract import conform_tasks
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
-from finetune.metrics import PRIMARY_METRIC, classification_metrics
+from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
 from finetune.model import TaskModel, load_backbone
+from finetune.probe import fit_probe, task_features
 from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
-from finetune.splits import Split, published_split, split_windows
-from pretrain.configfile import to_dict
-from pretrain.engine import (
+from finetune.splits import Split, choose_group_key, group_names, published_split, split_windows
+from foundation.augment import augment
+from foundation.ssm import selective_scan_backend
+from runtime import run_folder
+from runtime.atomic import LinkedPathError, atomic_write_text
+from runtime.config_dict import given_keys
+from runtime.configfile import to_dict
+from runtime.engine import (
     NonFiniteLossError,
     check_finite,
     check_model,
@@ -54,8 +68,10 @@ from pretrain.engine import (
     make_accelerator,
     make_scheduler,
 )
+from runtime.folder_lock import FolderLockedError
+from runtime.signal import SFREQ
 from shards.dataset import load_windows
-from shards.sample import SFREQ
+from shards.vocabulary import channel_id
 
 __all__ = ["finetune", "evaluate", "shard_split"]
 
@@ -129,6 +145,10 @@ def load_tasks(config: FinetuneConfig) -> tuple[dict[str, TaskData], Hyper]:
             recipe, spec.data, classes=spec.classes, window_s=config.window_s if spec.window_s is None else spec.window_s,
             channels=config.channels, extra_tasks=config.extra_tasks, windows=cache[spec.data],
             max_windows=config.max_windows if spec.max_windows is None else spec.max_windows)
+    if config.align == "euclidean":
+        for data in tasks.values():
+            key = choose_group_key(data.metas, prefer="subject", min_groups=1)
+            data.windows = align_groups(data.windows, group_names(data.metas, key))
     hyper: Hyper = merge_hyper(tasks[specs[0].recipe].recipe.hyper, config.hyper_overrides())
     for key in ("epochs", "batch_size", "patience"):
         if getattr(hyper, key) < 1:
@@ -151,7 +171,7 @@ def make_split(config: FinetuneConfig, data: TaskData) -> Split:
 def backbone_overrides(config: FinetuneConfig, checkpoint: str | None) -> dict[str, Any]:
     """The ``[model]`` fields ``load_backbone`` builds (from scratch) or holds the checkpoint to (with one).
 
-    With a checkpoint only the fields the user set count (``foundation.config_dict.given_keys``; every
+    With a checkpoint only the fields the user set count (``runtime.config_dict.given_keys``; every
     field after ``size = ...``), not the tiny preset a one-key table was filled in from. ``drop_path`` is
     the recipe's business (``Hyper.drop_path``).
     """
@@ -171,9 +191,23 @@ def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hy
                                          drop_path=hyper.drop_path if config.mode == "finetune" else None)
     contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=announce)
     _check_lengths(tasks, backbone.config)
-    heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes)}
+    heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes),
+                    "norm": "standard", **head_input(config.pool, d, backbone.config.adapter)}
              for name, d in tasks.items()}
-    return TaskModel(backbone, heads, pool=config.pool, dropout=hyper.dropout, mode=config.mode), provenance, contract
+    return TaskModel(backbone, heads, dropout=hyper.dropout, mode=config.mode), provenance, contract
+
+
+def head_input(pool: str, data: TaskData, adapter: str) -> dict[str, Any]:
+    """``{"pool", "channels"}`` of a task's head. ``auto``: one token mean per channel when every window has two
+    or more channels (and the adapter makes per-channel tokens), else the mean of all tokens. The channel list
+    is every channel of the task's windows, in vocabulary order, so a head does not depend on the order a file
+    stored its channels in."""
+    names = {c for w in data.windows for c in w.meta.get("channels", ())}
+    multi = all(len(w.meta.get("channels", ())) >= 2 for w in data.windows)
+    if pool == "auto":
+        pool = "channels" if multi and adapter == "channel_patch" else "mean"
+    channels = sorted(names, key=channel_id) if pool == "channels" else []
+    return {"pool": pool, "channels": channels}
 
 
 def task_losses(config: FinetuneConfig, tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyper: Hyper,
@@ -204,9 +238,10 @@ class Fit:
     total_steps: int
     step: int = 0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    best_score: float = -math.inf
-    best_epoch: int = -1
+    best_score: tuple[float, float] = (-math.inf, -math.inf)
+    best_epoch: int = -2
     best_state: dict[str, torch.Tensor] | None = None
+    predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # test outputs, one process only
 
 
 def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: Hyper, losses,
@@ -265,8 +300,8 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
     return total / max(count, 1)
 
 
-def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator, epoch: int) -> tuple[float, dict[str, dict]]:
-    """Mean primary metric over the tasks' validation splits, and every task's metrics.
+def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator, epoch: int) -> tuple[tuple[float, float], dict[str, dict]]:
+    """``(mean selection score, minus mean validation loss)`` over the tasks, and every task's metrics.
 
     Raises:
         NonFiniteLossError: the model's outputs are NaN/inf (the same on every rank: they are gathered).
@@ -278,37 +313,121 @@ def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator, epoch: i
             raise NonFiniteLossError(f"non-finite value in the validation outputs of task {name!r} after epoch {epoch}: "
                                      f"the weights diverged. Stopped; no model was written. {ADVICE}")
         val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
-    return float(np.mean([val[n][PRIMARY_METRIC] for n in tasks])), val
+    score = float(np.mean([selection_score(val[n]) for n in tasks]))
+    return (score, -float(np.mean([val[n]["nll"] for n in tasks]))), val
 
 
-def keep_if_best(fit: Fit, epoch: int, score: float, acc: Accelerator) -> bool:
-    """Keep the weights of the best epoch so far; True when ``epoch`` improved on it."""
-    if score <= fit.best_score + 1e-9:
+def keep_if_best(fit: Fit, epoch: int, score: tuple[float, float], acc: Accelerator) -> bool:
+    """Keep the weights of the best epoch so far: a higher selection score, or an equal one (within 1e-9) with a
+    lower validation loss; True when ``epoch`` improved on it."""
+    best_score, best_loss = fit.best_score
+    if score[0] < best_score - 1e-9 or (score[0] <= best_score + 1e-9 and score[1] <= best_loss):
         return False
     fit.best_score, fit.best_epoch = score, epoch
     fit.best_state = {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(fit.model).state_dict().items()}
     return True
 
 
+def start_heads(model: TaskModel, config: FinetuneConfig, tasks: Mapping[str, TaskData], splits: Mapping[str, Split],
+                hyper: Hyper, device: torch.device) -> dict[str, dict[str, Any]]:
+    """Standardise every head's input with its training features, and (``head_init="probe"``, or any linear-probe
+    run) fit it as a logistic regression on the frozen features (``finetune.probe``); returns per task the probe's
+    C and validation scores. Runs where the model is still unprepared, on the main process (DDP broadcasts
+    rank 0's weights and buffers to the others at ``prepare``)."""
+    info = {}
+    batch = config.eval_batch_size or 2 * hyper.batch_size
+    for name, data in tasks.items():
+        split = splits[name]
+        train = [data.windows[i] for i in split.train]
+        f_train = task_features(model, train, name, batch_size=batch, device=device)
+        head = model.heads[name]
+        if head_init(config) == "random" and config.mode == "finetune":
+            std = f_train.std(0)
+            head.set_statistics(torch.from_numpy(f_train.mean(0)), torch.from_numpy(np.where(std > 1e-6, std, 1.0)))
+            info[name] = {"head_init": "random"}
+            continue
+        f_val = task_features(model, [data.windows[i] for i in split.val], name, batch_size=batch, device=device)
+        probe = fit_probe(f_train, data.labels[split.train], f_val, data.labels[split.val], data.recipe.n_classes,
+                          seed=config.seed)
+        head.set_statistics(torch.from_numpy(probe.mean), torch.from_numpy(probe.std))
+        head.set_linear(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+        info[name] = {"head_init": "probe", "C": probe.C, "val_scores": {str(c): v for c, v in probe.scores.items()}}
+    return info
+
+
+def head_init(config: FinetuneConfig) -> str:
+    """``config.head_init`` with ``auto`` resolved: the probe's head from a pretrained checkpoint (LP-FT), a small
+    random one from scratch (a probe of random features is no better a start, and its large weights push the
+    first steps around: on 12 Bonn segments it cost 0.18 test AUROC)."""
+    if config.head_init != "auto":
+        return config.head_init
+    return "random" if config.checkpoint in (None, "none") else "probe"
+
+
+# Below these, a validation set cannot tell a better model from noise: model selection and the threshold
+# are then little more than a coin toss (the run goes on, and says so).
+MIN_VAL_WINDOWS = 20
+MIN_VAL_GROUPS = 2
+
+
+def run_warnings(tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyper: Hyper, mode: str) -> list[str]:
+    """What the user should know before trusting this run: windows of the data left out (labels the recipe does not
+    use, missing channels), validation too small to select on, a class missing from validation, a warm-up longer
+    than the run."""
+    out = []
+    for name, data in tasks.items():
+        for corpus, why in data.left_out_by_corpus.items():
+            out.append(f"task {name!r}: {sum(why.values())} window(s) of corpus {corpus!r} left out ("
+                       + ", ".join(f"label {k} x{v}" if not k.startswith("missing") else f"{k} x{v}" for k, v in why.items())
+                       + f"); the recipe's classes are {list(data.recipe.classes)}")
+        split = splits[name]
+        val_groups = len(split.groups.get("val", ())) if split.groups else None
+        counts = data.class_counts(split.val)
+        if len(split.val) < MIN_VAL_WINDOWS or (val_groups is not None and val_groups < MIN_VAL_GROUPS):
+            out.append(f"task {name!r}: validation holds {len(split.val)} windows"
+                       + (f" from {val_groups} {split.group_key}(s)" if val_groups is not None else "")
+                       + f"; model selection and the decision threshold need at least {MIN_VAL_WINDOWS} windows from "
+                         f"{MIN_VAL_GROUPS} {split.group_key}s to be more than noise")
+        if min(counts) == 0:
+            absent = [c for c, n in zip(data.recipe.classes, counts) if n == 0]
+            out.append(f"task {name!r}: validation has no window of class(es) {absent}; selection falls back to "
+                       "balanced accuracy and the threshold is not calibrated")
+    if mode == "finetune" and hyper.warmup_epochs >= hyper.epochs:
+        out.append(f"warm-up ({hyper.warmup_epochs} epochs) is as long as the run ({hyper.epochs} epochs): the learning "
+                   "rate never reaches its peak; lower warmup_epochs or raise epochs")
+    return out
+
+
 def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, Split],
-                 weights: Mapping[str, torch.Tensor], acc: Accelerator) -> dict[str, Any]:
-    """Validation and test metrics of the best weights, with each task's split and class statistics."""
-    acc.unwrap_model(fit.model).load_state_dict(fit.best_state)
+                  weights: Mapping[str, torch.Tensor], acc: Accelerator, calibrate: bool = True) -> dict[str, Any]:
+    """Validation and test metrics of the best weights, with each task's split, class statistics and decision
+    threshold (binary tasks with ``calibrate``: the one that maximises validation balanced accuracy)."""
+    model = acc.unwrap_model(fit.model)
+    model.load_state_dict(fit.best_state)
     check_model(acc, fit.model, what=f"in the weights of the best epoch ({fit.best_epoch})",
                 advice=f"No model was written. {ADVICE}")
     results: dict[str, Any] = {}
     for name, data in tasks.items():
         per_split = {}
+        y_val, p_val = evaluate(fit.model, fit.val_loaders[name], name, acc)
+        threshold = choose_threshold(y_val, p_val) if calibrate else None
+        model.set_threshold(name, threshold)
         for side, loaders in (("val", fit.val_loaders), ("test", fit.test_loaders)):
             if name in loaders:
-                y, p = evaluate(fit.model, loaders[name], name, acc)
-                per_split[side] = classification_metrics(y, p, n_classes=data.recipe.n_classes)
+                y, p = (y_val, p_val) if side == "val" else evaluate(fit.model, loaders[name], name, acc)
+                per_split[side] = classification_metrics(y, p, n_classes=data.recipe.n_classes, threshold=threshold)
+                per_split[side]["constant_predictor"] = is_constant_predictor(per_split[side])
+                if side == "test" and acc.num_processes == 1:  # one process: outputs in split order
+                    split = splits[name]
+                    key = split.group_key if split.group_key in ("subject", "recording") else "recording"
+                    fit.predictions[name] = {"y": y.tolist(), "proba": p.tolist(), "threshold": threshold,
+                                             "groups": group_names([data.metas[i] for i in split.test], key)}
         classes = data.recipe.classes
         results[name] = {
             "classes": list(classes), "splits": per_split, "split": splits[name].describe(),
             "class_counts_train": dict(zip(classes, data.class_counts(splits[name].train))),
             "class_weights": dict(zip(classes, weights[name].tolist())), "left_out_labels": data.left_out,
-            "best_epoch": fit.best_epoch,
+            "best_epoch": fit.best_epoch, "threshold": threshold,
         }
     return results
 
@@ -323,6 +442,9 @@ def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData],
             **data.recipe.to_dict(), "hyper": dataclasses.asdict(hyper), "window_samples": data.n_samples,
             "window_s": data.n_samples / sfreq, "sfreq": sfreq, "data": data.source,
             "preprocessing": data.preprocessing, "split": splits[name].describe(),
+            "threshold": model.head_specs[name]["threshold"], "align": run_info.get("align", "none"),
+            "trained_channels": sorted({c for i in splits[name].train for c in data.windows[i].meta.get("channels", ())},
+                                       key=channel_id),
         }
     metrics = {name: {"best_epoch": res["best_epoch"], **res["splits"]} for name, res in results.items()}
     extra = {"recipe": json_safe(recipes), "metrics": json_safe(metrics), **({"contract": contract.to_dict()} if contract else {})}
@@ -331,7 +453,9 @@ def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData],
 
 
 def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Run one finetuning; returns ``{"out": path, "results": {task: {...}}, "best_epoch": int, ...}``.
+    """Run one finetuning; returns ``{"out": path, "results": {task: {...}}, "best_epoch": int, ...}`` and, in a
+    one-process run, ``predictions``: per task the test windows' ``y``, ``proba``, ``groups`` (split order) and
+    the decision ``threshold`` (what ``benchmarks/downstream.py`` pools across folds).
 
     Raises:
         ValueError / KeyError / FileNotFoundError / CheckpointError: bad config, data or checkpoint,
@@ -340,6 +464,8 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     config.task_specs()  # config errors before anything is read
     if config.checkpoint == "":
         raise ValueError("no checkpoint: pass --checkpoint DIR (a pretrained EEGMamba folder) or --checkpoint none")
+    if config.out:  # an output over the input is refused before any work (and again, locked, in _out_dir)
+        run_folder.check_output(config.out, inputs={"--checkpoint": None if config.checkpoint == "none" else config.checkpoint})
     acc = accelerator or make_accelerator(config.mixed_precision)
     set_seed(config.seed)
     t0 = time.time()
@@ -347,50 +473,71 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     splits = {name: make_split(config, data) for name, data in tasks.items()}
     checkpoint = None if config.checkpoint in (None, "none") else config.checkpoint
     model, provenance, contract = build_model(config, tasks, hyper, checkpoint, acc.is_main_process)
+    warnings_ = run_warnings(tasks, splits, hyper, config.mode)
+    if acc.is_main_process:
+        for line in warnings_:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     losses, weights = task_losses(config, tasks, splits, hyper, acc.device)
+    probes = start_heads(model, config, tasks, splits, hyper, torch.device("cpu")) if acc.is_main_process else {}
     fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
-    out_dir = _out_dir(config, list(tasks), acc)
-    log_scan_backend(acc, model)
+    out_dir = _out_dir(config, list(tasks), acc, provenance.get("checkpoint"))
+    log_scan_backend(acc, selective_scan_backend, model)
 
     bad_epochs = 0
-    bar = tqdm(range(hyper.epochs), desc="finetune", disable=not (acc.is_main_process and config.progress))
+    epochs = hyper.epochs if config.mode == "finetune" else 0
+    bar = tqdm(range(-1, epochs), desc="finetune", disable=not (acc.is_main_process and config.progress))
     with _EpochLog(out_dir / "log.jsonl", acc.is_main_process) as log:
         for epoch in bar:
-            train_loss = train_epoch(fit, config, hyper, epoch, acc)
+            # epoch -1 scores the model as it starts (the probe's head on the frozen features)
+            train_loss = train_epoch(fit, config, hyper, epoch, acc) if epoch >= 0 else math.nan
             score, val = validate(fit, tasks, acc, epoch)
             record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
-                      "val_score": score, "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
+                      "val_score": score[0], "val_loss": -score[1],
+                      "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
             fit.history.append(record)
             log.write(record)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score:.3f}")
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score[0]:.3f}")
             bad_epochs = 0 if keep_if_best(fit, epoch, score, acc) else bad_epochs + 1
             if bad_epochs >= hyper.patience:
                 break
 
-    results = final_results(fit, tasks, splits, weights, acc)
+    results = final_results(fit, tasks, splits, weights, acc, calibrate=config.calibrate)
     run_info = {
-        "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode, "pool": config.pool,
+        "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode,
+        "pool": {n: model.head_specs[n]["pool"] for n in tasks}, "head_init": head_init(config), "align": config.align,
+        "probe": probes, "warnings": warnings_,
         "hyper": dataclasses.asdict(hyper), "warmup_steps": fit.warmup_steps, "total_steps": fit.total_steps,
-        "steps_run": fit.step, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
-        "best_val_score": fit.best_score, "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+        "steps_run": fit.step, "epochs_run": max(len(fit.history) - 1, 0), "best_epoch": fit.best_epoch,
+        "best_val_score": fit.best_score[0], "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
         "seconds": round(time.time() - t0, 1),
     }
     if acc.is_main_process:
         save_outputs(out_dir, acc.unwrap_model(fit.model), tasks, splits, hyper, results, run_info, contract)
+        run_folder.release(out_dir)
     acc.wait_for_everyone()
-    return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info}
+    return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info,
+            "predictions": fit.predictions}
 
 
-def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator) -> Path:
-    """The run folder (one name for all ranks), with the resolved config written into it."""
-    out = [_default_out(config, names)]
+def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator, checkpoint: str | None = None) -> Path:
+    """The run folder (one name for all ranks), locked for this run, with the resolved config written into it.
+
+    Refused on every rank (``runtime.run_folder.claim_output``): a folder that is or holds the checkpoint or the
+    data the run reads, one that holds a training run, one another run is writing, a planted link in it.
+    """
+    out = [_default_out(config, names), None]
+    if acc.is_main_process:
+        inputs = {"--checkpoint": checkpoint, **{"--data": spec.data for spec in config.task_specs()}}
+        try:
+            run_folder.claim_output(out[0], inputs=inputs)
+            atomic_write_text(Path(out[0]) / "config.json", json.dumps(to_dict(config), indent=2))
+        except (run_folder.RunFolderError, FolderLockedError, LinkedPathError) as err:
+            out[1] = str(err)
     if acc.num_processes > 1:
         broadcast_object_list(out)
-    out_dir = Path(out[0])
-    if acc.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-    return out_dir
+    if out[1] is not None:
+        raise run_folder.RunFolderError(out[1])
+    return Path(out[0])
 
 
 class _EpochLog:

@@ -10,11 +10,11 @@ Public API::
 
 from foundation.bimamba import BiMambaBlock, DropPath
 from foundation.checkpoint import CheckpointError, LoadReport, load_backbone_weights
-from foundation.config_dict import ConfigError
 from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 from foundation.model import SIZES, EEGMamba, EEGMambaConfig, EEGMambaOutput, read_config
 from foundation.moe import TaskMoE
 from foundation.ssm import selective_scan, selective_scan_backend, selective_scan_ref
+from runtime.config_dict import ConfigError
 
 __all__ = [
     "BiMambaBlock", "ChannelPatchEmbed", "CheckpointError", "ConfigError", "DropPath", "EEGMamba", "EEGMambaConfig",

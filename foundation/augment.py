@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime.signal import SFREQ
+
 __all__ = ["AugmentConfig", "augment"]
 
 
@@ -32,7 +34,7 @@ class AugmentConfig:
     gain_range: tuple[float, float] = (1.0, 1.0)
     channel_gain_std: float = 0.0
     time_shift_s: float = 0.0
-    sfreq: float = 200.0
+    sfreq: float = SFREQ
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.channel_dropout < 1.0:

@@ -21,20 +21,26 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import safetensors
 import safetensors.torch
+import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
-from foundation.config_dict import ConfigError, from_dict
+from runtime.atomic import refuse_links
+from runtime.config_dict import ConfigError, from_dict
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "CheckpointError",
     "LoadReport",
+    "check_config_fits_weights",
+    "check_finite_weights",
+    "weights_shapes",
     "StrictHubMixin",
     "load_backbone_weights",
     "config_from_checkpoint",
@@ -206,6 +212,61 @@ def with_legacy_defaults(config_class: type, data: dict[str, Any]) -> dict[str, 
     return {**getattr(config_class, "LEGACY_DEFAULTS", {}), **data}
 
 
+def weights_shapes(file: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a safetensors file, from its header alone (no tensor is read).
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: not a safetensors file.
+    """
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file {file} does not exist")
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({err}); checkpoints must be written by "
+                              "save_pretrained / safetensors, never torch.save pickles") from err
+
+
+def check_config_fits_weights(build: Callable[[], nn.Module], config_file: str | Path, weights: str | Path, *,
+                              prefix: str = "") -> None:
+    """Refuse a config whose model would not match the weights file, before the model is built for real.
+
+    ``build()`` runs on the meta device (no memory is allocated for parameters), and the model's parameter and
+    buffer shapes are compared with the weights file's header (``prefix``: only the file's tensors under it, with
+    it removed, e.g. ``"backbone."``). A config.json edited to ``n_layers = 100000`` or ``d_model = 1e6`` is then a
+    one-line error instead of minutes of allocation and an out-of-memory kill.
+
+    Raises:
+        CheckpointError: naming both files and the first mismatching tensors.
+    """
+    shapes = {k[len(prefix):]: v for k, v in weights_shapes(weights).items() if k.startswith(prefix)}
+    with torch.device("meta"):
+        model = build()
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    mismatched = sorted(k for k in set(own) & set(shapes) if own[k] != shapes[k])
+    if missing or unexpected or mismatched:
+        lines = [f"{k}: weights {shapes[k]} vs config {own[k]}" for k in mismatched[:3]]
+        raise CheckpointError(
+            f"{weights} does not match the model {config_file} describes ("
+            + "; ".join(lines + ([f"missing e.g. {missing[:3]}"] if missing else [])
+                        + ([f"unexpected e.g. {unexpected[:3]}"] if unexpected else []))
+            + "); checked before building it. Was config.json edited? Restore the one saved with these weights")
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], file: str | Path) -> None:
+    """CheckpointError naming the first tensor of ``state`` (read from ``file``) holding NaN/inf."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            n_bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{file}: tensor {name} holds {n_bad} NaN/inf value(s) of {tensor.numel()}; the "
+                                  "weights are damaged (a diverged run's?) and would give NaN outputs: use another "
+                                  "checkpoint")
+
+
 @dataclass
 class LoadReport:
     """Keys that :func:`load_backbone_weights` did not load (all empty after a strict load)."""
@@ -241,6 +302,7 @@ def load_backbone_weights(
             f"{file} is not a readable safetensors file ({err}); checkpoints must be written by "
             f"save_pretrained / safetensors, never torch.save pickles"
         ) from err
+    check_finite_weights(state, file)
     state = {prefix + k: v for k, v in state.items()}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -276,6 +338,8 @@ class StrictHubMixin(PyTorchModelHubMixin):
         config = config if config is not None else getattr(self, "config", None) or self._hub_mixin_config
         if dataclasses.is_dataclass(config):
             config = stored_config(config)
+        # huggingface_hub opens these by name: a planted link would send the write elsewhere
+        refuse_links(Path(save_directory), (CONFIG_NAME, WEIGHTS_NAME, "README.md"))
         return super().save_pretrained(save_directory, config=config, **kwargs)
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
@@ -327,6 +391,8 @@ class StrictHubMixin(PyTorchModelHubMixin):
         config = cls.read_config(path)
         if not (path / WEIGHTS_NAME).is_file():
             raise FileNotFoundError(f"{cls.checkpoint_kind} folder {path} has no {WEIGHTS_NAME}")
+        if strict:
+            check_config_fits_weights(lambda: cls(config), path / CONFIG_NAME, path / WEIGHTS_NAME)
         return super().from_pretrained(path, config=config, map_location=map_location, strict=strict, **kwargs)
 
     @classmethod

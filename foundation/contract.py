@@ -8,7 +8,7 @@ silently on the wrong rate, units or montage; with it, ``finetune/contract.py`` 
 convert (resampling, unit rescaling, channel-name mapping) and refuses what it cannot, naming the mismatch.
 
 This module only describes and stores the contract (no shard or recording code: ``foundation`` imports
-none of the suite's other packages). ``pretrain`` writes it at export; ``finetune`` compares against it.
+nothing of the suite but ``runtime``, whose ``runtime.signal`` holds the rate, patch length and units). ``pretrain`` writes it at export; ``finetune`` compares against it.
 
 Example::
 
@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.signal import PATCH_SAMPLES, SFREQ, UNITS, check_sfreq
+
 __all__ = ["CONTRACT_NAME", "FORMAT", "UNITS", "ContractError", "InputContract", "read_contract"]
 
 CONTRACT_NAME = "contract.json"
 FORMAT = "eegfm-contract/1"
-# The one unit convention of the suite (LaBraM's): values are microvolts divided by 100.
-UNITS = "100uV"
 
 
 class ContractError(ValueError):
@@ -53,12 +53,12 @@ class InputContract:
         corpora: per corpus ``{"name", "hours", "shards", "preprocess"}`` as recorded from its manifest.
     """
 
-    sfreq: float = 200.0
+    sfreq: float = SFREQ
     units: str = UNITS
     l_freq: float | None = None
     h_freq: float | None = None
     notch: float | None = None
-    patch_samples: int = 200
+    patch_samples: int = PATCH_SAMPLES
     window_s: float | None = None
     vocabulary_size: int = 0
     channels: tuple[str, ...] = ()
@@ -69,8 +69,10 @@ class InputContract:
     format: str = FORMAT
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.sfreq, (int, float)) and self.sfreq > 0):
-            raise ContractError(f"InputContract.sfreq must be a positive number, got {self.sfreq!r}")
+        try:  # the rule every rate the suite reads passes: a contract of 1e9 Hz would ask for 290-GiB windows
+            check_sfreq(self.sfreq, what="as InputContract.sfreq")
+        except ValueError as err:
+            raise ContractError(str(err)) from None
         if self.units != UNITS:
             raise ContractError(f"InputContract.units must be {UNITS!r} (µV / 100), got {self.units!r}")
         if self.format != FORMAT:
@@ -103,8 +105,8 @@ class InputContract:
                 values[key] = tuple(values[key])
         try:
             return cls(**values)
-        except TypeError as err:
-            raise ContractError(f"{where}: {err}") from err
+        except (TypeError, ContractError) as err:
+            raise ContractError(f"{where}: {err}") from None
 
     def save(self, folder: str | Path) -> Path:
         """Write ``{folder}/contract.json``; returns its path."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from foundation.channel_positions import PositionChannelEmbed
 from foundation.index_checks import check_range, sync_free
+from runtime.signal import PATCH_SAMPLES
 
 __all__ = ["ChannelPatchEmbed", "STAdaptiveEmbed", "check_inputs"]
 
@@ -181,7 +182,7 @@ class ChannelPatchEmbed(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, patch_size: int = 200, max_patches: int = 64, n_channel_ids: int = 512, conv_channels: int = 8,
+        self, d_model: int, patch_size: int = PATCH_SAMPLES, max_patches: int = 64, n_channel_ids: int = 512, conv_channels: int = 8,
         patch_norm: str = "sample", channel_embed: str = "id",
     ) -> None:
         super().__init__()
@@ -272,7 +273,7 @@ class STAdaptiveEmbed(nn.Module):
         d_model: int,
         n_tasks: int = 8,
         n_channel_ids: int = 512,
-        patch_size: int = 200,
+        patch_size: int = PATCH_SAMPLES,
         max_patches: int = 64,
         stride: int = 25,
         wide_kernel: int | None = None,

@@ -32,6 +32,7 @@ from foundation.embed import ChannelPatchEmbed, STAdaptiveEmbed
 from foundation.index_checks import check_range
 from foundation.moe import TaskMoE
 from foundation.ssm import SCAN_BACKENDS
+from runtime.signal import PATCH_SAMPLES
 
 __all__ = [
     "EEGMambaConfig",
@@ -91,7 +92,7 @@ class EEGMambaConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    patch_size: int = 200
+    patch_size: int = PATCH_SAMPLES
     max_patches: int = 64
     n_channel_ids: int = 512
     adapter: Literal["channel_patch", "st_adaptive"] = "channel_patch"
@@ -130,6 +131,12 @@ class EEGMambaConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"EEGMambaConfig.{name} must be a positive integer or None, got {value!r}")
+        for name, limit in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ValueError(f"EEGMambaConfig.{name}={value} is above {limit}, far beyond any model this suite "
+                                 f"trains (the 'large' size has {SIZES['large'].get(name, '-')}); a config.json asking "
+                                 "for it is damaged or hostile")
         if self.top_k >= self.n_experts:
             raise ValueError(f"EEGMambaConfig.top_k={self.top_k} must be smaller than n_experts={self.n_experts}")
         if self.adapter not in ("channel_patch", "st_adaptive"):
@@ -174,6 +181,14 @@ class EEGMambaConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+# Upper bounds of the architecture fields, so that a damaged or hostile config.json cannot ask for terabytes
+# before its weights are compared with it (foundation.checkpoint checks the shapes too, on the meta device).
+UPPER_BOUNDS: dict[str, int] = {
+    "d_model": 8192, "n_layers": 256, "n_experts": 256, "top_k": 256, "n_tasks": 1024, "d_state": 1024,
+    "d_conv": 64, "expand": 16, "patch_size": 100_000, "max_patches": 100_000, "n_channel_ids": 100_000,
+    "conv_channels": 1024, "st_stride": 100_000, "moe_hidden": 65_536, "task_dim": 65_536, "st_wide_kernel": 100_000,
+}
 
 # Parameter budgets (asserted in tests/test_model.py): per layer the BiMamba block holds ~6.5 d^2 and the
 # MoE 9 experts x 2 x d x moe_hidden, so the experts dominate.
@@ -338,7 +353,10 @@ class EEGMamba(
                 raise ValueError("patch_mask is only supported by adapter='channel_patch' (this model uses 'st_adaptive')")
             tokens, token_mask, cls = self.embed(x, channel_ids, channel_mask, task_ids)
 
-        seq, seq_mask, seq_pos = _assemble(cls, tokens, token_mask)
+        key = None
+        if self.config.adapter == "channel_patch":  # tokens "(c p)": each token's channel id orders the scan
+            key = channel_ids.long().repeat_interleave(tokens.shape[1] // max(x.shape[1], 1), dim=1)
+        seq, seq_mask, seq_pos = _assemble(cls, tokens, token_mask, key)
         h = seq
         aux_total = h.new_zeros((), dtype=torch.float32)
         loads = []
@@ -365,24 +383,32 @@ class EEGMamba(
 
 
 def _assemble(
-    cls: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor
+    cls: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor, key: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Build the scanned sequence ``[cls, real tokens..., cls, padding...]``.
 
-    Real tokens keep their relative order ("(c p)") but are packed to the front, so that every sample's
-    real sequence is contiguous and identical to what it would be in a batch without padding: the causal
-    convs and scans of BiMamba then see exactly the same neighbours whatever the batch's ``C_max`` is
-    (padding only trails, where the padding-aware block ignores it).
+    Real tokens are packed to the front, so that every sample's real sequence is contiguous and identical to
+    what it would be in a batch without padding: the causal convs and scans of BiMamba then see exactly the
+    same neighbours whatever the batch's ``C_max`` is (padding only trails, where the padding-aware block
+    ignores it). With ``key`` (the channel id of each "(c p)" token) they are packed in the order of their
+    channel's vocabulary id, a channel's patches in time order: the scan, and so every output, is then the same
+    whatever order a file stored its channels in (a scan is not permutation invariant; without this, reordering
+    a recording's channels changed the class token by half its norm). ``seq_pos`` still maps each input token to
+    its place, so ``tokens`` come back in the caller's order.
 
     Args:
-        cls ``[b d]``, tokens ``[b L d]``, token_mask ``[b L]`` bool.
+        cls ``[b d]``, tokens ``[b L d]``, token_mask ``[b L]`` bool, key ``[b L]`` long or None (input order).
     Returns:
         ``seq [b (L + 2) d]``, ``seq_mask [b (L + 2)]`` (True up to and including the end class token),
         ``seq_pos [b L]`` long: where token i of the input sits in ``seq``.
     """
     b, L, d = tokens.shape
     n_real = token_mask.sum(1, keepdim=True)  # [b 1]
-    order = torch.sort((~token_mask).to(torch.uint8), dim=1, stable=True).indices  # [b L] real first
+    if key is None:
+        order = torch.sort((~token_mask).to(torch.uint8), dim=1, stable=True).indices  # [b L] real first
+    else:  # real first, by key; padding keys above every real one
+        big = key.max() + 1 if key.numel() else 1
+        order = torch.sort(torch.where(token_mask, key, big), dim=1, stable=True).indices
     s = torch.arange(L + 2, device=tokens.device).unsqueeze(0)  # [1 (L + 2)]
     # Source index into [cls, tokens] (0 = cls): s-1 before the end class token, s-2 after it.
     k = torch.where(s <= n_real, s - 1, s - 2).clamp(0, max(L - 1, 0))

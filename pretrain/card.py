@@ -72,7 +72,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def export_card(model_dir: str | Path, contract: InputContract, *, what: str, objective: str,
-                config: Mapping[str, Any], final_loss: float | None = None, load: str = "") -> str:
+                config: Mapping[str, Any], final_loss: float | None = None, load: str = "",
+                selected_step: int | None = None) -> str:
     """The card of a run's export: front matter, what it is, input contract, training, use and limits.
 
     Args:
@@ -80,6 +81,7 @@ def export_card(model_dir: str | Path, contract: InputContract, *, what: str, ob
         contract: the run's input contract. what: the opening sentence (architecture and size).
         objective: the objective's name. config: the whole run config as a dict (``data``, ``optim``,
             ``train`` sections). final_loss: the last logged loss. load: Python lines that load the model.
+        selected_step: the step whose weights were exported (validation probe), None = the last.
     """
     optim, data, train = (config.get(k, {}) for k in ("optim", "data", "train"))
     corpora = "\n".join(
@@ -117,6 +119,8 @@ def export_card(model_dir: str | Path, contract: InputContract, *, what: str, ob
         f"- AdamW lr {optim.get('lr')} -> {optim.get('min_lr')}, warm-up {optim.get('warmup_steps')} steps, weight decay "
         f"{optim.get('weight_decay')}, batch {data.get('batch_size')} x {fmt(data.get('crop_s'))} s crops per process, "
         f"mixed precision {train.get('mixed_precision', '?')}",
+        *([f"- exported weights: step {selected_step} of {contract.steps}, the best score of the validation probe "
+           "(`probe.json` holds every probe)"] if selected_step is not None else []),
         "- the whole configuration: `pretraining.json` / `../run_config.json` beside this folder",
         "",
         "## Use and limits",

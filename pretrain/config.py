@@ -1,7 +1,7 @@
 """Settings of a pretraining (or tokenizer-training) run: frozen dataclasses read from TOML.
 
 ``PretrainConfig`` is what ``pretrain/run.py`` parses (``--config FILE`` + ``--a.b value``
-overrides, unknown keys are errors; ``pretrain.configfile``); ``pretrain.train_tokenizer`` reuses the same
+overrides, unknown keys are errors; ``runtime.configfile``); ``pretrain.train_tokenizer`` reuses the same
 data / optimiser / trainer sections. ``[model]`` is the model's own config class
 (``foundation.EEGMambaConfig``), not a mirror of it: ``size`` picks a preset, other keys override fields.
 The defaults ARE the embedded demo: no shards given
@@ -15,7 +15,7 @@ from typing import Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
-from pretrain.configfile import option
+from runtime.configfile import option
 from tokenizer.spectral import MaskConfig, STFTConfig
 
 
@@ -65,7 +65,7 @@ class ObjectiveConfig:
         "masked_token: LaBraM VQ codes with symmetric masking; masked_stft: SpecMoE Gaussian-masked STFT", "masked_stft"
     )
     tokenizer: str = option(
-        "masked_token: directory of a trained VQNSP (tokenizer/run.py output); 'auto' trains a small one first", ""
+        "masked_token: directory of a trained VQNSP (pretrain.train_tokenizer output); 'auto' trains a small one first", ""
     )
     mask_ratio: float = option("masked_token: fraction of (channel, patch) tokens masked", 0.5)
     symmetric: bool = option("masked_token: also train on the complement mask (LaBraM)", True)
@@ -78,6 +78,8 @@ class ObjectiveConfig:
     tokenizer_steps: int = option("tokenizer='auto': training steps of the small tokenizer", 150)
     stft: STFTConfig = option("masked_stft: STFT window/hop/target ([objective.stft])", factory=STFTConfig)
     mask: MaskConfig = option("masked_stft: Gaussian soft-mask families and widths ([objective.mask])", factory=MaskConfig)
+    band_power_weight: float = option(
+        "masked_stft: weight of the per-token log band-power target (delta..gamma of the token's own patch); 0 = off", 3.0)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,22 @@ class TrainConfig:
         "false = eager", False)
     channel_bucket: int = option(
         "compile: pad each batch's channel count to a multiple of this, so a run compiles one graph per bucket", 8)
+    overwrite: bool = option("a fresh run may start over in an out_dir that holds an earlier run (its checkpoints, "
+                             "model/ and run_config.json are removed first); without it such a run is refused", False)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The validation probe (``pretrain/probe.py``): frozen-feature logistic regression on held-out labelled shards."""
+
+    shards: tuple[str, ...] = option(
+        "labelled shard folders/globs to probe (kept out of the pretraining data; empty = no probe)", ())
+    task: str = option("only the windows of this shard task (e.g. emotion); empty = every labelled window", "")
+    every: int = option("probe every N steps (and at the end)", 200)
+    folds: int = option("cross-validation folds by subject (recording where no subject is named)", 5)
+    C: float = option("inverse L2 strength of the probe's logistic regression", 0.01)
+    max_windows: int = option("at most this many evenly spaced windows per probe set", 2000)
+    select: bool = option("export the weights of the step with the best probe score instead of the last step", True)
 
 
 @dataclass(frozen=True)
@@ -126,5 +144,6 @@ class PretrainConfig:
     model: EEGMambaConfig = option('the backbone: [model] size = "tiny"|"base"|"large" picks the preset, other keys override it',
                                   factory=lambda: EEGMambaConfig.from_size("tiny"))
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    probe: ProbeConfig = option("validation probe of the frozen features ([probe])", factory=ProbeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -22,8 +22,8 @@ from typing import Any
 
 from foundation.contract import InputContract
 from pretrain.data import Corpus
+from runtime.signal import PATCH_SAMPLES, SFREQ
 from shards.dataset import read_manifest
-from shards.sample import PATCH_SAMPLES, SFREQ
 from shards.vocabulary import CHANNELS
 
 __all__ = ["run_contract", "write_run_contract"]

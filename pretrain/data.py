@@ -48,8 +48,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from shards.dataset import collate, expand_urls
 from shards.manifest import shard_digests
+from shards.sample import decode_sample
 from shards.shardfile import DamagedShardError
-from shards.sample import SFREQ, decode_sample  # noqa: F401 - SFREQ re-exported for older imports
 
 
 log = logging.getLogger("pretrain.data")

@@ -47,8 +47,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from foundation.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from foundation.contract import CONTRACT_NAME, InputContract, read_contract
+from foundation.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from foundation.contract import CONTRACT_NAME, ContractError, InputContract, read_contract
 from foundation.model import EEGMamba
 from pretrain.card import CARD_NAME, backbone_summary, contract_table, filters, fmt, yaml_list
 
@@ -61,6 +61,21 @@ METRICS = (("balanced_accuracy", "bal. acc."), ("cohen_kappa", "kappa"), ("weigh
 
 class ReleaseError(ValueError):
     """A run that cannot be released as asked (the message names the file, corpus or field)."""
+
+
+def read_json_file(path: str | Path, what: str, kind: type = dict) -> Any:
+    """The JSON object in ``path`` (``what`` it is, for the message); ReleaseError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReleaseError(f"{path} does not exist ({what})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReleaseError(f"{path} is not valid JSON ({err}); fix or restore {what}") from None
+    if not isinstance(data, kind):
+        raise ReleaseError(f"{path}: expected a JSON {'object' if kind is dict else kind.__name__} ({what}), "
+                           f"got {type(data).__name__}")
+    return data
 
 
 def _model_dir(run_dir: Path) -> Path:
@@ -77,6 +92,9 @@ def _check_datasets(contract: InputContract, datasets: Mapping[str, Mapping[str,
         if info is None:
             raise ReleaseError(f"{where}: corpus {name!r} of the run has no entry (title, license, url, citation); "
                                f"the card must name the terms of every training set")
+        if not isinstance(info, Mapping):
+            raise ReleaseError(f"{where}: the data-set entry of corpus {name!r} must be an object "
+                               f"{{title, license, url, citation, why}}, got {info!r}")
         missing = [k for k in ("title", "license") if not info.get(k)]
         if missing:
             raise ReleaseError(f"{where}: corpus {name!r} lacks {missing}")
@@ -122,26 +140,8 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
     config = EEGMamba.read_config(model_dir)
     n_params = EEGMamba(config).num_parameters()
     sets = [datasets[c["name"]] for c in contract.corpora]
-    ids = [d.get("hub_id") or d["title"] for d in sets]
-    optim = (pretraining or {}).get("config", {}).get("optim", {})
-    data_rows = "\n".join(
-        f"| {c['name']} | [{d['title']}]({d.get('url', '')}) | {d['license']} | "
-        f"{fmt(c.get('hours'))} | {c.get('shards', '')} | {filters(c.get('preprocess'))} | {d.get('why', '')} |"
-        for c, d in zip(contract.corpora, sets)
-    )
-    left_out = "\n".join(f"- {name}: {why}" for name, why in (excluded or {}).items())
-    citations = "\n".join(f"- {d['title']}: {d['citation']}" for d in sets if d.get("citation"))
     sections = [
-        "---",
-        f"license: {license}",
-        "library_name: eegfm",
-        "pipeline_tag: feature-extraction",
-        "tags:",
-        yaml_list(["eeg", "mamba", "mixture-of-experts", "foundation-model", "self-supervised", contract.objective]),
-        "datasets:",
-        yaml_list(ids),
-        "---",
-        "",
+        *_card_front_matter(license, contract, [d.get("hub_id") or d["title"] for d in sets]),
         f"# {name}",
         "",
         f"{backbone_summary(config, n_params)} pretrained self-supervised with the `{contract.objective}` "
@@ -155,6 +155,44 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "`finetune/run.py` and `python -m finetune.predict` check inputs against it: other sampling rates, units "
         "(V/mV) and channel spellings are converted with a notice; a montage with none of these channels is refused.",
         "",
+        *_card_training_data(contract, sets, excluded),
+        *_card_pretraining(contract, pretraining, reproduce),
+        "## Downstream results",
+        "",
+        (f"From `benchmarks/downstream.py` (`{' '.join(downstream.get('command', []))}`, finished "
+         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream, name)}"
+         if downstream else "Not evaluated for this release (pass `--downstream results.json`)."),
+        "",
+        *_card_use(name, contract),
+    ]
+    return "\n".join(sections)
+
+
+def _card_front_matter(license: str, contract: InputContract, dataset_ids: list[str]) -> list[str]:
+    return [
+        "---",
+        f"license: {license}",
+        "library_name: eegfm",
+        "pipeline_tag: feature-extraction",
+        "tags:",
+        yaml_list(["eeg", "mamba", "mixture-of-experts", "foundation-model", "self-supervised", contract.objective]),
+        "datasets:",
+        yaml_list(dataset_ids),
+        "---",
+        "",
+    ]
+
+
+def _card_training_data(contract: InputContract, sets: list[Mapping[str, Any]],
+                        excluded: Mapping[str, str] | None) -> list[str]:
+    data_rows = "\n".join(
+        f"| {c['name']} | [{d['title']}]({d.get('url', '')}) | {d['license']} | "
+        f"{fmt(c.get('hours'))} | {c.get('shards', '')} | {filters(c.get('preprocess'))} | {d.get('why', '')} |"
+        for c, d in zip(contract.corpora, sets)
+    )
+    left_out = "\n".join(f"- {name}: {why}" for name, why in (excluded or {}).items())
+    citations = "\n".join(f"- {d['title']}: {d['citation']}" for d in sets if d.get("citation"))
+    return [
         "## Training data and licences",
         "",
         "| corpus | data set | licence | hours | shards | filters | why included |",
@@ -163,6 +201,12 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         "",
         *(["Left out:", "", left_out, ""] if left_out else []),
         *(["Cite:", "", citations, ""] if citations else []),
+    ]
+
+
+def _card_pretraining(contract: InputContract, pretraining: Mapping[str, Any] | None, reproduce: str) -> list[str]:
+    optim = (pretraining or {}).get("config", {}).get("optim", {})
+    return [
         "## Pretraining",
         "",
         f"- objective: `{contract.objective}`; steps: {contract.steps}; data: {contract.data_hours:g} h in "
@@ -172,12 +216,11 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
           if optim else []),
         *([f"- reproduce: `{reproduce}`"] if reproduce else []),
         "",
-        "## Downstream results",
-        "",
-        (f"From `benchmarks/downstream.py` (`{' '.join(downstream.get('command', []))}`, finished "
-         f"{downstream.get('finished', '?')}); test-split metrics, mean ± std over seeds.\n\n{downstream_table(downstream, name)}"
-         if downstream else "Not evaluated for this release (pass `--downstream results.json`)."),
-        "",
+    ]
+
+
+def _card_use(name: str, contract: InputContract) -> list[str]:
+    return [
         "## Intended use and limits",
         "",
         "- Intended: a starting point for finetuning EEG classifiers (seizure, sleep, emotion / workload, motor "
@@ -202,7 +245,6 @@ def model_card(name: str, model_dir: Path, contract: InputContract, datasets: Ma
         f"Files: `{WEIGHTS_NAME}`, `{CONFIG_NAME}`, `{CONTRACT_NAME}`, this card; `sha256sum -c {SUMS_NAME}` checks them.",
         "",
     ]
-    return "\n".join(sections)
 
 
 def _sha256(path: Path) -> str:
@@ -279,7 +321,7 @@ def release(run_dir: str | Path, out_dir: str | Path, datasets: Mapping[str, Map
     _check_out_dir(out, Path(run_dir), model_dir)
     name = name or out.name
     pre_file = model_dir / "pretraining.json"
-    pretraining = json.loads(pre_file.read_text()) if pre_file.is_file() else None
+    pretraining = read_json_file(pre_file, "the pretraining run's record") if pre_file.is_file() else None
     if out.exists():
         for old in out.iterdir():  # _check_out_dir: only the files of an earlier release
             old.unlink()
@@ -303,11 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--license", default="apache-2.0", help="licence of the released weights (Hub identifier)")
     args = parser.parse_args(argv)
     try:
-        datasets = json.loads(Path(args.datasets).read_text())
-        downstream = json.loads(Path(args.downstream).read_text()) if args.downstream else None
+        datasets = read_json_file(args.datasets, "--datasets: corpus -> {title, license, url, citation, why}")
+        downstream = read_json_file(args.downstream, "--downstream: benchmarks/downstream.py results.json") \
+            if args.downstream else None
         out = release(args.run_dir, args.out_dir, datasets, name=args.name, license=args.license, downstream=downstream)
-    except (ReleaseError, FileNotFoundError, json.JSONDecodeError) as err:
-        print(f"python -m pretrain.release: error: {err}", file=sys.stderr)
+    except (ReleaseError, FileNotFoundError, CheckpointError, ContractError, OSError) as err:
+        print(f"python -m pretrain.release: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(f"released {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     print(f"publish: huggingface_hub.HfApi().upload_folder(repo_id='org/{out.name}', folder_path='{out}')")

@@ -78,7 +78,7 @@ def shared_data() -> Path:
     return Path(os.environ.get("EEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def _adapter(name: str) -> str:
+def checked_adapter(name: str) -> str:
     """``name`` when this checkout has that corpus adapter; an error otherwise, never a quiet substitute.
 
     Reading a set through another adapter (e.g. EEGMAT's EDFs as plain ``recordings``) shards other
@@ -112,7 +112,7 @@ def build_shards(work: Path, data: Path) -> dict[str, Path]:
             root = data / rel
             if not root.is_dir():
                 raise FileNotFoundError(f"{root} does not exist: the release needs ../shared/data (set EEG_SHARED_DATA)")
-            adapter = _adapter(adapter)
+            adapter = checked_adapter(adapter)
         manifest = build(adapter, root, out, workers=1, seed=SEED, max_samples_per_shard=400, progress=False)
         folder = out / manifest["corpus"]
         if read_manifest(folder)["totals"]["samples"] == 0:

@@ -8,7 +8,9 @@ A checkpoint restores the optimiser and the LR schedule as they were, so a chang
 * ``--train.resume_override optim.lr,optim.warmup_steps`` applies the listed keys deliberately: the
   optimiser's learning rate / betas / weight decay and the schedule are rebuilt from the new values at
   the restored step, and the run says so;
-* the architecture (``model.*``) cannot change: the weights fix it.
+* the architecture (``model.*``) cannot change: the weights fix it;
+* a checkpoint that records no settings is refused too (nothing to compare), unless the resume says
+  ``--train.resume_override all``, which applies this run's optimiser settings.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ __all__ = ["ResumeSettingsError", "IGNORED", "changed_settings", "check_resume_s
 #: Settings that do not change what is computed (where to log, how often to save, when to stop, which kernel).
 IGNORED = frozenset({
     "train.out_dir", "train.stop_after", "train.progress", "train.log_every", "train.log_sample_keys",
-    "train.keep_checkpoints", "train.save_every", "train.inject_nan_at", "train.resume_override", "data.demo_dir",
+    "train.keep_checkpoints", "train.save_every", "train.inject_nan_at", "train.resume_override", "train.overwrite",
+    "data.demo_dir",
     "model.scan_backend",  # which selective-scan kernel runs here (EEGMambaConfig.RUNTIME_FIELDS), not the maths
 })
+#: ``--train.resume_override all``: resume a checkpoint that records no settings, with this run's.
+ALL = "all"
 #: Optimiser group entries rebuilt from the new config when their key is overridden.
 GROUP_KEYS = {"optim.lr": "initial_lr", "optim.betas": "betas", "optim.weight_decay": "weight_decay"}
 
@@ -66,10 +71,19 @@ def check_resume_settings(saved: Mapping[str, Any] | None, current: Mapping[str,
     Raises:
         ResumeSettingsError: naming each differing key with both values, or an override of ``model.*``.
     """
-    if saved is None:
-        return {}  # a checkpoint written before configs were kept: nothing to compare against
-    changes = changed_settings(saved, current)
     allowed = parse_override(override)
+    if saved is None:
+        if not current:
+            return {}  # a run that keeps no settings (an API caller without hparams): nothing to compare
+        if ALL not in allowed:
+            raise ResumeSettingsError(
+                f"--resume {checkpoint}: {checkpoint / 'train_state.json'} records no settings ('config' is missing or "
+                f"null), so this run's settings cannot be checked against the checkpoint's (a new learning rate would "
+                f"be recorded but not used). Restore the file from the run that wrote it, or resume deliberately with "
+                f"--train.resume_override {ALL}: the optimiser and schedule then follow this run's settings")
+        flat = _flat(current)
+        return {k: (None, flat[k]) for k in GROUP_KEYS if k in flat}
+    changes = changed_settings(saved, current)
     fixed = [k for k in allowed if k.startswith("model.") and k in changes]
     if fixed:
         raise ResumeSettingsError(

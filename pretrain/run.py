@@ -35,16 +35,16 @@ from accelerate.utils import set_seed
 
 from foundation.model import EEGMamba
 from pretrain.config import PretrainConfig
-from pretrain.configfile import ConfigError, to_dict
 from pretrain.data import Corpus, crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
-from shards.sample import SFREQ
+from runtime.configfile import ConfigError, to_dict
+from runtime.signal import SFREQ
 
 PROG = "pretrain/run.py"
 MISSING_TOKENIZER = ("objective.name = 'masked_token' needs a trained VQ tokenizer: train one on the same shards with "
-            "`accelerate launch tokenizer/run.py --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
+            "`accelerate launch -m pretrain.train_tokenizer --data.shards SHARDS --train.out_dir runs/tokenizer` and pass "
             "--objective.tokenizer runs/tokenizer/model, or pass --objective.tokenizer auto to train a small one "
             "first, or use --objective.name masked_stft (needs no tokenizer)")
 
@@ -93,7 +93,7 @@ def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: l
             task_aware=obj.task_aware, augment=obj.augment,
         )
     return MaskedSTFTObjective(backbone, stft=obj.stft, mask=obj.mask, moe_aux_weight=obj.moe_aux_weight,
-                               task_aware=obj.task_aware, augment=obj.augment)
+                               task_aware=obj.task_aware, augment=obj.augment, band_power_weight=obj.band_power_weight)
 
 
 def run(config: PretrainConfig, resume: str | None = None, accelerator: Accelerator | None = None) -> TrainResult:

@@ -1,8 +1,8 @@
-"""Train the VQ-NSP tokenizer: ``accelerate launch tokenizer/run.py [--config FILE] [--key value ...]``.
+"""Train the VQ-NSP tokenizer: ``accelerate launch -m pretrain.train_tokenizer [--config FILE] [--key value ...]``.
 
-``tokenizer/run.py`` is only a launcher that re-executes ``python -m pretrain.train_tokenizer`` with the
-same arguments and environment: training needs the engine, which lives in ``pretrain``, and the
-``tokenizer`` package stays a library that imports nothing from ``pretrain``.
+It lives in ``pretrain`` because it streams the pretraining shards (``pretrain.data``) through the
+pretraining loop (``pretrain.trainer``); the ``tokenizer`` package stays a library of models that imports no
+training code.
 
 Reads the same shards as pretraining (``[data]`` section, same streaming pipeline) and runs on the
 same Accelerate trainer (``pretrain.trainer``: checkpoints, ``--resume``, NaN guard, TensorBoard with
@@ -14,8 +14,8 @@ With no arguments it trains a tiny tokenizer on the simulated demo corpus (a few
 
 Examples::
 
-    python tokenizer/run.py
-    accelerate launch tokenizer/run.py --data.shards /data/shards/tueg --model.size base --train.out_dir runs/tok-base
+    python -m pretrain.train_tokenizer
+    accelerate launch -m pretrain.train_tokenizer --data.shards /data/shards/tueg --model.size base --train.out_dir runs/tok-base
     accelerate launch pretrain/run.py --objective.name masked_token --objective.tokenizer runs/tok-base/model ...
 """
 
@@ -32,15 +32,15 @@ from pretrain.data import crop_length
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
-from shards.sample import SFREQ
+from runtime.signal import SFREQ
 from tokenizer.vqnsp import VQNSP, VQNSPConfig
 
-PROG = "tokenizer/run.py"  # what users launch (it re-executes this module)
+PROG = "python -m pretrain.train_tokenizer"
 
 
 @dataclass(frozen=True)
 class TokenizerRunConfig:
-    """Everything ``tokenizer/run.py`` needs (data / optim / train sections as in ``pretrain/run.py``)."""
+    """Everything ``python -m pretrain.train_tokenizer`` needs (data / optim / train sections as in ``pretrain/run.py``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: VQNSPConfig = field(default_factory=lambda: VQNSPConfig.from_size("tiny"), metadata={

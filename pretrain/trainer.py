@@ -1,4 +1,4 @@
-"""The streaming training loop of backbone pretraining and tokenizer training, on ``pretrain.engine``.
+"""The streaming training loop of backbone pretraining and tokenizer training, on ``runtime.engine``.
 
 One :class:`Trainer` drives any :class:`pretrain.objectives.Objective` (an ``nn.Module`` whose
 ``forward(batch)`` returns ``dict(loss=scalar tensor, <name>=scalar logs, expert_load=[layers, experts])``
@@ -20,6 +20,7 @@ and whose ``export(dir)`` writes what downstream code loads). What is particular
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,18 +29,26 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from foundation.checkpoint import WEIGHTS_NAME
 from foundation.contract import read_contract
 from foundation.model import EEGMamba
+from foundation.ssm import selective_scan_backend
 from pretrain.card import CARD_NAME, backbone_summary, export_card
-from pretrain.config import OptimConfig, TrainConfig
-from pretrain.configfile import parse_cli, to_dict
+from pretrain.config import OptimConfig, ProbeConfig, TrainConfig
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
-from pretrain.engine import (
+from pretrain.probe import BEST_DIR, check_probe_leak, load_probe_sets, probe_backbone, read_best, write_best
+from pretrain.resume_settings import apply_overrides, check_resume_settings
+from runtime import run_folder
+from runtime.atomic import LinkedPathError, atomic_write_text
+from runtime.cli_errors import run_cli
+from runtime.configfile import parse_cli, to_dict
+from runtime.folder_lock import FolderLockedError
+from runtime.engine import (
     NonFiniteLossError,
     SeenFlags,
     Throughput,
@@ -48,6 +57,7 @@ from pretrain.engine import (
     clip_gradients,
     export,
     latest_checkpoint,
+    lineage_of,
     load_checkpoint,
     read_train_state,
     log_scan_backend,
@@ -59,14 +69,17 @@ from pretrain.engine import (
     save_checkpoint,
     scheduler_state,
 )
-from pretrain.resume_settings import apply_overrides, check_resume_settings
-from shards.cli_errors import run_cli
-from shards.sample import PATCH_SAMPLES, SFREQ
+from runtime.signal import PATCH_SAMPLES, SFREQ
 
 __all__ = [
     "Trainer", "TrainResult", "NonFiniteLossError", "fit_and_export", "accelerator_for", "latest_checkpoint", "run_entry",
 ]
 
+# The options of a training run that are not config keys.
+RUN_FLAGS = {
+    "resume": "auto: continue from the newest complete checkpoint of train.out_dir; DIR: from that checkpoint folder",
+    "debug": "show the traceback of an error (or set EEGFM_DEBUG=1)",
+}
 ADVICE = ("lower optim.lr or raise optim.warmup_steps (or check the shards for extreme values), then continue from the "
           "last good checkpoint with --resume auto --train.resume_override optim.lr,optim.warmup_steps")
 
@@ -86,6 +99,7 @@ class TrainResult:
     logs: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     export_dir: Path | None = None
+    selected_step: int | None = None  # the step whose weights were exported (validation probe), None = the last
     stopped_early: bool = False
     samples_per_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -107,8 +121,10 @@ class Trainer:
 
     def __init__(self, objective: nn.Module, stream: BatchStream, optim: OptimConfig, train: TrainConfig, *,
                  accelerator: Accelerator | None = None, patch_size: int = PATCH_SAMPLES, run_name: str = "pretrain",
-                 hparams: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None) -> None:
+                 hparams: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None,
+                 probe: ProbeConfig | None = None, probe_sets: list | None = None) -> None:
         self.objective, self.stream = objective, stream
+        self.probe, self.probe_sets = probe, probe_sets or []
         self.optim_cfg, self.cfg = optim, train
         self.accelerator = accelerator or accelerator_for(optim, train)
         self.accelerator.gradient_accumulation_steps = optim.grad_accum
@@ -119,6 +135,9 @@ class Trainer:
         self.step = 0
         self.micro_batches = 0  # the data position
         self.last_batch: dict | None = None
+        self.probe_log: list[dict[str, Any]] = []
+        self.lineage = ""  # a branch resume (runtime.engine.lineage_of) names its checkpoints step_N-bK
+        self._lock = None  # the run folder's lock, held from _setup to the end of fit
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> TrainResult:
@@ -147,10 +166,13 @@ class Trainer:
                 pending.append((self.step, logs, scheduler.get_last_lr()[0]))
                 bar.update(1)
                 log_now, save_now = self.step % cfg.log_every == 0, self.step % cfg.save_every == 0
-                if log_now or save_now or self.step == end_step:
+                probe_now = bool(self.probe_sets) and (self.step % self.probe.every == 0 or self.step == end_step)
+                if log_now or save_now or probe_now or self.step == end_step:
                     self._read_back(pending, result, bar)
                 if log_now or self.step == end_step:
                     self._log(result.logs[-1], expert_load, speed)
+                if probe_now:
+                    self._probe()
                 if save_now or self.step == end_step:
                     result.checkpoint = self._save(model, optimizer, scheduler)
             return self._finish(model, result, speed)
@@ -177,16 +199,20 @@ class Trainer:
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         model, optimizer = acc.prepare(self.objective, optimizer)
         path = resolve_resume(resume, self.out_dir) if resume else None
+        self._lock = claim_run_folder(acc, self.out_dir, fresh=path is None, overwrite=self.cfg.overwrite,
+                                      what=f"{self.run_name} run")
         if path is not None:
             self._resume(path, model, optimizer, scheduler, fresh_groups)
+        elif acc.is_main_process and (self.out_dir / BEST_DIR).is_dir():
+            shutil.rmtree(self.out_dir / BEST_DIR)  # an earlier run's best probe step is not this run's
         self.inner = acc.unwrap_model(model)
         self.seen = SeenFlags(self.inner)  # after the resume: starts from the checkpoint's flags
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.hparams:  # after the resume check: it records the settings this run really uses
-                (self.out_dir / "run_config.json").write_text(json.dumps(self.hparams, indent=2))
+                atomic_write_text(self.out_dir / "run_config.json", json.dumps(self.hparams, indent=2))
         acc.init_trackers(self.run_name, config=_flat_scalars(self.hparams))
-        log_scan_backend(acc, self.objective)
+        log_scan_backend(acc, selective_scan_backend, self.objective)
         return model, optimizer, scheduler
 
     def _resume(self, path: Path, model, optimizer, scheduler, fresh_groups) -> None:
@@ -195,7 +221,12 @@ class Trainer:
         applied = check_resume_settings(read_train_state(path).get("config"), self.hparams, self.cfg.resume_override, path)
         state = load_checkpoint(acc, model, optimizer, path)
         self.step, self.micro_batches = state["step"], state["micro_batches"]
-        restore_scheduler(scheduler, state["scheduler"])
+        restore_scheduler(scheduler, state.get("scheduler"), path / "train_state.json")
+        self.lineage, later = lineage_of(path, self.out_dir)
+        if later:
+            acc.print(f"resume: {path} is not the newest checkpoint of its run (it went on to step {later[-1]}): this "
+                      f"run branches from it and saves its checkpoints as step_NNNNNNNN-{self.lineage}; the other "
+                      "run's checkpoints are kept, and --resume auto continues this branch")
         if applied:
             apply_overrides(optimizer, scheduler, fresh_groups, applied)
             acc.print("resume: applying changed settings (train.resume_override): " + ", ".join(
@@ -261,6 +292,22 @@ class Trainer:
             scalars.update(_expert_scalars(expert_load))
         self.accelerator.log(scalars, step=self.step)
 
+    def _probe(self) -> None:
+        """Score the frozen backbone on the probe sets (main process), log it, keep the best step's weights."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            backbone = self.inner.backbone
+            result = probe_backbone(backbone, self.probe_sets, folds=self.probe.folds, C=self.probe.C,
+                                    seed=self.cfg.seed, device=acc.device)
+            scalars = {f"probe/{name}/{k}": v for name, s in result.scores.items() for k, v in s.items()}
+            scalars["probe/score"] = result.score
+            acc.log(scalars, step=self.step)
+            best = read_best(self.out_dir)
+            if best is None or result.score > best["score"] + 1e-9:
+                write_best(self.out_dir, backbone, self.step, result)
+            self.probe_log.append({"step": self.step, "score": result.score, "scores": result.scores})
+        acc.wait_for_everyone()
+
     def _check_weights(self, model, writing: str) -> None:
         """Stop before ``writing`` unless the weights and a forward pass on the last batch are finite.
 
@@ -276,7 +323,7 @@ class Trainer:
         state = {"step": self.step, "micro_batches": self.micro_batches, "scheduler": scheduler_state(scheduler),
                  "config": self.hparams or None}
         return save_checkpoint(self.accelerator, model, optimizer, self.out_dir, self.step, state,
-                               keep=self.cfg.keep_checkpoints)
+                               keep=self.cfg.keep_checkpoints, lineage=self.lineage)
 
     def _finish(self, model, result: TrainResult, speed: Throughput) -> TrainResult:
         """Fill in the result; export ``{out_dir}/model`` unless the run stopped before ``max_steps``."""
@@ -294,6 +341,14 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             export(acc.unwrap_model(model), result.export_dir, self.preprocessing)
+            best = read_best(self.out_dir) if self.probe_sets else None
+            if best is not None and self.probe.select:
+                # the weights of the best-probing step, with the same config (the probe never changes the architecture)
+                shutil.copyfile(self.out_dir / BEST_DIR / WEIGHTS_NAME, result.export_dir / WEIGHTS_NAME)
+                result.selected_step = int(best["step"])
+            if best is not None:
+                (result.export_dir / "probe.json").write_text(json.dumps(
+                    {"selected_step": result.selected_step, "best": best, "history": self.probe_log}, indent=2))
         acc.wait_for_everyone()
         return result
 
@@ -314,6 +369,28 @@ class Trainer:
             tracker.finish()
         acc.trackers = []
         acc.free_memory()
+        if self._lock is not None:
+            run_folder.release(self.out_dir)  # the run folder is free for the next run
+            self._lock = None
+
+
+def claim_run_folder(accelerator: Accelerator, out_dir: Path, *, fresh: bool, overwrite: bool, what: str):
+    """``runtime.run_folder.claim`` on the main process; its refusal is raised on every rank (one rank raising
+    alone would leave the others waiting in the next collective)."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = run_folder.claim(out_dir, fresh=fresh, overwrite=overwrite, what=what)
+        except (run_folder.RunFolderError, FolderLockedError, LinkedPathError) as err:
+            error = err
+    if accelerator.num_processes > 1:
+        message = [None if error is None else str(error)]
+        broadcast_object_list(message)
+        if message[0] is not None and error is None:
+            error = run_folder.RunFolderError(message[0])
+    if error is not None:
+        raise error
+    return lock
 
 
 def _expert_scalars(load: torch.Tensor) -> dict[str, float]:
@@ -355,8 +432,15 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
     hparams = to_dict(config)
     accelerator.print(announce)
     record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+    probe = getattr(config, "probe", None)
+    sets = []
+    if probe is not None and probe.shards and hasattr(objective, "backbone"):
+        check_probe_leak(probe.shards, [u for c in corpora for u in c.urls])
+        sets = load_probe_sets(probe.shards, max_windows=probe.max_windows, task=probe.task)
+        accelerator.print("validation probe every {} steps on {}".format(probe.every, ", ".join(
+            f"{s.name} ({len(s.windows)} windows, {len(set(s.groups.tolist()))} groups)" for s in sets)))
     trainer = Trainer(objective, stream, config.optim, config.train, accelerator=accelerator, patch_size=patch_size,
-                      run_name=run_name, hparams=hparams, preprocessing=record)
+                      run_name=run_name, hparams=hparams, preprocessing=record, probe=probe, probe_sets=sets)
     result = trainer.fit(resume=resume)
     if result.export_dir is not None and accelerator.is_main_process:
         contract_path = write_run_contract(result.export_dir, corpora, objective, config, result.steps, patch_size)
@@ -375,13 +459,14 @@ def write_export_card(result: TrainResult, objective: nn.Module, contract: Any, 
     load = f"from {type(model).__module__.split('.')[0]} import {cls}\nmodel = {cls}.from_pretrained(\"{result.export_dir}\")"
     path = result.export_dir / CARD_NAME
     path.write_text(export_card(result.export_dir, contract, what=what, objective=name, config=hparams,
-                                final_loss=result.losses[-1] if result.losses else None, load=load))
+                                final_loss=result.losses[-1] if result.losses else None, load=load,
+                                selected_step=result.selected_step))
     return path
 
 
 def run_entry(prog: str, description: str, config_class: type, train: Callable[..., TrainResult],
               report: Callable[[Any, TrainResult], str], argv: list[str] | None = None) -> int:
-    """The command line of ``pretrain/run.py`` and ``tokenizer/run.py``: parse, train, print ``report`` (main process).
+    """The command line of ``pretrain/run.py`` and ``python -m pretrain.train_tokenizer``: parse, train, print ``report`` (main process).
 
     ``train(config, resume=..., accelerator=...)``. Exit 0 done; 2 a bad config, data, checkpoint or resume (one line
     naming it; ``--debug`` / ``EEGFM_DEBUG=1`` for the traceback); 3 the NaN/inf guard stopped the run.
@@ -389,7 +474,7 @@ def run_entry(prog: str, description: str, config_class: type, train: Callable[.
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=("resume", "debug"))
+        config, extras = parse_cli(config_class, argv, prog=prog, description=description, extra_flags=RUN_FLAGS)
         acc = accelerator_for(config.optim, config.train)
         try:
             result = train(config, resume=extras.get("resume"), accelerator=acc)

@@ -3,7 +3,9 @@
     python -m shards list
     python -m shards build CORPUS --root RAW --out OUT [--workers N] [--part I/N] [preprocessing options]
     python -m shards inspect OUT
-    python -m shards synth OUT [--subjects N] [--duration-s S] [--build]
+    python -m shards synth OUT [--subjects N] [--duration_s S] [--build]
+
+Options are spelled with underscores, as in the manifest (``--window_s``); ``--window-s`` is read too, with a notice.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from shards.cli_errors import DEBUG_ENV, run_cli
+from runtime.cli_errors import DEBUG_ENV, run_cli
+from runtime.cli_spelling import argparse_options, canonical_spelling
 
 
 def _part(text: str) -> tuple[int, int]:
@@ -51,7 +54,7 @@ def _optional_float(text: str) -> float | None:
 _PREPROCESS_OPTIONS = ("sfreq", "l_freq", "h_freq", "window_s", "stride_s", "notch", "max_abs_uv", "montage")
 
 
-def _parser() -> argparse.ArgumentParser:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shards", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help=f"show tracebacks of errors (or set {DEBUG_ENV}=1)")
@@ -69,27 +72,29 @@ def _parser() -> argparse.ArgumentParser:
                                    "command resumes an interrupted build.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("corpus", help="corpus adapter name (see `python -m shards list`)")
-    b.add_argument("--root", required=True, type=Path, help="folder holding the raw corpus")
-    b.add_argument("--out", required=True, type=Path, help="output folder; shards go to OUT/CORPUS/")
-    b.add_argument("--workers", type=int, default=1, help="parallel worker processes (over recordings)")
-    b.add_argument("--part", type=_part, default=(0, 1), metavar="I/N",
-                   help="build only part I of N (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
-    b.add_argument("--split", type=_fractions, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
-                   help="subject-wise split fractions (an official split of the corpus wins)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the subject -> split hash")
-    b.add_argument("--max-samples-per-shard", type=int, default=2000, help="close a shard after this many samples")
+    io = b.add_argument_group("input and output")
+    io.add_argument("--root", required=True, type=Path, help="folder holding the raw corpus")
+    io.add_argument("--out", required=True, type=Path, help="output folder; shards go to OUT/CORPUS/")
+    run = b.add_argument_group("build")
+    run.add_argument("--workers", type=int, default=1, help="parallel worker processes (over recordings)")
+    run.add_argument("--part", type=_part, default=(0, 1), metavar="I/N",
+                     help="build only part I of N (0-based; e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    run.add_argument("--split", type=_fractions, default=(0.8, 0.1, 0.1), metavar="TRAIN,VAL,TEST",
+                     help="subject-wise split fractions (an official split of the corpus wins)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the subject -> split hash")
+    run.add_argument("--max_samples_per_shard", type=int, default=2000, help="close a shard after this many samples")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
     g = b.add_argument_group("preprocessing (default: the corpus adapter's settings on top of PreprocessConfig)",
                              argument_default=argparse.SUPPRESS)
     g.add_argument("--sfreq", type=float, help="common sampling rate in Hz")
-    g.add_argument("--l-freq", type=_optional_float, help="band-pass low edge in Hz ('none' = off)")
-    g.add_argument("--h-freq", type=_optional_float, help="band-pass high edge in Hz ('none' = off)")
-    g.add_argument("--window-s", type=float, help="window length in seconds")
-    g.add_argument("--stride-s", type=float, help="window stride in seconds")
+    g.add_argument("--l_freq", type=_optional_float, help="band-pass low edge in Hz ('none' = off)")
+    g.add_argument("--h_freq", type=_optional_float, help="band-pass high edge in Hz ('none' = off)")
+    g.add_argument("--window_s", type=float, help="window length in seconds")
+    g.add_argument("--stride_s", type=float, help="window stride in seconds")
     g.add_argument("--notch", type=_optional_float, help="mains notch frequency in Hz ('none' = off)")
-    g.add_argument("--max-abs-uv", type=_optional_float, help="drop windows with any |value| above this many µV ('none' = off)")
+    g.add_argument("--max_abs_uv", type=_optional_float, help="drop windows with any |value| above this many µV ('none' = off)")
     g.add_argument("--montage", choices=("biosemi16", "biosemi32", "biosemi64", "biosemi128", "biosemi160", "biosemi256"),
                    help="BioSemi cap layout of recordings labelled A1..H32 (their channels are placed on its sites)")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("inspect", parents=[debug], help="summarise and validate a shard folder",
                        description="Print per corpus: samples, hours, channel sets, labels, drops and skipped "
@@ -103,10 +108,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "EDF+ annotations) to OUT, readable by the 'synth' corpus adapter.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("out", type=Path, help="output folder for the EDF files")
-    s.add_argument("--subjects", type=int, default=8, help="number of simulated subjects")
-    s.add_argument("--duration-s", type=float, default=120.0, help="length of each recording in seconds")
-    s.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
-    s.add_argument("--build", type=Path, metavar="SHARDS_OUT", help="also shard the simulated corpus into SHARDS_OUT")
+    sim = s.add_argument_group("simulation")
+    sim.add_argument("--subjects", type=int, default=8, help="number of simulated subjects")
+    sim.add_argument("--duration_s", type=float, default=120.0, help="length of each recording in seconds")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical files)")
+    s.add_argument_group("output").add_argument("--build", type=Path, metavar="SHARDS_OUT",
+                                                help="also shard the simulated corpus into SHARDS_OUT")
     return p
 
 
@@ -170,8 +177,10 @@ def validate(folder: Path, manifest: dict, progress: bool = True) -> list[str]:
     problems = []
     listed = {s["name"]: s for s in manifest["shards"]}
     on_disk = {p.name for p in folder.glob("*.tar")}
-    for name in sorted(on_disk - set(listed)):
-        problems.append(f"{folder / name}: shard on disk but not in the manifest")
+    # Readers take only what the manifest lists, so a copy or an old/ subfolder is never read; name each one.
+    for path in sorted(folder.rglob("*.tar")):
+        if path.parent != folder or path.name not in listed:
+            problems.append(f"{path}: tar on disk but not in the manifest (readers leave it out; delete or move it)")
     total = 0
     for name in tqdm(sorted(listed), desc=f"validate {folder.name}", unit="shard", disable=not progress):
         path = folder / name
@@ -245,7 +254,9 @@ def cmd_synth(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(canonical_spelling(sys.argv[1:] if argv is None else argv, argparse_options(parser),
+                                                prog=parser.prog))
     from shards.readers import ReadError
 
     commands = {"list": lambda: cmd_list(), "build": lambda: cmd_build(args), "inspect": lambda: cmd_inspect(args),

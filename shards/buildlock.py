@@ -8,86 +8,40 @@ written into the file. Two ways a dead build could keep the lock, and how each i
   worker's life to the build process (Linux ``PR_SET_PDEATHSIG``, else a thread watching the parent PID),
   so ``kill -9`` of the build process alone leaves no worker behind;
 - a lock held although the PID in it is gone from this host (a worker of an older build that missed
-  both): :func:`acquire` moves the stale lock file aside and takes a fresh one, so the re-run resumes.
+  both): :func:`acquire` moves the stale lock file aside and takes a fresh one, so the re-run resumes
+  (``runtime.folder_lock``, the lock every output folder of the suite takes).
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import IO
 
+from runtime import folder_lock
+from runtime.folder_lock import FolderLockedError
+
 _PR_SET_PDEATHSIG = 1
 
 
-class BuildLockedError(RuntimeError):
+class BuildLockedError(FolderLockedError):
     """Another live build of the same part holds the lock."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _holder(f: IO[str]) -> tuple[int | None, str | None]:
-    f.seek(0)
-    try:
-        pid_text, _, host = f.read().strip().partition(" ")
-        return int(pid_text), host or None
-    except ValueError:
-        return None, None
-
-
-def _try_flock(f: IO[str]) -> bool:
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 def acquire(path: Path) -> IO[str]:
     """Take the lock at ``path`` (creating it) and write our PID into it; returns the open file (close to release).
 
     Raises :class:`BuildLockedError` naming the folder, the lock file and the PID holding it when a live
-    build holds it.
+    build holds it (``runtime.folder_lock``, which also sets a stale lock aside and refuses a linked lock file).
     """
-    for _ in range(3):
-        f = open(path, "a+")
-        if _try_flock(f):
-            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                f.seek(0)
-                f.truncate()
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
-                f.flush()
-                return f
-            f.close()  # the file we locked was moved aside (stale) meanwhile: lock the new one
-            continue
-        pid, host = _holder(f)
-        if pid is not None and host == socket.gethostname() and not _alive(pid):
-            # Held by descendants of a dead build (its PID is gone): they write nothing, so set it aside.
-            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                os.replace(path, path.with_name(f"{path.name}.stale-{pid}"))
-            f.close()
-            continue
-        f.close()
-        held_by = f" by PID {pid} on {host}" if pid is not None else ""
-        raise BuildLockedError(
-            f"another build of this part is running in {path.parent} (lock {path.name} is held{held_by}); "
-            f"wait for it to finish or stop it, then re-run the same command to resume")
-    raise BuildLockedError(f"could not take the build lock {path} after removing a stale one; re-run the command")
+    return folder_lock.acquire(path, error=BuildLockedError, busy=lambda held_by: (
+        f"another build of this part is running in {path.parent} (lock {path.name} is held{held_by}); "
+        f"wait for it to finish or stop it, then re-run the same command to resume"))
 
 
 def worker_init(parent_pid: int, lock_fd: int | None) -> None:

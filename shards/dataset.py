@@ -29,11 +29,15 @@ __all__ = ["DamagedShardError", "Window", "collate", "decode_sample", "expand_ur
 def expand_urls(spec: str | Path | Sequence[str | Path]) -> list[str]:
     """Shard URLs from a folder, a glob, a brace pattern, a ``pipe:`` URL or a list of those.
 
-    - folder: every ``*.tar`` below it (recursive), sorted;
-    - glob (``*``/``?``/``[``): matching files, sorted; no match -> FileNotFoundError;
+    - folder: the shards its build manifests list (``manifest*.json`` in the folder or in its corpus
+      subfolders), sorted; a tar no manifest lists (a copy, an ``old/`` subfolder, a half-written temporary) is
+      left out with a warning naming it. A folder without any manifest: every ``*.tar`` below it (recursive);
+    - glob (``*``/``?``/``[``): matching files, sorted, less those a manifest of their folder does not list;
+      no match -> FileNotFoundError;
     - brace pattern ``train-{000000..000009}.tar``: expanded, each must exist;
     - ``pipe:...`` / ``http(s)://`` / ``s3://`` ...: passed through (WebDataset opens them).
-    A path that does not exist raises FileNotFoundError naming it.
+    A path that does not exist, or a shard a manifest lists but the folder lacks, raises FileNotFoundError
+    naming it.
     """
     if isinstance(spec, (str, Path)):
         specs: list[str] = [str(spec)]
@@ -47,15 +51,12 @@ def expand_urls(spec: str | Path | Sequence[str | Path]) -> list[str]:
         for item in braceexpand(s) if "{" in s else [s]:
             p = Path(item).expanduser()
             if p.is_dir():
-                found = sorted(str(q) for q in p.rglob("*.tar") if not q.name.startswith("."))
-                if not found:
-                    raise FileNotFoundError(f"no *.tar shards under folder {p}")
-                urls.extend(found)
+                urls.extend(_folder_shards(p))
             elif any(ch in item for ch in "*?["):
                 found = sorted(q for q in glob.glob(str(p), recursive=True) if q.endswith(".tar"))
                 if not found:
                     raise FileNotFoundError(f"no *.tar shards match {item}")
-                urls.extend(found)
+                urls.extend(_listed_only(found, item))
             elif p.is_file():
                 urls.append(str(p))
             else:
@@ -63,6 +64,66 @@ def expand_urls(spec: str | Path | Sequence[str | Path]) -> list[str]:
     if not urls:
         raise FileNotFoundError(f"no shards in {spec!r}")
     return urls
+
+
+def _manifest_folders(folder: Path) -> list[Path]:
+    """``folder`` and the folders below it that hold a build manifest, sorted."""
+    return sorted({m.parent for m in folder.rglob("manifest*.json") if _is_manifest_name(m.name)})
+
+
+def _is_manifest_name(name: str) -> bool:
+    return name == "manifest.json" or (name.startswith("manifest-part-") and name.endswith(".json"))
+
+
+def _listed(folder: Path) -> list[str]:
+    """The shards of ``folder``'s manifest, each checked to exist."""
+    out = []
+    for entry in read_manifest(folder)["shards"]:
+        path = folder / entry["name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} is listed in {folder}'s manifest but missing: restore it, or "
+                                    f"rebuild {folder}")
+        out.append(str(path))
+    return sorted(out)
+
+
+def _folder_shards(folder: Path) -> list[str]:
+    """The shards of a folder: what its manifests list, or every tar below it when it holds no manifest."""
+    every = sorted(str(q) for q in folder.rglob("*.tar") if not q.name.startswith("."))
+    builds = _manifest_folders(folder)
+    if not builds:
+        if not every:
+            raise FileNotFoundError(f"no *.tar shards under folder {folder}")
+        return every
+    listed = [u for b in builds for u in _listed(b)]
+    _warn_unlisted(sorted(set(every) - set(listed)), folder)
+    if not listed:
+        raise FileNotFoundError(f"the manifests under {folder} list no shards")
+    return sorted(listed)
+
+
+def _listed_only(found: list[str], pattern: str) -> list[str]:
+    """Glob matches less the tars that a manifest of their own folder does not list."""
+    keep, unlisted = [], []
+    listed_by: dict[Path, set[str] | None] = {}
+    for url in found:
+        folder = Path(url).parent
+        if folder not in listed_by:
+            has = any(_is_manifest_name(m.name) for m in folder.glob("manifest*.json"))
+            listed_by[folder] = {Path(u).name for u in _listed(folder)} if has else None
+        names = listed_by[folder]
+        (keep if names is None or Path(url).name in names else unlisted).append(url)
+    _warn_unlisted(unlisted, Path(pattern))
+    if not keep:
+        raise FileNotFoundError(f"no shard listed in a manifest matches {pattern} (unlisted: {', '.join(unlisted[:3])})")
+    return keep
+
+
+def _warn_unlisted(unlisted: list[str], where: Path) -> None:
+    if unlisted:
+        log.warning("left out %d tar(s) under %s that no build manifest lists (copies or leftovers; `python -m shards "
+                    "inspect` names them): %s", len(unlisted), where, ", ".join(unlisted[:5])
+                    + (", ..." if len(unlisted) > 5 else ""))
 
 
 def collate(windows: Sequence[Window]) -> dict[str, Any]:

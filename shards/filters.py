@@ -265,9 +265,12 @@ def zero_phase_filter(data: np.ndarray, sfreq: float, l_freq, h_freq, notch, met
 
 
 
-def resample_mask(mask: np.ndarray, orig: float, target: float, n_out: int) -> np.ndarray:
-    """Boolean ``[T]`` at ``orig`` -> ``[T']`` at ``target``: every output sample overlapping a marked input."""
-    idx = np.flatnonzero(mask)
+def resample_mask(mask: np.ndarray, orig: float, target: float, n_out: int, offset: int = 0) -> np.ndarray:
+    """Boolean ``[T]`` at ``orig`` -> ``[T']`` at ``target``: every output sample overlapping a marked input.
+
+    ``offset``: the recording's sample index of ``mask[0]`` (a block of a longer recording); the output covers the
+    whole recording's ``n_out`` samples either way."""
+    idx = np.flatnonzero(mask) + offset
     lo = np.floor(idx * target / orig).astype(np.int64)
     hi = np.minimum(np.ceil((idx + 1) * target / orig).astype(np.int64), n_out)
     edges = np.zeros(n_out + 1, np.int64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import platform
 import re
@@ -75,6 +76,87 @@ def check_layout(folder: Path, part: tuple[int, int]) -> None:
             raise ValueError(
                 f"{folder} already holds {_describe(n)} ({example}); {_describe(part[1])} into the same folder "
                 f"would duplicate its samples: use another --out, or delete {folder} to rebuild")
+
+
+# Build parameters that may differ between the parts of one build: which part it is, and where the raw corpus
+# was mounted on the machine that built it. Everything else (corpus, preprocessing, split fractions and seed,
+# shard size) decides which samples exist and where they go, and must be equal across the parts.
+PART_LOCAL = frozenset({"part", "root"})
+
+
+def build_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters every part of one build shares (``params`` without :data:`PART_LOCAL`)."""
+    return {k: v for k, v in params.items() if k not in PART_LOCAL}
+
+
+def build_fingerprint(params: Mapping[str, Any]) -> str:
+    """sha256 of :func:`build_settings`: equal for the parts of one build, different for any other setting."""
+    return hashlib.sha256(json.dumps(jsonable(build_settings(params)), sort_keys=True).encode()).hexdigest()
+
+
+def settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """``"key: A vs B; ..."`` for the shared settings that differ between two builds' parameters."""
+    flat_a, flat_b = _flatten(jsonable(build_settings(a))), _flatten(jsonable(build_settings(b)))
+    keys = sorted(k for k in set(flat_a) | set(flat_b) if flat_a.get(k) != flat_b.get(k))
+    return "; ".join(f"{k}: {flat_a.get(k)!r} vs {flat_b.get(k)!r}" for k in keys)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _part_files(folder: Path) -> list[tuple[Path, str, list[int]]]:
+    """Every manifest and build state of ``folder``: its path, the key holding its build parameters, its part."""
+    files = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = _LAYOUT_FILE.fullmatch(path.name)
+        if m:
+            part = [int(m.group(1)), int(m.group(2))] if m.group(2) else [0, 1]
+            files.append((path, "build" if path.name.startswith("manifest") else "params", part))
+    return files
+
+
+def check_parts(folder: Path, params: Mapping[str, Any]) -> None:
+    """ValueError when another part's manifest or build state in ``folder`` was (or is being) built with other
+    settings than ``params``: parts with another split seed or fractions put one subject's recordings in
+    different splits, and parts with other preprocessing mix windows of different lengths or filters."""
+    own = build_fingerprint(params)
+    part = list(params.get("part") or [0, 1])
+    for path, key, file_part in _part_files(Path(folder)):
+        if file_part == part:
+            continue  # this part's own files: its resume check compares them
+        data = read_json(path)
+        other = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(other, dict):
+            raise ValueError(f"{path}: not a manifest or build state of this suite (no '{key}' object); restore it "
+                             f"or delete {folder} to rebuild")
+        if build_fingerprint(other) != own:
+            raise ValueError(
+                f"{folder} holds part {other.get('part')} of a build with other settings ({path.name}): "
+                f"{settings_diff(other, params)} (that part vs this one). Every part of one build must use the same "
+                f"corpus, preprocessing, --split, --seed and --max_samples_per_shard: re-run this part with that "
+                f"part's settings, or build into another --out")
+
+
+def check_subject_splits(recordings: Iterable[Mapping[str, Any]], where: str) -> None:
+    """ValueError naming the first subject whose recordings lie in two splits (a leak from train into test)."""
+    seen: dict[str, dict[str, str]] = {}
+    for r in recordings:
+        if r.get("skipped"):
+            continue
+        seen.setdefault(str(r["subject"]), {}).setdefault(str(r["split"]), str(r["recording"]))
+    for subject, splits in sorted(seen.items()):
+        if len(splits) > 1:
+            shown = ", ".join(f"{sp} ({rec})" for sp, rec in sorted(splits.items()))
+            raise ValueError(f"{where}: subject {subject!r} has recordings in {len(splits)} splits: {shown}; a subject's "
+                             f"recordings must all be in one split (parts built with different --seed or --split?): "
+                             f"rebuild the folder with one set of settings")
 
 
 @functools.lru_cache(maxsize=1)
@@ -218,10 +300,17 @@ def read_manifest(folder: str | Path) -> dict:
         raise ValueError(f"{folder} mixes builds of different layouts, whose shards would be read twice: {found}; "
                          f"delete the folder and rebuild one layout")
     if whole.is_file() and not parts:
-        return read_json(whole)
+        manifest = _checked_manifest(whole, read_json(whole))
+        check_subject_splits(manifest["recordings"], str(whole))
+        return manifest
     if not parts:
         raise FileNotFoundError(f"no manifest.json or manifest-part-*.json in {folder}")
-    frags = [read_json(p) for p in parts]
+    frags = [_checked_manifest(p, read_json(p)) for p in parts]
+    for path, frag in zip(parts[1:], frags[1:]):
+        if build_fingerprint(frag["build"]) != build_fingerprint(frags[0]["build"]):
+            raise ValueError(
+                f"{folder} mixes parts built with different settings: {parts[0].name} vs {path.name}: "
+                f"{settings_diff(frags[0]['build'], frag['build'])}; rebuild the parts with one set of settings")
     n_expected = frags[0]["build"]["part"][1]
     merged = {k: frags[0][k] for k in ("format", "corpus", "task", "label_names", "versions")}
     build = dict(frags[0]["build"])
@@ -232,6 +321,7 @@ def read_manifest(folder: str | Path) -> dict:
     merged["shards"] = sorted((s for f in frags for s in f["shards"]), key=lambda s: s["name"])
     merged["skipped"] = sorted((s for f in frags for s in f["skipped"]), key=lambda s: s["recording"])
     merged["recordings"] = sorted((r for f in frags for r in f["recordings"]), key=lambda r: r["recording"])
+    check_subject_splits(merged["recordings"], str(folder))
     merged["totals"] = _sum_dicts(f["totals"] for f in frags)
     for key in ("label_counts", "recordings_by_label", "drops", "label_skips"):
         merged[key] = dict(sorted(_sum_dicts(f.get(key, {}) for f in frags).items()))
@@ -259,6 +349,33 @@ def read_manifest(folder: str | Path) -> dict:
         "recordings": dict(sorted({k: v for f in frags for k, v in f["splits"]["recordings"].items()}.items())),
     }
     return merged
+
+
+# What a reader needs of a manifest, with the JSON type of each entry.
+_MANIFEST_KEYS = {"format": str, "corpus": str, "build": dict, "complete": bool, "totals": dict, "shards": list,
+                  "recordings": list, "skipped": list, "splits": dict, "by_split": dict, "channel_sets": list,
+                  "label_counts": dict, "label_counts_by_split": dict, "dropped_channels": dict}
+
+
+def _checked_manifest(path: Path, data: Any) -> dict:
+    """``data`` if it has the shape of a manifest this suite writes; ValueError naming ``path`` otherwise."""
+    fix = "restore it from the build, or delete the folder and rebuild"
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a manifest (expected a JSON object, got {type(data).__name__}); {fix}")
+    bad = [k for k, kind in _MANIFEST_KEYS.items() if not isinstance(data.get(k), kind)]
+    if bad:
+        raise ValueError(f"{path}: not a manifest of this suite (missing or mistyped: {', '.join(bad)}); {fix}")
+    part = data["build"].get("part")
+    if not (isinstance(part, list) and len(part) == 2 and all(isinstance(v, int) for v in part)):
+        raise ValueError(f"{path}: build.part must be [i, n], got {part!r}; {fix}")
+    for entry in data["shards"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("samples"), int)
+                and "/" not in entry["name"] and entry["name"].endswith(".tar")):
+            raise ValueError(f"{path}: shard entry {entry!r} is not {{name: '<split>-NNNNNN.tar', samples: int, ...}}; {fix}")
+    for entry in data["recordings"]:
+        if not (isinstance(entry, dict) and all(k in entry for k in ("recording", "subject", "split"))):
+            raise ValueError(f"{path}: recording entry {str(entry)[:80]} lacks recording/subject/split; {fix}")
+    return data
 
 
 def read_json(path: Path, fix: str = "rebuild the folder or restore the file") -> Any:

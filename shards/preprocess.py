@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import mne
 import numpy as np
 
+from runtime.signal import SFREQ, UNIT_SCALE, UNIT_UV, check_sfreq
 from shards.filters import fft_filter_resample, resample, resample_mask, zero_phase_filter
-from shards.sample import SFREQ, UNIT_SCALE, Window
 from shards.positions import ABC_MONTAGES, place_unnamed
+from shards.sample import Window
 from shards.vocabulary import CHANNELS, classify_channels
 
 __all__ = [
@@ -89,6 +90,7 @@ class PreprocessConfig:
                 raise ValueError(f"PreprocessConfig.{name} must be a positive number, got {value!r}")
 
         positive("sfreq", self.sfreq, False)
+        check_sfreq(self.sfreq, what="as PreprocessConfig.sfreq (--sfreq)")
         positive("l_freq", self.l_freq, True)
         positive("h_freq", self.h_freq, True)
         positive("notch", self.notch, True)
@@ -153,9 +155,10 @@ class Segment:
     label_name: str | None = None
 
 
-def _select_channels(
+def select_channels(
     raw: mne.io.BaseRaw, channel_map: Mapping[str, str] | None, source: str
 ) -> tuple[list[int], list[str], dict[str, str]]:
+    """``(indices, canonical names, dropped raw name -> reason)`` of the EEG channels to keep (step 1)."""
     names = raw.ch_names
     types = raw.get_channel_types()
     if channel_map:
@@ -186,9 +189,15 @@ def _select_channels(
     return keep_idx, keep_names, dropped
 
 
-def _no_eeg(source: str, raw: mne.io.BaseRaw, dropped: Mapping[str, str]) -> NoEEGError:
+def no_eeg_error(source: str, raw: mne.io.BaseRaw, dropped: Mapping[str, str]) -> NoEEGError:
+    """The error of a recording left without a usable EEG channel, listing every channel with its reason."""
     found = ", ".join(f"{name!r} ({reason})" for name, reason in dropped.items()) or "none"
     return NoEEGError(f"{source}: no usable EEG channel among {len(raw.ch_names)} channels: {found}")
+
+
+def raw_source(raw: mne.io.BaseRaw) -> str:
+    """What ``raw`` was read from, for messages: its first file, else ``"<raw>"``."""
+    return str(raw.filenames[0]) if getattr(raw, "filenames", None) and raw.filenames[0] else "<raw>"
 
 
 def preprocess_raw(
@@ -205,20 +214,71 @@ def preprocess_raw(
     Raises :class:`NoEEGError` (a ValueError) when no channel is usable; ``source`` names the recording in
     that message (default: the raw's file name).
     """
-    if source is None:
-        source = str(raw.filenames[0]) if getattr(raw, "filenames", None) and raw.filenames[0] else "<raw>"
+    source = source or raw_source(raw)
     orig = float(raw.info["sfreq"])
     # Channels without a known name but with a recorded position (or a named BioSemi cap) join by position.
-    keep_idx, keep_names, dropped, placed = place_unnamed(raw, *_select_channels(raw, channel_map, source),
+    keep_idx, keep_names, dropped, placed = place_unnamed(raw, *select_channels(raw, channel_map, source),
                                                           montage=config.montage)
     if not keep_idx:
-        raise _no_eeg(source, raw, dropped)
+        raise no_eeg_error(source, raw, dropped)
+    keep_idx, keep_names = _drop_nonfinite(raw, keep_idx, keep_names, dropped, placed)
+    if not keep_idx:
+        raise no_eeg_error(source, raw, dropped)
     notes: list[str] = []
-    # Remove each channel's offset in float64 (Emotiv and DC-coupled amplifiers sit thousands of µV off zero,
-    # and a 0.1-Hz high-pass would otherwise ring for tens of seconds from the first sample), then work in
-    # float32 in 100-µV units: float32 filtering differs from float64 by ~2e-4 relative RMS (measured on
-    # EEGMMIDB), below the float16 resolution of the shards.
-    bad_time = None
+    data, bad_time = _to_units(raw, keep_idx, notes)
+    if config.flat_uv is not None:
+        data, keep_names = _drop_flat(data, raw, keep_idx, keep_names, dropped, placed, config.flat_uv)
+        if not keep_names:
+            raise no_eeg_error(source, raw, dropped)
+    data = filter_and_resample(data, orig, config, source, notes)
+
+    out = np.ascontiguousarray(data, dtype=np.float32)
+    if bad_time is not None:
+        out[:, resample_mask(bad_time, orig, config.sfreq, out.shape[1])] = np.nan
+    return Signal(
+        data=out, channels=list(keep_names), sfreq=float(config.sfreq), dropped_channels=dropped, notes=notes,
+        orig_sfreq=orig, source=source, placed_channels=placed,
+    )
+
+
+# A channel whose samples are NaN/inf for more than this fraction of the recording is dropped (as a flat one is):
+# kept, it would void every window it touches, and one dead channel would discard the whole recording.
+MAX_NONFINITE_FRACTION = 0.5
+
+
+def nonfinite_reason(fraction: float) -> str:
+    """The dropped-channel reason of a channel that is mostly NaN/inf."""
+    return f"NaN/inf in {100 * fraction:.3g}% of the recording"
+
+
+def _drop_nonfinite(raw: mne.io.BaseRaw, keep_idx: list[int], keep_names: list[str], dropped: dict[str, str],
+                    placed: dict[str, str]) -> tuple[list[int], list[str]]:
+    """Drop the channels that are NaN/inf for more than :data:`MAX_NONFINITE_FRACTION` of the recording."""
+    src = raw._data if getattr(raw, "preload", False) and isinstance(getattr(raw, "_data", None), np.ndarray) else None
+    idx, names = [], []
+    for c, name in zip(keep_idx, keep_names):
+        row = src[c] if src is not None else raw.get_data(picks=[c])[0]
+        # a finite sum means every sample is finite: the count below runs only for channels with gaps
+        fraction = 0.0 if np.isfinite(row.sum()) else 1.0 - np.count_nonzero(np.isfinite(row)) / max(row.size, 1)
+        if fraction > MAX_NONFINITE_FRACTION:
+            raw_name = raw.ch_names[c]
+            dropped[raw_name] = nonfinite_reason(fraction)
+            placed.pop(raw_name, None)
+            continue
+        idx.append(c)
+        names.append(name)
+    return idx, names
+
+
+def _to_units(raw: mne.io.BaseRaw, keep_idx: list[int], notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The kept channels ``[C, T]`` float32 in 100-µV units with each channel's offset removed, and the ``[T]``
+    mask of samples that held NaN/inf anywhere (None when none did; they are zeroed here for filtering).
+
+    The offset is removed in float64 (Emotiv and DC-coupled amplifiers sit thousands of µV off zero, and a
+    0.1-Hz high-pass would otherwise ring for tens of seconds from the first sample), then everything works in
+    float32: float32 filtering differs from float64 by ~2e-4 relative RMS (measured on EEGMMIDB), below the
+    float16 resolution of the shards.
+    """
     src = raw._data if getattr(raw, "preload", False) and isinstance(getattr(raw, "_data", None), np.ndarray) else None
     means = None if src is None else np.array([src[c].mean() for c in keep_idx])
     if means is not None and np.isfinite(means).all():
@@ -229,34 +289,39 @@ def preprocess_raw(
         for i, c in enumerate(keep_idx):
             np.subtract(src[c], means[i], out=data[i], casting="same_kind")
         data *= np.float32(UNIT_SCALE)
-    else:
-        volts = raw.get_data(picks=keep_idx)  # [C, T] float64 volts (a copy: picks index the buffer)
-        if not volts.flags.writeable:
-            volts = np.array(volts)
-        bad = ~np.isfinite(volts)
-        bad_time = bad.any(axis=0) if bad.any() else None
-        if bad_time is not None:
-            # Filters spread one NaN over the whole channel; zero the gaps for filtering and mark them NaN
-            # again afterwards so only the windows that touch them are dropped.
-            volts[bad] = 0.0
-            notes.append(f"{int(bad_time.sum())} samples with NaN/inf (windows touching them are dropped)")
-        volts -= volts.mean(axis=1, keepdims=True)
-        data = (volts * UNIT_SCALE).astype(np.float32)
-        del volts
+        return data, None
+    volts = raw.get_data(picks=keep_idx)  # [C, T] float64 volts (a copy: picks index the buffer)
+    if not volts.flags.writeable:
+        volts = np.array(volts)
+    bad = ~np.isfinite(volts)
+    bad_time = bad.any(axis=0) if bad.any() else None
+    if bad_time is not None:
+        # Filters spread one NaN over the whole channel; zero the gaps for filtering and mark them NaN
+        # again afterwards so only the windows that touch them are dropped.
+        volts[bad] = 0.0
+        notes.append(f"{int(bad_time.sum())} samples with NaN/inf (windows touching them are dropped)")
+    volts -= volts.mean(axis=1, keepdims=True)
+    return (volts * UNIT_SCALE).astype(np.float32), bad_time
 
-    if config.flat_uv is not None:
-        ptp = np.ptp(data, axis=1) * 100.0  # µV
-        flat = ptp < config.flat_uv
-        if flat.any():
-            for i in np.flatnonzero(flat):
-                name = raw.ch_names[keep_idx[i]]
-                dropped[name] = f"flat channel (peak-to-peak {ptp[i]:.3g} µV over the recording)"
-                placed.pop(name, None)  # a channel is either kept (placed) or dropped, never both
-            keep_names = [n for n, f in zip(keep_names, flat) if not f]
-            data = data[~flat]
-            if not keep_names:
-                raise _no_eeg(source, raw, dropped)
 
+def _drop_flat(data: np.ndarray, raw: mne.io.BaseRaw, keep_idx: list[int], keep_names: list[str],
+               dropped: dict[str, str], placed: dict[str, str], flat_uv: float) -> tuple[np.ndarray, list[str]]:
+    """Drop the channels whose peak-to-peak over the whole recording is below ``flat_uv`` µV, with the reason."""
+    ptp = np.ptp(data, axis=1) * UNIT_UV  # µV
+    flat = ptp < flat_uv
+    if not flat.any():
+        return data, keep_names
+    for i in np.flatnonzero(flat):
+        name = raw.ch_names[keep_idx[i]]
+        dropped[name] = f"flat channel (peak-to-peak {ptp[i]:.3g} µV over the recording)"
+        placed.pop(name, None)  # a channel is either kept (placed) or dropped, never both
+    return data[~flat], [n for n, f in zip(keep_names, flat) if not f]
+
+
+def filter_and_resample(data: np.ndarray, orig: float, config: PreprocessConfig, source: str,
+                         notes: list[str]) -> np.ndarray:
+    """Band-pass, notch and resample ``data`` ``[C, T]`` from ``orig`` to ``config.sfreq`` Hz; edges the rate cannot
+    carry are lowered or skipped with a note."""
     h_freq = config.h_freq
     if h_freq is not None and h_freq > _NYQUIST_FRACTION * orig / 2:
         h_freq = round(_NYQUIST_FRACTION * orig / 2, 3)
@@ -282,25 +347,17 @@ def preprocess_raw(
     fir_h = h_freq if fold_lp else None
     if config.filter_method == "fft":
         # The Butterworth design of the "iir" path, designed at the original rate, applied in one go.
-        data = fft_filter_resample(data, orig, config.sfreq, l_freq, h_freq, notch)
-    elif orig > config.sfreq:
+        return fft_filter_resample(data, orig, config.sfreq, l_freq, h_freq, notch)
+    if orig > config.sfreq:
         data = resample(data, orig, config.sfreq, fir_h)
-        data = zero_phase_filter(data, config.sfreq, l_freq, iir_h, notch, config.filter_method)
-    else:
-        data = zero_phase_filter(data, orig, l_freq, iir_h, notch, config.filter_method)
-        data = resample(data, orig, config.sfreq, fir_h)
-
-    out = np.ascontiguousarray(data, dtype=np.float32)
-    if bad_time is not None:
-        out[:, resample_mask(bad_time, orig, config.sfreq, out.shape[1])] = np.nan
-    return Signal(
-        data=out, channels=list(keep_names), sfreq=float(config.sfreq), dropped_channels=dropped, notes=notes,
-        orig_sfreq=orig, source=source, placed_channels=placed,
-    )
+        return zero_phase_filter(data, config.sfreq, l_freq, iir_h, notch, config.filter_method)
+    data = zero_phase_filter(data, orig, l_freq, iir_h, notch, config.filter_method)
+    return resample(data, orig, config.sfreq, fir_h)
 
 
 def cut_windows(
-    signal: Signal, segments: Sequence[Segment] | None, config: PreprocessConfig = PreprocessConfig()
+    signal: Signal, segments: Sequence[Segment] | None, config: PreprocessConfig = PreprocessConfig(),
+    dropped: list[tuple[float, str]] | None = None,
 ) -> tuple[list[Window], Counter]:
     """Cut ``[C, n]`` windows (n = window_s x sfreq, hop stride_s) inside each segment.
 
@@ -311,7 +368,8 @@ def cut_windows(
     "flat" is judged per channel because a single dead electrode in a window would otherwise pass as a real
     channel whose position is silent, which teaches the model something false; channels dead for the whole
     recording are already removed by :func:`preprocess_raw`, so this only drops windows with a transient
-    dropout.
+    dropout. ``dropped`` (when given) receives ``(onset_s, reason)`` of every window dropped for NaN/inf,
+    flatness or amplitude, so a caller that labels every span (``finetune.predict``) can list them.
     """
     if signal.sfreq != config.sfreq:
         raise ValueError(f"{signal.source}: signal is at {signal.sfreq} Hz but the config expects {config.sfreq} Hz")
@@ -319,8 +377,8 @@ def cut_windows(
     n_total = data.shape[1]
     n = config.window_samples
     stride = config.stride_samples
-    flat_thr = None if config.flat_uv is None else config.flat_uv / 100.0
-    amp_thr = None if config.max_abs_uv is None else config.max_abs_uv / 100.0
+    flat_thr = None if config.flat_uv is None else config.flat_uv / UNIT_UV
+    amp_thr = None if config.max_abs_uv is None else config.max_abs_uv / UNIT_UV
     if segments is None:
         segments = [Segment(0.0, n_total / signal.sfreq)]
     windows: list[Window] = []
@@ -346,12 +404,11 @@ def cut_windows(
             flat = (hi - lo < flat_thr).any(axis=0) if flat_thr is not None else np.zeros_like(nan)
             loud = (np.maximum(-lo, hi) > amp_thr).any(axis=0) if amp_thr is not None else np.zeros_like(nan)
         for s, is_nan, is_flat, is_loud in zip(starts.tolist(), nan, flat, loud):
-            if is_nan:
-                drops["nan"] += 1
-            elif is_flat:
-                drops["flat"] += 1
-            elif is_loud:
-                drops["amplitude"] += 1
+            reason = "nan" if is_nan else "flat" if is_flat else "amplitude" if is_loud else None
+            if reason is not None:
+                drops[reason] += 1
+                if dropped is not None:
+                    dropped.append((s / signal.sfreq, reason))
             else:
                 meta = {"onset_s": s / signal.sfreq, "label": seg.label, "label_name": seg.label_name}
                 windows.append(Window(data[:, s : s + n], meta, start=s, index=len(windows)))

@@ -9,37 +9,30 @@ One WebDataset sample is one window of one recording:
   sorted keys and no spaces.
 
 Everything that writes or reads samples (``shards.writer``, ``shards.dataset``, ``pretrain``, ``finetune``)
-takes the rate, the units, the patch length, the key format and the encoding from here. ``foundation``
-keeps its own defaults (it imports nothing from the data side); they must agree with these.
+takes the key format and the encoding from here. The rate, the units and the patch length are the signal
+contract of the whole suite (``runtime.signal``, which the model in ``foundation`` reads too).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+# The rate, patch length and units belong to the signal contract (runtime.signal); they are part of this
+# module's API because every sample is written in them.
+# check_sfreq and its bounds are the signal contract's rule for every rate the suite reads.
+from runtime.signal import MAX_SFREQ, MIN_SFREQ, PATCH_SAMPLES, SFREQ, UNIT_SCALE, UNIT_UV, check_sfreq
+
 __all__ = [
     "SFREQ", "PATCH_SAMPLES", "UNIT_UV", "UNIT_SCALE", "MIN_SFREQ", "MAX_SFREQ", "EEG_MEMBER", "META_MEMBER",
     "META_FIELDS", "OPTIONAL_META_FIELDS", "Window", "sample_key", "key_prefix", "check_sfreq", "npy_bytes", "npy_header", "json_bytes",
     "encode_sample", "decode_sample",
 ]
-
-# The common output rate of the shards, in Hz; the backbone's 1-s patches assume it.
-SFREQ = 200.0
-# Samples per patch: one second at SFREQ (LaBraM's channel-patch tokens).
-PATCH_SAMPLES = int(SFREQ)
-# Sample values are in units of UNIT_UV microvolts; UNIT_SCALE turns volts into those units.
-UNIT_UV = 100.0
-UNIT_SCALE = 1e6 / UNIT_UV
-# Below MIN_SFREQ nothing of EEG's 1-30 Hz band survives; above MAX_SFREQ a header's record duration is
-# almost surely wrong. The build and finetune.predict apply the same rule (:func:`check_sfreq`).
-MIN_SFREQ, MAX_SFREQ = 25.0, 100_000.0
 
 EEG_MEMBER = "eeg.npy"
 META_MEMBER = "json"
@@ -95,19 +88,6 @@ def key_prefix(corpus: str, recording: str) -> str:
 def sample_key(corpus: str, recording: str, index: int) -> str:
     """``{corpus}__{recording}__{index:06d}``."""
     return f"{key_prefix(corpus, recording)}{index:06d}"
-
-
-def check_sfreq(sfreq: float, source: str | None = None) -> float:
-    """``sfreq`` as a float if it is a plausible EEG rate (MIN_SFREQ..MAX_SFREQ Hz), else ValueError.
-
-    The message names ``source`` when given; the build and ``finetune.predict`` both call this.
-    """
-    sfreq = float(sfreq)
-    if not math.isfinite(sfreq) or not MIN_SFREQ <= sfreq <= MAX_SFREQ:
-        where = f"{source}: " if source else ""
-        raise ValueError(f"{where}sampling rate {sfreq:g} Hz in the header is implausible for EEG "
-                         f"(expected {MIN_SFREQ:g}-{MAX_SFREQ:g} Hz)")
-    return sfreq
 
 
 _NPY_HEADERS: dict[tuple[int, ...], bytes] = {}

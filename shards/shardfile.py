@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.atomic import fsync_dir
+from runtime.atomic import fsync_dir, refuse_link
 from shards.sample import EEG_MEMBER, META_MEMBER, key_prefix, npy_header
 
 # tarfile.TarInfo.tobuf and np.save cost ~0.1 ms per sample in Python; the header below is GNU tar (tarfile.GNU_FORMAT, no per-member PAX header) built from a
@@ -27,6 +27,7 @@ _TAR_USER = "eegfm"
 _TAR_MODE = 0o444
 _BLOCK = tarfile.BLOCKSIZE  # 512
 _RECORD = tarfile.RECORDSIZE  # 20 blocks: tarfile pads a closed archive to a multiple of this
+_SPOOL_CHUNK = 8 << 20
 
 
 def _tarinfo_header(name: str, size: int) -> bytes:
@@ -86,6 +87,10 @@ class RecordingResult:
 
     tar: list[bytes] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    # A recording too long to hold (shards.streaming): its members are in this file instead of ``tar``, which
+    # the shard takes over (copies in chunks, then deletes).
+    spool: str | None = None
+    spool_bytes: int = 0
 
     @property
     def n_samples(self) -> int:
@@ -93,7 +98,7 @@ class RecordingResult:
 
     @property
     def nbytes(self) -> int:
-        return sum(map(len, self.tar))
+        return sum(map(len, self.tar)) + self.spool_bytes
 
 
 class RecordingEncoder:
@@ -162,7 +167,10 @@ class OpenShard:
         self.path = folder / name
         self.tmp = folder / f".{name}.tmp-{os.getpid()}"
         self.name, self.split = name, split
-        self.file = open(self.tmp, "wb", buffering=1 << 20)  # few large write syscalls for many small members
+        if os.path.lexists(self.tmp):
+            os.unlink(self.tmp)  # a killed build's leftover, or a planted link: never written through
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        self.file = os.fdopen(fd, "wb", buffering=1 << 20)  # few large write syscalls for many small members
         self.size = 0
         self.sha256 = hashlib.sha256()
         self.samples = 0
@@ -173,7 +181,14 @@ class OpenShard:
             self.file.writelines(result.tar)
             for chunk in result.tar:
                 self.sha256.update(chunk)
-            self.size += result.nbytes
+            self.size += sum(map(len, result.tar))
+        if result.spool is not None:
+            with open(result.spool, "rb") as f:
+                for chunk in iter(lambda: f.read(_SPOOL_CHUNK), b""):
+                    self.file.write(chunk)
+                    self.sha256.update(chunk)
+                    self.size += len(chunk)
+            os.unlink(result.spool)
         self.samples += result.n_samples
         self.recordings.append(result.summary)
 
@@ -185,6 +200,7 @@ class OpenShard:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
+        refuse_link(self.path)
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         return {"name": self.name, "split": self.split, "samples": self.samples,

@@ -167,73 +167,111 @@ def simulate_recording(
     for onset, dur, name in segs:
         mask[name][int(onset * sfreq):int((onset + dur) * sfreq)] = True
 
-    def add(chans, sig):
-        for c in chans:
-            eeg[idx[c]] += sig * (0.8 + 0.4 * rng.random())
-
+    add = _adder(eeg, idx, rng)
     alpha = _osc(rng, t, alpha_f)
     if task != "sleep":
         add(_POSTERIOR, alpha_amp * alpha)  # relaxed, eyes closed
     if task == "sleep":
-        w, n1, n2, n3, rem = (mask[s] for s in LABEL_NAMES["sleep"])
-        add(_POSTERIOR, alpha_amp * alpha * w)
-        add(_POSITIONS, 4.0 * _osc(rng, t, 20.0, 1.0) * w)
-        add(_POSITIONS, 15.0 * _osc(rng, t, 6.0, 0.5) * (n1 | rem))
-        add(_POSITIONS, 40.0 * _osc(rng, t, 1.2, 0.3) * n2 * 0.5)
-        add(_POSITIONS, 90.0 * _osc(rng, t, 1.0, 0.4) * n3)
-        add(_POSITIONS, 30.0 * _osc(rng, t, 0.7, 0.2) * n3)
-        # Spindles (central maximum) and K-complexes in N2; saw-tooth waves in REM.
-        spindle = np.zeros(n)
-        kcomplex = np.zeros(n)
-        for onset, dur, name in segs:
-            if name == "N2":
-                for c in np.arange(onset + 1.0, onset + dur - 1.0, rng.uniform(3.0, 5.0)):
-                    spindle += _burst(t, c + rng.uniform(-0.5, 0.5), rng.uniform(0.7, 1.8), rng.uniform(11.5, 15.5))
-                for c in rng.uniform(onset + 1, onset + dur - 1, size=2):
-                    kcomplex += -np.exp(-0.5 * ((t - c) / 0.15) ** 2) + 0.6 * np.exp(-0.5 * ((t - c - 0.45) / 0.2) ** 2)
-            if name == "REM":
-                for c in np.arange(onset + 2.0, onset + dur - 2.0, rng.uniform(5.0, 8.0)):
-                    kcomplex += 0.3 * _burst(t, c, 1.5, 2.5)
-        add(_CENTRAL + ("Fz", "Pz", "F3", "F4"), 30.0 * spindle)
-        add(_FRONTAL + _CENTRAL, 80.0 * kcomplex)
+        _add_sleep(rng, t, segs, mask, alpha_amp * alpha, add)
     elif task == "motor_imagery":
-        mu = _osc(rng, t, mu_f, 0.3)
-        beta = _osc(rng, t, 21.0, 1.0)
-        # Event-related desynchronisation: smooth (0.5 s) drop of mu/beta power contralateral to the hand.
-        kernel = np.hanning(int(0.5 * sfreq))
-        kernel /= kernel.sum()
-        erd_l = np.convolve(mask["left_hand"].astype(float), kernel, mode="same")
-        erd_r = np.convolve(mask["right_hand"].astype(float), kernel, mode="same")
-        gain = {"C3": 1 - 0.7 * erd_r + 0.15 * erd_l, "C4": 1 - 0.7 * erd_l + 0.15 * erd_r, "Cz": 1 - 0.2 * (erd_l + erd_r)}
-        for c, g in gain.items():
-            eeg[idx[c]] += g * (14.0 * mu + 6.0 * beta)
-        for c, near in (("C3", ("F3", "P3", "T7")), ("C4", ("F4", "P4", "T8"))):
-            for m in near:  # neighbouring electrodes see a weaker copy of the same sensorimotor source
-                eeg[idx[m]] += 0.3 * gain[c] * (14.0 * mu + 6.0 * beta)
+        _add_motor_imagery(rng, t, sfreq, mask, mu_f, eeg, idx)
     elif task == "seizure":
-        sz = mask["seizure"]
-        freq = np.full(n, 3.0)
-        amp = np.zeros(n)
-        for onset, dur, name in segs:
-            if name != "seizure":
-                continue
-            sl = slice(int(onset * sfreq), int((onset + dur) * sfreq))
-            prog = np.linspace(0, 1, sl.stop - sl.start)
-            freq[sl] = 3.6 - 1.2 * prog  # discharges slow down as the seizure evolves
-            amp[sl] = 120 + 180 * np.sqrt(prog) * rng.uniform(0.7, 1.0)
-        sw = _spike_wave(t, freq) * amp * sz
-        add(_POSITIONS, sw)
+        _add_seizure(rng, t, sfreq, segs, mask, add)
     elif task == "emotion":
-        stress = mask["stress"].astype(float)
-        calm = mask["calm"].astype(float)
-        falpha = _osc(rng, t, alpha_f, 0.3)
-        eeg[idx["F3"]] += falpha * (10.0 * calm + 8.0 * stress)
-        eeg[idx["F4"]] += falpha * (10.0 * calm + 3.0 * stress)  # right frontal alpha drops under stress
-        eeg[idx["Fp2"]] += falpha * (6.0 * calm + 2.0 * stress)
-        eeg[idx["Fp1"]] += falpha * (6.0 * calm + 5.0 * stress)
-        add(_FRONTAL, 7.0 * _osc(rng, t, 22.0, 1.5) * stress)
+        _add_emotion(rng, t, mask, alpha_f, eeg, idx, add)
+    eog, ecg = _eog_ecg(rng, srng, t, sfreq, duration_s, eeg, idx)
 
-    # EOG: blinks (frontal leak into Fp1/Fp2); ECG: QRS-like spikes at ~70 bpm.
+    data = np.vstack([eeg, eog[None], ecg[None]]) * 1e-6  # MNE stores volts
+    info = mne.create_info(names, sfreq, ch_types=["eeg"] * n_eeg + ["eog", "ecg"])
+    raw = mne.io.RawArray(data, info, verbose="error")
+    raw.set_annotations(mne.Annotations([s[0] for s in segs], [s[1] for s in segs], [s[2] for s in segs]))
+    return raw, segs
+
+
+def _adder(eeg: np.ndarray, idx: dict[str, int], rng: np.random.Generator):
+    """``add(channels, signal)``: add ``signal`` to each channel of ``eeg`` with a random gain in [0.8, 1.2)."""
+    def add(chans, sig):
+        for c in chans:
+            eeg[idx[c]] += sig * (0.8 + 0.4 * rng.random())
+
+    return add
+
+
+def _add_sleep(rng, t, segs, mask, alpha, add) -> None:
+    """Stage rhythms: alpha and beta awake, theta in N1/REM, delta in N2/N3, spindles and K-complexes in N2,
+    saw-tooth waves in REM."""
+    n = t.size
+    w, n1, n2, n3, rem = (mask[s] for s in LABEL_NAMES["sleep"])
+    add(_POSTERIOR, alpha * w)
+    add(_POSITIONS, 4.0 * _osc(rng, t, 20.0, 1.0) * w)
+    add(_POSITIONS, 15.0 * _osc(rng, t, 6.0, 0.5) * (n1 | rem))
+    add(_POSITIONS, 40.0 * _osc(rng, t, 1.2, 0.3) * n2 * 0.5)
+    add(_POSITIONS, 90.0 * _osc(rng, t, 1.0, 0.4) * n3)
+    add(_POSITIONS, 30.0 * _osc(rng, t, 0.7, 0.2) * n3)
+    # Spindles (central maximum) and K-complexes in N2; saw-tooth waves in REM.
+    spindle = np.zeros(n)
+    kcomplex = np.zeros(n)
+    for onset, dur, name in segs:
+        if name == "N2":
+            for c in np.arange(onset + 1.0, onset + dur - 1.0, rng.uniform(3.0, 5.0)):
+                spindle += _burst(t, c + rng.uniform(-0.5, 0.5), rng.uniform(0.7, 1.8), rng.uniform(11.5, 15.5))
+            for c in rng.uniform(onset + 1, onset + dur - 1, size=2):
+                kcomplex += -np.exp(-0.5 * ((t - c) / 0.15) ** 2) + 0.6 * np.exp(-0.5 * ((t - c - 0.45) / 0.2) ** 2)
+        if name == "REM":
+            for c in np.arange(onset + 2.0, onset + dur - 2.0, rng.uniform(5.0, 8.0)):
+                kcomplex += 0.3 * _burst(t, c, 1.5, 2.5)
+    add(_CENTRAL + ("Fz", "Pz", "F3", "F4"), 30.0 * spindle)
+    add(_FRONTAL + _CENTRAL, 80.0 * kcomplex)
+
+
+def _add_motor_imagery(rng, t, sfreq, mask, mu_f, eeg, idx) -> None:
+    """Event-related desynchronisation: a smooth (0.5 s) drop of mu/beta power contralateral to the hand."""
+    mu = _osc(rng, t, mu_f, 0.3)
+    beta = _osc(rng, t, 21.0, 1.0)
+    kernel = np.hanning(int(0.5 * sfreq))
+    kernel /= kernel.sum()
+    erd_l = np.convolve(mask["left_hand"].astype(float), kernel, mode="same")
+    erd_r = np.convolve(mask["right_hand"].astype(float), kernel, mode="same")
+    gain = {"C3": 1 - 0.7 * erd_r + 0.15 * erd_l, "C4": 1 - 0.7 * erd_l + 0.15 * erd_r, "Cz": 1 - 0.2 * (erd_l + erd_r)}
+    for c, g in gain.items():
+        eeg[idx[c]] += g * (14.0 * mu + 6.0 * beta)
+    for c, near in (("C3", ("F3", "P3", "T7")), ("C4", ("F4", "P4", "T8"))):
+        for m in near:  # neighbouring electrodes see a weaker copy of the same sensorimotor source
+            eeg[idx[m]] += 0.3 * gain[c] * (14.0 * mu + 6.0 * beta)
+
+
+def _add_seizure(rng, t, sfreq, segs, mask, add) -> None:
+    """Generalised spike-and-wave discharges that slow down and grow as each seizure evolves."""
+    n = t.size
+    sz = mask["seizure"]
+    freq = np.full(n, 3.0)
+    amp = np.zeros(n)
+    for onset, dur, name in segs:
+        if name != "seizure":
+            continue
+        sl = slice(int(onset * sfreq), int((onset + dur) * sfreq))
+        prog = np.linspace(0, 1, sl.stop - sl.start)
+        freq[sl] = 3.6 - 1.2 * prog  # discharges slow down as the seizure evolves
+        amp[sl] = 120 + 180 * np.sqrt(prog) * rng.uniform(0.7, 1.0)
+    sw = _spike_wave(t, freq) * amp * sz
+    add(_POSITIONS, sw)
+
+
+def _add_emotion(rng, t, mask, alpha_f, eeg, idx, add) -> None:
+    """Frontal alpha asymmetry (right frontal alpha drops under stress) and more frontal beta."""
+    stress = mask["stress"].astype(float)
+    calm = mask["calm"].astype(float)
+    falpha = _osc(rng, t, alpha_f, 0.3)
+    eeg[idx["F3"]] += falpha * (10.0 * calm + 8.0 * stress)
+    eeg[idx["F4"]] += falpha * (10.0 * calm + 3.0 * stress)  # right frontal alpha drops under stress
+    eeg[idx["Fp2"]] += falpha * (6.0 * calm + 2.0 * stress)
+    eeg[idx["Fp1"]] += falpha * (6.0 * calm + 5.0 * stress)
+    add(_FRONTAL, 7.0 * _osc(rng, t, 22.0, 1.5) * stress)
+
+
+def _eog_ecg(rng, srng, t, sfreq, duration_s, eeg, idx) -> tuple[np.ndarray, np.ndarray]:
+    """EOG ``[T]`` with blinks (which leak into Fp1/Fp2 of ``eeg``) and ECG ``[T]`` with QRS-like spikes at ~70 bpm."""
+    n = t.size
     eog = 20.0 * _pink(rng, 1, n, sfreq)[0]
     for c in rng.uniform(0, duration_s, size=int(duration_s / 4)):
         blink = 150.0 * np.exp(-0.5 * ((t - c) / 0.1) ** 2)
@@ -242,12 +280,7 @@ def simulate_recording(
         eeg[idx["Fp2"]] += 0.5 * blink
     hr = srng.uniform(1.0, 1.4)
     ecg = 800.0 * np.exp(-0.5 * ((np.mod(t * hr, 1.0) - 0.5) / 0.012) ** 2) + 30.0 * _pink(rng, 1, n, sfreq)[0]
-
-    data = np.vstack([eeg, eog[None], ecg[None]]) * 1e-6  # MNE stores volts
-    info = mne.create_info(names, sfreq, ch_types=["eeg"] * n_eeg + ["eog", "ecg"])
-    raw = mne.io.RawArray(data, info, verbose="error")
-    raw.set_annotations(mne.Annotations([s[0] for s in segs], [s[1] for s in segs], [s[2] for s in segs]))
-    return raw, segs
+    return eog, ecg
 
 
 def recording_name(subject: int, task: str) -> str:

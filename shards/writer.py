@@ -37,16 +37,17 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from runtime.atomic import atomic_write_json, refuse_links
 from shards import buildlock
-from shards.atomic import atomic_write_json
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
-from shards.manifest import (FORMAT, SPLITS, check_layout, jsonable, make_manifest, manifest_name, part_suffix,
-                             read_json, shard_name)
-from shards.preprocess import PreprocessConfig, cut_windows, preprocess_raw
+from shards.manifest import (FORMAT, SPLITS, check_layout, check_parts, check_subject_splits, jsonable, make_manifest,
+                             manifest_name, part_suffix, read_json, shard_name)
+from shards.preprocess import PreprocessConfig
 from shards.readers import check_path
 from shards.sample import check_sfreq, encode_sample, npy_bytes
 from shards.shardfile import OpenShard, RecordingEncoder, RecordingResult, tar_header
+from shards.streaming import StreamedSignal, iter_windows, preprocess_recording
 from shards.splits import assign_split, in_part
 
 log = logging.getLogger("shards.writer")
@@ -71,57 +72,47 @@ def _dropped_channels(signal) -> list[tuple[str, str]]:
     return out
 
 
-def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig, split: str) -> RecordingResult:
-    """Load, preprocess and window one recording. Never raises for bad input: the summary says ``skipped``."""
+def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig, split: str,
+                      spool_dir: Path | None = None, spool_name: str = ".spool-") -> RecordingResult:
+    """Load, preprocess and window one recording. Never raises for bad input: the summary says ``skipped``.
+
+    A recording too long to hold in memory (``shards.streaming``) is preprocessed in blocks and its samples are
+    written to a spool file ``{spool_dir}/{spool_name}{recording}-*`` (default folder: the system's temporary one),
+    not returned as bytes.
+    """
     summary: dict[str, Any] = {
         "recording": rec.recording, "subject": rec.subject, "session": rec.session, "source": rec.source,
         "task": rec.task, "split": split, "samples": 0, "hours": 0.0, "recording_hours": 0.0,
         "channels": [], "labels": {}, "drops": {}, "dropped_channels": [], "label_skips": {}, "skipped": None,
     }
     try:
-        check_path(rec.path)  # missing file, dangling link or symlink loop: ReadError saying which
-        loaded = adapter.load(rec)
-        raw = loaded.raw
-        sfreq = check_sfreq(raw.info["sfreq"])
-        expected = (rec.extra or {}).get("sfreq")
-        if expected is not None and abs(float(expected) - sfreq) > 1e-3 * float(expected):
-            raise ValueError(f"sampling rate {sfreq:g} Hz in the header, the corpus specifies {float(expected):g} Hz")
-        summary["recording_hours"] = raw.n_times / sfreq / 3600.0
-        summary["label_skips"] = dict(getattr(loaded, "skipped", {}) or {})
-        # Explicit raw-name -> canonical mappings for names the vocabulary cannot know (Bonn's "EEG").
-        channel_map = getattr(loaded, "channel_map", None) or getattr(adapter, "channel_map", None)
-        mains = getattr(loaded, "mains_hz", None)
-        if mains is not None and config.notch is not None:  # the recording's own mains (BIDS PowerLineFrequency)
-            config = dataclasses.replace(config, notch=float(mains))
-            summary["notch_hz"] = config.notch
-        signal = preprocess_raw(raw, config, source=rec.source, channel_map=channel_map)
-        summary["dropped_channels"] = _dropped_channels(signal)
-        summary["placed_channels"] = sorted((getattr(signal, "placed_channels", None) or {}).items())
-        windows, drops = cut_windows(signal, loaded.segments, config)
+        signal, segments, config = _preprocess(adapter, rec, config, summary)
+        summary["channels"] = list(signal.channels)
+        windows, drops = iter_windows(signal, segments, config)
+        encoder = RecordingEncoder(rec, list(signal.channels), float(signal.sfreq))
+        if isinstance(signal, StreamedSignal):
+            return _spooled(windows, drops, encoder, summary, spool_dir, spool_name + rec.recording)
+        windows = list(windows)
     except Exception as e:  # noqa: BLE001 - any failure of one recording must not stop the build
         reason = f"{type(e).__name__}: {e}"
         if str(rec.path) not in reason and rec.source not in reason:
             reason = f"{rec.source}: {reason}"
-        summary["skipped"] = reason
+        summary.update(skipped=reason, channels=[], samples=0, hours=0.0, labels={}, drops={})
+        summary.pop("sha256", None)
         return RecordingResult([], summary)
 
-    channels = list(signal.channels)
-    summary["channels"] = channels
     summary["drops"] = dict(sorted(Counter(drops).items()))
     labels: Counter = Counter()
-    encoder = RecordingEncoder(rec, channels, float(signal.sfreq))
     if windows:
-        f16, first = _float16_span(signal.data, windows, len(channels), rec.source)
+        f16, first = _float16_span(signal.data, windows, len(signal.channels), rec.source)
     pieces: list[bytes] = []
     durations = []
     for k, w in enumerate(windows):
         n = w.eeg.shape[1]
         eeg = f16[:, w.start - first: w.start - first + n]  # a view; tobytes() below is the only copy
-        label, label_name = w.label, w.label_name
-        label = None if label is None else int(label)
-        duration = encoder.encode(pieces, k, eeg, float(w.onset_s), label, label_name)
-        durations.append(duration)
-        labels[label_name if label is not None else "unlabeled"] += 1
+        label = None if w.label is None else int(w.label)
+        durations.append(encoder.encode(pieces, k, eeg, float(w.onset_s), label, w.label_name))
+        labels[w.label_name if label is not None else "unlabeled"] += 1
     summary["samples"] = len(windows)
     summary["hours"] = sum(durations) / 3600.0
     summary["labels"] = dict(sorted(labels.items()))
@@ -131,6 +122,67 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
             digest.update(piece)
         summary["sha256"] = digest.hexdigest()
     return RecordingResult(pieces, summary)
+
+
+def _preprocess(adapter: Adapter, rec: Recording, config: PreprocessConfig, summary: dict[str, Any]):
+    """``(signal, segments, config)`` of one recording (the config with the recording's own mains notch);
+    fills the summary's rate, label skips, notch and channel drops."""
+    check_path(rec.path)  # missing file, dangling link or symlink loop: ReadError saying which
+    loaded = adapter.load(rec)
+    raw = loaded.raw
+    sfreq = check_sfreq(raw.info["sfreq"])
+    expected = (rec.extra or {}).get("sfreq")
+    if expected is not None and abs(float(expected) - sfreq) > 1e-3 * float(expected):
+        raise ValueError(f"sampling rate {sfreq:g} Hz in the header, the corpus specifies {float(expected):g} Hz")
+    summary["recording_hours"] = raw.n_times / sfreq / 3600.0
+    summary["label_skips"] = dict(getattr(loaded, "skipped", {}) or {})
+    # Explicit raw-name -> canonical mappings for names the vocabulary cannot know (Bonn's "EEG").
+    channel_map = getattr(loaded, "channel_map", None) or getattr(adapter, "channel_map", None)
+    mains = getattr(loaded, "mains_hz", None)
+    if mains is not None and config.notch is not None:  # the recording's own mains (BIDS PowerLineFrequency)
+        config = dataclasses.replace(config, notch=float(mains))
+        summary["notch_hz"] = config.notch
+    signal = preprocess_recording(raw, config, source=rec.source, channel_map=channel_map)
+    summary["dropped_channels"] = _dropped_channels(signal)
+    summary["placed_channels"] = sorted((getattr(signal, "placed_channels", None) or {}).items())
+    return signal, loaded.segments, config
+
+
+def spool_prefix(part: tuple[int, int]) -> str:
+    """Name prefix of a build part's spool files (hidden; a re-run removes its own part's leftovers)."""
+    return f".spool{part_suffix(part)}-"
+
+
+def _spooled(windows, drops: Counter, encoder: RecordingEncoder, summary: dict[str, Any], spool_dir: Path | None,
+             prefix: str) -> RecordingResult:
+    """Encode a streamed recording's windows into a spool file, one window at a time (bounded memory)."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=f"{prefix}-", suffix=".tar-part",
+                                dir=None if spool_dir is None else str(spool_dir))
+    digest, labels, durations, size = hashlib.sha256(), Counter(), [], 0
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            for k, w in enumerate(windows):
+                pieces: list[bytes] = []
+                label = None if w.label is None else int(w.label)
+                durations.append(encoder.encode(pieces, k, w.eeg.astype(np.float16), float(w.onset_s), label,
+                                                w.label_name))
+                labels[w.label_name if label is not None else "unlabeled"] += 1
+                for piece in pieces:
+                    f.write(piece)
+                    digest.update(piece)
+                    size += len(piece)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    summary.update(samples=len(durations), hours=sum(durations) / 3600.0, labels=dict(sorted(labels.items())),
+                   drops=dict(sorted(Counter(drops).items())))
+    if not durations:
+        Path(name).unlink(missing_ok=True)
+        return RecordingResult([], summary)
+    summary["sha256"] = digest.hexdigest()
+    return RecordingResult([], summary, spool=name, spool_bytes=size)
 
 
 def _float16_span(data: np.ndarray, windows, n_channels: int, source: str) -> tuple[np.ndarray, int]:
@@ -153,8 +205,7 @@ def _float16_span(data: np.ndarray, windows, n_channels: int, source: str) -> tu
 
 
 def _worker(args) -> RecordingResult:
-    adapter, rec, config, split = args
-    return process_recording(adapter, rec, config, split)
+    return process_recording(*args)
 
 
 
@@ -177,7 +228,8 @@ def resolve_config(adapter: Adapter, config: PreprocessConfig | None, overrides:
     return dataclasses.replace(cfg, **{**adapter_over, **dict(overrides or {})})
 
 
-def _ordered_results(adapter, jobs, config, workers, lock_fd: int | None = None) -> Iterator[RecordingResult]:
+def _ordered_results(adapter, jobs, config, workers, lock_fd: int | None = None,
+                     spool: tuple[Path | None, str] = (None, ".spool-")) -> Iterator[RecordingResult]:
     """Results in job order; with workers > 1 a bounded number of recordings are in flight.
 
     Workers die with this process and do not keep the build lock (``lock_fd``, our descriptor of it, is
@@ -185,7 +237,7 @@ def _ordered_results(adapter, jobs, config, workers, lock_fd: int | None = None)
     """
     if workers <= 1:
         for rec, split in jobs:
-            yield process_recording(adapter, rec, config, split)
+            yield process_recording(adapter, rec, config, split, *spool)
         return
     ctx = multiprocessing.get_context()
     inherited = lock_fd if ctx.get_start_method() == "fork" else None
@@ -194,12 +246,12 @@ def _ordered_results(adapter, jobs, config, workers, lock_fd: int | None = None)
         pending: deque = deque()
         it = iter(jobs)
         for rec, split in it:
-            pending.append(pool.submit(_worker, (adapter, rec, config, split)))
+            pending.append(pool.submit(_worker, (adapter, rec, config, split, *spool)))
             if len(pending) >= 2 * workers:
                 break
         for rec, split in it:
             yield pending.popleft().result()
-            pending.append(pool.submit(_worker, (adapter, rec, config, split)))
+            pending.append(pool.submit(_worker, (adapter, rec, config, split, *spool)))
         while pending:
             yield pending.popleft().result()
 
@@ -252,24 +304,24 @@ def build(
         if safe_id(r.recording) != r.recording:
             raise ValueError(f"{adapter.name}: recording id {r.recording!r} ({r.source}) has characters outside [A-Za-z0-9_-]")
     splits = {r.recording: assign_split(r, fractions, seed) for r in recordings}
+    check_subject_splits(({"recording": r.recording, "subject": r.subject, "split": splits[r.recording]}
+                          for r in recordings), f"{adapter.name} under {root} (official splits)")
 
     params = {
         "corpus": adapter.name, "root": str(root.resolve()), "config": jsonable(cfg), "split": list(fractions),
         "seed": seed, "part": [i, n], "max_samples_per_shard": max_samples_per_shard,
     }
     state_path = folder / f".build-state{part_suffix((i, n))}.json"
-    lock = _lock(folder / f".build{part_suffix((i, n))}.lock")
+    # An exclusive advisory lock, so two processes never build the same part into one folder at once.
+    lock = buildlock.acquire(folder / f".build{part_suffix((i, n))}.lock")
     try:
+        refuse_links(folder)  # a planted link at a state, manifest or shard name would redirect our writes
         check_layout(folder, (i, n))
+        check_parts(folder, params)
         return _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, (i, n), workers,
                              max_samples_per_shard, progress, lock.fileno())
     finally:
         lock.close()  # releases the flock
-
-
-def _lock(path: Path):
-    """An exclusive advisory lock, so two processes never build the same part into one folder at once."""
-    return buildlock.acquire(path)
 
 
 def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, part, workers,
@@ -290,11 +342,14 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
             raise ValueError(
                 f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "
                 f"use another --out or delete that folder to rebuild with {params}")
+        _check_state(old, state_path, fix)
         state = old
     # Leftovers of a killed build: half-written temporary shards of this part.
     for tmp in folder.glob(".*.tmp-*"):
         if tmp.name.startswith(tuple(f".{s}-" for s in SPLITS)) and _belongs(tmp.name, (i, n)):
             tmp.unlink(missing_ok=True)
+    for spool in folder.glob(f"{spool_prefix((i, n))}*.tar-part"):  # this part's samples of a recording in flight
+        spool.unlink(missing_ok=True)
 
     done = {r["recording"] for s in state["shards"] for r in s["recordings"]} | {r["recording"] for r in state["tail"]}
     todo = [(r, splits[r.recording]) for r in recordings if r.recording not in done]
@@ -308,7 +363,7 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
         bar = tqdm(total=len(recordings), initial=len(recordings) - len(todo), desc=f"{adapter.name}",
                    unit="rec", disable=not progress, dynamic_ncols=True)
         try:
-            for result in _ordered_results(adapter, todo, cfg, workers, lock_fd):
+            for result in _ordered_results(adapter, todo, cfg, workers, lock_fd, (folder, spool_prefix((i, n)))):
                 s = result.summary
                 if s["skipped"]:
                     log.warning("skipped %s: %s", s["source"], s["skipped"])
@@ -343,6 +398,44 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     manifest = make_manifest(adapter, params, state)
     atomic_write_json(folder / manifest_name((i, n)), manifest)
     return manifest
+
+
+# The entries of one recording's summary in a build state, with their JSON types (``process_recording``).
+_SUMMARY = {"recording": str, "subject": str, "session": str, "source": str, "split": str, "samples": int,
+            "hours": (int, float), "recording_hours": (int, float), "channels": list, "labels": dict, "drops": dict,
+            "dropped_channels": list, "label_skips": dict, "skipped": (str, type(None))}
+_SHARD = {"name": str, "split": str, "samples": int, "hours": (int, float), "recordings": list}
+
+
+def _check_state(state: dict, path: Path, fix: str) -> None:
+    """ValueError naming ``path`` unless every shard and recording entry of a build state has the shape this
+    module writes (a hand-edited state with a matching fingerprint would otherwise fail deep in the build)."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: not a build state this suite wrote ({what}); {fix}")
+
+    def check_summary(r: Any, where: str) -> None:
+        if not isinstance(r, dict):
+            raise bad(f"{where} is not an object")
+        wrong = [k for k, kind in _SUMMARY.items() if not isinstance(r.get(k), kind) or isinstance(r.get(k), bool)
+                 and kind is int]
+        if wrong:
+            raise bad(f"{where} ({r.get('recording', '?')}): missing or mistyped {', '.join(wrong)}")
+        if r["split"] not in SPLITS:
+            raise bad(f"{where} ({r['recording']}): split {r['split']!r} is not one of {', '.join(SPLITS)}")
+
+    for k, shard in enumerate(state["shards"]):
+        if not isinstance(shard, dict):
+            raise bad(f"shards[{k}] is not an object")
+        wrong = [key for key, kind in _SHARD.items() if not isinstance(shard.get(key), kind)]
+        if wrong:
+            raise bad(f"shards[{k}]: missing or mistyped {', '.join(wrong)}")
+        for j, r in enumerate(shard["recordings"]):
+            check_summary(r, f"shards[{k}].recordings[{j}]")
+        if sum(r["samples"] for r in shard["recordings"]) != shard["samples"]:
+            raise bad(f"shards[{k}] ({shard['name']}): {shard['samples']} samples, its recordings hold "
+                      f"{sum(r['samples'] for r in shard['recordings'])}")
+    for j, r in enumerate(state["tail"]):
+        check_summary(r, f"tail[{j}]")
 
 
 def _belongs(tmp_name: str, part: tuple[int, int]) -> bool:

@@ -117,3 +117,42 @@ def annex_file(path: Path, dataset: Path) -> Path:
     path.rename(obj)
     path.symlink_to(os.path.relpath(obj, path.parent))
     return obj
+
+
+TEN_TWENTY = ("Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4", "P8",
+              "O1", "O2")
+
+
+def write_long_edf(path: Path, hours: float, sfreq: int = 200, n_channels: int = 19, seed: int = 0) -> Path:
+    """An EDF of ``hours`` of ``n_channels`` 10-20 channels at ``sfreq`` (1-s records, 16 bits, ±3276.7 µV),
+    written a block of records at a time so that writing a 10-hour file (273 MB) takes a few MB of memory: a
+    10-Hz alpha rhythm, white noise and a slow drift per channel."""
+    import numpy as np
+
+    names = [TEN_TWENTY[i % len(TEN_TWENTY)] + ("" if i < len(TEN_TWENTY) else f"-{i}") for i in range(n_channels)]
+    n_records = int(round(hours * 3600))
+    ns = n_channels
+
+    def field(values, width):
+        return "".join(str(v)[:width].ljust(width) for v in values).encode("ascii")
+
+    header = (b"0".ljust(8) + b"X X X X".ljust(80) + b"Startdate X X X X".ljust(80) + b"01.01.20" + b"00.00.00"
+              + str(256 * (ns + 1)).encode().ljust(8) + b"".ljust(44) + str(n_records).encode().ljust(8)
+              + b"1".ljust(8) + str(ns).encode().ljust(4))
+    header += field([f"EEG {n}" for n in names], 16) + field(["AgAgCl electrode"] * ns, 80) + field(["uV"] * ns, 8)
+    header += field(["-3276.8"] * ns, 8) + field(["3276.7"] * ns, 8) + field(["-32768"] * ns, 8) + field(["32767"] * ns, 8)
+    header += field(["HP:0.1Hz LP:75Hz"] * ns, 80) + field([sfreq] * ns, 8) + field([""] * ns, 32)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, ns)
+    with open(path, "wb") as f:
+        f.write(header)
+        step = 600  # records per block
+        for r0 in range(0, n_records, step):
+            r1 = min(r0 + step, n_records)
+            t = np.arange(r0 * sfreq, r1 * sfreq) / sfreq
+            x = 20.0 * np.sin(2 * np.pi * 10.0 * t[None] + phase[:, None])                # alpha, µV
+            x += 8.0 * rng.standard_normal((ns, t.size)) + 30.0 * np.sin(2 * np.pi * t[None] / 600.0)
+            digital = np.clip(np.round(x * 10.0), -32768, 32767).astype("<i2")            # 0.1 µV per step
+            # EDF records: per record, each signal's samples in turn
+            f.write(digital.reshape(ns, r1 - r0, sfreq).transpose(1, 0, 2).tobytes())
+    return path

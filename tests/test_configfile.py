@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pretrain.configfile import ConfigError, apply_overrides, load_toml, parse_cli, to_dict
+from runtime.configfile import ConfigError, apply_overrides, load_toml, parse_cli, to_dict
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""pretrain.engine's checkpoint files: train_state.json written atomically, damaged checkpoints skipped on resume."""
+"""runtime.engine's checkpoint files: train_state.json written atomically, damaged checkpoints skipped on resume."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-import shards.atomic
-from pretrain.engine import STATE_FILE, latest_checkpoint, save_checkpoint
+import runtime.atomic
+from runtime.engine import STATE_FILE, latest_checkpoint, save_checkpoint
 
 
 def _save(out, step, acc):
@@ -21,18 +21,23 @@ def _save(out, step, acc):
     return save_checkpoint(acc, model, optimizer, out, step, {"step": step, "micro_batches": step, "scheduler": {}})
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names a descriptor's file through /proc")
 def test_a_save_killed_while_writing_the_state_leaves_no_state_file(tmp_path, monkeypatch):
     acc = Accelerator(cpu=True)
     first = _save(tmp_path, 1, acc)
     assert json.loads((first / STATE_FILE).read_text())["step"] == 1
 
-    def killed(fd):  # the process dies after the bytes are handed to the OS, before they are on disk
-        raise KeyboardInterrupt
+    real_fsync = os.fsync
 
-    monkeypatch.setattr(shards.atomic.os, "fsync", killed)
+    def killed(fd):  # the process dies after the state's bytes are handed to the OS, before they are on disk
+        if STATE_FILE in os.readlink(f"/proc/self/fd/{fd}"):
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(runtime.atomic.os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, 2, acc)
-    monkeypatch.setattr(shards.atomic.os, "fsync", os.fsync)
+    monkeypatch.setattr(runtime.atomic.os, "fsync", real_fsync)
     second = tmp_path / "checkpoints" / "step_00000002"
     assert (second / "model.safetensors").is_file() and not (second / STATE_FILE).exists()
     assert latest_checkpoint(tmp_path) == first
@@ -57,7 +62,7 @@ def test_task_flags_of_every_rank_survive_the_ddp_buffer_broadcast():
     import threading
 
     from foundation.model import EEGMamba, EEGMambaConfig
-    from pretrain.engine import SeenFlags
+    from runtime.engine import SeenFlags
 
     torch.manual_seed(0)
     rank0 = EEGMamba(EEGMambaConfig.from_size("tiny", d_model=16, n_layers=2, n_experts=2, top_k=1, moe_hidden=16)).train()
@@ -104,7 +109,7 @@ def test_task_flags_of_every_rank_survive_the_ddp_buffer_broadcast():
 def test_a_resumed_codebook_restarts_dead_codes_as_an_uninterrupted_one(tmp_path):
     import torch.nn.functional as F
 
-    from pretrain.resume_state import load_training_state, save_training_state
+    from runtime.resume_state import load_training_state, save_training_state
     from tokenizer.codebook import EMACodebook
 
     acc = Accelerator(cpu=True)

@@ -74,7 +74,9 @@ def test_outputs_model_report_and_logs(seizure_run):
     assert f"| seizure | test | {test['balanced_accuracy']:.4f} |" in md
     assert (out / "confusion_seizure_test.png").stat().st_size > 1000
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 6 and log[-1]["train_loss"] < log[0]["train_loss"]
+    # epoch -1 scores the probe the head starts from; then one line per training epoch
+    assert len(log) == 7 and log[0]["epoch"] == -1 and log[0]["train_loss"] is None
+    assert log[-1]["train_loss"] < log[1]["train_loss"]
     assert report["run"]["best_epoch"] == seizure_run["best_epoch"]
 
 
@@ -95,7 +97,7 @@ def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path)
     assert lines[0].startswith("onset_s,label,label_name,probability") and len(lines) == 25
     # 8-s windows on request (a shift the model was not trained for): 12 rows
     assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv),
-                         "--window-s", "8"]) == 0
+                         "--window_s", "8"]) == 0
     assert len(out_csv.read_text().splitlines()) == 1 + 12
 
 
@@ -237,7 +239,7 @@ def test_predict_rejects_a_rate_the_build_rejects_with_the_same_message(seizure_
 
 
 def test_a_huge_learning_rate_ends_with_the_guards_message(synth_shards, tmp_path):
-    from pretrain.engine import NonFiniteLossError
+    from runtime.engine import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="non-finite value .*Lower --lr"):
         finetune(small_config(tmp_path, "seizure", synth_shards, lr=1e6, epochs=1, warmup_epochs=0, channels=("CZ",)))

@@ -14,8 +14,8 @@ from finetune.config import FinetuneConfig, TaskSpec
 from finetune.data import TaskBatches, class_weights
 from finetune.heads import ClassificationHead, layer_id, param_groups
 from finetune.model import CheckpointError, TaskModel, load_backbone
-from pretrain.engine import warmup_cosine
-from pretrain.configfile import ConfigError, parse_cli
+from runtime.engine import warmup_cosine
+from runtime.configfile import ConfigError, parse_cli
 from foundation.model import EEGMamba, EEGMambaConfig
 from shards.dataset import Window
 
@@ -213,7 +213,7 @@ def test_shipped_multitask_config_parses():
 
 def test_finetune_compares_only_the_model_keys_the_user_gave(tmp_path):
     from finetune.train import backbone_overrides
-    from pretrain.configfile import load_toml
+    from runtime.configfile import load_toml
 
     torch.manual_seed(0)
     base = tmp_path / "base"  # a checkpoint whose d_model / layers / experts are not tiny's

@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from foundation import CheckpointError, EEGMamba, EEGMambaConfig, EEGMambaOutput, load_backbone_weights
-from foundation.config_dict import from_dict
+from runtime.config_dict import from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

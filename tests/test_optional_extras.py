@@ -36,7 +36,7 @@ def test_collection_and_benchmark_tests_pass_without_braindecode():
     ran = _pytest("-q", "tests/test_downstream_benchmark.py", "tests/test_braindecode.py")
     tail = ran.stdout.strip().splitlines()[-1]
     assert ran.returncode == 0, ran.stdout[-4000:] + ran.stderr[-2000:]
-    assert _count(tail, "failed") == 0 and _count(tail, "error") == 0 and _count(tail, "passed") >= 30, tail
+    assert _count(tail, "failed") == 0 and _count(tail, "error") == 0 and _count(tail, "passed") >= 15, tail
     # the braindecode tests are listed as skipped, with the extra to install
     assert re.search(r"SKIPPED \[\d+\] tests/test_braindecode\.py.*pip install -e '\.\[braindecode\]'", ran.stdout), ran.stdout[-2000:]
 

@@ -8,6 +8,7 @@ import mne
 import numpy as np
 import pytest
 
+from shards.corpora.bonn import BONN_SFREQ
 from shards.preprocess import (
     NoEEGError,
     PreprocessConfig,
@@ -16,7 +17,7 @@ from shards.preprocess import (
     cut_windows,
     preprocess_raw,
 )
-from shards.readers import BONN_SFREQ, read_dreams_excerpt, read_raw
+from shards.readers import read_dreams_excerpt, read_raw
 
 
 def _raw(names, sfreq, seconds, components=((10.0, 50.0),), types="eeg", seed=0):

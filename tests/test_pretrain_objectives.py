@@ -113,7 +113,8 @@ def test_masked_stft_objective_outputs_and_learning(demo_spec):
     batches = [_pad(b) for b in _batches(demo_spec, 1)]
     obj = MaskedSTFTObjective(build_backbone("tiny", {}, 2))
     out = obj(batches[0])
-    assert obj.head.out_features == 4 * 101  # 4 STFT frames x 101 bins per 1-s patch
+    assert obj.head.out_features == 4 * 76  # 4 STFT frames x the 76 bins of 0-75 Hz per 1-s patch
+    assert obj.band_head.out_features == 5 and float(out["loss_band"]) > 0  # delta..gamma of each token's patch
     assert abs(float(out["masked_fraction"]) - 0.5) < 0.05
     losses = _fit(obj, batches, 10)
     assert all(torch.isfinite(torch.tensor(losses)))
@@ -139,7 +140,7 @@ def test_tokenizer_objective_learns_and_logs_codebook_use(demo_spec):
 
 
 def test_missing_tokenizer_folder_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer/run.py"):
+    with pytest.raises(FileNotFoundError, match="pretrain.train_tokenizer"):
         MaskedTokenObjective.from_tokenizer_dir(build_backbone("tiny", {}, 2), tmp_path / "none")
 
 

@@ -18,7 +18,7 @@ from foundation.model import EEGMamba, EEGMambaConfig
 from pretrain.config import DataConfig, DemoConfig, OptimConfig, PretrainConfig, TrainConfig
 from pretrain.demo import build_demo_shards
 from pretrain.run import main, run
-from pretrain.engine import NonFiniteLossError, latest_checkpoint, param_groups, warmup_cosine
+from runtime.engine import NonFiniteLossError, latest_checkpoint, param_groups, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,12 +69,12 @@ def test_missing_shard_path_is_named(tmp_path, capsys):
 def test_masked_token_without_tokenizer_says_what_to_do(tmp_path, capsys):
     assert main(["--objective.name", "masked_token", "--train.out_dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "tokenizer/run.py" in err and "--objective.tokenizer auto" in err
+    assert "pretrain.train_tokenizer" in err and "--objective.tokenizer auto" in err
     assert not (tmp_path / "run").exists()  # failed before simulating or reading anything
 
 
 def test_checked_in_configs_parse_and_tiny_is_the_default():
-    from pretrain.configfile import load_toml
+    from runtime.configfile import load_toml
 
     assert load_toml(PretrainConfig, REPO / "pretrain" / "configs" / "tiny.toml") == PretrainConfig()
     for size in ("base", "large"):

@@ -9,8 +9,8 @@ import mne
 import numpy as np
 import pytest
 
+from shards.corpora.bonn import BONN_SFREQ
 from shards.readers import (
-    BONN_SFREQ,
     ReadError,
     read_dreams_excerpt,
     read_raw,

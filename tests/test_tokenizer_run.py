@@ -1,4 +1,4 @@
-"""tokenizer/run.py: trains a VQ-NSP on shards with the shared trainer and exports what pretraining loads."""
+"""python -m pretrain.train_tokenizer: trains a VQ-NSP on shards with the shared trainer and exports what pretraining loads."""
 
 from __future__ import annotations
 

@@ -469,10 +469,10 @@ def test_unlabeled_recordings_build(shared_data, tmp_path):
 
 
 def test_concurrent_build_of_the_same_part_is_refused(small_raw, tmp_path):
-    from shards.writer import _lock
+    from shards.buildlock import acquire
 
     (tmp_path / "synth").mkdir()
-    held = _lock(tmp_path / "synth" / ".build.lock")
+    held = acquire(tmp_path / "synth" / ".build.lock")
     try:
         with pytest.raises(RuntimeError, match="another build of this part is running"):
             build("synth", small_raw, tmp_path, progress=False)

@@ -1,7 +1,7 @@
 """What the backbone learns to predict: VQ-NSP code ids (LaBraM) or Gaussian-masked STFT maps (SpecMoE).
 
 A library: models, codebook and spectral masks only. Training it is ``pretrain.train_tokenizer`` (launched by
-``accelerate launch tokenizer/run.py``), so this package imports nothing from ``pretrain``.
+``accelerate launch -m pretrain.train_tokenizer``), so this package imports nothing from ``pretrain``.
 
 Public API::
 

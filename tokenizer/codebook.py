@@ -147,7 +147,7 @@ class EMACodebook(nn.Module):
 
     ``TRAINING_BUFFERS`` (the vector pool, the fast usage EMA, each code's last use, the step count) are
     training bookkeeping: non-persistent, so ``model.safetensors`` of an export loads strictly whatever
-    version wrote it, and kept by the training checkpoints instead (``pretrain.resume_state``), so a
+    version wrote it, and kept by the training checkpoints instead (``runtime.resume_state``), so a
     resumed tokenizer run detects and restarts dead codes exactly as an uninterrupted one.
     """
 
@@ -205,7 +205,7 @@ class EMACodebook(nn.Module):
         self.register_buffer("pool_count", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("pool_ptr", torch.zeros((), dtype=torch.long), persistent=False)
         # Training-time bookkeeping (TRAINING_BUFFERS): not in model.safetensors, so exports and the shipped
-        # tokenizer load strictly either way; the trainer's resume state keeps them (pretrain.resume_state).
+        # tokenizer load strictly either way; the trainer's resume state keeps them (runtime.resume_state).
         # recent_usage / recent_total: the fast usage EMA of dead-code detection (-1 = not started yet).
         self.register_buffer("recent_usage", torch.zeros(num_codes), persistent=False)
         self.register_buffer("recent_total", torch.full((), -1.0), persistent=False)

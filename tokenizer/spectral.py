@@ -22,7 +22,12 @@ Defaults and why
 * Target: ``log(|S| + log_eps)`` of the clean STFT. EEG power falls roughly as 1/f, so a linear-magnitude
   MSE would be dominated by delta and ignore beta/gamma; the log evens the bands out. ``log_eps = 1e-2``
   (in the STFT of 100-µV units: about the magnitude of 0.1 µV white noise) keeps near-silent bins
-  (above the 75 Hz low-pass, padded channels) from producing huge negative targets.
+  (padded channels) from producing huge negative targets. Only bins up to ``max_hz = 75`` are predicted
+  (``STFTConfig.target_bins``): the suite's shards are low-passed at 75 Hz, and above it every bin sits at
+  the floor, a quarter of the map that taught the model only a constant. ``demean`` (off) removes each
+  sample's mean log-magnitude from the target; it leaves the spectral shape but throws away the amplitude
+  that tells an ictal window from background (a frozen probe of Bonn fell from 0.94 to 0.85 balanced
+  accuracy with it).
 * Masks (``MaskConfig``): three families, chosen per (sample, channel) map by ``family_weights``:
   ``"time"`` (bands of frames, constant along frequency), ``"freq"`` (bands of bins, constant along time)
   and ``"timefreq"`` (rectangular patches). Each family is a union of hard bands, added until the masked
@@ -49,11 +54,12 @@ that -25 dB residual informative. The defaults therefore score only bins with ``
 (0.9) and, after the round trip, take the STFT of the corrupted signal again, zero the bins of the hard
 mask (``mask >= 0.5``, the region the smoothing started from) and invert (``cleanup_iters = 1``
 projection): the energy left in the scored bins falls from ~2e-3 to ~1e-5 of their clean energy (simulated
-EEG; what remains is window leakage from visible neighbours). The soft edge then survives on the outside
-of the hard mask only, where the input keeps ``(1 - m) X``, and that fringe is not scored. Bins with
-``0.5 <= mask < 0.9`` are hidden after the cleanup but not scored either (about half the hidden area with
-the defaults); ``benchmarks/ablations.py`` ``stft-score-hard-mask`` scores them. ``loss_threshold = 0``
-and ``cleanup_iters = 0`` restore the legacy corruption and loss.
+EEG). The soft edge then survives on the outside of the hard mask only, where the input keeps
+``(1 - m) X``, and that fringe is not scored. Bins with ``0.5 <= mask < 0.9`` (the rim of the hidden region,
+about half of it) are zeroed too but not scored: window overlap from their visible neighbours puts back 2.3 %
+of their clean energy (0.9 % with five projections), a -16 dB residual the log target would make readable;
+``benchmarks/ablations.py`` ``stft-score-hidden`` scores them anyway. ``loss_threshold = 0`` and
+``cleanup_iters = 0`` restore the legacy corruption and loss.
 
 Frames and backbone patches: with the defaults a 1-s patch of the backbone covers ``k = patch_size // hop = 4``
 frame centres; ``to_patches`` rearranges ``[b, c, f, n] -> [b, c, p, (k f)]`` (dropping the last frame,
@@ -95,6 +101,8 @@ class STFTConfig:
     sfreq: float = 200.0
     target: str = "log_magnitude"  # "log_magnitude" | "magnitude"
     log_eps: float = 1e-2
+    max_hz: float | None = 75.0  # highest target bin (None = Nyquist); see ``target_bins``
+    demean: bool = False  # subtract each sample's mean log-magnitude from the target (see ``demean_target``)
 
     def __post_init__(self) -> None:
         if self.n_fft < 2:
@@ -109,6 +117,19 @@ class STFTConfig:
             raise ValueError(f"STFTConfig.target must be one of {_TARGETS}, got {self.target!r}")
         if self.sfreq <= 0 or self.log_eps <= 0:
             raise ValueError(f"STFTConfig.sfreq and log_eps must be > 0, got {self.sfreq}, {self.log_eps}")
+        if self.max_hz is not None and not 0 < self.max_hz:
+            raise ValueError(f"STFTConfig.max_hz must be > 0 or None, got {self.max_hz}")
+        if self.demean and self.target != "log_magnitude":
+            raise ValueError("STFTConfig.demean needs target='log_magnitude' (a gain is an offset only in the log)")
+
+    @property
+    def target_bins(self) -> int:
+        """Bins ``0..target_bins-1`` (at most ``max_hz``) are predicted and scored. The suite's shards are
+        low-passed at 75 Hz by default: above it every bin sits at the ``log_eps`` floor, so scoring it
+        only teaches the model a constant."""
+        if self.max_hz is None:
+            return self.n_freqs
+        return min(self.n_freqs, int(math.floor(self.max_hz / self.bin_hz + 1e-9)) + 1)
 
     @property
     def window_length(self) -> int:
@@ -200,6 +221,44 @@ def spectral_target(spec: torch.Tensor, config: STFTConfig = STFTConfig()) -> to
     if config.target == "magnitude":
         return magnitude
     return torch.log(magnitude + config.log_eps)
+
+
+def demean_target(target: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``target [b, c, ...]`` minus each sample's mean over its real channels (``channel_mask [b, c]``) and
+    every other axis. In the log domain a recording's gain (electrode impedance, amplifier, skull) is an
+    additive offset that differs between subjects; without it the target is the spectral *shape* and the
+    relative level of channels and moments, which is what transfers across subjects."""
+    weight = torch.ones(target.shape[:2], dtype=target.dtype, device=target.device)
+    if channel_mask is not None:
+        weight = channel_mask.to(target.dtype)
+    w = weight.view(*weight.shape, *([1] * (target.dim() - 2))).expand_as(target)
+    mean = (target * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+    return target - mean.view(-1, *([1] * (target.dim() - 1)))
+
+
+# Bands of the log band-power target (``band_log_power``): delta..gamma, as the band-power baseline reads them.
+BAND_POWER_HZ: tuple[tuple[float, float], ...] = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 45.0))
+
+
+def band_log_power(log_magnitude: torch.Tensor, patch_size: int, config: STFTConfig = STFTConfig(),
+                   bands_hz: tuple[tuple[float, float], ...] = BAND_POWER_HZ) -> torch.Tensor:
+    """Log power per band and backbone patch from a log-magnitude STFT: ``[b, c, f, n] -> [b, c, p, bands]``.
+
+    Power is ``(exp(target) - log_eps)^2`` summed over the band's bins and averaged over the patch's
+    ``k = patch_size // hop`` frames (the frames ``to_patches`` assigns it), then ``log(. + log_eps^2)``.
+    """
+    # The band membership is a property of the config, worked out in Python: no value is read back from the
+    # device, so the target stays one traced graph under torch.compile.
+    rows = [[float(lo <= i * config.bin_hz < hi) for lo, hi in bands_hz] for i in range(config.n_freqs)]
+    if any(sum(row[k] for row in rows) == 0 for k in range(len(bands_hz))):
+        raise ValueError(f"band_log_power: a band of {bands_hz} holds no bin at {config.bin_hz:g} Hz spacing")
+    select = torch.tensor(rows, dtype=log_magnitude.dtype, device=log_magnitude.device)  # [f bands]
+    power = (log_magnitude.exp() - config.log_eps).clamp_min(0.0) ** 2  # [b c f n]
+    bands = torch.einsum("bcfn,fk->bckn", power, select)  # [b c bands n]
+    per_patch = to_patches(bands, patch_size, config)  # [b c p (k bands)]
+    k = patch_size // config.hop
+    per_patch = rearrange(per_patch, "b c p (k m) -> b c p k m", k=k).mean(3)
+    return torch.log(per_patch + config.log_eps ** 2)
 
 
 def to_patches(spec_like: torch.Tensor, patch_size: int, config: STFTConfig = STFTConfig()) -> torch.Tensor:
@@ -294,7 +353,7 @@ def _band_bins(config: MaskConfig, n_freqs: int, device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-def _sample_extent(
+def sample_extent(
     m: int, length: int, width: tuple[int, int], generator, device, bands: torch.Tensor | None, bias: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Widths and starts ``[m]`` of random bands along an axis of ``length``; optionally snapped to ``bands``."""
@@ -368,7 +427,7 @@ def _fill(hard: torch.Tensor, goal: int) -> torch.Tensor:
     return hard | (free & (free.cumsum(1) <= short))
 
 
-def _hard_bands_1d(
+def hard_bands_1d(
     m: int, length: int, goal: int, width: tuple[int, int], config: MaskConfig, generator, device,
     bands: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -381,7 +440,7 @@ def _hard_bands_1d(
     and no host sync.
     """
     rounds = _rounds(goal, (min(width[0], length) + min(width[1], length)) / 2, _FINAL_ROUNDS_1D, config)
-    w, start = _sample_extent(m * rounds, length, width, generator, device, bands, config.band_bias)
+    w, start = sample_extent(m * rounds, length, width, generator, device, bands, config.band_bias)
     w, start = w.view(m, rounds), start.view(m, rounds)
     idx = torch.arange(length, device=device)
     first = torch.full((m, length), rounds, dtype=torch.long, device=device)
@@ -397,20 +456,20 @@ def _hard_bands_1d(
     return tail.view(m, length)
 
 
-def _hard_patches(
+def hard_patches(
     m: int, n_freqs: int, n_frames: int, goal: int, config: MaskConfig, generator, device, bands: torch.Tensor | None
 ) -> torch.Tensor:
     """Union of rectangles ``[m, f, n]`` bool with exactly ``goal`` True entries per map.
 
-    As :func:`_hard_bands_1d` with rectangles, trimmed to the deficit's area first in time, then in
+    As :func:`hard_bands_1d` with rectangles, trimmed to the deficit's area first in time, then in
     frequency. Which rounds cover a bin (a frame) is a bit set; a cell's covering rounds are the AND of its
     bin's and frame's sets, so the work is a few passes over the ``[m, f, n]`` maps whatever the round count.
     """
     (flo, fhi), (tlo, thi) = config.patch_freq_width, config.patch_time_width
     area = (min(flo, n_freqs) + min(fhi, n_freqs)) * (min(tlo, n_frames) + min(thi, n_frames)) / 4
     rounds = _rounds(goal, area, _FINAL_ROUNDS_2D, config)
-    fw, fs = _sample_extent(m * rounds, n_freqs, config.patch_freq_width, generator, device, bands, config.band_bias)
-    tw, ts = _sample_extent(m * rounds, n_frames, config.patch_time_width, generator, device, None, 0.0)
+    fw, fs = sample_extent(m * rounds, n_freqs, config.patch_freq_width, generator, device, bands, config.band_bias)
+    tw, ts = sample_extent(m * rounds, n_frames, config.patch_time_width, generator, device, None, 0.0)
     fw, fs, tw, ts = (v.view(m, rounds) for v in (fw, fs, tw, ts))
     fi, ti = torch.arange(n_freqs, device=device), torch.arange(n_frames, device=device)
     first = torch.full((m, n_freqs * n_frames), rounds, dtype=torch.long, device=device)
@@ -519,10 +578,10 @@ def _hard_masks(family: torch.Tensor, n_freqs: int, n_frames: int, config: MaskC
 
     def draw(k: int, count: int) -> torch.Tensor:
         if k == 0:
-            return _hard_bands_1d(count, n_frames, goals[0], config.time_width, config, generator, device)[:, None, :]
+            return hard_bands_1d(count, n_frames, goals[0], config.time_width, config, generator, device)[:, None, :]
         if k == 1:
-            return _hard_bands_1d(count, n_freqs, goals[1], config.freq_width, config, generator, device, bands)[:, :, None]
-        return _hard_patches(count, n_freqs, n_frames, goals[2], config, generator, device, bands)
+            return hard_bands_1d(count, n_freqs, goals[1], config.freq_width, config, generator, device, bands)[:, :, None]
+        return hard_patches(count, n_freqs, n_frames, goals[2], config, generator, device, bands)
 
     if sync_free(device):
         fam = family.view(m, 1, 1)

@@ -39,8 +39,9 @@ from einops import rearrange
 from torch import nn
 
 from foundation.bimamba import BiMambaBlock
-from foundation.embed import ChannelPatchEmbed, check_inputs
 from foundation.checkpoint import StrictHubMixin
+from foundation.embed import ChannelPatchEmbed, check_inputs
+from runtime.signal import PATCH_SAMPLES
 from tokenizer.codebook import EMACodebook
 
 __all__ = ["VQNSPConfig", "VQNSP", "spectrum_targets", "read_vqnsp_config", "TOKENIZER_SIZES"]
@@ -82,7 +83,7 @@ class VQNSPConfig:
     d_model: int = 128
     n_layers: int = 6
     decoder_layers: int = 3
-    patch_size: int = 200
+    patch_size: int = PATCH_SAMPLES
     max_patches: int = 64
     n_channel_ids: int = 512
     conv_channels: int = 8
@@ -203,7 +204,7 @@ def _masked_zscore(v: torch.Tensor, channel_mask: torch.Tensor, eps: float) -> t
 
 
 def spectrum_targets(
-    x: torch.Tensor, channel_mask: torch.Tensor, patch_size: int = 200, eps: float = 1e-6
+    x: torch.Tensor, channel_mask: torch.Tensor, patch_size: int = PATCH_SAMPLES, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch rFFT amplitude and phase, each z-scored per sample: ``x [b c (p s)] -> amp, phase [b c p f]``.
 

@@ -90,7 +90,7 @@ class Recipe:
     Attributes:
         name: registry key (``"sleep"``).
         task: the ``task`` string of the shard samples this recipe reads.
-        task_id: id given to the task-aware MoE (0 pretraining, 1 seizure, 2 sleep, 3 emotion, 4 MI).
+        task_id: id given to the task-aware MoE: the row of ``foundation.tasks.TASK_IDS`` for ``task``.
         label_spaces: the first is the default; :meth:`resolve` may pick another the data fit better
             (e.g. SEED's negative/neutral/positive instead of calm/stress).
         window_s: seconds per training window; longer shard windows are cropped to their first

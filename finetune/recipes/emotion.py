@@ -15,11 +15,12 @@ window-level split would leak the stimulus; subject-wise folds keep a person's r
 from __future__ import annotations
 
 from finetune.recipes.base import Hyper, LabelSpace, Recipe
+from foundation.tasks import TASK_IDS
 
 RECIPE = Recipe(
     name="emotion",
     task="emotion",
-    task_id=3,
+    task_id=TASK_IDS["emotion"],
     label_spaces=(
         LabelSpace(
             "calm_stress",

@@ -11,11 +11,12 @@ run (see :mod:`finetune.splits`). LaBraM's BCI-IV-2a recipe is the reference for
 from __future__ import annotations
 
 from finetune.recipes.base import Hyper, LabelSpace, Recipe
+from foundation.tasks import TASK_IDS
 
 RECIPE = Recipe(
     name="motor_imagery",
     task="motor_imagery",
-    task_id=4,
+    task_id=TASK_IDS["motor_imagery"],
     label_spaces=(
         LabelSpace(
             "left_right_fist",

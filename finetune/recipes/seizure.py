@@ -10,11 +10,12 @@ anonymous), so its splits fall back to segments/recordings.
 from __future__ import annotations
 
 from finetune.recipes.base import Hyper, LabelSpace, Recipe
+from foundation.tasks import TASK_IDS
 
 RECIPE = Recipe(
     name="seizure",
     task="seizure",
-    task_id=1,
+    task_id=TASK_IDS["seizure"],
     label_spaces=(
         LabelSpace(
             "seizure",

@@ -9,6 +9,7 @@ read, accuracy flatters a model that predicts N2 everywhere. Subject-wise folds 
 from __future__ import annotations
 
 from finetune.recipes.base import Hyper, LabelSpace, Recipe
+from foundation.tasks import TASK_IDS
 
 _ALIASES = (
     ("wake", "W"),
@@ -32,7 +33,7 @@ _ALIASES = (
 RECIPE = Recipe(
     name="sleep",
     task="sleep",
-    task_id=2,
+    task_id=TASK_IDS["sleep"],
     label_spaces=(LabelSpace("aasm", ("W", "N1", "N2", "N3", "REM"), aliases=_ALIASES),),
     window_s=None,
     group_by="subject",

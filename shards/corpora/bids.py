@@ -95,16 +95,48 @@ def _value(text: str) -> Any:
 
 
 def participants(root: Path) -> dict[str, dict[str, Any]]:
-    """``participants.tsv``: ``sub-XX`` -> its other columns (numbers parsed; ``n/a`` left out)."""
+    """``participants.tsv``: ``sub-XX`` -> its other columns (numbers parsed; ``n/a`` left out); {} without the file.
+
+    Read as BIDS defines the format, not as a spreadsheet's CSV: UTF-8 (a byte-order mark is dropped), LF or
+    CRLF line ends, tab-separated, no quoting (a ``"`` is part of its value). A malformed table would silently
+    give wrong or no ``subject_info`` (and mne-bids refuses to read every recording of the dataset), so it is a
+    :class:`LabelError` naming the line: an empty file, no ``participant_id`` column, a row with another number
+    of fields than the header, an empty or non-``sub-`` id, the same id twice.
+    """
     path = root / "participants.tsv"
     if not path.is_file():
         return {}
-    out = {}
-    for row in _read_tsv(path):
-        pid = (row.get("participant_id") or "").strip()
-        if pid:
-            out[pid] = {k: _value(v.strip()) for k, v in row.items()
-                        if k and k != "participant_id" and v is not None and v.strip() not in ("", "n/a")}
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise LabelError(path, f"unreadable participants table ({err}); BIDS TSV files are UTF-8") from err
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise LabelError(path, "empty file; a BIDS participants table starts with a header line naming participant_id")
+    header = [name.strip() for name in lines[0].split("\t")]
+    if "participant_id" not in header:
+        raise LabelError(path, f"line 1: the header {header} has no participant_id column (tab-separated, as BIDS "
+                               "requires)")
+    doubled = sorted({h for h in header if header.count(h) > 1})
+    if doubled:
+        raise LabelError(path, f"line 1: column(s) {doubled} appear twice in the header")
+    out: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise LabelError(path, f"line {number}: {len(fields)} tab-separated field(s), the header has {len(header)} "
+                                   f"({', '.join(header)})")
+        row = dict(zip(header, (f.strip() for f in fields)))
+        pid = row.pop("participant_id")
+        if not re.fullmatch(r"sub-[A-Za-z0-9]+", pid):
+            raise LabelError(path, f"line {number}: participant_id {pid!r} is not of the form sub-<label>")
+        if pid in first_line:
+            raise LabelError(path, f"line {number}: {pid} is listed again (first on line {first_line[pid]})")
+        first_line[pid] = number
+        out[pid] = {k: _value(v) for k, v in row.items() if k and v not in ("", "n/a")}
     return out
 
 
@@ -125,7 +157,7 @@ class Bids(Adapter):
     # The notch of recordings whose *_eeg.json gives no PowerLineFrequency; the others are notched at theirs.
     mains_hz = 50.0
     # Motor-imagery cues are 4 s; longer labelled spans (sleep epochs) give several 4-s windows. Labelled
-    # recordings keep every window (see base.py); for a pretraining-only build pass --max-abs-uv 500.
+    # recordings keep every window (see base.py); for a pretraining-only build pass --max_abs_uv 500.
     preprocess_overrides = {"window_s": 4.0, "stride_s": 4.0, "max_abs_uv": None}
 
     def find(self, root: Path) -> list[Recording]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from shards.corpora.base import Adapter, Loaded, Recording, check_root, register, require_found
 from shards.readers import read_text_signal
 
-SFREQ = 173.61
+BONN_SFREQ = 173.61  # Andrzejak et al. 2001: 4097 samples in 23.6 s
 SETS = ("Z", "O", "N", "F", "S")
 _NAME = re.compile(r"^([ZONFS])(\d{3})\.txt$", re.IGNORECASE)
 
@@ -53,5 +53,5 @@ class Bonn(Adapter):
         return require_found(recs, root, self.name, "{Z,O,N,F,S}/*.txt")
 
     def load(self, rec: Recording) -> Loaded:
-        raw = read_text_signal(rec.path, SFREQ, "EEG")
+        raw = read_text_signal(rec.path, BONN_SFREQ, "EEG")
         return Loaded(raw, self.whole(raw, "seizure" if rec.extra["set"] == "S" else "non_seizure"))

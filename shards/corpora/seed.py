@@ -19,7 +19,8 @@ import scipy.io
 from shards.corpora.base import Adapter, LabelError, Loaded, Recording, check_root, register, require_found
 from shards.readers import ReadError
 
-SFREQ = 200.0
+# SEED's release stores its EEG down-sampled to 200 Hz (a fact of the corpus, not the suite's rate).
+SEED_SFREQ = 200.0
 # Channel order of the 62-channel ESI NeuroScan cap used for SEED (channel_62_pos.locs of the release).
 CHANNELS = (
     "FP1", "FPZ", "FP2", "AF3", "AF4", "F7", "F5", "F3", "F1", "FZ", "F2", "F4", "F6", "F8",
@@ -96,6 +97,6 @@ class SEED(Adapter):
         data = np.asarray(data, dtype=np.float64)
         if data.ndim != 2 or data.shape[0] != len(CHANNELS):
             raise ReadError(rec.path, f"{key!r} has shape {data.shape}, expected ({len(CHANNELS)}, n_samples)")
-        info = mne.create_info(list(CHANNELS), SFREQ, "eeg")
+        info = mne.create_info(list(CHANNELS), SEED_SFREQ, "eeg")
         raw = mne.io.RawArray(data * 1e-6, info, verbose="error")  # µV -> V, MNE's unit
         return Loaded(raw, self.whole(raw, LABELS[int(labels[trial - 1])]))

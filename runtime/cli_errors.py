@@ -3,7 +3,7 @@
 ``python -m shards build``, ``finetune/run.py``, ``python -m finetune.predict`` and ``pretrain/run.py``
 print a bad input as one line that names the file and the fix, and exit non-zero. ``--debug`` or the
 environment variable ``EEGFM_DEBUG=1`` lets the exception through with its traceback. It lives in
-``shards`` because that is the one package every entry point may import.
+``runtime`` because every entry point may import that package.
 """
 
 from __future__ import annotations

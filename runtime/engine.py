@@ -12,7 +12,7 @@ Accelerate's ``nlp_example``; everything they have in common lives here, once:
 * :func:`clip_gradients` / :func:`clip_and_check` / :func:`check_finite`: gradient clipping and the NaN/inf guard, all-reduced
   so every rank stops together (one rank raising alone would hang the others in the next all-reduce).
 * :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`resolve_resume`: weights, optimiser and RNG
-  states as safetensors + JSON (``pretrain.resume_state``: no pickle, so resuming a folder from elsewhere
+  states as safetensors + JSON (``runtime.resume_state``: no pickle, so resuming a folder from elsewhere
   cannot run code) plus ``train_state.json`` (step, data position, scheduler, the run's config), written
   last and atomically so a folder without it is an interrupted save (``--resume auto`` skips it, and one
   whose state file does not parse, with a warning).
@@ -34,16 +34,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import ProjectConfiguration
 from torch import nn
 
-from pretrain.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
-from shards.atomic import atomic_write_bytes
+from runtime.atomic import atomic_write_bytes, atomic_write_text, refuse_links
+from runtime.resume_state import CheckpointStateError, load_training_state, read_json, save_training_state
 
 __all__ = [
-    "CHECKPOINT_PREFIX", "CheckpointStateError", "NonFiniteLossError", "Throughput", "check_finite", "clip_and_check", "clip_gradients", "export",
+    "CHECKPOINT_PREFIX", "CheckpointSaveError", "CheckpointStateError", "NonFiniteLossError", "checkpoint_index", "lineage_of", "Throughput", "check_finite", "clip_and_check", "clip_gradients", "export",
     "check_model", "latest_checkpoint", "load_checkpoint", "read_train_state", "log_scan_backend", "make_accelerator", "make_scheduler",
     "param_groups", "resolve_precision", "resolve_resume", "restore_scheduler", "save_checkpoint", "scheduler_state", "warmup_cosine",
     "SeenFlags", "merge_flags",
@@ -83,17 +84,18 @@ def make_accelerator(mixed_precision: str = "auto", grad_accum: int = 1, log_dir
     )
 
 
-def log_scan_backend(accelerator: Accelerator, model: nn.Module | None = None) -> str:
+def log_scan_backend(accelerator: Accelerator, select: Callable[[torch.Tensor, str | None], str],
+                     model: nn.Module | None = None) -> str:
     """Say once, on the main process and on stderr (stdout may carry a result), which selective scan runs.
 
-    The choice honours the first ``config.scan_backend`` found among ``model``'s modules and
-    ``$EEGFM_SCAN_BACKEND``; a forced backend that cannot run here raises ``RuntimeError`` now, not mid-run.
+    ``select(probe, forced)`` is the model's chooser (``foundation.ssm.selective_scan_backend``); the runtime
+    takes it as an argument because it imports no model code. The choice honours the first
+    ``config.scan_backend`` found among ``model``'s modules and ``$EEGFM_SCAN_BACKEND``; a forced backend that
+    cannot run here raises ``RuntimeError`` now, not mid-run.
     """
-    from foundation.ssm import selective_scan_backend
-
     configs = (getattr(m, "config", None) for m in (model.modules() if model is not None else ()))
     forced = next((c.scan_backend for c in configs if hasattr(c, "scan_backend")), None)
-    backend = selective_scan_backend(torch.empty(1, 1, 1, device=accelerator.device), forced)
+    backend = select(torch.empty(1, 1, 1, device=accelerator.device), forced)
     if accelerator.is_main_process:
         print(f"selective scan: {backend} on {accelerator.device}", file=sys.stderr, flush=True)
     return backend
@@ -221,30 +223,35 @@ def clip_and_check(accelerator: Accelerator, model: nn.Module, max_norm: float, 
 # -- checkpoints -------------------------------------------------------------------------------------
 
 
-def _complete_checkpoints(root: Path, *, warn: bool = False) -> list[Path]:
-    """``root/step_*`` folders whose ``train_state.json`` reads back, oldest first.
+def checkpoint_index(root: Path, *, warn: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """``(folder, train_state)`` of the complete ``root/step_*`` checkpoints, in the order they were written.
 
     An interrupted save has no state file (it is written last, atomically); one whose state file does not
-    parse (damaged on disk) is skipped too, with a warning naming it when ``warn``.
+    parse (damaged on disk) is left out too, with a warning naming it when ``warn``. Write order is the state's
+    ``serial`` (checkpoints made before it existed count as 0, ordered by step).
     """
-    complete = []
+    index = []
     for path in sorted(root.glob(f"{CHECKPOINT_PREFIX}*")) if root.is_dir() else []:
         if not (path / STATE_FILE).is_file():
             continue
         try:
-            read_train_state(path)
+            state = read_train_state(path)
         except CheckpointStateError as err:
             if warn:
                 warnings.warn(f"skipping checkpoint {path}: {err}", RuntimeWarning, stacklevel=3)
             continue
-        complete.append(path)
-    return complete
+        index.append((path, state))
+    return sorted(index, key=lambda e: (e[1].get("serial", 0), e[1]["step"], e[0].name))
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete ``{out_dir}/checkpoints/step_*`` folder (see :func:`_complete_checkpoints`), or None."""
-    complete = _complete_checkpoints(Path(out_dir) / "checkpoints", warn=True)
-    return complete[-1] if complete else None
+    """The checkpoint of ``{out_dir}/checkpoints`` written last (:func:`checkpoint_index`), or None.
+
+    After a branch resume (``lineage``) that is the branch's newest checkpoint, never a later step of the run it
+    branched from.
+    """
+    index = checkpoint_index(Path(out_dir) / "checkpoints", warn=True)
+    return index[-1][0] if index else None
 
 
 def resolve_resume(resume: str | Path | None, out_dir: str | Path) -> Path | None:
@@ -259,25 +266,63 @@ def resolve_resume(resume: str | Path | None, out_dir: str | Path) -> Path | Non
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: str | Path,
-                    step: int, state: Mapping[str, Any], keep: int = 0) -> Path:
-    """Weights, optimiser, RNG into ``{out_dir}/checkpoints/step_{step:08d}``, then ``train_state.json``.
+def lineage_of(path: str | Path, out_dir: str | Path) -> tuple[str, list[int]]:
+    """The lineage a run resumed from ``path`` continues, and the later steps of ``path``'s own lineage.
 
-    ``state`` must be JSON (step, data position, scheduler, config). ``keep`` > 0 deletes all but the newest ``keep``.
+    Resuming the newest checkpoint of a lineage continues it. Resuming an earlier one (e.g. to retry from
+    step 1000 with another learning rate) branches: the run gets a new lineage, its checkpoints are named
+    ``step_NNNNNNNN-bK``, the lineage it left keeps every checkpoint (the branch point included), and
+    ``--resume auto`` continues the branch, never the abandoned run's later steps.
     """
-    path = Path(out_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
+    state = read_train_state(path)
+    own = str(state.get("lineage", ""))
+    index = checkpoint_index(Path(out_dir) / "checkpoints")
+    later = sorted(st["step"] for _, st in index if str(st.get("lineage", "")) == own and st["step"] > state["step"])
+    if not later:
+        return own, []
+    taken = {str(st.get("lineage", "")) for _, st in index}
+    return next(f"b{k}" for k in range(1, len(taken) + 2) if f"b{k}" not in taken), later
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, a quota, a read-only folder); names the folder and the fix."""
+
+
+def save_checkpoint(accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer, out_dir: str | Path,
+                    step: int, state: Mapping[str, Any], keep: int = 0, lineage: str = "") -> Path:
+    """Weights, optimiser, RNG into ``{out_dir}/checkpoints/step_{step:08d}[-{lineage}]``, then ``train_state.json``.
+
+    ``state`` must be JSON (step, data position, scheduler, config); the lineage and the write order (``serial``)
+    are added. ``keep`` > 0 deletes all but the newest ``keep`` checkpoints of this lineage.
+
+    Raises:
+        CheckpointSaveError: a file could not be written; the partial folder is removed (the newest complete
+            checkpoint stays what ``--resume auto`` takes).
+    """
+    root = Path(out_dir) / "checkpoints"
+    path = root / f"{CHECKPOINT_PREFIX}{step:08d}{'-' + lineage if lineage else ''}"
     accelerator.wait_for_everyone()
     if accelerator.scaler is not None:
         state = {**state, "grad_scaler": accelerator.scaler.state_dict()}
-    save_training_state(accelerator, model, optimizer, path)
-    accelerator.wait_for_everyone()  # saving and loading race otherwise
-    if accelerator.is_main_process:
-        # last, and atomically (temporary file + rename): its presence marks the folder complete
-        atomic_write_bytes(path / STATE_FILE, json.dumps(state).encode())
-        if keep > 0:
-            done = _complete_checkpoints(path.parent)
-            for old in done[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        save_training_state(accelerator, model, optimizer, path)
+        accelerator.wait_for_everyone()  # saving and loading race otherwise
+        if accelerator.is_main_process:
+            serial = max((st.get("serial", 0) for _, st in checkpoint_index(root)), default=0) + 1
+            # last, and atomically (temporary file + rename): its presence marks the folder complete
+            atomic_write_bytes(path / STATE_FILE, json.dumps({**state, "lineage": lineage, "serial": serial}).encode())
+    except (OSError, safetensors.SafetensorError) as err:
+        shutil.rmtree(path, ignore_errors=True)
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise CheckpointSaveError(
+            f"cannot write checkpoint {path} ({reason}); it was removed. Free space (or fix the folder's permissions) "
+            f"and continue from the last complete checkpoint with --resume auto "
+            f"({latest_checkpoint(out_dir) or 'none yet'})") from err
+    if accelerator.is_main_process and keep > 0:
+        same = sorted((p for p, st in checkpoint_index(root) if str(st.get("lineage", "")) == lineage),
+                      key=lambda p: read_train_state(p)["step"])
+        for old in same[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
 
@@ -286,8 +331,14 @@ def read_train_state(path: str | Path) -> dict[str, Any]:
     """``{path}/train_state.json``; CheckpointStateError naming the file when it is not what we write."""
     file = Path(path) / STATE_FILE
     state = read_json(file)
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("step", "micro_batches")):
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) and not isinstance(state.get(k), bool)
+                                              and state[k] >= 0 for k in ("step", "micro_batches")):
         raise CheckpointStateError(f"{file}: expected a JSON object with integer 'step' and 'micro_batches'")
+    kinds = {"scheduler": dict, "config": (dict, type(None)), "lineage": str, "serial": int, "grad_scaler": dict}
+    wrong = [f"'{k}' ({type(state[k]).__name__})" for k, kind in kinds.items() if k in state and not isinstance(state[k], kind)]
+    if wrong:
+        raise CheckpointStateError(f"{file}: {', '.join(wrong)} is not what this suite writes there; restore the file "
+                                   "from the run that wrote it, or resume from another checkpoint")
     return state
 
 
@@ -312,8 +363,17 @@ def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str
     return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
 
 
-def restore_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, state: Mapping[str, Any]) -> None:
-    """Load what :func:`scheduler_state` saved (the LR function stays the one built from the config)."""
+def restore_scheduler(scheduler: torch.optim.lr_scheduler.LRScheduler, state: Mapping[str, Any],
+                      where: str | Path = "train_state.json") -> None:
+    """Load what :func:`scheduler_state` saved (the LR function stays the one built from the config).
+
+    Raises:
+        CheckpointStateError: naming ``where`` when the saved state is not a scheduler's.
+    """
+    if not isinstance(state, Mapping) or not isinstance(state.get("last_epoch"), int) or not isinstance(
+            state.get("base_lrs"), list) or len(state["base_lrs"]) != len(scheduler.optimizer.param_groups):
+        raise CheckpointStateError(f"{where}: 'scheduler' is not the LR schedule this run saves (last_epoch, base_lrs "
+                                   f"for {len(scheduler.optimizer.param_groups)} parameter groups); restore the file")
     scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.optimizer.param_groups)})
 
 
@@ -410,6 +470,7 @@ def export(model: nn.Module, folder: str | Path, preprocessing: Mapping[str, Any
     ``extra`` maps a name to a JSON object written as ``{name}.json``.
     """
     folder = Path(folder)
+    refuse_links(folder)  # what save_pretrained writes (config.json, weights, card) must not be links
     if hasattr(model, "export"):
         model.export(folder)
     else:
@@ -418,6 +479,6 @@ def export(model: nn.Module, folder: str | Path, preprocessing: Mapping[str, Any
     if preprocessing is not None:
         sidecars["preprocess"] = preprocessing
     for name, obj in sidecars.items():
-        (folder / f"{name}.json").write_text(json.dumps(obj, indent=2, default=str))
+        atomic_write_text(folder / f"{name}.json", json.dumps(obj, indent=2, default=str))
     return folder
 

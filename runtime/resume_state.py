@@ -31,6 +31,8 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 
+from runtime.atomic import atomic_save, atomic_write_text, refuse_link
+
 __all__ = ["CheckpointStateError", "save_training_state", "load_training_state", "read_json", "training_buffers", "FILES"]
 
 MODEL_FILE = "model.safetensors"
@@ -52,19 +54,21 @@ def save_training_state(accelerator: Accelerator, model: torch.nn.Module, optimi
     """Write weights and optimiser (main process) and this rank's RNG states into ``folder``."""
     folder = Path(folder)
     if accelerator.is_main_process:
+        refuse_link(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        safetensors.torch.save_model(accelerator.unwrap_model(model), str(folder / MODEL_FILE))
+        inner = accelerator.unwrap_model(model)
+        atomic_save(lambda tmp: safetensors.torch.save_model(inner, tmp), folder / MODEL_FILE)
         state = optimizer.state_dict()
         tensors = {f"{idx}.{name}": torch.as_tensor(value).detach().cpu().contiguous()
                    for idx, entry in state["state"].items() for name, value in entry.items()}
-        safetensors.torch.save_file(tensors, str(folder / OPTIM_TENSORS))
-        (folder / OPTIM_GROUPS).write_text(json.dumps(state["param_groups"]))
+        atomic_save(lambda tmp: safetensors.torch.save_file(tensors, tmp), folder / OPTIM_TENSORS)
+        atomic_write_text(folder / OPTIM_GROUPS, json.dumps(state["param_groups"]))
     accelerator.wait_for_everyone()
     _save_rng(folder / _rng_file(accelerator.process_index))
     buffers = training_buffers(accelerator.unwrap_model(model))
     if buffers:
-        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in buffers.items()},
-                                    str(folder / _buffers_file(accelerator.process_index)))
+        values = {k: v.detach().cpu().contiguous() for k, v in buffers.items()}
+        atomic_save(lambda tmp: safetensors.torch.save_file(values, tmp), folder / _buffers_file(accelerator.process_index))
 
 
 def load_training_state(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -164,7 +168,7 @@ def _save_rng(path: Path) -> None:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     tensors["numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
     metadata = {"python": json.dumps(random.getstate()), "numpy": json.dumps([kind, int(pos), int(has_gauss), float(gauss)])}
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    atomic_save(lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=metadata), path)
 
 
 def _load_rng(path: Path) -> None:

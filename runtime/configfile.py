@@ -1,15 +1,18 @@
 """Frozen dataclass configs read from TOML files and overridden on the command line.
 
-Every training entry point (``pretrain/run.py``, ``tokenizer/run.py`` -> ``pretrain.train_tokenizer``,
+Every training entry point (``pretrain/run.py``, ``python -m pretrain.train_tokenizer``,
 ``finetune/run.py``) takes its settings the same way, with precedence **CLI > file > dataclass defaults**::
 
     accelerate launch pretrain/run.py --config pretrain/configs/base.toml --optim.lr 3e-4
 
-Nested dataclasses map to TOML tables (``[optim]``) and to dotted flags (``--optim.lr``). A section
+Nested dataclasses map to TOML tables (``[optim]``) and to dotted flags (``--optim.lr``); a flag is spelled
+as its key, with underscores (``--optim.grad_accum``; ``--optim.grad-accum`` is read too, with a notice:
+``runtime.cli_spelling``). ``--help`` lists the keys grouped by section (a config class may name groups of
+its own fields in a ``HELP_GROUPS`` class variable: first field -> title). A section
 may be a model's own config class (``[model]`` is ``EEGMambaConfig``): ``size = "base"`` picks its
 preset and the other keys override fields. An unknown key, in a file or on the command line, is an
 error that names the key: a typo must never silently fall back to a default and waste a training run.
-The strict dict -> dataclass reading is ``foundation.config_dict`` (checkpoints use it too).
+The strict dict -> dataclass reading is ``runtime.config_dict`` (checkpoints use it too).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
-from foundation.config_dict import ConfigError, _field_types, _nested_dataclass, from_dict, has_preset, to_dict
+from runtime.cli_spelling import canonical_spelling
+from runtime.config_dict import ConfigError, field_types, nested_dataclass, from_dict, has_preset, to_dict
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "load_toml", "apply_overrides", "parse_cli", "option"]
 
@@ -97,10 +102,16 @@ def _is_number(text: str) -> bool:
 def _describe(cls: type, prefix: str = "", base: Any = None) -> list[str]:
     lines = []
     base = base if base is not None else cls()
+    groups = getattr(cls, "HELP_GROUPS", {})
     for f in dataclasses.fields(cls):
         value = getattr(base, f.name)
-        nested = _nested_dataclass(f.type if not isinstance(f.type, str) else _field_types(cls)[f.name])
+        nested = nested_dataclass(f.type if not isinstance(f.type, str) else field_types(cls)[f.name])
+        if f.name in groups:
+            lines += ["", f"{groups[f.name]}:"]
         if nested is not None and value is not None:
+            if not prefix:  # a top-level section: its own group, titled by its TOML table
+                doc = (nested.__doc__ or "").strip().split("\n")[0]
+                lines += ["", f"[{f.name}]{' ' + doc if doc else ''}"]
             if has_preset(nested):
                 lines.append(f"  --{prefix}{f.name}.size NAME  preset of {nested.__name__}.from_size; the keys below override it")
             lines += _describe(nested, f"{prefix}{f.name}.", value)
@@ -111,18 +122,21 @@ def _describe(cls: type, prefix: str = "", base: Any = None) -> list[str]:
 
 
 def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, prog: str = "", description: str = "",
-              default: T | None = None, extra_flags: Sequence[str] = ()) -> tuple[T, dict[str, str]]:
+              default: T | None = None, extra_flags: Mapping[str, str] | Sequence[str] = ()) -> tuple[T, dict[str, str]]:
     """Parse ``[--config FILE] [--key value ...]`` into ``cls``.
 
-    ``extra_flags`` are options handled by the caller (e.g. ``--resume``); their values are returned
-    in the second item. ``--help`` prints every key with its default and exits.
+    ``extra_flags`` are options handled by the caller (e.g. ``--resume``), as names or name -> help; their
+    values are returned in the second item. ``--help`` prints every key with its default, grouped, and exits.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = canonical_spelling(sys.argv[1:] if argv is None else argv, prog=prog)
+    helps = dict(extra_flags) if isinstance(extra_flags, Mapping) else dict.fromkeys(extra_flags, "")
     if "-h" in argv or "--help" in argv:
-        print(f"usage: {prog} [--config FILE.toml] [--key value ...]\n\n{description}\n\noptions:")
+        print(f"usage: {prog} [--config FILE.toml] [--key value ...]\n\n{description}\n")
+        print("Keys are spelled as in the TOML file (underscores); precedence: command line > --config file > "
+              "defaults.\n\nrun:")
         print("  --config FILE  TOML file; its keys override the defaults below")
-        for flag in extra_flags:
-            print(f"  --{flag}")
+        for flag, text in helps.items():
+            print(f"  --{flag}{'  ' + text if text else ''}")
         print("\n".join(_describe(cls, base=default)))
         raise SystemExit(0)
     extras: dict[str, str] = {}
@@ -133,7 +147,7 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, prog: str = ""
         arg = argv[i]
         name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         name = name.replace("-", "_")
-        if name == "config" or name in [f.replace("-", "_") for f in extra_flags]:
+        if name == "config" or name in [f.replace("-", "_") for f in helps]:
             if not eq:
                 if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                     i += 1

@@ -4,18 +4,19 @@ A checkpoint's ``config.json`` and a run's TOML ``[model]`` table are read the s
 be a field (an unknown key is an error naming it, so a typo never falls back to a default), values are
 checked against the field's type, lists become tuples. A table for a config class with a ``from_size``
 preset may carry ``size = "base"``: the preset is the base and the table's other keys override it.
-The TOML file + command-line layer on top of this is ``pretrain.configfile``.
+The TOML file + command-line layer on top of this is ``runtime.configfile``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "has_preset", "given_keys"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "has_preset", "given_keys", "field_types", "nested_dataclass"]
 
 # Attribute on a preset config recording which of its fields were set by a table (see given_keys).
 _GIVEN = "_eegfm_given_keys"
@@ -27,12 +28,13 @@ class ConfigError(ValueError):
     """A config file or override that does not match the config dataclass."""
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation of the dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _nested_dataclass(tp: Any) -> type | None:
+def nested_dataclass(tp: Any) -> type | None:
     """The dataclass inside ``tp`` (also ``X | None``), or None."""
     if dataclasses.is_dataclass(tp):
         return tp
@@ -82,8 +84,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return from_dict(tp, value, where=where)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        return _number(value, where)
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
@@ -93,13 +95,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _number(value: Any, where: str) -> float:
+    """A float field's value: a number, or text that reads as one (``.5``, ``1e-3``); never NaN or inf."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, where: str = "") -> T:
     """Build ``cls`` from a (possibly partial) mapping; keys not in ``data`` keep ``base``'s values.
 
     Raises:
         ConfigError: naming the first unknown key or mistyped value, with its dotted path.
     """
-    types_ = _field_types(cls)
+    types_ = field_types(cls)
     unknown = sorted(set(data) - set(types_) - ({"size"} if has_preset(cls) else set()))
     if unknown:
         prefix = f"{where}." if where else ""
@@ -121,7 +137,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, base: T | None = None, wher
     changes = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
-        nested = _nested_dataclass(types_[key])
+        nested = nested_dataclass(types_[key])
         current = getattr(base, key)
         if nested is not None and isinstance(value, dict):
             changes[key] = from_dict(nested, value, base=current if current is not None else _default(cls, key, nested),

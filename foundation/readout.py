@@ -1,0 +1,37 @@
+"""What a task head reads from the backbone's output: the class token, the mean of the tokens, or one mean per
+channel.
+
+``channel_means`` keeps the montage: masked modelling trains every (channel, patch) token to describe its own
+channel, and a mean over all channels at once averages a frontal theta increase with an occipital alpha drop
+into nothing. One vector per channel, in a fixed channel order, lets a linear head weigh each channel as a
+band-power model weighs each electrode (CBraMod's head reads all patch tokens for the same reason).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+__all__ = ["channel_means", "align_channels"]
+
+
+def channel_means(tokens: torch.Tensor, token_mask: torch.Tensor, n_channels: int) -> torch.Tensor:
+    """Mean of each channel's real patch tokens: ``tokens [b, (c p), d]`` (channel-major, as the
+    ``channel_patch`` adapter orders them), ``token_mask [b, (c p)]`` -> ``[b, c, d]`` (zeros for padded channels)."""
+    if tokens.shape[1] % n_channels:
+        raise ValueError(f"channel_means: {tokens.shape[1]} tokens do not split into {n_channels} channels "
+                         "(needs the channel_patch adapter's (c p) token order)")
+    tok = rearrange(tokens, "b (c p) d -> b c p d", c=n_channels)
+    real = rearrange(token_mask, "b (c p) -> b c p", c=n_channels).to(tok.dtype)
+    return (tok * real.unsqueeze(-1)).sum(2) / real.sum(2).clamp_min(1.0).unsqueeze(-1)
+
+
+def align_channels(per_channel: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None,
+                   wanted: torch.Tensor) -> torch.Tensor:
+    """Place ``per_channel [b, c, d]`` (rows named by ``channel_ids [b, c]``) into the order of ``wanted [C]``
+    vocabulary ids: ``[b, C, d]``, zeros where a window lacks a wanted channel. Channels outside ``wanted``
+    are left out, so the result does not depend on the order the file stored its channels in."""
+    match = channel_ids.unsqueeze(-1) == wanted.view(1, 1, -1)  # [b c C]
+    if channel_mask is not None:
+        match = match & channel_mask.unsqueeze(-1)
+    return torch.einsum("bcd,bcw->bwd", per_channel, match.to(per_channel.dtype))

@@ -1,0 +1,193 @@
+"""The validation probe of a pretraining run: how good the backbone's frozen features are, every few hundred steps.
+
+A self-supervised loss does not tell a good backbone from a bad one: runs whose final losses agree within 0.05
+differ by 0.05 balanced accuracy downstream, and features can get worse while the loss still falls. The probe
+measures what the features are for. Every ``probe.every`` steps (and at the end) the backbone encodes a small
+labelled set declared in the config (``probe.shards``; it must be kept out of the pretraining data, which is
+checked against the manifests), and a standardised logistic regression is cross-validated on the frozen
+features with folds by subject (by recording where the set names no subject). Balanced accuracy and, for
+two-class sets, AUROC go to TensorBoard (``probe/<set>/...``); the run exports the weights of the step with the
+best probe score (``probe.select``), saved as they arrive in ``{out_dir}/probe_best``, so a resumed run keeps them.
+
+Features are what a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
+order) when every window has two or more channels, else the mean of all tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from foundation.readout import align_channels, channel_means
+from foundation.tasks import task_ids as task_ids_of
+from shards.dataset import collate, expand_urls, load_windows, read_manifest
+from shards.vocabulary import channel_id
+
+__all__ = ["ProbeSet", "ProbeResult", "load_probe_sets", "probe_backbone", "check_probe_leak", "BEST_DIR"]
+
+BEST_DIR = "probe_best"
+
+
+@dataclass
+class ProbeSet:
+    """One labelled probe set: its windows (each with ``meta["label"]``), their groups and label count."""
+
+    name: str
+    windows: list
+    labels: np.ndarray
+    groups: np.ndarray
+    n_classes: int
+    channels: list[str]  # the per-channel readout's channel order; [] = mean of all tokens
+
+
+@dataclass
+class ProbeResult:
+    """Cross-validated scores per set and the run's one number (mean over sets of AUROC, else balanced accuracy)."""
+
+    scores: dict[str, dict[str, float]]
+    score: float
+
+
+def load_probe_sets(specs: Sequence[str], *, max_windows: int, task: str = "", name_of=None) -> list[ProbeSet]:
+    """Read every labelled window (of shard task ``task``, when given) of each shard spec (folder / glob / brace
+    pattern), at most ``max_windows`` evenly spaced ones per set.
+
+    Raises:
+        ValueError: a set with fewer than two labels or two groups per fold to learn from, naming it.
+    """
+    sets = []
+    for spec in specs:
+        windows = [w for w in load_windows(spec) if w.meta.get("label") not in (None, -1)
+                   and (not task or w.meta.get("task") == task)]
+        name = Path(str(spec).rstrip("/*")).name if name_of is None else name_of(spec)
+        if len(windows) > max_windows:
+            keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+            windows = [windows[i] for i in keep]
+        labels = np.asarray([int(w.meta["label"]) for w in windows], dtype=np.int64)
+        classes = sorted(set(labels.tolist()))
+        if len(classes) < 2:
+            raise ValueError(f"probe set {spec}: {len(windows)} labelled windows of {len(classes)} class(es); "
+                             "a probe needs two or more")
+        remap = {c: i for i, c in enumerate(classes)}
+        labels = np.asarray([remap[c] for c in labels.tolist()], dtype=np.int64)
+        subjects = [w.meta.get("subject") for w in windows]
+        key = "subject" if all(s not in (None, "") for s in subjects) and len(set(subjects)) >= 3 else "recording"
+        groups = np.asarray([f"{w.meta.get('corpus')}/{w.meta.get(key)}" for w in windows], dtype=object)
+        if len(set(groups.tolist())) < 2:
+            raise ValueError(f"probe set {spec}: all windows come from one {key}; cross-validation needs two or more")
+        multi = all(len(w.meta.get("channels", ())) >= 2 for w in windows)
+        channels = sorted({c for w in windows for c in w.meta["channels"]}, key=channel_id) if multi else []
+        sets.append(ProbeSet(name, windows, labels, groups, len(classes), channels))
+    return sets
+
+
+def _subjects(urls: Sequence[str]) -> set[tuple[str, str]]:
+    """``(corpus, subject)`` of every recording in the local shards ``urls``, from their folders' manifests."""
+    by_folder: dict[Path, set[str]] = {}
+    for u in urls:
+        if "://" not in u and not u.startswith("pipe:"):
+            by_folder.setdefault(Path(u).parent, set()).add(Path(u).name)
+    out = set()
+    for folder, names in by_folder.items():
+        try:
+            manifest = read_manifest(folder)
+        except FileNotFoundError:
+            continue
+        corpus = manifest.get("corpus", folder.name)
+        recordings = {r for sh in manifest.get("shards", []) if sh.get("name") in names for r in sh.get("recordings", [])}
+        out |= {(corpus, str(r.get("subject") or r["recording"])) for r in manifest.get("recordings", [])
+                if r.get("recording") in recordings}
+    return out
+
+
+def check_probe_leak(probe_specs: Sequence[str], pretrain_urls: Sequence[str]) -> None:
+    """ValueError when a subject of a probe set (per the shards' manifests) is also in the pretraining shards: a
+    probe on people the backbone was pretrained on flatters it."""
+    seen = _subjects(pretrain_urls)
+    for spec in probe_specs:
+        both = _subjects(expand_urls(spec)) & seen
+        if both:
+            shown = ", ".join(f"{c}/{r}" for c, r in sorted(both)[:3])
+            raise ValueError(f"probe.shards {spec}: {len(both)} subject(s) are also in the pretraining data (e.g. {shown}); "
+                             "the probe set must be held out of pretraining (other subjects, or a split the run does not read)")
+
+
+@torch.no_grad()
+def _features(backbone, probe: ProbeSet, batch_size: int, device) -> np.ndarray:
+    was = backbone.training
+    backbone.eval()
+    wanted = torch.as_tensor([channel_id(c) for c in probe.channels], dtype=torch.long, device=device)
+    out = []
+    try:
+        for i in range(0, len(probe.windows), batch_size):
+            b = collate(probe.windows[i:i + batch_size])
+            x, ids, mask = b["x"].to(device), b["channel_ids"].to(device), b["channel_mask"].to(device)
+            tasks = task_ids_of([w.meta.get("task") for w in probe.windows[i:i + batch_size]], x.shape[0], device)
+            o = backbone(x, ids, mask, tasks)
+            if probe.channels:
+                f = align_channels(channel_means(o.tokens, o.token_mask, x.shape[1]), ids, mask, wanted).flatten(1)
+            else:
+                f = o.pooled
+            out.append(f.float().cpu())
+    finally:
+        backbone.train(was)
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def _cross_validate(f: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, folds: int, C: float,
+                    seed: int) -> dict[str, float]:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = min(folds, len(set(groups.tolist())))
+    proba = np.zeros((len(y), n_classes))
+    for train, test in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(f, y, groups):
+        if len(set(y[train].tolist())) < n_classes:
+            proba[test] = 1.0 / n_classes
+            continue
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=2000))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(f[train], y[train])
+        proba[test] = clf.predict_proba(f[test])
+    scores = {"balanced_accuracy": float(balanced_accuracy_score(y, proba.argmax(1)))}
+    if n_classes == 2:
+        scores["auroc"] = float(roc_auc_score(y, proba[:, 1]))
+    return scores
+
+
+def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: float = 0.01, seed: int = 0,
+                   batch_size: int = 64, device: torch.device | str = "cpu") -> ProbeResult:
+    """Cross-validated probe scores of ``backbone``'s frozen features on every set."""
+    scores = {}
+    for probe in sets:
+        f = _features(backbone, probe, batch_size, device)
+        scores[probe.name] = _cross_validate(f, probe.labels, probe.groups, probe.n_classes, folds, C, seed)
+    main = [s.get("auroc", s["balanced_accuracy"]) for s in scores.values()]
+    return ProbeResult(scores, float(np.mean(main)) if main else math.nan)
+
+
+def write_best(out_dir: Path, backbone, step: int, result: ProbeResult) -> Path:
+    """Save the best-probing backbone as it arrives (``{out_dir}/probe_best``: weights + ``probe.json``)."""
+    folder = Path(out_dir) / BEST_DIR
+    backbone.save_pretrained(folder)
+    (folder / "probe.json").write_text(json.dumps({"step": step, "score": result.score, "scores": result.scores}, indent=2))
+    return folder
+
+
+def read_best(out_dir: Path) -> dict[str, Any] | None:
+    """``probe.json`` of the saved best checkpoint, or None."""
+    file = Path(out_dir) / BEST_DIR / "probe.json"
+    return json.loads(file.read_text()) if file.is_file() else None

@@ -1,0 +1,74 @@
+"""The validation probe of pretraining: scores logged, the best step exported, held-out data enforced."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretrain.config import DataConfig, OptimConfig, PretrainConfig, ProbeConfig, TrainConfig
+from pretrain.probe import check_probe_leak, load_probe_sets, probe_backbone
+from pretrain.run import run
+from shards.dataset import expand_urls
+
+
+def _config(synth_shards, out, **probe):
+    return PretrainConfig(
+        data=DataConfig(shards=str(synth_shards / "train-*.tar"), batch_size=4, crop_s=2.0, shuffle_buffer=16, epoch_steps=4),
+        optim=OptimConfig(lr=2e-3, warmup_steps=1),
+        train=TrainConfig(out_dir=str(out), max_steps=6, save_every=6, log_every=2, progress=False),
+        probe=ProbeConfig(**probe),
+    )
+
+
+def test_probe_on_pretraining_subjects_is_refused(synth_shards):
+    train = expand_urls(str(synth_shards / "train-*.tar"))
+    with pytest.raises(ValueError, match=r"probe.shards .*subject\(s\) are also in the pretraining data \(e.g. synth/"):
+        check_probe_leak([str(synth_shards / "train-*.tar")], train)
+    check_probe_leak([str(synth_shards / "test-*.tar")], train)  # other subjects: fine
+
+
+def test_single_class_probe_set_is_named(synth_shards):
+    with pytest.raises(ValueError, match=r"probe set .*val-\*\.tar: 0 labelled windows of 0 class\(es\); a probe needs two"):
+        load_probe_sets([str(synth_shards / "val-*.tar")], max_windows=100, task="no_such_task")
+    with pytest.raises(ValueError, match=r"val-\*\.tar: all windows come from one recording; cross-validation needs two"):
+        load_probe_sets([str(synth_shards / "val-*.tar")], max_windows=40, task="sleep")  # one subject, one sleep recording
+    (probe,) = load_probe_sets([str(synth_shards / "{val,test}-*.tar")], max_windows=40, task="sleep")
+    assert len(probe.windows) == 40 and probe.n_classes >= 2 and len(set(probe.groups.tolist())) == 2
+    assert len(probe.channels) == len(probe.windows[0].meta["channels"]) >= 2  # per-channel readout
+
+
+def test_run_logs_the_probe_and_exports_its_best_step(synth_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    probe = str(synth_shards / "{val,test}-*.tar")
+    result = run(_config(synth_shards, tmp_path / "run", shards=(probe,), task="sleep", every=2, folds=2, max_windows=60))
+    record = json.loads((result.export_dir / "probe.json").read_text())
+    steps = [h["step"] for h in record["history"]]
+    assert steps == [2, 4, 6]
+    scores = [h["score"] for h in record["history"]]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    best = steps[max(range(3), key=lambda i: (scores[i], -i))]
+    assert record["selected_step"] == result.selected_step == best
+    exported = load_file(str(result.export_dir / "model.safetensors"))
+    kept = load_file(str(tmp_path / "run" / "probe_best" / "model.safetensors"))
+    assert exported.keys() == kept.keys() and all(torch.equal(exported[k], kept[k]) for k in kept)
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "pretrain"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("probe/score")] == [2, 4, 6]
+    assert f"step {best} of 6, the best score of the validation probe" in (result.export_dir / "README.md").read_text()
+
+
+def test_probe_scores_real_eegmat_subjects(eegmat_shards):
+    """Frozen random-init features of 3 real EEGMAT subjects (rest vs arithmetic), folds by subject."""
+    from foundation.model import EEGMamba, EEGMambaConfig
+
+    folder, _ = eegmat_shards
+    sets = load_probe_sets([str(folder)], max_windows=200)
+    assert sets[0].n_classes == 2 and len(sets[0].channels) == 19 and len(set(sets[0].groups.tolist())) == 3
+    torch.manual_seed(0)
+    result = probe_backbone(EEGMamba(EEGMambaConfig.from_size("tiny")), sets, folds=3)
+    s = result.scores[folder.name]
+    assert 0.0 <= s["balanced_accuracy"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0 and result.score == s["auroc"]

@@ -1,0 +1,140 @@
+"""Readout, LP-FT, selection, thresholds and alignment of finetuning: each on values, not just that it ran."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetune.align import ALIGNED_RMS_UV, align_array, align_groups
+from finetune.config import FinetuneConfig
+from finetune.heads import ClassificationHead
+from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
+from finetune.probe import fit_probe
+from foundation.model import EEGMamba, EEGMambaConfig
+from foundation.readout import align_channels, channel_means
+from runtime.signal import UNIT_UV
+from shards.sample import Window
+
+SMALL = dict(d_model=32, n_layers=1, n_experts=2, top_k=1, moe_hidden=32)
+
+
+def test_threshold_maximises_balanced_accuracy_and_is_used():
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p1 = np.array([0.05, 0.10, 0.15, 0.20, 0.30, 0.35])  # perfectly ranked, all below 0.5
+    proba = np.c_[1 - p1, p1]
+    t = choose_threshold(y, proba)
+    assert 0.20 < t <= 0.30
+    at_half = classification_metrics(y, proba)
+    calibrated = classification_metrics(y, proba, threshold=t)
+    assert at_half["balanced_accuracy"] == 0.5 and at_half["predicted_classes"] == 1 and is_constant_predictor(at_half)
+    assert calibrated["balanced_accuracy"] == 1.0 and calibrated["auroc"] == 1.0 and not is_constant_predictor(calibrated)
+    assert choose_threshold(np.zeros(4, dtype=int), proba[:4]) is None  # one class: nothing to calibrate
+
+
+def test_selection_score_cannot_prefer_a_constant_predictor():
+    y = np.array([0, 1] * 10)
+    constant = np.tile([0.6, 0.4], (20, 1))
+    informative = np.c_[1 - (y * 0.3 + 0.35), y * 0.3 + 0.35]
+    assert selection_score(classification_metrics(y, constant)) == 0.5
+    assert selection_score(classification_metrics(y, informative)) == 1.0
+    multi = classification_metrics(np.array([0, 1, 2, 0, 1, 2]), np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.8 + 0.2 / 3)
+    assert multi["auroc_macro"] == 1.0 and selection_score(multi) == 1.0
+
+
+def test_probe_head_reproduces_sklearn_predictions():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(120, 6)) * [1, 2, 3, 0.5, 1, 4] + [0, 1, 2, 3, 4, 5]
+    y = (f[:, 0] + 0.5 * f[:, 2] > 1.0).astype(int)
+    probe = fit_probe(f[:80], y[:80], f[80:], y[80:], 2)
+    head = ClassificationHead(6, 2, pool="mean", norm="standard")
+    head.set_statistics(torch.from_numpy(probe.mean), torch.from_numpy(probe.std))
+    head.set_linear(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+    out = type("Out", (), {"pooled": torch.from_numpy(f).float()})()
+    ours = torch.softmax(head(out), -1).detach().numpy()
+    theirs = torch.softmax(torch.from_numpy(probe.logits(f)), -1).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert probe.C in probe.scores and probe.scores[probe.C] == max(probe.scores.values())
+
+
+def test_channel_readout_does_not_depend_on_file_channel_order():
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 3 * 4, 5)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 8:] = False  # sample 1: third channel is padding
+    per = channel_means(tokens, mask, 3)
+    torch.testing.assert_close(per[0, 1], tokens[0, 4:8].mean(0))
+    assert torch.all(per[1, 2] == 0)
+    ids = torch.tensor([[10, 20, 30], [30, 10, 0]])
+    cmask = torch.tensor([[True, True, True], [True, True, False]])
+    out = align_channels(per, ids, cmask, torch.tensor([10, 20, 30]))
+    torch.testing.assert_close(out[0], per[0])
+    torch.testing.assert_close(out[1, 0], per[1, 1])  # id 10 was the file's second channel
+    torch.testing.assert_close(out[1, 2], per[1, 0])
+    assert torch.all(out[1, 1] == 0)  # id 20 missing from sample 1
+
+
+def test_euclidean_alignment_whitens_each_subject_to_the_fixed_level():
+    rng = np.random.default_rng(1)
+    mix = np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 0.3], [0.1, 0.0, 0.2]])
+    a = np.einsum("cd,ndt->nct", mix, rng.normal(size=(20, 3, 400))) * 0.3
+    b = rng.normal(size=(10, 3, 400)) * 5.0
+    windows = [Window(x.astype(np.float32), {"channels": ["C3", "CZ", "C4"]}) for x in np.concatenate([a, b])]
+    aligned = align_groups(windows, ["s1"] * 20 + ["s2"] * 10)
+    level = (ALIGNED_RMS_UV / UNIT_UV) ** 2
+    for idx in (range(20), range(20, 30)):
+        x = np.stack([aligned[i].eeg for i in idx]).astype(np.float64)
+        cov = np.einsum("nct,ndt->cd", x, x) / (x.shape[0] * x.shape[2])
+        np.testing.assert_allclose(cov, level * np.eye(3), atol=1e-3 * level)
+    np.testing.assert_allclose(align_array(a), np.stack([aligned[i].eeg for i in range(20)]), rtol=1e-5, atol=1e-7)
+    assert aligned[0].meta is windows[0].meta
+
+
+def _small_run(tmp_path, shards, **kw):
+    from finetune.train import finetune
+
+    cfg = dict(recipe="seizure", data=str(shards), out=str(tmp_path / "run"), channels=("CZ",), epochs=2,
+               batch_size=32, warmup_epochs=1, progress=False, model=EEGMambaConfig.from_size("tiny", **SMALL))
+    cfg.update(kw)
+    return finetune(FinetuneConfig(**cfg))
+
+
+def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path):
+    ckpt = tmp_path / "pre"
+    torch.manual_seed(0)
+    EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).save_pretrained(ckpt)
+    result = _small_run(tmp_path, synth_shards, checkpoint=str(ckpt), lr=5e-2)  # a step size that wrecks features
+    history = result["history"]
+    assert history[0]["epoch"] == -1 and result["run"]["head_init"] == "probe"
+    probe_score = history[0]["val_score"]
+    best = max(h["val_score"] for h in history)
+    assert result["run"]["best_val_score"] == pytest.approx(best) and best >= probe_score
+    res = result["results"]["seizure"]
+    assert res["threshold"] is not None and 0 < res["threshold"] < 1
+    saved = json.loads((Path(result["out"]) / "model" / "config.json").read_text())["heads"]["seizure"]
+    recipe = json.loads((Path(result["out"]) / "model" / "recipe.json").read_text())["seizure"]
+    assert saved["threshold"] == recipe["threshold"] == res["threshold"] and saved["norm"] == "standard"
+    assert saved["pool"] == "mean" and recipe["trained_channels"] == ["CZ"]
+
+
+def test_auto_pool_reads_channels_and_a_linear_probe_run_is_the_probe(synth_shards, tmp_path):
+    result = _small_run(tmp_path, synth_shards, checkpoint="none", channels=(), recipe="sleep", mode="linear_probe")
+    assert [h["epoch"] for h in result["history"]] == [-1] and result["best_epoch"] == -1
+    saved = json.loads((Path(result["out"]) / "model" / "config.json").read_text())["heads"]["sleep"]
+    assert saved["pool"] == "channels" and len(saved["channels"]) == 19
+    from shards.vocabulary import channel_id
+
+    assert saved["channels"] == sorted(saved["channels"], key=channel_id)
+
+
+def test_small_validation_and_long_warmup_are_warned(synth_shards, tmp_path, capsys):
+    result = _small_run(tmp_path, synth_shards, checkpoint="none", warmup_epochs=3, epochs=2)
+    err = capsys.readouterr().err
+    warned = result["run"]["warnings"]
+    assert any("warm-up (3 epochs) is as long as the run (2 epochs)" in w for w in warned)
+    assert any("validation holds" in w and "model selection and the decision threshold need" in w for w in warned)
+    assert all(f"warning: {w}" in err for w in warned)
+    assert "## Warnings" in (Path(result["out"]) / "report.md").read_text()
