@@ -13,8 +13,8 @@ from typing import Any
 
 from benchmarks.report import summarize
 
-# method, balanced accuracy, AUC-PR, AUROC (mean over the papers' runs), source. Copied from issue 13,
-# which copied them from the papers; the papers report mean ± std, we keep the means.
+# method, balanced accuracy, AUC-PR, AUROC (mean over the papers' runs), source: copied from the tables cited in
+# the last column; the papers report mean ± std, we keep the means.
 PUBLISHED: dict[str, list[tuple[str, float, float, float, str]]] = {
     "eegmat": [
         ("EEGNet", 0.6770, 0.5763, 0.7321, "CBraMod paper (ICLR 2025), Table 12"),
