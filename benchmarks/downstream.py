@@ -2,12 +2,12 @@
 
 One run does everything, from raw files to the results table::
 
-    python benchmarks/downstream.py --jobs 2                      # fast default (about an hour on 2 cores)
+    python benchmarks/downstream.py --jobs 2 --readme README.md   # fast default (about an hour on 2 cores)
     python benchmarks/downstream.py --full --jobs 2               # the recipes' own schedule (many hours on a CPU)
     python benchmarks/downstream.py --tasks eegmat,sleep --seeds 2 # a subset
     python benchmarks/downstream.py --render benchmarks/results/results.json   # re-render the report only
     python benchmarks/downstream.py --ablation no-band-power      # -> benchmarks/results/ablation-no-band-power/
-    python benchmarks/downstream.py --ablation-table              # ablations vs the main run
+    python benchmarks/downstream.py --ablation-table --readme README.md       # ablations vs the main run
 
 Stages (each timed; the wall times are part of the report):
 
@@ -24,8 +24,8 @@ Stages (each timed; the wall times are part of the report):
    aligned protocol (Euclidean alignment per subject) repeats them where a task has subjects.
 5. report (``benchmarks.report``): folds pooled into one prediction per window and seed, metrics per seed, mean ±
    std over seeds, bootstrap intervals over groups, constant predictors counted, paired differences, the aims;
-   ``--results`` gets results.json + results.md (the docs site shows results.md as it is), ``--readme FILE``
-   also the block between FILE's markers.
+   ``--results`` gets results.json + results.md (the docs site shows results.md as it is), ``--readme README.md``
+   the run line and the aims between the README's markers.
 
 Every number in the written report comes from this script. Work is cached in ``--out`` (shards, backbones, one
 JSON per unit): a rerun after an interruption continues where it stopped.

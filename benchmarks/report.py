@@ -282,10 +282,34 @@ def write_results(payload: Mapping[str, Any], folder: Path) -> str:
     return text
 
 
+def readme_summary(report: str) -> str:
+    """The README's share of a report (the results.md text): its ``Finished:`` line and each ``## Aims`` section up
+    to its paired differences, then where the whole report is. The README stays short; the documentation site
+    shows the whole report."""
+    out: list[str] = []
+    in_aims = False
+    for line in report.splitlines():
+        if line.startswith("Finished:"):
+            out += [line.rstrip(), ""]
+        elif line.startswith("## "):
+            in_aims = line.startswith("## Aims")
+            if in_aims:
+                out += [line, ""]
+        elif in_aims and line.startswith("Paired by seed"):
+            in_aims = False
+        elif in_aims and line.strip():
+            out.append(line)
+        elif in_aims and out and out[-1]:
+            out.append("")
+    out += ["", "The whole report: [benchmarks/results/results.md](benchmarks/results/results.md) (the documentation "
+            "site's Results page)."]
+    return "\n".join(out)
+
+
 def update_readme(readme: Path, report: str) -> None:
-    """Put ``report`` (the results.md text) between the README's markers, headings one level down: the README's
-    numbers are the script's output, never typed by hand."""
-    write_block(readme, report, README_BEGIN, README_END, demote="#")
+    """Put the README's share of ``report`` (``readme_summary``) between the README's markers, headings one level
+    down: the README's numbers are the script's output, never typed by hand."""
+    write_block(readme, readme_summary(report), README_BEGIN, README_END, demote="#")
     log(f"updated the results block of {readme}")
 
 
