@@ -105,6 +105,29 @@ def test_product_text_names_no_issue_numbers_or_history():
     assert hits == []
 
 
+def test_the_site_names_no_stored_ablation_run():
+    """Ablation runs come and go in benchmarks/results/: the site reaches them only through the generated
+    ablations.md, so deleting a folder can never break the build."""
+    folders = sorted(d.name for d in (REPO / "benchmarks" / "results").glob("ablation-*"))
+    # a folder by its path, a run by its name in code spans (`legacy-x`) or as the option's value
+    patterns = [rf"(?<![\w-]){re.escape(f)}(?![\w-])" for f in folders]
+    patterns += [rf"`{re.escape(n)}`|--ablation {re.escape(n)}(?![\w-])"
+                 for n in (f.removeprefix("ablation-") for f in folders)]
+    pages = [REPO / "mkdocs.yml", *DOCS.rglob("*.md")]
+    hits = [f"{p.relative_to(REPO)}: {pat}" for p in pages for pat in patterns if re.search(pat, p.read_text())]
+    assert hits == []
+
+
+def test_the_readme_keeps_the_blocks_the_benchmark_writes():
+    from benchmarks import gpu, report, report_ablations
+
+    readme = (REPO / "README.md").read_text()
+    for module in (report, report_ablations):
+        assert readme.count(module.README_BEGIN) == 1 and readme.count(module.README_END) == 1, module.__name__
+        assert readme.index(module.README_BEGIN) < readme.index(module.README_END)
+    assert gpu.README_BEGIN not in readme  # the GPU report lives on the site only
+
+
 def test_the_readme_keeps_the_two_commands_ci_reads():
     readme = (REPO / "README.md").read_text()
     for marker, command in (("main", "accelerate launch --config_file pretrain/configs/accelerate.yaml pretrain/run.py"),
