@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bootstrap import balanced_accuracy, group_bootstrap
+from benchmarks.published import published_lines
 from benchmarks.units import BAND, EEGNET, PRETRAINED, PROBE, RANDOM_PROBE, SCRATCH
 
 METRICS = ("balanced_accuracy", "auroc", "cohen_kappa", "weighted_f1")
@@ -266,6 +267,7 @@ def render(payload: Mapping[str, Any]) -> str:
         md += [f"## Aims ({'aligned' if aligned else 'plain'} protocol)", "", *aims_lines(table, tasks, protocol), "",
                "Paired by seed (same folds), mean ± std of the difference (seeds where the first is better):", "",
                *paired_lines(table, titles, protocol), ""]
+    md += published_lines(table, fmt)
     md += ["## Pretraining", "", *pretraining_lines(payload), "", "## Notes", "",
            *[f"- {n}" for n in payload.get("notes", [])], "", "## Wall time per stage", "",
            "| stage | minutes |", "|---|---|", *[f"| {k} | {v / 60:.1f} |" for k, v in payload["stages_s"].items()], ""]

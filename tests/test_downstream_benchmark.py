@@ -368,3 +368,14 @@ def test_published_split_is_one_fold_when_every_subject_is_there():
     assert held["subjects"] == {"Subject05", "Subject32", "Subject33", "Subject34", "Subject35"}
     assert "Subject32_2" in held["recordings"] and "Subject28_1" not in held["recordings"]
     assert folds.published_folds("x", metas[:52]) is None  # 26 subjects: no published split
+
+
+def test_eegmat_rows_are_printed_beside_the_papers_never_mixed_into_them():
+    payload = _payload()
+    assert "COPIED FROM THE PAPERS" not in report.render(payload)  # no EEGMAT task: no published table
+    payload["table"] = {"eegmat": payload["table"]["t"]}
+    payload["tasks"] = {"eegmat": payload["tasks"]["t"]}
+    text = report.render(payload)
+    ours, papers = text.split("## EEGMAT beside published results")[1].split("COPIED FROM THE PAPERS")
+    assert "subject-wise cross-validation" in ours and "| EEGMamba from scratch, finetuned | 0.500 ± 0.000 |" in ours
+    assert "| CBraMod | 0.7256 | 0.6267 | 0.7905 |" in papers and "EEGMamba" not in papers
