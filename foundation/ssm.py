@@ -1,5 +1,8 @@
 """Selective scan (Mamba's S6 recurrence): one dispatch point, registered as a custom operator.
 
+The dispatch, the custom operators and the sequential reference the tests hold the other paths to; the chunked
+torch scan is :mod:`foundation.ssm_chunked`, the Triton kernels :mod:`foundation.ssm_triton`.
+
 The recurrence, per batch ``b``, channel ``d`` and state ``n`` (``t`` = time)::
 
     h[t] = exp(delta[t] * A[d, n]) * h[t-1] + delta[t] * B[n, t] * u[t]
