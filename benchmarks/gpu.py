@@ -4,6 +4,7 @@ A self-contained script, copied to a GPU machine and run in one call::
 
     python benchmarks/gpu.py --out benchmarks/results/gpu        # on a CUDA machine: gpu.json + gpu.md (the docs show it)
     python benchmarks/gpu.py --dry-run --out /tmp/gpu            # same code, tiny sizes, CPU (a test runs it)
+    python benchmarks/gpu.py --dry-run --compiled-ops --parts e --out /tmp/gpu   # the CPU step overhead alone
     python benchmarks/gpu.py --out runs/gpu --readme NOTES.md    # also write the report between the markers of NOTES.md
     python benchmarks/gpu.py --from-md runs/gpu/gpu.md --readme NOTES.md   # a GPU run's report into NOTES.md
 
@@ -562,6 +563,10 @@ def _render_e(e: dict, res: dict) -> list[str]:
     out += ["", "Graph breaks under `torch._dynamo.explain` (tiny model): "
             + ", ".join(f"{k}: {v['breaks']} ({v['graphs']} graph{'s' if v['graphs'] != 1 else ''})"
                         for k, v in e["graph_breaks"].items())]
+    for mode in ("eager", "compiled"):
+        if isinstance(e.get(mode), dict) and e[mode].get("top_ops"):
+            out += ["", f"Most frequent operators per step, {mode}: "
+                    + ", ".join(f"`{name}` {n:.0f}" for name, n in e[mode]["top_ops"])]
     return out
 
 
@@ -584,7 +589,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=20, help="timed repetitions per scan measurement (median)")
     p.add_argument("--compiled-ops", action="store_true",
                    help="--dry-run: also compile the pretraining step on the CPU (parts d and e; takes minutes)")
+    p.add_argument("--parts", default="abcde", type=_parts,
+                   help="which parts to run, e.g. 'e' for the CPU step overhead alone (default: all; e needs --dry-run)")
     return p.parse_args(argv)
+
+
+def _parts(text: str) -> str:
+    if not text or set(text) - set(TITLES):
+        raise argparse.ArgumentTypeError(f"--parts takes letters of {''.join(TITLES)}, got {text!r}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -628,12 +641,17 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         (args.out / "gpu.json").write_text(json.dumps(res, indent=1, default=str))
 
-    part("a", lambda: {"backends": backends, **part_a(device, backends, args.dry_run)})
-    part("b", lambda: part_b(device, backends, args.dry_run, t_start + 0.35 * budget, reps))
-    part("c", lambda: part_c(device, args.dry_run, t_start + 0.55 * budget, max(3, reps // 4)))
-    with tempfile.TemporaryDirectory(prefix="eegfm-gpu-") as tmp:
-        part("d", lambda: part_d(device, args.dry_run, Path(tmp), args, t_start + 0.7 * budget))
-    if args.dry_run:
+    wanted = set(args.parts)
+    if "a" in wanted:
+        part("a", lambda: {"backends": backends, **part_a(device, backends, args.dry_run)})
+    if "b" in wanted:
+        part("b", lambda: part_b(device, backends, args.dry_run, t_start + 0.35 * budget, reps))
+    if "c" in wanted:
+        part("c", lambda: part_c(device, args.dry_run, t_start + 0.55 * budget, max(3, reps // 4)))
+    if "d" in wanted:
+        with tempfile.TemporaryDirectory(prefix="eegfm-gpu-") as tmp:
+            part("d", lambda: part_d(device, args.dry_run, Path(tmp), args, t_start + 0.7 * budget))
+    if args.dry_run and "e" in wanted:
         part("e", lambda: part_e(args.compiled_ops))
     res["total_s"] = time.perf_counter() - t_start
     report = render(res)

@@ -18,6 +18,7 @@ overhead a GPU step would pay without needing one.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import torch
@@ -63,7 +64,8 @@ def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
 def profile_step(step: Callable[[], Any], device: torch.device, steps: int = 1) -> dict[str, float]:
     """Run ``step`` ``steps`` times under the profiler; per-step operators, host syncs and (CUDA) kernels and busy %.
 
-    Returns ``ops`` (top-level operators and compiled kernels), ``syncs`` (host-reading operators, plus
+    Returns ``ops`` (top-level operators and compiled kernels), ``top_ops`` (the most frequent ones, per step),
+    ``syncs`` (host-reading operators, plus
     synchronising CUDA calls on a GPU), and on CUDA ``kernels`` (device kernels) and ``gpu_busy`` (fraction).
     """
     from torch.profiler import ProfilerActivity, profile
@@ -82,7 +84,9 @@ def profile_step(step: Callable[[], Any], device: torch.device, steps: int = 1) 
     ops = [e for e in events if _is_op(e.name) and _top_level(e)]
     # A device-side assertion (torch._assert_async) reads its flag back on a CPU only: not a GPU sync.
     syncs = [e for e in events if e.name in SYNC_OPS and not _inside(e, "aten::_assert_async")]
-    out = {"ops": len(ops) / steps, "syncs": len(syncs) / steps}
+    names = Counter("compiled kernel" if "cpp_fused" in e.name else e.name for e in ops)
+    out = {"ops": len(ops) / steps, "syncs": len(syncs) / steps,
+           "top_ops": [(name, n / steps) for name, n in names.most_common(6)]}
     if device.type == "cuda":
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.name != "Memset"]
         busy = _busy_seconds([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e6

@@ -298,7 +298,8 @@ class MaskedSTFTObjective(_BackboneObjective):
         b, c, t = x.shape
         x_masked, target, soft = corrupt(x.float(), self.stft, self.mask, channel_mask=cmask)
         out = self.backbone(x_masked, ids, cmask, task_ids=task_ids)
-        pred = rearrange(self.head(out.tokens).float(), "b (c p) kf -> b c p kf", c=c)
+        frames, bands = self._heads(out.tokens)
+        pred = rearrange(frames.float(), "b (c p) kf -> b c p kf", c=c)
         bins = self.stft.target_bins
         scored = demean_target(target[..., :bins, :], cmask) if self.stft.demean else target[..., :bins, :]
         target_p = to_patches(scored, self.patch_size, self.stft)  # [b c p (k f)]
@@ -316,12 +317,23 @@ class MaskedSTFTObjective(_BackboneObjective):
             power = band_log_power(target, self.patch_size, self.stft)  # [b c p bands], of the clean signal
             if self.stft.demean:
                 power = demean_target(power, cmask)
-            guess = rearrange(self.band_head(out.tokens).float(), "b (c p) m -> b c p m", c=c)
+            guess = rearrange(bands.float(), "b (c p) m -> b c p m", c=c)
             weight = cmask[:, :, None, None].to(guess.dtype).expand_as(guess)
             band = (weight * (guess - power) ** 2).sum() / weight.sum().clamp_min(1.0)
             total = total + self.band_power_weight * band
             logs["loss_band"] = band.detach()
         return {"loss": total, **logs, "expert_load": out.expert_load}
+
+    def _heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``head(tokens) [b L (k f)]`` and ``band_head(tokens) [b L bands]`` (None without the band target) as one
+        matrix product over the stacked weights: a step pays per operator, so one product and its two gradients
+        instead of two of each."""
+        if self.band_head is None:
+            return self.head(tokens), None
+        weight = torch.cat([self.head.weight, self.band_head.weight])
+        bias = torch.cat([self.head.bias, self.band_head.bias])
+        both = F.linear(tokens, weight, bias)
+        return both[..., : self.head.out_features], both[..., self.head.out_features:]
 
 
 class TokenizerObjective(Objective):

@@ -115,6 +115,10 @@ def test_masked_stft_objective_outputs_and_learning(demo_spec):
     out = obj(batches[0])
     assert obj.head.out_features == 4 * 76  # 4 STFT frames x the 76 bins of 0-75 Hz per 1-s patch
     assert obj.band_head.out_features == 5 and float(out["loss_band"]) > 0  # delta..gamma of each token's patch
+    tokens = torch.randn(2, 7, obj.head.in_features)
+    frames, bands = obj._heads(tokens)  # both heads as one product: the same as each head on its own
+    torch.testing.assert_close(frames, obj.head(tokens), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bands, obj.band_head(tokens), rtol=1e-5, atol=1e-6)
     assert abs(float(out["masked_fraction"]) - 0.5) < 0.05
     losses = _fit(obj, batches, 10)
     assert all(torch.isfinite(torch.tensor(losses)))
