@@ -179,10 +179,15 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(demo_spec, tmp
 def test_compiled_training_matches_eager(demo_spec, tmp_path, monkeypatch):
     """train.compile = true (torch.compile of the objective's step, channel buckets) trains like eager: with the
     compiled graph drawing random numbers as eager does (inductor's fallback_random), the same losses to
-    float rounding and a model that loads. Slow: compiling on a CPU takes minutes."""
+    float rounding and a model that loads. Both runs take the code path a GPU runs (EEGFM_SYNC_FREE): eagerly on a
+    CPU the mask sampler otherwise draws only the bands each map's family needs, so its masks differ. Slow:
+    compiling on a CPU takes minutes."""
     import torch._inductor.config as inductor_config
 
+    from foundation.index_checks import SYNC_FREE_ENV
+
     monkeypatch.setattr(inductor_config, "fallback_random", True)
+    monkeypatch.setenv(SYNC_FREE_ENV, "1")
     eager = run(_config(demo_spec, tmp_path / "eager", max_steps=4))
     compiled = run(_config(demo_spec, tmp_path / "compiled", max_steps=4, compile=True, channel_bucket=1))
     assert compiled.steps == 4 and compiled.export_dir is not None
