@@ -9,7 +9,8 @@ Layout of one build (``{out}/{corpus}/``)::
 
 A manifest records the build parameters (``build``), software versions, per-shard sample counts, hours and
 recordings, totals, counts by split / channel set / label, window drops, dropped channels by reason, skipped
-recordings with reasons and the split of every subject and recording. :func:`make_manifest` writes one
+recordings with reasons (a recording found twice, ``duplicates``, among them) and the split of every subject and
+recording. :func:`make_manifest` writes one
 from a build state; :func:`read_manifest` reads a folder, merging part fragments.
 """
 
@@ -208,10 +209,14 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
     label_skips: Counter = Counter()
     dropped_channels: dict[str, Counter] = {}
     placed_channels: dict[str, Counter] = {}  # "placed by position at FC3 (4.2 mm)" -> raw name -> recordings
-    skipped = []
+    skipped, duplicates = [], []
+    sources = {r["recording"]: r["source"] for r in recs}
     for r in recs:
         if r["skipped"]:
             skipped.append({"recording": r["recording"], "source": r["source"], "reason": r["skipped"]})
+            if r.get("duplicate_of"):
+                duplicates.append({"recording": r["recording"], "source": r["source"], "duplicate_of": r["duplicate_of"],
+                                   "duplicate_of_source": sources.get(r["duplicate_of"])})
             continue
         sp = by_split.setdefault(r["split"], {"samples": 0, "hours": 0.0, "recordings": 0, "subjects": set()})
         sp["samples"] += r["samples"]
@@ -260,6 +265,8 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         "dropped_channels": {k: dict(sorted(v.items())) for k, v in sorted(dropped_channels.items())},
         "placed_channels": {k: dict(sorted(v.items())) for k, v in sorted(placed_channels.items())},
         "skipped": skipped,
+        # recordings left out because one kept earlier holds the same samples (shards.twins); also in "skipped"
+        "duplicates": duplicates,
         "splits": {
             "subjects": dict(sorted({r["subject"]: r["split"] for r in recs}.items())),
             "recordings": {r["recording"]: r["split"] for r in recs},
@@ -267,7 +274,8 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         # "sha256": of the recording's tar members (header to padding) inside its shard, when it has samples;
         # "notch_hz": the mains notch the recording itself stated (BIDS PowerLineFrequency), used instead of the build's
         "recordings": [{k: r[k] for k in ("recording", "subject", "session", "source", "task", "split", "samples",
-                                             "hours", "recording_hours", "skipped", "sha256", "notch_hz") if k in r}
+                                             "hours", "recording_hours", "skipped", "sha256", "notch_hz",
+                                             "duplicate_of") if k in r}
                        for r in recs],
     }))
 
@@ -320,6 +328,7 @@ def read_manifest(folder: str | Path) -> dict:
     merged["complete"] = all(f["complete"] for f in frags) and len(frags) == n_expected
     merged["shards"] = sorted((s for f in frags for s in f["shards"]), key=lambda s: s["name"])
     merged["skipped"] = sorted((s for f in frags for s in f["skipped"]), key=lambda s: s["recording"])
+    merged["duplicates"] = sorted((d for f in frags for d in f.get("duplicates", [])), key=lambda d: d["recording"])
     merged["recordings"] = sorted((r for f in frags for r in f["recordings"]), key=lambda r: r["recording"])
     check_subject_splits(merged["recordings"], str(folder))
     merged["totals"] = _sum_dicts(f["totals"] for f in frags)
