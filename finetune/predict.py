@@ -159,9 +159,10 @@ def _per_channel(recipe: dict[str, Any], channels: Sequence[str]) -> str | None:
 
 
 def _montage_notice(recipe: dict[str, Any], channels: Sequence[str], path: str | Path) -> str | None:
-    """What the recording's montage lacks or adds next to the one the model was finetuned on."""
+    """What the recording's montage lacks or adds next to the one the model was finetuned on (None for a model
+    that reads named channels, ``recipe["channels"]``: it reads those alone, and lacking one is an error)."""
     trained = recipe.get("trained_channels")
-    if not trained or len(trained) == 1:
+    if not trained or len(trained) == 1 or recipe.get("channels"):
         return None
     missing = [c for c in trained if c not in channels]
     extra = [c for c in channels if c not in trained]

@@ -1,7 +1,7 @@
 """What ``python -m finetune.predict`` hands to EEG tools, on real recordings from ../shared/data (skipped when
 absent): MNE annotations and BIDS events of a DREAMS night excerpt with its hypnogram, detected seizures on
 Bonn segments joined into one recording, and the notice a motor-imagery model without a rest class gives on a
-continuous EEGMMIDB run.
+continuous EEGMMIDB run, and the notice when a recording's montage is not the one the model was finetuned on.
 
 Each test finetunes a small backbone for an epoch or two (seconds on a CPU); what is checked is the outputs'
 content against the rows and the recording, and (Bonn) that the detected events are where the ictal segments are.
@@ -143,3 +143,31 @@ def test_motor_imagery_model_without_rest_says_so_on_a_continuous_run(shared_dat
     capsys.readouterr()
     predict_file(with_rest, s001 / "S001R04.edf")
     assert "rest class" not in capsys.readouterr().err
+
+
+def test_a_montage_other_than_the_finetuning_one_is_named(shared_data, tmp_path, capsys):
+    """A model finetuned on all 64 EEGMMIDB channels labels an export of a run that lost ten of them: the notice
+    names what is missing; the same run whole and a model reading three named channels give none."""
+    s001 = shared_data / "motor_imagery" / "eegmmidb" / "S001"
+    root = _link([s001 / "S001R04.edf", s001 / "S001R08.edf"], tmp_path / "raw")
+    every = _model(tmp_path / "all", "eegmmidb", root, "motor_imagery", n_folds=2)
+    trained = json.loads((every / "recipe.json").read_text())["motor_imagery"]["trained_channels"]
+    assert len(trained) == 64 and {"FP1", "AF8", "T9", "T10", "C3"} <= set(trained)
+    raw = mne.io.read_raw_edf(s001 / "S001R04.edf", preload=True, verbose="error")
+    raw.rename_channels(lambda name: name.strip("."))
+    lost = ["Fp1", "Fpz", "Fp2", "Af7", "Af3", "Afz", "Af4", "Af8", "T9", "T10"]  # a frontal strip and the ear leads
+    raw.drop_channels(lost)
+    export = tmp_path / "S001R04_54ch.edf"
+    mne.export.export_raw(export, raw, fmt="edf", verbose="error")
+    capsys.readouterr()
+    rows = predict_file(every, export)
+    err = capsys.readouterr().err
+    missing = ", ".join(c.upper() for c in ["Fp1", "Fpz", "Fp2", "Af7", "Af3", "Afz", "Af4", "Af8"])
+    assert (f"S001R04_54ch.edf: montage differs from the model's finetuning data: lacks 10 of the 64 channels the "
+            f"model was finetuned on ({missing}, ...); a per-channel head reads them as zeros") in err, err
+    assert "finetuning never saw" not in err and len(rows) == 31
+    predict_file(every, s001 / "S001R08.edf")
+    assert "montage differs" not in capsys.readouterr().err
+    three = _model(tmp_path / "three", "eegmmidb", root, "motor_imagery", channels=("C3", "CZ", "C4"), n_folds=2)
+    predict_file(three, export)  # reads C3, CZ, C4 alone: the lost frontal channels do not matter to it
+    assert "montage differs" not in capsys.readouterr().err
