@@ -24,7 +24,8 @@ Stages (each timed; the wall times are part of the report):
    aligned protocol (Euclidean alignment per subject) repeats them where a task has subjects.
 5. report (``benchmarks.report``): folds pooled into one prediction per window and seed, metrics per seed, mean ±
    std over seeds, bootstrap intervals over groups, constant predictors counted, paired differences, the aims;
-   ``--results`` gets results.json + results.md, ``--readme`` the README block.
+   ``--results`` gets results.json + results.md (the docs site shows results.md as it is), ``--readme README.md``
+   the run line and the aims between the README's markers.
 
 Every number in the written report comes from this script. Work is cached in ``--out`` (shards, backbones, one
 JSON per unit): a rerun after an interruption continues where it stopped.

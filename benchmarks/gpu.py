@@ -1,11 +1,11 @@
 """One command that proves the GPU path on one GPU (at most ~6 minutes), with a table and a JSON file.
 
-Length (over 450 lines): one self-contained script that is copied to a GPU machine and run in one call.
+A self-contained script, copied to a GPU machine and run in one call::
 
-    python benchmarks/gpu.py --out runs/gpu                      # on a CUDA machine
-    python benchmarks/gpu.py --out runs/gpu --readme README.md   # also write the figures into README.md
+    python benchmarks/gpu.py --out benchmarks/results/gpu        # on a CUDA machine: gpu.json + gpu.md (the docs show it)
     python benchmarks/gpu.py --dry-run --out /tmp/gpu            # same code, tiny sizes, CPU (a test runs it)
-    python benchmarks/gpu.py --from-md runs/gpu/gpu.md --readme README.md   # a GPU run's report into the README
+    python benchmarks/gpu.py --out runs/gpu --readme NOTES.md    # also write the report between the markers of NOTES.md
+    python benchmarks/gpu.py --from-md runs/gpu/gpu.md --readme NOTES.md   # a GPU run's report into NOTES.md
 
 Parts (each one row group of the table and one key of ``gpu.json``):
 

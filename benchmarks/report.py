@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bootstrap import balanced_accuracy, group_bootstrap
+from benchmarks.published import published_lines
 from benchmarks.units import BAND, EEGNET, PRETRAINED, PROBE, RANDOM_PROBE, SCRATCH
 
 METRICS = ("balanced_accuracy", "auroc", "cohen_kappa", "weighted_f1")
@@ -266,6 +267,7 @@ def render(payload: Mapping[str, Any]) -> str:
         md += [f"## Aims ({'aligned' if aligned else 'plain'} protocol)", "", *aims_lines(table, tasks, protocol), "",
                "Paired by seed (same folds), mean ± std of the difference (seeds where the first is better):", "",
                *paired_lines(table, titles, protocol), ""]
+    md += published_lines(table, fmt)
     md += ["## Pretraining", "", *pretraining_lines(payload), "", "## Notes", "",
            *[f"- {n}" for n in payload.get("notes", [])], "", "## Wall time per stage", "",
            "| stage | minutes |", "|---|---|", *[f"| {k} | {v / 60:.1f} |" for k, v in payload["stages_s"].items()], ""]
@@ -282,10 +284,34 @@ def write_results(payload: Mapping[str, Any], folder: Path) -> str:
     return text
 
 
+def readme_summary(report: str) -> str:
+    """The README's share of a report (the results.md text): its ``Finished:`` line and each ``## Aims`` section up
+    to its paired differences, then where the whole report is. The README stays short; the documentation site
+    shows the whole report."""
+    out: list[str] = []
+    in_aims = False
+    for line in report.splitlines():
+        if line.startswith("Finished:"):
+            out += [line.rstrip(), ""]
+        elif line.startswith("## "):
+            in_aims = line.startswith("## Aims")
+            if in_aims:
+                out += [line, ""]
+        elif in_aims and line.startswith("Paired by seed"):
+            in_aims = False
+        elif in_aims and line.strip():
+            out.append(line)
+        elif in_aims and out and out[-1]:
+            out.append("")
+    out += ["", "The whole report: [benchmarks/results/results.md](benchmarks/results/results.md) (the documentation "
+            "site's Results page)."]
+    return "\n".join(out)
+
+
 def update_readme(readme: Path, report: str) -> None:
-    """Put ``report`` (the results.md text) between the README's markers, headings one level down: the README's
-    numbers are the script's output, never typed by hand."""
-    write_block(readme, report, README_BEGIN, README_END, demote="#")
+    """Put the README's share of ``report`` (``readme_summary``) between the README's markers, headings one level
+    down: the README's numbers are the script's output, never typed by hand."""
+    write_block(readme, readme_summary(report), README_BEGIN, README_END, demote="#")
     log(f"updated the results block of {readme}")
 
 

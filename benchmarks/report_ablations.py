@@ -82,5 +82,29 @@ def write_ablation_table(folder: Path, readme: Path | None) -> str:
     (folder / "ablations.md").write_text(text)
     log(f"wrote {folder / 'ablations.md'} ({len(ablations)} ablation runs)")
     if readme is not None:
-        write_block(readme, text, README_BEGIN, README_END, demote="#")
+        write_block(readme, readme_ablations(json.loads(main_file.read_text()), ablations), README_BEGIN, README_END,
+                    demote="#")
+        log(f"updated the ablation block of {readme}")
     return text
+
+
+def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> str:
+    """The README's share of the ablation table: one line per ablation, the mean over tasks of each row's balanced
+    accuracy difference (the per-task cells and AUROC are in ablations.md)."""
+    tasks = list(main.get("tasks", {}))
+    lines = ["Each ablation minus the main run, balanced accuracy, mean over tasks of the seed-paired differences "
+             "(positive: undoing the default helped); per task: "
+             "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",
+             "| ablation | " + " | ".join(ROWS) + " |", "|---|" + "---|" * len(ROWS)]
+    for name, other in sorted(ablations.items()):
+        why = not_comparable(main, other)
+        if why:
+            lines.append(f"| {name} | not comparable: {why} |")
+            continue
+        cells = []
+        for row in ROWS:
+            means = [d["mean"] for t in tasks if (d := differences(main, other, t, row, "balanced_accuracy"))]
+            mean = summarize(means)["mean"]
+            cells.append(f"{mean:+.3f}" if math.isfinite(mean) else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,8 +1,8 @@
-"""(One module over 450 lines on purpose: the benchmark imports one shift API; its parts are the shifts, the
-file writer, the evaluation and the benchmark's rows, in that order.)
+"""Deployment-style shift evaluation: a finetuned model labels whole held-out recordings it never saw, as
+they are and under the shifts users meet, and across data sets (EEGMAT <-> the Emotiv stress set).
 
-Deployment-style shift evaluation: a finetuned model labels whole held-out recordings it never saw, as
-they are and under the shifts users meet (issue 15 item 2; issue 13 item 4's cross-dataset rows).
+The one shift API the benchmark imports, in this order: the shifts, the file writer, the evaluation and the
+benchmark's rows.
 
 API (the downstream benchmark calls these; every result is a JSON-friendly dict)::
 

@@ -380,10 +380,14 @@ def predict_recording(
         progress: a progress bar on stderr (None: for recordings of more than ``PROGRESS_WINDOWS`` windows).
 
     Raises:
-        FileNotFoundError / CheckpointError: model folder problems; ``shards.readers.ReadError``: the
-        recording; KeyError: unknown task; ValueError: a recording shorter than one window, or a sampling
-        rate a shard build would reject (``shards.sample.check_sfreq``); ``finetune.contract.ContractError``
-        (a ValueError): a montage none of whose channels the checkpoint was pretrained on.
+        FileNotFoundError: the model folder or one of its files is missing.
+        CheckpointError: the model folder cannot be loaded.
+        shards.readers.ReadError: the recording cannot be read.
+        KeyError: unknown task.
+        finetune.contract.ContractError: a montage none of whose channels the checkpoint was pretrained on
+            (a ValueError).
+        ValueError: a recording shorter than one window, or a sampling rate a shard build would reject
+            (``shards.sample.check_sfreq``).
     """
     model_dir = Path(model_dir)
     recipes = _recipe_json(model_dir)

@@ -1,7 +1,7 @@
 """Selective scan (Mamba's S6 recurrence) with a fused-kernel path on CUDA and a chunked path on CPU.
 
-Length (over 450 lines): the dispatch, the chunked torch scan with its autograd function and the sequential
-reference share one contract and are tested against each other; the Triton kernels live in ``ssm_triton``.
+The dispatch, the chunked torch scan with its autograd function, and the sequential reference the tests hold the
+other paths to; the Triton kernels are :mod:`foundation.ssm_triton`.
 
 The recurrence, per batch ``b``, channel ``d`` and state ``n`` (``t`` = time)::
 

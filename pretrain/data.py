@@ -1,6 +1,6 @@
 """Streaming pretraining batches from WebDataset shards, split by process and worker.
 
-The wiring follows the measured facts in DESIGN.md ("WebDataset with Accelerate"):
+How WebDataset and Accelerate are wired together:
 
 * the loader is a plain ``torch.utils.data.DataLoader`` that is **never** passed through
   ``accelerator.prepare`` (that either splits every sample twice or makes rank 0 read everything);

@@ -1,6 +1,6 @@
 """From a raw recording to model-ready arrays: EEG picks, filtering, resampling, units, windows.
 
-Pipeline (defaults follow LaBraM / CBraMod, DESIGN.md "shards/: the sample contract"):
+Pipeline (defaults follow LaBraM / CBraMod; the sample they produce is :mod:`shards.sample`'s contract):
 
 1. classify every channel with :mod:`shards.vocabulary`; keep EEG channels with a canonical name, report
    every other one (non-EEG, unknown name, duplicate, flat for the whole recording) in ``dropped_channels``;

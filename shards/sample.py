@@ -1,4 +1,4 @@
-"""The sample contract (DESIGN.md "shards/: the sample contract"): what one shard sample is.
+"""The sample contract: what one shard sample is.
 
 One WebDataset sample is one window of one recording:
 

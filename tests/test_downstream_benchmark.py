@@ -232,6 +232,21 @@ def test_readme_results_block_is_replaced_by_the_report(tmp_path):
     assert "# Title" not in text
 
 
+def test_the_readme_gets_the_run_line_and_the_aims_not_the_whole_report(tmp_path):
+    full = report.render(_payload())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Suite\n{report.README_BEGIN}\n{report.README_END}\n")
+    report.update_readme(readme, full)
+    block = readme.read_text().split(report.README_BEGIN)[1].split(report.README_END)[0]
+    finished = next(line for line in full.splitlines() if line.startswith("Finished:"))
+    aims = [line for line in full.split("## Aims", 1)[1].split("Paired by seed", 1)[0].splitlines() if line.startswith("- ")]
+    assert finished.rstrip() in block and aims and all(a in block for a in aims)
+    assert "### Aims (plain protocol)" in block and "benchmarks/results/results.md" in block
+    # the results table, the paired differences and the later sections stay in results.md
+    assert "| task |" not in block and "Paired by seed" not in block and "Wall time" not in block
+    assert len(block.splitlines()) < len(full.splitlines()) // 2
+
+
 def test_ablation_table_pairs_seeds(tmp_path):
     from benchmarks.report_ablations import render_ablations
 
@@ -243,6 +258,26 @@ def test_ablation_table_pairs_seeds(tmp_path):
     text = render_ablations(main, {"undo": other})
     assert "| undo | EEGMamba pretrained, finetuned (LP-FT) | -0.100 / +0.000 (0/2) | -0.100 |" in text
     assert "- **undo**: undo something" in text
+
+
+def test_the_readme_gets_one_line_per_ablation(tmp_path):
+    from benchmarks import report_ablations
+
+    folder = tmp_path / "results"
+    main = report._json_safe(_payload())
+    other = json.loads(json.dumps(main))
+    for seed in ("0", "1"):
+        other["table"]["t"][units.PRETRAINED]["seeds"][seed]["balanced_accuracy"] -= 0.1
+    other["ablation"] = {"description": "undo something"}
+    (folder / "ablation-undo").mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(main))
+    (folder / "ablation-undo" / "results.json").write_text(json.dumps(other))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Suite\n{report_ablations.README_BEGIN}\nold\n{report_ablations.README_END}\ntail\n")
+    table = report_ablations.write_ablation_table(folder, readme)
+    block = readme.read_text().split(report_ablations.README_BEGIN)[1].split(report_ablations.README_END)[0]
+    assert "| undo | -0.100 | +0.000 |" in block and "old" not in block and readme.read_text().endswith("tail\n")
+    assert (folder / "ablations.md").read_text() == table and "undo something" not in block
 
 
 # ---- the jobs on real data -------------------------------------------------------------------------------------
@@ -333,3 +368,14 @@ def test_published_split_is_one_fold_when_every_subject_is_there():
     assert held["subjects"] == {"Subject05", "Subject32", "Subject33", "Subject34", "Subject35"}
     assert "Subject32_2" in held["recordings"] and "Subject28_1" not in held["recordings"]
     assert folds.published_folds("x", metas[:52]) is None  # 26 subjects: no published split
+
+
+def test_eegmat_rows_are_printed_beside_the_papers_never_mixed_into_them():
+    payload = _payload()
+    assert "COPIED FROM THE PAPERS" not in report.render(payload)  # no EEGMAT task: no published table
+    payload["table"] = {"eegmat": payload["table"]["t"]}
+    payload["tasks"] = {"eegmat": payload["tasks"]["t"]}
+    text = report.render(payload)
+    ours, papers = text.split("## EEGMAT beside published results")[1].split("COPIED FROM THE PAPERS")
+    assert "subject-wise cross-validation" in ours and "| EEGMamba from scratch, finetuned | 0.500 ± 0.000 |" in ours
+    assert "| CBraMod | 0.7256 | 0.6267 | 0.7905 |" in papers and "EEGMamba" not in papers

@@ -1,7 +1,7 @@
 """STFT maps of EEG and Gaussian-smoothed spectral masks: the SpecMoE-style pretraining target.
 
-Length (over 450 lines): STFT, mask sampling, corruption and the masked loss are one objective whose
-parts are only meaningful together (the leak fixes couple the mask, the round trip and the scored bins).
+The STFT, mask sampling, corruption and the masked loss of one objective: the scored bins depend on the mask and
+on the round trip through the inverse STFT, so the four live together.
 
 The pipeline a pretraining objective runs on a batch ``x [b, c, t]`` (200 Hz, 100 µV units)::
 
