@@ -291,8 +291,11 @@ def test_split_fif_is_one_recording_of_its_full_duration(shared_data, tmp_path):
 
     manifest = build("recordings", root, tmp_path / "out", overrides={"max_abs_uv": None}, progress=False)
     got = {r["source"]: (round(r["recording_hours"] * 3600, 3), r["samples"]) for r in manifest["recordings"]}
-    assert got == {"run_raw.fif": (125.0, 12), "sub-01_task-imagery_split-01_eeg.fif": (125.0, 12),
+    # both split recordings are read whole (125 s); the second holds the first's samples, so it is sharded once
+    assert got == {"run_raw.fif": (125.0, 12), "sub-01_task-imagery_split-01_eeg.fif": (125.0, 0),
                    "rest.fif": (360.0, 36), "rest-1.fif": (60.0, 6)}
+    assert [(d["source"], d["duplicate_of_source"]) for d in manifest["duplicates"]] == [
+        ("sub-01_task-imagery_split-01_eeg.fif", "run_raw.fif")]
     whole = read_raw(root / "run_raw.fif")
     np.testing.assert_allclose(whole.get_data(), raw.get_data(), rtol=1e-6, atol=1e-12)  # FIF stores float32
 
