@@ -196,6 +196,13 @@ def jsonable(x: Any) -> Any:
 
 
 
+def _duplicates(recs: list[dict]) -> list[dict]:
+    """The recordings left out as twins of one kept (``duplicate_of``), each with the source of that one."""
+    sources = {r["recording"]: r["source"] for r in recs}
+    return [{"recording": r["recording"], "source": r["source"], "duplicate_of": r["duplicate_of"],
+             "duplicate_of_source": sources.get(r["duplicate_of"])} for r in recs if r.get("duplicate_of")]
+
+
 def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
     """Aggregate the per-recording summaries of a build state into the manifest."""
     recs = [r for s in state["shards"] for r in s["recordings"]] + list(state["tail"])
@@ -209,14 +216,10 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
     label_skips: Counter = Counter()
     dropped_channels: dict[str, Counter] = {}
     placed_channels: dict[str, Counter] = {}  # "placed by position at FC3 (4.2 mm)" -> raw name -> recordings
-    skipped, duplicates = [], []
-    sources = {r["recording"]: r["source"] for r in recs}
+    skipped = []
     for r in recs:
         if r["skipped"]:
             skipped.append({"recording": r["recording"], "source": r["source"], "reason": r["skipped"]})
-            if r.get("duplicate_of"):
-                duplicates.append({"recording": r["recording"], "source": r["source"], "duplicate_of": r["duplicate_of"],
-                                   "duplicate_of_source": sources.get(r["duplicate_of"])})
             continue
         sp = by_split.setdefault(r["split"], {"samples": 0, "hours": 0.0, "recordings": 0, "subjects": set()})
         sp["samples"] += r["samples"]
@@ -266,7 +269,7 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         "placed_channels": {k: dict(sorted(v.items())) for k, v in sorted(placed_channels.items())},
         "skipped": skipped,
         # recordings left out because one kept earlier holds the same samples (shards.twins); also in "skipped"
-        "duplicates": duplicates,
+        "duplicates": _duplicates(recs),
         "splits": {
             "subjects": dict(sorted({r["subject"]: r["split"] for r in recs}.items())),
             "recordings": {r["recording"]: r["split"] for r in recs},

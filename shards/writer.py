@@ -430,11 +430,20 @@ def _unless_twin(result: RecordingResult, twins: TwinIndex) -> RecordingResult:
     if result.spool is not None:
         Path(result.spool).unlink(missing_ok=True)
     n = s["samples"]
+    reason = (f"duplicate of {kept['source']} (recording {kept['recording']}): the same {n} windows of "
+              f"{len(s['channels'])} channels; sharded once, as {kept['recording']}")
+    if dict(s.get("labels") or {}) != dict(kept.get("labels") or {}):
+        # one signal under two labels (a file copied into two class folders): the corpus contradicts itself
+        reason += (f", whose labels it keeps ({_label_text(kept.get('labels'))}; this copy's: "
+                   f"{_label_text(s.get('labels'))}): check which is right")
     summary = {**s, "samples": 0, "hours": 0.0, "labels": {}, "drops": {}, "duplicate_of": kept["recording"],
-               "skipped": f"duplicate of {kept['source']} (recording {kept['recording']}): the same {n} windows of "
-                          f"{len(s['channels'])} channels; sharded once, as {kept['recording']}"}
+               "skipped": reason}
     summary.pop("sha256", None)
     return RecordingResult([], summary)
+
+
+def _label_text(labels: Any) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(dict(labels or {}).items())) or "none"
 
 
 # The entries of one recording's summary in a build state, with their JSON types (``process_recording``).
