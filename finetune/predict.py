@@ -2,12 +2,19 @@
 
 Usage::
 
-    python -m finetune.predict --model runs/finetune-sleep-.../model night.edf [--out labels.csv] [--task sleep]
+    python -m finetune.predict --model runs/finetune-sleep-.../model night.edf [--out labels.csv] [--task sleep] [--plot]
+
+With ``--out labels.csv`` the labels are also written as the events EEG tools read (``finetune.annotations``):
+MNE annotations ``labels_annot.fif`` / ``labels_annot.txt`` (``mne.read_annotations``) and a BIDS
+``labels_events.tsv`` with its ``labels_events.json``, consecutive windows of one label merged into one event;
+``--plot`` adds ``labels_hypnogram.png`` (sleep models) or ``labels_timeline.png`` (``finetune.timeline``).
 
 API::
 
-    from finetune.predict import predict_file
+    from finetune.predict import predict_file, predict_recording, write_outputs
     rows = predict_file("runs/.../model", "night.edf")   # [{onset_s, label, label_name, probability}, ...]
+    pred = predict_recording("runs/.../model", "night.edf")  # rows + classes, window, threshold
+    write_outputs(pred, "night.csv", plot=True)          # night.csv, night_annot.fif/.txt, night_events.tsv/.json, night_hypnogram.png
     rec = recording_windows("runs/.../model", "night.edf")  # the same windows, no model: rec.x [n, c, t]
 
 The recording goes through the same path as the shards the model was trained on: ``shards.readers.read_raw``
@@ -24,6 +31,9 @@ aligned by its own windows. The recording is checked against the checkpoint's in
 (``finetune.contract``): another rate, units or channel spelling is converted with one notice line on
 stderr; a montage the contract cannot map is a ``ContractError``; channels the model was finetuned on that
 the recording lacks (or has in addition) are named in a notice.
+
+A model without a rest class for a task cut at cues (``Recipe.rest_classes``: motor imagery's left vs right
+fist) labels every window of a continuous recording as one of its cued classes; a notice says so.
 
 A model finetuned on a single channel (Bonn's position-less ``EEG``, one sleep derivation) labels a
 multi-channel recording channel by channel: every channel is read as the one the model knows, and each
@@ -47,9 +57,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from finetune.align import align_array, align_with, mean_covariance, whitening
+from finetune.annotations import label_spans, write_annotations, write_events_tsv
 from finetune.contract import contract_of, notice, recording_conversions
 from finetune.metrics import predict_labels
 from finetune.model import TaskModel
+from finetune.recipes import get_recipe
+from finetune.recipes.base import normalize_label
+from finetune.timeline import is_sleep, plot_prediction
 from runtime.cli_errors import DEBUG_ENV, run_cli
 from runtime.cli_spelling import argparse_options, canonical_spelling
 from shards.corpora import get_corpus
@@ -62,7 +76,8 @@ from shards.streaming import StreamedSignal, iter_windows, preprocess_recording
 # The longest window a recipe may ask for (a whole sleep epoch is 30 s; the backbone reads at most minutes).
 MAX_WINDOW_S = 3600.0
 
-__all__ = ["RecordingWindows", "prediction_rows", "predict_file", "preprocess_config", "recording_windows", "main"]
+__all__ = ["Prediction", "RecordingWindows", "prediction_rows", "predict_file", "predict_recording", "preprocess_config",
+           "recording_windows", "write_outputs", "main"]
 
 
 def _recipe_json(model_dir: Path) -> dict[str, Any]:
@@ -144,9 +159,10 @@ def _per_channel(recipe: dict[str, Any], channels: Sequence[str]) -> str | None:
 
 
 def _montage_notice(recipe: dict[str, Any], channels: Sequence[str], path: str | Path) -> str | None:
-    """What the recording's montage lacks or adds next to the one the model was finetuned on."""
+    """What the recording's montage lacks or adds next to the one the model was finetuned on (None for a model
+    that reads named channels, ``recipe["channels"]``: it reads those alone, and lacking one is an error)."""
     trained = recipe.get("trained_channels")
-    if not trained or len(trained) == 1:
+    if not trained or len(trained) == 1 or recipe.get("channels"):
         return None
     missing = [c for c in trained if c not in channels]
     extra = [c for c in channels if c not in trained]
@@ -160,6 +176,24 @@ def _montage_notice(recipe: dict[str, Any], channels: Sequence[str], path: str |
         parts.append(f"has {len(extra)} channel(s) finetuning never saw ({', '.join(extra[:8])}"
                      f"{', ...' if len(extra) > 8 else ''})")
     return f"{path}: montage differs from the model's finetuning data: " + "; ".join(parts)
+
+
+def _rest_notice(recipe: dict[str, Any], classes: Sequence[str], path: str | Path) -> str | None:
+    """What a model without a rest class does to a continuous recording (recipes with ``rest_classes``: cue-locked
+    tasks such as motor imagery; a recipe.json without the key takes the registered recipe's)."""
+    if "rest_classes" in recipe:
+        rest = recipe["rest_classes"]
+    else:
+        try:
+            rest = get_recipe(str(recipe.get("name", ""))).rest_classes
+        except KeyError:
+            rest = None
+    if rest is None or {normalize_label(c) for c in classes} & {normalize_label(r) for r in rest}:
+        return None
+    return (f"{path}: the model has no rest class (its classes: {', '.join(classes)}): it was finetuned on windows cut "
+            f"at cues, so every window of this continuous recording gets one of them, also where nothing was "
+            f"imagined; read the probabilities, or finetune with a rest class (--classes "
+            f"{','.join([rest[0], *classes]) if rest else '...'})")
 
 
 @dataclasses.dataclass
@@ -291,8 +325,30 @@ def recording_windows(
 PROGRESS_WINDOWS = 256
 
 
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """A labelled recording: :func:`predict_file`'s ``rows`` and what is needed to turn them into events and figures:
+    the head's ``classes``, the ``task`` (head) and its recipe's name, the windows' ``window_s`` and ``stride_s``, the
+    binary decision ``threshold`` (None: argmax), the recording ``path`` and the ``model_dir``."""
+
+    rows: list[dict[str, Any]]
+    classes: list[str]
+    task: str
+    recipe: str
+    window_s: float
+    stride_s: float
+    threshold: float | None
+    path: str
+    model_dir: str
+
+
+def predict_file(model_dir: str | Path, path: str | Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """One row per window of ``path``: :func:`predict_recording`'s ``rows`` (same arguments)."""
+    return predict_recording(model_dir, path, **kwargs).rows
+
+
 @torch.no_grad()
-def predict_file(
+def predict_recording(
     model_dir: str | Path,
     path: str | Path,
     *,
@@ -304,8 +360,9 @@ def predict_file(
     model: TaskModel | None = None,
     window_s: float | None = None,
     progress: bool | None = None,
-) -> list[dict[str, Any]]:
-    """One row per window of ``path``: ``onset_s, label, label_name, probability, probabilities, skipped``.
+) -> Prediction:
+    """Label every window of ``path``; ``rows``: one per window, ``onset_s, label, label_name, probability,
+    probabilities, skipped``.
 
     A window that cannot be labelled (NaN/inf samples in the recording, or a model output that is not finite)
     keeps its row, with ``label`` None and the reason in ``skipped``. A long recording is read, preprocessed and
@@ -341,6 +398,9 @@ def predict_file(
         raise KeyError(f"model {model_dir} has no task {task!r}; its tasks: {model.tasks}")
     reading = _open(model_dir, path, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s)
     classes = model.head_specs[task]["classes"] or list(reading.recipe["classes"])
+    rest = _rest_notice(reading.recipe, classes, path)
+    if rest:
+        notice(rest)
     matrix = _alignment(reading, batch_size)
     meta = {"channels": [reading.single] if reading.single else reading.channels}
     skipped: list[tuple[float, str]] = []
@@ -361,10 +421,12 @@ def predict_file(
             bar.update(n)
         bar.update(len(skipped))
     proba_all = np.concatenate(proba) if proba else np.zeros((0, len(classes)))
-    rows = prediction_rows(onsets, proba_all, classes, model.head_specs[task].get("threshold"))
+    threshold = model.head_specs[task].get("threshold")
+    rows = prediction_rows(onsets, proba_all, classes, threshold)
     rows += [{"onset_s": onset, "label": None, "label_name": None, "probability": None, "probabilities": {},
               "skipped": SKIP_REASONS.get(reason, reason)} for onset, reason in skipped]
-    return sorted(rows, key=lambda r: r["onset_s"])
+    return Prediction(sorted(rows, key=lambda r: r["onset_s"]), list(classes), task, str(reading.recipe.get("name", task)),
+                      float(reading.cfg.window_s), float(reading.cfg.stride_s), threshold, str(path), str(model_dir))
 
 
 SKIP_REASONS = {"nan": "NaN/inf samples in the recording", "flat": "flat channel", "amplitude": "amplitude bound"}
@@ -413,13 +475,48 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, classes: Sequenc
     return path
 
 
+def output_paths(out_csv: str | Path, prediction: Prediction | None = None) -> dict[str, Path]:
+    """The files written next to ``--out X.csv``: ``X_annot.fif``, ``X_annot.txt`` (MNE annotations),
+    ``X_events.tsv`` + ``X_events.json`` (BIDS) and, with ``--plot``, ``X_hypnogram.png`` for a sleep model or
+    ``X_timeline.png`` for others."""
+    out = Path(out_csv)
+    stem = out.with_suffix("") if out.suffix.lower() == ".csv" else out
+    paths = {"csv": out, "annot_fif": Path(f"{stem}_annot.fif"), "annot_txt": Path(f"{stem}_annot.txt"),
+             "events_tsv": Path(f"{stem}_events.tsv"), "events_json": Path(f"{stem}_events.json")}
+    if prediction is not None:
+        kind = "hypnogram" if is_sleep(prediction.recipe, prediction.classes) else "timeline"
+        paths["plot"] = Path(f"{stem}_{kind}.png")
+    return paths
+
+
+def write_outputs(prediction: Prediction, out_csv: str | Path, *, plot: bool = False) -> list[Path]:
+    """Write the CSV, the MNE annotations, the BIDS events and (``plot``) the figure of ``prediction``
+    (:func:`output_paths`); returns the files written."""
+    paths = output_paths(out_csv, prediction)
+    written = [write_csv(prediction.rows, paths["csv"], prediction.classes)]
+    spans = label_spans(prediction.rows, prediction.window_s)
+    written += write_annotations(spans, paths["annot_fif"], paths["annot_txt"])
+    written += write_events_tsv(spans, paths["events_tsv"], classes=prediction.classes, model=prediction.model_dir,
+                                task=prediction.task)
+    if plot:
+        model = Path(prediction.model_dir)
+        title = f"{Path(prediction.path).name}, {prediction.task} model {model.parent.name if model.name == 'model' else model.name}"
+        written.append(plot_prediction(prediction.rows, prediction.classes, prediction.window_s, paths["plot"],
+                                       task=prediction.recipe, threshold=prediction.threshold, title=title))
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("file", help="raw recording (EDF/BDF/FIF/SET/VHDR/GDF/CNT/text)")
     io = parser.add_argument_group("model and output")
     io.add_argument("--model", required=True, help="finetuned model folder ({out}/model of finetune/run.py)")
     io.add_argument("--task", help="head to use in a multi-task model (default: the first)")
-    io.add_argument("--out", help="CSV file to write (default: print CSV to stdout)")
+    io.add_argument("--out", help="CSV file to write, with MNE annotations (X_annot.fif, X_annot.txt) and BIDS events "
+                                  "(X_events.tsv, X_events.json) beside it (default: print CSV to stdout)")
+    io.add_argument("--plot", action="store_true",
+                    help="also draw X_hypnogram.png (sleep models) or X_timeline.png (probabilities and detected events); "
+                         "needs --out")
     windows = parser.add_argument_group("windows")
     windows.add_argument("--window_s", type=float, default=None,
                          help="window length in whole seconds (default: the trained length; others are a shift the "
@@ -436,14 +533,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
-    rows = predict_file(args.model, args.file, task=args.task, batch_size=args.batch_size, stride_s=args.stride_s,
-                        device=args.device, sfreq=args.sfreq, window_s=args.window_s)
+    if args.plot and not args.out:
+        raise ValueError("--plot needs --out X.csv: the figure is written next to it (X_hypnogram.png / X_timeline.png)")
+    prediction = predict_recording(args.model, args.file, task=args.task, batch_size=args.batch_size,
+                                   stride_s=args.stride_s, device=args.device, sfreq=args.sfreq, window_s=args.window_s)
+    rows = prediction.rows
     skipped = [r for r in rows if r.get("skipped")]
     if args.out:
-        write_csv(rows, args.out)
-        print(f"{len(rows) - len(skipped)} windows labelled -> {args.out}", file=sys.stderr)
+        written = write_outputs(prediction, args.out, plot=args.plot)
+        print(f"{len(rows) - len(skipped)} windows labelled -> {', '.join(str(p) for p in written)}", file=sys.stderr)
     else:
-        write_csv(rows, "/dev/stdout")
+        write_csv(rows, "/dev/stdout", prediction.classes)
     if skipped:
         reasons = sorted({r["skipped"] for r in skipped})
         print(f"{len(skipped)} window(s) not labelled, listed with their reason in the 'skipped' column: "

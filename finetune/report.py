@@ -6,7 +6,8 @@
 - ``report.json``: everything, NaN as ``null``;
 - ``report.md``: one row per (task, split) with balanced accuracy, kappa, weighted F1, accuracy and,
   for binary tasks, AUROC / AUC-PR, then the run settings;
-- ``confusion_<task>_<split>.png``: row-normalised confusion matrix with counts (matplotlib, Agg).
+- ``confusion_<task>_<split>.png``: row-normalised confusion matrix with counts (matplotlib, Agg);
+- figures the run drew (``learning_curves.png``, :mod:`finetune.curves`) are linked from ``report.md``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_report(out_dir: str | Path, results: Mapping[str, Mapping[str, Any]], *, run: Mapping[str, Any] | None = None) -> dict[str, Path]:
+def write_report(out_dir: str | Path, results: Mapping[str, Mapping[str, Any]], *, run: Mapping[str, Any] | None = None,
+                 figures: Mapping[str, str | Path] | None = None) -> dict[str, Path]:
     """Write the report files into ``out_dir``.
 
     Args:
@@ -84,6 +86,7 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping[str, Any]], 
             ``split`` descriptions or ``best_epoch`` go to the JSON as they are).
         run: settings and provenance (checkpoint, recipe hyper-parameters, timing) for the JSON and
             the Markdown footer.
+        figures: title -> image already written in ``out_dir`` (the learning curves), shown in ``report.md``.
     Returns:
         name -> written path (``report.json``, ``report.md``, ``confusion_<task>_<split>``).
     """
@@ -113,6 +116,8 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping[str, Any]], 
             if metrics.get("constant_predictor"):
                 lines.append(f"  **{split}: constant predictor** ({metrics.get('predicted_classes')} predicted class(es), "
                              f"probability spread {_fmt(metrics.get('proba_spread'))}): its scores say nothing about the input")
+    for title, image in (figures or {}).items():
+        lines += ["", f"## {title[:1].upper()}{title[1:]}", "", f"![{title}]({Path(image).name})"]
     if run and run.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in run["warnings"]]
     if run:

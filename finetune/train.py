@@ -19,6 +19,8 @@ Outputs in ``out``::
 
     model/            config.json, model.safetensors, recipe.json, metrics.json (finetune.model)
     report.json, report.md, confusion_<task>_<split>.png   (finetune.report)
+    learning_curves.png   loss, validation metrics and learning rate over the run (finetune.curves)
+    logs/             TensorBoard events: train/loss and train/lr per step, val/... per epoch
     log.jsonl         one line per epoch: train loss, learning rate, validation metrics
     config.json       the resolved FinetuneConfig
 """
@@ -44,6 +46,7 @@ from tqdm.auto import tqdm
 from finetune.align import align_groups
 from finetune.config import FinetuneConfig
 from finetune.contract import conform_tasks
+from finetune.curves import RunCurves
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
 from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
@@ -274,12 +277,15 @@ def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: 
                warmup_steps=warmup_steps, total_steps=total_steps)
 
 
-def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc: Accelerator) -> float:
-    """One pass over the interleaved task batches; returns the mean training loss."""
+def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc: Accelerator,
+                curves: RunCurves | None = None, bar: tqdm | None = None) -> float:
+    """One pass over the interleaved task batches; returns the mean training loss. Each step's loss and learning
+    rate go to ``curves``, and ``bar`` moves one step per batch."""
     fit.model.train()
     batches = TaskBatches(fit.train_windows, hyper.batch_size, seed=config.seed, epoch=epoch,
                           rank=acc.process_index, world_size=acc.num_processes)
     total, count = 0.0, 0
+    multitask = len(fit.train_windows) > 1
     for task, batch in batches:
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         x, channel_mask = augment(batch["x"], batch["channel_mask"], config.augment)
@@ -291,12 +297,19 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
         check_finite(acc, {"loss": loss}, what=what, advice=advice)
         acc.backward(loss)
         clip_and_check(acc, fit.model, hyper.grad_clip, what=what, advice=advice)
+        lr = fit.optimizer.param_groups[-1]["lr"]  # the rate this step uses (the top layer and head)
         fit.optimizer.step()
         fit.scheduler.step()
         fit.optimizer.zero_grad(set_to_none=True)
-        total += loss.item()
+        value = loss.item()
+        total += value
         count += 1
         fit.step += 1
+        if curves is not None:
+            curves.step(fit.step, epoch, task, value, lr, multitask=multitask)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{total / count:.3f}", refresh=False)
     return total / max(count, 1)
 
 
@@ -433,7 +446,8 @@ def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, 
 
 
 def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData], splits: Mapping[str, Split],
-                 hyper: Hyper, results: dict[str, Any], run_info: dict[str, Any], contract: Any) -> None:
+                 hyper: Hyper, results: dict[str, Any], run_info: dict[str, Any], contract: Any,
+                 figures: Mapping[str, Path] | None = None) -> None:
     """``model/`` (weights + recipe.json + metrics.json) and the report (main process only)."""
     recipes = {}
     for name, data in tasks.items():
@@ -449,7 +463,7 @@ def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData],
     metrics = {name: {"best_epoch": res["best_epoch"], **res["splits"]} for name, res in results.items()}
     extra = {"recipe": json_safe(recipes), "metrics": json_safe(metrics), **({"contract": contract.to_dict()} if contract else {})}
     model.save_pretrained(out_dir / "model", extra=extra)
-    write_report(out_dir, results, run=run_info)
+    write_report(out_dir, results, run=run_info, figures=figures)
 
 
 def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) -> dict[str, Any]:
@@ -483,24 +497,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     out_dir = _out_dir(config, list(tasks), acc, provenance.get("checkpoint"))
     log_scan_backend(acc, selective_scan_backend, model)
 
-    bad_epochs = 0
-    epochs = hyper.epochs if config.mode == "finetune" else 0
-    bar = tqdm(range(-1, epochs), desc="finetune", disable=not (acc.is_main_process and config.progress))
-    with _EpochLog(out_dir / "log.jsonl", acc.is_main_process) as log:
-        for epoch in bar:
-            # epoch -1 scores the model as it starts (the probe's head on the frozen features)
-            train_loss = train_epoch(fit, config, hyper, epoch, acc) if epoch >= 0 else math.nan
-            score, val = validate(fit, tasks, acc, epoch)
-            record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
-                      "val_score": score[0], "val_loss": -score[1],
-                      "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
-            fit.history.append(record)
-            log.write(record)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{score[0]:.3f}")
-            bad_epochs = 0 if keep_if_best(fit, epoch, score, acc) else bad_epochs + 1
-            if bad_epochs >= hyper.patience:
-                break
-
+    curves_png = run_epochs(fit, config, hyper, tasks, acc, out_dir)
     results = final_results(fit, tasks, splits, weights, acc, calibrate=config.calibrate)
     run_info = {
         "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode,
@@ -512,11 +509,39 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         "seconds": round(time.time() - t0, 1),
     }
     if acc.is_main_process:
-        save_outputs(out_dir, acc.unwrap_model(fit.model), tasks, splits, hyper, results, run_info, contract)
+        save_outputs(out_dir, acc.unwrap_model(fit.model), tasks, splits, hyper, results, run_info, contract,
+                     figures={"learning curves": curves_png} if curves_png else None)
         run_folder.release(out_dir)
     acc.wait_for_everyone()
     return {"out": str(out_dir), "results": results, "best_epoch": fit.best_epoch, "history": fit.history, "run": run_info,
             "predictions": fit.predictions}
+
+
+def run_epochs(fit: Fit, config: FinetuneConfig, hyper: Hyper, tasks: Mapping[str, TaskData], acc: Accelerator,
+               out_dir: Path) -> Path | None:
+    """Epoch -1 (the model as it starts: the probe's head on the frozen features), then training epochs until
+    ``patience`` epochs bring no better validation score. Every epoch is a ``log.jsonl`` line and TensorBoard
+    scalars (``finetune.curves``); the progress bar moves per batch. Returns ``learning_curves.png`` (main process)."""
+    bad_epochs = 0
+    epochs = hyper.epochs if config.mode == "finetune" else 0
+    curves = RunCurves(out_dir, active=acc.is_main_process)
+    bar = tqdm(total=fit.total_steps if epochs else 0, desc="finetune", unit="step", dynamic_ncols=True,
+               disable=not (acc.is_main_process and config.progress))
+    with _EpochLog(out_dir / "log.jsonl", acc.is_main_process) as log, bar:
+        for epoch in range(-1, epochs):
+            train_loss = train_epoch(fit, config, hyper, epoch, acc, curves, bar) if epoch >= 0 else math.nan
+            score, val = validate(fit, tasks, acc, epoch)
+            record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
+                      "val_score": score[0], "val_loss": -score[1],
+                      "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
+            fit.history.append(record)
+            log.write(record)
+            curves.epoch(record)
+            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{score[0]:.3f}")
+            bad_epochs = 0 if keep_if_best(fit, epoch, score, acc) else bad_epochs + 1
+            if bad_epochs >= hyper.patience:
+                break
+    return curves.close(best_epoch=fit.best_epoch)
 
 
 def _out_dir(config: FinetuneConfig, names: list[str], acc: Accelerator, checkpoint: str | None = None) -> Path:

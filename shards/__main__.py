@@ -118,12 +118,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> int:
-    from shards.corpora import CORPORA
+    from shards.corpora import CORPORA, FAMILIES
 
     for name in sorted(CORPORA):
         a = CORPORA[name]
         labels = getattr(a, "task_label_names", None) or a.label_names
         print(f"{name:16s} task={a.task!s:14s} mains={a.mains_hz!s:5s} labels={labels}")
+    for _, usage in FAMILIES.values():
+        print(usage)
     return 0
 
 

@@ -9,7 +9,8 @@ Layout of one build (``{out}/{corpus}/``)::
 
 A manifest records the build parameters (``build``), software versions, per-shard sample counts, hours and
 recordings, totals, counts by split / channel set / label, window drops, dropped channels by reason, skipped
-recordings with reasons and the split of every subject and recording. :func:`make_manifest` writes one
+recordings with reasons (a recording found twice, ``duplicates``, among them) and the split of every subject and
+recording. :func:`make_manifest` writes one
 from a build state; :func:`read_manifest` reads a folder, merging part fragments.
 """
 
@@ -195,6 +196,13 @@ def jsonable(x: Any) -> Any:
 
 
 
+def _duplicates(recs: list[dict]) -> list[dict]:
+    """The recordings left out as twins of one kept (``duplicate_of``), each with the source of that one."""
+    sources = {r["recording"]: r["source"] for r in recs}
+    return [{"recording": r["recording"], "source": r["source"], "duplicate_of": r["duplicate_of"],
+             "duplicate_of_source": sources.get(r["duplicate_of"])} for r in recs if r.get("duplicate_of")]
+
+
 def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
     """Aggregate the per-recording summaries of a build state into the manifest."""
     recs = [r for s in state["shards"] for r in s["recordings"]] + list(state["tail"])
@@ -260,6 +268,8 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         "dropped_channels": {k: dict(sorted(v.items())) for k, v in sorted(dropped_channels.items())},
         "placed_channels": {k: dict(sorted(v.items())) for k, v in sorted(placed_channels.items())},
         "skipped": skipped,
+        # recordings left out because one kept earlier holds the same samples (shards.twins); also in "skipped"
+        "duplicates": _duplicates(recs),
         "splits": {
             "subjects": dict(sorted({r["subject"]: r["split"] for r in recs}.items())),
             "recordings": {r["recording"]: r["split"] for r in recs},
@@ -267,7 +277,8 @@ def make_manifest(adapter: Adapter, params: dict, state: dict) -> dict:
         # "sha256": of the recording's tar members (header to padding) inside its shard, when it has samples;
         # "notch_hz": the mains notch the recording itself stated (BIDS PowerLineFrequency), used instead of the build's
         "recordings": [{k: r[k] for k in ("recording", "subject", "session", "source", "task", "split", "samples",
-                                             "hours", "recording_hours", "skipped", "sha256", "notch_hz") if k in r}
+                                             "hours", "recording_hours", "skipped", "sha256", "notch_hz",
+                                             "duplicate_of") if k in r}
                        for r in recs],
     }))
 
@@ -320,6 +331,7 @@ def read_manifest(folder: str | Path) -> dict:
     merged["complete"] = all(f["complete"] for f in frags) and len(frags) == n_expected
     merged["shards"] = sorted((s for f in frags for s in f["shards"]), key=lambda s: s["name"])
     merged["skipped"] = sorted((s for f in frags for s in f["skipped"]), key=lambda s: s["recording"])
+    merged["duplicates"] = sorted((d for f in frags for d in f.get("duplicates", [])), key=lambda d: d["recording"])
     merged["recordings"] = sorted((r for f in frags for r in f["recordings"]), key=lambda r: r["recording"])
     check_subject_splits(merged["recordings"], str(folder))
     merged["totals"] = _sum_dicts(f["totals"] for f in frags)

@@ -16,6 +16,9 @@ Guarantees and how they are met:
   died is rebuilt from its recordings. Shards already in the state file are never rewritten.
 - Bad input never stops a build: a recording whose load / preprocessing fails is logged with its file and
   reason, recorded under ``skipped`` in the manifest and the build goes on.
+- No recording twice: a recording whose windows are those of one kept earlier in the build (an export next to
+  its original, :mod:`shards.twins`) is not written; it is listed as skipped, ``duplicate of ...``, and under the
+  manifest's ``duplicates``. The first in id order is kept, so the choice does not depend on ``workers``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from shards.sample import check_sfreq, encode_sample, npy_bytes
 from shards.shardfile import OpenShard, RecordingEncoder, RecordingResult, tar_header
 from shards.streaming import StreamedSignal, iter_windows, preprocess_recording
 from shards.splits import assign_split, in_part
+from shards.twins import ContentProbe, TwinIndex
 
 log = logging.getLogger("shards.writer")
 
@@ -91,7 +95,8 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         windows, drops = iter_windows(signal, segments, config)
         encoder = RecordingEncoder(rec, list(signal.channels), float(signal.sfreq))
         if isinstance(signal, StreamedSignal):
-            return _spooled(windows, drops, encoder, summary, spool_dir, spool_name + rec.recording)
+            return _spooled(windows, drops, encoder, summary, spool_dir, spool_name + rec.recording,
+                            ContentProbe(signal.channels, float(signal.sfreq)))
         windows = list(windows)
     except Exception as e:  # noqa: BLE001 - any failure of one recording must not stop the build
         reason = f"{type(e).__name__}: {e}"
@@ -107,15 +112,18 @@ def process_recording(adapter: Adapter, rec: Recording, config: PreprocessConfig
         f16, first = _float16_span(signal.data, windows, len(signal.channels), rec.source)
     pieces: list[bytes] = []
     durations = []
+    probe = ContentProbe(signal.channels, float(signal.sfreq))
     for k, w in enumerate(windows):
         n = w.eeg.shape[1]
         eeg = f16[:, w.start - first: w.start - first + n]  # a view; tobytes() below is the only copy
         label = None if w.label is None else int(w.label)
         durations.append(encoder.encode(pieces, k, eeg, float(w.onset_s), label, w.label_name))
+        probe.add(eeg, w.onset_s)
         labels[w.label_name if label is not None else "unlabeled"] += 1
     summary["samples"] = len(windows)
     summary["hours"] = sum(durations) / 3600.0
     summary["labels"] = dict(sorted(labels.items()))
+    summary["content"] = probe.result()  # the twin check of the build (shards.twins)
     if pieces:  # of its tar members' bytes, hashed here in the worker: lets inspect name a damaged recording
         digest = hashlib.sha256()
         for piece in pieces:
@@ -154,7 +162,7 @@ def spool_prefix(part: tuple[int, int]) -> str:
 
 
 def _spooled(windows, drops: Counter, encoder: RecordingEncoder, summary: dict[str, Any], spool_dir: Path | None,
-             prefix: str) -> RecordingResult:
+             prefix: str, probe: ContentProbe) -> RecordingResult:
     """Encode a streamed recording's windows into a spool file, one window at a time (bounded memory)."""
     import tempfile
 
@@ -166,8 +174,9 @@ def _spooled(windows, drops: Counter, encoder: RecordingEncoder, summary: dict[s
             for k, w in enumerate(windows):
                 pieces: list[bytes] = []
                 label = None if w.label is None else int(w.label)
-                durations.append(encoder.encode(pieces, k, w.eeg.astype(np.float16), float(w.onset_s), label,
-                                                w.label_name))
+                eeg = w.eeg.astype(np.float16)
+                durations.append(encoder.encode(pieces, k, eeg, float(w.onset_s), label, w.label_name))
+                probe.add(eeg, w.onset_s)
                 labels[w.label_name if label is not None else "unlabeled"] += 1
                 for piece in pieces:
                     f.write(piece)
@@ -177,7 +186,7 @@ def _spooled(windows, drops: Counter, encoder: RecordingEncoder, summary: dict[s
         Path(name).unlink(missing_ok=True)
         raise
     summary.update(samples=len(durations), hours=sum(durations) / 3600.0, labels=dict(sorted(labels.items())),
-                   drops=dict(sorted(Counter(drops).items())))
+                   drops=dict(sorted(Counter(drops).items())), content=probe.result())
     if not durations:
         Path(name).unlink(missing_ok=True)
         return RecordingResult([], summary)
@@ -362,8 +371,10 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
         open_shards: dict[str, OpenShard] = {}
         bar = tqdm(total=len(recordings), initial=len(recordings) - len(todo), desc=f"{adapter.name}",
                    unit="rec", disable=not progress, dynamic_ncols=True)
+        twins = _twin_index(state)
         try:
             for result in _ordered_results(adapter, todo, cfg, workers, lock_fd, (folder, spool_prefix((i, n)))):
+                result = _unless_twin(result, twins)
                 s = result.summary
                 if s["skipped"]:
                     log.warning("skipped %s: %s", s["source"], s["skipped"])
@@ -398,6 +409,41 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     manifest = make_manifest(adapter, params, state)
     atomic_write_json(folder / manifest_name((i, n)), manifest)
     return manifest
+
+
+def _twin_index(state: dict) -> TwinIndex:
+    """The recordings a (resumed) build has already kept, to recognise their twins among the rest."""
+    twins = TwinIndex()
+    for r in [r for s in state["shards"] for r in s["recordings"]] + list(state["tail"]):
+        twins.add(r)
+    return twins
+
+
+def _unless_twin(result: RecordingResult, twins: TwinIndex) -> RecordingResult:
+    """``result`` as it is and remembered, or, when a recording kept earlier in the build holds the same samples
+    (``shards.twins``), emptied and marked skipped as its duplicate (its samples are not written twice)."""
+    s = result.summary
+    kept = twins.twin_of(s)
+    if kept is None:
+        twins.add(s)
+        return result
+    if result.spool is not None:
+        Path(result.spool).unlink(missing_ok=True)
+    n = s["samples"]
+    reason = (f"duplicate of {kept['source']} (recording {kept['recording']}): the same {n} windows of "
+              f"{len(s['channels'])} channels; sharded once, as {kept['recording']}")
+    if dict(s.get("labels") or {}) != dict(kept.get("labels") or {}):
+        # one signal under two labels (a file copied into two class folders): the corpus contradicts itself
+        reason += (f", whose labels it keeps ({_label_text(kept.get('labels'))}; this copy's: "
+                   f"{_label_text(s.get('labels'))}): check which is right")
+    summary = {**s, "samples": 0, "hours": 0.0, "labels": {}, "drops": {}, "duplicate_of": kept["recording"],
+               "skipped": reason}
+    summary.pop("sha256", None)
+    return RecordingResult([], summary)
+
+
+def _label_text(labels: Any) -> str:
+    return ", ".join(f"{k} x{v}" for k, v in sorted(dict(labels or {}).items())) or "none"
 
 
 # The entries of one recording's summary in a build state, with their JSON types (``process_recording``).

@@ -43,7 +43,7 @@ SHELL_VARIABLES = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"}
 # Environment variables a command may set in front of it.
 ENVIRONMENT = {"OMP_NUM_THREADS", "ACCELERATE_USE_CPU", "EEGFM_SCAN_BACKEND", "EEGFM_DEBUG", "HF_HUB_OFFLINE"}
 # Packages of optional extras: a docs import that needs one is skipped when it is not installed.
-OPTIONAL = ("braindecode", "skorch", "mne_bids", "mamba_ssm", "causal_conv1d", "triton")
+OPTIONAL = ("braindecode", "skorch", "mne_bids", "mamba_ssm", "causal_conv1d", "triton", "moabb")
 
 
 @dataclass(frozen=True)

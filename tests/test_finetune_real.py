@@ -40,7 +40,8 @@ def shard(corpus: str, root: Path, tmp: Path) -> Path:
     from shards.writer import build
 
     manifest = build(corpus, root, tmp / "shards", progress=False)
-    assert manifest["totals"]["samples"] > 0 and not manifest["skipped"], manifest["skipped"]
+    twins = {d["recording"] for d in manifest["duplicates"]}  # mental stress: one file in both class folders
+    assert manifest["totals"]["samples"] > 0 and all(s["recording"] in twins for s in manifest["skipped"]), manifest["skipped"]
     return tmp / "shards" / corpus
 
 

@@ -80,6 +80,41 @@ def test_outputs_model_report_and_logs(seizure_run):
     assert report["run"]["best_epoch"] == seizure_run["best_epoch"]
 
 
+def test_curves_in_tensorboard_and_a_figure_next_to_the_report(seizure_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = Path(seizure_run["out"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "logs")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/epoch_loss", "val/loss", "val/score", "val/seizure/auroc",
+            "val/seizure/balanced_accuracy"} <= tags
+    steps = seizure_run["run"]["steps_run"]
+    loss = events.Scalars("train/loss")
+    # one point per optimiser step, 1..steps; the epoch losses are their means
+    assert [e.step for e in loss] == list(range(1, steps + 1))
+    per_epoch = steps // 6
+    first_epoch = np.mean([e.value for e in loss[:per_epoch]])
+    assert first_epoch == pytest.approx(log[1]["train_loss"], rel=1e-5)
+    lr = [e.value for e in events.Scalars("train/lr")]
+    assert lr[0] < max(lr) and lr[-1] < max(lr)  # warm-up, then the cosine
+    val = events.Scalars("val/seizure/auroc")  # the probe at step 0, then each epoch's end
+    assert [e.step for e in val] == [r["step"] for r in log] and val[0].step == 0
+    assert [e.value for e in val] == pytest.approx([r["val"]["seizure"]["auroc"] for r in log], rel=1e-6)
+    png = out / "learning_curves.png"
+    assert png.stat().st_size > 20_000
+    assert "![learning curves](learning_curves.png)" in (out / "report.md").read_text()
+
+
+def test_progress_bar_moves_per_batch(synth_shards, tmp_path, capsys):
+    result = finetune(small_config(tmp_path, "seizure", synth_shards, channels=("CZ",), epochs=2, progress=True))
+    steps = result["run"]["steps_run"]
+    assert steps == result["run"]["total_steps"] > 2 * 2
+    err = capsys.readouterr().err
+    # the bar counts optimiser steps (batches), not the 2 epochs
+    assert f"0/{steps}" in err and f"{steps}/{steps}" in err and "step" in err
+
+
 def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path):
     edf = synth_raw / "sub-05_task-seizure.edf"
     rows = predict_file(Path(seizure_run["out"]) / "model", edf)
@@ -99,6 +134,54 @@ def test_predict_labels_every_window_of_an_edf(seizure_run, synth_raw, tmp_path)
     assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--out", str(out_csv),
                          "--window_s", "8"]) == 0
     assert len(out_csv.read_text().splitlines()) == 1 + 12
+
+
+def test_predict_writes_mne_annotations_bids_events_and_a_timeline(seizure_run, synth_raw, tmp_path, capsys):
+    import csv
+
+    import mne
+
+    model = Path(seizure_run["out"]) / "model"
+    edf = synth_raw / "sub-05_task-seizure.edf"
+    out_csv = tmp_path / "sub-05_pred.csv"
+    assert predict_main(["--model", str(model), str(edf), "--out", str(out_csv), "--plot"]) == 0
+    err = capsys.readouterr().err
+    rows = predict_file(model, edf)
+    for name in ("sub-05_pred_annot.fif", "sub-05_pred_annot.txt", "sub-05_pred_events.tsv",
+                 "sub-05_pred_events.json", "sub-05_pred_timeline.png"):
+        assert (tmp_path / name).is_file() and name in err, name
+    assert (tmp_path / "sub-05_pred_timeline.png").stat().st_size > 20_000
+    # the annotations tile the 96 s: consecutive windows of one label are one annotation
+    for path in ("sub-05_pred_annot.fif", "sub-05_pred_annot.txt"):
+        ann = mne.read_annotations(tmp_path / path)
+        assert ann.onset[0] == 0.0 and ann.onset[-1] + ann.duration[-1] == pytest.approx(96.0)
+        np.testing.assert_allclose(ann.onset[1:], ann.onset[:-1] + ann.duration[:-1], atol=1e-6)
+        assert all(a != b for a, b in zip(ann.description[1:], ann.description[:-1]))
+        # every window's label is the description of the annotation that holds it
+        for r in rows:
+            k = np.searchsorted(ann.onset, r["onset_s"], side="right") - 1
+            assert ann.description[k] == r["label_name"]
+    # onto the recording they came from
+    raw = mne.io.read_raw_edf(edf, verbose="error")
+    raw.set_annotations(mne.read_annotations(tmp_path / "sub-05_pred_annot.fif"))
+    assert len(raw.annotations) == len(ann)
+    with open(tmp_path / "sub-05_pred_events.tsv", newline="") as f:
+        events = list(csv.DictReader(f, delimiter="\t"))
+    assert list(events[0]) == ["onset", "duration", "trial_type", "probability", "n_windows", "skipped"]
+    assert [e["trial_type"] for e in events] == list(ann.description)
+    assert sum(int(e["n_windows"]) for e in events) == len(rows) == 24
+    assert {e["skipped"] for e in events} == {"n/a"}
+    sidecar = json.loads((tmp_path / "sub-05_pred_events.json").read_text())
+    assert set(sidecar["trial_type"]["Levels"]) == {"non_seizure", "seizure", "BAD_no_label"}
+    # the simulator's ictal blocks are 16 s long: detected events of 4-s windows
+    seizures = [e for e in events if e["trial_type"] == "seizure"]
+    assert 1 <= len(seizures) <= 5 and all(float(e["duration"]) % 4.0 == 0 for e in seizures)
+
+
+def test_predict_plot_needs_out(seizure_run, synth_raw, capsys):
+    edf = synth_raw / "sub-05_task-seizure.edf"
+    assert predict_main(["--model", str(Path(seizure_run["out"]) / "model"), str(edf), "--plot"]) == 2
+    assert "--plot needs --out" in capsys.readouterr().err
 
 
 def test_predict_names_a_corrupt_recording_in_one_line(seizure_run, tmp_path, capsys):

@@ -291,8 +291,11 @@ def test_split_fif_is_one_recording_of_its_full_duration(shared_data, tmp_path):
 
     manifest = build("recordings", root, tmp_path / "out", overrides={"max_abs_uv": None}, progress=False)
     got = {r["source"]: (round(r["recording_hours"] * 3600, 3), r["samples"]) for r in manifest["recordings"]}
-    assert got == {"run_raw.fif": (125.0, 12), "sub-01_task-imagery_split-01_eeg.fif": (125.0, 12),
+    # both split recordings are read whole (125 s); the second holds the first's samples, so it is sharded once
+    assert got == {"run_raw.fif": (125.0, 12), "sub-01_task-imagery_split-01_eeg.fif": (125.0, 0),
                    "rest.fif": (360.0, 36), "rest-1.fif": (60.0, 6)}
+    assert [(d["source"], d["duplicate_of_source"]) for d in manifest["duplicates"]] == [
+        ("sub-01_task-imagery_split-01_eeg.fif", "run_raw.fif")]
     whole = read_raw(root / "run_raw.fif")
     np.testing.assert_allclose(whole.get_data(), raw.get_data(), rtol=1e-6, atol=1e-12)  # FIF stores float32
 
@@ -417,12 +420,18 @@ def test_build_over_one_recording_of_every_format(shared_data, eegmmidb_10s, tmp
 
     manifest = build("recordings", root, tmp_path / "out", overrides={"window_s": 2.0, "max_abs_uv": None}, progress=False)
     skipped = {s["source"]: s["reason"] for s in manifest["skipped"]}
-    assert skipped.keys() == missing | {"night.TRC"}
+    # the EEGMMIDB excerpt in five formats is one recording (kept as the first in id order, BCI2000's run.dat), and so
+    # is MNE's Curry test recording in its Curry 7 and Curry 8 forms
+    twins = {"run.edf": "run.dat", "run.vhdr": "run.dat", "run.set": "run.dat", "run_raw.fif": "run.dat"}
+    if f"curry/{Path(CURRY8).name}" not in missing:
+        twins[f"curry/{Path(CURRY8).name}"] = f"curry/{Path(CURRY7).name}"
+    assert {d["source"]: d["duplicate_of_source"] for d in manifest["duplicates"]} == twins
+    assert skipped.keys() == missing | {"night.TRC"} | set(twins)
     for name in missing:
         assert f"pip install {optional[name]}" in skipped[name]
     assert "MNE cannot read Micromed" in skipped["night.TRC"]
     samples = {r["source"]: r["samples"] for r in manifest["recordings"] if not r["skipped"]}
-    assert len(samples) == 16 - len(missing) and all(n > 0 for n in samples.values()), samples
+    assert len(samples) == 16 - len(missing) - len(twins) and all(n > 0 for n in samples.values()), samples
     placed = {n for how in manifest["placed_channels"].values() for n in how}
     assert len([n for n in placed if n.isdigit() or n in ("LEFT_EAR", "NA1")]) == 29  # scan41_short.cnt
     assert len([n for n in placed if n[:1] == "E" and n[1:].isdigit() and 32 < int(n[1:]) <= 64]) > 16  # egi.raw

@@ -443,9 +443,14 @@ def test_eegmmidb_builds(shared_data, tmp_path):
 
 def test_mental_stress_builds(shared_data, tmp_path):
     m = build("mental_stress", shared_data / "emotion" / "mental_stress_emotiv", tmp_path, workers=2, progress=False)
-    assert m["totals"]["skipped"] == 0 and m["totals"]["recordings"] == 32
+    # relaxing_music/recording_03.edf is byte for byte horror_video/recording_05.edf: one signal, two labels
+    assert m["totals"]["skipped"] == 1 and m["totals"]["recordings"] == 31
+    assert m["duplicates"] == [{"recording": "relaxing_music_03", "source": "relaxing_music/recording_03.edf",
+                                "duplicate_of": "horror_video_05", "duplicate_of_source": "horror_video/recording_05.edf"}]
+    assert m["skipped"][0]["reason"].endswith("sharded once, as horror_video_05, whose labels it keeps (stress x6; "
+                                              "this copy's: calm x6): check which is right")
     assert [cs["channels"] for cs in m["channel_sets"]] == [["AF3", "T7", "PZ", "T8", "AF4"]]
-    assert _label_recordings(m) == {"calm": 15, "stress": 17}
+    assert _label_recordings(m) == {"calm": 14, "stress": 17}
     # The ~25 Emotiv housekeeping channels (counters, contact quality, time stamps) are dropped and reported.
     assert sum(len(v) for v in m["dropped_channels"].values()) >= 20
 

@@ -101,6 +101,10 @@ class Recipe:
         group_by: preferred split unit ("subject", falling back to "recording" when there are too few).
         n_folds: k of the group k-fold.
         hyper: default optimisation settings.
+        rest_classes: for tasks whose windows are cut around cues or stimuli (motor imagery), the classes that
+            mean "no cue" (``rest``). A model without one labels every window of a continuous recording as one
+            of its cued classes, which ``finetune.predict`` says. None: every span of a recording belongs to
+            some class of the task (sleep stages, seizure vs background, a condition per recording).
     """
 
     name: str
@@ -114,6 +118,7 @@ class Recipe:
     hyper: Hyper = field(default_factory=Hyper)
     description: str = ""
     extra_tasks: tuple[str, ...] = ()
+    rest_classes: tuple[str, ...] | None = None
 
     @property
     def accepted_tasks(self) -> tuple[str, ...]:
@@ -199,6 +204,7 @@ class Recipe:
             "n_folds": self.n_folds,
             "hyper": dataclasses.asdict(self.hyper),
             "description": self.description,
+            "rest_classes": list(self.rest_classes) if self.rest_classes is not None else None,
         }
 
 

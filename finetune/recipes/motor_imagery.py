@@ -37,4 +37,5 @@ RECIPE = Recipe(
     n_folds=5,
     hyper=Hyper(),
     description="imagined movement per cue (default left vs right fist)",
+    rest_classes=("rest",),
 )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +45,8 @@ __all__ = [
     "Recording",
     "get_corpus",
     "register",
+    "register_family",
+    "FAMILIES",
     "safe_id",
 ]
 
@@ -167,12 +169,30 @@ def register(cls: type[Adapter]) -> type[Adapter]:
     return cls
 
 
+# Adapters made per argument: ``family:ARG`` (``moabb:BNCI2014_001``) -> factory(ARG), with a usage line for ``list``.
+FAMILIES: dict[str, tuple[Callable[[str], Adapter], str]] = {}
+
+
+def register_family(prefix: str, factory: Callable[[str], Adapter], usage: str) -> None:
+    """Make ``get_corpus(f"{prefix}:ARG")`` return ``factory(ARG)`` (one adapter per dataset of a library)."""
+    FAMILIES[prefix] = (factory, usage)
+
+
 def get_corpus(name: str) -> Adapter:
-    """The registered adapter called ``name``; KeyError listing the known names otherwise."""
+    """The registered adapter called ``name`` (or ``family:ARG``); KeyError listing the known names otherwise."""
+    family, sep, arg = name.partition(":")
+    if sep and family in FAMILIES:
+        if not arg:
+            raise KeyError(f"corpus {name!r} names no dataset; usage: {FAMILIES[family][1]}")
+        try:
+            return FAMILIES[family][0](arg)
+        except ValueError as err:
+            raise KeyError(str(err)) from None
     try:
         return CORPORA[name]
     except KeyError:
-        raise KeyError(f"unknown corpus {name!r}; known corpora: {', '.join(sorted(CORPORA))}") from None
+        known = sorted(CORPORA) + [usage for _, usage in FAMILIES.values()]
+        raise KeyError(f"unknown corpus {name!r}; known corpora: {', '.join(known)}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
