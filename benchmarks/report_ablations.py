@@ -42,8 +42,14 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
     return None
 
 
+NO_ABLATIONS = ("No ablation run is stored beside this main run: `python benchmarks/downstream.py --ablation NAME` runs "
+                "one (the names are in `benchmarks/ablations.py`), then `--ablation-table` compares them.")
+
+
 def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> str:
     tasks = list(main.get("tasks", {}))
+    if not ablations:
+        return "# Ablations\n\n" + NO_ABLATIONS + "\n"
     lines = ["# Ablations (each minus the main run, paired by seed)", "",
              "Balanced accuracy / AUROC difference, mean over seeds (seeds where the ablation is better). Positive: "
              "undoing the default helped.", ""]
@@ -92,6 +98,8 @@ def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
     """The README's share of the ablation table: one line per ablation, the mean over tasks of each row's balanced
     accuracy difference (the per-task cells and AUROC are in ablations.md)."""
     tasks = list(main.get("tasks", {}))
+    if not ablations:
+        return NO_ABLATIONS
     lines = ["Each ablation minus the main run, balanced accuracy, mean over tasks of the seed-paired differences "
              "(positive: undoing the default helped); per task: "
              "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",

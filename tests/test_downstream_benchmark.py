@@ -379,3 +379,14 @@ def test_eegmat_rows_are_printed_beside_the_papers_never_mixed_into_them():
     ours, papers = text.split("## EEGMAT beside published results")[1].split("COPIED FROM THE PAPERS")
     assert "subject-wise cross-validation" in ours and "| EEGMamba from scratch, finetuned | 0.500 ± 0.000 |" in ours
     assert "| CBraMod | 0.7256 | 0.6267 | 0.7905 |" in papers and "EEGMamba" not in papers
+
+
+def test_ablation_table_without_ablation_runs_says_how_to_make_one(tmp_path):
+    from benchmarks.report_ablations import write_ablation_table
+
+    (tmp_path / "results.json").write_text(json.dumps(_payload(), default=str))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- ablation-results:begin -->\nold\n<!-- ablation-results:end -->\n")
+    text = write_ablation_table(tmp_path, readme)
+    assert "No ablation run is stored" in text and "| ablation |" not in text
+    assert "old" not in readme.read_text() and "--ablation NAME" in readme.read_text()
