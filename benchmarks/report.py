@@ -97,7 +97,9 @@ def pool_predictions(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _proba(p: Sequence, n_classes: int) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
-    return np.c_[1 - p, p] if n_classes == 2 else p
+    if n_classes == 2:
+        return np.c_[1 - p, p]
+    return p / p.sum(axis=1, keepdims=True)  # stored rounded to 4 decimals: rows sum to 1 within ~1e-4 only
 
 
 def metrics_of(y: Sequence[int], pred: Sequence[int], p: Sequence, n_classes: int) -> dict[str, float]:

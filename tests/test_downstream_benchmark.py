@@ -390,3 +390,9 @@ def test_ablation_table_without_ablation_runs_says_how_to_make_one(tmp_path):
     text = write_ablation_table(tmp_path, readme)
     assert "No ablation run is stored" in text and "| ablation |" not in text
     assert "old" not in readme.read_text() and "--ablation NAME" in readme.read_text()
+
+
+def test_multiclass_probabilities_stored_rounded_still_score():
+    p = np.array([[0.33334, 0.33333, 0.33333], [0.1, 0.7, 0.2], [0.1, 0.2, 0.7]]).round(4)  # row 0 sums to 0.9999
+    m = report.metrics_of([0, 1, 2], [0, 1, 2], p.tolist(), 3)
+    assert m["auroc"] == pytest.approx(1.0) and m["balanced_accuracy"] == pytest.approx(1.0)
