@@ -232,6 +232,15 @@ def pretraining_lines(payload: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def compute_time(payload: Mapping[str, Any]) -> str:
+    """The work behind the numbers, summed over jobs, beside this invocation's wall time (which is short when the
+    work folder's cache held the backbones and units)."""
+    pre = sum(v.get("seconds", 0.0) for v in payload.get("pretraining", {}).values()) / 60
+    units = sum(u.get("seconds", 0.0) or 0.0 for u in payload.get("units", [])) / 60
+    return (f"compute summed over jobs (one thread each): pretraining {pre:.0f} min, finetuning, probes and baselines "
+            f"{units:.0f} min; wall time of this invocation {payload['total_s'] / 60:.1f} min (cached work is reused)")
+
+
 def render(payload: Mapping[str, Any]) -> str:
     """The Markdown report of one run (a pure function of its results.json payload)."""
     tasks = payload["tasks"]
@@ -248,7 +257,7 @@ def render(payload: Mapping[str, Any]) -> str:
         f"Command: `{' '.join(payload['command'])}`  ",
         f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']}, "
         f"{payload.get('jobs', 1)} worker process(es)  ",
-        f"Finished: {payload['finished']}, total wall time {payload['total_s'] / 60:.1f} min",
+        f"Finished: {payload['finished']}, {compute_time(payload)}",
         "",
         f"Protocol: every window of every task; groups (subjects, else recordings) dealt into stratified folds nested in "
         f"two halves; each of {b['seeds']} pretraining seeds pretrains two tiny backbones ({b['pretrain_steps']} steps), "
