@@ -38,7 +38,13 @@ PROTOCOLS = ("plain", "aligned")
 
 def key_of(obj: Any) -> str:
     """A short content key of a JSON-able object (what a cached job or run was computed from)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]  # aligned: Euclidean alignment per subject (finetune.align), every method alike
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def job_budget(budget: Mapping[str, Any]) -> dict[str, Any]:
+    """The budget as one job sees it: how many seeds the run has does not change what a job of one seed computes,
+    so adding a seed to a finished run reuses every cached job."""
+    return {k: v for k, v in budget.items() if k != "seeds"}
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,8 @@ class FeatureJob:
     backbone: str | None = None
 
     def key(self, contexts: Sequence[Context]) -> str:
-        return key_of({**dataclasses.asdict(self), "contexts": [dataclasses.asdict(c) for c in contexts]})
+        return key_of({**dataclasses.asdict(self),
+                       "contexts": [{**dataclasses.asdict(c), "budget": job_budget(c.budget)} for c in contexts]})
 
 
 def window_features(job: FeatureJob, ctx: Context, data) -> np.ndarray:
@@ -259,7 +266,7 @@ def run_job(job, contexts, cache: Path) -> list[dict[str, Any]]:
 
 
 def _unit_context(ctx: Context) -> dict[str, Any]:
-    return {"shards": ctx.shards, "budget": ctx.budget, "overrides": ctx.finetune_overrides, "test": ctx.test_groups,
+    return {"shards": ctx.shards, "budget": job_budget(ctx.budget), "overrides": ctx.finetune_overrides, "test": ctx.test_groups,
             "val": ctx.val_groups, "classes": ctx.classes, "window_s": ctx.window_s}
 
 

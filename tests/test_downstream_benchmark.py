@@ -397,3 +397,14 @@ def test_multiclass_probabilities_stored_rounded_still_score():
     p = np.array([[0.33334, 0.33333, 0.33333], [0.1, 0.7, 0.2], [0.1, 0.2, 0.7]]).round(4)  # row 0 sums to 0.9999
     m = report.metrics_of([0, 1, 2], [0, 1, 2], p.tolist(), 3)
     assert m["auroc"] == pytest.approx(1.0) and m["balanced_accuracy"] == pytest.approx(1.0)
+
+
+def test_adding_a_seed_to_a_run_reuses_every_cached_job():
+    def ctx(**budget):
+        return units.Context(shards="s", recipe="emotion", classes=("a", "b"), window_s=4.0, test_groups=("g",), n_folds=2,
+                             budget={**dataclasses.asdict(tasks.FAST), **budget}, finetune_overrides={}, out="o")
+
+    job = units.FeatureJob("t", 1, units.PROBE, "plain", (0, 1))
+    assert job.key([ctx(seeds=2)]) == job.key([ctx(seeds=5)])  # the seed count is not what a job computes from
+    assert job.key([ctx(finetune_epochs=9)]) != job.key([ctx()])  # everything else is
+    assert units.job_budget(ctx(seeds=2).budget) == units.job_budget(ctx(seeds=5).budget)
