@@ -48,15 +48,23 @@ BUFFER_ELEMENTS = 1 << 19
 _TILE = 16
 
 
-def default_chunk(l: int) -> int:
-    """Steps per chunk: ``2K + L/K`` Python steps is smallest at ``K = sqrt(L/2)``; clamped so per-step tensors
-    stay large enough to amortise dispatch overhead at short L and the chunk loop stays short at long L."""
-    return int(min(64, max(8, round(math.sqrt(max(l, 1) / 2)))))
+def default_chunk(l: int, slab: int = 0) -> int:
+    """Steps per chunk for a length-``l`` scan whose step holds ``slab = b * d * n`` states.
+
+    Where a buffer holds several chunks of ``sqrt(L / 2)`` steps (``2K + L/K`` Python steps, smallest there) but
+    at most 4, a chunk fills the buffer instead: one chunk per group takes the single-pass path (no carry
+    between chunks, a third of the Python steps and of the passes over the buffers; measured 1.3-1.4x faster
+    at b=8, d=256, n=16, L=78). Clamped so per-step tensors stay large enough to amortise dispatch overhead
+    at short L and the chunk loop stays short at long L; never longer than ``l``."""
+    k = int(min(64, max(8, round(math.sqrt(max(l, 1) / 2)))))
+    if slab and slab * k <= BUFFER_ELEMENTS and BUFFER_ELEMENTS // slab <= 4 * k:
+        k = BUFFER_ELEMENTS // slab
+    return max(1, min(k, l))
 
 
-def n_chunks(l: int, chunk: int | None = None) -> int:
+def n_chunks(l: int, chunk: int | None = None, slab: int = 0) -> int:
     """Chunks of a length-``l`` scan (the second-to-last size of :func:`chunked_forward`'s saved states)."""
-    return max(1, -(-l // (chunk or default_chunk(l))))
+    return max(1, -(-l // (chunk or default_chunk(l, slab))))
 
 
 def chunked_forward(u, delta, A, B, C, chunk: int | None = None):
@@ -67,7 +75,7 @@ def chunked_forward(u, delta, A, B, C, chunk: int | None = None):
     """
     b, d, l = u.shape
     g = B.shape[1]
-    K = chunk or default_chunk(l)
+    K = chunk or default_chunk(l, b * d * A.shape[-1])
     dk, uk, Bk, Ck = _step_major_padded((delta, u, B, C), g, K)
     y, state, hs = _core_forward(dk, uk, A.view(g, d // g, -1), Bk, Ck)
     return _time_major(y)[..., :l], rearrange(state, "b g h n -> b (g h) n"), hs
@@ -78,7 +86,7 @@ def chunked_backward(u, delta, A, B, C, hs, gy, glast, chunk: int | None = None)
     ``[b, d, l]`` and ``glast [b, d, n]`` or None), recomputing the states from ``hs``."""
     b, d, l = u.shape
     g = B.shape[1]
-    K = chunk or default_chunk(l)
+    K = chunk or default_chunk(l, b * d * A.shape[-1])
     dk, uk, Bk, Ck, gyk = _step_major_padded((delta, u, B, C, gy), g, K)
     glast = None if glast is None else rearrange(glast.to(dk.dtype), "b (g h) n -> b g h n", g=g)
     ddelta, du, dA, dB, dC = _core_backward(dk, uk, A.view(g, d // g, -1), Bk, Ck, hs, gyk, glast)
@@ -159,8 +167,7 @@ def _core_forward(dk, uk, A, Bk, Ck):
         hbuf[0].addcmul_(abuf[0], hs[:, :, sl])
         for k in range(1, K):
             hbuf[k].addcmul_(abuf[k], hbuf[k - 1])
-        # vecdot (fused multiply-reduce) beats a bmm of [h, n] x [n, 1] products (n is tiny).
-        torch.linalg.vecdot(hbuf, Ck[:, :, :, sl].unsqueeze(-2), out=y[:, :, :, sl])
+        _contract_n(hbuf, Ck[:, :, :, sl], y[:, :, :, sl])
         if cn == 1:
             state = hbuf[K - 1, :, :, 0].clone()
         del abuf, hbuf
@@ -217,14 +224,15 @@ def _core_backward(dk, uk, A, Bk, Ck, hs, gy, glast):
         # y[t] = C[t] . h[t]  ->  dC[t] = sum_h gy[t] h[t];   h[t] gets delta[t] u[t] B[t]  ->  dB, du, ddelta.
         dC[:, :, :, sl] = torch.bmm(gys.reshape(m, 1, hh), hv).view(K, b, g, cn, n)
         dB[:, :, :, sl] = torch.bmm(duks.reshape(m, 1, hh), lv).view(K, b, g, cn, n)
-        v = torch.linalg.vecdot(lbuf, Bks.unsqueeze(-2))  # sum_n lambda B
+        v = _contract_n(lbuf, Bks)  # sum_n lambda B
         # dL/d(delta A)[t] = lambda[t] * a[t] * h[t-1], in place over abuf.
         W = abuf.mul_(lbuf)
         W[1:].mul_(hbuf[:-1])
         W[0].mul_(hs_sl)
-        ddelta[:, :, :, sl] = torch.mul(W, A_, out=hbuf).sum(-1).addcmul_(v, uks)
+        ddelta[:, :, :, sl] = _sum_n(torch.mul(W, A_, out=hbuf)).addcmul_(v, uks)
         du[:, :, :, sl] = v.mul_(dks)
-        dA += W.mul_(dks.unsqueeze(-1)).sum(dim=(0, 1, 3))
+        # One reduction over (k, b), then over c: a single reduction over the non-adjacent (k, b, c) is ~4x slower.
+        dA += W.mul_(dks.unsqueeze(-1)).sum(dim=(0, 1)).sum(1)
         del abuf, hbuf, lbuf, W, v
     return ddelta, du, dA, dB, dC
 
@@ -290,6 +298,24 @@ class _Buffers:
 
     def get(self, i: int, shape: tuple[int, ...]) -> torch.Tensor:
         return self.flat[i][: math.prod(shape)].view(shape)
+
+
+def _contract_n(h: torch.Tensor, C: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_n h C``: ``[K, b, g, c, h, n] x [K, b, g, c, n] -> [K, b, g, c, h]`` as one bmm of ``[h, n] x [n, 1]``
+    products (twice as fast as ``vecdot``, whose broadcast multiply and short last-dim reduction dominate)."""
+    K, b, g, c, hh, n = h.shape
+    m = K * b * g * c
+    res = torch.bmm(h.reshape(m, hh, n), C.reshape(m, n, 1))
+    if out is None:
+        return res.view(K, b, g, c, hh)
+    out.copy_(res.view(K, b, g, c, hh))
+    return out
+
+
+def _sum_n(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(-1)`` for a contiguous ``[..., n]`` with small ``n``, as a matrix-vector product (a reduction over
+    short contiguous rows is the slow case of ``sum``)."""
+    return torch.mv(x.view(-1, x.shape[-1]), x.new_ones(x.shape[-1])).view(x.shape[:-1])
 
 
 def _decays(dks: torch.Tensor, A_: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
