@@ -304,20 +304,23 @@ _scan_fwd.register_autograd(_scan_autograd, setup_context=_scan_setup)
 # ----------------------------------------------------------------------------- the torch (CPU) backend
 
 
-def _effective_delta(delta, bias, mask, softplus, ct):
-    """``softplus(delta + bias) * valid`` in the compute dtype ``[b, d, l]``, and the derivative factor
-    ``d effective / d delta`` (None when it is 1)."""
+def _effective_delta(delta, bias, mask, softplus, ct, with_factor: bool = True):
+    """``softplus(delta + bias) * valid`` in the compute dtype ``[k, b, d, l]`` (all directions at once; ``bias``
+    ``[k, d]``, ``mask [b, l]``), and the derivative factor ``d effective / d delta`` (None when it is 1, or when
+    ``with_factor`` is False: the forward pass does not need it)."""
     x = delta.to(ct)
     if bias is not None:
-        x = x + bias.to(ct)[:, None]
+        x = x + bias.to(ct)[:, None, :, None]
     factor = None
     if softplus:
-        factor = torch.where(x > 20.0, 1.0, torch.sigmoid(x))  # torch's softplus threshold
+        if with_factor:
+            factor = torch.where(x > 20.0, 1.0, torch.sigmoid(x))  # torch's softplus threshold
         x = F.softplus(x)
     if mask is not None:
         valid = mask[:, None, :].to(ct)
         x = x * valid
-        factor = valid if factor is None else factor * valid
+        if with_factor:
+            factor = valid.expand_as(x) if factor is None else factor * valid
     return x, factor
 
 
@@ -343,8 +346,7 @@ def _torch_scan_fwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse
     g = B.shape[2]
     flips = [_flipper(bool((i + reverse) % 2)) for i in range(k)]
     uc = u.to(ct)
-    dc = torch.stack([_effective_delta(delta[i], None if delta_bias is None else delta_bias[i], mask, softplus, ct)[0]
-                      for i in range(k)])
+    dc, _ = _effective_delta(delta, delta_bias, mask, softplus, ct, with_factor=False)
     y, last, hs = chunked_forward(_merged(uc, k, flips, 1), _merged(dc, k, flips, 1), A.to(ct).reshape(k * d, -1),
                                   _merged(B, k, flips, 1).to(ct), _merged(C, k, flips, 1).to(ct))
     y = _split(y, k, flips, 1)  # [k, b, d, l]
@@ -365,14 +367,14 @@ def _torch_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse
     flips = [_flipper(bool((i + reverse) % 2)) for i in range(k)]
     uc, gk = u.to(ct), gy.to(ct)
     grads = [None] * 8
-    eff = [_effective_delta(delta[i], None if delta_bias is None else delta_bias[i], mask, softplus, ct) for i in range(k)]
+    dc, factor = _effective_delta(delta, delta_bias, mask, softplus, ct)
     if z is not None:
         zc = z.to(ct)
         s = torch.sigmoid(zc)
         grads[6] = (gk * y_pre * s * (1.0 + zc * (1.0 - s))).sum(0).to(z.dtype)
         gk = gk * (zc * s)
     du, ddk, dA, dB, dC = chunked_backward(
-        _merged(uc, k, flips, 1), _merged(torch.stack([e[0] for e in eff]), k, flips, 1), A.to(ct).reshape(k * d, -1),
+        _merged(uc, k, flips, 1), _merged(dc, k, flips, 1), A.to(ct).reshape(k * d, -1),
         _merged(B, k, flips, 1).to(ct), _merged(C, k, flips, 1).to(ct),
         hs.transpose(0, 1).reshape(b, k * g, *hs.shape[3:]), _merged(gk, k, flips, 1),
         glast.to(ct).transpose(0, 1).reshape(b, k * d, -1))
@@ -380,8 +382,7 @@ def _torch_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse
     if D is not None:
         du = du + gk * D.to(ct)[:, None, :, None]
         grads[5] = (gk * uc).sum((1, 3)).to(D.dtype)
-    factors = [e[1] for e in eff]
-    ddelta = ddk if factors[0] is None else ddk * torch.stack(factors)
+    ddelta = ddk if factor is None else ddk * factor
     if delta_bias is not None:
         grads[7] = ddelta.sum((1, 3)).to(delta_bias.dtype)
     grads[0], grads[1] = du.to(u.dtype), ddelta.to(delta.dtype)
