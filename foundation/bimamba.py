@@ -34,6 +34,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from foundation.index_checks import sync_free
 from foundation.ssm import (
     SCAN_BACKENDS,
     bidirectional_scan_backward,
@@ -161,9 +162,10 @@ def _conv_weights(conv_w: torch.Tensor, conv_b: torch.Tensor | None):
 def _taps_path(xi: torch.Tensor) -> bool:
     """Whether both directions' depthwise convs run as shifted multiply-adds (:func:`_conv_taps`): eagerly on a
     CPU in float32, where oneDNN's grouped conv of these short rows costs 3-4x the taps (1.2 ms forward and
-    2 ms backward per block at b=8, e=128, l=78); elsewhere the library conv (cuDNN, or what a compiler fuses)."""
-    return (xi.device.type == "cpu" and xi.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    2 ms backward per block at b=8, e=128, l=78); elsewhere (a GPU, compiling, or ``$EEGFM_SYNC_FREE=1`` asking
+    for the GPU's code path: :func:`foundation.index_checks.sync_free`) the library conv."""
+    return (xi.dtype == torch.float32 and not torch.is_autocast_enabled(xi.device.type)
+            and not sync_free(xi.device))
 
 
 def _conv_taps(xi: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None) -> torch.Tensor:
