@@ -6,14 +6,15 @@ The bare recurrence, per batch ``b``, channel ``d`` and state ``n``::
 
 (bias, softplus, padding, D and z are applied around it by :mod:`foundation.ssm`).
 
-* Time is cut into ``n_chunks`` chunks of ``K`` steps (``K ~ sqrt(L / 2)``), and consecutive chunks into
+* Time is cut into ``n_chunks`` chunks of ``K`` steps (``K ~ sqrt(L / 2)``, or enough steps to fill a buffer
+  where a buffer would hold only a few such chunks: :func:`default_chunk`), and consecutive chunks into
   groups sized so one ``[K, b, d, chunks, n]`` scratch buffer holds at most :data:`BUFFER_ELEMENTS` numbers
   (2 MiB: the buffers stay cache-resident between the passes over a group). At realistic sizes
   (``b * d * K * n`` above that) a group is one chunk: its entering state is known, so one in-place pass of
   ``K`` fused ``addcmul_`` steps over ``[b, d, n]`` slabs gives its states. Smaller problems pack several
   chunks per group: the recurrence runs step by step inside the chunks for all the group's chunks at once,
   the chunk-boundary states are carried across chunks, and a second pass gives the true states. ``y`` comes
-  from one fused multiply-reduce per group. The decays ``exp(delta A)`` (the costliest op: ``exp`` is
+  from one batched ``[h, n] x [n, 1]`` product per group. The decays ``exp(delta A)`` (the costliest op: ``exp`` is
   compute-bound) are evaluated once per group and reused by every pass over it.
 * Inputs and gradients change layout (``[b, d, l]`` <-> step-major ``[K, b, g, c, h]``) with cache-tiled
   transposes, 3-4x cheaper than a plain strided copy.
