@@ -258,7 +258,7 @@ def _scan_fwd_shapes(u, delta, A, B, C, D, z, delta_bias, mask, softplus, revers
         hs = u.new_empty(k, b, d, max(1, math.ceil(l / _triton_time_block())), n, dtype=torch.float32)
         return y, u.new_empty(k, b, d, n, dtype=torch.float32), hs, u.new_empty(0)
     ct = torch.promote_types(u.dtype, torch.float32)
-    hs = u.new_empty(k, b, g, n_chunks(l), d // g, n, dtype=ct)
+    hs = u.new_empty(k, b, g, n_chunks(l, slab=k * b * d * n), d // g, n, dtype=ct)  # k directions as one scan
     y_pre = u.new_empty(k, b, d, l, dtype=ct) if z is not None else u.new_empty(0)
     return y, u.new_empty(k, b, d, n, dtype=ct), hs, y_pre
 
@@ -304,20 +304,23 @@ _scan_fwd.register_autograd(_scan_autograd, setup_context=_scan_setup)
 # ----------------------------------------------------------------------------- the torch (CPU) backend
 
 
-def _effective_delta(delta, bias, mask, softplus, ct):
-    """``softplus(delta + bias) * valid`` in the compute dtype ``[b, d, l]``, and the derivative factor
-    ``d effective / d delta`` (None when it is 1)."""
+def _effective_delta(delta, bias, mask, softplus, ct, with_factor: bool = True):
+    """``softplus(delta + bias) * valid`` in the compute dtype ``[k, b, d, l]`` (all directions at once; ``bias``
+    ``[k, d]``, ``mask [b, l]``), and the derivative factor ``d effective / d delta`` (None when it is 1, or when
+    ``with_factor`` is False: the forward pass does not need it)."""
     x = delta.to(ct)
     if bias is not None:
-        x = x + bias.to(ct)[:, None]
+        x = x + bias.to(ct)[:, None, :, None]
     factor = None
     if softplus:
-        factor = torch.where(x > 20.0, 1.0, torch.sigmoid(x))  # torch's softplus threshold
+        if with_factor:
+            factor = torch.where(x > 20.0, 1.0, torch.sigmoid(x))  # torch's softplus threshold
         x = F.softplus(x)
     if mask is not None:
         valid = mask[:, None, :].to(ct)
         x = x * valid
-        factor = valid if factor is None else factor * valid
+        if with_factor:
+            factor = valid.expand_as(x) if factor is None else factor * valid
     return x, factor
 
 
@@ -325,52 +328,68 @@ def _flipper(rev: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     return (lambda x: x.flip(-1)) if rev else (lambda x: x)
 
 
+def _merged(x, k, flips, dim):
+    """The ``k`` directions of ``x [k, ...]`` (each flipped along time where it scans in reverse) side by side
+    along ``dim`` of one direction's tensor: one chunked scan then runs every direction at once, the
+    directions as groups of channels (``A`` and ``B``/``C`` are per group), at the operator count of one."""
+    return torch.cat([f(x[i]) for i, f in zip(range(k), flips)], dim=dim)
+
+
+def _split(x, k, flips, dim):
+    """Inverse of :func:`_merged`: ``[k, ...]`` per-direction tensors, each flipped back."""
+    return torch.stack([f(part) for part, f in zip(x.chunk(k, dim=dim), flips)])
+
+
 def _torch_scan_fwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse):
     ct = torch.promote_types(u.dtype, torch.float32)
-    ys, lasts, states, pres = [], [], [], []
-    for k in range(u.shape[0]):
-        f = _flipper(bool((k + reverse) % 2))
-        uk = u[k].to(ct)
-        dk, _ = _effective_delta(delta[k], None if delta_bias is None else delta_bias[k], mask, softplus, ct)
-        y, last, hs = chunked_forward(f(uk), f(dk), A[k].to(ct), f(B[k]).to(ct), f(C[k]).to(ct))
-        y = f(y)
-        if D is not None:
-            y = y + uk * D[k].to(ct)[:, None]
-        pres.append(y)
-        if z is not None:
-            y = y * F.silu(z.to(ct))
-        ys.append(y.to(u.dtype))
-        lasts.append(last)
-        states.append(hs)
-    y_pre = torch.stack(pres) if z is not None else u.new_empty(0)
-    return torch.stack(ys), torch.stack(lasts), torch.stack(states), y_pre
+    k, b, d, l = u.shape
+    g = B.shape[2]
+    flips = [_flipper(bool((i + reverse) % 2)) for i in range(k)]
+    uc = u.to(ct)
+    dc, _ = _effective_delta(delta, delta_bias, mask, softplus, ct, with_factor=False)
+    y, last, hs = chunked_forward(_merged(uc, k, flips, 1), _merged(dc, k, flips, 1), A.to(ct).reshape(k * d, -1),
+                                  _merged(B, k, flips, 1).to(ct), _merged(C, k, flips, 1).to(ct))
+    y = _split(y, k, flips, 1)  # [k, b, d, l]
+    if D is not None:
+        y = y + uc * D.to(ct)[:, None, :, None]
+    y_pre = y if z is not None else u.new_empty(0)
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    last = last.view(b, k, d, -1).transpose(0, 1).contiguous()
+    hs = hs.view(b, k, g, *hs.shape[2:]).transpose(0, 1).contiguous()
+    return y.to(u.dtype), last, hs, y_pre
 
 
 def _torch_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, hs, y_pre, gy, glast):
     ct = torch.promote_types(u.dtype, torch.float32)
-    grads = [[] for _ in range(8)]
-    for k in range(u.shape[0]):
-        f = _flipper(bool((k + reverse) % 2))
-        uk, gk = u[k].to(ct), gy[k].to(ct)
-        bias_k = None if delta_bias is None else delta_bias[k]
-        dk, factor = _effective_delta(delta[k], bias_k, mask, softplus, ct)
-        if z is not None:
-            zc = z.to(ct)
-            s = torch.sigmoid(zc)
-            grads[6].append((gk * y_pre[k] * s * (1.0 + zc * (1.0 - s))).to(z.dtype))
-            gk = gk * zc * s
-        du, ddk, dA, dB, dC = chunked_backward(f(uk), f(dk), A[k].to(ct), f(B[k]).to(ct), f(C[k]).to(ct), hs[k], f(gk),
-                                               glast[k])
-        du, ddk = f(du), f(ddk)
-        if D is not None:
-            du = du + gk * D[k].to(ct)[:, None]
-            grads[5].append((gk * uk).sum((0, 2)).to(D.dtype))
-        ddelta = ddk if factor is None else ddk * factor
-        if delta_bias is not None:
-            grads[7].append(ddelta.sum((0, 2)).to(delta_bias.dtype))
-        for i, (g, like) in enumerate(((du, u), (ddelta, delta), (dA, A), (f(dB), B), (f(dC), C))):
-            grads[i].append(g.to(like.dtype))
-    return tuple(torch.stack(g) if g else None for g in grads)
+    k, b, d, l = u.shape
+    g = B.shape[2]
+    flips = [_flipper(bool((i + reverse) % 2)) for i in range(k)]
+    uc, gk = u.to(ct), gy.to(ct)
+    grads = [None] * 8
+    dc, factor = _effective_delta(delta, delta_bias, mask, softplus, ct)
+    if z is not None:
+        zc = z.to(ct)
+        s = torch.sigmoid(zc)
+        grads[6] = (gk * y_pre * s * (1.0 + zc * (1.0 - s))).sum(0).to(z.dtype)
+        gk = gk * (zc * s)
+    du, ddk, dA, dB, dC = chunked_backward(
+        _merged(uc, k, flips, 1), _merged(dc, k, flips, 1), A.to(ct).reshape(k * d, -1),
+        _merged(B, k, flips, 1).to(ct), _merged(C, k, flips, 1).to(ct),
+        hs.transpose(0, 1).reshape(b, k * g, *hs.shape[3:]), _merged(gk, k, flips, 1),
+        glast.to(ct).transpose(0, 1).reshape(b, k * d, -1))
+    du, ddk = _split(du, k, flips, 1), _split(ddk, k, flips, 1)
+    if D is not None:
+        du = du + gk * D.to(ct)[:, None, :, None]
+        grads[5] = (gk * uc).sum((1, 3)).to(D.dtype)
+    ddelta = ddk if factor is None else ddk * factor
+    if delta_bias is not None:
+        grads[7] = ddelta.sum((1, 3)).to(delta_bias.dtype)
+    grads[0], grads[1] = du.to(u.dtype), ddelta.to(delta.dtype)
+    grads[2] = dA.view(k, d, -1).to(A.dtype)
+    grads[3] = _split(dB, k, flips, 1).to(B.dtype)
+    grads[4] = _split(dC, k, flips, 1).to(C.dtype)
+    return tuple(grads)
 
 
 # ---------------------------------------------------------------------------------------- entry points

@@ -100,7 +100,7 @@ def test_gradcheck_float64(buffer, monkeypatch):
     # Chunk 4 with l=13 pads the tail (4 chunks). buffer=1: one chunk per group (the single-chunk fast
     # path); 200: groups of 2 chunks (the within-group chunk carry); 10**6: all chunks in one group.
     monkeypatch.setattr(ssm_chunked, "BUFFER_ELEMENTS", buffer)
-    monkeypatch.setattr(ssm_chunked, "default_chunk", lambda l: 4)
+    monkeypatch.setattr(ssm_chunked, "default_chunk", lambda l, slab=0: 4)
     t = _inputs(b=2, d=4, n=3, l=13, groups=2, dtype=torch.float64, requires_grad=True)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -114,7 +114,7 @@ def test_gradcheck_float64(buffer, monkeypatch):
 @pytest.mark.parametrize("groups", [None, 4])
 @pytest.mark.parametrize("buffer", [4096, 16384])
 def test_gradients_match_reference_fp32(groups, buffer, monkeypatch):
-    # K=12, 25 chunks: 4096 -> one chunk per group (fast path); 16384 -> groups of 5 chunks.
+    # 4096 -> chunks of 16 steps, one per group (fast path); 16384 -> K=12, groups of 5 chunks.
     monkeypatch.setattr(ssm_chunked, "BUFFER_ELEMENTS", buffer)
     t32 = _inputs(b=2, d=16, n=8, l=300, groups=groups, requires_grad=True, seed=3)
     t64 = {k: v.detach().double().requires_grad_(True) for k, v in t32.items()}
