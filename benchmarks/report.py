@@ -257,7 +257,7 @@ def render(payload: Mapping[str, Any]) -> str:
         f"Command: `{' '.join(payload['command'])}`  ",
         f"Machine: {info.get('cpu', info.get('processor'))}, {info['cpu_count']} CPU cores, torch {info['torch']}, "
         f"{payload.get('jobs', 1)} worker process(es)  ",
-        f"Finished: {payload['finished']}, {compute_time(payload)}",
+        f"Finished: {payload['finished']} ({payload['mode']} mode), {compute_time(payload)}",
         "",
         f"Protocol: every window of every task; groups (subjects, else recordings) dealt into stratified folds nested in "
         f"two halves; each of {b['seeds']} pretraining seeds pretrains two tiny backbones ({b['pretrain_steps']} steps), "

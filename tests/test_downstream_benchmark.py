@@ -221,7 +221,7 @@ def test_report_is_a_function_of_the_payload_and_states_the_aims(tmp_path):
     assert "- constant predictors among the EEGMamba fold models: 4 of 12" in text
     assert "EEGMamba pretrained, finetuned (LP-FT) > EEGMamba from scratch, finetuned on 1/1 tasks (t; task types emotion)" in text
     assert "probe score 0.600 0.700 (steps 1 2), exported step 2" in text and "- a note" in text
-    assert "pretraining 1 min, finetuning, probes and baselines 0 min; wall time of this invocation 2.0 min" in text
+    assert "(fast mode), compute summed over jobs (one thread each): pretraining 1 min, finetuning, probes and baselines 0 min; wall time of this invocation 2.0 min" in text
 
 
 def test_readme_results_block_is_replaced_by_the_report(tmp_path):
