@@ -86,20 +86,11 @@ def atomic_save(write: Callable[[str], None], path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    refuse_link(path)
-    tmp = _temporary(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
-        with os.fdopen(fd, "wb") as f:
+    def write(name: str) -> None:
+        with os.fdopen(os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW), "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    atomic_save(write, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
