@@ -47,9 +47,9 @@ NO_ABLATIONS = ("No ablation run is stored beside this main run: `python benchma
 
 
 def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> str:
-    tasks = list(main.get("tasks", {}))
     if not ablations:
         return "# Ablations\n\n" + NO_ABLATIONS + "\n"
+    tasks = list(main.get("tasks", {}))
     lines = ["# Ablations (each minus the main run, paired by seed)", "",
              "Balanced accuracy / AUROC difference, mean over seeds (seeds where the ablation is better). Positive: "
              "undoing the default helped.", ""]
@@ -97,9 +97,9 @@ def write_ablation_table(folder: Path, readme: Path | None) -> str:
 def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> str:
     """The README's share of the ablation table: one line per ablation, the mean over tasks of each row's balanced
     accuracy difference (the per-task cells and AUROC are in ablations.md)."""
-    tasks = list(main.get("tasks", {}))
     if not ablations:
         return NO_ABLATIONS
+    tasks = list(main.get("tasks", {}))
     lines = ["Each ablation minus the main run, balanced accuracy, mean over tasks of the seed-paired differences "
              "(positive: undoing the default helped); per task: "
              "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",
