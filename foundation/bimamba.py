@@ -13,7 +13,7 @@ same as its own left padding) and the discretisation step ``delta`` is 0 there, 
 ``h = exp(0 * A) h + 0 * B u = h`` carries the state through untouched and injects nothing. The mixer output
 is zeroed at padded positions, so they leave the block equal to their input.
 
-Fused path (the "torch" and "triton" scan backends): both directions run as one autograd function
+Fused path (the "cpu", "torch" and "triton" scan backends): both directions run as one autograd function
 (:class:`_BiMambaInner`, the bidirectional ``mamba_inner_fn``): the reverse direction's conv is the
 anti-causal conv of the unflipped sequence and its scan runs from the end (an index map in the kernel), so
 no flipped copy is made; the raw ``dt`` (before bias and softplus) and the padding mask go to one
@@ -396,7 +396,7 @@ class BiMambaBlock(nn.Module):
             # where, not multiply: garbage at padding may be inf/nan, and 0 * inf = nan.
             xi = torch.where(mask[:, None, :], xi, 0.0)
         backend = selective_scan_backend(xi, self.fwd.scan_backend)
-        if backend in ("torch", "triton"):
+        if backend in ("cpu", "torch", "triton"):
             y = self._fused(xi, z, mask, backend)
         else:
             y = self._per_direction(xi, z, mask, nested)

@@ -156,3 +156,15 @@ def write_long_edf(path: Path, hours: float, sfreq: int = 200, n_channels: int =
             # EDF records: per record, each signal's samples in turn
             f.write(digital.reshape(ns, r1 - r0, sfreq).transpose(1, 0, 2).tobytes())
     return path
+
+
+@pytest.fixture(params=["cpu", "torch"])
+def cpu_scan_backend(request, monkeypatch) -> str:
+    """Runs a test once per CPU selective scan (the C kernel, the chunked torch scan) through
+    ``$EEGFM_SCAN_BACKEND``; the C kernel's run skips, with the reason, where it cannot be built."""
+    from foundation import ssm, ssm_cpu
+
+    if request.param == "cpu" and not ssm_cpu.available():
+        pytest.skip(ssm_cpu.unavailable_reason())
+    monkeypatch.setenv(ssm.SCAN_BACKEND_ENV, request.param)
+    return request.param

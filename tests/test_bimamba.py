@@ -51,7 +51,7 @@ def test_mamba_initialisation():
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
-def test_padding_garbage_does_not_change_real_outputs(norm):
+def test_padding_garbage_does_not_change_real_outputs(norm, cpu_scan_backend):
     blk = _block(16, norm=norm)
     mask = _interior_mask()
     x = torch.randn(3, 40, 16)
@@ -69,7 +69,7 @@ def test_padding_garbage_does_not_change_real_outputs(norm):
     torch.testing.assert_close(y[~mask], x[~mask])
 
 
-def test_padding_invariance_in_both_directions_per_position():
+def test_padding_invariance_in_both_directions_per_position(cpu_scan_backend):
     """Changing one padded token alters nothing; changing one real token alters real tokens on BOTH sides."""
     blk = _block(16)
     mask = torch.ones(1, 30, dtype=torch.bool)
@@ -85,7 +85,7 @@ def test_padding_invariance_in_both_directions_per_position():
     assert diff[5] > 1e-5 and diff[25] > 1e-5  # before (backward scan) and after (forward scan) the change
 
 
-def test_end_padding_equals_unpadded_sequence():
+def test_end_padding_equals_unpadded_sequence(cpu_scan_backend):
     blk = _block(16)
     x = torch.randn(2, 32, 16)
     mask = torch.ones(2, 32, dtype=torch.bool)
@@ -210,18 +210,21 @@ def test_fused_block_equals_the_per_direction_path():
     mask = _interior_mask()
     x = torch.randn(3, 40, 16)
     results = {}
-    for backend in ("torch", "ref"):
+    from foundation import ssm_cpu
+
+    for backend in ("cpu", "torch", "ref") if ssm_cpu.available() else ("torch", "ref"):
         blk.fwd.scan_backend = blk.bwd.scan_backend = backend
         blk.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_()
         y = blk(xi, mask)
         (y[mask] ** 2).sum().backward()
         results[backend] = (y.detach(), xi.grad, {n: p.grad for n, p in blk.named_parameters()})
-    fused, per_direction = results["torch"], results["ref"]
-    torch.testing.assert_close(fused[0], per_direction[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fused[1], per_direction[1], rtol=1e-5, atol=1e-6)
-    for name, grad in per_direction[2].items():
-        torch.testing.assert_close(fused[2][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    per_direction = results.pop("ref")
+    for fused in results.values():
+        torch.testing.assert_close(fused[0], per_direction[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused[1], per_direction[1], rtol=1e-5, atol=1e-6)
+        for name, grad in per_direction[2].items():
+            torch.testing.assert_close(fused[2][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_fused_block_keeps_under_half_of_the_per_direction_activations(monkeypatch):

@@ -1,4 +1,5 @@
-"""The selective scan: our chunked CPU scan against the sequential reference, gradients, memory and dispatch."""
+"""The selective scan: our CPU scans (the C kernel and the chunked torch scan) against the sequential reference,
+gradients, memory and dispatch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 import foundation.ssm as ssm
 import foundation.ssm_chunked as ssm_chunked
+import foundation.ssm_cpu as ssm_cpu
 from foundation.ssm import chunked_scan, selective_scan, selective_scan_backend, selective_scan_ref
 
 
@@ -37,7 +39,7 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("groups", [None, 2])
 @pytest.mark.parametrize("l", [1, 7, 50, 333])
 @pytest.mark.parametrize("extras", [False, True])
-def test_forward_matches_reference(groups, l, extras):
+def test_forward_matches_reference(groups, l, extras, cpu_scan_backend):
     t = _inputs(l=l, groups=groups)
     kw = dict(D=t["D"], z=t["z"], delta_bias=t["delta_bias"], delta_softplus=True) if extras else {}
     if not extras:
@@ -65,7 +67,7 @@ def test_chunk_sizes_agree(chunk):
     "delta_kind",
     ["tiny", "huge", "mixed"],
 )
-def test_long_sequence_extreme_dt_fp32(delta_kind, monkeypatch):
+def test_long_sequence_extreme_dt_fp32(delta_kind, monkeypatch, cpu_scan_backend):
     """L = 4096 in fp32 against a float64 reference, with step sizes from 1e-6 to 1e2.
 
     Tiny steps keep the state nearly undecayed over thousands of steps (accumulation error); huge steps give
@@ -113,7 +115,7 @@ def test_gradcheck_float64(buffer, monkeypatch):
 
 @pytest.mark.parametrize("groups", [None, 4])
 @pytest.mark.parametrize("buffer", [4096, 16384])
-def test_gradients_match_reference_fp32(groups, buffer, monkeypatch):
+def test_gradients_match_reference_fp32(groups, buffer, monkeypatch, cpu_scan_backend):
     # 4096 -> chunks of 16 steps, one per group (fast path); 16384 -> K=12, groups of 5 chunks.
     monkeypatch.setattr(ssm_chunked, "BUFFER_ELEMENTS", buffer)
     t32 = _inputs(b=2, d=16, n=8, l=300, groups=groups, requires_grad=True, seed=3)
@@ -133,7 +135,7 @@ def test_gradients_match_reference_fp32(groups, buffer, monkeypatch):
         assert _rel(a, r) < 1e-4, (name, _rel(a, r))
 
 
-def test_time_invariant_B_C_matches_reference():
+def test_time_invariant_B_C_matches_reference(cpu_scan_backend):
     t = _inputs(l=40)
     Bd = torch.randn(8, 4)
     Cd = torch.randn(8, 4)
@@ -142,7 +144,7 @@ def test_time_invariant_B_C_matches_reference():
     assert _rel(y, y_ref) < 1e-5
 
 
-def test_low_precision_inputs_keep_dtype():
+def test_low_precision_inputs_keep_dtype(cpu_scan_backend):
     t = _inputs(l=30)
     args = [t[k].bfloat16() for k in ("u", "delta", "A", "B", "C")]
     y, last = selective_scan(*args, delta_softplus=True, return_last_state=True)
@@ -151,7 +153,7 @@ def test_low_precision_inputs_keep_dtype():
     assert _rel(y.float(), y_ref.float()) < 1e-2
 
 
-def test_activation_memory_is_linear_in_state_free_size():
+def test_activation_memory_is_linear_in_state_free_size(cpu_scan_backend):
     """Saved tensors are O(b d l): far below the O(b d l n) a step-by-step autograd graph keeps."""
     b, d, n, l = 2, 32, 16, 512
     t = _inputs(b=b, d=d, n=n, l=l, requires_grad=True)
@@ -183,9 +185,20 @@ def test_bad_shapes_raise_clear_errors():
         selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=torch.ones(3))
 
 
-def test_dispatch_uses_torch_path_on_cpu():
+def _cpu_choice() -> str:
+    return "cpu" if ssm_cpu.available() else "torch"
+
+
+def test_dispatch_on_cpu(monkeypatch):
     t = _inputs(l=10)
+    assert selective_scan_backend(t["u"]) == _cpu_choice()
+    assert selective_scan_backend(t["u"].double()) == "torch"  # the C kernel computes in float32
+    assert selective_scan_backend(t["u"], "torch") == "torch"
+    # Without a C compiler: the chunked torch scan, and a forced "cpu" names why it cannot run.
+    monkeypatch.setattr(ssm_cpu, "_STATE", {"lib": None, "reason": "the C scan kernel did not build (no cc)"})
     assert selective_scan_backend(t["u"]) == "torch"
+    with pytest.raises(RuntimeError, match="'cpu' was forced but the C scan kernel did not build"):
+        selective_scan_backend(t["u"], "cpu")
 
 
 def test_dispatch_selects_mamba_ssm_on_cuda_when_importable(monkeypatch):
@@ -198,7 +211,7 @@ def test_dispatch_selects_mamba_ssm_on_cuda_when_importable(monkeypatch):
     t = _inputs(l=10)
     monkeypatch.setattr(ssm, "_load_mamba_scan", lambda: fake_fn)
     # Importable but on CPU: still ours.
-    assert selective_scan_backend(t["u"]) == "torch"
+    assert selective_scan_backend(t["u"]) == _cpu_choice()
     y = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"])
     assert not calls and not torch.all(y == 7.0)
     # "On CUDA" and importable: the fused kernel gets every argument unchanged.
