@@ -1,16 +1,11 @@
-"""The selective scan's C kernel for CPUs (``ssm_cpu.c``): built at first use, called through ``ctypes``.
+"""The selective scan's C kernel for CPUs (``ssm_cpu.c``), built at first use by :mod:`foundation.native`.
 
 The chunked torch scan (:mod:`foundation.ssm_chunked`) materialises ``[l, b, d, n]`` decays, inputs and states
 and pays a pass over memory and an operator for each; the kernel keeps a row's ``n`` states in registers and
 recomputes them in the backward pass into an ``l x n`` buffer that stays in cache (as ``mamba_ssm``'s CUDA
 kernel does on a GPU). It is the ``"cpu"`` backend of :mod:`foundation.ssm`, chosen automatically on CPUs for
-float32 when it builds.
-
-Building needs a C compiler (``$CC``, else ``cc``); the shared library is cached under
-``$EEGFM_KERNEL_CACHE`` (default ``~/.cache/eegfm/kernels``), keyed by the source, the flags, the compiler and
-the CPU's instruction sets (it is built for the machine it runs on), and written atomically, so concurrent
-processes (one per GPU-less rank) and an interrupted build never leave a broken file. Where nothing builds,
-:func:`load` returns None and says why in :func:`unavailable_reason`; the torch scan runs instead.
+float32 where it builds; where it does not (no C compiler), :func:`unavailable_reason` says why and the torch
+scan runs.
 
 Rows ``(direction, batch)`` are split between ``torch.get_num_threads()`` threads (``ctypes`` releases the GIL
 during a call), so a multi-threaded CPU run uses its cores as torch's own operators would.
@@ -19,90 +14,33 @@ during a call), so a multi-threaded CPU run uses its cores as torch's own operat
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from foundation import native
+
 __all__ = ["MAX_STATES", "VECTOR_WIDTH", "available", "load", "scan_backward", "scan_forward", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("ssm_cpu.c")
-_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-std=c99"]
-CACHE_ENV = "EEGFM_KERNEL_CACHE"
 #: States per vector in the kernel (``W``) and the largest state size it takes (``W * MAX_VECTORS``).
 VECTOR_WIDTH, MAX_STATES = 8, 512
+CACHE_ENV = native.CACHE_ENV
 
+_I64, _PTR, _I32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+_PROTOTYPES = {
+    "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 6 + [_I32] + [_PTR] * 2 + [_I64, _I64],
+    "eegfm_scan_bwd": [_I64] * 5 + [_PTR] * 6 + [_I32] + [_PTR] * 9 + [_I64, _I64],
+}
 _STATE: dict[str, object] = {}
-
-
-def _cpu_features() -> str:
-    """The CPU's instruction-set flags (the library is built with ``-march=native``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _compiler() -> list[str]:
-    return (os.environ.get("CC") or "cc").split()
-
-
-def _native_flags(cc: list[str]) -> list[str]:
-    """``-march=native`` where the compiler takes it (GCC, Clang on x86 and ARM), else nothing."""
-    probe = subprocess.run([*cc, "-march=native", "-E", "-x", "c", "-"], input="", capture_output=True, text=True)
-    return ["-march=native"] if probe.returncode == 0 else []
-
-
-def _build() -> Path:
-    cc = _compiler()
-    flags = [*_FLAGS, *_native_flags(cc)]
-    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(cc + flags), version, _cpu_features(),
-                                    platform.machine()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "eegfm" / "kernels")
-    target = cache / f"ssm_cpu-{key}.so"
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ssm_cpu-", suffix=".so", dir=cache)
-    os.close(fd)
-    try:
-        done = subprocess.run([*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cc)} failed on {_SOURCE.name}: {done.stderr.strip().splitlines()[-1:]}")
-        os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
 
 
 def load() -> ctypes.CDLL | None:
     """The kernel library, built on first use; None where it cannot be built here (see :func:`unavailable_reason`)."""
     if "lib" not in _STATE:
-        lib, reason = None, ""
-        if sys.platform == "win32":
-            reason = "the C kernel is built with a POSIX C compiler; not on Windows"
-        else:
-            try:
-                lib = ctypes.CDLL(str(_build()))
-                i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-                lib.eegfm_scan_fwd.argtypes = [i64] * 5 + [ptr] * 6 + [i32] + [ptr] * 2 + [i64, i64]
-                lib.eegfm_scan_bwd.argtypes = [i64] * 5 + [ptr] * 6 + [i32] + [ptr] * 9 + [i64, i64]
-                lib.eegfm_scan_fwd.restype = lib.eegfm_scan_bwd.restype = None
-            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                lib, reason = None, f"the C scan kernel did not build ({err}); using the torch scan"
-        _STATE["lib"], _STATE["reason"] = lib, reason
+        _STATE["lib"], _STATE["reason"] = native.load(_SOURCE, _PROTOTYPES)
     return _STATE["lib"]  # type: ignore[return-value]
 
 
@@ -113,14 +51,6 @@ def available() -> bool:
 def unavailable_reason() -> str:
     load()
     return str(_STATE["reason"])
-
-
-def _call(fn, *args) -> None:
-    """``fn(*args)``; ctypes passes surplus arguments as C varargs, so a count that differs from the prototype's
-    would silently shift every later argument."""
-    if len(args) != len(fn.argtypes):
-        raise TypeError(f"{fn.__name__}: {len(args)} arguments for a prototype of {len(fn.argtypes)}")
-    fn(*args)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -178,7 +108,7 @@ def scan_forward(u, dt, A, B, C, D, reverse: bool):
     last = u.new_empty(k, b, d, A.shape[-1])
 
     def call(_, r0, r1):
-        _call(lib.eegfm_scan_fwd, b, d, g, A.shape[-1], l, _ptr(u), _ptr(dt), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D),
+        native.call(lib.eegfm_scan_fwd, b, d, g, A.shape[-1], l, _ptr(u), _ptr(dt), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D),
                            int(reverse), _ptr(y), _ptr(last), r0, r1)
 
     _run(_split_rows(k * b), call)
@@ -205,7 +135,7 @@ def scan_backward(u, dt, A, B, C, D, reverse: bool, gy, glast):
     work = u.new_empty(len(parts), (2 * l + 1) * n_pad)
 
     def call(i, r0, r1):
-        _call(lib.eegfm_scan_bwd, b, d, g, n_pad, l, _ptr(u), _ptr(dt), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D),
+        native.call(lib.eegfm_scan_bwd, b, d, g, n_pad, l, _ptr(u), _ptr(dt), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D),
                            int(reverse), _ptr(gy), _ptr(glast), _ptr(du), _ptr(ddt), _ptr(dA[i]), _ptr(dBt),
                            _ptr(dCt), None if dD is None else _ptr(dD[i]), _ptr(work[i]), r0, r1)
 

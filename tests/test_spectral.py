@@ -261,11 +261,13 @@ def _runs_per_map(rows: torch.Tensor, m: int) -> torch.Tensor:
     return starts.view(m, -1).sum(1).float()
 
 
-def test_fixed_round_sampler_rarely_completes_a_map_by_hand():
+def test_fixed_round_sampler_rarely_completes_a_map_by_hand(monkeypatch):
     """Maps the fixed rounds leave short of their goal are completed with their first free entries: under
-    1% of maps, by a few entries (a bias far below the band widths)."""
+    1% of maps, by a few entries (a bias far below the band widths). Counted in the torch sampler (the C
+    kernel gives the same masks: test_native_rounds_give_the_torch_samplers_masks)."""
     import tokenizer.spectral as spectral
 
+    monkeypatch.setattr(spectral, "_native_rounds", lambda draws: False)
     seen = []
     original = spectral._fill
 
@@ -478,3 +480,23 @@ def test_target_band_and_demean():
     torch.testing.assert_close(out[0, 0] - out[0, 1], target[0, 0] - target[0, 1])  # shape kept, gain removed
     with pytest.raises(ValueError, match="demean needs target='log_magnitude'"):
         STFTConfig(demean=True, target="magnitude")
+
+
+@pytest.mark.parametrize("config", [MaskConfig(), MaskConfig(band_bias=0.5, fraction=0.3),
+                                    MaskConfig(fraction=0.8, max_rounds=5)], ids=["default", "bands", "few_rounds"])
+def test_native_rounds_give_the_torch_samplers_masks(config, monkeypatch):
+    """On an eager CPU run the rounds run in the C kernel (tokenizer.mask_union): from the same random draws it
+    gives exactly the torch sampler's masks and families (max_rounds=5 makes many maps end in the fill)."""
+    from tokenizer import mask_union, spectral
+
+    if not mask_union.available():
+        pytest.skip(mask_union._STATE["reason"])
+
+    def draw(seed):
+        return sample_masks((6, 19), 101, 17, config, generator=torch.Generator().manual_seed(seed), return_families=True)
+
+    native = [draw(seed) for seed in range(12)]
+    monkeypatch.setattr(spectral, "_native_rounds", lambda draws: False)
+    for seed, (mask, family) in enumerate(native):
+        torch_mask, torch_family = draw(seed)
+        assert torch.equal(family, torch_family) and torch.equal(mask, torch_mask), seed

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import foundation.ssm as ssm
 import foundation.ssm_cpu as ssm_cpu
+from foundation import native
 from foundation.ssm import bidirectional_scan, selective_scan_ref
 
 pytestmark = pytest.mark.skipif(not ssm_cpu.available(), reason=ssm_cpu.unavailable_reason() or "no C kernel")
@@ -107,15 +108,15 @@ def test_state_size_limit_is_a_clear_error():
 
 def test_argument_count_is_checked():
     with pytest.raises(TypeError, match="eegfm_scan_fwd: 3 arguments for a prototype of 16"):
-        ssm_cpu._call(ssm_cpu.load().eegfm_scan_fwd, 1, 2, 3)
+        native.call(ssm_cpu.load().eegfm_scan_fwd, 1, 2, 3)
 
 
 def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv(ssm_cpu.CACHE_ENV, str(tmp_path))
-    first = ssm_cpu._build()
+    first = native.build(ssm_cpu._SOURCE)
     assert first.parent == tmp_path and first.suffix == ".so"
     stamp = first.stat().st_mtime_ns
-    assert ssm_cpu._build() == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert native.build(ssm_cpu._SOURCE) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left behind
 
 
@@ -124,7 +125,7 @@ def test_no_compiler_falls_back_to_the_torch_scan(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", os.path.join(str(tmp_path), "no-such-cc"))
     monkeypatch.setattr(ssm_cpu, "_STATE", {})
     assert ssm_cpu.load() is None
-    assert ssm_cpu.unavailable_reason().startswith("the C scan kernel did not build")
+    assert ssm_cpu.unavailable_reason().startswith("the C kernel ssm_cpu.c did not build")
     u = torch.zeros(1, 2, 3)
     assert ssm.selective_scan_backend(u) == "torch"
     assert list(tmp_path.iterdir()) == []

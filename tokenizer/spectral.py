@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from foundation.index_checks import sync_free
+from tokenizer import mask_union
 
 FAMILIES: tuple[str, ...] = ("time", "freq", "timefreq")
 PHYSIOLOGICAL_BANDS_HZ: tuple[tuple[float, float], ...] = ((0.5, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0))
@@ -442,6 +443,9 @@ def hard_bands_1d(
     rounds = _rounds(goal, (min(width[0], length) + min(width[1], length)) / 2, _FINAL_ROUNDS_1D, config)
     w, start = sample_extent(m * rounds, length, width, generator, device, bands, config.band_bias)
     w, start = w.view(m, rounds), start.view(m, rounds)
+    if _native_rounds(w):
+        zero = torch.zeros_like(w)
+        return mask_union.union(zero, zero + 1, start, w, 1, length, goal, _FINAL_ROUNDS_1D).view(m, length)
     idx = torch.arange(length, device=device)
     first = torch.full((m, length), rounds, dtype=torch.long, device=device)
     for sl in _round_groups(rounds):
@@ -471,6 +475,8 @@ def hard_patches(
     fw, fs = sample_extent(m * rounds, n_freqs, config.patch_freq_width, generator, device, bands, config.band_bias)
     tw, ts = sample_extent(m * rounds, n_frames, config.patch_time_width, generator, device, None, 0.0)
     fw, fs, tw, ts = (v.view(m, rounds) for v in (fw, fs, tw, ts))
+    if _native_rounds(fw):
+        return mask_union.union(fs, fw, ts, tw, n_freqs, n_frames, goal, _FINAL_ROUNDS_2D)
     fi, ti = torch.arange(n_freqs, device=device), torch.arange(n_frames, device=device)
     first = torch.full((m, n_freqs * n_frames), rounds, dtype=torch.long, device=device)
     for sl in _round_groups(rounds):
@@ -488,6 +494,11 @@ def hard_patches(
     tail = torch.ops.eegfm.mask_tail(hard.view(m, n_freqs, n_frames), fs.gather(1, r), fw.gather(1, r) * ok,
                                      ts.gather(1, r), tw.gather(1, r), goal)
     return tail
+
+
+def _native_rounds(draws: torch.Tensor) -> bool:
+    """Whether the rounds run in the C kernel (:mod:`tokenizer.mask_union`): an eager CPU run where it builds."""
+    return draws.device.type == "cpu" and not sync_free(draws.device) and mask_union.available()
 
 
 def _tail_rounds(resume: torch.Tensor, rounds: int, final: int) -> tuple[torch.Tensor, torch.Tensor]:
