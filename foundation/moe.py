@@ -285,7 +285,7 @@ class TaskMoE(nn.Module):
     def _dense(self, h: torch.Tensor, top_idx: torch.Tensor, top_gate: torch.Tensor) -> torch.Tensor:
         """``sum_j g_j expert_{i_j}(h) + (1 - max g) universal(h)`` for every token of ``h [n d]``: one matrix
         product for all experts' first layers, one batched over the experts for the second layers, the gate (0 for
-        an unchosen expert) applied between them (``g fc2(a) = fc2.W (g a) + g fc2.b``).
+        an unchosen expert) applied to each expert's output.
 
         Feature-major (``[experts, features, tokens]``) so every expert's weight gradient comes out as a whole
         contiguous block, which autograd hands to the parameter as is (a column block of one big gradient
@@ -299,8 +299,10 @@ class TaskMoE(nn.Module):
         w2 = torch.stack([e.fc2.weight for e in experts])  # [e + 1, d, hidden]
         b2 = torch.stack([e.fc2.bias for e in experts])  # [e + 1, d]
         pre = torch.matmul(w1, h.t()) + b1.unsqueeze(-1)  # [e + 1, hidden, n]: one product of (e + 1) hidden rows
-        act = F.dropout(F.gelu(pre), self.experts[0].dropout.p, self.training) * gates.t().unsqueeze(1).to(pre.dtype)
-        out = torch.matmul(w2, act).sum(0) + b2.t().to(act.dtype) @ gates.t().to(act.dtype)  # [d, n]
+        act = F.dropout(F.gelu(pre), self.experts[0].dropout.p, self.training)
+        # The gate multiplies each expert's output rows (d of them), not its hidden ones (twice as many here).
+        per_expert = torch.matmul(w2, act) + b2.unsqueeze(-1).to(act.dtype)  # [e + 1, d, n]
+        out = (per_expert * gates.t().unsqueeze(1).to(act.dtype)).sum(0)  # [d, n]
         return out.t()
 
     def _grouped(self, h: torch.Tensor, real: torch.Tensor, top_idx: torch.Tensor, top_gate: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ from foundation.ssm import bidirectional_scan, selective_scan_ref
 pytestmark = pytest.mark.skipif(not ssm_cpu.available(), reason=ssm_cpu.unavailable_reason() or "no C kernel")
 
 
-def _bidir_inputs(b=3, d=12, n=16, l=41, seed=0):
+def _bidir_inputs(b=3, d=12, n=16, l=41, seed=0, delta_scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return dict(
-        u=torch.randn(2, b, d, l, generator=g), delta=torch.randn(2, b, d, l, generator=g),
+        u=torch.randn(2, b, d, l, generator=g), delta=torch.randn(2, b, d, l, generator=g) * delta_scale,
         A=-torch.rand(2, d, n, generator=g) * 3 - 0.05, B=torch.randn(2, b, n, l, generator=g),
         C=torch.randn(2, b, n, l, generator=g), D=torch.randn(2, d, generator=g),
         delta_bias=torch.randn(2, d, generator=g) * 0.5,
@@ -43,11 +43,12 @@ def _rel(a, ref):
     return ((a.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
 
 
-@pytest.mark.parametrize("n", [1, 4, 16, 20])
-def test_bidirectional_forward_and_gradients_match_float64_reference(n):
+@pytest.mark.parametrize("n, delta_scale", [(1, 1.0), (4, 1.0), (16, 1.0), (20, 1.0), (16, 12.0)])
+def test_bidirectional_forward_and_gradients_match_float64_reference(n, delta_scale):
     """Outputs and the gradients of every input, both directions, an interior hole and trailing padding, state
-    sizes that are and are not a multiple of the kernel's vector width."""
-    t = _bidir_inputs(n=n)
+    sizes that are and are not a multiple of the kernel's vector width, and raw steps from about -40 to 40 (both
+    sides of the softplus threshold at 20, where the kernel's own softplus and sigmoid must match torch's)."""
+    t = _bidir_inputs(n=n, delta_scale=delta_scale)
     mask = torch.ones(3, 41, dtype=torch.bool)
     mask[1, 30:] = False
     mask[2, 10:14] = False
@@ -107,8 +108,9 @@ def test_state_size_limit_is_a_clear_error():
 
 
 def test_argument_count_is_checked():
-    with pytest.raises(TypeError, match="eegfm_scan_fwd: 3 arguments for a prototype of 16"):
-        native.call(ssm_cpu.load().eegfm_scan_fwd, 1, 2, 3)
+    fn = ssm_cpu.load().eegfm_scan_fwd
+    with pytest.raises(TypeError, match=f"eegfm_scan_fwd: 3 arguments for a prototype of {len(fn.argtypes)}"):
+        native.call(fn, 1, 2, 3)
 
 
 def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
