@@ -416,13 +416,11 @@ def _gate_backward(gk, y_pre, z):
 
 
 def _cpu_scan_fwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse):
-    """As :func:`_torch_scan_fwd`, the recurrence in the C kernel; the elementwise steps (bias, softplus, mask,
-    gate) stay vectorised torch operators around it."""
+    """As :func:`_torch_scan_fwd`, in the C kernel (bias, softplus, mask and D included); the gate stays torch."""
     if A.shape[-1] > ssm_cpu.MAX_STATES:
         raise ValueError(f"selective_scan: the 'cpu' backend takes d_state <= {ssm_cpu.MAX_STATES}, got "
                          f"{A.shape[-1]}; use scan_backend = 'torch'")
-    dc, _ = _effective_delta(delta, delta_bias, mask, softplus, torch.float32, with_factor=False)
-    y, last = ssm_cpu.scan_forward(u, dc, A, B, C, D, reverse)
+    y, last = ssm_cpu.scan_forward(u, delta, A, B, C, D, delta_bias, mask, softplus, reverse)
     y_pre = y if z is not None else u.new_empty(0)
     if z is not None:
         y = y * F.silu(z.float())
@@ -431,18 +429,17 @@ def _cpu_scan_fwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse):
 
 def _cpu_scan_bwd(u, delta, A, B, C, D, z, delta_bias, mask, softplus, reverse, y_pre, gy, glast):
     grads = [None] * 8
-    dc, factor = _effective_delta(delta, delta_bias, mask, softplus, torch.float32)
     gk = gy.float()
     if z is not None:
         gk, grads[6] = _gate_backward(gk, y_pre, z)
-    du, ddt, dA, dB, dC, dD = ssm_cpu.scan_backward(u, dc, A, B, C, D, reverse, gk, glast)
-    ddelta = ddt if factor is None else ddt * factor
-    if delta_bias is not None:
-        grads[7] = ddelta.sum((1, 3)).to(delta_bias.dtype)
+    du, ddelta, dA, dB, dC, dD, dbias = ssm_cpu.scan_backward(u, delta, A, B, C, D, delta_bias, mask, softplus,
+                                                              reverse, gk, glast)
     grads[0], grads[1], grads[2] = du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype)
     grads[3], grads[4] = dB.to(B.dtype), dC.to(C.dtype)
     if D is not None:
         grads[5] = dD.to(D.dtype)
+    if delta_bias is not None:
+        grads[7] = dbias.to(delta_bias.dtype)
     return tuple(grads)
 
 

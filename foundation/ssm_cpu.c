@@ -3,19 +3,22 @@
  * Why hand-written: a torch scan on a CPU materialises [l, b, d, n] decays, inputs and states and pays a
  * memory pass (and an operator) for each; here a row's n states live in registers, each decay is computed
  * once, and the backward pass recomputes a row's states into an l x n scratch buffer that stays in cache.
- * Built at first use by foundation/ssm_cpu.py (any C99 compiler); the chunked torch scan is the fallback.
+ * The elementwise steps around the recurrence (bias, softplus, the padding mask, their derivative, D) run
+ * here too, vectorised over time, so a call does no other pass over its inputs.
+ * Built at first use by foundation/native.py (any C99 compiler with GCC/Clang vector extensions); the chunked
+ * torch scan is the fallback.
  *
- * The states are processed W = 8 at a time as GCC/Clang vector-extension values (one AVX register, two SSE or
- * NEON ones): n must be a multiple of W (the caller pads with A = B = C = 0, states that stay 0), n <= 512.
+ * The states are processed W = 8 at a time as vector-extension values (one AVX register, two SSE or NEON
+ * ones); n is padded to a multiple of W inside the kernel (A = B = C = 0: those states stay 0), n <= 512.
  *
- * Layouts (all float32, contiguous): u, dt, y, gy, du, ddt [k, b, d, l]; A [k, d, n]; B, C, dB, dC
- * time-major [k, b, g, l, n] (g groups of d / g channels share them); D [k, d]; glast, last [k, b, d, n].
- * dt is the effective step (after bias, softplus and the padding mask: 0 at a padded step, where the state
- * passes through unchanged); the caller applies those elementwise before and after (vectorised by torch).
- * Direction i scans from the first step when (i + reverse) is even.
- * Rows kb = i * b + batch in [kb0, kb1) are done by one call (callers split rows between threads); dA and
- * dD are accumulated into the caller's per-thread buffers, dB and dC into zeroed outputs (a (direction,
- * batch) pair belongs to one call, so no two calls write the same entries).
+ * Layouts (all float32, contiguous): u, delta, y, gy, du, ddelta [k, b, d, l]; A, dA [k, d, n];
+ * B, C, dB, dC [k, b, g, n, l] (g groups of d / g channels share them); D, bias, dD, dbias [k, d];
+ * mask [b, l] bytes (0 = padded step: its delta is 0, so the state passes through it unchanged);
+ * glast, last [k, b, d, n]. delta is the raw step: dt = softplus(delta + bias) (or delta + bias) times the
+ * mask. Direction i scans from the first step when (i + reverse) is even.
+ * Rows kb = i * b + batch in [kb0, kb1) are done by one call (callers split rows between threads); dA, dD
+ * and dbias are accumulated into the caller's per-thread buffers; dB and dC of a (direction, batch) pair
+ * are written whole by the one call that owns it.
  */
 #include <math.h>
 #include <stdint.h>
@@ -58,103 +61,204 @@ static inline vf vexp(vf x) {
     return blend(x < -87.3f, splat(0.0f), p * scale);
 }
 
-void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u,
-                    const float *delta, const float *A, const float *B, const float *C, const float *Dv,
-                    int reverse, float *y, float *last, int64_t kb0, int64_t kb1) {
-    const int64_t per_group = D / G, nv = N / W;
-    vf h[MAX_VECTORS], Av[MAX_VECTORS];
-    for (int64_t kb = kb0; kb < kb1; ++kb) {
-        const int64_t i = kb / Bn;
-        const int forward = ((i + reverse) % 2) == 0;
-        for (int64_t d = 0; d < D; ++d) {
-            const int64_t row = kb * D + d, pd = i * D + d, grp = kb * G + d / per_group;
-            const float *ur = u + row * L, *dr = delta + row * L;
-            const float *Bg = B + grp * L * N, *Cg = C + grp * L * N;
-            const float skip = Dv ? Dv[pd] : 0.0f;
-            float *yr = y + row * L;
-            for (int64_t j = 0; j < nv; ++j) {
-                h[j] = splat(0.0f);
-                Av[j] = load(A + pd * N + j * W);
-            }
-            for (int64_t s = 0; s < L; ++s) {
-                const int64_t t = forward ? s : L - 1 - s;
-                const float dt = dr[t];
-                const vf dtv = splat(dt), duv = splat(dt * ur[t]);
-                const float *Bt = Bg + t * N, *Ct = Cg + t * N;
-                vf acc = splat(0.0f);
-                for (int64_t j = 0; j < nv; ++j) {
-                    h[j] = vexp(dtv * Av[j]) * h[j] + duv * load(Bt + j * W);
-                    acc += load(Ct + j * W) * h[j];
-                }
-                yr[t] = hsum(acc) + skip * ur[t];
-            }
-            for (int64_t j = 0; j < nv; ++j) store(last + row * N + j * W, h[j]);
+/* log1p(y) for y in [0, 1] as 2 atanh(y / (2 + y)), odd series to r^13 (r <= 1/3: below 1e-7 relative; no
+ * cancellation for small y). */
+static inline vf vlog1p01(vf y) {
+    const vf r = y / (y + 2.0f), r2 = r * r;
+    vf p = splat(1.0f / 13.0f);
+    p = p * r2 + 1.0f / 11.0f;
+    p = p * r2 + 1.0f / 9.0f;
+    p = p * r2 + 1.0f / 7.0f;
+    p = p * r2 + 1.0f / 5.0f;
+    p = p * r2 + 1.0f / 3.0f;
+    p = p * r2 + 1.0f;
+    return 2.0f * r * p;
+}
+
+/* softplus as torch computes it (x above 20 passes through) and its derivative sigmoid(x). */
+static inline vf vsoftplus(vf x) {
+    const vf ax = blend(x < 0.0f, -x, x);
+    return blend(x > 20.0f, x, blend(x > 0.0f, x, splat(0.0f)) + vlog1p01(vexp(-ax)));
+}
+static inline vf vsigmoid(vf x) { return blend(x > 20.0f, splat(1.0f), 1.0f / (1.0f + vexp(-x))); }
+
+/* A row's steps dt[t] = softplus(delta[t] + bias) * mask[t] and, where asked, d dt / d delta. */
+static inline void steps_vector(vf x, const uint8_t *mask_at, int64_t c, int use_softplus, vf *v, vf *f, int want_f) {
+    *v = use_softplus ? vsoftplus(x) : x;
+    if (want_f) *f = use_softplus ? vsigmoid(x) : splat(1.0f);
+    if (mask_at) {
+        vi keep = {0};
+        for (int64_t j = 0; j < c; ++j) keep[j] = mask_at[j] ? -1 : 0;
+        *v = blend(keep, *v, splat(0.0f));
+        if (want_f) *f = blend(keep, *f, splat(0.0f));
+    }
+}
+static void row_steps(const float *dr, int64_t L, float bias, const uint8_t *mask_row, int use_softplus, float *dt,
+                      float *factor) {
+    int64_t t = 0;
+    vf v, f = splat(0.0f);
+    for (; t + W <= L; t += W) {
+        steps_vector(load(dr + t) + bias, mask_row ? mask_row + t : 0, W, use_softplus, &v, &f, factor != 0);
+        store(dt + t, v);
+        if (factor) store(factor + t, f);
+    }
+    if (t < L) {  /* the last, partial vector through a zero-padded buffer */
+        const int64_t c = L - t;
+        float buf[W] = {0}, out[W], fout[W];
+        for (int64_t j = 0; j < c; ++j) buf[j] = dr[t + j];
+        steps_vector(load(buf) + bias, mask_row ? mask_row + t : 0, c, use_softplus, &v, &f, factor != 0);
+        store(out, v);
+        store(fout, f);
+        for (int64_t j = 0; j < c; ++j) {
+            dt[t + j] = out[j];
+            if (factor) factor[t + j] = fout[j];
         }
     }
 }
 
-/* work: (2 * L + 1) * N floats of scratch for this call. */
-void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u,
-                    const float *delta, const float *A, const float *B, const float *C, const float *Dv,
-                    int reverse, const float *gy, const float *glast, float *du, float *ddelta, float *dA,
-                    float *dB, float *dC, float *dD, float *work, int64_t kb0, int64_t kb1) {
-    const int64_t per_group = D / G, nv = N / W;
-    /* hs row 0 is the zero state before the first step, row s + 1 the state after step s (scan order). */
-    float *hs = work, *as = work + (L + 1) * N;
-    vf lam[MAX_VECTORS], Av[MAX_VECTORS], dAv[MAX_VECTORS];
-    memset(hs, 0, (size_t)N * sizeof(float));
+/* [n, l] -> time-major [l, np] with zero padding (np >= n), and back (adding nothing: a plain write). */
+static void to_time_major(const float *src, int64_t N, int64_t L, int64_t NP, float *dst) {
+    memset(dst, 0, (size_t)(L * NP) * sizeof(float));
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t t = 0; t < L; ++t) dst[t * NP + n] = src[n * L + t];
+}
+static void from_time_major(const float *src, int64_t N, int64_t L, int64_t NP, float *dst) {
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t t = 0; t < L; ++t) dst[n * L + t] = src[t * NP + n];
+}
+
+static int64_t padded(int64_t N) { return (N + W - 1) / W * W; }
+
+/* work: (2 * np + 1) * l floats of scratch for this call (np = n rounded up to a multiple of W). */
+void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
+                    const float *A, const float *B, const float *C, const float *Dv, const float *bias,
+                    const uint8_t *mask, int use_softplus, int reverse, float *y, float *last, float *work,
+                    int64_t kb0, int64_t kb1) {
+    const int64_t per_group = D / G, NP = padded(N), nv = NP / W;
+    float *Bt = work, *Ct = work + L * NP, *dts = work + 2 * L * NP;
+    vf h[MAX_VECTORS], Av[MAX_VECTORS];
+    float row_a[W * MAX_VECTORS], row_h[W * MAX_VECTORS];
     for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t i = kb / Bn;
         const int forward = ((i + reverse) % 2) == 0;
-        for (int64_t d = 0; d < D; ++d) {
-            const int64_t row = kb * D + d, pd = i * D + d, grp = kb * G + d / per_group;
-            const float *ur = u + row * L, *dr = delta + row * L, *gr = gy + row * L;
-            const float *Bg = B + grp * L * N, *Cg = C + grp * L * N;
-            float *dBg = dB + grp * L * N, *dCg = dC + grp * L * N;
-            const float skip = Dv ? Dv[pd] : 0.0f;
-            for (int64_t j = 0; j < nv; ++j) {
-                Av[j] = load(A + pd * N + j * W);
-                dAv[j] = splat(0.0f);
-                lam[j] = glast ? load(glast + row * N + j * W) : splat(0.0f);
-            }
-            /* Recompute the row's decays and states (scan order s). */
-            for (int64_t s = 0; s < L; ++s) {
-                const int64_t t = forward ? s : L - 1 - s;
-                const float dt = dr[t];
-                const vf dtv = splat(dt), duv = splat(dt * ur[t]);
-                const float *Bt = Bg + t * N;
+        const uint8_t *mask_row = mask ? mask + (kb % Bn) * L : 0;
+        for (int64_t grp = 0; grp < G; ++grp) {
+            to_time_major(B + (kb * G + grp) * N * L, N, L, NP, Bt);
+            to_time_major(C + (kb * G + grp) * N * L, N, L, NP, Ct);
+            for (int64_t d = grp * per_group; d < (grp + 1) * per_group; ++d) {
+                const int64_t row = kb * D + d, pd = i * D + d;
+                const float *ur = u + row * L;
+                const float skip = Dv ? Dv[pd] : 0.0f;
+                float *yr = y + row * L;
+                row_steps(delta + row * L, L, bias ? bias[pd] : 0.0f, mask_row, use_softplus, dts, 0);
+                memset(row_a, 0, sizeof(float) * (size_t)NP);
+                memcpy(row_a, A + pd * N, (size_t)N * sizeof(float));
                 for (int64_t j = 0; j < nv; ++j) {
-                    const vf a = vexp(dtv * Av[j]);
-                    store(as + s * N + j * W, a);
-                    store(hs + (s + 1) * N + j * W, a * load(hs + s * N + j * W) + duv * load(Bt + j * W));
+                    h[j] = splat(0.0f);
+                    Av[j] = load(row_a + j * W);
                 }
+                for (int64_t s = 0; s < L; ++s) {
+                    const int64_t t = forward ? s : L - 1 - s;
+                    const float dt = dts[t];
+                    const vf dtv = splat(dt), duv = splat(dt * ur[t]);
+                    const float *Bs = Bt + t * NP, *Cs = Ct + t * NP;
+                    vf acc = splat(0.0f);
+                    for (int64_t j = 0; j < nv; ++j) {
+                        h[j] = vexp(dtv * Av[j]) * h[j] + duv * load(Bs + j * W);
+                        acc += load(Cs + j * W) * h[j];
+                    }
+                    yr[t] = hsum(acc) + skip * ur[t];
+                }
+                for (int64_t j = 0; j < nv; ++j) store(row_h + j * W, h[j]);
+                memcpy(last + row * N, row_h, (size_t)N * sizeof(float));
             }
-            /* The adjoint lam = dL/dh, from the last step back to the first. */
-            float dD_row = 0.0f;
-            for (int64_t s = L - 1; s >= 0; --s) {
-                const int64_t t = forward ? s : L - 1 - s;
-                const float g = gr[t], dt = dr[t], ut = ur[t];
-                const vf gv = splat(g), dtv = splat(dt), uv = splat(ut), dtuv = splat(dt * ut);
-                const float *Bt = Bg + t * N, *Ct = Cg + t * N;
-                float *dBt = dBg + t * N, *dCt = dCg + t * N;
-                vf ddt = splat(0.0f), dus = splat(0.0f);
+        }
+    }
+}
+
+/* work: (7 * np + 1) * l + np floats of scratch for this call. */
+void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
+                    const float *A, const float *B, const float *C, const float *Dv, const float *bias,
+                    const uint8_t *mask, int use_softplus, int reverse, const float *gy, const float *glast,
+                    float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, float *dbias, float *work,
+                    int64_t kb0, int64_t kb1) {
+    const int64_t per_group = D / G, NP = padded(N), nv = NP / W;
+    float *Bt = work, *Ct = Bt + L * NP, *dBt = Ct + L * NP, *dCt = dBt + L * NP;
+    /* hs row 0 is the zero state before the first step, row s + 1 the state after step s (scan order). */
+    float *hs = dCt + L * NP, *as = hs + (L + 1) * NP, *dts = as + L * NP, *factor = dts + L;
+    vf lam[MAX_VECTORS], Av[MAX_VECTORS], dAv[MAX_VECTORS];
+    float row_a[W * MAX_VECTORS];
+    memset(hs, 0, (size_t)NP * sizeof(float));
+    for (int64_t kb = kb0; kb < kb1; ++kb) {
+        const int64_t i = kb / Bn;
+        const int forward = ((i + reverse) % 2) == 0;
+        const uint8_t *mask_row = mask ? mask + (kb % Bn) * L : 0;
+        for (int64_t grp = 0; grp < G; ++grp) {
+            to_time_major(B + (kb * G + grp) * N * L, N, L, NP, Bt);
+            to_time_major(C + (kb * G + grp) * N * L, N, L, NP, Ct);
+            memset(dBt, 0, (size_t)(2 * L * NP) * sizeof(float));
+            for (int64_t d = grp * per_group; d < (grp + 1) * per_group; ++d) {
+                const int64_t row = kb * D + d, pd = i * D + d;
+                const float *ur = u + row * L, *gr = gy + row * L;
+                const float skip = Dv ? Dv[pd] : 0.0f;
+                row_steps(delta + row * L, L, bias ? bias[pd] : 0.0f, mask_row, use_softplus, dts, factor);
+                memset(row_a, 0, sizeof(float) * (size_t)NP);
+                memcpy(row_a, A + pd * N, (size_t)N * sizeof(float));
                 for (int64_t j = 0; j < nv; ++j) {
-                    const int64_t o = j * W;
-                    const vf l = lam[j] + load(Ct + o) * gv, a = load(as + s * N + o), Bv = load(Bt + o);
-                    store(dCt + o, load(dCt + o) + gv * load(hs + (s + 1) * N + o));
-                    const vf dec = l * a * load(hs + s * N + o); /* dL/d(dt * A) */
-                    ddt += dec * Av[j] + l * Bv * uv;
-                    dAv[j] += dec * dtv;
-                    store(dBt + o, load(dBt + o) + l * dtuv);
-                    dus += l * Bv;
-                    lam[j] = l * a;
+                    Av[j] = load(row_a + j * W);
+                    dAv[j] = splat(0.0f);
+                    lam[j] = splat(0.0f);
                 }
-                du[row * L + t] = hsum(dus) * dt + skip * g;
-                dD_row += g * ut;
-                ddelta[row * L + t] = hsum(ddt);
+                if (glast) {
+                    float gl[W * MAX_VECTORS] = {0};
+                    memcpy(gl, glast + row * N, (size_t)N * sizeof(float));
+                    for (int64_t j = 0; j < nv; ++j) lam[j] = load(gl + j * W);
+                }
+                /* Recompute the row's decays and states (scan order s). */
+                for (int64_t s = 0; s < L; ++s) {
+                    const int64_t t = forward ? s : L - 1 - s;
+                    const float dt = dts[t];
+                    const vf dtv = splat(dt), duv = splat(dt * ur[t]);
+                    const float *Bs = Bt + t * NP;
+                    for (int64_t j = 0; j < nv; ++j) {
+                        const vf a = vexp(dtv * Av[j]);
+                        store(as + s * NP + j * W, a);
+                        store(hs + (s + 1) * NP + j * W, a * load(hs + s * NP + j * W) + duv * load(Bs + j * W));
+                    }
+                }
+                /* The adjoint lam = dL/dh, from the last step back to the first. */
+                float dD_row = 0.0f, dbias_row = 0.0f;
+                for (int64_t s = L - 1; s >= 0; --s) {
+                    const int64_t t = forward ? s : L - 1 - s;
+                    const float g = gr[t], dt = dts[t], ut = ur[t];
+                    const vf gv = splat(g), dtv = splat(dt), uv = splat(ut), dtuv = splat(dt * ut);
+                    const float *Bs = Bt + t * NP, *Cs = Ct + t * NP;
+                    float *dBs = dBt + t * NP, *dCs = dCt + t * NP;
+                    vf ddt = splat(0.0f), dus = splat(0.0f);
+                    for (int64_t j = 0; j < nv; ++j) {
+                        const int64_t o = j * W;
+                        const vf l = lam[j] + load(Cs + o) * gv, a = load(as + s * NP + o), Bv = load(Bs + o);
+                        store(dCs + o, load(dCs + o) + gv * load(hs + (s + 1) * NP + o));
+                        const vf dec = l * a * load(hs + s * NP + o); /* dL/d(dt * A) */
+                        ddt += dec * Av[j] + l * Bv * uv;
+                        dAv[j] += dec * dtv;
+                        store(dBs + o, load(dBs + o) + l * dtuv);
+                        dus += l * Bv;
+                        lam[j] = l * a;
+                    }
+                    du[row * L + t] = hsum(dus) * dt + skip * g;
+                    dD_row += g * ut;
+                    const float dd = hsum(ddt) * factor[t];
+                    ddelta[row * L + t] = dd;
+                    dbias_row += dd;
+                }
+                for (int64_t j = 0; j < nv; ++j) store(row_a + j * W, dAv[j]);
+                for (int64_t n = 0; n < N; ++n) dA[pd * N + n] += row_a[n];
+                if (dD) dD[pd] += dD_row;
+                if (dbias) dbias[pd] += dbias_row;
             }
-            for (int64_t j = 0; j < nv; ++j) store(dA + pd * N + j * W, load(dA + pd * N + j * W) + dAv[j]);
-            if (dD) dD[pd] += dD_row;
+            from_time_major(dBt, N, L, NP, dB + (kb * G + grp) * N * L);
+            from_time_major(dCt, N, L, NP, dC + (kb * G + grp) * N * L);
         }
     }
 }

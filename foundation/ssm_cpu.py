@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from foundation import native
 
@@ -31,8 +30,8 @@ CACHE_ENV = native.CACHE_ENV
 
 _I64, _PTR, _I32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 _PROTOTYPES = {
-    "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 6 + [_I32] + [_PTR] * 2 + [_I64, _I64],
-    "eegfm_scan_bwd": [_I64] * 5 + [_PTR] * 6 + [_I32] + [_PTR] * 9 + [_I64, _I64],
+    "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 3 + [_I64, _I64],
+    "eegfm_scan_bwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 10 + [_I64, _I64],
 }
 _STATE: dict[str, object] = {}
 
@@ -84,61 +83,65 @@ def _f32(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.detach().to(torch.float32).contiguous()
 
 
-def _padded_states(A, B, C):
-    """``A [k, d, n_pad]`` and time-major ``B, C [k, b, g, l, n_pad]`` float32, ``n`` padded to a multiple of the
-    kernel's vector width with zeros (a padded state has decay 1 and no input: it stays 0 and adds nothing)."""
-    pad = -A.shape[-1] % VECTOR_WIDTH
-    A = F.pad(_f32(A), (0, pad)).contiguous()
-    Bt, Ct = (F.pad(_f32(x).transpose(-1, -2), (0, pad)).contiguous() for x in (B, C))
-    return A, Bt, Ct
+def _padded(n: int) -> int:
+    return -(-n // VECTOR_WIDTH) * VECTOR_WIDTH
 
 
-def scan_forward(u, dt, A, B, C, D, reverse: bool):
+def _common(u, delta, A, B, C, D, delta_bias, mask):
+    """The inputs as the kernel reads them: float32 (uint8 mask), contiguous."""
+    m = None if mask is None else mask.to(torch.uint8).contiguous()
+    return (*(_f32(x) for x in (u, delta, A, B, C, D, delta_bias)), m)
+
+
+def scan_forward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, reverse: bool):
     """``(y [k, b, d, l], last [k, b, d, n])`` float32: ``C h + D u`` per direction.
 
-    ``u, dt [k, b, d, l]`` (``dt`` the effective step: after bias, softplus and the padding mask); ``A [k, d, n]``;
-    ``B, C [k, b, g, n, l]``; ``D [k, d]`` or None. Direction ``i`` scans forward when ``i + reverse`` is even.
+    ``u, delta [k, b, d, l]`` (``delta`` the raw step: ``dt = softplus(delta + delta_bias)`` (or without the
+    softplus), 0 where ``mask [b, l]`` is 0); ``A [k, d, n]``; ``B, C [k, b, g, n, l]``; ``D, delta_bias [k, d]``
+    or None. Direction ``i`` scans forward when ``i + reverse`` is even.
     """
     lib = load()
     k, b, d, l = u.shape
     g, n = B.shape[2], A.shape[-1]
-    u, dt, D = _f32(u), _f32(dt), _f32(D)
-    A, Bt, Ct = _padded_states(A, B, C)
+    u, delta, A, B, C, D, delta_bias, m = _common(u, delta, A, B, C, D, delta_bias, mask)
     y = u.new_empty(k, b, d, l)
-    last = u.new_empty(k, b, d, A.shape[-1])
+    last = u.new_empty(k, b, d, n)
+    parts = _split_rows(k * b)
+    work = u.new_empty(len(parts), (2 * _padded(n) + 1) * l)
 
-    def call(_, r0, r1):
-        native.call(lib.eegfm_scan_fwd, b, d, g, A.shape[-1], l, _ptr(u), _ptr(dt), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D),
-                           int(reverse), _ptr(y), _ptr(last), r0, r1)
+    def call(i, r0, r1):
+        native.call(lib.eegfm_scan_fwd, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D),
+                    _ptr(delta_bias), _ptr(m), int(softplus), int(reverse), _ptr(y), _ptr(last), _ptr(work[i]), r0, r1)
 
-    _run(_split_rows(k * b), call)
-    return y, last[..., :n]
+    _run(parts, call)
+    return y, last
 
 
-def scan_backward(u, dt, A, B, C, D, reverse: bool, gy, glast):
-    """Gradients ``(du, ddt, dA, dB, dC, dD)`` of :func:`scan_forward` for ``gy [k, b, d, l]`` and ``glast
-    [k, b, d, n]`` (or None), float32; ``ddt`` is for the effective step, ``dD`` None where ``D`` is."""
+def scan_backward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, reverse: bool, gy, glast):
+    """Gradients ``(du, ddelta, dA, dB, dC, dD, d delta_bias)`` of :func:`scan_forward` for ``gy [k, b, d, l]`` and
+    ``glast [k, b, d, n]`` (or None), float32; ``ddelta`` is for the raw ``delta``; ``dD`` / ``d delta_bias`` are
+    None where ``D`` / ``delta_bias`` are."""
     lib = load()
     k, b, d, l = u.shape
     g, n = B.shape[2], A.shape[-1]
-    u, dt, D, gy = _f32(u), _f32(dt), _f32(D), _f32(gy)
-    A, Bt, Ct = _padded_states(A, B, C)
-    n_pad = A.shape[-1]
-    if glast is not None:
-        glast = F.pad(_f32(glast), (0, n_pad - n)).contiguous()
-    du, ddt = torch.empty_like(u), torch.empty_like(u)
-    dBt, dCt = torch.zeros_like(Bt), torch.zeros_like(Ct)
+    u, delta, A, B, C, D, delta_bias, m = _common(u, delta, A, B, C, D, delta_bias, mask)
+    gy, glast = _f32(gy), _f32(glast)
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    dB, dC = torch.empty_like(B), torch.empty_like(C)
     parts = _split_rows(k * b)
-    # dA and dD sum over the batch: one buffer per thread, added up afterwards.
-    dA = u.new_zeros(len(parts), k, d, n_pad)
+    # dA, dD and d delta_bias sum over the batch: one buffer per thread, added up afterwards.
+    dA = u.new_zeros(len(parts), k, d, n)
     dD = u.new_zeros(len(parts), k, d) if D is not None else None
-    work = u.new_empty(len(parts), (2 * l + 1) * n_pad)
+    dbias = u.new_zeros(len(parts), k, d) if delta_bias is not None else None
+    np_ = _padded(n)
+    work = u.new_empty(len(parts), (7 * np_ + 2) * l + np_)
 
     def call(i, r0, r1):
-        native.call(lib.eegfm_scan_bwd, b, d, g, n_pad, l, _ptr(u), _ptr(dt), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(D),
-                           int(reverse), _ptr(gy), _ptr(glast), _ptr(du), _ptr(ddt), _ptr(dA[i]), _ptr(dBt),
-                           _ptr(dCt), None if dD is None else _ptr(dD[i]), _ptr(work[i]), r0, r1)
+        native.call(lib.eegfm_scan_bwd, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D),
+                    _ptr(delta_bias), _ptr(m), int(softplus), int(reverse), _ptr(gy), _ptr(glast), _ptr(du),
+                    _ptr(ddelta), _ptr(dA[i]), _ptr(dB), _ptr(dC), None if dD is None else _ptr(dD[i]),
+                    None if dbias is None else _ptr(dbias[i]), _ptr(work[i]), r0, r1)
 
     _run(parts, call)
-    return (du, ddt, dA.sum(0)[..., :n], dBt[..., :n].transpose(-1, -2), dCt[..., :n].transpose(-1, -2),
-            None if dD is None else dD.sum(0))
+    return (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0),
+            None if dbias is None else dbias.sum(0))
