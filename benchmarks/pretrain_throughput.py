@@ -13,7 +13,7 @@ when installed) and peak memory is reported.
 
 ``--baseline REV``: the same training step (objective, clipping, AdamW as that revision's trainer builds it)
 timed in a temporary ``git worktree`` of revision ``REV`` and in this tree, on the same batches, one thread
-each, alternating between the two so machine load hits both alike; prints windows/s of each (wall clock, and
+each (``--threads N``: N each), alternating between the two so machine load hits both alike; prints windows/s of each (wall clock, and
 per CPU-second of the process, which a shared machine disturbs less), their ratio, and the operators and
 host syncs per step (``benchmarks/step_overhead.py``) of each.
 """
@@ -111,7 +111,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _STEP_SCRIPT = r"""
 import json, os, sys, time
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 sys.path.insert(1, os.environ["EEGFM_BENCH_TOOLS"])
 from pretrain.objectives import MaskedSTFTObjective, build_backbone
 try:
@@ -144,7 +144,7 @@ print(json.dumps({"wall": walls, "cpu": cpus, "fused_adamw": fused, **counts}))
 """
 
 
-def compare_with_baseline(rev: str, batches: list[dict], size: str, steps: int, rounds: int) -> dict:
+def compare_with_baseline(rev: str, batches: list[dict], size: str, steps: int, rounds: int, threads: int = 1) -> dict:
     """The training step of revision ``rev`` (a temporary git worktree) and of this tree, alternately
     ``rounds`` times each; windows/s from the median step (wall clock and CPU time), ops and syncs per step."""
     runs: dict[str, list[dict]] = {"baseline": [], "current": []}
@@ -160,14 +160,14 @@ def compare_with_baseline(rev: str, batches: list[dict], size: str, steps: int, 
                 for name, where in (("baseline", tree), ("current", ROOT)):
                     env = {**os.environ, "PYTHONPATH": str(where), "EEGFM_BENCH_TOOLS": str(ROOT / "benchmarks"),
                            "EEGFM_BENCH_BATCHES": str(batch_file), "EEGFM_BENCH_SIZE": size,
-                           "EEGFM_BENCH_STEPS": str(steps), "OMP_NUM_THREADS": "1"}
+                           "EEGFM_BENCH_STEPS": str(steps), "OMP_NUM_THREADS": str(threads)}
                     done = subprocess.run([sys.executable, "-c", _STEP_SCRIPT], cwd=where, env=env, check=True,
                                           capture_output=True, text=True)
                     runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     b = batches[0]["x"].shape[0]
-    out = {"rev": rev, "size": size, "batch": b, "steps": steps, "rounds": rounds}
+    out = {"rev": rev, "size": size, "batch": b, "steps": steps, "rounds": rounds, "threads": threads}
     for name, rs in runs.items():
         wall = statistics.median(t for r in rs for t in r["wall"])
         cpu = statistics.median(t for r in rs for t in r["cpu"])
@@ -179,7 +179,8 @@ def compare_with_baseline(rev: str, batches: list[dict], size: str, steps: int, 
 
 
 def render_comparison(c: dict) -> str:
-    lines = [f"{c['size']} model, batch {c['batch']}, one thread, median of {c['steps']} steps x {c['rounds']} "
+    threads = "one thread" if c.get("threads", 1) == 1 else f"{c['threads']} threads"
+    lines = [f"{c['size']} model, batch {c['batch']}, {threads}, median of {c['steps']} steps x {c['rounds']} "
              f"alternating runs per tree", f"{'tree':<22}{'windows/s':>11}{'windows/CPU-s':>15}{'ops/step':>10}"
              f"{'syncs/step':>12}"]
     for name in ("baseline", "current"):
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="", metavar="REV",
                         help="also time the step of git revision REV (temporary worktree) against this tree")
     parser.add_argument("--rounds", type=int, default=3, help="--baseline: alternating runs per tree")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="--baseline: torch threads per tree (1: least disturbed by other load; the core count: "
+                             "what a CPU pretraining run uses)")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     comparison = None
     if args.baseline:
-        comparison = compare_with_baseline(args.baseline, batches, args.sizes[0], max(args.steps, 5), args.rounds)
+        comparison = compare_with_baseline(args.baseline, batches, args.sizes[0], max(args.steps, 5), args.rounds,
+                                           args.threads)
     rows = []
     for size in args.sizes:
         r = model_rate(size, args.objective, batches, args.steps, device)
