@@ -18,7 +18,7 @@ implementation:
 * ``"triton"``: our Triton kernels (:mod:`foundation.ssm_triton`), when triton imports and the tensors are
   on CUDA (no CUDA compiler needed);
 * ``"cpu"``: our C kernel (:mod:`foundation.ssm_cpu`, built at first use with the machine's C compiler), on CPUs
-  for float32 (2-3x faster than the chunked torch scan in a training step);
+  for float32 (about 3x faster than the chunked torch scan, forward and backward, at pretraining shapes);
 * ``"torch"``: our pure-PyTorch chunked scan (:mod:`foundation.ssm_chunked`), everywhere else (float64, a CPU
   with no C compiler);
 * ``"ref"``: :func:`selective_scan_ref`, only when forced.
