@@ -151,6 +151,13 @@ def _sample_group_norm(h: torch.Tensor, norm: nn.GroupNorm, b: int, stats_mask: 
     selects, using ``norm``'s affine parameters (so the weights are those of a plain GroupNorm)."""
     n, ch, s = h.shape
     g = norm.num_groups
+    if not sync_free(h.device) and bool(stats_mask.all()):
+        # Every patch counts (no padded channel, no hidden patch): a plain GroupNorm over [b, ch, (m s)], one
+        # fused operator and its own backward instead of a dozen elementwise ones (about a third of the patch
+        # encoder's CPU time).
+        per_sample = rearrange(h, "(b m) ch s -> b ch (m s)", b=b)
+        out = F.group_norm(per_sample, g, norm.weight, norm.bias, norm.eps)
+        return rearrange(out, "b ch (m s) -> (b m) ch s", s=s)
     hh = h.float().view(b, n // b, g, ch // g, s)
     w = stats_mask.to(hh.dtype)[:, :, None, None, None]
     count = (w.sum(1, keepdim=True) * (ch // g) * s).clamp_min(1.0)  # [b 1 1 1 1]

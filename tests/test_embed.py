@@ -215,3 +215,24 @@ def test_st_adaptive_token_sees_only_its_receptive_field_before_normalisation(st
 def test_st_adaptive_rejects_bad_stride():
     with pytest.raises(ValueError, match="stride"):
         STAdaptiveEmbed(D, patch_size=200, stride=30)
+
+
+def test_sample_norm_fused_path_equals_the_masked_one_with_gradients(cpe_sample, monkeypatch):
+    """With every patch counted, the sample norm runs as one GroupNorm over [b, ch, (m s)]; the masked form (what
+    padded channels, hidden patches, a GPU or a compiled step use) gives the same tokens and parameter gradients."""
+    import foundation.embed as embed
+
+    x, ids = _eeg_like()
+    results = []
+    for masked in (False, True):
+        if masked:
+            monkeypatch.setattr(embed, "sync_free", lambda device: True)
+        cpe_sample.zero_grad(set_to_none=True)
+        tokens, _, _ = cpe_sample(x, ids)
+        (tokens * torch.linspace(-1, 1, tokens.numel()).view_as(tokens)).sum().backward()
+        results.append((tokens.detach(), {n: p.grad.clone() for n, p in cpe_sample.named_parameters() if p.grad is not None}))
+    (fused, fused_grads), (masked, masked_grads) = results
+    torch.testing.assert_close(fused, masked, rtol=1e-5, atol=1e-5)
+    assert fused_grads.keys() == masked_grads.keys() and any("encoder.net.1" in n for n in fused_grads)
+    for name, grad in masked_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
