@@ -129,13 +129,13 @@ static void from_time_major(const float *src, int64_t N, int64_t L, int64_t NP, 
 
 static int64_t padded(int64_t N) { return (N + W - 1) / W * W; }
 
-/* work: (2 * np + 1) * l floats of scratch for this call (np = n rounded up to a multiple of W). */
+/* work: (2 * np + 1 + W) * l floats of scratch for this call (np = n rounded up to a multiple of W). */
 void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
                     const float *A, const float *B, const float *C, const float *Dv, const float *bias,
                     const uint8_t *mask, int use_softplus, int reverse, float *y, float *last, float *work,
                     int64_t kb0, int64_t kb1) {
     const int64_t per_group = D / G, NP = padded(N), nv = NP / W;
-    float *Bt = work, *Ct = work + L * NP, *dts = work + 2 * L * NP;
+    float *Bt = work, *Ct = work + L * NP, *dts = work + 2 * L * NP, *accs = dts + L;
     vf h[MAX_VECTORS], Av[MAX_VECTORS];
     float row_a[W * MAX_VECTORS], row_h[W * MAX_VECTORS];
     for (int64_t kb = kb0; kb < kb1; ++kb) {
@@ -167,8 +167,10 @@ void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
                         h[j] = vexp(dtv * Av[j]) * h[j] + duv * load(Bs + j * W);
                         acc += load(Cs + j * W) * h[j];
                     }
-                    yr[t] = hsum(acc) + skip * ur[t];
+                    store(accs + t * W, acc);
                 }
+                /* The sums over states, off the recurrence's path. */
+                for (int64_t t = 0; t < L; ++t) yr[t] = hsum(load(accs + t * W)) + skip * ur[t];
                 for (int64_t j = 0; j < nv; ++j) store(row_h + j * W, h[j]);
                 memcpy(last + row * N, row_h, (size_t)N * sizeof(float));
             }
@@ -176,7 +178,7 @@ void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
     }
 }
 
-/* work: (7 * np + 1) * l + np floats of scratch for this call. */
+/* work: (7 * np + 2 + 2 * W) * l + np floats of scratch for this call. */
 void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
                     const float *A, const float *B, const float *C, const float *Dv, const float *bias,
                     const uint8_t *mask, int use_softplus, int reverse, const float *gy, const float *glast,
@@ -186,6 +188,7 @@ void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
     float *Bt = work, *Ct = Bt + L * NP, *dBt = Ct + L * NP, *dCt = dBt + L * NP;
     /* hs row 0 is the zero state before the first step, row s + 1 the state after step s (scan order). */
     float *hs = dCt + L * NP, *as = hs + (L + 1) * NP, *dts = as + L * NP, *factor = dts + L;
+    float *dus_s = factor + L, *ddt_s = dus_s + L * W;
     vf lam[MAX_VECTORS], Av[MAX_VECTORS], dAv[MAX_VECTORS];
     float row_a[W * MAX_VECTORS];
     memset(hs, 0, (size_t)NP * sizeof(float));
@@ -246,9 +249,14 @@ void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
                         dus += l * Bv;
                         lam[j] = l * a;
                     }
-                    du[row * L + t] = hsum(dus) * dt + skip * g;
-                    dD_row += g * ut;
-                    const float dd = hsum(ddt) * factor[t];
+                    store(dus_s + t * W, dus);
+                    store(ddt_s + t * W, ddt);
+                }
+                /* The sums over states, off the adjoint's path. */
+                for (int64_t t = 0; t < L; ++t) {
+                    const float g = gr[t], dd = hsum(load(ddt_s + t * W)) * factor[t];
+                    du[row * L + t] = hsum(load(dus_s + t * W)) * dts[t] + skip * g;
+                    dD_row += g * ur[t];
                     ddelta[row * L + t] = dd;
                     dbias_row += dd;
                 }

@@ -107,7 +107,7 @@ def scan_forward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, reverse
     y = u.new_empty(k, b, d, l)
     last = u.new_empty(k, b, d, n)
     parts = _split_rows(k * b)
-    work = u.new_empty(len(parts), (2 * _padded(n) + 1) * l)
+    work = u.new_empty(len(parts), (2 * _padded(n) + 1 + VECTOR_WIDTH) * l)
 
     def call(i, r0, r1):
         native.call(lib.eegfm_scan_fwd, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D),
@@ -134,7 +134,7 @@ def scan_backward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, revers
     dD = u.new_zeros(len(parts), k, d) if D is not None else None
     dbias = u.new_zeros(len(parts), k, d) if delta_bias is not None else None
     np_ = _padded(n)
-    work = u.new_empty(len(parts), (7 * np_ + 2) * l + np_)
+    work = u.new_empty(len(parts), (7 * np_ + 2 + 2 * VECTOR_WIDTH) * l + np_)
 
     def call(i, r0, r1):
         native.call(lib.eegfm_scan_bwd, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D),
