@@ -43,12 +43,12 @@ static inline float hsum(vf v) {
 
 /* exp(x), lane-wise: Cody-Waite range reduction and a degree-6 polynomial (Cephes expf, < 2 ulp) in plain
  * vector arithmetic (libm's expf would be one call per lane). exp(0) is exactly 1 (a padded step keeps its
- * state bit for bit); below -87.3 the result is 0, above 88.3 it saturates at exp(88.3). */
+ * state bit for bit); x is clamped to [-87.3, 88.3] (below, exp(-87.3) ~ 1e-38: a decayed state is gone either
+ * way). k = round(x / ln 2) by adding and subtracting 1.5 * 2^23 (round to nearest, exact for |k| < 2^22). */
 static inline vf vexp(vf x) {
     const vf xc = blend(x < -87.3f, splat(-87.3f), blend(x > 88.3f, splat(88.3f), x));
-    const vf t = xc * 1.44269504088896341f;
-    const vi ki = __builtin_convertvector(t + blend(t >= 0.0f, splat(0.5f), splat(-0.5f)), vi);
-    const vf k = __builtin_convertvector(ki, vf);
+    const vf k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const vi ki = __builtin_convertvector(k, vi);
     const vf r = (xc - k * 0.693359375f) + k * 2.12194440e-4f;
     vf p = splat(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
@@ -58,7 +58,7 @@ static inline vf vexp(vf x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     const vf scale = (vf)((ki + 127) << 23);
-    return blend(x < -87.3f, splat(0.0f), p * scale);
+    return p * scale;
 }
 
 /* log1p(y) for y in [0, 1] as 2 atanh(y / (2 + y)), odd series to r^13 (r <= 1/3: below 1e-7 relative; no
