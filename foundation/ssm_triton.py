@@ -116,6 +116,23 @@ def _steps(kk, n_chunks, rev, T: tl.constexpr):
     return c * T + lane + rev * (T - 1 - 2 * lane), c
 
 
+def _program(bias_ptr, L, DIM, NB, NSEG, REV0, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """What every scan program starts from: its batch row ``pid_b``, direction ``k``, segment ``seg`` and scan
+    direction ``rev``; its channels ``offs_d`` (``ok_d`` in range), states ``offs_n``, rows ``kd`` of A, D and
+    bias, time-series starts ``row``, and its channels' ``bias`` (0 without one)."""
+    pid_d, pid_b, pid_ks = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    k, seg = pid_ks // NSEG, pid_ks % NSEG
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    ok_d = offs_d < DIM
+    kd = k * DIM + offs_d  # [BD] rows of A, D, bias
+    row = ((k * NB + pid_b) * DIM + offs_d) * L  # [BD] start of each channel's time series
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
+    return pid_d, pid_b, k, seg, (k + REV0) % 2, offs_d, tl.arange(0, BLOCK_N), ok_d, kd, row, bias
+
+
 def _load_dt(dt_ptr, row, t, ok_t, ok_d, bias, mask_ptr, mask_row,
              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_MASK: tl.constexpr):
     """``(dt, raw, keep)`` ``[BD, T]`` at steps ``t`` (``ok_t`` where in range): raw = delta (+ bias); dt =
@@ -157,24 +174,15 @@ def _fwd_kernel(
     HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
 ):
     """One (channel block, batch row, direction x segment): states, outputs, chunk-start states."""
-    pid_d, pid_b, pid_ks = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    k, seg = pid_ks // NSEG, pid_ks % NSEG
-    rev = (k + REV0) % 2
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ok_d = offs_d < DIM
+    pid_d, pid_b, k, seg, rev, offs_d, offs_n, ok_d, kd, row, bias = _program(
+        bias_ptr, L, DIM, NB, NSEG, REV0, HAS_BIAS, BLOCK_D, BLOCK_N)
     ok_dn = ok_d[:, None] & (offs_n < N)[None, :]
-    kd = k * DIM + offs_d  # [BD] rows of A, D, bias
-    row = ((k * NB + pid_b) * DIM + offs_d) * L  # [BD] start of each channel's time series
     g = (pid_d * BLOCK_D) // DPG
     b_row = B_ptr + k * sB_k + pid_b * sB_b + g * sB_g
     c_row = C_ptr + k * sC_k + pid_b * sC_b + g * sC_g
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
     state_rows = ((k * NB + pid_b) * DIM + offs_d)[:, None]  # [BD, 1] rows of last / h0 / hs
     if HAS_H0:
         h = tl.load(h0_ptr + (state_rows * NSEG + seg) * N + offs_n[None, :], mask=ok_dn, other=0.0)
@@ -214,18 +222,9 @@ def _fwd_local_kernel(
 ):
     """State passing, first pass: each segment's end state from a zero start, and its sum of dt (its decay
     over the segment is ``exp(A sum(dt))``)."""
-    pid_d, pid_b, pid_ks = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    k, seg = pid_ks // NSEG, pid_ks % NSEG
-    rev = (k + REV0) % 2
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ok_d = offs_d < DIM
-    kd = k * DIM + offs_d
-    row = ((k * NB + pid_b) * DIM + offs_d) * L
+    pid_d, pid_b, k, seg, rev, offs_d, offs_n, ok_d, kd, row, bias = _program(
+        bias_ptr, L, DIM, NB, NSEG, REV0, HAS_BIAS, BLOCK_D, BLOCK_N)
     b_row = B_ptr + k * sB_k + pid_b * sB_b + ((pid_d * BLOCK_D) // DPG) * sB_g
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     total = tl.zeros([BLOCK_D], dtype=tl.float32)
     for kk in range(seg * SEG, tl.minimum(seg * SEG + SEG, NCHUNK)):
@@ -257,22 +256,13 @@ def _bwd_kernel(
 ):
     """One program of the backward pass: chunks in reverse scan order, recomputed states, suffix-scanned
     adjoint; ``g0`` holds the adjoint entering each segment's last step (``glast`` for the last segment)."""
-    pid_d, pid_b, pid_ks = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    k, seg = pid_ks // NSEG, pid_ks % NSEG
-    rev = (k + REV0) % 2
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ok_d = offs_d < DIM
+    pid_d, pid_b, k, seg, rev, offs_d, offs_n, ok_d, kd, row, bias = _program(
+        bias_ptr, L, DIM, NB, NSEG, REV0, HAS_BIAS, BLOCK_D, BLOCK_N)
     ok_dn = ok_d[:, None] & (offs_n < N)[None, :]
-    kd = k * DIM + offs_d
-    row = ((k * NB + pid_b) * DIM + offs_d) * L
     g = (pid_d * BLOCK_D) // DPG
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
     state_rows = ((k * NB + pid_b) * DIM + offs_d)[:, None]
     lam_in = tl.load(g0_ptr + (state_rows * NSEG + seg) * N + offs_n[None, :], mask=ok_dn, other=0.0)
     acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # dA
@@ -366,18 +356,9 @@ def _bwd_local_kernel(
 ):
     """State passing, first backward pass: each segment's adjoint at its first step from a zero adjoint at
     its end, and its sum of next-step dt (the adjoint decays across the segment by ``exp(A sum)``)."""
-    pid_d, pid_b, pid_ks = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    k, seg = pid_ks // NSEG, pid_ks % NSEG
-    rev = (k + REV0) % 2
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ok_d = offs_d < DIM
-    kd = k * DIM + offs_d
-    row = ((k * NB + pid_b) * DIM + offs_d) * L
+    pid_d, pid_b, k, seg, rev, offs_d, offs_n, ok_d, kd, row, bias = _program(
+        bias_ptr, L, DIM, NB, NSEG, REV0, HAS_BIAS, BLOCK_D, BLOCK_N)
     c_row = C_ptr + k * sC_k + pid_b * sC_b + ((pid_d * BLOCK_D) // DPG) * sC_g
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=ok_d, other=0.0).to(tl.float32)
     lam = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     total = tl.zeros([BLOCK_D], dtype=tl.float32)
     last_kk = tl.minimum(seg * SEG + SEG, NCHUNK) - 1
@@ -412,7 +393,8 @@ def _reverse_check_kernel(a_ptr, b_ptr, out_ptr, FLIP: tl.constexpr, T: tl.const
 
 # ----------------------------------------------------------------------------------------- launchers
 
-_HELPERS = ("_combine", "_suffix_scan", "_softplus", "_steps", "_load_dt", "_column", "_set_column", "_lane", "_bwd_chunk")
+_HELPERS = ("_program", "_combine", "_suffix_scan", "_softplus", "_steps", "_load_dt", "_column", "_set_column", "_lane",
+            "_bwd_chunk")
 _KERNELS = ("_fwd_kernel", "_fwd_local_kernel", "_bwd_kernel", "_bwd_local_kernel", "_reverse_check_kernel")
 _SOURCES = {name: globals()[name] for name in _HELPERS + _KERNELS}
 _DECORATED: list[bool] = []  # the interpreter mode the module's functions are decorated for (empty: none yet)
