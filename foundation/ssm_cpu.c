@@ -129,6 +129,14 @@ static void from_time_major(const float *src, int64_t N, int64_t L, int64_t NP, 
 
 static int64_t padded(int64_t N) { return (N + W - 1) / W * W; }
 
+/* A row of n floats as nv vectors, zero past n. */
+static void load_row(const float *src, int64_t N, int64_t nv, vf *out) {
+    float buf[W * MAX_VECTORS];
+    memset(buf, 0, sizeof(float) * (size_t)(nv * W));
+    memcpy(buf, src, (size_t)N * sizeof(float));
+    for (int64_t j = 0; j < nv; ++j) out[j] = load(buf + j * W);
+}
+
 /* work: (2 * np + 1 + W) * l floats of scratch for this call (np = n rounded up to a multiple of W). */
 void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
                     const float *A, const float *B, const float *C, const float *Dv, const float *bias,
@@ -137,7 +145,7 @@ void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
     const int64_t per_group = D / G, NP = padded(N), nv = NP / W;
     float *Bt = work, *Ct = work + L * NP, *dts = work + 2 * L * NP, *accs = dts + L;
     vf h[MAX_VECTORS], Av[MAX_VECTORS];
-    float row_a[W * MAX_VECTORS], row_h[W * MAX_VECTORS];
+    float row_h[W * MAX_VECTORS];
     for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t i = kb / Bn;
         const int forward = ((i + reverse) % 2) == 0;
@@ -151,12 +159,8 @@ void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
                 const float skip = Dv ? Dv[pd] : 0.0f;
                 float *yr = y + row * L;
                 row_steps(delta + row * L, L, bias ? bias[pd] : 0.0f, mask_row, use_softplus, dts, 0);
-                memset(row_a, 0, sizeof(float) * (size_t)NP);
-                memcpy(row_a, A + pd * N, (size_t)N * sizeof(float));
-                for (int64_t j = 0; j < nv; ++j) {
-                    h[j] = splat(0.0f);
-                    Av[j] = load(row_a + j * W);
-                }
+                load_row(A + pd * N, N, nv, Av);
+                for (int64_t j = 0; j < nv; ++j) h[j] = splat(0.0f);
                 for (int64_t s = 0; s < L; ++s) {
                     const int64_t t = forward ? s : L - 1 - s;
                     const float dt = dts[t];
@@ -190,7 +194,7 @@ void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
     float *hs = dCt + L * NP, *as = hs + (L + 1) * NP, *dts = as + L * NP, *factor = dts + L;
     float *dus_s = factor + L, *ddt_s = dus_s + L * W;
     vf lam[MAX_VECTORS], Av[MAX_VECTORS], dAv[MAX_VECTORS];
-    float row_a[W * MAX_VECTORS];
+    float dA_row[W * MAX_VECTORS];
     memset(hs, 0, (size_t)NP * sizeof(float));
     for (int64_t kb = kb0; kb < kb1; ++kb) {
         const int64_t i = kb / Bn;
@@ -205,18 +209,9 @@ void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
                 const float *ur = u + row * L, *gr = gy + row * L;
                 const float skip = Dv ? Dv[pd] : 0.0f;
                 row_steps(delta + row * L, L, bias ? bias[pd] : 0.0f, mask_row, use_softplus, dts, factor);
-                memset(row_a, 0, sizeof(float) * (size_t)NP);
-                memcpy(row_a, A + pd * N, (size_t)N * sizeof(float));
-                for (int64_t j = 0; j < nv; ++j) {
-                    Av[j] = load(row_a + j * W);
-                    dAv[j] = splat(0.0f);
-                    lam[j] = splat(0.0f);
-                }
-                if (glast) {
-                    float gl[W * MAX_VECTORS] = {0};
-                    memcpy(gl, glast + row * N, (size_t)N * sizeof(float));
-                    for (int64_t j = 0; j < nv; ++j) lam[j] = load(gl + j * W);
-                }
+                load_row(A + pd * N, N, nv, Av);
+                for (int64_t j = 0; j < nv; ++j) dAv[j] = lam[j] = splat(0.0f);
+                if (glast) load_row(glast + row * N, N, nv, lam);
                 /* Recompute the row's decays and states (scan order s). */
                 for (int64_t s = 0; s < L; ++s) {
                     const int64_t t = forward ? s : L - 1 - s;
@@ -260,8 +255,8 @@ void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
                     ddelta[row * L + t] = dd;
                     dbias_row += dd;
                 }
-                for (int64_t j = 0; j < nv; ++j) store(row_a + j * W, dAv[j]);
-                for (int64_t n = 0; n < N; ++n) dA[pd * N + n] += row_a[n];
+                for (int64_t j = 0; j < nv; ++j) store(dA_row + j * W, dAv[j]);
+                for (int64_t n = 0; n < N; ++n) dA[pd * N + n] += dA_row[n];
                 if (dD) dD[pd] += dD_row;
                 if (dbias) dbias[pd] += dbias_row;
             }
