@@ -5,7 +5,7 @@ keeps its state in registers.
 Building needs a C compiler (``$CC``, else ``cc``). A library is cached under ``$EEGFM_KERNEL_CACHE`` (default
 ``~/.cache/eegfm/kernels``), keyed by the source, the flags, the compiler and the CPU's instruction sets (it is
 built with ``-march=native`` for the machine it runs on), and written atomically, so concurrent processes and an
-interrupted build never leave a broken file. Where nothing builds, :func:`load` returns None and a one-line reason;
+interrupted build never leave a broken file. Where nothing builds, :class:`Kernel` gives None and a one-line reason;
 every caller has a torch path for that case.
 """
 
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "build", "call", "load"]
+__all__ = ["CACHE_ENV", "Kernel", "build", "call"]
 
 CACHE_ENV = "EEGFM_KERNEL_CACHE"
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-std=c99"]
@@ -73,18 +73,35 @@ def build(source: Path) -> Path:
     return target
 
 
-def load(source: Path, prototypes: dict[str, list]) -> tuple[ctypes.CDLL | None, str]:
-    """``(library, "")`` with each function's ``argtypes`` set from ``prototypes``, or ``(None, reason)``."""
-    if sys.platform == "win32":
-        return None, f"{source.name} is built with a POSIX C compiler; not on Windows"
-    try:
-        lib = ctypes.CDLL(str(build(source)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        return None, f"the C kernel {source.name} did not build ({err})"
-    for name, argtypes in prototypes.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, None
-    return lib, ""
+class Kernel:
+    """One C source, built and loaded on first use (once per process): :meth:`lib` is the library with each
+    function's ``argtypes`` set from ``prototypes``, or None where it cannot be built here (:meth:`reason` says
+    why in one line)."""
+
+    def __init__(self, source: Path, prototypes: dict[str, list]) -> None:
+        self.source, self.prototypes = source, prototypes
+        self.loaded: tuple[ctypes.CDLL | None, str] | None = None
+
+    def lib(self) -> ctypes.CDLL | None:
+        if self.loaded is None:
+            self.loaded = self._load()
+        return self.loaded[0]
+
+    def reason(self) -> str:
+        self.lib()
+        return self.loaded[1]  # type: ignore[index]
+
+    def _load(self) -> tuple[ctypes.CDLL | None, str]:
+        if sys.platform == "win32":
+            return None, f"{self.source.name} is built with a POSIX C compiler; not on Windows"
+        try:
+            lib = ctypes.CDLL(str(build(self.source)))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            return None, f"the C kernel {self.source.name} did not build ({err})"
+        for name, argtypes in self.prototypes.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+        return lib, ""
 
 
 def call(fn, *args) -> None:

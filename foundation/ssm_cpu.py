@@ -33,14 +33,13 @@ _PROTOTYPES = {
     "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 3 + [_I64, _I64],
     "eegfm_scan_bwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 10 + [_I64, _I64],
 }
-_STATE: dict[str, object] = {}
+_KERNEL = native.Kernel(_SOURCE, _PROTOTYPES)
+_POOL: list[ThreadPoolExecutor] = []  # the threads rows are split between, made on first use
 
 
 def load() -> ctypes.CDLL | None:
     """The kernel library, built on first use; None where it cannot be built here (see :func:`unavailable_reason`)."""
-    if "lib" not in _STATE:
-        _STATE["lib"], _STATE["reason"] = native.load(_SOURCE, _PROTOTYPES)
-    return _STATE["lib"]  # type: ignore[return-value]
+    return _KERNEL.lib()
 
 
 def available() -> bool:
@@ -48,8 +47,7 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str:
-    load()
-    return str(_STATE["reason"])
+    return _KERNEL.reason()
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -57,11 +55,9 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    pool = _STATE.get("pool")
-    if pool is None or pool._max_workers != workers:  # type: ignore[attr-defined]
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eegfm-scan")
-        _STATE["pool"] = pool
-    return pool  # type: ignore[return-value]
+    if not _POOL or _POOL[0]._max_workers != workers:  # type: ignore[attr-defined]
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eegfm-scan")]
+    return _POOL[0]
 
 
 def _split_rows(rows: int) -> list[tuple[int, int]]:

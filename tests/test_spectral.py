@@ -490,7 +490,7 @@ def test_native_rounds_give_the_torch_samplers_masks(config, monkeypatch):
     from tokenizer import mask_union, spectral
 
     if not mask_union.available():
-        pytest.skip(mask_union._STATE["reason"])
+        pytest.skip(mask_union._KERNEL.reason())
 
     def draw(seed):
         return sample_masks((6, 19), 101, 17, config, generator=torch.Generator().manual_seed(seed), return_families=True)

@@ -195,7 +195,7 @@ def test_dispatch_on_cpu(monkeypatch):
     assert selective_scan_backend(t["u"].double()) == "torch"  # the C kernel computes in float32
     assert selective_scan_backend(t["u"], "torch") == "torch"
     # Without a C compiler: the chunked torch scan, and a forced "cpu" names why it cannot run.
-    monkeypatch.setattr(ssm_cpu, "_STATE", {"lib": None, "reason": "the C kernel ssm_cpu.c did not build (no cc)"})
+    monkeypatch.setattr(ssm_cpu._KERNEL, "loaded", (None, "the C kernel ssm_cpu.c did not build (no cc)"))
     assert selective_scan_backend(t["u"]) == "torch"
     with pytest.raises(RuntimeError, match="'cpu' was forced but the C kernel ssm_cpu.c did not build"):
         selective_scan_backend(t["u"], "cpu")

@@ -21,17 +21,11 @@ __all__ = ["available", "union"]
 _SOURCE = Path(__file__).with_name("mask_union.c")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _PROTOTYPES = {"eegfm_mask_union": [_I64] * 6 + [_PTR] * 5}
-_STATE: dict[str, object] = {}
-
-
-def _load() -> ctypes.CDLL | None:
-    if "lib" not in _STATE:
-        _STATE["lib"], _STATE["reason"] = native.load(_SOURCE, _PROTOTYPES)
-    return _STATE["lib"]  # type: ignore[return-value]
+_KERNEL = native.Kernel(_SOURCE, _PROTOTYPES)
 
 
 def available() -> bool:
-    return _load() is not None
+    return _KERNEL.lib() is not None
 
 
 def union(fs: torch.Tensor, fw: torch.Tensor, ts: torch.Tensor, tw: torch.Tensor, n_freqs: int, n_frames: int,
@@ -41,6 +35,6 @@ def union(fs: torch.Tensor, fw: torch.Tensor, ts: torch.Tensor, tw: torch.Tensor
     m, rounds = fs.shape
     fs, fw, ts, tw = (x.to(torch.int64).contiguous() for x in (fs, fw, ts, tw))
     out = torch.empty(m, n_freqs, n_frames, dtype=torch.uint8)
-    native.call(_load().eegfm_mask_union, m, n_freqs, n_frames, rounds, final, goal, fs.data_ptr(), fw.data_ptr(),
+    native.call(_KERNEL.lib().eegfm_mask_union, m, n_freqs, n_frames, rounds, final, goal, fs.data_ptr(), fw.data_ptr(),
                 ts.data_ptr(), tw.data_ptr(), out.data_ptr())
     return out.bool()
