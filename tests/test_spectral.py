@@ -77,6 +77,32 @@ def test_round_trip_other_window_and_hop():
     assert (istft(stft(x, cfg), 1000, cfg) - x).abs().max().item() < 1e-9
 
 
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")
+@pytest.mark.parametrize("window", ["hann", "hamming", "blackman", "rect"])
+@pytest.mark.parametrize("win_length,hop,center", [(None, 50, True), (150, 30, True), (None, 64, False)])
+def test_istft_equals_torch_istft(window, win_length, hop, center):
+    """The eager overlap-add inverse is ``torch.istft`` (used when compiling) for any window, a shorter window,
+    a hop that does not divide ``n_fft``, no centring, and a length cut short or past the last frame."""
+    cfg = STFTConfig(n_fft=200, hop=hop, win_length=win_length, window=window, center=center)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 777, dtype=torch.float64, generator=gen)
+    spec = stft(x, cfg) * (1 + torch.rand(2, 3, 101, cfg.n_frames(777), dtype=torch.float64, generator=gen))
+    for length in (777, 700, 820):
+        try:
+            ref = torch.istft(spec.reshape(6, 101, -1), n_fft=200, hop_length=hop, win_length=cfg.window_length,
+                              window=cfg.make_window(dtype=torch.float64), center=center, length=length)
+        except RuntimeError:  # the window leaves samples uncovered: both refuse
+            with pytest.raises(ValueError, match="NOLA"):
+                istft(spec, length, cfg)
+            continue
+        out = istft(spec, length, cfg)
+        assert out.shape == (2, 3, length) and out.dtype == torch.float64
+        assert torch.allclose(out.reshape(6, length), ref, rtol=0, atol=1e-12 * ref.abs().max().item())
+        out32 = istft(spec.to(torch.complex64), length, cfg)
+        assert out32.dtype == torch.float32
+        assert torch.allclose(out32.double(), out, rtol=0, atol=1e-4 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("freq", [3, 10, 22, 40])
 def test_sinusoid_target_peaks_at_its_bin(freq):
     t = torch.arange(2000) / SFREQ

@@ -194,7 +194,11 @@ def stft(x: torch.Tensor, config: STFTConfig = STFTConfig()) -> torch.Tensor:
 
 
 def istft(spec: torch.Tensor, length: int, config: STFTConfig = STFTConfig()) -> torch.Tensor:
-    """Inverse of ``stft``: complex ``[..., f, n]`` -> real ``[..., length]`` (least-squares overlap-add)."""
+    """Inverse of ``stft``: complex ``[..., f, n]`` -> real ``[..., length]`` (least-squares overlap-add).
+
+    Eagerly, the overlap-add is ``ceil(n_fft / hop)`` shifted adds divided by a cached window envelope
+    (:func:`_overlap_add_istft`); traced by ``torch.compile``, ``torch.istft`` (equal to float rounding).
+    """
     if not spec.is_complex():
         raise ValueError(f"istft expects a complex spectrogram [..., f, n], got dtype {spec.dtype}")
     if spec.shape[-2] != config.n_freqs:
@@ -202,6 +206,8 @@ def istft(spec: torch.Tensor, length: int, config: STFTConfig = STFTConfig()) ->
     lead = spec.shape[:-2]
     flat = spec.reshape(-1, *spec.shape[-2:])
     real_dtype = torch.float64 if spec.dtype == torch.complex128 else torch.float32
+    if not torch.compiler.is_compiling():
+        return _overlap_add_istft(flat, length, config, real_dtype).reshape(*lead, length)
     out = torch.istft(
         flat,
         n_fft=config.n_fft,
@@ -214,6 +220,65 @@ def istft(spec: torch.Tensor, length: int, config: STFTConfig = STFTConfig()) ->
         length=length,
     )
     return out.reshape(*lead, length)
+
+
+@functools.lru_cache(maxsize=64)
+def _padded_window(config: STFTConfig, device, dtype: torch.dtype) -> torch.Tensor:
+    """The analysis window centred in ``n_fft`` samples (zeros around a shorter ``win_length``), as
+    ``torch.stft`` applies it."""
+    window = config.make_window(device, dtype)
+    left = (config.n_fft - config.window_length) // 2
+    return F.pad(window, (left, config.n_fft - config.window_length - left))
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_envelope(config: STFTConfig, n_frames: int, length: int, device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """The overlap-added squared window over the samples ``istft`` returns, ``[length]``: what the
+    least-squares inverse divides by. Computed once per shape on the host in float64, where the NOLA check
+    (no sample left uncovered) costs no device synchronisation."""
+    window = _padded_window(config, "cpu", torch.float64)
+    envelope = _overlap_add(window.square().expand(1, n_frames, config.n_fft), torch.ones_like(window), config.hop)[0]
+    envelope = _trim(envelope, length, config, fill=1.0)
+    if envelope.abs().min().item() < 1e-11:
+        raise ValueError(f"istft: the {config.window} window with hop {config.hop} leaves samples uncovered "
+                         "(the NOLA condition fails): choose a smaller STFTConfig.hop")
+    return envelope.to(device=device, dtype=dtype)
+
+
+def _overlap_add(frames: torch.Tensor, window: torch.Tensor, hop: int) -> torch.Tensor:
+    """``frames [b, n, n_fft]`` times ``window [n_fft]``, overlap-added at ``hop`` -> ``[b, (n - 1) * hop + n_fft]``:
+    each frame cut into ``q = ceil(n_fft / hop)`` hop-long pieces, piece ``k`` of frame ``j`` added to output
+    block ``j + k`` (one pass per piece, the window applied on the way)."""
+    b, n, n_fft = frames.shape
+    q = -(-n_fft // hop)
+    if q * hop != n_fft:
+        frames, window = F.pad(frames, (0, q * hop - n_fft)), F.pad(window, (0, q * hop - n_fft))
+    pieces, window = frames.view(b, n, q, hop), window.view(q, hop)
+    out = frames.new_empty(b, n + q - 1, hop)
+    torch.mul(pieces[:, :, 0], window[0], out=out[:, :n])
+    out[:, n:].zero_()
+    for k in range(1, q):
+        out[:, k : k + n].addcmul_(pieces[:, :, k], window[k])
+    return out.view(b, -1)[:, : (n - 1) * hop + n_fft]
+
+
+def _trim(signal: torch.Tensor, length: int, config: STFTConfig, fill: float = 0.0) -> torch.Tensor:
+    """The ``length`` samples of an overlap-added ``signal [..., s]`` that ``torch.istft`` returns: past the
+    centring pad, padded with ``fill`` where the frames end early."""
+    start = config.n_fft // 2 if config.center else 0
+    signal = signal[..., start : start + length]
+    return F.pad(signal, (0, length - signal.shape[-1]), value=fill) if signal.shape[-1] < length else signal
+
+
+def _overlap_add_istft(spec: torch.Tensor, length: int, config: STFTConfig, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.istft`` of ``spec [b, f, n]`` for ``center`` / ``onesided`` / unnormalised transforms, written out
+    because its CPU form rebuilds the window envelope on every call and overlap-adds through a generic
+    unfold backward: 2.0 -> 1.2 ms per inverse of a batch of 8 x 19 four-second maps, two of which run in
+    every masked-STFT training step."""
+    frames = torch.fft.irfft(spec.transpose(-1, -2), n=config.n_fft)
+    signal = _trim(_overlap_add(frames, _padded_window(config, spec.device, dtype), config.hop), length, config)
+    return signal / _inverse_envelope(config, spec.shape[-1], length, spec.device, dtype)
 
 
 def spectral_target(spec: torch.Tensor, config: STFTConfig = STFTConfig()) -> torch.Tensor:
@@ -650,7 +715,20 @@ def apply_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Remove the hidden energy: ``spec [..., f, n] * (1 - mask)`` (complex or real)."""
     if spec.shape[-2:] != mask.shape[-2:]:
         raise ValueError(f"apply_mask: spectrogram {tuple(spec.shape)} and mask {tuple(mask.shape)} differ in [f, n]")
-    return spec * (1.0 - mask).to(spec.real.dtype if spec.is_complex() else spec.dtype)
+    return _scale_spectrogram(spec, (1.0 - mask).to(spec.real.dtype if spec.is_complex() else spec.dtype))
+
+
+def _scale_spectrogram(spec: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``spec [..., f, n] * factor [..., f, n]`` for a real factor. Eagerly, a complex ``spec`` has its real and
+    imaginary parts scaled as two real products: torch would first copy the factor to complex and then run
+    a complex product (1.0 -> 0.5 ms for a batch of 8 x 19 four-second maps)."""
+    if not spec.is_complex() or torch.compiler.is_compiling() or factor.shape != spec.shape:
+        return spec * factor
+    parts = torch.view_as_real(spec)
+    out = torch.empty_like(parts)
+    torch.mul(parts[..., 0], factor, out=out[..., 0])
+    torch.mul(parts[..., 1], factor, out=out[..., 1])
+    return torch.view_as_complex(out)
 
 
 def masked_spectral_loss(
@@ -726,6 +804,6 @@ def corrupt(
             # window's overlap (residual 1e-3 instead of 1e-5 of the clean energy).
             keep = (mask < 0.5).to(x32.dtype)  # a real factor: 3x cheaper than a complex where
             for _ in range(mask_config.cleanup_iters):
-                x_masked = istft(stft(x_masked, stft_config) * keep, x.shape[-1], stft_config)
+                x_masked = istft(_scale_spectrogram(stft(x_masked, stft_config), keep), x.shape[-1], stft_config)
         x_masked = x_masked.to(x.dtype)
         return Corrupted(x_masked, spectral_target(spec, stft_config), mask)
