@@ -47,11 +47,32 @@ def _native_flags(cc: list[str]) -> list[str]:
     return ["-march=native"] if probe.returncode == 0 else []
 
 
-def build(source: Path) -> Path:
-    """The shared library of ``source``, compiled now or found in the cache. Raises OSError, RuntimeError or
-    ``subprocess.SubprocessError`` where it cannot be built."""
+def _libgomp_loaded() -> bool:
+    """Whether this process already runs GNU OpenMP (torch's operators on Linux x86/ARM wheels)."""
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _openmp_flags(cc: list[str]) -> list[str]:
+    """``-fopenmp`` where torch's operators already run on GNU OpenMP and the compiler links it: the library then
+    shares that one libgomp (the loader reuses the loaded ``libgomp.so.1``) and its thread pool. Anything else
+    (another OpenMP runtime, none, a compiler without it) gets no flag: two runtimes would fight for the cores."""
+    if not _libgomp_loaded():
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = subprocess.run([*cc, "-fopenmp", "-fPIC", "-shared", "-x", "c", "-", "-o", f"{tmp}/probe.so"],
+                               input="int probe(void) { return 0; }\n", capture_output=True, text=True)
+    return ["-fopenmp"] if probe.returncode == 0 else []
+
+
+def build(source: Path, openmp: bool = False) -> Path:
+    """The shared library of ``source``, compiled now or found in the cache; ``openmp`` adds ``-fopenmp`` where
+    :func:`_openmp_flags` allows it. Raises OSError, RuntimeError or ``subprocess.SubprocessError`` where it
+    cannot be built."""
     cc = _compiler()
-    flags = [*_FLAGS, *_native_flags(cc)]
+    flags = [*_FLAGS, *_native_flags(cc), *(_openmp_flags(cc) if openmp else [])]
     version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([source.read_text(), " ".join(cc + flags), version, _cpu_features(),
                                     platform.machine()]).encode()).hexdigest()[:16]
@@ -78,8 +99,8 @@ class Kernel:
     function's ``argtypes`` set from ``prototypes``, or None where it cannot be built here (:meth:`reason` says
     why in one line)."""
 
-    def __init__(self, source: Path, prototypes: dict[str, list]) -> None:
-        self.source, self.prototypes = source, prototypes
+    def __init__(self, source: Path, prototypes: dict[str, list], openmp: bool = False) -> None:
+        self.source, self.prototypes, self.openmp = source, prototypes, openmp
         self.loaded: tuple[ctypes.CDLL | None, str] | None = None
 
     def lib(self) -> ctypes.CDLL | None:
@@ -95,7 +116,7 @@ class Kernel:
         if sys.platform == "win32":
             return None, f"{self.source.name} is built with a POSIX C compiler; not on Windows"
         try:
-            lib = ctypes.CDLL(str(build(self.source)))
+            lib = ctypes.CDLL(str(build(self.source, self.openmp)))
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             return None, f"the C kernel {self.source.name} did not build ({err})"
         for name, argtypes in self.prototypes.items():

@@ -16,9 +16,9 @@
  * mask [b, l] bytes (0 = padded step: its delta is 0, so the state passes through it unchanged);
  * glast, last [k, b, d, n]. delta is the raw step: dt = softplus(delta + bias) (or delta + bias) times the
  * mask. Direction i scans from the first step when (i + reverse) is even.
- * Rows kb = i * b + batch in [kb0, kb1) are done by one call (callers split rows between threads); dA, dD
- * and dbias are accumulated into the caller's per-thread buffers; dB and dC of a (direction, batch) pair
- * are written whole by the one call that owns it.
+ * Rows kb = i * b + batch in [kb0, kb1) are done by one call, split into parts (threads; see the exported
+ * kernels at the end); dA, dD and dbias are accumulated into each part's own buffers; dB and dC of a
+ * (direction, batch) pair are written whole by the one part that owns it.
  */
 #include <math.h>
 #include <stdint.h>
@@ -137,11 +137,12 @@ static void load_row(const float *src, int64_t N, int64_t nv, vf *out) {
     for (int64_t j = 0; j < nv; ++j) out[j] = load(buf + j * W);
 }
 
-/* work: (2 * np + 1 + W) * l floats of scratch for this call (np = n rounded up to a multiple of W). */
-void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
-                    const float *A, const float *B, const float *C, const float *Dv, const float *bias,
-                    const uint8_t *mask, int use_softplus, int reverse, float *y, float *last, float *work,
-                    int64_t kb0, int64_t kb1) {
+/* work: (2 * np + 1 + W) * l floats of scratch (np = n rounded up to a multiple of W). */
+static int64_t fwd_work(int64_t N, int64_t L) { return (2 * padded(N) + 1 + W) * L; }
+static void scan_fwd_rows(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u,
+                          const float *delta, const float *A, const float *B, const float *C, const float *Dv,
+                          const float *bias, const uint8_t *mask, int use_softplus, int reverse, float *y, float *last,
+                          float *work, int64_t kb0, int64_t kb1) {
     const int64_t per_group = D / G, NP = padded(N), nv = NP / W;
     float *Bt = work, *Ct = work + L * NP, *dts = work + 2 * L * NP, *accs = dts + L;
     vf h[MAX_VECTORS], Av[MAX_VECTORS];
@@ -182,12 +183,13 @@ void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
     }
 }
 
-/* work: (7 * np + 2 + 2 * W) * l + np floats of scratch for this call. */
-void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
-                    const float *A, const float *B, const float *C, const float *Dv, const float *bias,
-                    const uint8_t *mask, int use_softplus, int reverse, const float *gy, const float *glast,
-                    float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD, float *dbias, float *work,
-                    int64_t kb0, int64_t kb1) {
+/* work: (7 * np + 2 + 2 * W) * l + np floats of scratch. */
+static int64_t bwd_work(int64_t N, int64_t L) { return (7 * padded(N) + 2 + 2 * W) * L + padded(N); }
+static void scan_bwd_rows(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u,
+                          const float *delta, const float *A, const float *B, const float *C, const float *Dv,
+                          const float *bias, const uint8_t *mask, int use_softplus, int reverse, const float *gy,
+                          const float *glast, float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD,
+                          float *dbias, float *work, int64_t kb0, int64_t kb1) {
     const int64_t per_group = D / G, NP = padded(N), nv = NP / W;
     float *Bt = work, *Ct = Bt + L * NP, *dBt = Ct + L * NP, *dCt = dBt + L * NP;
     /* hs row 0 is the zero state before the first step, row s + 1 the state after step s (scan order). */
@@ -264,4 +266,44 @@ void eegfm_scan_bwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, cons
             from_time_major(dCt, N, L, NP, dC + (kb * G + grp) * N * L);
         }
     }
+}
+
+/* The exported kernels: rows [kb0, kb1) split into nparts equal ranges, part p with its own scratch
+ * (work + p * fwd_work / bwd_work) and, backward, its own dA, dD and dbias sums (dA + p * K * D * N, K the
+ * number of directions). Built with OpenMP, the parts run on the process's OpenMP threads, the same pool (one
+ * libgomp) torch's operators use: threads of our own would compete for the cores with torch's, which keep
+ * spinning for a while after each operator. Without OpenMP the caller passes nparts = 1 per thread it runs. */
+void eegfm_scan_fwd(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u, const float *delta,
+                    const float *A, const float *B, const float *C, const float *Dv, const float *bias,
+                    const uint8_t *mask, int use_softplus, int reverse, float *y, float *last, float *work,
+                    int64_t kb0, int64_t kb1, int64_t nparts) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nparts) schedule(static, 1) if (nparts > 1)
+#endif
+    for (int64_t p = 0; p < nparts; ++p)
+        scan_fwd_rows(Bn, D, G, N, L, u, delta, A, B, C, Dv, bias, mask, use_softplus, reverse, y, last,
+                      work + p * fwd_work(N, L), kb0 + (kb1 - kb0) * p / nparts, kb0 + (kb1 - kb0) * (p + 1) / nparts);
+}
+
+void eegfm_scan_bwd(int64_t K, int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L, const float *u,
+                    const float *delta, const float *A, const float *B, const float *C, const float *Dv,
+                    const float *bias, const uint8_t *mask, int use_softplus, int reverse, const float *gy,
+                    const float *glast, float *du, float *ddelta, float *dA, float *dB, float *dC, float *dD,
+                    float *dbias, float *work, int64_t kb0, int64_t kb1, int64_t nparts) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nparts) schedule(static, 1) if (nparts > 1)
+#endif
+    for (int64_t p = 0; p < nparts; ++p)
+        scan_bwd_rows(Bn, D, G, N, L, u, delta, A, B, C, Dv, bias, mask, use_softplus, reverse, gy, glast, du,
+                      ddelta, dA + p * K * D * N, dB, dC, dD ? dD + p * K * D : 0, dbias ? dbias + p * K * D : 0,
+                      work + p * bwd_work(N, L), kb0 + (kb1 - kb0) * p / nparts, kb0 + (kb1 - kb0) * (p + 1) / nparts);
+}
+
+/* 1 where this library was built with OpenMP (the exported kernels then split their parts between threads). */
+int eegfm_scan_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }

@@ -7,8 +7,11 @@ kernel does on a GPU). It is the ``"cpu"`` backend of :mod:`foundation.ssm`, cho
 float32 where it builds; where it does not (no C compiler), :func:`unavailable_reason` says why and the torch
 scan runs.
 
-Rows ``(direction, batch)`` are split between ``torch.get_num_threads()`` threads (``ctypes`` releases the GIL
-during a call), so a multi-threaded CPU run uses its cores as torch's own operators would.
+Rows ``(direction, batch)`` are split between ``torch.get_num_threads()`` threads. Where torch runs on GNU OpenMP
+(its Linux wheels) the kernel is built with ``-fopenmp`` against that same runtime and splits them on torch's own
+OpenMP threads; threads of our own (``ctypes`` releases the GIL during a call, the fallback elsewhere) would
+compete for the cores with torch's, which spin for a while after every operator (measured: a block's scan
+forward+backward took as long on two threads as on one).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch
 
 from foundation import native
 
-__all__ = ["MAX_STATES", "VECTOR_WIDTH", "available", "load", "scan_backward", "scan_forward", "unavailable_reason"]
+__all__ = [
+    "MAX_STATES", "VECTOR_WIDTH", "available", "load", "openmp", "scan_backward", "scan_forward", "unavailable_reason",
+]
 
 _SOURCE = Path(__file__).with_name("ssm_cpu.c")
 #: States per vector in the kernel (``W``) and the largest state size it takes (``W * MAX_VECTORS``).
@@ -30,10 +35,10 @@ CACHE_ENV = native.CACHE_ENV
 
 _I64, _PTR, _I32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 _PROTOTYPES = {
-    "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 3 + [_I64, _I64],
-    "eegfm_scan_bwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 10 + [_I64, _I64],
+    "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 3 + [_I64] * 3,
+    "eegfm_scan_bwd": [_I64] * 6 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 10 + [_I64] * 3,
 }
-_KERNEL = native.Kernel(_SOURCE, _PROTOTYPES)
+_KERNEL = native.Kernel(_SOURCE, _PROTOTYPES, openmp=True)
 _POOL: list[ThreadPoolExecutor] = []  # the threads rows are split between, made on first use
 
 
@@ -67,11 +72,23 @@ def _split_rows(rows: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(workers)]
 
 
-def _run(parts, fn) -> None:
-    if len(parts) == 1:
-        fn(0, *parts[0])
+def openmp() -> bool:
+    """Whether the kernel splits its rows on torch's OpenMP threads (else on a thread pool of its own)."""
+    lib = load()
+    if lib is None:
+        return False
+    lib.eegfm_scan_openmp.restype = ctypes.c_int
+    return bool(lib.eegfm_scan_openmp())
+
+
+def _launch(fn, rows: int, parts: list[tuple[int, int]], part_args) -> None:
+    """``fn`` over ``rows`` split as ``parts``; ``part_args(i)`` are the arguments of part ``i`` (its scratch and
+    sums) before the row range. With OpenMP one call takes every part (part ``i``'s buffers follow part 0's)."""
+    if len(parts) == 1 or openmp():
+        native.call(fn, *part_args(0), 0, rows, len(parts))
         return
-    for future in [_pool(len(parts)).submit(fn, i, *p) for i, p in enumerate(parts)]:
+    futures = [_pool(len(parts)).submit(native.call, fn, *part_args(i), r0, r1, 1) for i, (r0, r1) in enumerate(parts)]
+    for future in futures:
         future.result()
 
 
@@ -105,11 +122,9 @@ def scan_forward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, reverse
     parts = _split_rows(k * b)
     work = u.new_empty(len(parts), (2 * _padded(n) + 1 + VECTOR_WIDTH) * l)
 
-    def call(i, r0, r1):
-        native.call(lib.eegfm_scan_fwd, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D),
-                    _ptr(delta_bias), _ptr(m), int(softplus), int(reverse), _ptr(y), _ptr(last), _ptr(work[i]), r0, r1)
-
-    _run(parts, call)
+    _launch(lib.eegfm_scan_fwd, k * b, parts, lambda i: (
+        b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(delta_bias), _ptr(m),
+        int(softplus), int(reverse), _ptr(y), _ptr(last), _ptr(work[i])))
     return y, last
 
 
@@ -132,12 +147,9 @@ def scan_backward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, revers
     np_ = _padded(n)
     work = u.new_empty(len(parts), (7 * np_ + 2 + 2 * VECTOR_WIDTH) * l + np_)
 
-    def call(i, r0, r1):
-        native.call(lib.eegfm_scan_bwd, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D),
-                    _ptr(delta_bias), _ptr(m), int(softplus), int(reverse), _ptr(gy), _ptr(glast), _ptr(du),
-                    _ptr(ddelta), _ptr(dA[i]), _ptr(dB), _ptr(dC), None if dD is None else _ptr(dD[i]),
-                    None if dbias is None else _ptr(dbias[i]), _ptr(work[i]), r0, r1)
-
-    _run(parts, call)
+    _launch(lib.eegfm_scan_bwd, k * b, parts, lambda i: (
+        k, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(delta_bias), _ptr(m),
+        int(softplus), int(reverse), _ptr(gy), _ptr(glast), _ptr(du), _ptr(ddelta), _ptr(dA[i]), _ptr(dB), _ptr(dC),
+        None if dD is None else _ptr(dD[i]), None if dbias is None else _ptr(dbias[i]), _ptr(work[i])))
     return (du, ddelta, dA.sum(0), dB, dC, None if dD is None else dD.sum(0),
             None if dbias is None else dbias.sum(0))

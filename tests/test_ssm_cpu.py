@@ -85,7 +85,12 @@ def test_trailing_padding_is_bit_exact_and_holes_are_tight():
     assert torch.equal(bidirectional_scan(**noisy, mask=mask, backend="cpu")[..., :20], y[..., :20])
 
 
-def test_threads_give_the_same_result():
+@pytest.mark.parametrize("split", ["openmp", "thread pool"])
+def test_threads_give_the_same_result(split, monkeypatch):
+    """Rows split on torch's OpenMP threads (where built so) or, elsewhere, on the kernel's own thread pool."""
+    if split == "openmp" and not ssm_cpu.openmp():
+        pytest.skip("the kernel was built without OpenMP here")
+    monkeypatch.setattr(ssm_cpu, "openmp", lambda: split == "openmp")
     t = {k: v.requires_grad_(True) for k, v in _bidir_inputs(b=5).items()}
     outs = []
     before = torch.get_num_threads()
@@ -99,6 +104,16 @@ def test_threads_give_the_same_result():
     assert torch.equal(outs[0][0], outs[1][0])  # rows are independent: identical
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # batch sums in another order
+
+
+def test_openmp_build_shares_torchs_runtime():
+    """Where torch runs on GNU OpenMP the kernel is built with it and the process still maps one libgomp (the
+    loader reuses torch's), so the scan's threads are torch's threads."""
+    if not native._libgomp_loaded():
+        pytest.skip("torch does not run on GNU OpenMP here")
+    assert ssm_cpu.openmp()
+    maps = open("/proc/self/maps").read().splitlines()
+    assert len({line.split()[-1] for line in maps if "libgomp" in line}) == 1
 
 
 def test_state_size_limit_is_a_clear_error():
