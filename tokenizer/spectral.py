@@ -318,9 +318,10 @@ def band_log_power(log_magnitude: torch.Tensor, patch_size: int, config: STFTCon
     rows = [[float(lo <= i * config.bin_hz < hi) for lo, hi in bands_hz] for i in range(config.n_freqs)]
     if any(sum(row[k] for row in rows) == 0 for k in range(len(bands_hz))):
         raise ValueError(f"band_log_power: a band of {bands_hz} holds no bin at {config.bin_hz:g} Hz spacing")
-    select = torch.tensor(rows, dtype=log_magnitude.dtype, device=log_magnitude.device)  # [f bands]
-    power = (log_magnitude.exp() - config.log_eps).clamp_min(0.0) ** 2  # [b c f n]
-    bands = torch.einsum("bcfn,fk->bckn", power, select)  # [b c bands n]
+    top = max(i for i, row in enumerate(rows) if any(row)) + 1  # bins above the highest band are never read
+    select = torch.tensor(rows[:top], dtype=log_magnitude.dtype, device=log_magnitude.device)  # [f' bands]
+    power = (log_magnitude[..., :top, :].exp() - config.log_eps).clamp_min(0.0).square()  # [b c f' n]
+    bands = torch.matmul(select.t(), power)  # [b c bands n]
     per_patch = to_patches(bands, patch_size, config)  # [b c p (k bands)]
     k = patch_size // config.hop
     per_patch = rearrange(per_patch, "b c p (k m) -> b c p k m", k=k).mean(3)
