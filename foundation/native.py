@@ -48,11 +48,16 @@ def _native_flags(cc: list[str]) -> list[str]:
 
 
 def _libgomp_loaded() -> bool:
-    """Whether this process already runs GNU OpenMP (torch's operators on Linux x86/ARM wheels)."""
+    """Whether this process already holds GNU OpenMP under the name a ``-fopenmp`` library links
+    (``libgomp.so.1``: torch's Linux wheels). ``RTLD_NOLOAD`` asks the loader without loading anything; a
+    runtime under another name (scikit-learn's vendored ``libgomp-<hash>.so``) does not count."""
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return False
     try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
+        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
     except OSError:
         return False
+    return True
 
 
 def _openmp_flags(cc: list[str]) -> list[str]:
