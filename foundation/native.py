@@ -101,11 +101,12 @@ def build(source: Path, openmp: bool = False) -> Path:
 
 class Kernel:
     """One C source, built and loaded on first use (once per process): :meth:`lib` is the library with each
-    function's ``argtypes`` set from ``prototypes``, or None where it cannot be built here (:meth:`reason` says
-    why in one line)."""
+    function's ``argtypes`` set from ``prototypes`` (and its ``restype`` from ``returns``, else void), or None
+    where it cannot be built here (:meth:`reason` says why in one line). ``openmp``: see :func:`build`."""
 
-    def __init__(self, source: Path, prototypes: dict[str, list], openmp: bool = False) -> None:
-        self.source, self.prototypes, self.openmp = source, prototypes, openmp
+    def __init__(self, source: Path, prototypes: dict[str, list], openmp: bool = False,
+                 returns: dict[str, type] | None = None) -> None:
+        self.source, self.prototypes, self.openmp, self.returns = source, prototypes, openmp, returns or {}
         self.loaded: tuple[ctypes.CDLL | None, str] | None = None
 
     def lib(self) -> ctypes.CDLL | None:
@@ -126,13 +127,13 @@ class Kernel:
             return None, f"the C kernel {self.source.name} did not build ({err})"
         for name, argtypes in self.prototypes.items():
             fn = getattr(lib, name)
-            fn.argtypes, fn.restype = argtypes, None
+            fn.argtypes, fn.restype = argtypes, self.returns.get(name)
         return lib, ""
 
 
-def call(fn, *args) -> None:
-    """``fn(*args)``; ctypes passes surplus arguments as C varargs, so a count that differs from the prototype's
-    would silently shift every later argument."""
+def call(fn, *args):
+    """``fn(*args)``, returning what it returns; ctypes passes surplus arguments as C varargs, so a count that
+    differs from the prototype's would silently shift every later argument."""
     if len(args) != len(fn.argtypes):
         raise TypeError(f"{fn.__name__}: {len(args)} arguments for a prototype of {len(fn.argtypes)}")
-    fn(*args)
+    return fn(*args)

@@ -129,6 +129,13 @@ static void from_time_major(const float *src, int64_t N, int64_t L, int64_t NP, 
 
 static int64_t padded(int64_t N) { return (N + W - 1) / W * W; }
 
+/* Group grp of row kb's B and C as time-major [l, np] rows. */
+static void load_group(const float *B, const float *C, int64_t kb, int64_t G, int64_t grp, int64_t N, int64_t L,
+                       int64_t NP, float *Bt, float *Ct) {
+    to_time_major(B + (kb * G + grp) * N * L, N, L, NP, Bt);
+    to_time_major(C + (kb * G + grp) * N * L, N, L, NP, Ct);
+}
+
 /* A row of n floats as nv vectors, zero past n. */
 static void load_row(const float *src, int64_t N, int64_t nv, vf *out) {
     float buf[W * MAX_VECTORS];
@@ -152,8 +159,7 @@ static void scan_fwd_rows(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L
         const int forward = ((i + reverse) % 2) == 0;
         const uint8_t *mask_row = mask ? mask + (kb % Bn) * L : 0;
         for (int64_t grp = 0; grp < G; ++grp) {
-            to_time_major(B + (kb * G + grp) * N * L, N, L, NP, Bt);
-            to_time_major(C + (kb * G + grp) * N * L, N, L, NP, Ct);
+            load_group(B, C, kb, G, grp, N, L, NP, Bt, Ct);
             for (int64_t d = grp * per_group; d < (grp + 1) * per_group; ++d) {
                 const int64_t row = kb * D + d, pd = i * D + d;
                 const float *ur = u + row * L;
@@ -203,8 +209,7 @@ static void scan_bwd_rows(int64_t Bn, int64_t D, int64_t G, int64_t N, int64_t L
         const int forward = ((i + reverse) % 2) == 0;
         const uint8_t *mask_row = mask ? mask + (kb % Bn) * L : 0;
         for (int64_t grp = 0; grp < G; ++grp) {
-            to_time_major(B + (kb * G + grp) * N * L, N, L, NP, Bt);
-            to_time_major(C + (kb * G + grp) * N * L, N, L, NP, Ct);
+            load_group(B, C, kb, G, grp, N, L, NP, Bt, Ct);
             memset(dBt, 0, (size_t)(2 * L * NP) * sizeof(float));
             for (int64_t d = grp * per_group; d < (grp + 1) * per_group; ++d) {
                 const int64_t row = kb * D + d, pd = i * D + d;
@@ -298,6 +303,9 @@ void eegfm_scan_bwd(int64_t K, int64_t Bn, int64_t D, int64_t G, int64_t N, int6
                       ddelta, dA + p * K * D * N, dB, dC, dD ? dD + p * K * D : 0, dbias ? dbias + p * K * D : 0,
                       work + p * bwd_work(N, L), kb0 + (kb1 - kb0) * p / nparts, kb0 + (kb1 - kb0) * (p + 1) / nparts);
 }
+
+/* Floats of scratch one part needs (what the caller allocates per part). */
+int64_t eegfm_scan_work(int64_t N, int64_t L, int backward) { return backward ? bwd_work(N, L) : fwd_work(N, L); }
 
 /* 1 where this library was built with OpenMP (the exported kernels then split their parts between threads). */
 int eegfm_scan_openmp(void) {

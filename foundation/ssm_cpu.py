@@ -24,21 +24,22 @@ import torch
 
 from foundation import native
 
-__all__ = [
-    "MAX_STATES", "VECTOR_WIDTH", "available", "load", "openmp", "scan_backward", "scan_forward", "unavailable_reason",
-]
+__all__ = ["MAX_STATES", "available", "load", "openmp", "scan_backward", "scan_forward", "unavailable_reason"]
 
 _SOURCE = Path(__file__).with_name("ssm_cpu.c")
-#: States per vector in the kernel (``W``) and the largest state size it takes (``W * MAX_VECTORS``).
-VECTOR_WIDTH, MAX_STATES = 8, 512
+#: The largest state size the kernel takes (``W * MAX_VECTORS`` in ``ssm_cpu.c``: 8 states per vector, 64 vectors).
+MAX_STATES = 512
 CACHE_ENV = native.CACHE_ENV
 
 _I64, _PTR, _I32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 _PROTOTYPES = {
     "eegfm_scan_fwd": [_I64] * 5 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 3 + [_I64] * 3,
     "eegfm_scan_bwd": [_I64] * 6 + [_PTR] * 8 + [_I32, _I32] + [_PTR] * 10 + [_I64] * 3,
+    "eegfm_scan_work": [_I64, _I64, _I32],
+    "eegfm_scan_openmp": [],
 }
-_KERNEL = native.Kernel(_SOURCE, _PROTOTYPES, openmp=True)
+_KERNEL = native.Kernel(_SOURCE, _PROTOTYPES, openmp=True,
+                        returns={"eegfm_scan_work": _I64, "eegfm_scan_openmp": _I32})
 _POOL: list[ThreadPoolExecutor] = []  # the threads rows are split between, made on first use
 
 
@@ -75,10 +76,7 @@ def _split_rows(rows: int) -> list[tuple[int, int]]:
 def openmp() -> bool:
     """Whether the kernel splits its rows on torch's OpenMP threads (else on a thread pool of its own)."""
     lib = load()
-    if lib is None:
-        return False
-    lib.eegfm_scan_openmp.restype = ctypes.c_int
-    return bool(lib.eegfm_scan_openmp())
+    return lib is not None and bool(native.call(lib.eegfm_scan_openmp))
 
 
 def _launch(fn, rows: int, parts: list[tuple[int, int]], part_args) -> None:
@@ -96,8 +94,9 @@ def _f32(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.detach().to(torch.float32).contiguous()
 
 
-def _padded(n: int) -> int:
-    return -(-n // VECTOR_WIDTH) * VECTOR_WIDTH
+def _scratch(lib, parts: int, n: int, l: int, backward: bool, like: torch.Tensor) -> torch.Tensor:
+    """Each part's float32 scratch, ``[parts, floats]``, as large as the kernel asks for."""
+    return like.new_empty(parts, native.call(lib.eegfm_scan_work, n, l, int(backward)))
 
 
 def _common(u, delta, A, B, C, D, delta_bias, mask):
@@ -120,7 +119,7 @@ def scan_forward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, reverse
     y = u.new_empty(k, b, d, l)
     last = u.new_empty(k, b, d, n)
     parts = _split_rows(k * b)
-    work = u.new_empty(len(parts), (2 * _padded(n) + 1 + VECTOR_WIDTH) * l)
+    work = _scratch(lib, len(parts), n, l, False, u)
 
     _launch(lib.eegfm_scan_fwd, k * b, parts, lambda i: (
         b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(delta_bias), _ptr(m),
@@ -144,8 +143,7 @@ def scan_backward(u, delta, A, B, C, D, delta_bias, mask, softplus: bool, revers
     dA = u.new_zeros(len(parts), k, d, n)
     dD = u.new_zeros(len(parts), k, d) if D is not None else None
     dbias = u.new_zeros(len(parts), k, d) if delta_bias is not None else None
-    np_ = _padded(n)
-    work = u.new_empty(len(parts), (7 * np_ + 2 + 2 * VECTOR_WIDTH) * l + np_)
+    work = _scratch(lib, len(parts), n, l, True, u)
 
     _launch(lib.eegfm_scan_bwd, k * b, parts, lambda i: (
         k, b, d, g, n, l, _ptr(u), _ptr(delta), _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(delta_bias), _ptr(m),

@@ -238,7 +238,7 @@ def _inverse_envelope(config: STFTConfig, n_frames: int, length: int, device: to
     least-squares inverse divides by. Computed once per shape on the host in float64, where the NOLA check
     (no sample left uncovered) costs no device synchronisation."""
     window = _padded_window(config, "cpu", torch.float64)
-    envelope = _overlap_add(window.square().expand(1, n_frames, config.n_fft), torch.ones_like(window), config.hop)[0]
+    envelope = _overlap_add(torch.ones(1, n_frames, config.n_fft, dtype=torch.float64), window.square(), config.hop)[0]
     envelope = _trim(envelope, length, config, fill=1.0)
     if envelope.abs().min().item() < 1e-11:
         raise ValueError(f"istft: the {config.window} window with hop {config.hop} leaves samples uncovered "
