@@ -27,7 +27,7 @@ from sklearn.metrics import (
 )
 
 __all__ = ["PRIMARY_METRIC", "classification_metrics", "chance_level", "choose_threshold", "is_constant_predictor",
-           "predict_labels", "selection_score"]
+           "MIN_SPREAD", "predict_labels", "responds", "selection_score"]
 
 PRIMARY_METRIC = "balanced_accuracy"
 
@@ -161,7 +161,17 @@ def is_constant_predictor(metrics: dict) -> bool:
     """One predicted class for every window, or probabilities that barely move (spread < 0.01): a result
     such a model gets says nothing about its input (a constant classifier scores 1/k balanced accuracy
     and any AUROC its ties give)."""
-    return metrics.get("predicted_classes", 2) <= 1 or metrics.get("proba_spread", 1.0) < 0.01
+    return metrics.get("predicted_classes", 2) <= 1 or not responds(metrics)
+
+
+# Below this range of the most predicted class's probability a model's outputs do not depend on its input.
+MIN_SPREAD = 0.01
+
+
+def responds(metrics: dict) -> bool:
+    """The probabilities move with the input (``proba_spread >= MIN_SPREAD``). Unlike one predicted class, a
+    barely moving output cannot be repaired by a decision threshold."""
+    return metrics.get("proba_spread", 1.0) >= MIN_SPREAD
 
 
 def selection_score(metrics: dict) -> float:

@@ -7,8 +7,9 @@ skips the fit but keeps the feature standardisation), and that probe is the firs
 -1). Per epoch it trains on :class:`TaskBatches`, evaluates every task's validation split
 (``accelerator.gather_for_metrics``, so padded duplicates of the last distributed batch are dropped), and
 keeps the weights with the best mean selection score across tasks (``finetune.metrics.selection_score``:
-AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to the lower validation loss),
-so a run never ends below its own probe on validation; ``patience`` epochs without improvement stop the run.
+AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to the lower validation loss;
+an epoch whose validation probabilities barely move never wins over one whose do, since on a few windows its
+ties can rank them perfectly by chance), so a run never ends below its own probe on validation; ``patience`` epochs without improvement stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
 with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone.
@@ -49,7 +50,7 @@ from finetune.contract import conform_tasks
 from finetune.curves import RunCurves
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
-from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
+from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, responds, selection_score
 from finetune.model import TaskModel, load_backbone
 from finetune.probe import fit_probe, task_features
 from finetune.recipes import get_recipe
@@ -241,7 +242,7 @@ class Fit:
     total_steps: int
     step: int = 0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    best_score: tuple[float, float] = (-math.inf, -math.inf)
+    best_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)
     best_epoch: int = -2
     best_state: dict[str, torch.Tensor] | None = None
     predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # test outputs, one process only
@@ -313,8 +314,13 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
     return total / max(count, 1)
 
 
-def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator, epoch: int) -> tuple[tuple[float, float], dict[str, dict]]:
-    """``(mean selection score, minus mean validation loss)`` over the tasks, and every task's metrics.
+def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator,
+             epoch: int) -> tuple[tuple[bool, float, float], dict[str, dict]]:
+    """``(responsive, mean selection score, minus mean validation loss)`` over the tasks, and every task's metrics.
+
+    ``responsive``: every task's validation probabilities move (``finetune.metrics.responds``). On a handful of
+    validation windows a model whose outputs barely depend on its input (a fresh head from scratch) can rank them
+    perfectly by chance; selection never prefers such an epoch to one that responds.
 
     Raises:
         NonFiniteLossError: the model's outputs are NaN/inf (the same on every rank: they are gathered).
@@ -327,14 +333,22 @@ def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator, epoch: i
                                      f"the weights diverged. Stopped; no model was written. {ADVICE}")
         val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
     score = float(np.mean([selection_score(val[n]) for n in tasks]))
-    return (score, -float(np.mean([val[n]["nll"] for n in tasks]))), val
+    responsive = all(responds(val[n]) for n in tasks)
+    return (responsive, score, -float(np.mean([val[n]["nll"] for n in tasks]))), val
 
 
-def keep_if_best(fit: Fit, epoch: int, score: tuple[float, float], acc: Accelerator) -> bool:
-    """Keep the weights of the best epoch so far: a higher selection score, or an equal one (within 1e-9) with a
-    lower validation loss; True when ``epoch`` improved on it."""
-    best_score, best_loss = fit.best_score
-    if score[0] < best_score - 1e-9 or (score[0] <= best_score + 1e-9 and score[1] <= best_loss):
+def keep_if_best(fit: Fit, epoch: int, score: tuple[bool, float, float], acc: Accelerator) -> bool:
+    """Keep the weights of the best epoch so far: a responsive one over one that is not, then a higher selection
+    score, then (scores equal within 1e-9) a lower validation loss; True when ``epoch`` improved on it."""
+    responsive, value, loss = score
+    best_responsive, best_value, best_loss = fit.best_score
+    if responsive != best_responsive:
+        better = responsive
+    elif abs(value - best_value) > 1e-9:
+        better = value > best_value
+    else:
+        better = loss > best_loss
+    if not better:
         return False
     fit.best_score, fit.best_epoch = score, epoch
     fit.best_state = {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(fit.model).state_dict().items()}
@@ -505,7 +519,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         "probe": probes, "warnings": warnings_,
         "hyper": dataclasses.asdict(hyper), "warmup_steps": fit.warmup_steps, "total_steps": fit.total_steps,
         "steps_run": fit.step, "epochs_run": max(len(fit.history) - 1, 0), "best_epoch": fit.best_epoch,
-        "best_val_score": fit.best_score[0], "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+        "best_val_score": fit.best_score[1], "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
         "seconds": round(time.time() - t0, 1),
     }
     if acc.is_main_process:
@@ -532,12 +546,12 @@ def run_epochs(fit: Fit, config: FinetuneConfig, hyper: Hyper, tasks: Mapping[st
             train_loss = train_epoch(fit, config, hyper, epoch, acc, curves, bar) if epoch >= 0 else math.nan
             score, val = validate(fit, tasks, acc, epoch)
             record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
-                      "val_score": score[0], "val_loss": -score[1],
+                      "val_score": score[1], "val_loss": -score[2], "val_responsive": score[0],
                       "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
             fit.history.append(record)
             log.write(record)
             curves.epoch(record)
-            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{score[0]:.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{score[1]:.3f}")
             bad_epochs = 0 if keep_if_best(fit, epoch, score, acc) else bad_epochs + 1
             if bad_epochs >= hyper.patience:
                 break

@@ -45,6 +45,30 @@ def test_selection_score_cannot_prefer_a_constant_predictor():
     assert multi["auroc_macro"] == 1.0 and selection_score(multi) == 1.0
 
 
+def test_selection_never_prefers_an_epoch_whose_outputs_barely_move():
+    from types import SimpleNamespace
+
+    from finetune.metrics import responds
+    from finetune.train import keep_if_best
+
+    y = np.array([0, 1, 1])  # three validation windows, as a tiny task's split leaves
+    still = np.c_[1 - np.array([0.5000, 0.5004, 0.5008]), [0.5000, 0.5004, 0.5008]]  # a fresh head: ranks them all right
+    moving = np.c_[1 - np.array([0.30, 0.70, 0.20]), [0.30, 0.70, 0.20]]
+    m_still, m_moving = classification_metrics(y, still), classification_metrics(y, moving)
+    assert m_still["auroc"] == 1.0 and m_moving["auroc"] == 0.5
+    assert not responds(m_still) and responds(m_moving) and is_constant_predictor(m_still)
+
+    fit = SimpleNamespace(best_score=(False, -np.inf, -np.inf), best_epoch=-2, best_state=None, model=torch.nn.Linear(2, 2))
+    acc = SimpleNamespace(unwrap_model=lambda m: m)
+    assert keep_if_best(fit, -1, (responds(m_still), selection_score(m_still), -m_still["nll"]), acc)
+    assert keep_if_best(fit, 0, (responds(m_moving), selection_score(m_moving), -m_moving["nll"]), acc)
+    assert fit.best_epoch == 0  # lower AUROC, but it responds to its input
+    assert not keep_if_best(fit, 1, (False, 1.0, 0.0), acc) and fit.best_epoch == 0
+    assert keep_if_best(fit, 2, (True, 0.75, -1.0), acc) and fit.best_epoch == 2
+    assert not keep_if_best(fit, 3, (True, 0.75, -2.0), acc)  # equal score: the lower loss stays
+    assert keep_if_best(fit, 4, (True, 0.75, -0.5), acc) and fit.best_epoch == 4
+
+
 def test_probe_head_reproduces_sklearn_predictions():
     rng = np.random.default_rng(0)
     f = rng.normal(size=(120, 6)) * [1, 2, 3, 0.5, 1, 4] + [0, 1, 2, 3, 4, 5]
@@ -110,7 +134,8 @@ def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path):
     history = result["history"]
     assert history[0]["epoch"] == -1 and result["run"]["head_init"] == "probe"
     probe_score = history[0]["val_score"]
-    best = max(h["val_score"] for h in history)
+    assert history[0]["val_responsive"]
+    best = max(h["val_score"] for h in history if h["val_responsive"])
     assert result["run"]["best_val_score"] == pytest.approx(best) and best >= probe_score
     res = result["results"]["seizure"]
     assert res["threshold"] is not None and 0 < res["threshold"] < 1
