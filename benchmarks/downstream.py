@@ -21,7 +21,8 @@ Stages (each timed; the wall times are part of the report):
 4. per task, fold, seed and protocol (``benchmarks.units``): EEGMamba finetuned from the backbone that never saw the
    fold (LP-FT), the same from scratch, linear probes of that backbone and of a random-init one, band power +
    logistic regression and (with braindecode and ``--eegnet`` or ``--full``) EEGNet, all on the same split; the
-   aligned protocol (Euclidean alignment per subject) repeats them where a task has subjects.
+   aligned protocol (Euclidean alignment per subject) repeats them where a task has subjects, and the standardised
+   protocol repeats the frozen-feature methods with each subject's features standardised by their own statistics.
 5. report (``benchmarks.report``): folds pooled into one prediction per window and seed, metrics per seed, mean ±
    std over seeds, bootstrap intervals over groups, constant predictors counted, paired differences, the aims;
    ``--results`` gets results.json + results.md (the docs site shows results.md as it is), ``--readme README.md``
@@ -54,7 +55,7 @@ from benchmarks.tasks import FAST, FULL, SHARD_SETS, TASKS, TaskPlan
 from benchmarks.units import EEGNET, FEATURES, PRETRAINED, PROBE, SCRATCH, Context, FeatureJob, Unit, run_units
 
 REPO = Path(__file__).resolve().parents[1]
-# Tasks whose groups are people: the aligned protocol aligns each subject's (excerpt's, run's) windows. Bonn's
+# Tasks whose groups are people: the subject-adaptive protocols adapt to each subject's (excerpt's, run's) windows. Bonn's
 # groups are segments of unknown patients, where alignment would only normalise each segment's amplitude away.
 ALIGNABLE = ("sleep", "motor_imagery", "emotion", "eegmat")
 
@@ -72,7 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the mode's pretraining steps (quick trials)")
     p.add_argument("--epochs", type=int, default=None, help="override the mode's finetuning epochs (quick trials)")
-    p.add_argument("--no-aligned", action="store_true", help="leave out the aligned (subject-adaptive) protocol")
+    p.add_argument("--no-aligned", action="store_true",
+                   help="leave out the subject-adaptive protocols (aligned, standardised)")
     p.add_argument("--eegnet", action="store_true", help="EEGNet rows in the fast mode too (needs braindecode)")
     p.add_argument("--ablation", default=None, metavar="NAME",
                    help=f"run with one named change (benchmarks/ablations.py): {', '.join(ABLATIONS)}")
@@ -236,7 +238,7 @@ def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list
         ctx = {fold: Context(shards=str(folders[plan.corpus]), recipe=plan.recipe_name, classes=plan.classes,
                              window_s=plan.window_s, test_groups=tuple(tf.groups(fold)), n_folds=tf.k, budget=budget,
                              finetune_overrides=overrides, out=str(args.out), val_groups=tf.val) for fold in range(tf.k)}
-        protocols = ["plain"] + (["aligned"] if plan.name in ALIGNABLE and not args.no_aligned else [])
+        protocols = ["plain"] + (["aligned", "standardised"] if plan.name in ALIGNABLE and not args.no_aligned else [])
         for seed in range(args.budget.seeds):
             for protocol in protocols:
                 for half in sorted({tf.half(f) for f in range(tf.k)}):
@@ -247,7 +249,7 @@ def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list
                         job = FeatureJob(plan.name, seed, method, protocol, tuple(in_half), backbone["model"] if pre else None,
                                          backbone["key"] if pre else None)
                         work.append((job, [ctx[f] for f in in_half]))
-                    if protocol == "aligned" and not args.budget.aligned_finetune:
+                    if protocol == "standardised" or (protocol == "aligned" and not args.budget.aligned_finetune):
                         continue
                     for fold in in_half:
                         for method in finetuned:

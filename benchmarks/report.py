@@ -21,6 +21,8 @@ from benchmarks.units import BAND, EEGNET, PRETRAINED, PROBE, RANDOM_PROBE, SCRA
 METRICS = ("balanced_accuracy", "auroc", "cohen_kappa", "weighted_f1")
 TITLES = {"balanced_accuracy": "bal. acc.", "auroc": "AUROC", "cohen_kappa": "kappa", "weighted_f1": "weighted F1"}
 ALIGNED = " [aligned]"
+STANDARDISED = " [standardised]"
+SUFFIXES = {"plain": "", "aligned": ALIGNED, "standardised": STANDARDISED}
 README_BEGIN = "<!-- downstream-results:begin -->"
 README_END = "<!-- downstream-results:end -->"
 
@@ -45,7 +47,11 @@ def fmt(stat: Mapping[str, float] | None) -> str:
 
 
 def row_name(method: str, protocol: str) -> str:
-    return method + (ALIGNED if protocol == "aligned" else "")
+    return method + SUFFIXES[protocol]
+
+
+def protocol_of(row: str) -> str:
+    return next((p for p, suffix in SUFFIXES.items() if suffix and row.endswith(suffix)), "plain")
 
 
 # ------------------------------------------------------------------------------------------- pooling the folds
@@ -250,7 +256,8 @@ def render(payload: Mapping[str, Any]) -> str:
     schedule = ("the recipes' own schedule" if b["finetune_epochs"] is None else
                 f"{b['finetune_epochs']} epochs ({b['warmup_epochs']} warm-up, patience {b['patience']})")
     info = payload["machine"]
-    protocols = sorted({row.endswith(ALIGNED) for rows in table.values() for row in rows})
+    found = {protocol_of(row) for rows in table.values() for row in rows}
+    protocols = [p for p in SUFFIXES if p in found]
     md = [
         f"# Downstream benchmark ({payload['mode']} mode)",
         "",
@@ -268,14 +275,16 @@ def render(payload: Mapping[str, Any]) -> str:
         "pretrained probe the spread of pretraining seeds alone (the probe is deterministic), for the from-scratch model "
         "that of finetuning seeds. Intervals: bootstrap over groups of the seed-mean balanced accuracy. "
         f"{ALIGNED.strip()} rows: Euclidean alignment per subject, for every method listed"
-        + ("." if b["aligned_finetune"] else " (the fast mode aligns the probes and band power only)."),
+        + ("." if b["aligned_finetune"] else " (the fast mode aligns the probes and band power only).")
+        + (f" {STANDARDISED.strip()} rows: each subject's frozen features (the probe's, band power's) standardised by that "
+           "subject's own mean and standard deviation before the classifier (no label used; a finetuned backbone's "
+           "features move every step, so finetuned models have no such row)." if "standardised" in found else ""),
         "",
         results_table(table, titles),
         "",
     ]
-    for aligned in protocols:
-        protocol = "aligned" if aligned else "plain"
-        md += [f"## Aims ({'aligned' if aligned else 'plain'} protocol)", "", *aims_lines(table, tasks, protocol), "",
+    for protocol in protocols:
+        md += [f"## Aims ({protocol} protocol)", "", *aims_lines(table, tasks, protocol), "",
                "Paired by seed (same folds), mean ± std of the difference (seeds where the first is better):", "",
                *paired_lines(table, titles, protocol), ""]
     md += published_lines(table, fmt)
@@ -351,6 +360,6 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-__all__ = ["ALIGNED", "EEGNET", "METRICS", "README_BEGIN", "README_END", "aims_lines", "bootstrap_ci", "fmt", "log",
-           "metrics_of", "paired", "pool_predictions", "render", "row_name", "summarize", "table_of", "update_readme",
+__all__ = ["ALIGNED", "STANDARDISED", "EEGNET", "METRICS", "README_BEGIN", "README_END", "aims_lines", "bootstrap_ci", "fmt", "log",
+           "metrics_of", "paired", "pool_predictions", "protocol_of", "render", "row_name", "summarize", "table_of", "update_readme",
            "write_block", "write_results"]

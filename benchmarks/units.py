@@ -33,7 +33,10 @@ EEGNET = "EEGNet (braindecode)"
 EEGMAMBA = (PRETRAINED, SCRATCH, PROBE, RANDOM_PROBE)
 FINETUNED = (PRETRAINED, SCRATCH)  # one finetune run per fold (``Unit``)
 FEATURES = (PROBE, RANDOM_PROBE, BAND)  # one feature pass for several folds (``FeatureJob``)
-PROTOCOLS = ("plain", "aligned")
+# plain; aligned: Euclidean alignment of each subject's windows (every method); standardised: each subject's
+# frozen features standardised by their own statistics (the frozen-feature methods only: a finetuned backbone's
+# features move every step).
+PROTOCOLS = ("plain", "aligned", "standardised")
 
 
 def key_of(obj: Any) -> str:
@@ -120,13 +123,19 @@ def task_data(ctx: Context, protocol: str):
     from finetune.align import align_groups
     from finetune.data import load_task_data
     from finetune.recipes import get_recipe
-    from finetune.splits import choose_group_key, group_names
 
     data = load_task_data(get_recipe(ctx.recipe), ctx.shards, classes=ctx.classes, window_s=ctx.window_s)
     if protocol == "aligned":
-        key = choose_group_key(data.metas, prefer="subject", min_groups=1)
-        data.windows = align_groups(data.windows, group_names(data.metas, key))
+        data.windows = align_groups(data.windows, subject_groups(data))
     return data
+
+
+def subject_groups(data) -> list[str]:
+    """Each window's subject (its recording where the data name no subject): what the subject-adaptive protocols
+    adapt by."""
+    from finetune.splits import choose_group_key, group_names
+
+    return group_names(data.metas, choose_group_key(data.metas, prefer="subject", min_groups=1))
 
 
 def split_of(data, ctx: Context, seed: int):
@@ -199,6 +208,7 @@ def window_features(job: FeatureJob, ctx: Context, data) -> np.ndarray:
 def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, Any]]:
     """One result per fold, in the format of an EEGMamba unit's."""
     from benchmarks.baselines import fit_band_power
+    from finetune.align import standardize_groups
     from finetune.metrics import choose_threshold
     from finetune.probe import fit_probe
     from finetune.splits import group_names
@@ -206,6 +216,8 @@ def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, 
     data = task_data(contexts[0], job.protocol)
     t0 = time.time()
     feats = window_features(job, contexts[0], data)
+    if job.protocol == "standardised":
+        feats = standardize_groups(feats, subject_groups(data))
     shared = time.time() - t0
     y, k = data.labels, data.recipe.n_classes
     out = []

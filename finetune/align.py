@@ -23,7 +23,7 @@ from runtime.signal import UNIT_UV
 from shards.sample import Window
 
 __all__ = ["ALIGNMENTS", "ALIGNED_RMS_UV", "alignment_matrix", "align_groups", "align_array", "align_with",
-           "mean_covariance", "whitening"]
+           "mean_covariance", "standardize_groups", "whitening"]
 
 ALIGNMENTS = ("none", "euclidean")
 ALIGNED_RMS_UV = 20.0
@@ -72,3 +72,29 @@ def align_groups(windows: Sequence[Window], groups: Sequence[str]) -> list[Windo
         for i, a in zip(idx, aligned):
             out[i] = Window(a, windows[i].meta)
     return out  # type: ignore[return-value]
+
+
+def standardize_groups(features: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Per-subject feature standardisation: each group's rows of ``features [n, D]`` minus that group's mean,
+    divided by its standard deviation (a feature constant within a group is only centred). Returns ``[n, D]``
+    float64 in the same order.
+
+    The frozen-feature counterpart of Euclidean alignment: where alignment whitens the signal, this removes each
+    subject's offset and scale from every feature a readout sees (a subject whose alpha power is high in every
+    condition no longer looks like one condition). Like alignment it uses no label and only the group's own
+    windows, so a new subject is standardised by their own recording.
+
+    Raises:
+        ValueError: ``groups`` does not name one group per row.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    g = np.asarray(list(groups), dtype=object)
+    if f.ndim != 2 or len(g) != f.shape[0]:
+        raise ValueError(f"standardize_groups: features must be [n, D] with one group per row, got features "
+                         f"{f.shape} and {len(g)} group names")
+    out = np.empty_like(f)
+    for name in dict.fromkeys(g.tolist()):
+        rows = g == name
+        mean, std = f[rows].mean(0), f[rows].std(0)
+        out[rows] = (f[rows] - mean) / np.where(std > 1e-12, std, 1.0)
+    return out

@@ -309,6 +309,36 @@ def test_feature_job_fits_one_classifier_per_fold_on_the_units_split(eegmat_shar
     assert [r["proba"] for r in again] == [r["proba"] for r in results]
 
 
+def test_standardised_protocol_removes_each_subjects_gain(eegmat_shards, tmp_path):
+    """The standardised protocol on real EEGMAT subjects: band power of a subject recorded at ten times the gain
+    standardises to the same features, and the protocol's jobs score the plain jobs' test windows."""
+    folder, _ = eegmat_shards
+    from benchmarks.baselines import band_power_features, stack_windows
+    from finetune.align import standardize_groups
+    from finetune.data import load_task_data
+    from finetune.recipes import get_recipe
+
+    data = load_task_data(get_recipe("emotion"), str(folder), classes=("rest", "arithmetic"))
+    subjects = units.subject_groups(data)
+    x = stack_windows(data.windows)
+    louder = x.copy()
+    first = np.asarray(subjects) == subjects[0]
+    louder[first] *= 10.0
+    plain, loud = band_power_features(x), band_power_features(louder)
+    assert not np.allclose(plain[first], loud[first])
+    assert np.allclose(standardize_groups(plain, subjects), standardize_groups(loud, subjects), atol=1e-9)
+
+    tf = folds.assign_folds("eegmat", data.metas, data.labels, 3, group_key="subject")
+    budget = dataclasses.asdict(tasks.FAST)
+    ctxs = [units.Context(str(folder), "emotion", ("rest", "arithmetic"), None, tuple(tf.groups(f)), tf.k, budget, {},
+                          str(tmp_path)) for f in range(tf.k)]
+    out = {p: units.run_units([(units.FeatureJob("eegmat", 0, units.BAND, p, tuple(range(tf.k))), ctxs)], tmp_path / p)
+           for p in ("plain", "standardised")}
+    for a, b in zip(out["plain"], out["standardised"]):
+        assert a["y"] == b["y"] and a["groups"] == b["groups"] and "error" not in b
+    assert not np.allclose(np.asarray(out["plain"][0]["proba"]), np.asarray(out["standardised"][0]["proba"]))
+
+
 @pytest.mark.slow
 def test_benchmark_runs_end_to_end_on_motor_imagery(shared_data, tmp_path, bench):
     """The whole script on the smallest real task (30 cue windows of one subject, two runs), tiny budget."""
@@ -316,7 +346,8 @@ def test_benchmark_runs_end_to_end_on_motor_imagery(shared_data, tmp_path, bench
                        "--tasks", "motor_imagery", "--seeds", "1", "--pretrain-steps", "4", "--epochs", "1"]) == 0
     payload = json.loads((tmp_path / "res" / "results.json").read_text())
     rows = payload["table"]["motor_imagery"]
-    assert units.PRETRAINED in rows and units.BAND + report.ALIGNED in rows
+    assert units.PRETRAINED in rows and units.BAND + report.ALIGNED in rows and units.PROBE + report.STANDARDISED in rows
+    assert units.PRETRAINED + report.STANDARDISED not in rows  # frozen-feature methods only
     assert payload["tasks"]["motor_imagery"]["windows"] == 30 and len(payload["predictions"]["motor_imagery"]["y"]) == 30
 
 # ---- bootstrap over test groups ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.align import ALIGNED_RMS_UV, align_array, align_groups
+from finetune.align import ALIGNED_RMS_UV, align_array, align_groups, standardize_groups
 from finetune.config import FinetuneConfig
 from finetune.heads import ClassificationHead
 from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
@@ -124,6 +124,26 @@ def _small_run(tmp_path, shards, **kw):
                batch_size=32, warmup_epochs=1, progress=False, model=EEGMambaConfig.from_size("tiny", **SMALL))
     cfg.update(kw)
     return finetune(FinetuneConfig(**cfg))
+
+
+def test_subject_standardisation_removes_each_subjects_offset_and_scale():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(60, 3))
+    groups = ["s1"] * 20 + ["s2"] * 25 + ["s3"] * 15
+    offset = {"s1": (5.0, 3.0), "s2": (-2.0, 0.5), "s3": (0.0, 10.0)}  # (shift, scale) per subject
+    raw = np.stack([signal[i] * offset[g][1] + offset[g][0] for i, g in enumerate(groups)])
+    raw[:, 2] = 7.0  # a feature constant everywhere is centred, not divided by zero
+    z = standardize_groups(raw, groups)
+    for g in offset:
+        rows = np.array(groups) == g
+        assert np.allclose(z[rows].mean(0), 0.0) and np.allclose(z[rows, :2].std(0), 1.0)
+        direct = (signal[rows, :2] - signal[rows, :2].mean(0)) / signal[rows, :2].std(0)
+        assert np.allclose(z[rows, :2], direct)  # the subject's shift and scale are gone
+    assert np.all(z[:, 2] == 0.0)
+    order = rng.permutation(60)
+    assert np.allclose(standardize_groups(raw[order], [groups[i] for i in order]), z[order])
+    with pytest.raises(ValueError, match="one group per row"):
+        standardize_groups(raw, groups[:-1])
 
 
 def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path):
