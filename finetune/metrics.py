@@ -30,6 +30,8 @@ __all__ = ["PRIMARY_METRIC", "classification_metrics", "chance_level", "choose_t
            "MIN_SPREAD", "predict_labels", "responds", "selection_score"]
 
 PRIMARY_METRIC = "balanced_accuracy"
+# Below this range of the most predicted class's probability a model's outputs do not depend on its input.
+MIN_SPREAD = 0.01
 
 
 def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -158,14 +160,10 @@ def _probability_metrics(y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarr
 
 
 def is_constant_predictor(metrics: dict) -> bool:
-    """One predicted class for every window, or probabilities that barely move (spread < 0.01): a result
+    """One predicted class for every window, or probabilities that barely move (spread < ``MIN_SPREAD``): a result
     such a model gets says nothing about its input (a constant classifier scores 1/k balanced accuracy
     and any AUROC its ties give)."""
     return metrics.get("predicted_classes", 2) <= 1 or not responds(metrics)
-
-
-# Below this range of the most predicted class's probability a model's outputs do not depend on its input.
-MIN_SPREAD = 0.01
 
 
 def responds(metrics: dict) -> bool:

@@ -9,7 +9,8 @@ skips the fit but keeps the feature standardisation), and that probe is the firs
 keeps the weights with the best mean selection score across tasks (``finetune.metrics.selection_score``:
 AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to the lower validation loss;
 an epoch whose validation probabilities barely move never wins over one whose do, since on a few windows its
-ties can rank them perfectly by chance), so a run never ends below its own probe on validation; ``patience`` epochs without improvement stop the run.
+ties can rank them perfectly by chance), so a run never ends below its own probe on validation; ``patience``
+epochs without improvement stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
 with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone.
