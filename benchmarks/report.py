@@ -360,6 +360,6 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
-__all__ = ["ALIGNED", "STANDARDISED", "EEGNET", "METRICS", "README_BEGIN", "README_END", "aims_lines", "bootstrap_ci", "fmt", "log",
-           "metrics_of", "paired", "pool_predictions", "protocol_of", "render", "row_name", "summarize", "table_of", "update_readme",
-           "write_block", "write_results"]
+__all__ = ["ALIGNED", "EEGNET", "METRICS", "README_BEGIN", "README_END", "STANDARDISED", "aims_lines", "bootstrap_ci",
+           "fmt", "log", "metrics_of", "paired", "pool_predictions", "protocol_of", "render", "row_name", "summarize",
+           "table_of", "update_readme", "write_block", "write_results"]
