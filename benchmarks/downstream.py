@@ -2,7 +2,7 @@
 
 One run does everything, from raw files to the results table::
 
-    python benchmarks/downstream.py --jobs 2 --readme README.md   # fast default (about an hour on 2 cores)
+    python benchmarks/downstream.py --jobs 2 --readme README.md   # fast default (about 40 minutes on 2 cores)
     python benchmarks/downstream.py --full --jobs 2               # the recipes' own schedule (many hours on a CPU)
     python benchmarks/downstream.py --tasks eegmat,sleep --seeds 2 # a subset
     python benchmarks/downstream.py --render benchmarks/results/results.json   # re-render the report only
