@@ -45,18 +45,24 @@ def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndar
 
 def choose_threshold(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> float | None:
     """The decision threshold on the positive class's probability that maximises balanced accuracy on this
-    (validation) set; ties go to the threshold nearest 0.5. None when the set holds one class only or the
-    task is not binary.
+    (validation) set; ties go to the threshold nearest 0.5. None (decide at 0.5) when the set holds one class
+    only, the task is not binary, or the scores rank the set no better than chance (AUROC <= 0.5).
 
     Class weights, label smoothing and a small training set all move a model's probabilities away from
     0.5 at the class boundary, so a model can rank windows perfectly (AUROC 1) and still call nearly all of
-    them one class at 0.5; the validation set says where the boundary is.
+    them one class at 0.5; the validation set says where the boundary is. Where the validation subjects are
+    ranked backwards, the best threshold is an extreme that calls nearly every window one class and scores
+    balanced accuracy 0.5 plus noise; such a set says nothing about the boundary, and the model keeps the one its
+    class-weighted training put at 0.5 (on held-out subjects of a cross-subject stress task, the extreme
+    thresholds labelled every test window alike).
     """
     y = np.asarray(y_true, dtype=np.int64).reshape(-1)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[1] != 2 or len(np.unique(y)) < 2:
         return None
     score = proba[:, 1]
+    if roc_auc_score(y, score) <= 0.5:
+        return None
     values = np.unique(score)
     # candidate thresholds: midpoints between consecutive distinct scores, and the ends
     cands = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])

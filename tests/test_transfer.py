@@ -35,6 +35,18 @@ def test_threshold_maximises_balanced_accuracy_and_is_used():
     assert choose_threshold(np.zeros(4, dtype=int), proba[:4]) is None  # one class: nothing to calibrate
 
 
+def test_no_threshold_from_a_validation_set_ranked_backwards():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.58, 0.52, 0.55, 0.49, 0.47, 0.50, 0.51, 0.60])  # AUROC 0.375: the subjects are ranked backwards
+    proba = np.c_[1 - p1, p1]
+    assert classification_metrics(y, proba)["auroc"] < 0.5
+    assert choose_threshold(y, proba) is None  # decide at 0.5, not at an extreme that calls all but one alike
+    flat = np.full((8, 2), 0.5)
+    assert choose_threshold(y, flat) is None  # ties everywhere: AUROC 0.5
+    better = np.c_[1 - p1[::-1], p1[::-1]]  # the same scores in an order that ranks the set above chance
+    assert classification_metrics(y, better)["auroc"] > 0.5 and choose_threshold(y, better) is not None
+
+
 def test_selection_score_cannot_prefer_a_constant_predictor():
     y = np.array([0, 1] * 10)
     constant = np.tile([0.6, 0.4], (20, 1))
