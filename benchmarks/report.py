@@ -173,8 +173,8 @@ def aims_lines(table: Mapping[str, Any], tasks: Mapping[str, Any], protocol: str
     tuned = [t for t in names if has(t, PRETRAINED) and has(t, PROBE)]
     if tuned:
         below = [t for t in tuned if _mean(table, t, r(PRETRAINED)) < _mean(table, t, r(PROBE)) - 1e-9]
-        lines.append(f"- finetuned (LP-FT) below its own frozen probe (test balanced accuracy): "
-                     f"{', '.join(below) or 'on no task'} of {len(tuned)}")
+        lines.append(f"- finetuned (LP-FT) below its own frozen probe (test balanced accuracy): on {len(below)}/{len(tuned)} "
+                     f"tasks ({', '.join(below) or 'none'})")
     best = PRETRAINED if tuned else PROBE
     for metric in ("balanced_accuracy", "auroc"):
         pairs = [(t, ref) for ref in (SCRATCH if best == PRETRAINED else RANDOM_PROBE, BAND) for t in names

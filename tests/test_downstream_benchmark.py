@@ -219,6 +219,7 @@ def test_report_is_a_function_of_the_payload_and_states_the_aims(tmp_path):
     assert "| T task (x) | EEGMamba from scratch, finetuned | 0.500 ± 0.000 |" in text
     assert "**4** of 4" in text  # the scratch rows are constant predictors: flagged with their count
     assert "- constant predictors among the EEGMamba fold models: 4 of 12" in text
+    assert "- finetuned (LP-FT) below its own frozen probe (test balanced accuracy): on " in text
     assert "EEGMamba pretrained, finetuned (LP-FT) > EEGMamba from scratch, finetuned on 1/1 tasks (t; task types emotion)" in text
     assert "probe score 0.600 0.700 (steps 1 2), exported step 2" in text and "- a note" in text
     assert "(fast mode), compute summed over jobs (one thread each): pretraining 1 min, finetuning, probes and baselines 0 min; wall time of this invocation 2.0 min" in text
