@@ -22,6 +22,11 @@ import pytest
 for _name in filter(None, os.environ.get("EEGFM_HIDE_PACKAGES", "").split(",")):
     sys.modules[_name.strip()] = None  # type: ignore[assignment]
 
+# Under pytest-xdist every worker is one process per core: intra-op threads in each (and in the scripts they
+# start, which inherit the variable) would only oversubscribe the cores. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
