@@ -98,6 +98,7 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], out: Path, budget:
     from pretrain.config import ObjectiveConfig, OptimConfig, PretrainConfig, ProbeConfig, TrainConfig
     from pretrain.run import run
     from runtime.configfile import to_dict
+    from shards.dataset import read_manifest
 
     folder = out / "pretrain" / name
     config = PretrainConfig(
@@ -109,7 +110,10 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], out: Path, budget:
         train=TrainConfig(out_dir=str(folder), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,
                           keep_checkpoints=1, log_every=10, seed=seed, progress=False),
     )
-    key = key_of(to_dict(config))
+    # The shards' own digests: a folder rebuilt with other contents (same paths, same counts) retrains.
+    shards = {str(f): [s.get("sha256") for s in read_manifest(f)["shards"]]
+              for f in [*folders.values(), *map(Path, probe)]}
+    key = key_of({"config": to_dict(config), "shards": shards})
     stamp = folder / "benchmark_key.json"
     if (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return {**json.loads(stamp.read_text())["info"], "reused": True}
