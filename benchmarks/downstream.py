@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the mode's pretraining steps (quick trials)")
     p.add_argument("--epochs", type=int, default=None, help="override the mode's finetuning epochs (quick trials)")
+    p.add_argument("--frozen-only", action="store_true",
+                   help="only the frozen-feature methods (probes, band power): no finetuning, a fraction of the time; "
+                        "for judging a pretraining change (e.g. an objective ablation) by its probes")
     p.add_argument("--no-aligned", action="store_true",
                    help="leave out the subject-adaptive protocols (aligned, standardised)")
     p.add_argument("--eegnet", action="store_true", help="EEGNet rows in the fast mode too (needs braindecode)")
@@ -231,7 +234,7 @@ def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list
     frozen-feature method, task, seed, protocol and half; the slow finetuning first so the workers stay busy."""
     budget = dataclasses.asdict(args.budget)
     overrides = dict(args.ablation_spec.finetune) if args.ablation_spec else {}
-    finetuned = [PRETRAINED, SCRATCH] + ([EEGNET] if braindecode else [])
+    finetuned = [] if args.frozen_only else [PRETRAINED, SCRATCH] + ([EEGNET] if braindecode else [])
     work: list[tuple[Any, list[Context]]] = []
     for plan in plans:
         tf = folds[plan.name]
@@ -321,6 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table = table_of(pooled, {p.name: len(p.classes) for p in plans})
     return {
         "command": ["python", *sys.argv], "mode": "full" if args.full else "fast", "jobs": args.jobs,
+        "frozen_only": args.frozen_only,
         "budget": dataclasses.asdict(args.budget), "machine": machine(), "stages_s": stages,
         "total_s": time.time() - t_start, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "tasks": {p.name: {"title": p.title, "recipe": p.recipe_name, "classes": list(p.classes), **counts[p.name],

@@ -270,8 +270,10 @@ def render(payload: Mapping[str, Any]) -> str:
         f"two halves; each of {b['seeds']} pretraining seeds pretrains two tiny backbones ({b['pretrain_steps']} steps), "
         "each without one half of every task and without the probe pool, and each fold is tested by the backbone that "
         "never saw it; every test window is predicted once per seed, and the folds are pooled before scoring. Seed s "
-        f"also seeds finetuning (split of the other groups into train / validation, initialisation). Finetuning: {schedule}; "
-        "model selection on validation AUROC; binary thresholds chosen on validation. Mean ± std over seeds: for the "
+        f"also seeds finetuning (split of the other groups into train / validation, initialisation). "
+        + ("Frozen-feature methods only (`--frozen-only`): no model is finetuned. " if payload.get("frozen_only") else
+           f"Finetuning: {schedule}; model selection on validation AUROC; binary thresholds chosen on validation. ")
+        + "Mean ± std over seeds: for the "
         "pretrained probe the spread of pretraining seeds alone (the probe is deterministic), for the from-scratch model "
         "that of finetuning seeds. Intervals: bootstrap over groups of the seed-mean balanced accuracy. "
         f"{ALIGNED.strip()} rows: Euclidean alignment per subject, for every method listed"

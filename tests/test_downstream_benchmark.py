@@ -440,3 +440,19 @@ def test_adding_a_seed_to_a_run_reuses_every_cached_job():
     assert job.key([ctx(seeds=2)]) == job.key([ctx(seeds=5)])  # the seed count is not what a job computes from
     assert job.key([ctx(finetune_epochs=9)]) != job.key([ctx()])  # everything else is
     assert units.job_budget(ctx(seeds=2).budget) == units.job_budget(ctx(seeds=5).budget)
+
+
+def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):
+    metas, y = _metas(8)
+    plan = tasks.TASKS[-1]  # EEGMAT: alignable, so every protocol is listed
+    tf = folds.assign_folds(plan.name, metas, y, 4, group_key="subject")
+    backbones = {f"s{s}-h{h}": {"model": f"m{s}{h}", "key": f"k{s}{h}"} for s in range(3) for h in (0, 1)}
+    work = {}
+    for flag in ([], ["--frozen-only"]):
+        args = bench.parse_args(["--tasks", plan.name, *flag])
+        work[bool(flag)] = bench.unit_work(args, [plan], {plan.corpus: Path("s")}, {plan.name: tf}, backbones, False)
+    finetuned = {units.PRETRAINED, units.SCRATCH}
+    assert {job.method for job, _ in work[False]} >= finetuned
+    features = [(job, ctxs) for job, ctxs in work[False] if isinstance(job, units.FeatureJob)]
+    assert work[True] == features and {job.method for job, _ in work[True]} == set(units.FEATURES)
+    assert {job.protocol for job, _ in work[True]} == {"plain", "aligned", "standardised"}
