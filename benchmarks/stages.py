@@ -39,9 +39,9 @@ def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = Non
         try:
             manifest = build(adapter, root, base, progress=False)
         except ValueError as err:
-            if "different parameters" not in str(err):
+            if "different parameters" not in str(err) and "of the shard writer" not in str(err):
                 raise
-            log(f"{corpus}: shards in {base / corpus} were built with other parameters; rebuilding")
+            log(f"{corpus}: shards in {base / corpus} were built with other parameters or writer; rebuilding")
             shutil.rmtree(base / corpus)
             manifest = build(adapter, root, base, progress=False)
         if not manifest["complete"] or manifest["totals"]["samples"] == 0:

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from shards.corpora.base import Adapter
 
 FORMAT = "eegfm-shards/1"
+# What the writer makes of the same inputs and settings. Part of every build's parameters, so a build by an earlier
+# revision is neither resumed nor taken for a finished identical one; bumped whenever the same recordings would be
+# sharded differently (2: a recording whose windows repeat a kept one is skipped as its twin).
+WRITER_REVISION = 2
 SPLITS = ("train", "val", "test")
 
 

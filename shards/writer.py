@@ -44,8 +44,8 @@ from runtime.atomic import atomic_write_json, refuse_links
 from shards import buildlock
 from shards.corpora import get_corpus
 from shards.corpora.base import Adapter, Recording, safe_id
-from shards.manifest import (FORMAT, SPLITS, check_layout, check_parts, check_subject_splits, jsonable, make_manifest,
-                             manifest_name, part_suffix, read_json, shard_name)
+from shards.manifest import (FORMAT, SPLITS, WRITER_REVISION, check_layout, check_parts, check_subject_splits, jsonable,
+                             make_manifest, manifest_name, part_suffix, read_json, shard_name)
 from shards.preprocess import PreprocessConfig
 from shards.readers import check_path
 from shards.sample import check_sfreq, encode_sample, npy_bytes
@@ -318,7 +318,7 @@ def build(
 
     params = {
         "corpus": adapter.name, "root": str(root.resolve()), "config": jsonable(cfg), "split": list(fractions),
-        "seed": seed, "part": [i, n], "max_samples_per_shard": max_samples_per_shard,
+        "seed": seed, "part": [i, n], "max_samples_per_shard": max_samples_per_shard, "writer_revision": WRITER_REVISION,
     }
     state_path = folder / f".build-state{part_suffix((i, n))}.json"
     # An exclusive advisory lock, so two processes never build the same part into one folder at once.
@@ -347,6 +347,12 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
         if not (isinstance(old, dict) and isinstance(old.get("shards"), list) and isinstance(old.get("tail"), list)):
             raise ValueError(f"{state_path}: not a build state (expected a JSON object with 'fingerprint', 'shards' "
                              f"and 'tail'); {fix}")
+        revision = old["params"].get("writer_revision", 1) if isinstance(old.get("params"), dict) else 1
+        if revision != WRITER_REVISION:
+            raise ValueError(
+                f"{folder} holds a build by revision {revision} of the shard writer, which shards some recordings "
+                f"differently from this one (revision {WRITER_REVISION}); delete that folder or use another --out to "
+                "rebuild (nothing was changed)")
         if old.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "

@@ -249,3 +249,22 @@ def test_a_planted_link_in_the_build_folder_is_refused_and_its_target_untouched(
     code, _, err = _cli(argv, capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and f"{folder / name} is a symbolic link" in err
     assert target.read_text() == "keep me"
+
+
+def test_a_build_by_an_earlier_writer_revision_is_not_resumed_or_reused(raw, tmp_path, monkeypatch):
+    import shards.writer as writer
+
+    monkeypatch.setattr(writer, "WRITER_REVISION", 1)
+    build("synth", raw, tmp_path, **BUILD)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "synth").iterdir() if p.is_file()}
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=rf"revision 1 of the shard writer.*\(revision {writer.WRITER_REVISION}\); delete"):
+        build("synth", raw, tmp_path, **BUILD)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "synth").iterdir() if p.is_file()} == before
+    # A build state from before revisions were recorded counts as revision 1.
+    state = tmp_path / "synth" / ".build-state.json"
+    data = json.loads(state.read_text())
+    data["params"].pop("writer_revision")
+    state.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="revision 1 of the shard writer"):
+        build("synth", raw, tmp_path, **BUILD)
