@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import log, paired, summarize, write_block
+from benchmarks.report import log, paired, row_name, summarize, write_block
 from benchmarks.units import PRETRAINED, PROBE
 
 README_BEGIN = "<!-- ablation-results:begin -->"
 README_END = "<!-- ablation-results:end -->"
-ROWS = (PRETRAINED, PROBE)
+# The probe also with each subject's features standardised: what a pretraining change does to the features once
+# each subject's offset and scale are gone.
+ROWS = (PRETRAINED, PROBE, row_name(PROBE, "standardised"))
 
 
 def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, row: str, metric: str) -> dict | None:
