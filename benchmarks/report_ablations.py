@@ -74,7 +74,8 @@ def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
                 au_text = f" / {au['mean']:+.3f}" if au and math.isfinite(au["mean"]) else ""
                 cells.append(f"{ba['mean']:+.3f}{au_text} ({ba['wins']}/{ba['n']})")
             mean = summarize(means)["mean"]
-            lines.append(f"| {name} | {row} | " + " | ".join(cells) + f" | {mean:+.3f} |")
+            mean_text = f"{mean:+.3f}" if means and math.isfinite(mean) else "–"
+            lines.append(f"| {name} | {row} | " + " | ".join(cells) + f" | {mean_text} |")
     lines += ["", *[f"- **{n}**: {(o.get('ablation') or {}).get('description', '')}" for n, o in sorted(ablations.items())], ""]
     return "\n".join(lines)
 

@@ -260,6 +260,11 @@ def test_ablation_table_pairs_seeds(tmp_path):
     text = render_ablations(main, {"undo": other})
     assert "| undo | EEGMamba pretrained, finetuned (LP-FT) | -0.100 / +0.000 (0/2) | -0.100 |" in text
     assert "- **undo**: undo something" in text
+    # a frozen-only run has no finetuned rows: a dash in every cell, the mean included, never "nan"
+    frozen = json.loads(json.dumps(other))
+    del frozen["table"]["t"][units.PRETRAINED]
+    text = render_ablations(main, {"frozen": frozen})
+    assert "| frozen | EEGMamba pretrained, finetuned (LP-FT) | – | – |" in text and "nan" not in text
 
 
 def test_the_readme_gets_one_line_per_ablation(tmp_path):
