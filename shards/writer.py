@@ -340,25 +340,7 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     fingerprint = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "root"}, sort_keys=True).encode()).hexdigest()
     state = {"format": FORMAT, "fingerprint": fingerprint, "params": params, "shards": [], "tail": [], "complete": False}
     if state_path.exists():
-        # Refuse, never repair: without its state the build would start over and write over the shards it lists.
-        fix = (f"restore the file from a copy, or give the build another --out to start over (nothing in {folder} "
-               "is deleted)")
-        old = read_json(state_path, fix)
-        if not (isinstance(old, dict) and isinstance(old.get("shards"), list) and isinstance(old.get("tail"), list)):
-            raise ValueError(f"{state_path}: not a build state (expected a JSON object with 'fingerprint', 'shards' "
-                             f"and 'tail'); {fix}")
-        revision = old["params"].get("writer_revision", 1) if isinstance(old.get("params"), dict) else 1
-        if revision != WRITER_REVISION:
-            raise ValueError(
-                f"{folder} holds a build by revision {revision} of the shard writer, which shards some recordings "
-                f"differently from this one (revision {WRITER_REVISION}); delete that folder or use another --out to "
-                "rebuild (nothing was changed)")
-        if old.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "
-                f"use another --out or delete that folder to rebuild with {params}")
-        _check_state(old, state_path, fix)
-        state = old
+        state = _resumed_state(state_path, folder, fingerprint, params)
     # Leftovers of a killed build: half-written temporary shards of this part.
     for tmp in folder.glob(".*.tmp-*"):
         if tmp.name.startswith(tuple(f".{s}-" for s in SPLITS)) and _belongs(tmp.name, (i, n)):
@@ -415,6 +397,35 @@ def _build_locked(adapter, cfg, recordings, splits, params, folder, state_path, 
     manifest = make_manifest(adapter, params, state)
     atomic_write_json(folder / manifest_name((i, n)), manifest)
     return manifest
+
+
+def _resumed_state(state_path: Path, folder: Path, fingerprint: str, params: dict) -> dict:
+    """The build state of an interrupted (or finished) build of the same part, checked before anything is resumed.
+
+    Refuses, never repairs: without its state the build would start over and write over the shards it lists.
+
+    Raises:
+        ValueError: not a build state, one by another writer revision or with other parameters, or one whose
+            entries are not what this module writes; each message names the file or folder and what to do.
+    """
+    fix = (f"restore the file from a copy, or give the build another --out to start over (nothing in {folder} "
+           "is deleted)")
+    old = read_json(state_path, fix)
+    if not (isinstance(old, dict) and isinstance(old.get("shards"), list) and isinstance(old.get("tail"), list)):
+        raise ValueError(f"{state_path}: not a build state (expected a JSON object with 'fingerprint', 'shards' "
+                         f"and 'tail'); {fix}")
+    revision = old["params"].get("writer_revision", 1) if isinstance(old.get("params"), dict) else 1
+    if revision != WRITER_REVISION:
+        raise ValueError(
+            f"{folder} holds a build by revision {revision} of the shard writer, which shards some recordings "
+            f"differently from this one (revision {WRITER_REVISION}); delete that folder or use another --out to "
+            "rebuild (nothing was changed)")
+    if old.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "
+            f"use another --out or delete that folder to rebuild with {params}")
+    _check_state(old, state_path, fix)
+    return old
 
 
 def _twin_index(state: dict) -> TwinIndex:
