@@ -3,7 +3,7 @@
 An ablation changes one default (``benchmarks/ablations.py``) and reruns the benchmark with the same folds and
 seeds, so each seed's pooled metric pairs with the main run's: the table gives, per task, the mean over seeds of
 ``ablation - main`` for the pretrained model finetuned and its probe, and how many seeds moved in the same
-direction. A positive number means undoing the default helped.
+direction. A positive number means the ablation's change (most undo a default) helped.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
     tasks = list(main.get("tasks", {}))
     lines = ["# Ablations (each minus the main run, paired by seed)", "",
              "Balanced accuracy / AUROC difference, mean over seeds (seeds where the ablation is better). Positive: "
-             "undoing the default helped.", ""]
+             "the ablation's change helped.", ""]
     head = "| ablation | row | " + " | ".join(main["tasks"][t]["title"].split(" (")[0] for t in tasks) + " | mean |"
     lines += [head, "|---|---|" + "---|" * (len(tasks) + 1)]
     for name, other in sorted(ablations.items()):
@@ -104,7 +104,7 @@ def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
         return NO_ABLATIONS
     tasks = list(main.get("tasks", {}))
     lines = ["Each ablation minus the main run, balanced accuracy, mean over tasks of the seed-paired differences "
-             "(positive: undoing the default helped); per task: "
+             "(positive: the ablation's change helped); per task: "
              "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",
              "| ablation | " + " | ".join(ROWS) + " |", "|---|" + "---|" * len(ROWS)]
     for name, other in sorted(ablations.items()):
