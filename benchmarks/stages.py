@@ -26,7 +26,7 @@ def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = Non
                  keep: Mapping[str, Callable[[Any], bool]] | None = None, folder_name: str = "shards") -> dict[str, Path]:
     """Shard each set of ``SHARD_SETS`` (default: all) into ``{out}/{folder_name}/{set}``, recordings filtered by
     ``keep[set]`` where given; reuse a finished identical build, replace one with other settings."""
-    from shards.writer import build
+    from shards.writer import BuildMismatchError, build
 
     folders = {}
     base = out / folder_name
@@ -38,9 +38,7 @@ def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = Non
         adapter = shard_adapter(corpus, (keep or {}).get(corpus))
         try:
             manifest = build(adapter, root, base, progress=False)
-        except ValueError as err:
-            if "different parameters" not in str(err) and "of the shard writer" not in str(err):
-                raise
+        except BuildMismatchError:
             log(f"{corpus}: shards in {base / corpus} were built with other parameters or writer; rebuilding")
             shutil.rmtree(base / corpus)
             manifest = build(adapter, root, base, progress=False)

@@ -57,8 +57,15 @@ from shards.twins import ContentProbe, TwinIndex
 log = logging.getLogger("shards.writer")
 
 # Re-exported: the public names of the write side, importable from here as before the split.
-__all__ = ["build", "process_recording", "resolve_config", "RecordingResult", "assign_split", "in_part",
+__all__ = ["build", "BuildMismatchError", "process_recording", "resolve_config", "RecordingResult", "assign_split", "in_part",
            "encode_sample", "npy_bytes", "tar_header", "atomic_write_json", "make_manifest", "shard_name"]
+
+
+
+class BuildMismatchError(ValueError):
+    """The output folder holds a build of the same part with other parameters or by another revision of this
+    writer: it is neither resumed nor reused, and nothing in it is changed (a caller that owns the folder, such
+    as the benchmark, may delete it and build again)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,8 +412,9 @@ def _resumed_state(state_path: Path, folder: Path, fingerprint: str, params: dic
     Refuses, never repairs: without its state the build would start over and write over the shards it lists.
 
     Raises:
-        ValueError: not a build state, one by another writer revision or with other parameters, or one whose
-            entries are not what this module writes; each message names the file or folder and what to do.
+        BuildMismatchError: a build by another writer revision or with other parameters.
+        ValueError: not a build state, or one whose entries are not what this module writes.
+        Each message names the file or folder and what to do.
     """
     fix = (f"restore the file from a copy, or give the build another --out to start over (nothing in {folder} "
            "is deleted)")
@@ -416,12 +424,12 @@ def _resumed_state(state_path: Path, folder: Path, fingerprint: str, params: dic
                          f"and 'tail'); {fix}")
     revision = old["params"].get("writer_revision", 1) if isinstance(old.get("params"), dict) else 1
     if revision != WRITER_REVISION:
-        raise ValueError(
+        raise BuildMismatchError(
             f"{folder} holds a build by revision {revision} of the shard writer, which shards some recordings "
             f"differently from this one (revision {WRITER_REVISION}); delete that folder or use another --out to "
             "rebuild (nothing was changed)")
     if old.get("fingerprint") != fingerprint:
-        raise ValueError(
+        raise BuildMismatchError(
             f"{folder} holds a build with different parameters ({state_path.name}: {old.get('params')}); "
             f"use another --out or delete that folder to rebuild with {params}")
     _check_state(old, state_path, fix)

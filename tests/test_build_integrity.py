@@ -258,7 +258,7 @@ def test_a_build_by_an_earlier_writer_revision_is_not_resumed_or_reused(raw, tmp
     build("synth", raw, tmp_path, **BUILD)
     before = {p.name: p.read_bytes() for p in (tmp_path / "synth").iterdir() if p.is_file()}
     monkeypatch.undo()
-    with pytest.raises(ValueError, match=rf"revision 1 of the shard writer.*\(revision {writer.WRITER_REVISION}\); delete"):
+    with pytest.raises(writer.BuildMismatchError, match=rf"revision 1 of the shard writer.*\(revision {writer.WRITER_REVISION}\); delete"):
         build("synth", raw, tmp_path, **BUILD)
     assert {p.name: p.read_bytes() for p in (tmp_path / "synth").iterdir() if p.is_file()} == before
     # A build state from before revisions were recorded counts as revision 1.
@@ -266,5 +266,5 @@ def test_a_build_by_an_earlier_writer_revision_is_not_resumed_or_reused(raw, tmp
     data = json.loads(state.read_text())
     data["params"].pop("writer_revision")
     state.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="revision 1 of the shard writer"):
+    with pytest.raises(writer.BuildMismatchError, match="revision 1 of the shard writer"):
         build("synth", raw, tmp_path, **BUILD)

@@ -25,7 +25,7 @@ from shards.sample import encode_sample, npy_bytes
 from shards.shardfile import OpenShard
 from shards.shardfile import tar_header
 from shards.splits import assign_split
-from shards.writer import build, process_recording, resolve_config
+from shards.writer import BuildMismatchError, build, process_recording, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -249,7 +249,7 @@ def test_rebuild_over_finished_build_is_a_no_op(small_raw, tmp_path):
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "synth").glob("*.tar")}
     build("synth", small_raw, tmp_path, max_samples_per_shard=30, progress=False)
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "synth").glob("*.tar")}
-    with pytest.raises(ValueError, match="different parameters"):
+    with pytest.raises(BuildMismatchError, match="different parameters"):
         build("synth", small_raw, tmp_path, max_samples_per_shard=31, progress=False)
 
 
