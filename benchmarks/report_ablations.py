@@ -41,6 +41,16 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
             return f"{task}: other folds"
     if main.get("mode") != other.get("mode"):
         return f"mode {other.get('mode')} vs {main.get('mode')}"
+    # The budget must be the main run's but for the ablation's own overrides: an ablation stored before the
+    # mode's defaults changed (e.g. its pretraining length) would otherwise be paired as if it changed one thing.
+    # Seeds may differ (only the seeds both ran are paired).
+    ours, theirs = main.get("budget") or {}, other.get("budget") or {}
+    if ours and theirs:
+        expected = {**ours, **((other.get("ablation") or {}).get("budget") or {})}
+        stale = [f"{k} {theirs.get(k)} (expected {expected.get(k)})" for k in sorted(expected.keys() | theirs.keys())
+                 if k != "seeds" and theirs.get(k) != expected.get(k)]
+        if stale:
+            return "budget " + ", ".join(stale) + "; rerun it"
     return None
 
 

@@ -267,6 +267,22 @@ def test_ablation_table_pairs_seeds(tmp_path):
     assert "| frozen | EEGMamba pretrained, finetuned (LP-FT) | – | – |" in text and "nan" not in text
 
 
+def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
+    from benchmarks.report_ablations import render_ablations
+
+    main = _payload()
+    other = json.loads(json.dumps(report._json_safe(main)))
+    other["ablation"] = {"description": "no band power", "budget": {}}
+    other["budget"]["pretrain_steps"] = main["budget"]["pretrain_steps"] // 2  # stored before the default changed
+    text = render_ablations(main, {"stale": other})
+    assert (f"| stale | – | not comparable: budget pretrain_steps {main['budget']['pretrain_steps'] // 2} "
+            f"(expected {main['budget']['pretrain_steps']}); rerun it |") in text
+    # the ablation's own budget change, and fewer seeds, are what it is meant to differ by
+    other["ablation"]["budget"] = {"pretrain_steps": main["budget"]["pretrain_steps"] // 2}
+    other["budget"]["seeds"] = 1
+    assert "not comparable" not in render_ablations(main, {"shorter": other})
+
+
 def test_the_readme_gets_one_line_per_ablation(tmp_path):
     from benchmarks import report_ablations
 
