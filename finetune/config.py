@@ -82,6 +82,10 @@ class FinetuneConfig:
     align: Literal["none", "euclidean"] = option(
         "subject-adaptive input: euclidean = whiten each subject's windows by the inverse square root of their mean "
         "channel covariance (He & Wu 2019; prediction aligns each recording by its own)", "none")
+    feature_norm: Literal["training", "subject"] = option(
+        "what the head standardises its features with: the training split's statistics, or (subject; linear_probe "
+        "mode only) each subject's own frozen features, so a subject's offset and scale never reach the classifier "
+        "(prediction standardises each recording by its own windows)", "training")
 
     # data and split
     extra_tasks: tuple[str, ...] = option(

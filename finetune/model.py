@@ -4,7 +4,7 @@ Folder layout (``save_pretrained``-style, no pickle anywhere)::
 
     model/config.json         {"format": "eegfm-finetuned/1", "backbone": EEGMambaConfig fields,
                                "heads": {task: {n_classes, pool, dropout, task_id, classes, norm, channels,
-                               threshold}}, "mode": ...}
+                               threshold, feature_norm}}, "mode": ...}
     model/model.safetensors   backbone.* and heads.<task>.* tensors
     model/recipe.json         per task: the resolved recipe, the window length and the shards'
                               preprocessing parameters (what finetune.predict needs to label new files)
@@ -34,11 +34,14 @@ from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_bac
 from runtime.atomic import atomic_save, atomic_write_text, refuse_link
 from shards.vocabulary import channel_ids
 
-__all__ = ["TaskModel", "load_backbone", "FORMAT", "CheckpointError"]
+__all__ = ["TaskModel", "load_backbone", "FORMAT", "FEATURE_NORMS", "CheckpointError"]
 
 FORMAT = "eegfm-finetuned/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# What a head's feature standardisation uses: the training split's statistics (fixed buffers), or each subject's
+# own frozen features (a linear probe only: finetuning moves the features, so per-subject statistics would go stale).
+FEATURE_NORMS = ("training", "subject")
 
 
 class TaskModel(nn.Module):
@@ -68,7 +71,12 @@ class TaskModel(nn.Module):
         self.head_specs: dict[str, dict[str, Any]] = {}
         self.heads = nn.ModuleDict()
         for name, spec in heads.items():
-            spec = {"pool": pool, "dropout": dropout, "norm": "layer", "channels": [], "threshold": None, **dict(spec)}
+            spec = {"pool": pool, "dropout": dropout, "norm": "layer", "channels": [], "threshold": None,
+                    "feature_norm": "training", **dict(spec)}
+            if spec["feature_norm"] not in FEATURE_NORMS:
+                raise ValueError(f"head {name!r}: feature_norm must be one of {FEATURE_NORMS}, got {spec['feature_norm']!r}")
+            if spec["feature_norm"] == "subject" and (mode != "linear_probe" or spec["norm"] != "standard"):
+                raise ValueError(f"head {name!r}: feature_norm='subject' needs mode='linear_probe' and norm='standard'")
             classes = list(spec.get("classes") or [])
             if classes and len(classes) != int(spec["n_classes"]):
                 raise ValueError(f"head {name!r}: {len(classes)} class names for n_classes={spec['n_classes']}")
@@ -82,6 +90,7 @@ class TaskModel(nn.Module):
                 "n_classes": int(spec["n_classes"]), "task_id": task_id, "pool": spec["pool"],
                 "dropout": float(spec["dropout"]), "classes": classes, "norm": spec["norm"], "channels": channels,
                 "threshold": None if spec["threshold"] is None else float(spec["threshold"]),
+                "feature_norm": spec["feature_norm"],
             }
             self.heads[name] = ClassificationHead(
                 backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]),
@@ -117,6 +126,17 @@ class TaskModel(nn.Module):
         """What ``task``'s head reads, before its normalisation: ``[b, in_features]``."""
         out = self._encode(x, channel_ids, channel_mask, task)
         return self.heads[task].features(out, channel_ids, channel_mask)
+
+    def head_logits(self, features: torch.Tensor, task: str) -> torch.Tensor:
+        """``task``'s head on features already read (``features [b, in_features]``): ``logits [b, n_classes]``.
+
+        How a ``feature_norm="subject"`` head is applied: its input is the frozen features standardised by their
+        own subject's (at prediction: recording's) statistics (``finetune.align.standardize_groups``), which no
+        single window carries, so the caller reads the features of the whole group first (``features``)."""
+        if task not in self.heads:
+            raise KeyError(f"no head for task {task!r}; this model has heads {self.tasks}")
+        head = self.heads[task]
+        return head.fc(head.dropout(head.normalize(features)))
 
     def set_threshold(self, task: str, threshold: float | None) -> None:
         """A binary head's decision threshold on the positive class's probability (None = argmax)."""

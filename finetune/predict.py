@@ -27,7 +27,10 @@ row without a label and with the reason in ``skipped``. A long recording is read
 (``shards.streaming``: bounded memory for any length), with a progress bar on stderr. ``probability`` is the softmax probability of the predicted class;
 ``probabilities`` holds all classes. A binary model's label uses the decision threshold chosen on its
 validation split (saved in ``recipe.json``); a model trained with Euclidean alignment gets the recording
-aligned by its own windows. The recording is checked against the checkpoint's input contract
+aligned by its own windows, and a linear probe trained on per-subject standardised features
+(``feature_norm="subject"``) gets the recording's features standardised by their own statistics; either takes
+the subject's other recordings into those statistics with ``subject_files`` (``--subject_files``: needed when
+one file holds one condition). The recording is checked against the checkpoint's input contract
 (``finetune.contract``): another rate, units or channel spelling is converted with one notice line on
 stderr; a montage the contract cannot map is a ``ContractError``; channels the model was finetuned on that
 the recording lacks (or has in addition) are named in a notice.
@@ -275,18 +278,53 @@ def _batches(reading: _Reading, batch_size: int, skipped: list[tuple[float, str]
         yield onsets, np.stack(xs)
 
 
-def _alignment(reading: _Reading, batch_size: int) -> np.ndarray | None:
-    """The recording's own Euclidean-alignment matrix (a first pass over its windows), for a model trained aligned."""
-    if reading.recipe.get("align") != "euclidean":
+def _alignment(readings: Sequence[_Reading], batch_size: int) -> np.ndarray | None:
+    """The subject's own Euclidean-alignment matrix (a first pass over the windows of ``readings``: the recording
+    and the subject's other recordings), for a model trained aligned."""
+    if readings[0].recipe.get("align") != "euclidean":
         return None
     cov, count = None, 0
-    for _, x in _batches(reading, batch_size):
-        part = mean_covariance(x) * len(x)
-        cov = part if cov is None else cov + part
-        count += len(x)
+    for reading in readings:
+        for _, x in _batches(reading, batch_size):
+            part = mean_covariance(x) * len(x)
+            cov = part if cov is None else cov + part
+            count += len(x)
     if cov is None:
-        raise ValueError(f"{reading.path}: no window without NaN/inf samples to align the recording by")
+        raise ValueError(f"{readings[0].path}: no window without NaN/inf samples to align the recording by")
     return whitening(cov / count)
+
+
+def _head_inputs(model: TaskModel, reading: _Reading, x: np.ndarray, task: str, device: str,
+                 features: bool) -> torch.Tensor:
+    """The model on windows ``x [n, c, t]`` (a single-channel model: each channel as its own window, ``[n * c]``
+    rows): logits, or (``features``) what the head reads, before its standardisation."""
+    n, c, t = x.shape
+    meta = {"channels": [reading.single] if reading.single else reading.channels}
+    windows = x.reshape(n * c, 1, t) if reading.single else x
+    batch = collate([Window(w, meta) for w in windows])
+    args = (batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
+    return model.features(*args).float() if features else model(*args)[0].float()
+
+
+class _Moments:
+    """Running per-feature mean and standard deviation (float64), as ``finetune.align.standardize_groups`` takes
+    them over a subject's windows: a feature constant within the subject is only centred."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, f: np.ndarray) -> None:
+        f = np.asarray(f, dtype=np.float64)
+        self.n, self.total, self.squares = self.n + len(f), self.total + f.sum(0), self.squares + (f * f).sum(0)
+
+    def standardize(self, f: np.ndarray) -> np.ndarray:
+        mean = self.total / self.n
+        std = np.sqrt(np.maximum(self.squares / self.n - mean * mean, 0.0))
+        return (np.asarray(f, dtype=np.float64) - mean) / np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+
+
+# Fewer windows than this give per-subject feature statistics too noisy to standardise by (a notice says so).
+MIN_SUBJECT_WINDOWS = 20
 
 
 def recording_windows(
@@ -360,6 +398,7 @@ def predict_recording(
     model: TaskModel | None = None,
     window_s: float | None = None,
     progress: bool | None = None,
+    subject_files: Sequence[str | Path] = (),
 ) -> Prediction:
     """Label every window of ``path``; ``rows``: one per window, ``onset_s, label, label_name, probability,
     probabilities, skipped``.
@@ -378,6 +417,10 @@ def predict_recording(
         window_s: window length in whole seconds (default: the trained length; other lengths are a shift
             the model was not trained for, see ``benchmarks/shift.py``).
         progress: a progress bar on stderr (None: for recordings of more than ``PROGRESS_WINDOWS`` windows).
+        subject_files: the subject's other recordings, for a subject-adaptive model (``align="euclidean"`` or
+            ``feature_norm="subject"``): its statistics come from the windows of ``path`` and these together. A
+            session stored as one file per condition (rest, task) must be pooled so, or each file's own
+            condition is what the alignment or standardisation removes. Only ``path`` is labelled.
 
     Raises:
         FileNotFoundError: the model folder or one of its files is missing.
@@ -401,25 +444,9 @@ def predict_recording(
     rest = _rest_notice(reading.recipe, classes, path)
     if rest:
         notice(rest)
-    matrix = _alignment(reading, batch_size)
-    meta = {"channels": [reading.single] if reading.single else reading.channels}
+    others = [_open(model_dir, p, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s) for p in subject_files]
     skipped: list[tuple[float, str]] = []
-    onsets, proba = [], []
-    bar = tqdm(total=reading.n_windows, desc=f"labelling {Path(path).name}", unit="window", dynamic_ncols=True,
-               disable=not (progress if progress is not None else reading.n_windows > PROGRESS_WINDOWS))
-    with bar:
-        for batch_onsets, x in _batches(reading, batch_size, skipped):
-            if matrix is not None:
-                x = align_with(x, matrix)
-            n, c, t = x.shape
-            windows = x.reshape(n * c, 1, t) if reading.single else x
-            batch = collate([Window(w, meta) for w in windows])
-            logits, _ = model(batch["x"].to(device), batch["channel_ids"].to(device), batch["channel_mask"].to(device), task)
-            p = F.softmax(logits.float(), dim=-1).cpu().numpy()
-            proba.append(p.reshape(n, c, -1).mean(1) if reading.single else p)
-            onsets += batch_onsets
-            bar.update(n)
-        bar.update(len(skipped))
+    onsets, proba = _label_windows(model, task, reading, others, batch_size, device, skipped, progress)
     proba_all = np.concatenate(proba) if proba else np.zeros((0, len(classes)))
     threshold = model.head_specs[task].get("threshold")
     rows = prediction_rows(onsets, proba_all, classes, threshold)
@@ -427,6 +454,50 @@ def predict_recording(
               "skipped": SKIP_REASONS.get(reason, reason)} for onset, reason in skipped]
     return Prediction(sorted(rows, key=lambda r: r["onset_s"]), list(classes), task, str(reading.recipe.get("name", task)),
                       float(reading.cfg.window_s), float(reading.cfg.stride_s), threshold, str(path), str(model_dir))
+
+
+def _label_windows(model: TaskModel, task: str, reading: _Reading, others: Sequence[_Reading], batch_size: int,
+                   device: str, skipped: list[tuple[float, str]], progress: bool | None) -> tuple[list[float], list[np.ndarray]]:
+    """``(onsets_s, class probabilities per batch)`` of the recording's windows, aligned or standardised with the
+    subject's statistics (the recording's and ``others``') where the model was trained so."""
+    matrix = _alignment([reading, *others], batch_size)
+    by_subject = model.head_specs[task].get("feature_norm") == "subject"
+    onsets, outputs = [], []
+    bar = tqdm(total=reading.n_windows, desc=f"labelling {Path(reading.path).name}", unit="window", dynamic_ncols=True,
+               disable=not (progress if progress is not None else reading.n_windows > PROGRESS_WINDOWS))
+    with bar:
+        for batch_onsets, x in _batches(reading, batch_size, skipped):
+            x = x if matrix is None else align_with(x, matrix)
+            outputs.append(_head_inputs(model, reading, x, task, device, features=by_subject).cpu().numpy())
+            onsets += batch_onsets
+            bar.update(len(x))
+        bar.update(len(skipped))
+    if by_subject and outputs:
+        outputs = _standardized_logits(model, task, outputs, others, batch_size, device, matrix)
+    proba = []
+    for logits in outputs:
+        p = F.softmax(torch.as_tensor(logits), dim=-1).numpy()
+        proba.append(p.reshape(-1, len(reading.channels), p.shape[-1]).mean(1) if reading.single else p)
+    return onsets, proba
+
+
+def _standardized_logits(model: TaskModel, task: str, features: list[np.ndarray], others: Sequence[_Reading],
+                         batch_size: int, device: str, matrix: np.ndarray | None) -> list[np.ndarray]:
+    """A ``feature_norm="subject"`` head on the recording's ``features`` (per batch), standardised by the
+    statistics of the subject's windows: the recording's and those of ``others`` (its other recordings)."""
+    moments = _Moments()
+    for f in features:
+        moments.add(f)
+    for other in others:
+        for _, x in _batches(other, batch_size):
+            moments.add(_head_inputs(model, other, x if matrix is None else align_with(x, matrix), task, device,
+                                     features=True).cpu().numpy())
+    if moments.n < MIN_SUBJECT_WINDOWS:
+        notice(f"the model standardises its features by the subject's own windows, and {moments.n} window(s) were "
+               f"given (fewer than {MIN_SUBJECT_WINDOWS}): the labels rest on noisy statistics; pass the subject's "
+               "other recordings (subject_files / --subject_files)")
+    return [model.head_logits(torch.from_numpy(moments.standardize(f)).float().to(device), task).float().cpu().numpy()
+            for f in features]
 
 
 SKIP_REASONS = {"nan": "NaN/inf samples in the recording", "flat": "flat channel", "amplitude": "amplitude bound"}
@@ -523,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "model was not trained for)")
     windows.add_argument("--stride_s", type=float, default=None, help="hop between windows in seconds (default: window length)")
     windows.add_argument("--sfreq", type=float, default=None, help="sampling rate of a headerless text recording")
+    windows.add_argument("--subject_files", nargs="+", default=[], metavar="FILE",
+                         help="the subject's other recordings: a subject-adaptive model (aligned, or standardising "
+                              "features per subject) takes its statistics from FILE and these together; only FILE "
+                              "is labelled")
     machine = parser.add_argument_group("machinery")
     machine.add_argument("--batch_size", type=int, default=64, help="windows per forward pass")
     machine.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
@@ -536,7 +611,8 @@ def _label(args: argparse.Namespace) -> int:
     if args.plot and not args.out:
         raise ValueError("--plot needs --out X.csv: the figure is written next to it (X_hypnogram.png / X_timeline.png)")
     prediction = predict_recording(args.model, args.file, task=args.task, batch_size=args.batch_size,
-                                   stride_s=args.stride_s, device=args.device, sfreq=args.sfreq, window_s=args.window_s)
+                                   stride_s=args.stride_s, device=args.device, sfreq=args.sfreq, window_s=args.window_s,
+                                   subject_files=args.subject_files)
     rows = prediction.rows
     skipped = [r for r in rows if r.get("skipped")]
     if args.out:

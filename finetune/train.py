@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from finetune.align import align_groups
+from finetune.align import align_groups, standardize_groups
 from finetune.config import FinetuneConfig
 from finetune.contract import conform_tasks
 from finetune.curves import RunCurves
@@ -106,12 +106,16 @@ def shard_split(data: TaskData) -> Split:
 
 @torch.no_grad()
 def evaluate(model, loader, task: str, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
-    """``(y_true [n], proba [n, k])`` of ``task`` over a prepared DataLoader, gathered from all ranks."""
+    """``(y_true [n], proba [n, k])`` of ``task`` over a prepared DataLoader (of windows, or of head features
+    ``{"features", "label"}``), gathered from all ranks."""
     model.eval()
     ys, ps = [], []
     for batch in loader:
         with accelerator.autocast():
-            logits, _ = model(batch["x"], batch["channel_ids"], batch["channel_mask"], task)
+            if "features" in batch:  # a feature_norm="subject" probe: features standardised per subject beforehand
+                logits = accelerator.unwrap_model(model).head_logits(batch["features"], task)
+            else:
+                logits, _ = model(batch["x"], batch["channel_ids"], batch["channel_mask"], task)
         proba = F.softmax(logits.float(), dim=-1)
         proba, y = accelerator.gather_for_metrics((proba, batch["label"]))
         ps.append(proba.cpu())
@@ -197,7 +201,8 @@ def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hy
     contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=announce)
     _check_lengths(tasks, backbone.config)
     heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes),
-                    "norm": "standard", **head_input(config.pool, d, backbone.config.adapter)}
+                    "norm": "standard", "feature_norm": config.feature_norm,
+                    **head_input(config.pool, d, backbone.config.adapter)}
              for name, d in tasks.items()}
     return TaskModel(backbone, heads, dropout=hyper.dropout, mode=config.mode), provenance, contract
 
@@ -250,8 +255,9 @@ class Fit:
 
 
 def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: Hyper, losses,
-                acc: Accelerator) -> Fit:
-    """Optimiser (layer-wise LR decay), warm-up + cosine over the whole run, prepared model and loaders."""
+                acc: Accelerator, subject_features: Mapping[str, np.ndarray] | None = None) -> Fit:
+    """Optimiser (layer-wise LR decay), warm-up + cosine over the whole run, prepared model and loaders
+    (of windows; of each window's subject-standardised features with ``subject_features``)."""
     groups = param_groups(model, lr=hyper.lr, weight_decay=hyper.weight_decay, n_layers=model.backbone.config.n_layers,
                           layer_decay=hyper.layer_decay if config.mode == "finetune" else 1.0)
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=hyper.lr,
@@ -269,14 +275,38 @@ def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: 
     model, optimizer = acc.prepare(model, optimizer)
     eval_bs = config.eval_batch_size or 2 * hyper.batch_size
 
-    def loader(windows):
-        return acc.prepare(torch.utils.data.DataLoader(WindowList(windows), batch_size=eval_bs, shuffle=False,
-                                                       collate_fn=batch_tensors))
+    def loader(name: str, rows: np.ndarray):
+        data = tasks[name]
+        if subject_features is not None:
+            pairs = torch.utils.data.TensorDataset(torch.from_numpy(subject_features[name][rows]).float(),
+                                                   torch.from_numpy(np.asarray(data.labels)[rows]).long())
+            return acc.prepare(torch.utils.data.DataLoader(pairs, batch_size=eval_bs, shuffle=False,
+                                                           collate_fn=_feature_batch))
+        return acc.prepare(torch.utils.data.DataLoader(WindowList([data.windows[i] for i in rows]), batch_size=eval_bs,
+                                                       shuffle=False, collate_fn=batch_tensors))
 
     return Fit(model, optimizer, scheduler, train_windows, losses,
-               val_loaders={n: loader([d.windows[i] for i in splits[n].val]) for n, d in tasks.items()},
-               test_loaders={n: loader([d.windows[i] for i in splits[n].test]) for n, d in tasks.items() if splits[n].test.size},
+               val_loaders={n: loader(n, splits[n].val) for n in tasks},
+               test_loaders={n: loader(n, splits[n].test) for n in tasks if splits[n].test.size},
                warmup_steps=warmup_steps, total_steps=total_steps)
+
+
+def _feature_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {"features": torch.stack([f for f, _ in pairs]), "label": torch.stack([y for _, y in pairs])}
+
+
+def subject_features(model: TaskModel, tasks: Mapping[str, TaskData], batch_size: int,
+                     device: torch.device) -> dict[str, np.ndarray]:
+    """Per task ``[n, in_features]``: every window's frozen features, standardised by the statistics of its subject's
+    windows (``finetune.align.standardize_groups``; groups as ``align`` uses them: subjects, else recordings).
+    A subject's windows in any split count (no label is used), as prediction standardises a new recording by all of
+    its own windows."""
+    out = {}
+    for name, data in tasks.items():
+        key = choose_group_key(data.metas, prefer="subject", min_groups=1)
+        features = task_features(model, data.windows, name, batch_size=batch_size, device=device)
+        out[name] = standardize_groups(features, group_names(data.metas, key))
+    return out
 
 
 def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc: Accelerator,
@@ -357,15 +387,25 @@ def keep_if_best(fit: Fit, epoch: int, score: tuple[bool, float, float], acc: Ac
 
 
 def start_heads(model: TaskModel, config: FinetuneConfig, tasks: Mapping[str, TaskData], splits: Mapping[str, Split],
-                hyper: Hyper, device: torch.device) -> dict[str, dict[str, Any]]:
+                hyper: Hyper, device: torch.device,
+                subject_features: Mapping[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
     """Standardise every head's input with its training features, and (``head_init="probe"``, or any linear-probe
     run) fit it as a logistic regression on the frozen features (``finetune.probe``); returns per task the probe's
-    C and validation scores. Runs where the model is still unprepared, on the main process (DDP broadcasts
-    rank 0's weights and buffers to the others at ``prepare``)."""
+    C and validation scores. ``subject_features``: per task every window's features already standardised by
+    its subject (``feature_norm="subject"``), which the probe is fitted on. Runs where the model is still
+    unprepared, on the main process (DDP broadcasts rank 0's weights and buffers to the others at ``prepare``)."""
     info = {}
     batch = config.eval_batch_size or 2 * hyper.batch_size
     for name, data in tasks.items():
         split = splits[name]
+        if subject_features is not None:
+            f = subject_features[name]
+            probe = fit_probe(f[split.train], data.labels[split.train], f[split.val], data.labels[split.val],
+                              data.recipe.n_classes, seed=config.seed)
+            model.heads[name].set_statistics(torch.from_numpy(probe.mean), torch.from_numpy(probe.std))
+            model.heads[name].set_linear(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+            info[name] = {"head_init": "probe", "C": probe.C, "val_scores": {str(c): v for c, v in probe.scores.items()}}
+            continue
         train = [data.windows[i] for i in split.train]
         f_train = task_features(model, train, name, batch_size=batch, device=device)
         head = model.heads[name]
@@ -472,6 +512,7 @@ def save_outputs(out_dir: Path, model: TaskModel, tasks: Mapping[str, TaskData],
             "window_s": data.n_samples / sfreq, "sfreq": sfreq, "data": data.source,
             "preprocessing": data.preprocessing, "split": splits[name].describe(),
             "threshold": model.head_specs[name]["threshold"], "align": run_info.get("align", "none"),
+            "feature_norm": model.head_specs[name]["feature_norm"],
             "trained_channels": sorted({c for i in splits[name].train for c in data.windows[i].meta.get("channels", ())},
                                        key=channel_id),
         }
@@ -491,6 +532,9 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
             each naming the key, file or field. NonFiniteLossError: a NaN/inf loss or gradient.
     """
     config.task_specs()  # config errors before anything is read
+    if config.feature_norm == "subject" and config.mode != "linear_probe":
+        raise ValueError("feature_norm='subject' needs mode='linear_probe': finetuning moves the features every step, "
+                         "so statistics of each subject's frozen features would not describe the trained model")
     if config.checkpoint == "":
         raise ValueError("no checkpoint: pass --checkpoint DIR (a pretrained EEGMamba folder) or --checkpoint none")
     if config.out:  # an output over the input is refused before any work (and again, locked, in _out_dir)
@@ -507,8 +551,15 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
         for line in warnings_:
             print(f"warning: {line}", file=sys.stderr, flush=True)
     losses, weights = task_losses(config, tasks, splits, hyper, acc.device)
-    probes = start_heads(model, config, tasks, splits, hyper, torch.device("cpu")) if acc.is_main_process else {}
-    fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc)
+    standardized = None
+    if config.feature_norm == "subject":
+        if acc.num_processes > 1:
+            raise ValueError(f"feature_norm='subject' runs in one process (a linear probe; got {acc.num_processes}): "
+                             "launch it without accelerate's multi-process config")
+        standardized = subject_features(model, tasks, config.eval_batch_size or 2 * hyper.batch_size, torch.device("cpu"))
+    probes = (start_heads(model, config, tasks, splits, hyper, torch.device("cpu"), standardized)
+              if acc.is_main_process else {})
+    fit = prepare_fit(config, model, tasks, splits, hyper, losses, acc, standardized)
     out_dir = _out_dir(config, list(tasks), acc, provenance.get("checkpoint"))
     log_scan_backend(acc, selective_scan_backend, model)
 
@@ -517,7 +568,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     run_info = {
         "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode,
         "pool": {n: model.head_specs[n]["pool"] for n in tasks}, "head_init": head_init(config), "align": config.align,
-        "probe": probes, "warnings": warnings_,
+        "feature_norm": config.feature_norm, "probe": probes, "warnings": warnings_,
         "hyper": dataclasses.asdict(hyper), "warmup_steps": fit.warmup_steps, "total_steps": fit.total_steps,
         "steps_run": fit.step, "epochs_run": max(len(fit.history) - 1, 0), "best_epoch": fit.best_epoch,
         "best_val_score": fit.best_score[1], "processes": acc.num_processes, "mixed_precision": acc.mixed_precision,

@@ -195,3 +195,57 @@ def test_small_validation_and_long_warmup_are_warned(synth_shards, tmp_path, cap
     assert any("validation holds" in w and "model selection and the decision threshold need" in w for w in warned)
     assert all(f"warning: {w}" in err for w in warned)
     assert "## Warnings" in (Path(result["out"]) / "report.md").read_text()
+
+
+def _head_proba(model, x: np.ndarray, channels, task: str, groups) -> np.ndarray:
+    """By hand: ``task``'s frozen features of windows ``x [n, c, t]``, standardised per group, through the head."""
+    from shards.dataset import collate
+
+    batch = collate([Window(w, {"channels": list(channels)}) for w in x])
+    with torch.no_grad():
+        f = model.features(batch["x"], batch["channel_ids"], batch["channel_mask"], task).double().numpy()
+        logits = model.head_logits(torch.from_numpy(standardize_groups(f, groups)).float(), task)
+    return torch.softmax(logits, -1).numpy()
+
+
+def test_subject_feature_norm_probe_is_what_training_scored_and_what_predict_applies(synth_shards, synth_raw, tmp_path):
+    from finetune.model import TaskModel
+    from finetune.predict import predict_recording, recording_windows
+    from finetune.train import load_tasks, make_split, subject_features
+
+    torch.manual_seed(0)
+    result = _small_run(tmp_path, synth_shards, checkpoint="none", mode="linear_probe", feature_norm="subject")
+    model_dir = Path(result["out"]) / "model"
+    assert [h["epoch"] for h in result["history"]] == [-1] and result["run"]["feature_norm"] == "subject"
+    saved = json.loads((model_dir / "config.json").read_text())["heads"]["seizure"]
+    assert saved["feature_norm"] == "subject"
+    assert json.loads((model_dir / "recipe.json").read_text())["seizure"]["feature_norm"] == "subject"
+
+    # the saved head on each test subject's own standardised features gives the test outputs training scored
+    model = TaskModel.from_pretrained(model_dir)
+    config = FinetuneConfig(recipe="seizure", data=str(synth_shards), channels=("CZ",), mode="linear_probe",
+                            feature_norm="subject")
+    tasks, _ = load_tasks(config)
+    split = make_split(config, tasks["seizure"])
+    z = subject_features(model, tasks, 64, torch.device("cpu"))["seizure"][split.test]
+    with torch.no_grad():
+        again = torch.softmax(model.head_logits(torch.from_numpy(z).float(), "seizure"), -1).numpy()
+    scored = np.asarray(result["predictions"]["seizure"]["proba"])
+    assert scored.shape == again.shape and np.allclose(scored, again, atol=1e-5)
+
+    # prediction standardises the recording by its own windows, or by the subject's recordings given together
+    edf, other = synth_raw / "sub-04_task-seizure.edf", synth_raw / "sub-04_task-sleep.edf"
+    rec, rec_other = recording_windows(model_dir, edf), recording_windows(model_dir, other)
+    rows = [r for r in predict_recording(model_dir, edf, model=model).rows if not r["skipped"]]
+    got = np.array([[r["probabilities"][c] for c in ("non_seizure", "seizure")] for r in rows])
+    assert np.allclose(got, _head_proba(model, rec.x, rec.channels, "seizure", ["r"] * len(rec.x)), atol=1e-5)
+    rows = [r for r in predict_recording(model_dir, edf, model=model, subject_files=[other]).rows if not r["skipped"]]
+    pooled = np.array([[r["probabilities"][c] for c in ("non_seizure", "seizure")] for r in rows])
+    both = _head_proba(model, np.concatenate([rec.x, rec_other.x]), rec.channels, "seizure",
+                       ["s"] * (len(rec.x) + len(rec_other.x)))
+    assert np.allclose(pooled, both[:len(rec.x)], atol=1e-5) and not np.allclose(pooled, got, atol=1e-3)
+
+
+def test_subject_feature_norm_is_refused_when_the_backbone_is_finetuned(synth_shards, tmp_path):
+    with pytest.raises(ValueError, match="feature_norm='subject' needs mode='linear_probe'"):
+        _small_run(tmp_path, synth_shards, checkpoint="none", feature_norm="subject")
