@@ -6,7 +6,8 @@ measures what the features are for. Every ``probe.every`` steps (and at the end)
 labelled set declared in the config (``probe.shards``; it must be kept out of the pretraining data, which is
 checked against the manifests), and a standardised logistic regression is cross-validated on the frozen
 features with folds by subject (by recording where the set names no subject). Balanced accuracy and, for
-two-class sets, AUROC go to TensorBoard (``probe/<set>/...``); the run exports the weights of the step with the
+two-class sets, AUROC go to TensorBoard (``probe/<set>/...``), beside the features' effective rank
+(``effective_rank``, RankMe: a backbone whose features collapse onto a few directions shows it there first); the run exports the weights of the step with the
 best probe score (``probe.select``), saved as they arrive in ``{out_dir}/probe_best``, so a resumed run keeps them.
 
 Features are what a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
@@ -31,7 +32,7 @@ from foundation.tasks import task_ids as task_ids_of
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
 from shards.vocabulary import channel_id
 
-__all__ = ["ProbeSet", "ProbeResult", "load_probe_sets", "probe_backbone", "check_probe_leak", "BEST_DIR"]
+__all__ = ["ProbeSet", "ProbeResult", "load_probe_sets", "probe_backbone", "effective_rank", "check_probe_leak", "BEST_DIR"]
 
 BEST_DIR = "probe_best"
 
@@ -168,13 +169,30 @@ def _cross_validate(f: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes:
     return scores
 
 
+def effective_rank(f: np.ndarray) -> float:
+    """RankMe (Garrido et al., ICML 2023) of features ``f [n, D]``: ``exp`` of the entropy of the centred features'
+    normalised singular values, between 1 (every window on one line: collapse) and ``min(n, D)`` (energy spread
+    evenly). A collapse alarm, not a quality score: random features spread their energy evenly too."""
+    f = np.asarray(f, dtype=np.float64)
+    if f.ndim != 2 or min(f.shape) < 2:
+        return math.nan
+    s = np.linalg.svd(f - f.mean(0), compute_uv=False)
+    if s.sum() <= 0:
+        return 1.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: float = 0.01, seed: int = 0,
                    batch_size: int = 64, device: torch.device | str = "cpu") -> ProbeResult:
-    """Cross-validated probe scores of ``backbone``'s frozen features on every set."""
+    """Cross-validated probe scores of ``backbone``'s frozen features on every set, with the features'
+    ``effective_rank`` (the score itself is AUROC, else balanced accuracy)."""
     scores = {}
     for probe in sets:
         f = _features(backbone, probe, batch_size, device)
         scores[probe.name] = _cross_validate(f, probe.labels, probe.groups, probe.n_classes, folds, C, seed)
+        scores[probe.name]["effective_rank"] = effective_rank(f)
     main = [s.get("auroc", s["balanced_accuracy"]) for s in scores.values()]
     return ProbeResult(scores, float(np.mean(main)) if main else math.nan)
 

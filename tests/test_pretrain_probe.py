@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -72,3 +73,17 @@ def test_probe_scores_real_eegmat_subjects(eegmat_shards):
     result = probe_backbone(EEGMamba(EEGMambaConfig.from_size("tiny")), sets, folds=3)
     s = result.scores[folder.name]
     assert 0.0 <= s["balanced_accuracy"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0 and result.score == s["auroc"]
+    # random-init features of 19 channels x d spread their energy over many directions
+    assert 20.0 < s["effective_rank"] <= min(len(sets[0].labels), 19 * EEGMambaConfig.from_size("tiny").d_model)
+
+
+def test_effective_rank_counts_the_directions_features_use():
+    from pretrain.probe import effective_rank
+
+    rng = np.random.default_rng(0)
+    iso = rng.normal(size=(500, 8))
+    assert 7.0 < effective_rank(iso) <= 8.0  # eight equal directions
+    assert effective_rank(np.outer(rng.normal(size=500), rng.normal(size=8)) + 3.0) == pytest.approx(1.0, abs=1e-6)
+    two = np.c_[rng.normal(size=500), rng.normal(size=500), np.zeros((500, 6))]
+    assert 1.9 < effective_rank(two) <= 2.0  # collapse onto two directions, whatever the dimension
+    assert np.isnan(effective_rank(np.zeros((1, 8))))
