@@ -13,7 +13,9 @@ ties can rank them perfectly by chance), so a run never ends below its own probe
 epochs without improvement stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
-with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone.
+with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone; with
+``feature_norm="subject"`` the probe reads each window's features standardised by its subject's own statistics
+(``subject_features``), and its evaluation loaders carry those features instead of windows.
 Warnings (printed and kept in the report) say when validation is too small to select on and when the
 warm-up is longer than the run.
 
