@@ -26,7 +26,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["PRIMARY_METRIC", "classification_metrics", "chance_level", "choose_threshold", "is_constant_predictor",
+__all__ = ["PRIMARY_METRIC", "MIN_VAL_WINDOWS", "classification_metrics", "chance_level", "choose_threshold", "is_constant_predictor",
            "MIN_SPREAD", "predict_labels", "responds", "selection_score"]
 
 PRIMARY_METRIC = "balanced_accuracy"
@@ -43,10 +43,16 @@ def predict_labels(proba: np.ndarray, threshold: float | None = None) -> np.ndar
     return proba.argmax(axis=1)
 
 
-def choose_threshold(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> float | None:
+# Below this many validation windows, model selection and a decision threshold are little more than a coin toss.
+MIN_VAL_WINDOWS = 20
+
+
+def choose_threshold(y_true: Sequence[int] | np.ndarray, proba: np.ndarray, *,
+                     min_windows: int = MIN_VAL_WINDOWS) -> float | None:
     """The decision threshold on the positive class's probability that maximises balanced accuracy on this
     (validation) set; ties go to the threshold nearest 0.5. None (decide at 0.5) when the set holds one class
-    only, the task is not binary, or the scores rank the set no better than chance (AUROC <= 0.5).
+    only or fewer than ``min_windows`` windows, the task is not binary, or the scores rank the set no better
+    than chance (AUROC <= 0.5).
 
     Class weights, label smoothing and a small training set all move a model's probabilities away from
     0.5 at the class boundary, so a model can rank windows perfectly (AUROC 1) and still call nearly all of
@@ -54,11 +60,13 @@ def choose_threshold(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> f
     ranked backwards, the best threshold is an extreme that calls nearly every window one class and scores
     balanced accuracy 0.5 plus noise; such a set says nothing about the boundary, and the model keeps the one its
     class-weighted training put at 0.5 (on held-out subjects of a cross-subject stress task, the extreme
-    thresholds labelled every test window alike).
+    thresholds labelled every test window alike). A handful of windows is separated perfectly by many thresholds
+    and says as little: on the benchmark's motor imagery (3 validation windows) thresholds chosen so made 6 fold
+    models label every test window alike, each of which predicted both classes at 0.5.
     """
     y = np.asarray(y_true, dtype=np.int64).reshape(-1)
     proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or proba.shape[1] != 2 or len(np.unique(y)) < 2:
+    if proba.ndim != 2 or proba.shape[1] != 2 or len(np.unique(y)) < 2 or len(y) < min_windows:
         return None
     score = proba[:, 1]
     if roc_auc_score(y, score) <= 0.5:

@@ -53,7 +53,8 @@ from finetune.contract import conform_tasks
 from finetune.curves import RunCurves
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
-from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, responds, selection_score
+from finetune.metrics import (MIN_VAL_WINDOWS, choose_threshold, classification_metrics, is_constant_predictor, responds,
+                              selection_score)
 from finetune.model import TaskModel, load_backbone
 from finetune.probe import fit_probe, task_features
 from finetune.recipes import get_recipe
@@ -436,7 +437,6 @@ def head_init(config: FinetuneConfig) -> str:
 
 # Below these, a validation set cannot tell a better model from noise: model selection and the threshold
 # are then little more than a coin toss (the run goes on, and says so).
-MIN_VAL_WINDOWS = 20
 MIN_VAL_GROUPS = 2
 
 
@@ -457,7 +457,9 @@ def run_warnings(tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyp
             out.append(f"task {name!r}: validation holds {len(split.val)} windows"
                        + (f" from {val_groups} {split.group_key}(s)" if val_groups is not None else "")
                        + f"; model selection and the decision threshold need at least {MIN_VAL_WINDOWS} windows from "
-                         f"{MIN_VAL_GROUPS} {split.group_key}s to be more than noise")
+                         f"{MIN_VAL_GROUPS} {split.group_key}s to be more than noise"
+                       + (f" (with fewer than {MIN_VAL_WINDOWS} windows a binary task decides at 0.5)"
+                          if len(split.val) < MIN_VAL_WINDOWS and data.recipe.n_classes == 2 else ""))
         if min(counts) == 0:
             absent = [c for c, n in zip(data.recipe.classes, counts) if n == 0]
             out.append(f"task {name!r}: validation has no window of class(es) {absent}; selection falls back to "

@@ -23,8 +23,8 @@ SMALL = dict(d_model=32, n_layers=1, n_experts=2, top_k=1, moe_hidden=32)
 
 
 def test_threshold_maximises_balanced_accuracy_and_is_used():
-    y = np.array([0, 0, 0, 0, 1, 1])
-    p1 = np.array([0.05, 0.10, 0.15, 0.20, 0.30, 0.35])  # perfectly ranked, all below 0.5
+    y = np.repeat([0, 0, 0, 0, 1, 1], 4)
+    p1 = np.repeat([0.05, 0.10, 0.15, 0.20, 0.30, 0.35], 4)  # perfectly ranked, all below 0.5
     proba = np.c_[1 - p1, p1]
     t = choose_threshold(y, proba)
     assert 0.20 < t <= 0.30
@@ -32,16 +32,18 @@ def test_threshold_maximises_balanced_accuracy_and_is_used():
     calibrated = classification_metrics(y, proba, threshold=t)
     assert at_half["balanced_accuracy"] == 0.5 and at_half["predicted_classes"] == 1 and is_constant_predictor(at_half)
     assert calibrated["balanced_accuracy"] == 1.0 and calibrated["auroc"] == 1.0 and not is_constant_predictor(calibrated)
-    assert choose_threshold(np.zeros(4, dtype=int), proba[:4]) is None  # one class: nothing to calibrate
+    assert choose_threshold(np.zeros(24, dtype=int), proba) is None  # one class: nothing to calibrate
+    # a few windows are separated perfectly by many thresholds: too few to move the boundary from 0.5
+    assert choose_threshold(y[::4], proba[::4]) is None and choose_threshold(y[::4], proba[::4], min_windows=6) == t
 
 
 def test_no_threshold_from_a_validation_set_ranked_backwards():
-    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    p1 = np.array([0.58, 0.52, 0.55, 0.49, 0.47, 0.50, 0.51, 0.60])  # AUROC 0.375: the subjects are ranked backwards
+    y = np.repeat([0, 0, 0, 0, 1, 1, 1, 1], 3)
+    p1 = np.repeat([0.58, 0.52, 0.55, 0.49, 0.47, 0.50, 0.51, 0.60], 3)  # AUROC 0.375: the subjects are ranked backwards
     proba = np.c_[1 - p1, p1]
     assert classification_metrics(y, proba)["auroc"] < 0.5
     assert choose_threshold(y, proba) is None  # decide at 0.5, not at an extreme that calls all but one alike
-    flat = np.full((8, 2), 0.5)
+    flat = np.full((24, 2), 0.5)
     assert choose_threshold(y, flat) is None  # ties everywhere: AUROC 0.5
     better = np.c_[1 - p1[::-1], p1[::-1]]  # the same scores in an order that ranks the set above chance
     assert classification_metrics(y, better)["auroc"] > 0.5 and choose_threshold(y, better) is not None
