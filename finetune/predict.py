@@ -493,9 +493,9 @@ def _standardized_logits(model: TaskModel, task: str, features: list[np.ndarray]
             moments.add(_head_inputs(model, other, x if matrix is None else align_with(x, matrix), task, device,
                                      features=True).cpu().numpy())
     if moments.n < MIN_SUBJECT_WINDOWS:
-        notice(f"the model standardises its features by the subject's own windows, and {moments.n} window(s) were "
-               f"given (fewer than {MIN_SUBJECT_WINDOWS}): the labels rest on noisy statistics; pass the subject's "
-               "other recordings (subject_files / --subject_files)")
+        print(f"eegfm predict: the model standardises its features by the subject's own windows, and {moments.n} "
+              f"window(s) were given (fewer than {MIN_SUBJECT_WINDOWS}): the labels rest on noisy statistics; pass the "
+              "subject's other recordings (subject_files / --subject_files)", file=sys.stderr, flush=True)
     return [model.head_logits(torch.from_numpy(moments.standardize(f)).float().to(device), task).float().cpu().numpy()
             for f in features]
 

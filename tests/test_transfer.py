@@ -248,6 +248,20 @@ def test_subject_feature_norm_probe_is_what_training_scored_and_what_predict_app
     assert np.allclose(pooled, both[:len(rec.x)], atol=1e-5) and not np.allclose(pooled, got, atol=1e-3)
 
 
+def test_a_subject_standardised_model_says_when_a_recording_is_too_short_to_standardise(synth_shards, synth_raw,
+                                                                                          tmp_path, capsys):
+    from finetune.predict import MIN_SUBJECT_WINDOWS, predict_recording
+
+    torch.manual_seed(0)
+    result = _small_run(tmp_path, synth_shards, checkpoint="none", mode="linear_probe", feature_norm="subject")
+    edf = synth_raw / "sub-04_task-seizure.edf"  # 96 s: 24 windows of 4 s, 12 of 8 s
+    capsys.readouterr()
+    predict_recording(Path(result["out"]) / "model", edf, window_s=8.0)
+    assert f"fewer than {MIN_SUBJECT_WINDOWS}): the labels rest on noisy statistics" in capsys.readouterr().err
+    predict_recording(Path(result["out"]) / "model", edf)
+    assert "noisy statistics" not in capsys.readouterr().err
+
+
 def test_subject_feature_norm_is_refused_when_the_backbone_is_finetuned(synth_shards, tmp_path):
     with pytest.raises(ValueError, match="feature_norm='subject' needs mode='linear_probe'"):
         _small_run(tmp_path, synth_shards, checkpoint="none", feature_norm="subject")
