@@ -308,19 +308,26 @@ def _head_inputs(model: TaskModel, reading: _Reading, x: np.ndarray, task: str, 
 
 class _Moments:
     """Running per-feature mean and standard deviation (float64), as ``finetune.align.standardize_groups`` takes
-    them over a subject's windows: a feature constant within the subject is only centred."""
+    them over a subject's windows: a feature constant within the subject is only centred. Batches are merged by
+    Chan et al.'s pairwise update, so a feature with a large mean and a small spread keeps its spread (the naive
+    ``E[f^2] - E[f]^2`` would cancel it away)."""
 
     def __init__(self) -> None:
-        self.n, self.total, self.squares = 0, 0.0, 0.0
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
 
     def add(self, f: np.ndarray) -> None:
         f = np.asarray(f, dtype=np.float64)
-        self.n, self.total, self.squares = self.n + len(f), self.total + f.sum(0), self.squares + (f * f).sum(0)
+        if not len(f):
+            return
+        mean, m2, n = f.mean(0), ((f - f.mean(0)) ** 2).sum(0), len(f)
+        delta, total = mean - self.mean, self.n + n
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta ** 2 * self.n * n / total
+        self.n = total
 
     def standardize(self, f: np.ndarray) -> np.ndarray:
-        mean = self.total / self.n
-        std = np.sqrt(np.maximum(self.squares / self.n - mean * mean, 0.0))
-        return (np.asarray(f, dtype=np.float64) - mean) / np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        std = np.sqrt(self.m2 / self.n)
+        return (np.asarray(f, dtype=np.float64) - self.mean) / np.where(std > 1e-12, std, 1.0)
 
 
 # Fewer windows than this give per-subject feature statistics too noisy to standardise by (a notice says so).

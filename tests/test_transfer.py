@@ -262,6 +262,17 @@ def test_a_subject_standardised_model_says_when_a_recording_is_too_short_to_stan
     assert "noisy statistics" not in capsys.readouterr().err
 
 
+def test_streamed_subject_statistics_match_standardize_groups():
+    from finetune.predict import _Moments
+
+    rng = np.random.default_rng(0)
+    f = np.c_[1e4 + 1e-3 * rng.normal(size=300), rng.normal(size=300), np.full(300, 5.0)]  # large mean, tiny spread
+    moments = _Moments()
+    for part in np.array_split(f, 7):
+        moments.add(part)
+    assert np.allclose(moments.standardize(f), standardize_groups(f, ["s"] * 300), atol=1e-6)
+
+
 def test_subject_feature_norm_is_refused_when_the_backbone_is_finetuned(synth_shards, tmp_path):
     with pytest.raises(ValueError, match="feature_norm='subject' needs mode='linear_probe'"):
         _small_run(tmp_path, synth_shards, checkpoint="none", feature_norm="subject")
