@@ -211,7 +211,10 @@ def _head_proba(model, x: np.ndarray, channels, task: str, groups) -> np.ndarray
 
 
 def test_subject_feature_norm_probe_is_what_training_scored_and_what_predict_applies(synth_shards, synth_raw, tmp_path):
+    import csv
+
     from finetune.model import TaskModel
+    from finetune.predict import main as predict_main
     from finetune.predict import predict_recording, recording_windows
     from finetune.train import load_tasks, make_split, subject_features
 
@@ -246,6 +249,12 @@ def test_subject_feature_norm_probe_is_what_training_scored_and_what_predict_app
     both = _head_proba(model, np.concatenate([rec.x, rec_other.x]), rec.channels, "seizure",
                        ["s"] * (len(rec.x) + len(rec_other.x)))
     assert np.allclose(pooled, both[:len(rec.x)], atol=1e-5) and not np.allclose(pooled, got, atol=1e-3)
+    # the command line pools the same way
+    out_csv = tmp_path / "pooled.csv"
+    assert predict_main(["--model", str(model_dir), str(edf), "--subject_files", str(other), "--out", str(out_csv)]) == 0
+    with out_csv.open() as f:
+        cli = np.array([[float(r["p_non_seizure"]), float(r["p_seizure"])] for r in csv.DictReader(f) if not r["skipped"]])
+    assert np.allclose(cli, pooled, atol=1e-5)
 
 
 def test_a_subject_standardised_model_says_when_a_recording_is_too_short_to_standardise(synth_shards, synth_raw,
