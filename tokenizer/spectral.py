@@ -27,7 +27,8 @@ Defaults and why
   the floor, a quarter of the map that taught the model only a constant. ``demean`` (off) removes each
   sample's mean log-magnitude from the target; it leaves the spectral shape but throws away the amplitude
   that tells an ictal window from background (a frozen probe of Bonn fell from 0.94 to 0.85 balanced
-  accuracy with it).
+  accuracy with it; in the downstream benchmark's ablation at 2400 steps the probes lost 0.096 on Bonn, 0.058 on
+  sleep and 0.036 averaged over the tasks).
 * Masks (``MaskConfig``): three families, chosen per (sample, channel) map by ``family_weights``:
   ``"time"`` (bands of frames, constant along frequency), ``"freq"`` (bands of bins, constant along time)
   and ``"timefreq"`` (rectangular patches). Each family is a union of hard bands, added until the masked
