@@ -23,7 +23,7 @@ from runtime.signal import UNIT_UV
 from shards.sample import Window
 
 __all__ = ["ALIGNMENTS", "ALIGNED_RMS_UV", "alignment_matrix", "align_groups", "align_array", "align_with",
-           "mean_covariance", "standardize_groups", "whitening"]
+           "mean_covariance", "standardize_groups", "whitening", "FeatureMoments"]
 
 ALIGNMENTS = ("none", "euclidean")
 ALIGNED_RMS_UV = 20.0
@@ -98,3 +98,28 @@ def standardize_groups(features: np.ndarray, groups: Sequence[str]) -> np.ndarra
         mean, std = f[rows].mean(0), f[rows].std(0)
         out[rows] = (f[rows] - mean) / np.where(std > 1e-12, std, 1.0)
     return out
+
+
+class FeatureMoments:
+    """Running per-feature mean and standard deviation (float64) of one subject's features, batch by batch, and
+    :meth:`standardize` with them as :func:`standardize_groups` does (a feature constant within the subject is
+    only centred): how prediction standardises a recording it reads in blocks. Batches are merged by
+    Chan et al.'s pairwise update, so a feature with a large mean and a small spread keeps its spread (the naive
+    ``E[f^2] - E[f]^2`` would cancel it away)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, f: np.ndarray) -> None:
+        f = np.asarray(f, dtype=np.float64)
+        if not len(f):
+            return
+        mean, m2, n = f.mean(0), ((f - f.mean(0)) ** 2).sum(0), len(f)
+        delta, total = mean - self.mean, self.n + n
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta ** 2 * self.n * n / total
+        self.n = total
+
+    def standardize(self, f: np.ndarray) -> np.ndarray:
+        std = np.sqrt(self.m2 / self.n)
+        return (np.asarray(f, dtype=np.float64) - self.mean) / np.where(std > 1e-12, std, 1.0)

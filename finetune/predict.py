@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from finetune.align import align_array, align_with, mean_covariance, whitening
+from finetune.align import FeatureMoments, align_array, align_with, mean_covariance, whitening
 from finetune.annotations import label_spans, write_annotations, write_events_tsv
 from finetune.contract import contract_of, notice, recording_conversions
 from finetune.metrics import predict_labels
@@ -306,30 +306,6 @@ def _head_inputs(model: TaskModel, reading: _Reading, x: np.ndarray, task: str, 
     return model.features(*args).float() if features else model(*args)[0].float()
 
 
-class _Moments:
-    """Running per-feature mean and standard deviation (float64), as ``finetune.align.standardize_groups`` takes
-    them over a subject's windows: a feature constant within the subject is only centred. Batches are merged by
-    Chan et al.'s pairwise update, so a feature with a large mean and a small spread keeps its spread (the naive
-    ``E[f^2] - E[f]^2`` would cancel it away)."""
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def add(self, f: np.ndarray) -> None:
-        f = np.asarray(f, dtype=np.float64)
-        if not len(f):
-            return
-        mean, m2, n = f.mean(0), ((f - f.mean(0)) ** 2).sum(0), len(f)
-        delta, total = mean - self.mean, self.n + n
-        self.mean = self.mean + delta * n / total
-        self.m2 = self.m2 + m2 + delta ** 2 * self.n * n / total
-        self.n = total
-
-    def standardize(self, f: np.ndarray) -> np.ndarray:
-        std = np.sqrt(self.m2 / self.n)
-        return (np.asarray(f, dtype=np.float64) - self.mean) / np.where(std > 1e-12, std, 1.0)
-
-
 # Fewer windows than this give per-subject feature statistics too noisy to standardise by (a notice says so).
 MIN_SUBJECT_WINDOWS = 20
 
@@ -492,7 +468,7 @@ def _standardized_logits(model: TaskModel, task: str, features: list[np.ndarray]
                          batch_size: int, device: str, matrix: np.ndarray | None) -> list[np.ndarray]:
     """A ``feature_norm="subject"`` head on the recording's ``features`` (per batch), standardised by the
     statistics of the subject's windows: the recording's and those of ``others`` (its other recordings)."""
-    moments = _Moments()
+    moments = FeatureMoments()
     for f in features:
         moments.add(f)
     for other in others:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.align import ALIGNED_RMS_UV, align_array, align_groups, standardize_groups
+from finetune.align import ALIGNED_RMS_UV, FeatureMoments, align_array, align_groups, standardize_groups
 from finetune.config import FinetuneConfig
 from finetune.heads import ClassificationHead
 from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
@@ -272,11 +272,9 @@ def test_a_subject_standardised_model_says_when_a_recording_is_too_short_to_stan
 
 
 def test_streamed_subject_statistics_match_standardize_groups():
-    from finetune.predict import _Moments
-
     rng = np.random.default_rng(0)
     f = np.c_[1e4 + 1e-3 * rng.normal(size=300), rng.normal(size=300), np.full(300, 5.0)]  # large mean, tiny spread
-    moments = _Moments()
+    moments = FeatureMoments()
     for part in np.array_split(f, 7):
         moments.add(part)
     assert np.allclose(moments.standardize(f), standardize_groups(f, ["s"] * 300), atol=1e-6)
