@@ -427,6 +427,9 @@ def predict_recording(
     rest = _rest_notice(reading.recipe, classes, path)
     if rest:
         notice(rest)
+    if subject_files and reading.recipe.get("align") != "euclidean" and model.head_specs[task].get("feature_norm") != "subject":
+        raise ValueError(f"subject_files: the model {model_dir} neither aligns nor standardises by subject, so its labels "
+                         f"of {path} do not depend on the subject's other recordings; leave them out")
     others = [_open(model_dir, p, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s) for p in subject_files]
     skipped: list[tuple[float, str]] = []
     onsets, proba = _label_windows(model, task, reading, others, batch_size, device, skipped, progress)

@@ -271,6 +271,15 @@ def test_a_subject_standardised_model_says_when_a_recording_is_too_short_to_stan
     assert "noisy statistics" not in capsys.readouterr().err
 
 
+def test_subject_files_are_refused_by_a_model_that_does_not_use_them(synth_shards, synth_raw, tmp_path):
+    from finetune.predict import predict_recording
+
+    result = _small_run(tmp_path, synth_shards, checkpoint="none", mode="linear_probe")
+    with pytest.raises(ValueError, match="subject_files: the model .* neither aligns nor standardises by subject"):
+        predict_recording(Path(result["out"]) / "model", synth_raw / "sub-04_task-seizure.edf",
+                          subject_files=[synth_raw / "sub-04_task-sleep.edf"])
+
+
 def test_streamed_subject_statistics_match_standardize_groups():
     rng = np.random.default_rng(0)
     f = np.c_[1e4 + 1e-3 * rng.normal(size=300), rng.normal(size=300), np.full(300, 5.0)]  # large mean, tiny spread
