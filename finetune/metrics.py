@@ -26,8 +26,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["PRIMARY_METRIC", "MIN_VAL_WINDOWS", "classification_metrics", "chance_level", "choose_threshold", "is_constant_predictor",
-           "MIN_SPREAD", "predict_labels", "responds", "selection_score"]
+__all__ = ["PRIMARY_METRIC", "MIN_VAL_WINDOWS", "classification_metrics", "chance_level", "choose_threshold",
+           "is_constant_predictor", "MIN_SPREAD", "predict_labels", "responds", "selection_score"]
 
 PRIMARY_METRIC = "balanced_accuracy"
 # Below this range of the most predicted class's probability a model's outputs do not depend on its input.

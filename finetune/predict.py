@@ -427,7 +427,8 @@ def predict_recording(
     rest = _rest_notice(reading.recipe, classes, path)
     if rest:
         notice(rest)
-    if subject_files and reading.recipe.get("align") != "euclidean" and model.head_specs[task].get("feature_norm") != "subject":
+    adaptive = reading.recipe.get("align") == "euclidean" or model.head_specs[task].get("feature_norm") == "subject"
+    if subject_files and not adaptive:
         raise ValueError(f"subject_files: the model {model_dir} neither aligns nor standardises by subject, so its labels "
                          f"of {path} do not depend on the subject's other recordings; leave them out")
     others = [_open(model_dir, p, task=task, stride_s=stride_s, sfreq=sfreq, window_s=window_s) for p in subject_files]
@@ -443,7 +444,8 @@ def predict_recording(
 
 
 def _label_windows(model: TaskModel, task: str, reading: _Reading, others: Sequence[_Reading], batch_size: int,
-                   device: str, skipped: list[tuple[float, str]], progress: bool | None) -> tuple[list[float], list[np.ndarray]]:
+                   device: str, skipped: list[tuple[float, str]],
+                   progress: bool | None) -> tuple[list[float], list[np.ndarray]]:
     """``(onsets_s, class probabilities per batch)`` of the recording's windows, aligned or standardised with the
     subject's statistics (the recording's and ``others``') where the model was trained so."""
     matrix = _alignment([reading, *others], batch_size)

@@ -7,8 +7,9 @@ labelled set declared in the config (``probe.shards``; it must be kept out of th
 checked against the manifests), and a standardised logistic regression is cross-validated on the frozen
 features with folds by subject (by recording where the set names no subject). Balanced accuracy and, for
 two-class sets, AUROC go to TensorBoard (``probe/<set>/...``), beside the features' effective rank
-(``effective_rank``, RankMe: a backbone whose features collapse onto a few directions shows it there first); the run exports the weights of the step with the
-best probe score (``probe.select``), saved as they arrive in ``{out_dir}/probe_best``, so a resumed run keeps them.
+(``effective_rank``, RankMe: a backbone whose features collapse onto a few directions shows it there first);
+the run exports the weights of the step with the best probe score (``probe.select``), saved as they arrive in
+``{out_dir}/probe_best``, so a resumed run keeps them.
 
 Features are what a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
 order) when every window has two or more channels, else the mean of all tokens.
