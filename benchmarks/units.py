@@ -123,19 +123,12 @@ def task_data(ctx: Context, protocol: str):
     from finetune.align import align_groups
     from finetune.data import load_task_data
     from finetune.recipes import get_recipe
+    from finetune.splits import subject_groups
 
     data = load_task_data(get_recipe(ctx.recipe), ctx.shards, classes=ctx.classes, window_s=ctx.window_s)
     if protocol == "aligned":
-        data.windows = align_groups(data.windows, subject_groups(data))
+        data.windows = align_groups(data.windows, subject_groups(data.metas))
     return data
-
-
-def subject_groups(data) -> list[str]:
-    """Each window's subject (its recording where the data name no subject): what the subject-adaptive protocols
-    adapt by."""
-    from finetune.splits import choose_group_key, group_names
-
-    return group_names(data.metas, choose_group_key(data.metas, prefer="subject", min_groups=1))
 
 
 def split_of(data, ctx: Context, seed: int):
@@ -211,13 +204,13 @@ def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, 
     from finetune.align import standardize_groups
     from finetune.metrics import choose_threshold
     from finetune.probe import fit_probe
-    from finetune.splits import group_names
+    from finetune.splits import group_names, subject_groups
 
     data = task_data(contexts[0], job.protocol)
     t0 = time.time()
     feats = window_features(job, contexts[0], data)
     if job.protocol == "standardised":
-        feats = standardize_groups(feats, subject_groups(data))
+        feats = standardize_groups(feats, subject_groups(data.metas))
     shared = time.time() - t0
     y, k = data.labels, data.recipe.n_classes
     out = []

@@ -95,8 +95,9 @@ def standardize_groups(features: np.ndarray, groups: Sequence[str]) -> np.ndarra
     out = np.empty_like(f)
     for name in dict.fromkeys(g.tolist()):
         rows = g == name
-        mean, std = f[rows].mean(0), f[rows].std(0)
-        out[rows] = (f[rows] - mean) / np.where(std > 1e-12, std, 1.0)
+        moments = FeatureMoments()
+        moments.add(f[rows])
+        out[rows] = moments.standardize(f[rows])
     return out
 
 

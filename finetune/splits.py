@@ -29,7 +29,7 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 __all__ = [
     "PUBLISHED_SPLITS", "PublishedSplit", "Split", "group_names", "kfold_split", "pool_split", "published_split",
-    "split_windows",
+    "split_windows", "subject_groups",
 ]
 
 
@@ -87,6 +87,12 @@ def choose_group_key(metas: Sequence[Mapping], prefer: str = "subject", min_grou
             if len(names) >= min_groups:
                 return "subject"
     return "recording"
+
+
+def subject_groups(metas: Sequence[Mapping]) -> list[str]:
+    """Each window's subject (its recording where the data name no subject): what the subject-adaptive steps
+    (Euclidean alignment, per-subject feature standardisation) adapt by."""
+    return group_names(metas, choose_group_key(metas, prefer="subject", min_groups=1))
 
 
 def kfold_split(

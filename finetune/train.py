@@ -60,7 +60,7 @@ from finetune.probe import fit_probe, task_features
 from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
 from finetune.report import json_safe, write_report
-from finetune.splits import Split, choose_group_key, group_names, published_split, split_windows
+from finetune.splits import Split, group_names, published_split, split_windows, subject_groups
 from foundation.augment import augment
 from foundation.ssm import selective_scan_backend
 from runtime import run_folder
@@ -159,8 +159,7 @@ def load_tasks(config: FinetuneConfig) -> tuple[dict[str, TaskData], Hyper]:
             max_windows=config.max_windows if spec.max_windows is None else spec.max_windows)
     if config.align == "euclidean":
         for data in tasks.values():
-            key = choose_group_key(data.metas, prefer="subject", min_groups=1)
-            data.windows = align_groups(data.windows, group_names(data.metas, key))
+            data.windows = align_groups(data.windows, subject_groups(data.metas))
     hyper: Hyper = merge_hyper(tasks[specs[0].recipe].recipe.hyper, config.hyper_overrides())
     for key in ("epochs", "batch_size", "patience"):
         if getattr(hyper, key) < 1:
@@ -304,12 +303,9 @@ def subject_features(model: TaskModel, tasks: Mapping[str, TaskData], batch_size
     windows (``finetune.align.standardize_groups``; groups as ``align`` uses them: subjects, else recordings).
     A subject's windows in any split count (no label is used), as prediction standardises a new recording by all of
     its own windows."""
-    out = {}
-    for name, data in tasks.items():
-        key = choose_group_key(data.metas, prefer="subject", min_groups=1)
-        features = task_features(model, data.windows, name, batch_size=batch_size, device=device)
-        out[name] = standardize_groups(features, group_names(data.metas, key))
-    return out
+    return {name: standardize_groups(task_features(model, data.windows, name, batch_size=batch_size, device=device),
+                                     subject_groups(data.metas))
+            for name, data in tasks.items()}
 
 
 def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc: Accelerator,
@@ -401,29 +397,30 @@ def start_heads(model: TaskModel, config: FinetuneConfig, tasks: Mapping[str, Ta
     batch = config.eval_batch_size or 2 * hyper.batch_size
     for name, data in tasks.items():
         split = splits[name]
-        if subject_features is not None:
-            f = subject_features[name]
-            probe = fit_probe(f[split.train], data.labels[split.train], f[split.val], data.labels[split.val],
-                              data.recipe.n_classes, seed=config.seed)
-            model.heads[name].set_statistics(torch.from_numpy(probe.mean), torch.from_numpy(probe.std))
-            model.heads[name].set_linear(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
-            info[name] = {"head_init": "probe", "C": probe.C, "val_scores": {str(c): v for c, v in probe.scores.items()}}
-            continue
-        train = [data.windows[i] for i in split.train]
-        f_train = task_features(model, train, name, batch_size=batch, device=device)
         head = model.heads[name]
+        standardized = None if subject_features is None else subject_features[name]
+        f_train = _probe_features(model, data, name, split.train, standardized, batch, device)
         if head_init(config) == "random" and config.mode == "finetune":
             std = f_train.std(0)
             head.set_statistics(torch.from_numpy(f_train.mean(0)), torch.from_numpy(np.where(std > 1e-6, std, 1.0)))
             info[name] = {"head_init": "random"}
             continue
-        f_val = task_features(model, [data.windows[i] for i in split.val], name, batch_size=batch, device=device)
+        f_val = _probe_features(model, data, name, split.val, standardized, batch, device)
         probe = fit_probe(f_train, data.labels[split.train], f_val, data.labels[split.val], data.recipe.n_classes,
                           seed=config.seed)
         head.set_statistics(torch.from_numpy(probe.mean), torch.from_numpy(probe.std))
         head.set_linear(torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
         info[name] = {"head_init": "probe", "C": probe.C, "val_scores": {str(c): v for c, v in probe.scores.items()}}
     return info
+
+
+def _probe_features(model: TaskModel, data: TaskData, task: str, rows: np.ndarray, standardized: np.ndarray | None,
+                    batch_size: int, device: torch.device) -> np.ndarray:
+    """``[len(rows), in_features]``: the frozen features of those windows, or their rows of ``standardized``
+    (every window's features standardised by subject) where the run standardises by subject."""
+    if standardized is not None:
+        return standardized[rows]
+    return task_features(model, [data.windows[i] for i in rows], task, batch_size=batch_size, device=device)
 
 
 def head_init(config: FinetuneConfig) -> str:

@@ -57,9 +57,8 @@ from shards.twins import ContentProbe, TwinIndex
 log = logging.getLogger("shards.writer")
 
 # Re-exported: the public names of the write side, importable from here as before the split.
-__all__ = ["build", "BuildMismatchError", "process_recording", "resolve_config", "RecordingResult", "assign_split", "in_part",
-           "encode_sample", "npy_bytes", "tar_header", "atomic_write_json", "make_manifest", "shard_name"]
-
+__all__ = ["build", "BuildMismatchError", "process_recording", "resolve_config", "RecordingResult", "assign_split",
+           "in_part", "encode_sample", "npy_bytes", "tar_header", "atomic_write_json", "make_manifest", "shard_name"]
 
 
 class BuildMismatchError(ValueError):

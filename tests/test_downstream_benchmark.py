@@ -339,9 +339,10 @@ def test_standardised_protocol_removes_each_subjects_gain(eegmat_shards, tmp_pat
     from finetune.align import standardize_groups
     from finetune.data import load_task_data
     from finetune.recipes import get_recipe
+    from finetune.splits import subject_groups
 
     data = load_task_data(get_recipe("emotion"), str(folder), classes=("rest", "arithmetic"))
-    subjects = units.subject_groups(data)
+    subjects = subject_groups(data.metas)
     x = stack_windows(data.windows)
     louder = x.copy()
     first = np.asarray(subjects) == subjects[0]
