@@ -46,6 +46,8 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-600-steps": Ablation("600 instead of the mode's pretraining steps (a quarter)", budget={"pretrain_steps": 600}),
     "pretrain-1200-steps": Ablation("1200 instead of the mode's pretraining steps (half)",
                                     budget={"pretrain_steps": 1200}),
+    "pretrain-4800-steps": Ablation("4800 instead of the mode's pretraining steps (double)",
+                                    budget={"pretrain_steps": 4800}),
     # finetuning's defaults
     "head-init-random": Ablation("pretrained backbones finetune from a small random head, not the fitted probe (no LP-FT)",
                                  finetune={"head_init": "random"}),
