@@ -29,6 +29,12 @@ class Ablation:
     finetune: Mapping[str, Any] = field(default_factory=dict)
     budget: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def changes_pretraining(self) -> bool:
+        """Whether the backbones differ from the main run's (the model, the objective or the pretraining budget)."""
+        return bool(self.model or self.objective
+                    or any(k.startswith("pretrain_") or k == "probe_every" for k in self.budget))
+
 
 AUGMENT = {"augment.channel_dropout": 0.1, "augment.gain_range": (0.5, 2.0), "augment.channel_gain_std": 0.1,
            "augment.time_shift_s": 0.5}

@@ -50,7 +50,7 @@ if __package__ in (None, ""):
 from benchmarks.ablations import ABLATIONS, ablation, apply
 from benchmarks.folds import TaskFolds, assign_folds, probe_pool, published_folds
 from benchmarks.report import log, pool_predictions, table_of, update_readme, write_results
-from benchmarks.stages import build_shards, excluding, machine, pretrain_backbone, subset_shards
+from benchmarks.stages import backbone_root, build_shards, excluding, machine, pretrain_backbone, subset_shards
 from benchmarks.tasks import FAST, FULL, SHARD_SETS, TASKS, TaskPlan
 from benchmarks.units import EEGNET, FEATURES, PRETRAINED, PROBE, SCRATCH, Context, FeatureJob, Unit, run_units
 
@@ -210,16 +210,17 @@ def pretraining_sets(args, sets: Sequence[str], plans: Sequence[TaskPlan], folds
 
 
 def _pretrain_job(job):
-    name, folders, out, budget, seed, probe, ablation_spec = job
+    name, folders, root, budget, seed, probe, ablation_spec = job
     import torch
 
     torch.set_num_threads(1)
-    return name, pretrain_backbone(name, folders, out, budget, seed, probe=probe, ablation=ablation_spec)
+    return name, pretrain_backbone(name, folders, root, budget, seed, probe=probe, ablation=ablation_spec)
 
 
 def pretraining(args, halves: Mapping[int, Mapping[str, Path]], probe: Sequence[Path]) -> dict[str, dict]:
     """One backbone per seed and half (``s{seed}-h{half}``), in ``--jobs`` processes."""
-    jobs = [(f"s{seed}-{'pub' if half == 'pub' else f'h{half}'}", dict(halves[half]), args.out, args.budget, seed,
+    root = backbone_root(args.out, args.ablation, args.ablation_spec)
+    jobs = [(f"s{seed}-{'pub' if half == 'pub' else f'h{half}'}", dict(halves[half]), root, args.budget, seed,
              list(probe), args.ablation_spec) for seed in range(args.budget.seeds) for half in halves]
     if args.jobs <= 1:
         return dict(map(_pretrain_job, jobs))

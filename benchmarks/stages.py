@@ -87,18 +87,27 @@ def pretrain_data_config(folders: Mapping[str, Path], budget: Budget):
                       num_workers=0, epoch_steps=100)
 
 
-def pretrain_backbone(name: str, folders: Mapping[str, Path], out: Path, budget: Budget, seed: int, *,
+def backbone_root(out: Path, ablation_name: str | None = None, ablation=None) -> Path:
+    """Where a run keeps its backbones: ``{out}/pretrain``, or ``{out}/pretrain/ablation-NAME`` for an ablation that
+    changes pretraining, so one work dir holds the main run and its ablations (shards built once, a finetuning-only
+    ablation reusing the main run's backbones) without one run's backbones replacing another's."""
+    if ablation is not None and ablation.changes_pretraining:
+        return out / "pretrain" / f"ablation-{ablation_name}"
+    return out / "pretrain"
+
+
+def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget: Budget, seed: int, *,
                       probe: Sequence[str] = (), ablation=None) -> dict[str, Any]:
     """Pretrain a tiny EEGMamba with the suite's default objective on ``folders`` (labels unused), the validation
-    probe on the ``probe`` shards choosing the exported step; reused when ``{out}/pretrain/{name}`` holds a run of
-    the same settings. Returns ``{model, losses, selected_step, probe, seconds, reused}``."""
+    probe on the ``probe`` shards choosing the exported step; reused when ``{root}/{name}`` holds a run of the same
+    settings (``root`` from ``backbone_root``). Returns ``{model, losses, selected_step, probe, seconds, reused}``."""
     from foundation.model import EEGMambaConfig
     from pretrain.config import ObjectiveConfig, OptimConfig, PretrainConfig, ProbeConfig, TrainConfig
     from pretrain.run import run
     from runtime.configfile import to_dict
     from shards.dataset import read_manifest
 
-    folder = out / "pretrain" / name
+    folder = root / name
     config = PretrainConfig(
         data=pretrain_data_config(folders, budget),
         model=apply(EEGMambaConfig.from_size("tiny"), ablation.model if ablation else {}, where="ablation model"),
@@ -116,7 +125,7 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], out: Path, budget:
     if (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         return {**json.loads(stamp.read_text())["info"], "reused": True}
     if folder.exists():
-        shutil.rmtree(folder)  # a run of this work dir with other settings
+        shutil.rmtree(folder)  # this run's own backbone from other settings (an older default)
     t0 = time.time()
     result = run(config)
     losses = [float(v) for v in result.losses]

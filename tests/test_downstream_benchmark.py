@@ -102,6 +102,16 @@ def test_ablation_flag_picks_its_folders_and_overrides(bench):
     assert args.budget.pretrain_steps == 600 and args.budget.seeds == tasks.FAST.seeds
 
 
+def test_an_ablation_keeps_its_own_backbones_only_when_it_changes_pretraining():
+    from benchmarks.stages import backbone_root
+
+    out = Path("work")
+    assert backbone_root(out) == out / "pretrain"
+    assert backbone_root(out, "no-calibration", ablations.ABLATIONS["no-calibration"]) == out / "pretrain"
+    for name in ("pretrain-600-steps", "no-band-power", "legacy-patch-norm"):
+        assert backbone_root(out, name, ablations.ABLATIONS[name]) == out / "pretrain" / f"ablation-{name}"
+
+
 def test_every_named_ablation_applies_to_the_installed_configs():
     from finetune.config import FinetuneConfig
     from foundation.model import EEGMambaConfig
@@ -116,6 +126,10 @@ def test_every_named_ablation_applies_to_the_installed_configs():
         changed = (model != EEGMambaConfig.from_size("tiny") or objective != ObjectiveConfig() or abl.finetune
                    or budget != tasks.FAST)
         assert changed, f"ablation {name} changes nothing: its default is not the suite's default any more"
+        pretraining = [f for f in dataclasses.asdict(tasks.FAST) if f.startswith("pretrain_") or f == "probe_every"]
+        backbone_changed = (model != EEGMambaConfig.from_size("tiny") or objective != ObjectiveConfig()
+                            or any(getattr(budget, f) != getattr(tasks.FAST, f) for f in pretraining))
+        assert abl.changes_pretraining == backbone_changed, name
     with pytest.raises(SystemExit, match=r"no field\(s\) \['no_such_flag'\]"):
         ablations.apply(ObjectiveConfig(), {"no_such_flag": 1}, where="ablation x objective")
 
