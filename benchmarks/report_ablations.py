@@ -34,6 +34,9 @@ def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, ro
     return paired(both, "t", "x", "y", metric)
 
 
+OLD_SELECTION = {"tolerance": 0.0}  # what a run stored without ``probe_selection`` used: the best-scoring step
+
+
 def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
     """Why two runs cannot be paired (other folds, other mode), or None."""
     for task in set(main.get("tasks", {})) & set(other.get("tasks", {})):
@@ -41,6 +44,12 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
             return f"{task}: other folds"
     if main.get("mode") != other.get("mode"):
         return f"mode {other.get('mode')} vs {main.get('mode')}"
+    # Backbones exported by another selection rule are other backbones (runs stored before the rule name none:
+    # they exported the best-scoring step).
+    ours_rule, their_rule = main.get("probe_selection") or OLD_SELECTION, other.get("probe_selection") or OLD_SELECTION
+    if ours_rule != their_rule:
+        return (f"backbones selected with probe tolerance {their_rule.get('tolerance')} (main "
+                f"{ours_rule.get('tolerance')}); rerun it")
     # The budget must be the main run's but for the ablation's own overrides: an ablation stored before the
     # mode's defaults changed (e.g. its pretraining length) would otherwise be paired as if it changed one thing.
     # Seeds may differ (only the seeds both ran are paired).

@@ -140,6 +140,14 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
     return {**info, "reused": False}
 
 
+def probe_selection() -> dict[str, Any]:
+    """How the backbones' exported step is chosen (the suite's default validation-probe rule), for the report: runs
+    whose backbones were selected otherwise are not paired."""
+    from pretrain.config import ProbeConfig
+
+    return {"tolerance": ProbeConfig().tolerance}
+
+
 def machine() -> dict[str, Any]:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),

@@ -119,8 +119,9 @@ def export_card(model_dir: str | Path, contract: InputContract, *, what: str, ob
         f"- AdamW lr {optim.get('lr')} -> {optim.get('min_lr')}, warm-up {optim.get('warmup_steps')} steps, weight decay "
         f"{optim.get('weight_decay')}, batch {data.get('batch_size')} x {fmt(data.get('crop_s'))} s crops per process, "
         f"mixed precision {train.get('mixed_precision', '?')}",
-        *([f"- exported weights: step {selected_step} of {contract.steps}, the best score of the validation probe "
-           "(`probe.json` holds every probe)"] if selected_step is not None else []),
+        *([f"- exported weights: step {selected_step} of {contract.steps}, selected by the validation probe (the "
+           "latest step within `probe.tolerance` standard errors of its best score; `probe.json` holds every probe)"]
+          if selected_step is not None else []),
         "- the whole configuration: `pretraining.json` / `../run_config.json` beside this folder",
         "",
         "## Use and limits",

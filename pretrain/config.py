@@ -133,7 +133,13 @@ class ProbeConfig:
     folds: int = option("cross-validation folds by subject (recording where no subject is named)", 5)
     C: float = option("inverse L2 strength of the probe's logistic regression", 0.01)
     max_windows: int = option("at most this many evenly spaced windows per probe set", 2000)
-    select: bool = option("export the weights of the step with the best probe score instead of the last step", True)
+    select: bool = option("export the weights of the step the probe selects instead of the last step", True)
+    tolerance: float = option("select the latest step whose probe score is within this many standard errors of the "
+                              "best (one-standard-error rule); 0 = the best-scoring step", 1.0)
+
+    def __post_init__(self):
+        if not (self.tolerance >= 0):
+            raise ValueError(f"probe.tolerance: expected a number of standard errors >= 0, got {self.tolerance}")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,17 @@ checked against the manifests), and a standardised logistic regression is cross-
 features with folds by subject (by recording where the set names no subject). Balanced accuracy and, for
 two-class sets, AUROC go to TensorBoard (``probe/<set>/...``), beside the features' effective rank
 (``effective_rank``, RankMe: a backbone whose features collapse onto a few directions shows it there first);
-the run exports the weights of the step with the best probe score (``probe.select``), saved as they arrive in
+the run exports the weights of the step the probe selects (``probe.select``), saved as they arrive in
 ``{out_dir}/probe_best``, so a resumed run keeps them.
+
+Selection is the one-standard-error rule (Breiman et al. 1984; Hastie et al., *Elements of Statistical
+Learning* 7.10): the latest step whose score is within ``probe.tolerance`` standard errors of the best score so
+far. A small probe set scores each step with noise of a few hundredths, so the maximum over many probes is
+mostly the luckiest draw (in the benchmark's 4800-step runs, a 4-subject EEGMAT probe hovering near chance
+exported step 300 of one backbone); later weights have seen more data, so a step that is not measurably worse is
+preferred. The standard error counts windows as independent (Hanley & McNeil 1982 for AUROC, binomial per class
+for balanced accuracy), which understates it when a subject gives many windows: the rule then tolerates too
+little rather than too much.
 
 Features are what a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
 order) when every window has two or more channels, else the mean of all tokens.
@@ -33,7 +42,8 @@ from foundation.tasks import task_ids as task_ids_of
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
 from shards.vocabulary import channel_id
 
-__all__ = ["ProbeSet", "ProbeResult", "load_probe_sets", "probe_backbone", "effective_rank", "check_probe_leak", "BEST_DIR"]
+__all__ = ["ProbeSet", "ProbeResult", "load_probe_sets", "probe_backbone", "effective_rank", "score_se", "check_probe_leak",
+           "keep_selected", "BEST_DIR"]
 
 BEST_DIR = "probe_best"
 
@@ -56,6 +66,7 @@ class ProbeResult:
 
     scores: dict[str, dict[str, float]]
     score: float
+    se: float = 0.0  # standard error of ``score`` (from each set's ``score_se``)
 
 
 def load_probe_sets(specs: Sequence[str], *, max_windows: int, task: str = "", name_of=None) -> list[ProbeSet]:
@@ -167,7 +178,28 @@ def _cross_validate(f: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes:
     scores = {"balanced_accuracy": float(balanced_accuracy_score(y, proba.argmax(1)))}
     if n_classes == 2:
         scores["auroc"] = float(roc_auc_score(y, proba[:, 1]))
+    scores["score_se"] = score_se(y, proba, scores)
     return scores
+
+
+def score_se(y: np.ndarray, proba: np.ndarray, scores: dict[str, float]) -> float:
+    """Standard error of a set's score, windows taken as independent: Hanley & McNeil (1982) for AUROC, else the
+    binomial error of each class's recall (Laplace-smoothed, so a perfect recall is not certain) averaged like
+    balanced accuracy. ``y [n]``, ``proba [n, classes]``."""
+    y = np.asarray(y)
+    if "auroc" in scores:
+        a = scores["auroc"]
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
+        return float(math.sqrt(max(var, 0.0)))
+    pred = proba.argmax(1)
+    var = []
+    for c in np.unique(y):
+        n = int((y == c).sum())
+        r = (float((pred[y == c] == c).sum()) + 1) / (n + 2)
+        var.append(r * (1 - r) / n)
+    return float(math.sqrt(sum(var)) / len(var))
 
 
 def effective_rank(f: np.ndarray) -> float:
@@ -195,18 +227,31 @@ def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: flo
         scores[probe.name] = _cross_validate(f, probe.labels, probe.groups, probe.n_classes, folds, C, seed)
         scores[probe.name]["effective_rank"] = effective_rank(f)
     main = [s.get("auroc", s["balanced_accuracy"]) for s in scores.values()]
-    return ProbeResult(scores, float(np.mean(main)) if main else math.nan)
+    se = math.sqrt(sum(s["score_se"] ** 2 for s in scores.values())) / len(scores) if scores else math.nan
+    return ProbeResult(scores, float(np.mean(main)) if main else math.nan, float(se))
 
 
-def write_best(out_dir: Path, backbone, step: int, result: ProbeResult) -> Path:
-    """Save the best-probing backbone as it arrives (``{out_dir}/probe_best``: weights + ``probe.json``)."""
+def keep_selected(out_dir: Path, backbone, step: int, result: ProbeResult, tolerance: float) -> bool:
+    """Save ``step``'s weights as the selected ones when its score is within ``tolerance`` standard errors of the
+    best score so far (the best's own standard error), a new best included; returns whether they were saved.
+
+    Applied at every probe, in step order, this leaves the latest step within ``tolerance`` standard errors of the
+    highest score of the run; ``probe.json`` keeps that highest score (``top``) so a resumed run goes on alike.
+    """
+    saved = read_best(out_dir)
+    top = (saved.get("top") or {"step": saved["step"], "score": saved["score"], "se": 0.0}) if saved else None
+    if top is None or result.score > top["score"] + 1e-9:
+        top = {"step": step, "score": result.score, "se": result.se}
+    if saved is not None and not result.score >= top["score"] - tolerance * top["se"] - 1e-9:
+        return False
     folder = Path(out_dir) / BEST_DIR
     backbone.save_pretrained(folder)
-    (folder / "probe.json").write_text(json.dumps({"step": step, "score": result.score, "scores": result.scores}, indent=2))
-    return folder
+    (folder / "probe.json").write_text(json.dumps(
+        {"step": step, "score": result.score, "se": result.se, "scores": result.scores, "top": top}, indent=2))
+    return True
 
 
 def read_best(out_dir: Path) -> dict[str, Any] | None:
-    """``probe.json`` of the saved best checkpoint, or None."""
+    """``probe.json`` of the saved selected checkpoint, or None."""
     file = Path(out_dir) / BEST_DIR / "probe.json"
     return json.loads(file.read_text()) if file.is_file() else None

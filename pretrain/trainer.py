@@ -41,7 +41,7 @@ from pretrain.card import CARD_NAME, backbone_summary, export_card
 from pretrain.config import OptimConfig, ProbeConfig, TrainConfig
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
-from pretrain.probe import BEST_DIR, check_probe_leak, load_probe_sets, probe_backbone, read_best, write_best
+from pretrain.probe import BEST_DIR, check_probe_leak, keep_selected, load_probe_sets, probe_backbone, read_best
 from pretrain.resume_settings import apply_overrides, check_resume_settings
 from runtime import run_folder
 from runtime.atomic import LinkedPathError, atomic_write_text
@@ -301,11 +301,10 @@ class Trainer:
                                     seed=self.cfg.seed, device=acc.device)
             scalars = {f"probe/{name}/{k}": v for name, s in result.scores.items() for k, v in s.items()}
             scalars["probe/score"] = result.score
+            scalars["probe/score_se"] = result.se
             acc.log(scalars, step=self.step)
-            best = read_best(self.out_dir)
-            if best is None or result.score > best["score"] + 1e-9:
-                write_best(self.out_dir, backbone, self.step, result)
-            self.probe_log.append({"step": self.step, "score": result.score, "scores": result.scores})
+            keep_selected(self.out_dir, backbone, self.step, result, self.probe.tolerance)
+            self.probe_log.append({"step": self.step, "score": result.score, "se": result.se, "scores": result.scores})
         acc.wait_for_everyone()
 
     def _check_weights(self, model, writing: str) -> None:
@@ -343,7 +342,7 @@ class Trainer:
             export(acc.unwrap_model(model), result.export_dir, self.preprocessing)
             best = read_best(self.out_dir) if self.probe_sets else None
             if best is not None and self.probe.select:
-                # the weights of the best-probing step, with the same config (the probe never changes the architecture)
+                # the selected step's weights, with the same config (the probe never changes the architecture)
                 shutil.copyfile(self.out_dir / BEST_DIR / WEIGHTS_NAME, result.export_dir / WEIGHTS_NAME)
                 result.selected_step = int(best["step"])
             if best is not None:

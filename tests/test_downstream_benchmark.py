@@ -295,6 +295,12 @@ def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
     other["ablation"]["budget"] = {"pretrain_steps": main["budget"]["pretrain_steps"] // 2}
     other["budget"]["seeds"] = 1
     assert "not comparable" not in render_ablations(main, {"shorter": other})
+    # backbones exported by another selection rule (a run stored before the rule was recorded: the best step)
+    main["probe_selection"] = {"tolerance": 1.0}
+    assert ("not comparable: backbones selected with probe tolerance 0.0 (main 1.0); rerun it"
+            in render_ablations(main, {"shorter": other}))
+    other["probe_selection"] = {"tolerance": 1.0}
+    assert "not comparable" not in render_ablations(main, {"shorter": other})
 
 
 def test_the_readme_gets_one_line_per_ablation(tmp_path):

@@ -50,8 +50,9 @@ def test_run_logs_the_probe_and_exports_its_best_step(synth_shards, tmp_path):
     steps = [h["step"] for h in record["history"]]
     assert steps == [2, 4, 6]
     scores = [h["score"] for h in record["history"]]
-    assert all(0.0 <= s <= 1.0 for s in scores)
-    best = steps[max(range(3), key=lambda i: (scores[i], -i))]
+    assert all(0.0 <= s <= 1.0 for s in scores) and all(h["se"] > 0 for h in record["history"])
+    top = max(range(3), key=lambda i: (scores[i], -i))
+    best = max(s for i, s in enumerate(steps) if s >= steps[top] and scores[i] >= scores[top] - record["history"][top]["se"] - 1e-9)
     assert record["selected_step"] == result.selected_step == best
     exported = load_file(str(result.export_dir / "model.safetensors"))
     kept = load_file(str(tmp_path / "run" / "probe_best" / "model.safetensors"))
@@ -59,7 +60,7 @@ def test_run_logs_the_probe_and_exports_its_best_step(synth_shards, tmp_path):
     events = EventAccumulator(str(tmp_path / "run" / "logs" / "pretrain"))
     events.Reload()
     assert [e.step for e in events.Scalars("probe/score")] == [2, 4, 6]
-    assert f"step {best} of 6, the best score of the validation probe" in (result.export_dir / "README.md").read_text()
+    assert f"step {best} of 6, selected by the validation probe" in (result.export_dir / "README.md").read_text()
 
 
 def test_probe_scores_real_eegmat_subjects(eegmat_shards):
@@ -87,3 +88,52 @@ def test_effective_rank_counts_the_directions_features_use():
     two = np.c_[rng.normal(size=500), rng.normal(size=500), np.zeros((500, 6))]
     assert 1.9 < effective_rank(two) <= 2.0  # collapse onto two directions, whatever the dimension
     assert np.isnan(effective_rank(np.zeros((1, 8))))
+
+
+def test_selection_keeps_the_latest_step_within_one_standard_error_of_the_best(tmp_path):
+    from foundation.model import EEGMamba, EEGMambaConfig
+    from pretrain.probe import ProbeResult, keep_selected, read_best
+
+    backbone = EEGMamba(EEGMambaConfig.from_size("tiny"))
+
+    def select(history, tolerance, out):
+        for step, score in history:
+            keep_selected(out, backbone, step, ProbeResult({}, score, 0.05), tolerance)
+        return read_best(out)["step"]
+
+    history = [(100, 0.60), (200, 0.70), (300, 0.62), (400, 0.67), (500, 0.64)]
+    assert select(history, 1.0, tmp_path / "a") == 400  # 0.67 >= 0.70 - 0.05; 0.64 is not
+    assert select(history, 0.0, tmp_path / "b") == 200  # the best-scoring step
+    assert select(history, 2.0, tmp_path / "c") == 500
+    assert read_best(tmp_path / "a")["top"] == {"step": 200, "score": 0.70, "se": 0.05}
+    # a run resumed from a selection saved without ``top`` treats the saved step as the best, error unknown (0)
+    old = tmp_path / "d"
+    keep_selected(old, backbone, 100, ProbeResult({}, 0.7, 0.0), 1.0)
+    record = json.loads((old / "probe_best" / "probe.json").read_text())
+    del record["top"]
+    (old / "probe_best" / "probe.json").write_text(json.dumps(record))
+    assert not keep_selected(old, backbone, 200, ProbeResult({}, 0.69, 0.05), 1.0)
+    assert keep_selected(old, backbone, 300, ProbeResult({}, 0.71, 0.05), 1.0)
+    with pytest.raises(ValueError, match=r"probe.tolerance: expected a number of standard errors >= 0, got -1"):
+        ProbeConfig(tolerance=-1)
+
+
+def test_score_standard_error_matches_the_bootstrap():
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from pretrain.probe import score_se
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(300, int), np.ones(100, int)]
+    logit = rng.normal(size=400) + 0.8 * y
+    proba = np.c_[1 - 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-logit))]
+    auroc = roc_auc_score(y, proba[:, 1])
+    boot_auc, boot_bacc = [], []
+    for _ in range(400):
+        i = rng.integers(0, 400, 400)
+        boot_auc.append(roc_auc_score(y[i], proba[i, 1]))
+        boot_bacc.append(balanced_accuracy_score(y[i], proba[i].argmax(1)))
+    se_auc = score_se(y, proba, {"auroc": auroc})
+    se_bacc = score_se(y, proba, {"balanced_accuracy": balanced_accuracy_score(y, proba.argmax(1))})
+    assert 0.02 < se_auc < 0.05 and se_auc == pytest.approx(np.std(boot_auc), rel=0.25)
+    assert se_bacc == pytest.approx(np.std(boot_bacc), rel=0.25)
