@@ -230,10 +230,11 @@ def pretraining_lines(payload: Mapping[str, Any]) -> list[str]:
         losses = info.get("losses") or []
         k = max(1, len(losses) // 10)
         probe = info.get("probe") or []
-        best = max(probe, key=lambda h: h["score"]) if probe else None
-        lines.append(f"- {name}: {info.get('steps', len(losses))} steps, loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f}"
+        steps = info.get("steps", len(losses))
+        exported = info.get("selected_step") or steps  # None: the last step
+        lines.append(f"- {name}: {steps} steps, loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f}"
                      + (f"; probe score {' '.join(format(h['score'], '.3f') for h in probe)} (steps "
-                        f"{' '.join(str(h['step']) for h in probe)}), exported step {best['step']}" if best else "")
+                        f"{' '.join(str(h['step']) for h in probe)}), exported step {exported}" if probe else "")
                      + f"; {info.get('seconds', 0) / 60:.1f} min")
     return lines
 

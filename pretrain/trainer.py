@@ -204,7 +204,7 @@ class Trainer:
         if path is not None:
             self._resume(path, model, optimizer, scheduler, fresh_groups)
         elif acc.is_main_process and (self.out_dir / BEST_DIR).is_dir():
-            shutil.rmtree(self.out_dir / BEST_DIR)  # an earlier run's best probe step is not this run's
+            shutil.rmtree(self.out_dir / BEST_DIR)  # an earlier run's selected step is not this run's
         self.inner = acc.unwrap_model(model)
         self.seen = SeenFlags(self.inner)  # after the resume: starts from the checkpoint's flags
         if acc.is_main_process:
