@@ -49,11 +49,9 @@ ABLATIONS: dict[str, Ablation] = {
                             objective={"stft.demean": True}),
     "stft-score-hidden": Ablation("masked STFT scored on every bin the cleanup zeroes (mask >= 0.5), the rim included, "
                                   "not only where mask >= 0.9", objective={"mask.loss_threshold": 0.5}),
-    "pretrain-600-steps": Ablation("600 instead of the mode's pretraining steps (a quarter)", budget={"pretrain_steps": 600}),
-    "pretrain-1200-steps": Ablation("1200 instead of the mode's pretraining steps (half)",
-                                    budget={"pretrain_steps": 1200}),
-    "pretrain-4800-steps": Ablation("4800 instead of the mode's pretraining steps (double)",
-                                    budget={"pretrain_steps": 4800}),
+    "pretrain-600-steps": Ablation("600 pretraining steps instead of the mode's", budget={"pretrain_steps": 600}),
+    "pretrain-1200-steps": Ablation("1200 pretraining steps instead of the mode's", budget={"pretrain_steps": 1200}),
+    "pretrain-2400-steps": Ablation("2400 pretraining steps instead of the mode's", budget={"pretrain_steps": 2400}),
     # finetuning's defaults
     "head-init-random": Ablation("pretrained backbones finetune from a small random head, not the fitted probe (no LP-FT)",
                                  finetune={"head_init": "random"}),
