@@ -128,7 +128,7 @@ class Budget:
     aligned_finetune: bool  # the subject-adaptive protocol's rows include the finetuned models (else probes and band power)
 
 
-# The fast default takes about 80 minutes on a 2-core CPU (about 100 CPU-minutes of pretraining, ~58 of the rest);
+# The fast default takes about 70 minutes on a 2-core CPU (about 95 CPU-minutes of pretraining, ~40 of the rest);
 # --full runs the recipes' schedule (many hours on a CPU).
 FAST = Budget(seeds=3, pretrain_steps=4800, pretrain_batch=16, pretrain_lr=1e-3, probe_every=300, finetune_epochs=3,
               warmup_epochs=1, patience=3, batch_size=32, eegnet_epochs=30, eegnet_patience=8, aligned_finetune=False)
