@@ -78,6 +78,9 @@ class FinetuneConfig:
     head_init: Literal["auto", "probe", "random"] = option(
         "probe: the head starts as a logistic regression fitted on the frozen features (LP-FT); random: small random "
         "weights; auto = probe from a pretrained checkpoint, random from scratch (random features are no start)", "auto")
+    probe_margin: float = option(
+        "LP-FT selection: a finetuned epoch replaces the probe only when its validation score beats the probe's by "
+        "more than this many standard errors of the probe's score (0 = the best validation epoch)", 1.0)
     calibrate: bool = option("binary tasks: choose the decision threshold on validation (stored with the model)", True)
     align: Literal["none", "euclidean"] = option(
         "subject-adaptive input: euclidean = whiten each subject's windows by the inverse square root of their mean "
@@ -135,6 +138,8 @@ class FinetuneConfig:
         if isinstance(self.model, dict):  # from Python: a mapping reads like a TOML [model] table
             object.__setattr__(self, "model", from_dict(EEGMambaConfig, dict(self.model), base=EEGMambaConfig.from_size("tiny"),
                                                         where="model"))
+        if not (isinstance(self.probe_margin, (int, float)) and self.probe_margin >= 0):
+            raise ValueError(f"probe_margin must be a number >= 0 (standard errors), got {self.probe_margin!r}")
 
     def hyper_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HYPER_FIELDS if getattr(self, k) is not None}

@@ -26,8 +26,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from runtime.score_error import score_se
+
 __all__ = ["PRIMARY_METRIC", "MIN_VAL_WINDOWS", "classification_metrics", "chance_level", "choose_threshold",
-           "is_constant_predictor", "MIN_SPREAD", "predict_labels", "responds", "selection_score"]
+           "is_constant_predictor", "MIN_SPREAD", "predict_labels", "responds", "selection_score",
+           "selection_se"]
 
 PRIMARY_METRIC = "balanced_accuracy"
 # Below this range of the most predicted class's probability a model's outputs do not depend on its input.
@@ -195,6 +198,18 @@ def selection_score(metrics: dict) -> float:
         if value is not None and math.isfinite(value):
             return float(value)
     return float(metrics["balanced_accuracy"])
+
+
+def selection_se(y_true: np.ndarray, proba: np.ndarray, metrics: dict) -> float:
+    """Standard error of ``selection_score(metrics)`` on the windows it was measured on (``y_true [n]``,
+    ``proba [n, classes]``): the noise a finetuned epoch's gain over the probe must exceed to count."""
+    used = {}
+    for key in ("auroc", "auroc_macro"):
+        value = metrics.get(key)
+        if value is not None and math.isfinite(value):
+            used = {key: float(value)}
+            break
+    return score_se(y_true, proba, used)
 
 
 def chance_level(n_classes: int) -> float:

@@ -9,8 +9,10 @@ skips the fit but keeps the feature standardisation), and that probe is the firs
 keeps the weights with the best mean selection score across tasks (``finetune.metrics.selection_score``:
 AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to the lower validation loss;
 an epoch whose validation probabilities barely move never wins over one whose do, since on a few windows its
-ties can rank them perfectly by chance), so a run never ends below its own probe on validation; ``patience``
-epochs without improvement stop the run.
+ties can rank them perfectly by chance). The probe stays the model unless a finetuned epoch beats its
+validation score by more than ``probe_margin`` standard errors of that score (``finetune.metrics.selection_se``):
+on a few validation windows the best epoch is mostly the luckiest one, and finetuning that only looks better
+there ended below its own probe on test. ``patience`` epochs without a higher validation score stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
 with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone; with
@@ -54,7 +56,7 @@ from finetune.curves import RunCurves
 from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, class_weights, load_task_data
 from finetune.heads import param_groups
 from finetune.metrics import (MIN_VAL_WINDOWS, choose_threshold, classification_metrics, is_constant_predictor, responds,
-                              selection_score)
+                              selection_score, selection_se)
 from finetune.model import TaskModel, load_backbone
 from finetune.probe import fit_probe, task_features
 from finetune.recipes import get_recipe
@@ -251,7 +253,9 @@ class Fit:
     step: int = 0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)
+    best_se: float = 0.0  # standard error of the kept epoch's selection score
     best_epoch: int = -2
+    top_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)  # the best of any epoch: patience
     best_state: dict[str, torch.Tensor] | None = None
     predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # test outputs, one process only
 
@@ -345,8 +349,9 @@ def train_epoch(fit: Fit, config: FinetuneConfig, hyper: Hyper, epoch: int, acc:
 
 
 def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator,
-             epoch: int) -> tuple[tuple[bool, float, float], dict[str, dict]]:
-    """``(responsive, mean selection score, minus mean validation loss)`` over the tasks, and every task's metrics.
+             epoch: int) -> tuple[tuple[bool, float, float], dict[str, dict], float]:
+    """``(responsive, mean selection score, minus mean validation loss)`` over the tasks, every task's metrics, and
+    the standard error of the mean selection score (the tasks' errors taken as independent).
 
     ``responsive``: every task's validation probabilities move (``finetune.metrics.responds``). On a handful of
     validation windows a model whose outputs barely depend on its input (a fresh head from scratch) can rank them
@@ -355,32 +360,44 @@ def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator,
     Raises:
         NonFiniteLossError: the model's outputs are NaN/inf (the same on every rank: they are gathered).
     """
-    val = {}
+    val, se = {}, {}
     for name, dl in fit.val_loaders.items():
         y, p = evaluate(fit.model, dl, name, acc)
         if not np.isfinite(p).all():
             raise NonFiniteLossError(f"non-finite value in the validation outputs of task {name!r} after epoch {epoch}: "
                                      f"the weights diverged. Stopped; no model was written. {ADVICE}")
         val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
+        se[name] = selection_se(y, p, val[name])
     score = float(np.mean([selection_score(val[n]) for n in tasks]))
     responsive = all(responds(val[n]) for n in tasks)
-    return (responsive, score, -float(np.mean([val[n]["nll"] for n in tasks]))), val
+    mean_se = math.sqrt(sum(se[n] ** 2 for n in tasks)) / len(tasks)
+    return (responsive, score, -float(np.mean([val[n]["nll"] for n in tasks]))), val, mean_se
 
 
-def keep_if_best(fit: Fit, epoch: int, score: tuple[bool, float, float], acc: Accelerator) -> bool:
-    """Keep the weights of the best epoch so far: a responsive one over one that is not, then a higher selection
-    score, then (scores equal within 1e-9) a lower validation loss; True when ``epoch`` improved on it."""
+def improves(score: tuple[bool, float, float], best: tuple[bool, float, float], margin: float = 0.0) -> bool:
+    """Whether ``score`` beats ``best``: a responsive epoch beats one that is not; then a selection score higher by
+    more than ``margin``; with no margin, scores equal within 1e-9 go to the lower validation loss."""
     responsive, value, loss = score
-    best_responsive, best_value, best_loss = fit.best_score
+    best_responsive, best_value, best_loss = best
     if responsive != best_responsive:
-        better = responsive
-    elif abs(value - best_value) > 1e-9:
-        better = value > best_value
-    else:
-        better = loss > best_loss
-    if not better:
+        return responsive
+    if margin > 0:
+        return value > best_value + margin
+    if abs(value - best_value) > 1e-9:
+        return value > best_value
+    return loss > best_loss
+
+
+def keep_if_best(fit: Fit, epoch: int, score: tuple[bool, float, float], se: float, acc: Accelerator,
+                 probe_margin: float = 0.0) -> bool:
+    """Keep ``epoch``'s weights when they beat the kept ones (``improves``); while the kept model is the probe
+    (epoch -1 of an LP-FT run, ``probe_margin > 0``), only by more than ``probe_margin`` standard errors of the
+    probe's score. Applied in epoch order this keeps the best finetuned epoch if it beats the probe by that much,
+    else the probe. True when ``epoch`` was kept."""
+    margin = probe_margin * fit.best_se if fit.best_epoch == -1 else 0.0
+    if not improves(score, fit.best_score, margin):
         return False
-    fit.best_score, fit.best_epoch = score, epoch
+    fit.best_score, fit.best_se, fit.best_epoch = score, se, epoch
     fit.best_state = {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(fit.model).state_dict().items()}
     return True
 
@@ -568,7 +585,8 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     results = final_results(fit, tasks, splits, weights, acc, calibrate=config.calibrate)
     run_info = {
         "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode,
-        "pool": {n: model.head_specs[n]["pool"] for n in tasks}, "head_init": head_init(config), "align": config.align,
+        "pool": {n: model.head_specs[n]["pool"] for n in tasks}, "head_init": head_init(config),
+        "probe_margin": config.probe_margin if head_init(config) == "probe" else 0.0, "align": config.align,
         "feature_norm": config.feature_norm, "probe": probes, "warnings": warnings_,
         "hyper": dataclasses.asdict(hyper), "warmup_steps": fit.warmup_steps, "total_steps": fit.total_steps,
         "steps_run": fit.step, "epochs_run": max(len(fit.history) - 1, 0), "best_epoch": fit.best_epoch,
@@ -587,25 +605,31 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
 def run_epochs(fit: Fit, config: FinetuneConfig, hyper: Hyper, tasks: Mapping[str, TaskData], acc: Accelerator,
                out_dir: Path) -> Path | None:
     """Epoch -1 (the model as it starts: the probe's head on the frozen features), then training epochs until
-    ``patience`` epochs bring no better validation score. Every epoch is a ``log.jsonl`` line and TensorBoard
-    scalars (``finetune.curves``); the progress bar moves per batch. Returns ``learning_curves.png`` (main process)."""
+    ``patience`` epochs bring no higher validation score; the kept epoch follows ``keep_if_best``. Every epoch is a
+    ``log.jsonl`` line and TensorBoard scalars (``finetune.curves``); the progress bar moves per batch. Returns
+    ``learning_curves.png`` (main process)."""
     bad_epochs = 0
     epochs = hyper.epochs if config.mode == "finetune" else 0
+    probe_margin = config.probe_margin if head_init(config) == "probe" else 0.0  # a random head is no model to keep
     curves = RunCurves(out_dir, active=acc.is_main_process)
     bar = tqdm(total=fit.total_steps if epochs else 0, desc="finetune", unit="step", dynamic_ncols=True,
                disable=not (acc.is_main_process and config.progress))
     with _EpochLog(out_dir / "log.jsonl", acc.is_main_process) as log, bar:
         for epoch in range(-1, epochs):
             train_loss = train_epoch(fit, config, hyper, epoch, acc, curves, bar) if epoch >= 0 else math.nan
-            score, val = validate(fit, tasks, acc, epoch)
+            score, val, se = validate(fit, tasks, acc, epoch)
             record = {"epoch": epoch, "step": fit.step, "train_loss": train_loss, "lr": fit.optimizer.param_groups[-1]["lr"],
-                      "val_score": score[1], "val_loss": -score[2], "val_responsive": score[0],
+                      "val_score": score[1], "val_score_se": se, "val_loss": -score[2], "val_responsive": score[0],
                       "val": {n: {k: v for k, v in m.items() if k != "confusion_matrix"} for n, m in val.items()}}
             fit.history.append(record)
             log.write(record)
             curves.epoch(record)
             bar.set_postfix(epoch=epoch, loss=f"{train_loss:.3f}", val=f"{score[1]:.3f}")
-            bad_epochs = 0 if keep_if_best(fit, epoch, score, acc) else bad_epochs + 1
+            keep_if_best(fit, epoch, score, se, acc, probe_margin)
+            rising = improves(score, fit.top_score)
+            if rising:
+                fit.top_score = score
+            bad_epochs = 0 if rising else bad_epochs + 1
             if bad_epochs >= hyper.patience:
                 break
     return curves.close(best_epoch=fit.best_epoch)

@@ -39,6 +39,7 @@ import torch
 
 from foundation.readout import align_channels, channel_means
 from foundation.tasks import task_ids as task_ids_of
+from runtime.score_error import score_se
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
 from shards.vocabulary import channel_id
 
@@ -180,26 +181,6 @@ def _cross_validate(f: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes:
         scores["auroc"] = float(roc_auc_score(y, proba[:, 1]))
     scores["score_se"] = score_se(y, proba, scores)
     return scores
-
-
-def score_se(y: np.ndarray, proba: np.ndarray, scores: dict[str, float]) -> float:
-    """Standard error of a set's score, windows taken as independent: Hanley & McNeil (1982) for AUROC, else the
-    binomial error of each class's recall (Laplace-smoothed, so a perfect recall is not certain) averaged like
-    balanced accuracy. ``y [n]``, ``proba [n, classes]``."""
-    y = np.asarray(y)
-    if "auroc" in scores:
-        a = scores["auroc"]
-        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-        var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
-        return float(math.sqrt(max(var, 0.0)))
-    pred = proba.argmax(1)
-    var = []
-    for c in np.unique(y):
-        n = int((y == c).sum())
-        r = (float((pred[y == c] == c).sum()) + 1) / (n + 2)
-        var.append(r * (1 - r) / n)
-    return float(math.sqrt(sum(var)) / len(var))
 
 
 def effective_rank(f: np.ndarray) -> float:

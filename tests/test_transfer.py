@@ -72,15 +72,64 @@ def test_selection_never_prefers_an_epoch_whose_outputs_barely_move():
     assert m_still["auroc"] == 1.0 and m_moving["auroc"] == 0.5
     assert not responds(m_still) and responds(m_moving) and is_constant_predictor(m_still)
 
-    fit = SimpleNamespace(best_score=(False, -np.inf, -np.inf), best_epoch=-2, best_state=None, model=torch.nn.Linear(2, 2))
+    fit = _fit()
     acc = SimpleNamespace(unwrap_model=lambda m: m)
-    assert keep_if_best(fit, -1, (responds(m_still), selection_score(m_still), -m_still["nll"]), acc)
-    assert keep_if_best(fit, 0, (responds(m_moving), selection_score(m_moving), -m_moving["nll"]), acc)
+    # a margin does not protect an unresponsive probe: any responsive epoch replaces it
+    assert keep_if_best(fit, -1, (responds(m_still), selection_score(m_still), -m_still["nll"]), 0.3, acc, 1.0)
+    assert keep_if_best(fit, 0, (responds(m_moving), selection_score(m_moving), -m_moving["nll"]), 0.3, acc, 1.0)
     assert fit.best_epoch == 0  # lower AUROC, but it responds to its input
-    assert not keep_if_best(fit, 1, (False, 1.0, 0.0), acc) and fit.best_epoch == 0
-    assert keep_if_best(fit, 2, (True, 0.75, -1.0), acc) and fit.best_epoch == 2
-    assert not keep_if_best(fit, 3, (True, 0.75, -2.0), acc)  # equal score: the lower loss stays
-    assert keep_if_best(fit, 4, (True, 0.75, -0.5), acc) and fit.best_epoch == 4
+    assert not keep_if_best(fit, 1, (False, 1.0, 0.0), 0.0, acc) and fit.best_epoch == 0
+    assert keep_if_best(fit, 2, (True, 0.75, -1.0), 0.0, acc) and fit.best_epoch == 2
+    assert not keep_if_best(fit, 3, (True, 0.75, -2.0), 0.0, acc)  # equal score: the lower loss stays
+    assert keep_if_best(fit, 4, (True, 0.75, -0.5), 0.0, acc) and fit.best_epoch == 4
+
+
+def _fit():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(best_score=(False, -np.inf, -np.inf), best_se=0.0, best_epoch=-2, best_state=None,
+                           model=torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("margin, kept", [(0.0, [-1, 0, 1, 3, 4]), (1.0, [-1, 1, 3, 4]), (2.0, [-1, 4])])
+def test_a_finetuned_epoch_replaces_the_probe_only_by_more_than_the_margin(margin, kept):
+    from types import SimpleNamespace
+
+    from finetune.train import keep_if_best
+
+    acc = SimpleNamespace(unwrap_model=lambda m: m)
+    fit = _fit()
+    # the probe scores 0.70 +- 0.05; then the epochs' validation scores (their own errors do not matter)
+    scores = {-1: 0.70, 0: 0.74, 1: 0.76, 2: 0.755, 3: 0.78, 4: 0.81}
+    got = [e for e, v in scores.items() if keep_if_best(fit, e, (True, v, 0.0), 0.05 if e == -1 else 0.5, acc, margin)]
+    assert got == kept and fit.best_epoch == 4
+    # once a finetuned epoch is kept, the next must only beat it (no margin against a finetuned epoch)
+    fit = _fit()
+    for e, v in [(-1, 0.70), (0, 0.76), (1, 0.761)]:
+        keep_if_best(fit, e, (True, v, 0.0), 0.05, acc, 1.0)
+    assert fit.best_epoch == 1 and fit.best_se == 0.05
+
+
+def test_selection_error_is_the_score_error_of_the_windows():
+    from finetune.metrics import selection_se
+    from runtime.score_error import auroc_se
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30, int), np.ones(10, int)]
+    p1 = np.clip(0.3 + 0.3 * y + rng.normal(0, 0.2, 40), 0.01, 0.99)
+    m = classification_metrics(y, np.c_[1 - p1, p1])
+    assert selection_se(y, np.c_[1 - p1, p1], m) == pytest.approx(auroc_se(m["auroc"], 10, 30))
+    assert 0.02 < selection_se(y, np.c_[1 - p1, p1], m) < 0.15
+    # three windows: an error as large as the score's whole range above chance
+    tiny = classification_metrics(np.array([0, 1, 1]), np.array([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]]))
+    assert selection_se(np.array([0, 1, 1]), np.array([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8]]), tiny) > 0.2
+    # multi-class: macro AUROC's error shrinks with more windows
+    y3 = np.repeat([0, 1, 2], 10)
+    p3 = np.eye(3)[y3] * 0.5 + 0.5 / 3
+    m3 = classification_metrics(y3, p3)
+    y30 = np.repeat([0, 1, 2], 100)
+    m30 = classification_metrics(y30, np.eye(3)[y30] * 0.5 + 0.5 / 3)
+    assert m3["auroc_macro"] == 1.0 and 0 <= selection_se(y30, np.eye(3)[y30], m30) < selection_se(y3, p3, m3)
 
 
 def test_probe_head_reproduces_sklearn_predictions():
@@ -164,13 +213,21 @@ def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path):
     ckpt = tmp_path / "pre"
     torch.manual_seed(0)
     EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).save_pretrained(ckpt)
-    result = _small_run(tmp_path, synth_shards, checkpoint=str(ckpt), lr=5e-2)  # a step size that wrecks features
+    result = _small_run(tmp_path, synth_shards, checkpoint=str(ckpt), lr=5e-2, probe_margin=0.0)  # wrecks features
     history = result["history"]
     assert history[0]["epoch"] == -1 and result["run"]["head_init"] == "probe"
     probe_score = history[0]["val_score"]
     assert history[0]["val_responsive"]
     best = max(h["val_score"] for h in history if h["val_responsive"])
     assert result["run"]["best_val_score"] == pytest.approx(best) and best >= probe_score
+    # with the default margin the probe is kept unless an epoch beats it by one standard error of its score
+    kept = _small_run(tmp_path / "margin", synth_shards, checkpoint=str(ckpt), lr=5e-2)
+    h = kept["history"]
+    assert [r["val_score"] for r in h] == pytest.approx([r["val_score"] for r in history])  # the same training
+    assert h[0]["val_score_se"] > 0 and kept["run"]["probe_margin"] == 1.0
+    gains = [r for r in h[1:] if r["val_responsive"] and r["val_score"] > h[0]["val_score"] + h[0]["val_score_se"]]
+    expected = max(gains, key=lambda r: r["val_score"])["epoch"] if gains else -1
+    assert kept["best_epoch"] == expected
     res = result["results"]["seizure"]
     assert res["threshold"] is not None and 0 < res["threshold"] < 1
     saved = json.loads((Path(result["out"]) / "model" / "config.json").read_text())["heads"]["seizure"]
