@@ -51,10 +51,12 @@ ABLATIONS: dict[str, Ablation] = {
                                   "not only where mask >= 0.9", objective={"mask.loss_threshold": 0.5}),
     "pretrain-600-steps": Ablation("600 pretraining steps instead of the mode's", budget={"pretrain_steps": 600}),
     "pretrain-1200-steps": Ablation("1200 pretraining steps instead of the mode's", budget={"pretrain_steps": 1200}),
-    "pretrain-2400-steps": Ablation("2400 pretraining steps instead of the mode's", budget={"pretrain_steps": 2400}),
+    "pretrain-4800-steps": Ablation("4800 pretraining steps instead of the mode's", budget={"pretrain_steps": 4800}),
     # finetuning's defaults
     "head-init-random": Ablation("pretrained backbones finetune from a small random head, not the fitted probe (no LP-FT)",
                                  finetune={"head_init": "random"}),
+    "finetune-best-epoch": Ablation("LP-FT keeps its best validation epoch even when it beats the probe by less than "
+                                    "one standard error (probe_margin 0)", finetune={"probe_margin": 0.0}),
     "pool-mean": Ablation("heads read the mean of all tokens instead of one mean per channel", finetune={"pool": "mean"}),
     "no-calibration": Ablation("binary tasks decide at probability 0.5 instead of the validation-chosen threshold",
                                finetune={"calibrate": False}),

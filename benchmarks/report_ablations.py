@@ -24,8 +24,14 @@ README_END = "<!-- ablation-results:end -->"
 ROWS = (PRETRAINED, PROBE, row_name(PROBE, "standardised"))
 
 
+OLD_FINETUNE_SELECTION = {"probe_margin": 0.0}  # runs stored without ``finetune_selection``: the best epoch
+
+
 def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, row: str, metric: str) -> dict | None:
-    """``other - main`` per seed of the pooled metric (the seeds both ran), with wins."""
+    """``other - main`` per seed of the pooled metric (the seeds both ran), with wins; None for a finetuned row
+    when the two runs' LP-FT chose between probe and epochs by different rules and the ablation is not that rule."""
+    if row == PRETRAINED and not same_finetune_selection(main, other):
+        return None
     a = other.get("table", {}).get(task, {}).get(row)
     b = main.get("table", {}).get(task, {}).get(row)
     if not a or not b:
@@ -35,6 +41,14 @@ def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, ro
 
 
 OLD_SELECTION = {"tolerance": 0.0}  # what a run stored without ``probe_selection`` used: the best-scoring step
+
+
+def same_finetune_selection(main: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether the finetuned rows of ``other`` differ from ``main``'s only by the ablation's own change."""
+    ours = main.get("finetune_selection") or OLD_FINETUNE_SELECTION
+    theirs = other.get("finetune_selection") or OLD_FINETUNE_SELECTION
+    own = "probe_margin" in ((other.get("ablation") or {}).get("finetune") or {})
+    return own or ours == theirs
 
 
 def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:

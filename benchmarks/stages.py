@@ -96,6 +96,18 @@ def backbone_root(out: Path, ablation_name: str | None = None, ablation=None) ->
     return out / "pretrain"
 
 
+def backbone_key(config: Mapping[str, Any]) -> str:
+    """What a backbone was trained from: its pretraining config (as a dict) without its own folder, so a work dir
+    moved or renamed keeps its backbones, and the digests of the shards it read and probed, so a folder rebuilt
+    with other contents (same paths, same counts) retrains."""
+    from shards.dataset import read_manifest
+
+    train = {k: v for k, v in config["train"].items() if k != "out_dir"}
+    folders = [c["urls"] for c in config["data"]["corpora"]] + list(config["probe"]["shards"])
+    shards = {str(f): [s.get("sha256") for s in read_manifest(Path(f))["shards"]] for f in folders}
+    return key_of({"config": {**config, "train": train}, "shards": shards})
+
+
 def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget: Budget, seed: int, *,
                       probe: Sequence[str] = (), ablation=None) -> dict[str, Any]:
     """Pretrain a tiny EEGMamba with the suite's default objective on ``folders`` (labels unused), the validation
@@ -105,7 +117,6 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
     from pretrain.config import ObjectiveConfig, OptimConfig, PretrainConfig, ProbeConfig, TrainConfig
     from pretrain.run import run
     from runtime.configfile import to_dict
-    from shards.dataset import read_manifest
 
     folder = root / name
     config = PretrainConfig(
@@ -117,13 +128,11 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
         train=TrainConfig(out_dir=str(folder), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,
                           keep_checkpoints=1, log_every=10, seed=seed, progress=False),
     )
-    # The shards' own digests: a folder rebuilt with other contents (same paths, same counts) retrains.
-    shards = {str(f): [s.get("sha256") for s in read_manifest(f)["shards"]]
-              for f in [*folders.values(), *map(Path, probe)]}
-    key = key_of({"config": to_dict(config), "shards": shards})
+    key = backbone_key(to_dict(config))
     stamp = folder / "benchmark_key.json"
     if (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-        return {**json.loads(stamp.read_text())["info"], "reused": True}
+        # the folder may have moved since (the key leaves its path out)
+        return {**json.loads(stamp.read_text())["info"], "model": str(folder / "model"), "reused": True}
     if folder.exists():
         shutil.rmtree(folder)  # this run's own backbone from other settings (an older default)
     t0 = time.time()
@@ -146,6 +155,15 @@ def probe_selection() -> dict[str, Any]:
     from pretrain.config import ProbeConfig
 
     return {"tolerance": ProbeConfig().tolerance}
+
+
+def finetune_selection(ablation=None) -> dict[str, Any]:
+    """How LP-FT chooses between its probe and its finetuned epochs (the suite's default, or the ablation's), for
+    the report: finetuned rows of runs selected otherwise are not paired."""
+    from finetune.config import FinetuneConfig
+
+    margin = (ablation.finetune if ablation else {}).get("probe_margin", FinetuneConfig().probe_margin)
+    return {"probe_margin": margin}
 
 
 def machine() -> dict[str, Any]:

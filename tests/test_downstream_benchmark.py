@@ -112,6 +112,31 @@ def test_an_ablation_keeps_its_own_backbones_only_when_it_changes_pretraining():
         assert backbone_root(out, name, ablations.ABLATIONS[name]) == out / "pretrain" / f"ablation-{name}"
 
 
+def test_a_backbone_keeps_its_key_when_its_work_dir_moves_and_not_when_its_inputs_change(synth_shards, tmp_path):
+    import shutil
+
+    from benchmarks.stages import backbone_key
+
+    config = {"train": {"out_dir": "/work/a/pretrain/s0-h0", "max_steps": 2400, "seed": 0},
+              "data": {"corpora": [{"urls": str(synth_shards), "weight": 1.0}]}, "probe": {"shards": []}}
+    key = backbone_key(config)
+    moved = json.loads(json.dumps(config))
+    moved["train"]["out_dir"] = "/elsewhere/pretrain/s0-h0"
+    assert backbone_key(moved) == key
+    longer = json.loads(json.dumps(config))
+    longer["train"]["max_steps"] = 4800
+    assert backbone_key(longer) != key
+    # the same paths rebuilt with other contents
+    copy = tmp_path / "copy"
+    shutil.copytree(synth_shards, copy)
+    config["data"]["corpora"][0]["urls"] = str(copy)
+    key_copy = backbone_key(config)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert backbone_key(config) != key_copy
+
+
 def test_every_named_ablation_applies_to_the_installed_configs():
     from finetune.config import FinetuneConfig
     from foundation.model import EEGMambaConfig
@@ -302,6 +327,14 @@ def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
             in render_ablations(main, {"shorter": other}))
     other["probe_selection"] = {"tolerance": 1.0}
     assert "not comparable" not in render_ablations(main, {"shorter": other})
+    # finetuned models kept by another LP-FT rule: the frozen rows pair, the finetuned row does not
+    from benchmarks.report_ablations import differences
+
+    main["finetune_selection"] = {"probe_margin": 1.0}
+    assert differences(main, other, "t", units.PRETRAINED, "balanced_accuracy") is None
+    assert differences(main, other, "t", units.PROBE, "balanced_accuracy") is not None
+    other["ablation"]["finetune"] = {"probe_margin": 0.0}  # unless that rule is what the ablation changes
+    assert differences(main, other, "t", units.PRETRAINED, "balanced_accuracy") is not None
 
 
 def test_the_readme_gets_one_line_per_ablation(tmp_path):
