@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretraining": {k: {kk: v[kk] for kk in ("losses", "selected_step", "probe", "seconds", "steps") if kk in v}
                         for k, v in backbones.items()},
         "probe_selection": probe_selection(),
-        "finetune_selection": finetune_selection(ablation),
+        "finetune_selection": finetune_selection(args.ablation_spec),
         "ablation": {"name": args.ablation, **dataclasses.asdict(args.ablation_spec)} if args.ablation_spec else None,
         "units": [{k: v for k, v in u.items() if k not in ("y", "proba", "groups", "traceback")} for u in units],
         "predictions": pooled, "table": table, "notes": notes,

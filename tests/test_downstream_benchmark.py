@@ -426,6 +426,7 @@ def test_benchmark_runs_end_to_end_on_motor_imagery(shared_data, tmp_path, bench
     assert units.PRETRAINED in rows and units.BAND + report.ALIGNED in rows and units.PROBE + report.STANDARDISED in rows
     assert units.PRETRAINED + report.STANDARDISED not in rows  # frozen-feature methods only
     assert payload["tasks"]["motor_imagery"]["windows"] == 30 and len(payload["predictions"]["motor_imagery"]["y"]) == 30
+    assert payload["probe_selection"] == {"tolerance": 1.0} and payload["finetune_selection"] == {"probe_margin": 1.0}
 
 # ---- bootstrap over test groups ------------------------------------------------------------------------
 
