@@ -108,7 +108,7 @@ def write_report(out_dir: str | Path, results: Mapping[str, Mapping[str, Any]], 
             sp = res["split"]
             lines.append(f"  split by {sp.get('group_key')} (fold {sp.get('fold')} of {sp.get('n_folds')}); windows {sp.get('n_windows')}")
         if "best_epoch" in res:
-            lines.append(f"  best epoch {res['best_epoch']}" + (" (the probe: no finetuning epoch beat it on validation)"
+            lines.append(f"  best epoch {res['best_epoch']}" + (" (the probe: no finetuning epoch beat it on validation by the probe margin)"
                                                                  if res["best_epoch"] == -1 else ""))
         if res.get("threshold") is not None:
             lines.append(f"  decision threshold on p({classes[1]}) = {res['threshold']:.4f} (chosen on validation)")

@@ -6,6 +6,7 @@
 - ``runtime.engine`` / ``runtime.resume_state``: the training engine shared by pretraining, tokenizer
   training and finetuning (accelerator, parameter groups, schedule, NaN guard, checkpoints, resume).
 - ``runtime.atomic``: atomic file writes. ``runtime.cli_errors``: one-line errors of every entry point.
+- ``runtime.score_error``: standard errors of the validation scores that pretraining's probe and LP-FT select on.
 
 ``foundation`` (the model) and ``shards`` (the data) import only the modules that need neither torch nor
 Accelerate (``signal``, ``config_dict``, ``atomic``, ``cli_errors``); this file imports nothing, so
