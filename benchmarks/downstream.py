@@ -67,7 +67,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the real-data folder (../shared/data)")
     p.add_argument("--out", type=Path, default=None, help="work dir (default runs/downstream[-ablation-NAME])")
     p.add_argument("--results", type=Path, default=None,
-                   help="where results.json/md go (default benchmarks/results[/ablation-NAME])")
+                   help="where results.json/md go (default benchmarks/results); an ablation's go to "
+                        "RESULTS/ablation-NAME, and --ablation-table compares those with RESULTS/results.json")
     p.add_argument("--full", action="store_true", help="the recipes' own finetuning schedule, aligned finetuned rows, EEGNet")
     p.add_argument("--seeds", type=int, default=None, help="pretraining (and finetuning) seeds (default: the mode's, 3)")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset of the tasks")
@@ -83,7 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ablation", default=None, metavar="NAME",
                    help=f"run with one named change (benchmarks/ablations.py): {', '.join(ABLATIONS)}")
     p.add_argument("--ablation-table", action="store_true",
-                   help="no training: compare every benchmarks/results/ablation-*/results.json with the main run")
+                   help="no training: compare every ablation-*/results.json of --results (default "
+                        "benchmarks/results) with the main run there")
     p.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON", help="only re-render results.md")
     p.add_argument("--readme", type=Path, default=None, metavar="README", help="also replace the README's results block")
     args = p.parse_args(argv)
@@ -97,7 +99,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.ablation_spec = ablation(args.ablation) if args.ablation else None
     suffix = f"-ablation-{args.ablation}" if args.ablation else ""
     args.out = args.out or Path(f"runs/downstream{suffix}")
-    args.results = args.results or REPO / "benchmarks" / "results" / (f"ablation-{args.ablation}" if args.ablation else "")
+    # An ablation writes beside the main run, never over it: DIR/ablation-NAME.
+    args.results_root = args.results or REPO / "benchmarks" / "results"
+    args.results = args.results_root / f"ablation-{args.ablation}" if args.ablation else args.results_root
     args.budget = budget_of(args, p)
     return args
 
@@ -128,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.ablation_table:
         from benchmarks.report_ablations import write_ablation_table
 
-        write_ablation_table(REPO / "benchmarks" / "results", args.readme)
+        write_ablation_table(args.results_root, args.readme)
         return 0
     else:
         text = write_results(run(args), args.results)

@@ -100,6 +100,10 @@ def test_ablation_flag_picks_its_folders_and_overrides(bench):
     assert args.out == Path("runs/downstream-ablation-pretrain-600-steps")
     assert args.results == REPO / "benchmarks" / "results" / "ablation-pretrain-600-steps"
     assert args.budget.pretrain_steps == 600 and args.budget.seeds == tasks.FAST.seeds
+    # an ablation given the main run's --results writes beside it, not over it
+    args = bench.parse_args(["--ablation", "no-calibration", "--results", "res"])
+    assert args.results == Path("res") / "ablation-no-calibration" and args.results_root == Path("res")
+    assert bench.parse_args(["--results", "res"]).results == Path("res")
 
 
 def test_an_ablation_keeps_its_own_backbones_only_when_it_changes_pretraining():
