@@ -25,7 +25,8 @@ def test_dry_run_writes_report_json_and_readme_block(tmp_path, one_thread):
     for r in res["b"]["rows"]:
         assert r["bytes"] == gpu.scan_bytes(r["b"], r["d"], r["n"], r["l"]) == 4 * (11 * r["b"] * r["d"] * r["l"]
                                                                                    + 6 * r["b"] * r["n"] * r["l"])
-        assert r["torch"]["ms"] > r["torch"]["fwd_ms"] > 0 and r["torch"]["GBps"] > 0
+        # both timed, not ordered: on a shared CPU a forward-and-backward can be timed faster than a forward
+        assert r["torch"]["ms"] > 0 and r["torch"]["fwd_ms"] > 0 and r["torch"]["GBps"] > 0
     # c: BiMamba with and without recompute and both transformers at every length.
     models = ("bimamba", "bimamba_recompute", "sdpa_hd32", "sdpa_hd64")
     assert all(r[k]["ms"] > 0 for r in res["c"]["rows"] for k in models)
