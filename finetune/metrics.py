@@ -202,14 +202,9 @@ def selection_score(metrics: dict) -> float:
 
 def selection_se(y_true: np.ndarray, proba: np.ndarray, metrics: dict) -> float:
     """Standard error of ``selection_score(metrics)`` on the windows it was measured on (``y_true [n]``,
-    ``proba [n, classes]``): the noise a finetuned epoch's gain over the probe must exceed to count."""
-    used = {}
-    for key in ("auroc", "auroc_macro"):
-        value = metrics.get(key)
-        if value is not None and math.isfinite(value):
-            used = {key: float(value)}
-            break
-    return score_se(y_true, proba, used)
+    ``proba [n, classes]``): the noise a finetuned epoch's gain over the probe must exceed to count. ``score_se``
+    picks the same score ``selection_score`` does (AUROC, macro AUROC, else balanced accuracy of the argmax)."""
+    return score_se(y_true, proba, metrics)
 
 
 def chance_level(n_classes: int) -> float:
