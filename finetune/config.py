@@ -75,6 +75,9 @@ class FinetuneConfig:
     pool: Literal["auto", "cls", "mean", "channels"] = option(
         "head input: one token mean per channel (keeps the montage), the mean of all tokens, or the class token "
         "(masked pretraining never trains it); auto = channels when every window has 2+ channels, else mean", "auto")
+    gain: bool = option(
+        "heads also read each channel's log RMS amplitude (the patch encoder normalises every window's gain away; "
+        "within a dataset loudness is information, e.g. seizures)", True)
     head_init: Literal["auto", "probe", "random"] = option(
         "probe: the head starts as a logistic regression fitted on the frozen features (LP-FT); random: small random "
         "weights; auto = probe from a pretrained checkpoint, random from scratch (random features are no start)", "auto")

@@ -2,7 +2,8 @@
 
 - :class:`ClassificationHead`: standardisation -> dropout -> Linear on the class token (``pool="cls"``),
   the masked mean of the tokens (``pool="mean"``, LaBraM's choice for its finetuning) or one token mean per
-  channel (``pool="channels"``, keeping the montage).
+  channel (``pool="channels"``, keeping the montage); with ``gain``, also each channel's log RMS amplitude,
+  which the patch encoder normalises away (``foundation.readout.channel_log_rms``).
 - Modes: ``"finetune"`` trains everything; ``"linear_probe"`` freezes the backbone and keeps it in eval
   mode (no dropout / drop path / MoE gate noise), so only the head learns: the standard measure of what
   the pretrained features already hold.
@@ -26,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from foundation.readout import align_channels, channel_means
+from foundation.readout import align_channels, channel_log_rms, channel_means
 from runtime.engine import param_groups as engine_param_groups
 
 __all__ = ["ClassificationHead", "layer_id", "param_groups", "set_mode", "POOLS", "NORMS", "MODES"]
@@ -56,10 +57,14 @@ class ClassificationHead(nn.Module):
             (buffers ``feature_mean`` / ``feature_std``, set by finetuning before its first step), so the head
             is a logistic regression on standardised features and can start as the one fitted on the
             frozen backbone (``set_linear``, LP-FT); ``"layer"``: a LayerNorm (how heads were saved before).
+        gain: also read the input's log RMS amplitude, appended after the token features: one per channel of
+            ``channel_ids`` with ``pool="channels"`` (``[b, C * d + C]``), else the mean over the window's real
+            channels (``[b, d + 1]``). Needs ``norm="standard"`` (a LayerNorm would mix it into the tokens' scale).
     """
 
     def __init__(self, d_model: int, n_classes: int, pool: Literal["cls", "mean", "channels"] = "cls",
-                 dropout: float = 0.0, *, channel_ids: Sequence[int] = (), norm: Literal["standard", "layer"] = "layer") -> None:
+                 dropout: float = 0.0, *, channel_ids: Sequence[int] = (), norm: Literal["standard", "layer"] = "layer",
+                 gain: bool = False) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -69,10 +74,13 @@ class ClassificationHead(nn.Module):
             raise ValueError(f"a classification head needs n_classes >= 2, got {n_classes}")
         if pool == "channels" and not channel_ids:
             raise ValueError("pool='channels' needs the channel ids the head reads")
-        self.pool, self.n_classes, self.norm_kind = pool, n_classes, norm
+        if gain and norm != "standard":
+            raise ValueError("gain=True needs norm='standard'")
+        self.pool, self.n_classes, self.norm_kind, self.gain = pool, n_classes, norm, bool(gain)
         if pool == "channels":
             self.register_buffer("channel_ids", torch.as_tensor(list(channel_ids), dtype=torch.long))
-        self.in_features = d_model * (len(channel_ids) if pool == "channels" else 1)
+        n_read = len(channel_ids) if pool == "channels" else 1
+        self.in_features = (d_model + int(self.gain)) * n_read
         if norm == "layer":
             self.norm = nn.LayerNorm(d_model)
         else:
@@ -88,16 +96,27 @@ class ClassificationHead(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def features(self, output, channel_ids: torch.Tensor | None = None,
-                 channel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """What the head reads from an ``EEGMambaOutput``: ``[b, in_features]``, before normalisation."""
-        if self.pool == "cls":
-            return output.cls
-        if self.pool == "mean":
-            return output.pooled
-        if channel_ids is None:
-            raise ValueError("pool='channels' needs the batch's channel_ids")
-        per_channel = channel_means(output.tokens, output.token_mask, channel_ids.shape[1])
-        return align_channels(per_channel, channel_ids, channel_mask, self.channel_ids).flatten(1)
+                 channel_mask: torch.Tensor | None = None, x: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head reads from an ``EEGMambaOutput`` (and, with ``gain``, the input ``x [b, c, t]``):
+        ``[b, in_features]``, before normalisation."""
+        if self.gain and x is None:
+            raise ValueError("a head with gain=True reads the input's amplitude: pass x")
+        if self.pool == "channels":
+            if channel_ids is None:
+                raise ValueError("pool='channels' needs the batch's channel_ids")
+            per_channel = channel_means(output.tokens, output.token_mask, channel_ids.shape[1])
+            feats = align_channels(per_channel, channel_ids, channel_mask, self.channel_ids).flatten(1)
+            if not self.gain:
+                return feats
+            gains = align_channels(channel_log_rms(x, channel_mask).unsqueeze(-1).to(feats.dtype), channel_ids,
+                                   channel_mask, self.channel_ids).flatten(1)
+            return torch.cat([feats, gains], dim=1)
+        feats = output.cls if self.pool == "cls" else output.pooled
+        if not self.gain:
+            return feats
+        real = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if channel_mask is None else channel_mask
+        g = channel_log_rms(x, real).sum(1) / real.sum(1).clamp_min(1)
+        return torch.cat([feats, g.unsqueeze(1).to(feats.dtype)], dim=1)
 
     def normalize(self, features: torch.Tensor) -> torch.Tensor:
         if self.norm_kind == "layer":
@@ -105,8 +124,8 @@ class ClassificationHead(nn.Module):
         return (features - self.feature_mean) / self.feature_std
 
     def forward(self, output, channel_ids: torch.Tensor | None = None,
-                channel_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc(self.dropout(self.normalize(self.features(output, channel_ids, channel_mask))))
+                channel_mask: torch.Tensor | None = None, x: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(self.dropout(self.normalize(self.features(output, channel_ids, channel_mask, x))))
 
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:

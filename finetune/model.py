@@ -4,7 +4,7 @@ Folder layout (``save_pretrained``-style, no pickle anywhere)::
 
     model/config.json         {"format": "eegfm-finetuned/1", "backbone": EEGMambaConfig fields,
                                "heads": {task: {n_classes, pool, dropout, task_id, classes, norm, channels,
-                               threshold, feature_norm}}, "mode": ...}
+                               threshold, feature_norm, gain}}, "mode": ...}
     model/model.safetensors   backbone.* and heads.<task>.* tensors
     model/recipe.json         per task: the resolved recipe, the window length and the shards'
                               preprocessing parameters (what finetune.predict needs to label new files)
@@ -49,7 +49,8 @@ class TaskModel(nn.Module):
 
     Args:
         backbone: the EEGMamba backbone.
-        heads: task name -> ``dict(n_classes, task_id, classes)`` (plus optional ``pool``/``dropout``).
+        heads: task name -> ``dict(n_classes, task_id, classes)`` (plus optional ``pool``/``dropout``/``norm``/
+            ``channels``/``gain``, see :class:`~finetune.heads.ClassificationHead`).
         pool, dropout: head defaults. mode: "finetune" or "linear_probe" (frozen backbone in eval mode).
         inherit_task_rows: start unused task rows from the used ones (False when the weights are loaded next).
     """
@@ -72,7 +73,7 @@ class TaskModel(nn.Module):
         self.heads = nn.ModuleDict()
         for name, spec in heads.items():
             spec = {"pool": pool, "dropout": dropout, "norm": "layer", "channels": [], "threshold": None,
-                    "feature_norm": "training", **dict(spec)}
+                    "feature_norm": "training", "gain": False, **dict(spec)}
             if spec["feature_norm"] not in FEATURE_NORMS:
                 raise ValueError(f"head {name!r}: feature_norm must be one of {FEATURE_NORMS}, got {spec['feature_norm']!r}")
             if spec["feature_norm"] == "subject" and (mode != "linear_probe" or spec["norm"] != "standard"):
@@ -90,11 +91,11 @@ class TaskModel(nn.Module):
                 "n_classes": int(spec["n_classes"]), "task_id": task_id, "pool": spec["pool"],
                 "dropout": float(spec["dropout"]), "classes": classes, "norm": spec["norm"], "channels": channels,
                 "threshold": None if spec["threshold"] is None else float(spec["threshold"]),
-                "feature_norm": spec["feature_norm"],
+                "feature_norm": spec["feature_norm"], "gain": bool(spec["gain"]),
             }
             self.heads[name] = ClassificationHead(
                 backbone.config.d_model, int(spec["n_classes"]), spec["pool"], float(spec["dropout"]),
-                channel_ids=channel_ids(channels) if channels else (), norm=spec["norm"])
+                channel_ids=channel_ids(channels) if channels else (), norm=spec["norm"], gain=bool(spec["gain"]))
         self.mode = mode
         set_mode(self.backbone, mode)
         # Rows the backbone never trained (e.g. a task-0-only pretraining) start from the trained ones, so
@@ -119,13 +120,13 @@ class TaskModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [b, c, t]``, ``channel_ids [b, c]``, ``channel_mask [b, c]`` -> ``logits [b, n_classes(task)]``, aux loss."""
         out = self._encode(x, channel_ids, channel_mask, task)
-        return self.heads[task](out, channel_ids, channel_mask), out.aux_loss
+        return self.heads[task](out, channel_ids, channel_mask, x), out.aux_loss
 
     def features(self, x: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None,
                  task: str) -> torch.Tensor:
         """What ``task``'s head reads, before its normalisation: ``[b, in_features]``."""
         out = self._encode(x, channel_ids, channel_mask, task)
-        return self.heads[task].features(out, channel_ids, channel_mask)
+        return self.heads[task].features(out, channel_ids, channel_mask, x)
 
     def head_logits(self, features: torch.Tensor, task: str) -> torch.Tensor:
         """``task``'s head on features already read (``features [b, in_features]``): ``logits [b, n_classes]``.

@@ -206,14 +206,14 @@ def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hy
     _check_lengths(tasks, backbone.config)
     heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes),
                     "norm": "standard", "feature_norm": config.feature_norm,
-                    **head_input(config.pool, d, backbone.config.adapter)}
+                    **head_input(config.pool, d, backbone.config.adapter, gain=config.gain)}
              for name, d in tasks.items()}
     return TaskModel(backbone, heads, dropout=hyper.dropout, mode=config.mode), provenance, contract
 
 
-def head_input(pool: str, data: TaskData, adapter: str) -> dict[str, Any]:
-    """``{"pool", "channels"}`` of a task's head. ``auto``: one token mean per channel when every window has two
-    or more channels (and the adapter makes per-channel tokens), else the mean of all tokens. The channel list
+def head_input(pool: str, data: TaskData, adapter: str, *, gain: bool = True) -> dict[str, Any]:
+    """``{"pool", "channels", "gain"}`` of a task's head. ``auto``: one token mean per channel when every window has
+    two or more channels (and the adapter makes per-channel tokens), else the mean of all tokens. The channel list
     is every channel of the task's windows, in vocabulary order, so a head does not depend on the order a file
     stored its channels in."""
     names = {c for w in data.windows for c in w.meta.get("channels", ())}
@@ -221,7 +221,7 @@ def head_input(pool: str, data: TaskData, adapter: str) -> dict[str, Any]:
     if pool == "auto":
         pool = "channels" if multi and adapter == "channel_patch" else "mean"
     channels = sorted(names, key=channel_id) if pool == "channels" else []
-    return {"pool": pool, "channels": channels}
+    return {"pool": pool, "channels": channels, "gain": bool(gain)}
 
 
 def task_losses(config: FinetuneConfig, tasks: Mapping[str, TaskData], splits: Mapping[str, Split], hyper: Hyper,
@@ -585,7 +585,7 @@ def finetune(config: FinetuneConfig, *, accelerator: Accelerator | None = None) 
     results = final_results(fit, tasks, splits, weights, acc, calibrate=config.calibrate)
     run_info = {
         "tasks": list(tasks), "checkpoint": provenance, "mode": config.mode,
-        "pool": {n: model.head_specs[n]["pool"] for n in tasks}, "head_init": head_init(config),
+        "pool": {n: model.head_specs[n]["pool"] for n in tasks}, "gain": config.gain, "head_init": head_init(config),
         "probe_margin": config.probe_margin if head_init(config) == "probe" else 0.0, "align": config.align,
         "feature_norm": config.feature_norm, "probe": probes, "warnings": warnings_,
         "hyper": dataclasses.asdict(hyper), "warmup_steps": fit.warmup_steps, "total_steps": fit.total_steps,

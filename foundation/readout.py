@@ -5,6 +5,11 @@ channel.
 channel, and a mean over all channels at once averages a frontal theta increase with an occipital alpha drop
 into nothing. One vector per channel, in a fixed channel order, lets a linear head weigh each channel as a
 band-power model weighs each electrode (CBraMod's head reads all patch tokens for the same reason).
+
+``channel_log_rms`` is the one thing the tokens cannot hold: the patch encoder normalises each sample's gain
+away (``patch_norm="sample"``), which makes pretraining gain-free across amplifiers and corpora, but within
+one dataset a window's loudness is information (a seizure is several times louder than the background; slow-wave
+sleep is louder than wake). A head may read it back beside the tokens, one number per channel.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-__all__ = ["channel_means", "align_channels"]
+__all__ = ["channel_means", "channel_log_rms", "align_channels"]
 
 
 def channel_means(tokens: torch.Tensor, token_mask: torch.Tensor, n_channels: int) -> torch.Tensor:
@@ -24,6 +29,16 @@ def channel_means(tokens: torch.Tensor, token_mask: torch.Tensor, n_channels: in
     tok = rearrange(tokens, "b (c p) d -> b c p d", c=n_channels)
     real = rearrange(token_mask, "b (c p) -> b c p", c=n_channels).to(tok.dtype)
     return (tok * real.unsqueeze(-1)).sum(2) / real.sum(2).clamp_min(1.0).unsqueeze(-1)
+
+
+def channel_log_rms(x: torch.Tensor, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Natural log of each channel's root-mean-square amplitude about its mean: ``x [b, c, t]`` -> ``[b, c]``
+    (zeros at padded channels). A flat channel reads log(1e-6) rather than minus infinity."""
+    var = x.float().var(-1, unbiased=False)
+    out = 0.5 * torch.log(var + 1e-12)
+    if channel_mask is not None:
+        out = torch.where(channel_mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out
 
 
 def align_channels(per_channel: torch.Tensor, channel_ids: torch.Tensor, channel_mask: torch.Tensor | None,

@@ -15,7 +15,7 @@ from finetune.heads import ClassificationHead
 from finetune.metrics import choose_threshold, classification_metrics, is_constant_predictor, selection_score
 from finetune.probe import fit_probe
 from foundation.model import EEGMamba, EEGMambaConfig
-from foundation.readout import align_channels, channel_means
+from foundation.readout import align_channels, channel_log_rms, channel_means
 from runtime.signal import UNIT_UV
 from shards.sample import Window
 
@@ -162,6 +162,57 @@ def test_channel_readout_does_not_depend_on_file_channel_order():
     torch.testing.assert_close(out[1, 0], per[1, 1])  # id 10 was the file's second channel
     torch.testing.assert_close(out[1, 2], per[1, 0])
     assert torch.all(out[1, 1] == 0)  # id 20 missing from sample 1
+
+
+def test_gain_readout_gives_back_the_amplitude_the_patch_encoder_normalises_away():
+    from finetune.model import TaskModel
+    from shards.vocabulary import channel_ids
+
+    torch.manual_seed(0)
+    backbone = EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).eval()
+    names = ["C3", "CZ", "C4"]
+    heads = {"t": {"n_classes": 2, "task_id": 0, "pool": "channels", "channels": names, "norm": "standard", "gain": True}}
+    model = TaskModel(backbone, heads, mode="linear_probe")
+    assert model.heads["t"].in_features == 3 * 32 + 3
+    x = torch.randn(4, 3, 400) * torch.tensor([0.2, 1.0, 3.0]).view(1, 3, 1)
+    ids = torch.as_tensor([channel_ids(names)] * 4)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    with torch.no_grad():
+        f = model.features(x, ids, mask, "t")
+        loud = model.features(10 * x, ids, mask, "t")
+        swapped = model.features(x[:, [2, 0, 1]], ids[:, [2, 0, 1]], mask, "t")
+    expected = 0.5 * torch.log(x.var(-1, unbiased=False))
+    torch.testing.assert_close(f[:, -3:], expected, atol=1e-5, rtol=1e-5)
+    # ten times louder: the gain columns move by exactly ln 10, whatever the tokens do
+    torch.testing.assert_close(loud[:, -3:] - f[:, -3:], torch.full((4, 3), float(np.log(10.0))), atol=1e-5, rtol=0)
+    torch.testing.assert_close(swapped, f, atol=1e-5, rtol=1e-5)  # the file's channel order does not matter
+    # a padded channel reads zero; mean pooling reads the mean over the real channels
+    assert torch.all(channel_log_rms(x, torch.tensor([[True, True, False]] * 4))[:, 2] == 0)
+    mean_head = ClassificationHead(32, 2, pool="mean", norm="standard", gain=True)
+    out = backbone(x, ids, mask)
+    torch.testing.assert_close(mean_head.features(out, ids, mask, x)[:, -1], expected.mean(1))
+    with pytest.raises(ValueError, match="pass x"):
+        mean_head.features(out, ids, mask)
+    with pytest.raises(ValueError, match="norm='standard'"):
+        ClassificationHead(32, 2, pool="mean", norm="layer", gain=True)
+
+
+def test_a_head_saved_without_gain_loads_without_it(tmp_path):
+    from finetune.model import TaskModel
+
+    backbone = EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL))
+    heads = {"t": {"n_classes": 2, "task_id": 0, "pool": "mean", "norm": "standard"}}
+    model = TaskModel(backbone, heads)
+    assert model.head_specs["t"]["gain"] is False and model.heads["t"].in_features == 32
+    model.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["heads"]["t"]["gain"]  # a folder written before heads could read the gain
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    again = TaskModel.from_pretrained(tmp_path / "old")
+    assert again.head_specs["t"]["gain"] is False and again.heads["t"].in_features == 32
+    with_gain = TaskModel(backbone, {"t": {**heads["t"], "gain": True}})
+    with_gain.save_pretrained(tmp_path / "new")
+    assert TaskModel.from_pretrained(tmp_path / "new").heads["t"].in_features == 33
 
 
 def test_euclidean_alignment_whitens_each_subject_to_the_fixed_level():
