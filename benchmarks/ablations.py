@@ -57,6 +57,8 @@ ABLATIONS: dict[str, Ablation] = {
                                  finetune={"head_init": "random"}),
     "finetune-best-epoch": Ablation("LP-FT keeps its best validation epoch even when it beats the probe by less than "
                                     "one standard error (probe_margin 0)", finetune={"probe_margin": 0.0}),
+    "no-head-gain": Ablation("heads read the tokens alone, not each channel's log RMS amplitude beside them",
+                             finetune={"gain": False}),
     "pool-mean": Ablation("heads read the mean of all tokens instead of one mean per channel", finetune={"pool": "mean"}),
     "no-calibration": Ablation("binary tasks decide at probability 0.5 instead of the validation-chosen threshold",
                                finetune={"calibrate": False}),

@@ -50,8 +50,8 @@ if __package__ in (None, ""):
 from benchmarks.ablations import ABLATIONS, ablation, apply
 from benchmarks.folds import TaskFolds, assign_folds, probe_pool, published_folds
 from benchmarks.report import log, pool_predictions, table_of, update_readme, write_results
-from benchmarks.stages import (backbone_root, build_shards, excluding, finetune_selection, machine, pretrain_backbone,
-                               probe_selection, subset_shards)
+from benchmarks.stages import (backbone_root, build_shards, excluding, finetune_selection, head_readout, machine,
+                               pretrain_backbone, probe_selection, subset_shards)
 from benchmarks.tasks import FAST, FULL, SHARD_SETS, TASKS, TaskPlan
 from benchmarks.units import EEGNET, FEATURES, PRETRAINED, PROBE, SCRATCH, Context, FeatureJob, Unit, run_units
 
@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pretraining": {k: {kk: v[kk] for kk in ("losses", "selected_step", "probe", "seconds", "steps") if kk in v}
                         for k, v in backbones.items()},
         "probe_selection": probe_selection(),
-        "finetune_selection": finetune_selection(args.ablation_spec),
+        "finetune_selection": finetune_selection(args.ablation_spec), "head_readout": head_readout(args.ablation_spec),
         "ablation": {"name": args.ablation, **dataclasses.asdict(args.ablation_spec)} if args.ablation_spec else None,
         "units": [{k: v for k, v in u.items() if k not in ("y", "proba", "groups", "traceback")} for u in units],
         "predictions": pooled, "table": table, "notes": notes,

@@ -4,6 +4,10 @@ An ablation changes one default (``benchmarks/ablations.py``) and reruns the ben
 seeds, so each seed's pooled metric pairs with the main run's: the table gives, per task, the mean over seeds of
 ``ablation - main`` for the pretrained model finetuned and its probe, and how many seeds moved in the same
 direction. A positive number means the ablation's change (most undo a default) helped.
+
+An ablation stored when the heads read other features than the main run's (``head_readout``) pairs instead with
+the stored ablation that changes only the main run's readout to its own (e.g. ``no-head-gain``), so every row
+still differs from its reference by one change; the table names that reference.
 """
 
 from __future__ import annotations
@@ -38,6 +42,41 @@ def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, ro
         return None
     both = {"t": {"x": a, "y": b}}
     return paired(both, "t", "x", "y", metric)
+
+
+OLD_HEAD_READOUT = {"gain": False}  # runs stored without ``head_readout``: heads read the tokens alone
+
+
+def readout_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    return run.get("head_readout") or OLD_HEAD_READOUT
+
+
+def _own_finetune(run: Mapping[str, Any]) -> set[str]:
+    return set(((run.get("ablation") or {}).get("finetune") or {}))
+
+
+def reference(main: Mapping[str, Any], other: Mapping[str, Any],
+              ablations: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]] | None:
+    """The run ``other`` pairs with: the main run when their heads read the same features (or reading them is the
+    ablation's change), else the stored ablation whose only change is the readout ``other`` was run with; None
+    when there is none."""
+    if readout_of(main) == readout_of(other) or _own_finetune(other) & set(OLD_HEAD_READOUT):
+        return "main", main
+    for name, run in sorted(ablations.items()):
+        if (run is not other and _own_finetune(run) and _own_finetune(run) <= set(OLD_HEAD_READOUT)
+                and readout_of(run) == readout_of(other) and not_comparable(main, run) is None):
+            return name, run
+    return None
+
+
+def _pairing(main, other, ablations) -> tuple[str | None, Mapping[str, Any] | None, str | None]:
+    """``(reference name, reference run, why not comparable)`` of one ablation."""
+    ref = reference(main, other, ablations)
+    if ref is None:
+        return None, None, (f"heads read {readout_of(other)} (main {readout_of(main)}) and no stored ablation reads "
+                            "the same; rerun it")
+    why = not_comparable(ref[1], other)
+    return ref[0], ref[1], why
 
 
 OLD_SELECTION = {"tolerance": 0.0}  # what a run stored without ``probe_selection`` used: the best-scoring step
@@ -87,19 +126,21 @@ def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
     tasks = list(main.get("tasks", {}))
     lines = ["# Ablations (each minus the main run, paired by seed)", "",
              "Balanced accuracy / AUROC difference, mean over seeds (seeds where the ablation is better). Positive: "
-             "the ablation's change helped.", ""]
+             "the ablation's change helped. \"(minus X)\": the ablation was run when heads read other features than "
+             "the main run's, so it is paired with ablation X, run with the same features.", ""]
     head = "| ablation | row | " + " | ".join(main["tasks"][t]["title"].split(" (")[0] for t in tasks) + " | mean |"
     lines += [head, "|---|---|" + "---|" * (len(tasks) + 1)]
     for name, other in sorted(ablations.items()):
-        why = not_comparable(main, other)
+        ref_name, ref, why = _pairing(main, other, ablations)
         if why:
             lines.append(f"| {name} | – | not comparable: {why} |")
             continue
+        label = name if ref_name == "main" else f"{name} (minus {ref_name})"
         for row in ROWS:
             cells, means = [], []
             for task in tasks:
-                ba = differences(main, other, task, row, "balanced_accuracy")
-                au = differences(main, other, task, row, "auroc")
+                ba = differences(ref, other, task, row, "balanced_accuracy")
+                au = differences(ref, other, task, row, "auroc")
                 if not ba:
                     cells.append("–")
                     continue
@@ -108,7 +149,7 @@ def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
                 cells.append(f"{ba['mean']:+.3f}{au_text} ({ba['wins']}/{ba['n']})")
             mean = summarize(means)["mean"]
             mean_text = f"{mean:+.3f}" if means and math.isfinite(mean) else "–"
-            lines.append(f"| {name} | {row} | " + " | ".join(cells) + f" | {mean_text} |")
+            lines.append(f"| {label} | {row} | " + " | ".join(cells) + f" | {mean_text} |")
     lines += ["", *[f"- **{n}**: {(o.get('ablation') or {}).get('description', '')}" for n, o in sorted(ablations.items())], ""]
     return "\n".join(lines)
 
@@ -141,14 +182,15 @@ def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
              "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",
              "| ablation | " + " | ".join(ROWS) + " |", "|---|" + "---|" * len(ROWS)]
     for name, other in sorted(ablations.items()):
-        why = not_comparable(main, other)
+        ref_name, ref, why = _pairing(main, other, ablations)
         if why:
             lines.append(f"| {name} | not comparable: {why} |")
             continue
         cells = []
         for row in ROWS:
-            means = [d["mean"] for t in tasks if (d := differences(main, other, t, row, "balanced_accuracy"))]
+            means = [d["mean"] for t in tasks if (d := differences(ref, other, t, row, "balanced_accuracy"))]
             mean = summarize(means)["mean"]
             cells.append(f"{mean:+.3f}" if math.isfinite(mean) else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = name if ref_name == "main" else f"{name} (minus {ref_name})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -166,6 +166,14 @@ def finetune_selection(ablation=None) -> dict[str, Any]:
     return {"probe_margin": margin}
 
 
+def head_readout(ablation=None) -> dict[str, Any]:
+    """What the EEGMamba heads read beyond the tokens (the suite's default, or the ablation's), for the report: an
+    ablation pairs with a run whose heads read the same features."""
+    from finetune.config import FinetuneConfig
+
+    return {"gain": (ablation.finetune if ablation else {}).get("gain", FinetuneConfig().gain)}
+
+
 def machine() -> dict[str, Any]:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),

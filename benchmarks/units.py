@@ -44,6 +44,14 @@ def key_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def finetune_defaults() -> dict[str, Any]:
+    """The installed ``FinetuneConfig``'s defaults: part of every job's key, so a default changed in code (what a
+    head reads, how LP-FT selects) recomputes the jobs it affects instead of reading back stale results."""
+    from finetune.config import FinetuneConfig
+
+    return dataclasses.asdict(FinetuneConfig())
+
+
 def job_budget(budget: Mapping[str, Any]) -> dict[str, Any]:
     """The budget as one job sees it: how many seeds the run has does not change what a job of one seed computes,
     so adding a seed to a finished run reuses every cached job."""
@@ -172,7 +180,7 @@ class FeatureJob:
     backbone: str | None = None
 
     def key(self, contexts: Sequence[Context]) -> str:
-        return key_of({**dataclasses.asdict(self),
+        return key_of({**dataclasses.asdict(self), "defaults": finetune_defaults(),
                        "contexts": [{**dataclasses.asdict(c), "budget": job_budget(c.budget)} for c in contexts]})
 
 
@@ -185,14 +193,18 @@ def window_features(job: FeatureJob, ctx: Context, data) -> np.ndarray:
     import torch
     from accelerate.utils import set_seed
 
+    from finetune.config import FinetuneConfig
     from finetune.model import TaskModel, load_backbone
     from finetune.probe import task_features
     from finetune.train import head_input
 
     set_seed(job.seed)  # the random-init backbone of a linear-probe run from scratch with this seed
     backbone, _ = load_backbone(job.checkpoint if job.method == PROBE else None)
+    read = {k: ctx.finetune_overrides[k] for k in ("pool", "gain") if k in ctx.finetune_overrides}
     heads = {ctx.recipe: {"n_classes": data.recipe.n_classes, "task_id": data.recipe.task_id, "norm": "standard",
-                          "classes": list(data.recipe.classes), **head_input("auto", data, backbone.config.adapter)}}
+                          "classes": list(data.recipe.classes),
+                          **head_input(read.get("pool", "auto"), data, backbone.config.adapter,
+                                       gain=read.get("gain", FinetuneConfig.gain))}}
     model = TaskModel(backbone, heads, mode="linear_probe")
     with torch.no_grad():
         return task_features(model, data.windows, ctx.recipe, batch_size=2 * ctx.budget["batch_size"])
@@ -272,7 +284,7 @@ def run_job(job, contexts, cache: Path) -> list[dict[str, Any]]:
 
 def _unit_context(ctx: Context) -> dict[str, Any]:
     return {"shards": ctx.shards, "budget": job_budget(ctx.budget), "overrides": ctx.finetune_overrides, "test": ctx.test_groups,
-            "val": ctx.val_groups, "classes": ctx.classes, "window_s": ctx.window_s}
+            "val": ctx.val_groups, "classes": ctx.classes, "window_s": ctx.window_s, "defaults": finetune_defaults()}
 
 
 def _call(args):

@@ -389,6 +389,26 @@ def test_feature_job_fits_one_classifier_per_fold_on_the_units_split(eegmat_shar
     assert [r["proba"] for r in again] == [r["proba"] for r in results]
 
 
+def test_the_probe_jobs_read_what_the_ablations_heads_read(eegmat_shards, tmp_path):
+    """A feature job builds the head an EEGMamba run of the same ablation would: its pool and gain overrides."""
+    folder, _ = eegmat_shards
+    from finetune.data import load_task_data
+    from finetune.recipes import get_recipe
+
+    data = load_task_data(get_recipe("emotion"), str(folder), classes=("rest", "arithmetic"))
+    n_channels = len({c for w in data.windows for c in w.meta["channels"]})
+    budget = dataclasses.asdict(tasks.FAST)
+    job = units.FeatureJob("eegmat", 0, units.RANDOM_PROBE, "plain", (0,))
+
+    def features(overrides):
+        ctx = units.Context(str(folder), "emotion", ("rest", "arithmetic"), None, (), 2, budget, overrides, str(tmp_path))
+        return units.window_features(job, ctx, data)
+
+    default, tokens, mean = features({}), features({"gain": False}), features({"pool": "mean", "gain": False})
+    assert default.shape[1] == tokens.shape[1] + n_channels and mean.shape[1] == tokens.shape[1] // n_channels
+    np.testing.assert_allclose(default[:, :tokens.shape[1]], tokens, rtol=1e-5, atol=1e-6)
+
+
 def test_standardised_protocol_removes_each_subjects_gain(eegmat_shards, tmp_path):
     """The standardised protocol on real EEGMAT subjects: band power of a subject recorded at ten times the gain
     standardises to the same features, and the protocol's jobs score the plain jobs' test windows."""
@@ -521,6 +541,46 @@ def test_adding_a_seed_to_a_run_reuses_every_cached_job():
     assert job.key([ctx(seeds=2)]) == job.key([ctx(seeds=5)])  # the seed count is not what a job computes from
     assert job.key([ctx(finetune_epochs=9)]) != job.key([ctx()])  # everything else is
     assert units.job_budget(ctx(seeds=2).budget) == units.job_budget(ctx(seeds=5).budget)
+
+
+def test_a_default_changed_in_code_recomputes_the_jobs(monkeypatch):
+    """A cached job computed before a ``FinetuneConfig`` default changed (what heads read, how LP-FT selects) is not
+    read back as if it were the new default's."""
+    ctx = units.Context(shards="s", recipe="emotion", classes=("a", "b"), window_s=4.0, test_groups=("g",), n_folds=2,
+                        budget=dataclasses.asdict(tasks.FAST), finetune_overrides={}, out="o")
+    job = units.FeatureJob("t", 1, units.PROBE, "plain", (0, 1))
+    unit = units.Unit("t", 0, 1, units.PRETRAINED, "plain")
+    before = job.key([ctx]), unit.key(units._unit_context(ctx))
+    from finetune.config import FinetuneConfig
+
+    defaults = units.finetune_defaults()
+    assert defaults["gain"] is FinetuneConfig().gain and "probe_margin" in defaults
+    monkeypatch.setattr(units, "finetune_defaults", lambda: {**defaults, "gain": not defaults["gain"]})
+    after = job.key([ctx]), unit.key(units._unit_context(ctx))
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_an_ablation_run_with_another_readout_pairs_with_the_ablation_that_reads_the_same(tmp_path):
+    from benchmarks.report_ablations import render_ablations
+
+    main = report._json_safe(_payload())
+    main["head_readout"] = {"gain": True}
+    old = json.loads(json.dumps(main))  # stored before heads read the gain: no head_readout
+    del old["head_readout"]
+    old["ablation"] = {"description": "no band power", "objective": {"band_power_weight": 0.0}}
+    for seed in ("0", "1"):
+        old["table"]["t"][units.PROBE]["seeds"][seed]["balanced_accuracy"] -= 0.1
+    text = render_ablations(main, {"no-band-power": old})
+    assert "| no-band-power | – | not comparable: heads read {'gain': False} (main {'gain': True})" in text
+    tokens_only = json.loads(json.dumps(main))
+    tokens_only["head_readout"] = {"gain": False}
+    tokens_only["ablation"] = {"description": "no gain", "finetune": {"gain": False}}
+    for seed in ("0", "1"):
+        tokens_only["table"]["t"][units.PROBE]["seeds"][seed]["balanced_accuracy"] -= 0.03
+    text = render_ablations(main, {"no-band-power": old, "no-head-gain": tokens_only})
+    # each ablation minus the run that differs from it by its own change only
+    assert "| no-band-power (minus no-head-gain) | EEGMamba pretrained, linear probe | -0.070 / +0.000 (0/2) |" in text
+    assert "| no-head-gain | EEGMamba pretrained, linear probe | -0.030 / +0.000 (0/2) |" in text
 
 
 def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):
