@@ -178,7 +178,8 @@ def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
         return NO_ABLATIONS
     tasks = list(main.get("tasks", {}))
     lines = ["Each ablation minus the main run, balanced accuracy, mean over tasks of the seed-paired differences "
-             "(positive: the ablation's change helped); per task: "
+             "(positive: the ablation's change helped; \"(minus X)\": run when heads read other features, paired with "
+             "ablation X, which reads the same); per task: "
              "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",
              "| ablation | " + " | ".join(ROWS) + " |", "|---|" + "---|" * len(ROWS)]
     for name, other in sorted(ablations.items()):
