@@ -20,8 +20,10 @@ preferred. The standard error counts windows as independent (Hanley & McNeil 198
 for balanced accuracy), which understates it when a subject gives many windows: the rule then tolerates too
 little rather than too much.
 
-Features are what a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
-order) when every window has two or more channels, else the mean of all tokens.
+Features are the tokens a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
+order) when every window has two or more channels, else the mean of all tokens. The head's other input, each
+channel's log RMS amplitude, is left out: it is the same at every step, so it cannot tell steps apart and would
+only blur the differences the probe is there to see.
 """
 
 from __future__ import annotations
