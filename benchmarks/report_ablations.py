@@ -45,6 +45,7 @@ def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, ro
 
 
 OLD_HEAD_READOUT = {"gain": False}  # runs stored without ``head_readout``: heads read the tokens alone
+READOUT_FIELDS = frozenset(OLD_HEAD_READOUT)  # the FinetuneConfig fields a head_readout records
 
 
 def readout_of(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,10 +61,10 @@ def reference(main: Mapping[str, Any], other: Mapping[str, Any],
     """The run ``other`` pairs with: the main run when their heads read the same features (or reading them is the
     ablation's change), else the stored ablation whose only change is the readout ``other`` was run with; None
     when there is none."""
-    if readout_of(main) == readout_of(other) or _own_finetune(other) & set(OLD_HEAD_READOUT):
+    if readout_of(main) == readout_of(other) or _own_finetune(other) & READOUT_FIELDS:
         return "main", main
     for name, run in sorted(ablations.items()):
-        if (run is not other and _own_finetune(run) and _own_finetune(run) <= set(OLD_HEAD_READOUT)
+        if (run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS
                 and readout_of(run) == readout_of(other) and not_comparable(main, run) is None):
             return name, run
     return None

@@ -204,7 +204,7 @@ def window_features(job: FeatureJob, ctx: Context, data) -> np.ndarray:
     heads = {ctx.recipe: {"n_classes": data.recipe.n_classes, "task_id": data.recipe.task_id, "norm": "standard",
                           "classes": list(data.recipe.classes),
                           **head_input(read.get("pool", "auto"), data, backbone.config.adapter,
-                                       gain=read.get("gain", FinetuneConfig.gain))}}
+                                       gain=read.get("gain", FinetuneConfig().gain))}}
     model = TaskModel(backbone, heads, mode="linear_probe")
     with torch.no_grad():
         return task_features(model, data.windows, ctx.recipe, batch_size=2 * ctx.budget["batch_size"])
