@@ -51,6 +51,7 @@ ABLATIONS: dict[str, Ablation] = {
                                   "not only where mask >= 0.9", objective={"mask.loss_threshold": 0.5}),
     "width-96": Ablation("a wider backbone: d_model 96 instead of the tiny size's 64 (491k parameters instead of 301k)",
                          model={"d_model": 96}),
+    "depth-4": Ablation("a deeper backbone: 4 BiMamba + MoE layers instead of the tiny size's 2", model={"n_layers": 4}),
     "pretrain-600-steps": Ablation("600 pretraining steps instead of the mode's", budget={"pretrain_steps": 600}),
     "pretrain-1200-steps": Ablation("1200 pretraining steps instead of the mode's", budget={"pretrain_steps": 1200}),
     "pretrain-4800-steps": Ablation("4800 pretraining steps instead of the mode's", budget={"pretrain_steps": 4800}),
