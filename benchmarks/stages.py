@@ -19,7 +19,7 @@ import torch
 from benchmarks.ablations import apply
 from benchmarks.report import log
 from benchmarks.tasks import SHARD_SETS, Budget, shard_adapter
-from benchmarks.units import key_of
+from benchmarks.units import finetune_settings, key_of
 
 
 def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = None,
@@ -160,18 +160,13 @@ def probe_selection() -> dict[str, Any]:
 def finetune_selection(ablation=None) -> dict[str, Any]:
     """How LP-FT chooses between its probe and its finetuned epochs (the suite's default, or the ablation's), for
     the report: finetuned rows of runs selected otherwise are not paired."""
-    from finetune.config import FinetuneConfig
-
-    margin = (ablation.finetune if ablation else {}).get("probe_margin", FinetuneConfig().probe_margin)
-    return {"probe_margin": margin}
+    return {"probe_margin": finetune_settings(ablation.finetune if ablation else {}).probe_margin}
 
 
 def head_readout(ablation=None) -> dict[str, Any]:
     """What the EEGMamba heads read beyond the tokens (the suite's default, or the ablation's), for the report: an
     ablation pairs with a run whose heads read the same features."""
-    from finetune.config import FinetuneConfig
-
-    return {"gain": (ablation.finetune if ablation else {}).get("gain", FinetuneConfig().gain)}
+    return {"gain": finetune_settings(ablation.finetune if ablation else {}).gain}
 
 
 def machine() -> dict[str, Any]:

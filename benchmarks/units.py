@@ -52,6 +52,15 @@ def finetune_defaults() -> dict[str, Any]:
     return dataclasses.asdict(FinetuneConfig())
 
 
+def finetune_settings(overrides: Mapping[str, Any]):
+    """The installed ``FinetuneConfig`` with an ablation's finetune ``overrides``: the settings every EEGMamba job of
+    the run shares (what a head reads, how LP-FT selects)."""
+    from benchmarks.ablations import apply
+    from finetune.config import FinetuneConfig
+
+    return apply(FinetuneConfig(), overrides, where="ablation finetune")
+
+
 def job_budget(budget: Mapping[str, Any]) -> dict[str, Any]:
     """The budget as one job sees it: how many seeds the run has does not change what a job of one seed computes,
     so adding a seed to a finished run reuses every cached job."""
@@ -193,18 +202,16 @@ def window_features(job: FeatureJob, ctx: Context, data) -> np.ndarray:
     import torch
     from accelerate.utils import set_seed
 
-    from finetune.config import FinetuneConfig
     from finetune.model import TaskModel, load_backbone
     from finetune.probe import task_features
     from finetune.train import head_input
 
     set_seed(job.seed)  # the random-init backbone of a linear-probe run from scratch with this seed
     backbone, _ = load_backbone(job.checkpoint if job.method == PROBE else None)
-    read = {k: ctx.finetune_overrides[k] for k in ("pool", "gain") if k in ctx.finetune_overrides}
+    read = finetune_settings(ctx.finetune_overrides)  # the head an EEGMamba run of this ablation builds
     heads = {ctx.recipe: {"n_classes": data.recipe.n_classes, "task_id": data.recipe.task_id, "norm": "standard",
                           "classes": list(data.recipe.classes),
-                          **head_input(read.get("pool", "auto"), data, backbone.config.adapter,
-                                       gain=read.get("gain", FinetuneConfig().gain))}}
+                          **head_input(read.pool, data, backbone.config.adapter, gain=read.gain)}}
     model = TaskModel(backbone, heads, mode="linear_probe")
     with torch.no_grad():
         return task_features(model, data.windows, ctx.recipe, batch_size=2 * ctx.budget["batch_size"])

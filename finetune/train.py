@@ -211,7 +211,7 @@ def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hy
     return TaskModel(backbone, heads, dropout=hyper.dropout, mode=config.mode), provenance, contract
 
 
-def head_input(pool: str, data: TaskData, adapter: str, *, gain: bool = True) -> dict[str, Any]:
+def head_input(pool: str, data: TaskData, adapter: str, *, gain: bool) -> dict[str, Any]:
     """``{"pool", "channels", "gain"}`` of a task's head. ``auto``: one token mean per channel when every window has
     two or more channels (and the adapter makes per-channel tokens), else the mean of all tokens. The channel list
     is every channel of the task's windows, in vocabulary order, so a head does not depend on the order a file
