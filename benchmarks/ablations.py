@@ -62,6 +62,8 @@ ABLATIONS: dict[str, Ablation] = {
                                     "one standard error (probe_margin 0)", finetune={"probe_margin": 0.0}),
     "no-head-gain": Ablation("heads read the tokens alone, not each channel's log RMS amplitude beside them",
                              finetune={"gain": False}),
+    "finetune-10-epochs": Ablation("the fast mode's finetuning run for 10 epochs (1 warm-up, no early stop) instead of 3",
+                                   budget={"finetune_epochs": 10, "warmup_epochs": 1, "patience": 10}),
     "pool-mean": Ablation("heads read the mean of all tokens instead of one mean per channel", finetune={"pool": "mean"}),
     "no-calibration": Ablation("binary tasks decide at probability 0.5 instead of the validation-chosen threshold",
                                finetune={"calibrate": False}),
