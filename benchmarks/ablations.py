@@ -43,6 +43,8 @@ ABLATIONS: dict[str, Ablation] = {
     # the pretraining objective's defaults, one at a time
     "no-band-power": Ablation("masked STFT reconstruction alone: no per-token band-power target",
                               objective={"band_power_weight": 0.0}),
+    "band-power-weight-10": Ablation("the per-token band-power target weighted 10 instead of 3",
+                                     objective={"band_power_weight": 10.0}),
     "stft-full-band": Ablation("STFT target up to Nyquist (100 Hz) instead of the shards' 75-Hz band",
                                objective={"stft.max_hz": None}),
     "stft-demean": Ablation("each sample's mean log-magnitude removed from the targets (gain-free targets)",
@@ -64,6 +66,8 @@ ABLATIONS: dict[str, Ablation] = {
                              finetune={"gain": False}),
     "finetune-10-epochs": Ablation("the fast mode's finetuning run for 10 epochs (1 warm-up, no early stop) instead of 3",
                                    budget={"finetune_epochs": 10, "warmup_epochs": 1, "patience": 10}),
+    "finetune-lr-1e-4": Ablation("finetuning's peak learning rate 1e-4 instead of the recipe's 5e-4 (every EEGMamba run)",
+                                 finetune={"lr": 1e-4}),
     "pool-mean": Ablation("heads read the mean of all tokens instead of one mean per channel", finetune={"pool": "mean"}),
     "no-calibration": Ablation("binary tasks decide at probability 0.5 instead of the validation-chosen threshold",
                                finetune={"calibrate": False}),

@@ -2,8 +2,8 @@
 
 An ablation changes one default (``benchmarks/ablations.py``) and reruns the benchmark with the same folds and
 seeds, so each seed's pooled metric pairs with the main run's: the table gives, per task, the mean over seeds of
-``ablation - main`` for the pretrained model finetuned and its probe, and how many seeds moved in the same
-direction. A positive number means the ablation's change (most undo a default) helped.
+``ablation - main`` for the pretrained model finetuned, its probe and the model finetuned from scratch, and how
+many seeds moved in the same direction. A positive number means the ablation's change (most undo a default) helped.
 
 An ablation stored when the heads read other features than the main run's (``head_readout``) pairs instead with
 the stored ablation that changes only the main run's readout to its own (e.g. ``no-head-gain``), so every row
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import log, paired, row_name, summarize, write_block
-from benchmarks.units import PRETRAINED, PROBE
+from benchmarks.units import PRETRAINED, PROBE, SCRATCH
 
 README_BEGIN = "<!-- ablation-results:begin -->"
 README_END = "<!-- ablation-results:end -->"
 # The probe also with each subject's features standardised: what a pretraining change does to the features once
-# each subject's offset and scale are gone.
-ROWS = (PRETRAINED, PROBE, row_name(PROBE, "standardised"))
+# each subject's offset and scale are gone; the model finetuned from scratch, because a finetuning change moves the
+# baseline that pretraining has to beat as well.
+ROWS = (PRETRAINED, PROBE, row_name(PROBE, "standardised"), SCRATCH)
 
 
 OLD_FINETUNE_SELECTION = {"probe_margin": 0.0}  # runs stored without ``finetune_selection``: the best epoch

@@ -304,6 +304,13 @@ def test_ablation_table_pairs_seeds(tmp_path):
     text = render_ablations(main, {"undo": other})
     assert "| undo | EEGMamba pretrained, finetuned (LP-FT) | -0.100 / +0.000 (0/2) | -0.100 |" in text
     assert "- **undo**: undo something" in text
+    # a finetuning change also moves the from-scratch baseline: its row is in the table and the README block
+    other["table"]["t"][units.SCRATCH]["seeds"]["0"]["balanced_accuracy"] += 0.2
+    text = render_ablations(main, {"undo": other})
+    assert "| undo | EEGMamba from scratch, finetuned | +0.100 / +0.000 (1/2) | +0.100 |" in text
+    from benchmarks.report_ablations import readme_ablations
+
+    assert "| undo | -0.100 | +0.000 | – | +0.100 |" in readme_ablations(main, {"undo": other})
     # a frozen-only run has no finetuned rows: a dash in every cell, the mean included, never "nan"
     frozen = json.loads(json.dumps(other))
     del frozen["table"]["t"][units.PRETRAINED]
