@@ -108,7 +108,7 @@ def finetune_config(unit: Unit, ctx: Context):
     probe = unit.method in (PROBE, RANDOM_PROBE)
     config = FinetuneConfig(
         recipe=ctx.recipe, checkpoint=unit.checkpoint if unit.method in (PRETRAINED, PROBE) else "none",
-        data=ctx.shards, out=str(Path(ctx.out) / "runs" / f"{unit.task}-f{unit.fold}-s{unit.seed}-{_slug(unit)}"),
+        data=ctx.shards, out=str(run_folder(unit, ctx)),
         classes=ctx.classes, window_s=ctx.window_s, mode="linear_probe" if probe else "finetune",
         test_groups=ctx.test_groups, val_groups=ctx.val_groups, n_folds=max(2, ctx.n_folds - 1), fold=unit.seed,
         seed=unit.seed,
@@ -118,8 +118,10 @@ def finetune_config(unit: Unit, ctx: Context):
     return apply(config, ctx.finetune_overrides, where="ablation finetune")
 
 
-def _slug(unit: Unit) -> str:
-    return hashlib.sha256(f"{unit.method}/{unit.protocol}".encode()).hexdigest()[:8]
+def run_folder(unit: Unit, ctx: Context) -> Path:
+    """Where an EEGMamba unit's finetuning run writes its model and report: named by the unit's cache key, so an
+    ablation sharing the work dir writes beside the main run's models instead of over them."""
+    return Path(ctx.out) / "runs" / f"{unit.task}-f{unit.fold}-s{unit.seed}-{unit.key(_unit_context(ctx))}"
 
 
 def eegmamba_unit(unit: Unit, ctx: Context) -> dict[str, Any]:

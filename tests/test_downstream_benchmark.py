@@ -550,6 +550,20 @@ def test_adding_a_seed_to_a_run_reuses_every_cached_job():
     assert units.job_budget(ctx(seeds=2).budget) == units.job_budget(ctx(seeds=5).budget)
 
 
+def test_each_unit_writes_its_own_run_folder_named_by_its_cache_key(tmp_path):
+    """An ablation that shares the work dir writes its finetuned models beside the main run's, never over them."""
+    main = units.Context(shards="s", recipe="emotion", classes=("a", "b"), window_s=4.0, test_groups=("g",), n_folds=2,
+                         budget=dataclasses.asdict(tasks.FAST), finetune_overrides={}, out=str(tmp_path))
+    ablation = dataclasses.replace(main, finetune_overrides={"lr": 1e-4})
+    unit = units.Unit("t", 0, 1, units.PRETRAINED, "plain")
+    folders = {units.finetune_config(unit, c).out for c in (main, ablation)}
+    assert len(folders) == 2
+    for c in (main, ablation):
+        out = Path(units.finetune_config(unit, c).out)
+        assert out.parent == tmp_path / "runs" and out.name == f"t-f0-s1-{unit.key(units._unit_context(c))}"
+    assert units.finetune_config(unit, ablation).lr == 1e-4 and units.finetune_config(unit, main).lr is None
+
+
 def test_a_default_changed_in_code_recomputes_the_jobs(monkeypatch):
     """A cached job computed before a ``FinetuneConfig`` default changed (what heads read, how LP-FT selects) is not
     read back as if it were the new default's."""
