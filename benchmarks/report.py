@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bootstrap import balanced_accuracy, group_bootstrap
+from benchmarks.bootstrap import Ranking, balanced_accuracy, group_bootstrap
 from benchmarks.published import published_lines
 from benchmarks.units import BAND, EEGNET, PRETRAINED, PROBE, RANDOM_PROBE, SCRATCH
 
@@ -23,6 +23,8 @@ TITLES = {"balanced_accuracy": "bal. acc.", "auroc": "AUROC", "cohen_kappa": "ka
 ALIGNED = " [aligned]"
 STANDARDISED = " [standardised]"
 SUFFIXES = {"plain": "", "aligned": ALIGNED, "standardised": STANDARDISED}
+# (row, reference) pairs the report compares, in every protocol both rows have
+PAIRS = ((PRETRAINED, SCRATCH), (PRETRAINED, BAND), (PRETRAINED, PROBE), (PROBE, RANDOM_PROBE), (PROBE, BAND))
 README_BEGIN = "<!-- downstream-results:begin -->"
 README_END = "<!-- downstream-results:end -->"
 
@@ -132,6 +134,11 @@ def table_of(pooled: Mapping[str, Any], n_classes: Mapping[str, int]) -> dict[st
             cell["folds_run"] = n_folds * len(seeds)
             cell["ci"] = bootstrap_ci(entry, row, k)
             table[task][row] = cell
+        for suffix in SUFFIXES.values():
+            for row, ref in PAIRS:
+                if row + suffix in entry["rows"] and ref + suffix in entry["rows"]:
+                    table[task][row + suffix].setdefault("paired_ci", {})[ref + suffix] = {
+                        m: paired_ci(entry, row + suffix, ref + suffix, k, m) for m in ("balanced_accuracy", "auroc")}
     return table
 
 
@@ -140,7 +147,33 @@ def bootstrap_ci(entry: Mapping[str, Any], row: str, n_classes: int) -> dict[str
     seeds = sorted(entry["rows"][row])
     y = np.asarray(entry["y"], dtype=np.int64)
     preds = [np.asarray(entry["rows"][row][s]["pred"], dtype=np.int64) for s in seeds]
-    return group_bootstrap([entry["groups"]] * len(seeds), lambda i, idx: balanced_accuracy(y[idx], preds[i][idx], n_classes))
+    return group_bootstrap([entry["groups"]] * len(seeds), lambda i, w: balanced_accuracy(y, preds[i], n_classes, w))
+
+
+def paired_ci(entry: Mapping[str, Any], row: str, ref: str, n_classes: int,
+              metric: str = "balanced_accuracy") -> dict[str, float] | None:
+    """95 % interval of the seed-mean difference ``row - ref`` under resampling groups, both rows scored on the
+    same resampled groups (the seeds both rows have). Whether a difference between two methods is more than which
+    subjects happened to be tested: an interval that holds 0 does not rank them."""
+    seeds = sorted(set(entry["rows"][row]) & set(entry["rows"][ref]))
+    if not seeds:
+        return None
+    y = np.asarray(entry["y"], dtype=np.int64)
+    if metric == "balanced_accuracy":
+        pairs = [tuple(np.asarray(entry["rows"][name][s]["pred"], dtype=np.int64) for name in (row, ref)) for s in seeds]
+        return group_bootstrap([entry["groups"]] * len(seeds), lambda i, w: balanced_accuracy(y, pairs[i][0], n_classes, w)
+                               - balanced_accuracy(y, pairs[i][1], n_classes, w))
+    # binary rows store the positive class's probability, multi-class rows every class's (rounded: renormalised)
+    score = lambda p: np.asarray(p, dtype=np.float64) if n_classes == 2 else _proba(p, n_classes)  # noqa: E731
+    ranked = [tuple(Ranking(y, score(entry["rows"][name][s]["p"]), n_classes) for name in (row, ref)) for s in seeds]
+    return group_bootstrap([entry["groups"]] * len(seeds), lambda i, w: ranked[i][0].auroc(w) - ranked[i][1].auroc(w))
+
+
+def separated(table: Mapping[str, Any], task: str, row: str, ref: str, metric: str) -> int:
+    """+1 when the interval of ``row - ref`` (:func:`paired_ci`) lies above 0, -1 below, 0 when it holds 0 or the
+    run has none."""
+    ci = table.get(task, {}).get(row, {}).get("paired_ci", {}).get(ref, {}).get(metric)
+    return 0 if not ci else (1 if ci["lo"] > 0 else -1 if ci["hi"] < 0 else 0)
 
 
 def paired(table: Mapping[str, Any], task: str, row: str, ref: str, metric: str = "balanced_accuracy") -> dict | None:
@@ -185,8 +218,11 @@ def aims_lines(table: Mapping[str, Any], tasks: Mapping[str, Any], protocol: str
                   or (ref == BAND and _mean(table, t, r(best), metric) >= _mean(table, t, r(ref), metric))]
             types = sorted({tasks[t]["recipe"] for t in ok})
             relation = ">=" if ref == BAND else ">"
+            above = [t for t in ts if separated(table, t, r(best), r(ref), metric) > 0]
+            below = [t for t in ts if separated(table, t, r(best), r(ref), metric) < 0]
             lines.append(f"- {TITLES[metric]}: {r(best)} {relation} {r(ref)} on {len(ok)}/{len(ts)} tasks "
-                         f"({', '.join(ok) or 'none'}; task types {', '.join(types) or 'none'})")
+                         f"({', '.join(ok) or 'none'}; task types {', '.join(types) or 'none'}); 95 % group interval "
+                         f"of the difference above 0 on {', '.join(above) or 'none'}, below 0 on {', '.join(below) or 'none'}")
     if "eegmat" in names:
         v = _mean(table, "eegmat", r(best))
         lines.append(f"- EEGMAT, subject-wise CV over every window: {r(best)} {v:.3f} balanced accuracy (aim >= 0.75: "
@@ -211,14 +247,15 @@ def results_table(table: Mapping[str, Any], titles: Mapping[str, str]) -> str:
 def paired_lines(table: Mapping[str, Any], titles: Mapping[str, str], protocol: str = "plain") -> list[str]:
     lines = []
     r = lambda m: row_name(m, protocol)  # noqa: E731
-    for row, ref in ((PRETRAINED, SCRATCH), (PRETRAINED, BAND), (PRETRAINED, PROBE), (PROBE, RANDOM_PROBE), (PROBE, BAND)):
+    for row, ref in PAIRS:
         cells = []
         for task in table:
             for metric in ("balanced_accuracy", "auroc"):
                 d = paired(table, task, r(row), r(ref), metric)
                 if d:
+                    ci = table[task][r(row)].get("paired_ci", {}).get(r(ref), {}).get(metric)
                     cells.append(f"{titles.get(task, task).split(' (')[0]} {TITLES[metric]} {d['mean']:+.3f} ± {d['std']:.3f} "
-                                 f"({d['wins']}/{d['n']})")
+                                 f"({d['wins']}/{d['n']})" + (f" [{ci['lo']:+.3f}, {ci['hi']:+.3f}]" if ci else ""))
         if cells:
             lines.append(f"- {r(row)} minus {r(ref)}: " + "; ".join(cells))
     return lines
@@ -288,7 +325,8 @@ def render(payload: Mapping[str, Any]) -> str:
     ]
     for protocol in protocols:
         md += [f"## Aims ({protocol} protocol)", "", *aims_lines(table, tasks, protocol), "",
-               "Paired by seed (same folds), mean ± std of the difference (seeds where the first is better):", "",
+               "Paired by seed (same folds), mean ± std of the difference (seeds where the first is better) [95 % "
+               "interval of the seed-mean difference, resampling test groups, both methods on the same draw]:", "",
                *paired_lines(table, titles, protocol), ""]
     md += published_lines(table, fmt)
     md += ["## Pretraining", "", *pretraining_lines(payload), "", "## Notes", "",
@@ -364,5 +402,5 @@ def _json_safe(x: Any) -> Any:
 
 
 __all__ = ["ALIGNED", "EEGNET", "METRICS", "README_BEGIN", "README_END", "STANDARDISED", "aims_lines", "bootstrap_ci",
-           "fmt", "log", "metrics_of", "paired", "pool_predictions", "protocol_of", "render", "row_name", "summarize",
+           "fmt", "log", "metrics_of", "paired", "paired_ci", "pool_predictions", "protocol_of", "render", "row_name", "summarize",
            "table_of", "update_readme", "write_block", "write_results"]

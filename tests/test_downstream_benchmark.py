@@ -219,7 +219,7 @@ def test_pooling_applies_each_folds_threshold_and_flags_constant_predictors():
     table = report.table_of({"t": pooled}, {"t": 2})["t"]
     assert table[units.PROBE]["balanced_accuracy"]["mean"] == 1.0 and table[units.PROBE]["auroc"]["mean"] == 1.0
     assert table[units.BAND]["balanced_accuracy"]["mean"] == 0.5 and table[units.BAND]["constant_folds"] == 2
-    assert table[units.PROBE]["ci"]["n_groups"] == 4
+    assert table[units.PROBE]["ci"] is None  # 4 test groups: too few resamples for an interval over groups
     d = report.paired({"t": table}, "t", units.PROBE, units.BAND)
     assert d["mean"] == 0.5 and d["wins"] == 1
 
@@ -467,23 +467,80 @@ def test_bootstrap_resamples_groups_not_windows():
     groups = ["A"] * 30 + ["B"] * 10
     y = np.zeros(40, dtype=int)
     pred = np.array([0] * 30 + [1] * 10)
-    stat = lambda i, sel: float((pred[sel] == y[sel]).mean())  # noqa: E731
-    ci = bootstrap.group_bootstrap([groups], stat, n_boot=2000, seed=0)
+    stat = lambda i, w: float(np.average(pred == y, weights=w))  # noqa: E731
+    ci = bootstrap.group_bootstrap([groups], stat, n_boot=2000, seed=0, min_groups=2)
     # resamples: AA -> 1.0 (p 1/4), AB/BA -> 30/40 = 0.75 (p 1/2), BB -> 0.0 (p 1/4)
     assert ci["lo"] == pytest.approx(0.0) and ci["hi"] == pytest.approx(1.0) and ci["n_groups"] == 2
     # 40 independent windows would give a narrow interval around 0.75; one per window is what we do not do
     per_window = bootstrap.group_bootstrap([[str(i) for i in range(40)]], stat, n_boot=2000, seed=0)
     assert per_window["hi"] - per_window["lo"] < 0.35
-    assert bootstrap.group_bootstrap([["A"] * 5], stat) is None  # one group: no interval over groups
+    assert bootstrap.group_bootstrap([["A"] * 5], stat, min_groups=1) is None  # one group: no interval over groups
+    # two groups have three distinct resamples: by default no interval is claimed from them
+    assert bootstrap.group_bootstrap([groups], stat) is None
+
+
+def test_weighted_metrics_score_a_resample_as_if_it_were_built():
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    for k in (2, 4):
+        y = rng.integers(0, k, 120)
+        proba = rng.random((120, k))
+        proba[np.arange(120), y] += 0.4
+        proba = np.round(proba / proba.sum(1, keepdims=True), 2)  # rounded: ties, as the stored predictions have
+        proba /= proba.sum(1, keepdims=True)
+        score = proba[:, 1] if k == 2 else proba
+        counts = rng.integers(0, 3, 120)  # how many times a resample drew each window
+        built = np.repeat(np.arange(120), counts)
+        expected = roc_auc_score(y[built], score[built]) if k == 2 else \
+            roc_auc_score(y[built], proba[built], multi_class="ovr", average="macro")
+        assert bootstrap.Ranking(y, score, k).auroc(counts) == pytest.approx(expected)
+        assert bootstrap.auroc(y, score, k) == pytest.approx(roc_auc_score(y, score) if k == 2 else
+                                                             roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+        pred = proba.argmax(1)
+        assert bootstrap.balanced_accuracy(y, pred, k, counts) == pytest.approx(balanced_accuracy_score(y[built], pred[built]))
+    assert np.isnan(bootstrap.auroc(np.array([0, 1]), np.array([0.2, 0.8]), 2, np.array([1.0, 0.0])))  # no positive drawn
+
+
+def test_paired_intervals_rank_two_methods_only_beyond_which_subjects_were_tested():
+    rng = np.random.default_rng(0)
+    n_groups, per = 40, 6
+    groups = [f"s{g:02d}" for g in range(n_groups) for _ in range(per)]
+    y = np.tile([0, 1, 0, 1, 0, 1], n_groups)
+    runs = []
+    for seed in (0, 1):
+        good = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.15, len(y)), 0.01, 0.99)  # separates the classes
+        noise = rng.random(len(y))  # chance
+        close = np.clip(good + rng.normal(0, 0.02, len(y)), 0.01, 0.99)  # the same ranking, jittered
+        for method, p in ((units.PROBE, good), (units.RANDOM_PROBE, noise), (units.BAND, close)):
+            proba = np.c_[1 - p, p].tolist()
+            half = len(y) // 2
+            runs += [_unit(0, seed, method, y[:half].tolist(), proba[:half], groups[:half]),
+                     _unit(1, seed, method, y[half:].tolist(), proba[half:], groups[half:])]
+    pooled = report.pool_predictions(runs)
+    table = report.table_of(pooled, {"t": 2})
+    ci = table["t"][units.PROBE]["paired_ci"]
+    assert ci[units.RANDOM_PROBE]["balanced_accuracy"]["lo"] > 0.2 and ci[units.RANDOM_PROBE]["auroc"]["lo"] > 0.2
+    assert ci[units.BAND]["auroc"]["lo"] < 0 < ci[units.BAND]["auroc"]["hi"]  # a jitter does not rank them
+    assert ci[units.BAND]["balanced_accuracy"]["n_groups"] == n_groups
+    assert report.separated(table, "t", units.PROBE, units.RANDOM_PROBE, "auroc") == 1
+    assert report.separated(table, "t", units.PROBE, units.BAND, "auroc") == 0
+    tasks_ = {"t": {"recipe": "emotion"}}
+    lines = report.aims_lines(table, tasks_)
+    assert any("EEGMamba random init, linear probe on 1/1 tasks" in line and "difference above 0 on t, below 0 on none" in line
+               for line in lines)
+    text = "\n".join(report.paired_lines(table, {"t": "T task"}))
+    lo, hi = ci[units.BAND]["balanced_accuracy"]["lo"], ci[units.BAND]["balanced_accuracy"]["hi"]
+    assert f"[{lo:+.3f}, {hi:+.3f}]" in text
 
 
 def test_bootstrap_pairs_seeds_on_the_same_groups():
     groups = ["a", "b", "c", "d"]
     y = np.array([0, 1, 0, 1])
     better, worse = np.array([0, 1, 0, 1]), np.array([0, 1, 1, 0])
-    diff = lambda i, sel: (bootstrap.balanced_accuracy(y[sel], better[sel], 2)  # noqa: E731
-                           - bootstrap.balanced_accuracy(y[sel], worse[sel], 2))
-    ci = bootstrap.group_bootstrap([groups, groups], diff, n_boot=500)
+    diff = lambda i, w: (bootstrap.balanced_accuracy(y, better, 2, w)  # noqa: E731
+                         - bootstrap.balanced_accuracy(y, worse, 2, w))
+    ci = bootstrap.group_bootstrap([groups, groups], diff, n_boot=500, min_groups=4)
     assert 0.0 <= ci["lo"] <= ci["hi"] <= 1.0  # never below zero: method and reference see the same draw
 
 
