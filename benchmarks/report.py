@@ -206,8 +206,10 @@ def aims_lines(table: Mapping[str, Any], tasks: Mapping[str, Any], protocol: str
     tuned = [t for t in names if has(t, PRETRAINED) and has(t, PROBE)]
     if tuned:
         below = [t for t in tuned if _mean(table, t, r(PRETRAINED)) < _mean(table, t, r(PROBE)) - 1e-9]
+        clear = [t for t in tuned if separated(table, t, r(PRETRAINED), r(PROBE), "balanced_accuracy") < 0]
         lines.append(f"- finetuned (LP-FT) below its own frozen probe (test balanced accuracy): on {len(below)}/{len(tuned)} "
-                     f"tasks ({', '.join(below) or 'none'})")
+                     f"tasks ({', '.join(below) or 'none'}); 95 % group interval of the difference below 0 on "
+                     f"{', '.join(clear) or 'none'}")
     best = PRETRAINED if tuned else PROBE
     for metric in ("balanced_accuracy", "auroc"):
         pairs = [(t, ref) for ref in (SCRATCH if best == PRETRAINED else RANDOM_PROBE, BAND) for t in names
