@@ -45,15 +45,18 @@ class Ranking:
         score = np.asarray(score, dtype=np.float64)
         columns = [(y == 1, score if score.ndim == 1 else score[:, 1])] if n_classes == 2 else \
             [(y == c, score[:, c]) for c in range(n_classes)]
-        # per column: the positive mask and each window's bin among the distinct scores, in ascending order
-        self.columns = [(positive, np.unique(s, return_inverse=True)[1].reshape(-1)) for positive, s in columns]
+        # per column: the positive mask, each window's bin among the distinct scores (ascending) and their number
+        self.columns = []
+        for positive, s in columns:
+            distinct, bins = np.unique(s, return_inverse=True)
+            self.columns.append((positive, bins.reshape(-1), len(distinct)))
+        self.n = len(y)
 
     def auroc(self, weights: np.ndarray | None = None) -> float:
         """nan when a class has no weight (a resample that drew none of its windows ranks nothing)."""
+        w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=np.float64)
         values = []
-        for positive, bins in self.columns:
-            w = np.ones(len(bins)) if weights is None else np.asarray(weights, dtype=np.float64)
-            n_bins = int(bins.max()) + 1 if len(bins) else 0
+        for positive, bins, n_bins in self.columns:
             neg = np.bincount(bins, weights=w * ~positive, minlength=n_bins)  # negative weight per distinct score
             w_pos, w_neg = float((w * positive).sum()), float(neg.sum())
             if w_pos == 0 or w_neg == 0:
@@ -62,11 +65,6 @@ class Ranking:
             u = float((w * positive * (below[bins] + 0.5 * neg[bins])).sum())
             values.append(u / (w_pos * w_neg))
         return float(np.mean(values))
-
-
-def auroc(y: np.ndarray, score: np.ndarray, n_classes: int, weights: np.ndarray | None = None) -> float:
-    """:meth:`Ranking.auroc` of one set of scores."""
-    return Ranking(y, score, n_classes).auroc(weights)
 
 
 def group_bootstrap(groups: Sequence[Sequence[str]], stat: Callable[[int, np.ndarray], float], *,

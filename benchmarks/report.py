@@ -169,10 +169,15 @@ def paired_ci(entry: Mapping[str, Any], row: str, ref: str, n_classes: int,
     return group_bootstrap([entry["groups"]] * len(seeds), lambda i, w: ranked[i][0].auroc(w) - ranked[i][1].auroc(w))
 
 
+def stored_paired_ci(table: Mapping[str, Any], task: str, row: str, ref: str, metric: str) -> dict | None:
+    """The interval of ``row - ref`` that ``table_of`` stored (None: the run has none, e.g. too few groups)."""
+    return table.get(task, {}).get(row, {}).get("paired_ci", {}).get(ref, {}).get(metric)
+
+
 def separated(table: Mapping[str, Any], task: str, row: str, ref: str, metric: str) -> int:
     """+1 when the interval of ``row - ref`` (:func:`paired_ci`) lies above 0, -1 below, 0 when it holds 0 or the
     run has none."""
-    ci = table.get(task, {}).get(row, {}).get("paired_ci", {}).get(ref, {}).get(metric)
+    ci = stored_paired_ci(table, task, row, ref, metric)
     return 0 if not ci else (1 if ci["lo"] > 0 else -1 if ci["hi"] < 0 else 0)
 
 
@@ -255,7 +260,7 @@ def paired_lines(table: Mapping[str, Any], titles: Mapping[str, str], protocol: 
             for metric in ("balanced_accuracy", "auroc"):
                 d = paired(table, task, r(row), r(ref), metric)
                 if d:
-                    ci = table[task][r(row)].get("paired_ci", {}).get(r(ref), {}).get(metric)
+                    ci = stored_paired_ci(table, task, r(row), r(ref), metric)
                     cells.append(f"{titles.get(task, task).split(' (')[0]} {TITLES[metric]} {d['mean']:+.3f} ± {d['std']:.3f} "
                                  f"({d['wins']}/{d['n']})" + (f" [{ci['lo']:+.3f}, {ci['hi']:+.3f}]" if ci else ""))
         if cells:

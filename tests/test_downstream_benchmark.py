@@ -495,11 +495,11 @@ def test_weighted_metrics_score_a_resample_as_if_it_were_built():
         expected = roc_auc_score(y[built], score[built]) if k == 2 else \
             roc_auc_score(y[built], proba[built], multi_class="ovr", average="macro")
         assert bootstrap.Ranking(y, score, k).auroc(counts) == pytest.approx(expected)
-        assert bootstrap.auroc(y, score, k) == pytest.approx(roc_auc_score(y, score) if k == 2 else
-                                                             roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+        assert bootstrap.Ranking(y, score, k).auroc() == pytest.approx(
+            roc_auc_score(y, score) if k == 2 else roc_auc_score(y, proba, multi_class="ovr", average="macro"))
         pred = proba.argmax(1)
         assert bootstrap.balanced_accuracy(y, pred, k, counts) == pytest.approx(balanced_accuracy_score(y[built], pred[built]))
-    assert np.isnan(bootstrap.auroc(np.array([0, 1]), np.array([0.2, 0.8]), 2, np.array([1.0, 0.0])))  # no positive drawn
+    assert np.isnan(bootstrap.Ranking(np.array([0, 1]), np.array([0.2, 0.8]), 2).auroc(np.array([1.0, 0.0])))  # no positive
 
 
 def test_paired_intervals_rank_two_methods_only_beyond_which_subjects_were_tested():
