@@ -57,6 +57,10 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-600-steps": Ablation("600 pretraining steps instead of the mode's", budget={"pretrain_steps": 600}),
     "pretrain-1200-steps": Ablation("1200 pretraining steps instead of the mode's", budget={"pretrain_steps": 1200}),
     "pretrain-4800-steps": Ablation("4800 pretraining steps instead of the mode's", budget={"pretrain_steps": 4800}),
+    "pretrain-lr-2e-3": Ablation("pretraining's peak learning rate 2e-3 instead of the mode's 1e-3",
+                                 budget={"pretrain_lr": 2e-3}),
+    "mask-shared-channels": Ablation("one STFT mask per sample, hiding the same region in every channel, instead of "
+                                     "one per channel", objective={"mask.share_across_channels": True}),
     # finetuning's defaults
     "head-init-random": Ablation("pretrained backbones finetune from a small random head, not the fitted probe (no LP-FT)",
                                  finetune={"head_init": "random"}),
