@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.ablations import Ablation
 from benchmarks.report import log, paired, row_name, summarize, write_block
 from benchmarks.units import PRETRAINED, PROBE, SCRATCH
 
@@ -153,7 +154,80 @@ def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
             mean_text = f"{mean:+.3f}" if means and math.isfinite(mean) else "–"
             lines.append(f"| {label} | {row} | " + " | ".join(cells) + f" | {mean_text} |")
     lines += ["", *[f"- **{n}**: {(o.get('ablation') or {}).get('description', '')}" for n, o in sorted(ablations.items())], ""]
+    lines += validation_agreement(main, ablations)
     return "\n".join(lines)
+
+
+MIN_POINTS = 5  # fewer backbones than this give no rank correlation
+
+
+def _changes_backbones(run: Mapping[str, Any]) -> bool:
+    spec = run.get("ablation") or {}
+    return Ablation(description="", **{k: spec.get(k) or {} for k in ("model", "objective", "finetune", "budget")}
+                    ).changes_pretraining
+
+
+def validation_scores(run: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Per pretraining seed, the validation probe at the step each backbone exported, mean over the seed's halves
+    (``s{seed}-h{half}``): ``score`` and the features' ``effective_rank`` (mean over probe sets; absent when not
+    logged). Seeds whose backbones logged no probe are left out."""
+    by_seed: dict[str, dict[str, list[float]]] = {}
+    for key, info in (run.get("pretraining") or {}).items():
+        seed, _, half = key.partition("-")
+        history = info.get("probe") or []
+        if not (seed.startswith("s") and half.startswith("h") and history):
+            continue
+        exported = info.get("selected_step") or max(e["step"] for e in history)
+        entry = next((e for e in history if e["step"] == exported), None)
+        if entry is None or not math.isfinite(entry["score"]):
+            continue
+        found = by_seed.setdefault(seed[1:], {"score": [], "effective_rank": []})
+        found["score"].append(entry["score"])
+        ranks = [v["effective_rank"] for v in (entry.get("scores") or {}).values() if "effective_rank" in v]
+        if ranks:
+            found["effective_rank"].append(sum(ranks) / len(ranks))
+    return {seed: {k: sum(v) / len(v) for k, v in found.items() if v} for seed, found in by_seed.items()}
+
+
+def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Whether the pretraining's validation probe (which picks the exported step) ranks backbones as the benchmark
+    does: one point per seed of the main run and of every stored ablation with other backbones whose heads read
+    the main run's features; Spearman's rho of the validation score, and of the features' effective rank, against
+    each task's frozen-probe balanced accuracy of that seed and against its mean over tasks."""
+    from scipy.stats import spearmanr
+
+    runs = [("main", main), *[(n, r) for n, r in sorted(ablations.items())
+                              if _changes_backbones(r) and readout_of(r) == readout_of(main)
+                              and not_comparable(main, r) is None]]
+    tasks = list(main.get("tasks", {}))
+    points: list[tuple[dict[str, float], dict[str, float]]] = []
+    for _, run in runs:
+        for seed, probe in validation_scores(run).items():
+            found = {t: run.get("table", {}).get(t, {}).get(PROBE, {}).get("seeds", {}).get(seed, {})
+                     .get("balanced_accuracy") for t in tasks}
+            if all(v is not None and math.isfinite(v) for v in found.values()):
+                points.append((probe, found))
+    lines = ["## Does the validation probe rank backbones as the benchmark does?", ""]
+    if len(points) < MIN_POINTS or not tasks:
+        return lines + [f"Too few backbones with a validation probe ({len(points)}; {MIN_POINTS} needed).", ""]
+    lines += [f"One point per pretraining seed of the main run and of each ablation that changes the backbones "
+              f"({len(runs)} runs, {len(points)} points): the validation probe's score, and its features' effective "
+              "rank, at the exported step (mean over the seed's halves) against that seed's frozen-probe balanced "
+              "accuracy. Spearman's rho; points of one seed share their data, so p is indicative.", "",
+              "| task | rho (score) | p | rho (effective rank) | p |", "|---|---|---|---|---|"]
+
+    def rho(key: str, y: list[float]) -> str:
+        pairs = [(p[0][key], v) for p, v in zip(points, y) if key in p[0]]
+        if len(pairs) < MIN_POINTS:
+            return "– | –"
+        r, pval = spearmanr(*zip(*pairs))
+        return f"{r:+.2f} | {pval:.3f}" if math.isfinite(r) else "– | –"
+
+    for task in [*tasks, None]:
+        y = [sum(p[1].values()) / len(tasks) if task is None else p[1][task] for p in points]
+        title = "mean over tasks" if task is None else main["tasks"][task]["title"].split(" (")[0]
+        lines.append(f"| {title} | {rho('score', y)} | {rho('effective_rank', y)} |")
+    return lines + [""]
 
 
 def write_ablation_table(folder: Path, readme: Path | None) -> str:

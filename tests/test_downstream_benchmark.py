@@ -675,3 +675,37 @@ def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):
     features = [(job, ctxs) for job, ctxs in work[False] if isinstance(job, units.FeatureJob)]
     assert work[True] == features and {job.method for job, _ in work[True]} == set(units.FEATURES)
     assert {job.protocol for job, _ in work[True]} == {"plain", "aligned", "standardised"}
+
+
+def test_ablation_report_ranks_backbones_by_their_validation_probe():
+    from benchmarks.report_ablations import render_ablations
+
+    def run(score, bacc, ablation=None, rank=None):
+        out = json.loads(json.dumps(report._json_safe(_payload())))
+        exported = {"step": 2, "score": score}
+        if rank is not None:
+            exported["scores"] = {"v": {"balanced_accuracy": score, "effective_rank": rank}}
+        # seed 0 only: seed 1 has no pretraining record, so it is no point
+        out["pretraining"] = {f"s0-h{h}": {"probe": [{"step": 1, "score": score + 0.3}, exported],
+                                           "selected_step": 2, "losses": [1.0], "steps": 2} for h in (0, 1)}
+        out["table"]["t"][units.PROBE]["seeds"]["0"]["balanced_accuracy"] = bacc
+        out["ablation"] = ablation
+        return out
+
+    main = run(0.50, 0.60)
+    ablations = {f"a{i}": run(0.50 + 0.01 * i, 0.60 + 0.02 * i, {"description": "x", "objective": {"k": i}})
+                 for i in range(1, 4)}
+    text = render_ablations(main, ablations)
+    assert "Too few backbones with a validation probe (4; 5 needed)" in text
+    ablations["a4"] = run(0.54, 0.55, {"description": "x", "model": {"d_model": 96}})  # the one out of order
+    # a finetuning change keeps the main run's backbones: never a point of its own, whatever its numbers
+    ablations["ft"] = run(0.90, 0.10, {"description": "x", "finetune": {"lr": 1e-4}})
+    text = render_ablations(main, ablations)
+    assert "(5 runs, 5 points)" in text
+    # ranks 1..5 against 2,3,4,5,1 (the exported step's score, not the best): rho = 1 - 6*20/120 = 0.0; no point
+    # logged an effective rank
+    assert "| T task | +0.00 | 1.000 | – | – |" in text
+    main = run(0.50, 0.60, rank=9.0)
+    ablations = {f"a{i}": run(0.50 + 0.01 * i, 0.60 + 0.02 * i, {"description": "x", "objective": {"k": i}},
+                              rank=9.0 - i) for i in range(1, 5)}
+    assert "| T task | +1.00 | 0.000 | -1.00 | 0.000 |" in render_ablations(main, ablations)
