@@ -8,6 +8,9 @@ many seeds moved in the same direction. A positive number means the ablation's c
 An ablation stored when the heads read other features than the main run's (``head_readout``) pairs instead with
 the stored ablation that changes only the main run's readout to its own (e.g. ``no-head-gain``), so every row
 still differs from its reference by one change; the table names that reference.
+
+The table ends with whether the pretraining's validation probe, which picks each backbone's exported step, ranks
+backbones as the benchmark does: every stored run with its own backbones gives one point per seed.
 """
 
 from __future__ import annotations
