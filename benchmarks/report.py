@@ -268,6 +268,11 @@ def paired_lines(table: Mapping[str, Any], titles: Mapping[str, str], protocol: 
     return lines
 
 
+def exported_step(info: Mapping[str, Any]) -> int:
+    """The step whose weights a backbone's pretraining exported (``selected_step`` None: the last step)."""
+    return info.get("selected_step") or info.get("steps", len(info.get("losses") or []))
+
+
 def pretraining_lines(payload: Mapping[str, Any]) -> list[str]:
     lines = []
     for name, info in payload.get("pretraining", {}).items():
@@ -275,7 +280,7 @@ def pretraining_lines(payload: Mapping[str, Any]) -> list[str]:
         k = max(1, len(losses) // 10)
         probe = info.get("probe") or []
         steps = info.get("steps", len(losses))
-        exported = info.get("selected_step") or steps  # None: the last step
+        exported = exported_step(info)
         lines.append(f"- {name}: {steps} steps, loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f}"
                      + (f"; probe score {' '.join(format(h['score'], '.3f') for h in probe)} (steps "
                         f"{' '.join(str(h['step']) for h in probe)}), exported step {exported}" if probe else "")

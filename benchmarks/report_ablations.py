@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ablations import Ablation
-from benchmarks.report import log, paired, row_name, summarize, write_block
+from benchmarks.report import exported_step, log, paired, row_name, summarize, write_block
 from benchmarks.units import PRETRAINED, PROBE, SCRATCH
 
 README_BEGIN = "<!-- ablation-results:begin -->"
@@ -180,8 +180,7 @@ def validation_scores(run: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         history = info.get("probe") or []
         if not (seed.startswith("s") and half.startswith("h") and history):
             continue
-        exported = info.get("selected_step") or max(e["step"] for e in history)
-        entry = next((e for e in history if e["step"] == exported), None)
+        entry = next((e for e in history if e["step"] == exported_step(info)), None)
         if entry is None or not math.isfinite(entry["score"]):
             continue
         found = by_seed.setdefault(seed[1:], {"score": [], "effective_rank": []})
@@ -199,12 +198,11 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
     each task's frozen-probe balanced accuracy of that seed and against its mean over tasks."""
     from scipy.stats import spearmanr
 
-    runs = [("main", main), *[(n, r) for n, r in sorted(ablations.items())
-                              if _changes_backbones(r) and readout_of(r) == readout_of(main)
-                              and not_comparable(main, r) is None]]
+    runs = [main, *[r for _, r in sorted(ablations.items())
+                    if _changes_backbones(r) and readout_of(r) == readout_of(main) and not_comparable(main, r) is None]]
     tasks = list(main.get("tasks", {}))
     points: list[tuple[dict[str, float], dict[str, float]]] = []
-    for _, run in runs:
+    for run in runs:
         for seed, probe in validation_scores(run).items():
             found = {t: run.get("table", {}).get(t, {}).get(PROBE, {}).get("seeds", {}).get(seed, {})
                      .get("balanced_accuracy") for t in tasks}
