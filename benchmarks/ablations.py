@@ -73,6 +73,9 @@ ABLATIONS: dict[str, Ablation] = {
     "finetune-lr-1e-4": Ablation("finetuning's peak learning rate 1e-4 instead of the recipe's 5e-4 (every EEGMamba run)",
                                  finetune={"lr": 1e-4}),
     "pool-mean": Ablation("heads read the mean of all tokens instead of one mean per channel", finetune={"pool": "mean"}),
+    "finetune-augment": Ablation("augmentation in finetuning only (every EEGMamba run; the main run's backbones): channel "
+                                 "dropout 0.1, gain x0.5-2, per-channel gain std 0.1, time shift up to 0.5 s",
+                                 finetune=dict(AUGMENT)),
     "no-calibration": Ablation("binary tasks decide at probability 0.5 instead of the validation-chosen threshold",
                                finetune={"calibrate": False}),
     # the backbone's options
