@@ -59,6 +59,9 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-4800-steps": Ablation("4800 pretraining steps instead of the mode's", budget={"pretrain_steps": 4800}),
     "pretrain-lr-2e-3": Ablation("pretraining's peak learning rate 2e-3 instead of the mode's 1e-3",
                                  budget={"pretrain_lr": 2e-3}),
+    "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "
+                                       "tokenizer trained first on the same shards, 'auto') instead of masked STFT with "
+                                       "the band-power target", objective={"name": "masked_token", "tokenizer": "auto"}),
     "mask-shared-channels": Ablation("one STFT mask per sample, hiding the same region in every channel, instead of "
                                      "one per channel", objective={"mask.share_across_channels": True}),
     # finetuning's defaults
