@@ -62,6 +62,9 @@ ABLATIONS: dict[str, Ablation] = {
     "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "
                                        "tokenizer trained first on the same shards, 'auto') instead of masked STFT with "
                                        "the band-power target", objective={"name": "masked_token", "tokenizer": "auto"}),
+    "mask-fraction-75": Ablation("75 % of each STFT map hidden instead of 50 %", objective={"mask.fraction": 0.75}),
+    "mask-band-bias": Ablation("half of the masks' frequency extents placed exactly on a physiological band "
+                               "(delta, theta, alpha or beta) instead of uniformly", objective={"mask.band_bias": 0.5}),
     "mask-shared-channels": Ablation("one STFT mask per sample, hiding the same region in every channel, instead of "
                                      "one per channel", objective={"mask.share_across_channels": True}),
     # finetuning's defaults
