@@ -63,6 +63,7 @@ ABLATIONS: dict[str, Ablation] = {
                                        "tokenizer trained first on the same shards, 'auto') instead of masked STFT with "
                                        "the band-power target", objective={"name": "masked_token", "tokenizer": "auto"}),
     "mask-fraction-75": Ablation("75 % of each STFT map hidden instead of 50 %", objective={"mask.fraction": 0.75}),
+    "mask-fraction-30": Ablation("30 % of each STFT map hidden instead of 50 %", objective={"mask.fraction": 0.3}),
     "mask-band-bias": Ablation("half of the masks' frequency extents placed exactly on a physiological band "
                                "(delta, theta, alpha or beta) instead of uniformly", objective={"mask.band_bias": 0.5}),
     "mask-shared-channels": Ablation("one STFT mask per sample, hiding the same region in every channel, instead of "
