@@ -66,6 +66,8 @@ ABLATIONS: dict[str, Ablation] = {
     "mask-fraction-30": Ablation("30 % of each STFT map hidden instead of 50 %", objective={"mask.fraction": 0.3}),
     "mask-band-bias": Ablation("half of the masks' frequency extents placed exactly on a physiological band "
                                "(delta, theta, alpha or beta) instead of uniformly", objective={"mask.band_bias": 0.5}),
+    "mask-time-only": Ablation("every STFT mask hides whole time spans (all frequencies) instead of one of the time, "
+                               "frequency and time-frequency families", objective={"mask.family_weights": (1.0, 0.0, 0.0)}),
     "mask-shared-channels": Ablation("one STFT mask per sample, hiding the same region in every channel, instead of "
                                      "one per channel", objective={"mask.share_across_channels": True}),
     # finetuning's defaults
