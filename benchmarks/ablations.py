@@ -62,6 +62,9 @@ ABLATIONS: dict[str, Ablation] = {
     "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "
                                        "tokenizer trained first on the same shards, 'auto') instead of masked STFT with "
                                        "the band-power target", objective={"name": "masked_token", "tokenizer": "auto"}),
+    "objective-masked-token-tokenizer-600": Ablation(
+        "LaBraM masked prediction of VQ-NSP codes as in objective-masked-token, its tokenizer trained 600 steps "
+        "instead of 150", objective={"name": "masked_token", "tokenizer": "auto", "tokenizer_steps": 600}),
     "mask-fraction-75": Ablation("75 % of each STFT map hidden instead of 50 %", objective={"mask.fraction": 0.75}),
     "mask-fraction-30": Ablation("30 % of each STFT map hidden instead of 50 %", objective={"mask.fraction": 0.3}),
     "mask-band-bias": Ablation("half of the masks' frequency extents placed exactly on a physiological band "
