@@ -57,6 +57,9 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-600-steps": Ablation("600 pretraining steps instead of the mode's", budget={"pretrain_steps": 600}),
     "pretrain-1200-steps": Ablation("1200 pretraining steps instead of the mode's", budget={"pretrain_steps": 1200}),
     "pretrain-4800-steps": Ablation("4800 pretraining steps instead of the mode's", budget={"pretrain_steps": 4800}),
+    "pretrain-mix-sqrt": Ablation("each corpus weighted in the pretraining mix by the square root of its windows "
+                                  "instead of by its windows (small corpora sampled more often)",
+                                  budget={"pretrain_mix_power": 0.5}),
     "pretrain-lr-2e-3": Ablation("pretraining's peak learning rate 2e-3 instead of the mode's 1e-3",
                                  budget={"pretrain_lr": 2e-3}),
     "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ablations import Ablation
+from benchmarks.tasks import BUDGET_DEFAULTS
 from benchmarks.report import exported_step, log, paired, row_name, summarize, write_block
 from benchmarks.units import PRETRAINED, PROBE, SCRATCH
 
@@ -114,6 +115,8 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
     # Seeds may differ (only the seeds both ran are paired).
     ours, theirs = main.get("budget") or {}, other.get("budget") or {}
     if ours and theirs:
+        # a field added to the budget since a run was stored ran at its default there
+        ours, theirs = {**BUDGET_DEFAULTS, **ours}, {**BUDGET_DEFAULTS, **theirs}
         expected = {**ours, **((other.get("ablation") or {}).get("budget") or {})}
         stale = [f"{k} {theirs.get(k)} (expected {expected.get(k)})" for k in sorted(expected.keys() | theirs.keys())
                  if k != "seeds" and theirs.get(k) != expected.get(k)]

@@ -74,14 +74,15 @@ def subset_shards(data_root: Path, out: Path, name: str, sets: Sequence[str],
 
 
 def pretrain_data_config(folders: Mapping[str, Path], budget: Budget):
-    """The pretraining mix: every corpus, weighted by its number of windows (so each window is equally likely)."""
+    """The pretraining mix: every corpus, weighted by its number of windows to the power ``budget.pretrain_mix_power``
+    (1: each window equally likely)."""
     from pretrain.config import CorpusConfig, DataConfig
     from shards.dataset import read_manifest
 
     corpora = []
     for corpus, folder in folders.items():
         n = read_manifest(folder)["totals"]["samples"]
-        corpora.append(CorpusConfig(urls=str(folder), weight=float(n), name=corpus))
+        corpora.append(CorpusConfig(urls=str(folder), weight=float(n) ** budget.pretrain_mix_power, name=corpus))
     # 4-s crops: the shortest windows (EEGMMIDB cues) are 4 s.
     return DataConfig(corpora=tuple(corpora), crop_s=4.0, batch_size=budget.pretrain_batch, shuffle_buffer=512,
                       num_workers=0, epoch_steps=100)

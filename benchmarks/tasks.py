@@ -3,6 +3,7 @@ many folds each is cross-validated in, and the budget of the fast default and of
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +127,13 @@ class Budget:
     eegnet_epochs: int
     eegnet_patience: int
     aligned_finetune: bool  # the subject-adaptive protocol's rows include the finetuned models (else probes and band power)
+    # each corpus's weight in the pretraining mix is (its windows) ** this: 1 = every window equally likely; below 1
+    # tempers the mix towards the small corpora (temperature sampling, as multilingual language models mix languages)
+    pretrain_mix_power: float = 1.0
 
+
+# the fields a stored run may lack (added since) with the value it ran at
+BUDGET_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Budget) if f.default is not dataclasses.MISSING}
 
 # The fast default takes about 50 minutes on a 2-core CPU (about 47 CPU-minutes of pretraining, ~40 of the rest);
 # --full runs the recipes' schedule (many hours on a CPU). Pretraining longer did not help at this size: 4800

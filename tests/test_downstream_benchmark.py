@@ -141,6 +141,19 @@ def test_a_backbone_keeps_its_key_when_its_work_dir_moves_and_not_when_its_input
     assert backbone_key(config) != key_copy
 
 
+def test_the_pretraining_mix_weights_corpora_by_windows_to_the_budgets_power(synth_shards):
+    from benchmarks.stages import pretrain_data_config
+    from shards.dataset import read_manifest
+
+    n = read_manifest(synth_shards)["totals"]["samples"]
+    assert n > 1
+    plain = pretrain_data_config({"a": synth_shards}, tasks.FAST)
+    assert plain.corpora[0].weight == float(n) and plain.corpora[0].name == "a"
+    tempered = pretrain_data_config({"a": synth_shards}, dataclasses.replace(tasks.FAST, pretrain_mix_power=0.5))
+    assert tempered.corpora[0].weight == pytest.approx(math.sqrt(n))
+    assert ablations.ABLATIONS["pretrain-mix-sqrt"].changes_pretraining
+
+
 def test_every_named_ablation_applies_to_the_installed_configs():
     from finetune.config import FinetuneConfig
     from foundation.model import EEGMambaConfig
@@ -328,6 +341,14 @@ def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
     text = render_ablations(main, {"stale": other})
     assert (f"| stale | – | not comparable: budget pretrain_steps {main['budget']['pretrain_steps'] // 2} "
             f"(expected {main['budget']['pretrain_steps']}); rerun it |") in text
+    # a budget field added since the ablation was stored ran at its default there
+    other["budget"] = {k: v for k, v in main["budget"].items() if k != "pretrain_mix_power"}
+    main["budget"]["pretrain_mix_power"] = 1.0
+    assert "not comparable" not in render_ablations(main, {"stale": other})
+    main["budget"]["pretrain_mix_power"] = 0.5
+    assert "not comparable: budget pretrain_mix_power 1.0 (expected 0.5)" in render_ablations(main, {"stale": other})
+    main["budget"]["pretrain_mix_power"] = 1.0
+    other["budget"]["pretrain_steps"] = main["budget"]["pretrain_steps"] // 2
     # the ablation's own budget change, and fewer seeds, are what it is meant to differ by
     other["ablation"]["budget"] = {"pretrain_steps": main["budget"]["pretrain_steps"] // 2}
     other["budget"]["seeds"] = 1
