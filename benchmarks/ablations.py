@@ -87,6 +87,8 @@ ABLATIONS: dict[str, Ablation] = {
                                    budget={"finetune_epochs": 10, "warmup_epochs": 1, "patience": 10}),
     "finetune-lr-1e-4": Ablation("finetuning's peak learning rate 1e-4 instead of the recipe's 5e-4 (every EEGMamba run)",
                                  finetune={"lr": 1e-4}),
+    "read-last-layer": Ablation("heads read the backbone's last layer (every layer kept) instead of its middle one",
+                                finetune={"read_layer": -1}),
     "pool-mean": Ablation("heads read the mean of all tokens instead of one mean per channel", finetune={"pool": "mean"}),
     "finetune-augment": Ablation("augmentation in finetuning only (every EEGMamba run; the main run's backbones): channel "
                                  "dropout 0.1, gain x0.5-2, per-channel gain std 0.1, time shift up to 0.5 s",

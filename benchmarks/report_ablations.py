@@ -50,12 +50,13 @@ def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, ro
     return paired(both, "t", "x", "y", metric)
 
 
-OLD_HEAD_READOUT = {"gain": False}  # runs stored without ``head_readout``: heads read the tokens alone
+# What a run stored without a ``head_readout`` field read: the tokens alone (no gain), of the last layer.
+OLD_HEAD_READOUT = {"gain": False, "read_layer": -1}
 READOUT_FIELDS = frozenset(OLD_HEAD_READOUT)  # the FinetuneConfig fields a head_readout records
 
 
 def readout_of(run: Mapping[str, Any]) -> dict[str, Any]:
-    return run.get("head_readout") or OLD_HEAD_READOUT
+    return {**OLD_HEAD_READOUT, **(run.get("head_readout") or {})}
 
 
 def _own_finetune(run: Mapping[str, Any]) -> set[str]:
@@ -67,13 +68,21 @@ def reference(main: Mapping[str, Any], other: Mapping[str, Any],
     """The run ``other`` pairs with: the main run when their heads read the same features (or reading them is the
     ablation's change), else the stored ablation whose only change is the readout ``other`` was run with; None
     when there is none."""
-    if readout_of(main) == readout_of(other) or _own_finetune(other) & READOUT_FIELDS:
+    own = _own_finetune(other)
+    if _same_readout(main, other, but=own):
         return "main", main
     for name, run in sorted(ablations.items()):
         if (run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS
-                and readout_of(run) == readout_of(other) and not_comparable(main, run) is None):
+                and _same_readout(run, other, but=own) and not_comparable(main, run) is None):
             return name, run
     return None
+
+
+def _same_readout(a: Mapping[str, Any], b: Mapping[str, Any], *, but: set[str]) -> bool:
+    """Whether two runs' heads read the same features, apart from the readout fields in ``but`` (an ablation's
+    own change)."""
+    ra, rb = readout_of(a), readout_of(b)
+    return all(ra[k] == rb[k] for k in READOUT_FIELDS - but)
 
 
 def _pairing(main, other, ablations) -> tuple[str | None, Mapping[str, Any] | None, str | None]:

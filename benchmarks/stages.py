@@ -167,7 +167,8 @@ def finetune_selection(ablation=None) -> dict[str, Any]:
 def head_readout(ablation=None) -> dict[str, Any]:
     """What the EEGMamba heads read beyond the tokens (the suite's default, or the ablation's), for the report: an
     ablation pairs with a run whose heads read the same features."""
-    return {"gain": finetune_settings(ablation.finetune if ablation else {}).gain}
+    read = finetune_settings(ablation.finetune if ablation else {})
+    return {"gain": read.gain, "read_layer": read.read_layer}
 
 
 def machine() -> dict[str, Any]:

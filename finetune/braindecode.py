@@ -38,7 +38,7 @@ from torch import nn
 
 from finetune.contract import check_montage, contract_of, notice
 from finetune.heads import ClassificationHead
-from finetune.model import load_backbone
+from finetune.model import load_backbone, read_depth
 from foundation.contract import ContractError
 from runtime.signal import SFREQ, UNIT_SCALE, UNITS, check_sfreq
 from shards.vocabulary import canonical_name, channel_ids
@@ -137,6 +137,8 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         checkpoint: pretrained backbone: shipped name, local folder, Hub ``org/name@rev``, or None (fresh tiny).
         input_units: units of ``x``: "V" (MNE / braindecode), "mV", "uV" or "100uV".
         pool: "mean" of the tokens or the "cls" token. dropout: before the head. task_id: MoE task (0 = default).
+        read_layer: the backbone layer the head reads, as ``FinetuneConfig.read_layer`` (None = the middle one;
+            the layers above it are dropped).
     Raises:
         ContractError: unknown units, no channel name in the vocabulary or none pretrained, window under 1 s.
     """
@@ -144,14 +146,16 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
     def __init__(self, n_chans: int | None = None, n_outputs: int | None = None, n_times: int | None = None,
                  chs_info: Sequence[dict[str, Any]] | None = None, input_window_seconds: float | None = None,
                  sfreq: float | None = None, checkpoint: str | None = "eegmamba-tiny-open", input_units: str = "V",
-                 pool: str = "mean", dropout: float = 0.0, task_id: int = 0) -> None:
+                 pool: str = "mean", dropout: float = 0.0, task_id: int = 0, read_layer: int | None = None) -> None:
         super().__init__(n_outputs=n_outputs, n_chans=n_chans, chs_info=chs_info, n_times=n_times,
                          input_window_seconds=input_window_seconds, sfreq=sfreq)
         del n_outputs, n_chans, chs_info, n_times, input_window_seconds, sfreq
         check_sfreq(self.sfreq, "EEGMambaClassifier", what="(sfreq)")
         if input_units not in UNIT_FACTORS:
             raise ContractError(f"EEGMambaClassifier: input_units={input_units!r}; expected one of {sorted(UNIT_FACTORS)}")
-        self.backbone, info = load_backbone(checkpoint)
+        backbone, info = load_backbone(checkpoint)
+        self.backbone = backbone.first_layers(read_depth(read_layer, backbone.config.n_layers,
+                                                         finetuned=info.get("kind") == "finetuned"))
         contract = contract_of(info.get("checkpoint"))
         target = contract.sfreq if contract is not None else SFREQ
         names = [str(ch["ch_name"]) for ch in self.chs_info]

@@ -78,6 +78,11 @@ class FinetuneConfig:
     gain: bool = option(
         "heads also read each channel's log RMS amplitude (the patch encoder normalises every window's gain away; "
         "within a dataset loudness is information, e.g. seizures)", True)
+    read_layer: int | None = option(
+        "the backbone layer heads read: its first read_layer BiMamba + MoE layers are kept, the rest dropped (-1 = the "
+        "last, every layer kept); None = the middle layer, ceil(n_layers / 2), of a pretrained checkpoint or a fresh "
+        "backbone, and every layer of a finetuned model (already cut). Masked pretraining turns the top layers into a "
+        "decoder of hidden spectra; the benchmark's probes read the middle layer better", None)
     head_init: Literal["auto", "probe", "random"] = option(
         "probe: the head starts as a logistic regression fitted on the frozen features (LP-FT); random: small random "
         "weights; auto = probe from a pretrained checkpoint, random from scratch (random features are no start)", "auto")
@@ -143,6 +148,10 @@ class FinetuneConfig:
                                                         where="model"))
         if not (isinstance(self.probe_margin, (int, float)) and self.probe_margin >= 0):
             raise ValueError(f"probe_margin must be a number >= 0 (standard errors), got {self.probe_margin!r}")
+        if self.read_layer is not None and (isinstance(self.read_layer, bool) or not isinstance(self.read_layer, int)
+                                            or self.read_layer == 0):
+            raise ValueError(f"read_layer must be a non-zero integer (1 = the first layer, -1 = the last) or None, "
+                             f"got {self.read_layer!r}")
 
     def hyper_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HYPER_FIELDS if getattr(self, k) is not None}

@@ -285,6 +285,28 @@ class EEGMamba(
         self.gradient_checkpointing = bool(enabled)
         return self
 
+    def first_layers(self, n_layers: int) -> "EEGMamba":
+        """A backbone of this one's first ``n_layers`` [BiMamba -> MoE] layers, its input adapter and its final
+        norm, with their weights (a copy; this one is unchanged, or returned itself when it has no more layers).
+
+        What a head reading an intermediate layer needs: the layers above it never reach the output, so they
+        are dropped rather than carried as parameters without gradients (which distributed training refuses).
+
+        Raises:
+            ValueError: ``n_layers`` outside ``1..config.n_layers``.
+        """
+        n = self.config.n_layers
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= n:
+            raise ValueError(f"first_layers: n_layers must be an integer in 1..{n} (this backbone's layers), got {n_layers!r}")
+        if n_layers == n:
+            return self
+        sub = EEGMamba(dataclasses.replace(self.config, n_layers=n_layers))
+        dropped = tuple(f"{kind}.{i}." for kind in ("blocks", "moes") for i in range(n_layers, n))
+        sub.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(dropped)}, strict=True)
+        ref = next(self.parameters())
+        sub.gradient_checkpointing = self.gradient_checkpointing
+        return sub.to(device=ref.device, dtype=ref.dtype).train(self.training)
+
     def _layer(
         self, i: int, h: torch.Tensor, seq_mask: torch.Tensor, task_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -670,7 +670,8 @@ def test_an_ablation_run_with_another_readout_pairs_with_the_ablation_that_reads
     for seed in ("0", "1"):
         old["table"]["t"][units.PROBE]["seeds"][seed]["balanced_accuracy"] -= 0.1
     text = render_ablations(main, {"no-band-power": old})
-    assert "| no-band-power | – | not comparable: heads read {'gain': False} (main {'gain': True})" in text
+    assert ("| no-band-power | – | not comparable: heads read {'gain': False, 'read_layer': -1} "
+            "(main {'gain': True, 'read_layer': -1})") in text
     tokens_only = json.loads(json.dumps(main))
     tokens_only["head_readout"] = {"gain": False}
     tokens_only["ablation"] = {"description": "no gain", "finetune": {"gain": False}}
@@ -680,6 +681,35 @@ def test_an_ablation_run_with_another_readout_pairs_with_the_ablation_that_reads
     # each ablation minus the run that differs from it by its own change only
     assert "| no-band-power (minus no-head-gain) | EEGMamba pretrained, linear probe | -0.070 / +0.000 (0/2) |" in text
     assert "| no-head-gain | EEGMamba pretrained, linear probe | -0.030 / +0.000 (0/2) |" in text
+
+
+def test_runs_stored_before_heads_read_the_middle_layer_pair_with_the_last_layer_ablation():
+    """With the main run's heads on the middle layer, an ablation stored when they read the last one (its
+    head_readout lacks the field) differs from main by two changes; it pairs with ``read-last-layer``, as does
+    ``no-head-gain``, whose own change is the gain alone."""
+    from benchmarks.report_ablations import reference, render_ablations
+
+    main = report._json_safe(_payload())
+    main["head_readout"] = {"gain": True, "read_layer": None}
+
+    def variant(readout, ablation, delta):
+        run = json.loads(json.dumps(main))
+        run["head_readout"], run["ablation"] = readout, ablation
+        for seed in ("0", "1"):
+            run["table"]["t"][units.PROBE]["seeds"][seed]["balanced_accuracy"] += delta
+        return run
+
+    last = variant({"gain": True, "read_layer": -1}, {"description": "last", "finetune": {"read_layer": -1}}, -0.05)
+    masks = variant({"gain": True}, {"description": "masks", "objective": {"mask_ratio": 0.3}}, -0.02)
+    no_gain = variant({"gain": False}, {"description": "no gain", "finetune": {"gain": False}}, -0.09)
+    stored = {"read-last-layer": last, "mask-fraction-30": masks, "no-head-gain": no_gain}
+    assert reference(main, last, stored)[0] == "main"
+    assert reference(main, masks, stored)[0] == "read-last-layer"
+    assert reference(main, no_gain, stored)[0] == "read-last-layer"
+    text = render_ablations(main, stored)
+    assert "| read-last-layer | EEGMamba pretrained, linear probe | -0.050 / +0.000 (0/2) |" in text
+    assert "| mask-fraction-30 (minus read-last-layer) | EEGMamba pretrained, linear probe | +0.030 / +0.000 (2/2) |" in text
+    assert "| no-head-gain (minus read-last-layer) | EEGMamba pretrained, linear probe | -0.040 / +0.000 (0/2) |" in text
 
 
 def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):

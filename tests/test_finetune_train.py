@@ -207,6 +207,43 @@ def test_pretrained_checkpoint_finetunes_and_mismatch_errors(synth_shards, tmp_p
                                    model=EEGMambaConfig.from_size("tiny", **{**SMALL, "d_model": 64}), epochs=1))
 
 
+def test_heads_read_the_middle_layer_and_the_layers_above_are_dropped(synth_shards, tmp_path, capsys):
+    import torch
+
+    from finetune.model import TaskModel
+
+    ckpt = tmp_path / "pretrained-2-layers"
+    torch.manual_seed(0)
+    pretrained = EEGMamba(EEGMambaConfig.from_size("tiny", **{**SMALL, "n_layers": 2}))
+    pretrained.save_pretrained(ckpt)
+
+    def run(name, checkpoint, **kw):
+        cfg = small_config(tmp_path, "seizure", synth_shards, checkpoint=str(checkpoint), model=None, channels=("CZ",),
+                           epochs=1, mode="linear_probe", out=str(tmp_path / name), **kw)
+        result = finetune(cfg)
+        return result, Path(result["out"]) / "model"
+
+    result, folder = run("middle", ckpt)
+    assert result["run"]["checkpoint"]["layers"] == {"read": 1, "of": 2}
+    assert json.loads((folder / "config.json").read_text())["backbone"]["n_layers"] == 1
+    model = TaskModel.from_pretrained(folder)
+    frozen = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(("blocks.1.", "moes.1."))}
+    kept = model.backbone.state_dict()
+    assert kept.keys() == frozen.keys()
+    for k in kept:  # the frozen pretrained weights (the task rows are set up for the recipe's task)
+        if "task_" not in k:
+            torch.testing.assert_close(kept[k], frozen[k], msg=k)
+    # a finetuned model finetuned again keeps the layers it has; -1 keeps every pretrained layer
+    assert run("again", folder)[0]["run"]["checkpoint"]["layers"] == {"read": 1, "of": 1}
+    result, folder = run("last", ckpt, read_layer=-1)
+    assert result["run"]["checkpoint"]["layers"] == {"read": 2, "of": 2}
+    assert json.loads((folder / "config.json").read_text())["backbone"]["n_layers"] == 2
+    argv = ["--recipe", "seizure", "--checkpoint", str(ckpt), "--data", str(synth_shards), "--out", str(tmp_path / "bad"),
+            "--read_layer", "3", "--progress", "false"]
+    assert run_main(argv) == 2
+    assert "read_layer=3: the backbone has 2 layer(s) (expected 1..2" in capsys.readouterr().err
+
+
 def test_multitask_two_recipes_one_head_each(synth_shards, tmp_path):
     cfg = small_config(tmp_path, "seizure,emotion", synth_shards, channels=("CZ",), epochs=3)
     result = finetune(cfg)

@@ -249,3 +249,17 @@ def test_finetune_compares_only_the_model_keys_the_user_gave(tmp_path):
     model.save_pretrained(tmp_path / "ft")
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["backbone"]["scan_backend"] == "auto"
     assert TaskModel.from_pretrained(tmp_path / "ft").backbone.config.scan_backend == "auto"
+
+
+def test_read_depth_defaults_to_the_middle_layer_and_names_a_missing_one():
+    from finetune.model import read_depth
+
+    assert [read_depth(None, n) for n in (1, 2, 3, 8)] == [1, 1, 2, 4]  # ceil(n / 2)
+    assert read_depth(None, 2, finetuned=True) == 2  # a finetuned backbone was cut already
+    assert (read_depth(1, 8), read_depth(8, 8), read_depth(-1, 8), read_depth(-8, 8)) == (1, 8, 8, 1)
+    for bad in (3, -3):
+        with pytest.raises(ValueError, match=rf"read_layer={bad}: the backbone has 2 layer\(s\) \(expected 1\.\.2"):
+            read_depth(bad, 2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="read_layer must be a non-zero integer"):
+            FinetuneConfig(recipe="seizure", read_layer=bad)

@@ -261,3 +261,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_first_layers_is_the_same_network_stopped_early():
+    """A head reading layer k gets exactly the tokens the full backbone had after its k-th layer (through the final
+    norm), from a backbone that no longer holds the layers above: every parameter still gets a gradient."""
+    import copy
+
+    model = _model(n_layers=3)
+    x, ids = _batch()
+    task = torch.tensor([1, 2])
+    for k in (1, 2):
+        ref = copy.deepcopy(model)
+        ref.blocks, ref.moes = ref.blocks[:k], ref.moes[:k]  # the full network stopped after layer k
+        cut = model.first_layers(k)
+        assert cut.config.n_layers == k and len(cut.blocks) == len(cut.moes) == k and not cut.training
+        assert sum(p.numel() for p in cut.parameters()) < sum(p.numel() for p in model.parameters())
+        torch.testing.assert_close(cut(x, ids, task_ids=task).tokens, ref(x, ids, task_ids=task).tokens)
+        cut.train()
+        out = cut(x, ids, task_ids=task)
+        (out.pooled.sum() + out.aux_loss).backward()
+        assert [n for n, p in cut.named_parameters() if p.grad is None] == []
+    assert model.config.n_layers == 3 and len(model.blocks) == 3  # the source is untouched
+    assert model.first_layers(3) is model
+    for bad in (0, 4, 1.0, True):
+        with pytest.raises(ValueError, match=r"n_layers must be an integer in 1\.\.3"):
+            model.first_layers(bad)
