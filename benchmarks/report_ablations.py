@@ -63,19 +63,35 @@ def _own_finetune(run: Mapping[str, Any]) -> set[str]:
     return set(((run.get("ablation") or {}).get("finetune") or {}))
 
 
-def reference(main: Mapping[str, Any], other: Mapping[str, Any],
-              ablations: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, Any]] | None:
-    """The run ``other`` pairs with: the main run when their heads read the same features (or reading them is the
-    ablation's change), else the stored ablation whose only change is the readout ``other`` was run with; None
-    when there is none."""
-    own = _own_finetune(other)
-    if _same_readout(main, other, but=own):
+def reference(main: Mapping[str, Any], other: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]],
+              earlier: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, Mapping[str, Any]] | None:
+    """The run ``other`` pairs with: one whose heads read the same features apart from ``other``'s own change and,
+    when ``other`` keeps the pretraining, with the same backbones (a finetuning change measured on other backbones
+    would carry their pretraining noise). In order: the main run; an earlier main run (``earlier``, newest first:
+    the run it was measured against, kept when a rerun replaced it); a stored ablation whose only change is the
+    readout. None when there is none."""
+    own, keeps = _own_finetune(other), not _changes_backbones(other)
+
+    def fits(run: Mapping[str, Any]) -> bool:
+        return _same_readout(run, other, but=own) and (not keeps or _same_backbones(run, other))
+
+    if fits(main):
         return "main", main
+    for name, run in sorted((earlier or {}).items(), reverse=True):
+        if fits(run) and not_comparable(main, run) is None:
+            return name, run
     for name, run in sorted(ablations.items()):
-        if (run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS
-                and _same_readout(run, other, but=own) and not_comparable(main, run) is None):
+        if (run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS and fits(run)
+                and not_comparable(main, run) is None):
             return name, run
     return None
+
+
+def _same_backbones(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two runs probed and finetuned the same backbones (the same pretraining losses, seed by seed)."""
+    pa, pb = a.get("pretraining") or {}, b.get("pretraining") or {}
+    shared = pa.keys() & pb.keys()
+    return bool(shared) and all(pa[k].get("losses") == pb[k].get("losses") for k in shared)
 
 
 def _same_readout(a: Mapping[str, Any], b: Mapping[str, Any], *, but: set[str]) -> bool:
@@ -85,12 +101,14 @@ def _same_readout(a: Mapping[str, Any], b: Mapping[str, Any], *, but: set[str]) 
     return all(ra[k] == rb[k] for k in READOUT_FIELDS - but)
 
 
-def _pairing(main, other, ablations) -> tuple[str | None, Mapping[str, Any] | None, str | None]:
+def _pairing(main, other, ablations, earlier=None) -> tuple[str | None, Mapping[str, Any] | None, str | None]:
     """``(reference name, reference run, why not comparable)`` of one ablation."""
-    ref = reference(main, other, ablations)
+    ref = reference(main, other, ablations, earlier)
     if ref is None:
-        return None, None, (f"heads read {readout_of(other)} (main {readout_of(main)}) and no stored ablation reads "
-                            "the same; rerun it")
+        if _same_readout(main, other, but=_own_finetune(other)):
+            return None, None, "its backbones are not the main run's (pretrained again since); rerun it"
+        return None, None, (f"heads read {readout_of(other)} (main {readout_of(main)}) and no stored run reads "
+                            "the same with its backbones; rerun it")
     why = not_comparable(ref[1], other)
     return ref[0], ref[1], why
 
@@ -138,18 +156,21 @@ NO_ABLATIONS = ("No ablation run is stored beside this main run: `python benchma
                 "one (the names are in `benchmarks/ablations.py`), then `--ablation-table` compares them.")
 
 
-def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> str:
+def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]],
+                     earlier: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     if not ablations:
         return "# Ablations\n\n" + NO_ABLATIONS + "\n"
     tasks = list(main.get("tasks", {}))
     lines = ["# Ablations (each minus the main run, paired by seed)", "",
              "Balanced accuracy / AUROC difference, mean over seeds (seeds where the ablation is better). Positive: "
              "the ablation's change helped. \"(minus X)\": the ablation was run when heads read other features than "
-             "the main run's, so it is paired with ablation X, run with the same features.", ""]
+             "the main run's, or on backbones since pretrained again, so it is paired with X, run with the same "
+             "features (and, for a finetuning change, the same backbones): a stored ablation, or an earlier main "
+             "run kept beside this one (earlier-main-DATE).", ""]
     head = "| ablation | row | " + " | ".join(main["tasks"][t]["title"].split(" (")[0] for t in tasks) + " | mean |"
     lines += [head, "|---|---|" + "---|" * (len(tasks) + 1)]
     for name, other in sorted(ablations.items()):
-        ref_name, ref, why = _pairing(main, other, ablations)
+        ref_name, ref, why = _pairing(main, other, ablations, earlier)
         if why:
             lines.append(f"| {name} | – | not comparable: {why} |")
             continue
@@ -210,8 +231,14 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
     each task's frozen-probe balanced accuracy of that seed and against its mean over tasks."""
     from scipy.stats import spearmanr
 
-    runs = [main, *[r for _, r in sorted(ablations.items())
-                    if _changes_backbones(r) and readout_of(r) == readout_of(main) and not_comparable(main, r) is None]]
+    # One run per set of backbones, all read the same way: the readout most of them were run with (the main
+    # run's backbones enter through a readout-only ablation when the main run reads otherwise).
+    pool = [main, *[r for _, r in sorted(ablations.items()) if not_comparable(main, r) is None and (
+        _changes_backbones(r) or (_own_finetune(r) and _own_finetune(r) <= READOUT_FIELDS and _same_backbones(r, main)))]]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in pool:
+        groups.setdefault(json.dumps(readout_of(r), sort_keys=True), []).append(r)
+    runs = max(groups.values(), key=len)
     tasks = list(main.get("tasks", {}))
     points: list[tuple[dict[str, float], dict[str, float]]] = []
     for run in runs:
@@ -223,7 +250,8 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
     lines = ["## Does the validation probe rank backbones as the benchmark does?", ""]
     if len(points) < MIN_POINTS or not tasks:
         return lines + [f"Too few backbones with a validation probe ({len(points)}; {MIN_POINTS} needed).", ""]
-    lines += [f"One point per pretraining seed of the main run and of each ablation that changes the backbones "
+    lines += [f"One point per pretraining seed of the main run and of each ablation that changes the backbones, "
+              f"heads reading {readout_of(runs[0])} "
               f"({len(runs)} runs, {len(points)} points): the validation probe's score, and its features' effective "
               "rank, at the exported step (mean over the seed's halves) against that seed's frozen-probe balanced "
               "accuracy. Spearman's rho; points of one seed share their data, so p is indicative.", "",
@@ -249,30 +277,33 @@ def write_ablation_table(folder: Path, readme: Path | None) -> str:
         raise SystemExit(f"{main_file}: no main run to compare with (run the benchmark first)")
     ablations = {d.name.removeprefix("ablation-"): json.loads((d / "results.json").read_text())
                  for d in sorted(folder.glob("ablation-*")) if (d / "results.json").is_file()}
-    text = render_ablations(json.loads(main_file.read_text()), ablations)
+    earlier = {d.name: json.loads((d / "results.json").read_text())
+               for d in sorted(folder.glob("earlier-main-*")) if (d / "results.json").is_file()}
+    text = render_ablations(json.loads(main_file.read_text()), ablations, earlier)
     print(text)
     (folder / "ablations.md").write_text(text)
     log(f"wrote {folder / 'ablations.md'} ({len(ablations)} ablation runs)")
     if readme is not None:
-        write_block(readme, readme_ablations(json.loads(main_file.read_text()), ablations), README_BEGIN, README_END,
+        write_block(readme, readme_ablations(json.loads(main_file.read_text()), ablations, earlier), README_BEGIN, README_END,
                     demote="#")
         log(f"updated the ablation block of {readme}")
     return text
 
 
-def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]]) -> str:
+def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]],
+                     earlier: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The README's share of the ablation table: one line per ablation, the mean over tasks of each row's balanced
     accuracy difference (the per-task cells and AUROC are in ablations.md)."""
     if not ablations:
         return NO_ABLATIONS
     tasks = list(main.get("tasks", {}))
     lines = ["Each ablation minus the main run, balanced accuracy, mean over tasks of the seed-paired differences "
-             "(positive: the ablation's change helped; \"(minus X)\": run when heads read other features, paired with "
-             "ablation X, which reads the same); per task: "
+             "(positive: the ablation's change helped; \"(minus X)\": run when heads read other features or on "
+             "backbones since pretrained again, paired with X, which reads the same with the same backbones); per task: "
              "[benchmarks/results/ablations.md](benchmarks/results/ablations.md).", "",
              "| ablation | " + " | ".join(ROWS) + " |", "|---|" + "---|" * len(ROWS)]
     for name, other in sorted(ablations.items()):
-        ref_name, ref, why = _pairing(main, other, ablations)
+        ref_name, ref, why = _pairing(main, other, ablations, earlier)
         if why:
             lines.append(f"| {name} | not comparable: {why} |")
             continue

@@ -712,6 +712,42 @@ def test_runs_stored_before_heads_read_the_middle_layer_pair_with_the_last_layer
     assert "| no-head-gain (minus read-last-layer) | EEGMamba pretrained, linear probe | -0.040 / +0.000 (0/2) |" in text
 
 
+def test_an_ablation_pairs_with_the_earlier_main_run_it_was_measured_against():
+    """When a rerun of the main run pretrains its backbones again, a stored finetuning-only ablation (measured on
+    the old backbones) pairs only with a run that has those backbones: the earlier main run kept beside it, else it
+    is not comparable; an ablation with its own backbones prefers the earlier main run that reads as it does."""
+    from benchmarks.report_ablations import reference, render_ablations
+
+    earlier = report._json_safe(_payload())
+    earlier["head_readout"] = {"gain": True, "read_layer": -1}
+    main = json.loads(json.dumps(earlier))
+    main["head_readout"] = {"gain": True, "read_layer": None}
+    for info in main["pretraining"].values():
+        info["losses"] = [v + 0.5 for v in info["losses"]]  # pretrained again: other backbones
+    lr = json.loads(json.dumps(earlier))
+    lr["ablation"] = {"description": "lr", "finetune": {"lr": 1e-4}}
+    for seed in ("0", "1"):
+        lr["table"]["t"][units.PRETRAINED]["seeds"][seed]["balanced_accuracy"] -= 0.04
+    masks = json.loads(json.dumps(earlier))
+    masks["ablation"] = {"description": "masks", "objective": {"mask_ratio": 0.3}}
+    for info in masks["pretraining"].values():
+        info["losses"] = [v + 0.2 for v in info["losses"]]
+    stored = {"finetune-lr-1e-4": lr, "mask-fraction-30": masks}
+    assert reference(main, lr, stored) is None
+    assert "| finetune-lr-1e-4 | – | not comparable: heads read" in render_ablations(main, stored)
+    kept = {"earlier-main-2026-12-05": earlier}
+    assert reference(main, lr, stored, kept)[0] == "earlier-main-2026-12-05"
+    assert reference(main, masks, stored, kept)[0] == "earlier-main-2026-12-05"
+    text = render_ablations(main, stored, kept)
+    assert ("| finetune-lr-1e-4 (minus earlier-main-2026-12-05) | EEGMamba pretrained, finetuned (LP-FT) | "
+            "-0.040 / +0.000 (0/2) |") in text
+    # a finetuning-only ablation whose readout is the main run's but whose backbones are not
+    same_readout = json.loads(json.dumps(lr))
+    same_readout["head_readout"] = main["head_readout"]
+    assert reference(main, same_readout, {}) is None
+    assert "not comparable: its backbones are not the main run's" in render_ablations(main, {"x": same_readout})
+
+
 def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):
     metas, y = _metas(8)
     plan = tasks.TASKS[-1]  # EEGMAT: alignable, so every protocol is listed
