@@ -206,6 +206,9 @@ def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hy
     depth = read_depth(config.read_layer, n_layers, finetuned=provenance.get("kind") == "finetuned")
     backbone = backbone.first_layers(depth)
     provenance["layers"] = {"read": depth, "of": n_layers}
+    if announce and depth < n_layers:
+        print(f"finetune: heads read layer {depth} of the backbone's {n_layers} (read_layer; -1 = the last), the "
+              f"layers above are dropped", file=sys.stderr, flush=True)
     contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=announce)
     _check_lengths(tasks, backbone.config)
     heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes),

@@ -225,6 +225,7 @@ def test_heads_read_the_middle_layer_and_the_layers_above_are_dropped(synth_shar
 
     result, folder = run("middle", ckpt)
     assert result["run"]["checkpoint"]["layers"] == {"read": 1, "of": 2}
+    assert "heads read layer 1 of the backbone's 2" in capsys.readouterr().err
     assert json.loads((folder / "config.json").read_text())["backbone"]["n_layers"] == 1
     model = TaskModel.from_pretrained(folder)
     frozen = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(("blocks.1.", "moes.1."))}
