@@ -311,8 +311,8 @@ def read_depth(read_layer: int | None, n_layers: int, *, finetuned: bool = False
     layer of a ``finetuned`` model, whose backbone was cut when it was finetuned.
 
     Why the middle: a masked-reconstruction objective makes the top layers a decoder of the hidden spectra, so
-    features a linear head reads well sit lower (the benchmark's frozen probes of its 2-layer backbones, both
-    halves of 3 pretraining seeds, read layer 1 better than layer 2 on every task but seizure).
+    features a linear head reads well sit lower (on the benchmark's 2-layer backbones the frozen probe reads layer
+    1 better than layer 2 on average: +0.009 balanced accuracy, +0.030 with each subject's features standardised).
 
     Raises:
         ValueError: a layer the backbone does not have, named with its count.

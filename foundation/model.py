@@ -287,7 +287,7 @@ class EEGMamba(
 
     def first_layers(self, n_layers: int) -> "EEGMamba":
         """A backbone of this one's first ``n_layers`` [BiMamba -> MoE] layers, its input adapter and its final
-        norm, with their weights (a copy; this one is unchanged, or returned itself when it has no more layers).
+        norm, with their weights: a copy, this one unchanged (itself when ``n_layers`` is all its layers).
 
         What a head reading an intermediate layer needs: the layers above it never reach the output, so they
         are dropped rather than carried as parameters without gradients (which distributed training refuses).
