@@ -135,7 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_ablation_table(args.results_root, args.readme)
         return 0
     else:
-        text = write_results(run(args), args.results)
+        payload = run(args)
+        if args.ablation is None:
+            from benchmarks.report_ablations import keep_replaced_main
+
+            keep_replaced_main(args.results, payload)
+        text = write_results(payload, args.results)
     print(text)
     if args.readme is not None:
         update_readme(args.readme, text)

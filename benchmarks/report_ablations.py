@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,33 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
         title = "mean over tasks" if task is None else main["tasks"][task]["title"].split(" (")[0]
         lines.append(f"| {title} | {rho('score', y)} | {rho('effective_rank', y)} |")
     return lines + [""]
+
+
+def keep_replaced_main(folder: Path, new: Mapping[str, Any]) -> Path | None:
+    """Before ``new`` replaces ``{folder}/results.json``: when a stored ablation pairs with the current main run and
+    would not pair with ``new`` (other backbones, another readout), copy the current run's ``results.json`` and
+    ``results.md`` to ``{folder}/earlier-main-DATE/``, so that ablation keeps the reference it was measured
+    against. Returns the folder written, or None when nothing needed keeping."""
+    main_file = folder / "results.json"
+    if not main_file.is_file():
+        return None
+    old = json.loads(main_file.read_text())
+    new = json.loads(json.dumps(new, default=str))  # as it will be stored
+    ablations = {d.name.removeprefix("ablation-"): json.loads((d / "results.json").read_text())
+                 for d in sorted(folder.glob("ablation-*")) if (d / "results.json").is_file()}
+    orphaned = [name for name, run in ablations.items()
+                if (reference(old, run, ablations) or ("",))[0] == "main"
+                and (reference(new, run, ablations) or ("",))[0] != "main"]
+    if not orphaned:
+        return None
+    stamp = str(old.get("finished", "unknown")).removesuffix(" UTC").replace(" ", "-").replace(":", "")
+    keep = folder / f"earlier-main-{stamp}"
+    keep.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, keep / name)
+    log(f"kept the replaced main run in {keep}: the ablations {', '.join(sorted(orphaned))} were measured against it")
+    return keep
 
 
 def write_ablation_table(folder: Path, readme: Path | None) -> str:

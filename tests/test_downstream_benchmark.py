@@ -796,3 +796,30 @@ def test_ablation_report_ranks_backbones_by_their_validation_probe():
     ablations = {f"a{i}": run(0.50 + 0.01 * i, 0.60 + 0.02 * i, {"description": "x", "objective": {"k": i}},
                               rank=9.0 - i) for i in range(1, 5)}
     assert "| T task | +1.00 | 0.000 | -1.00 | 0.000 |" in render_ablations(main, ablations)
+
+
+def test_a_main_rerun_with_other_backbones_keeps_the_run_its_ablations_were_measured_against(tmp_path):
+    from benchmarks.report_ablations import keep_replaced_main, write_ablation_table
+
+    old = report._json_safe(_payload())
+    old["head_readout"] = {"gain": True, "read_layer": None}
+    lr = json.loads(json.dumps(old))
+    lr["ablation"] = {"description": "lr", "finetune": {"lr": 1e-4}}
+    for seed in ("0", "1"):
+        lr["table"]["t"][units.PRETRAINED]["seeds"][seed]["balanced_accuracy"] -= 0.04
+    (tmp_path / "ablation-finetune-lr-1e-4").mkdir()
+    (tmp_path / "ablation-finetune-lr-1e-4" / "results.json").write_text(json.dumps(lr))
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    (tmp_path / "results.md").write_text("old report")
+    assert keep_replaced_main(tmp_path, old) is None  # same backbones: the ablation still pairs with it
+    rerun = json.loads(json.dumps(old))
+    for info in rerun["pretraining"].values():
+        info["losses"] = [v + 0.5 for v in info["losses"]]
+    kept = keep_replaced_main(tmp_path, rerun)
+    assert kept == tmp_path / "earlier-main-2026-12-05-1200"
+    assert json.loads((kept / "results.json").read_text()) == old and (kept / "results.md").read_text() == "old report"
+    (tmp_path / "results.json").write_text(json.dumps(rerun))
+    text = write_ablation_table(tmp_path, None)
+    assert ("| finetune-lr-1e-4 (minus earlier-main-2026-12-05-1200) | EEGMamba pretrained, finetuned (LP-FT) | "
+            "-0.040 / +0.000 (0/2) |") in text
+    assert keep_replaced_main(tmp_path, rerun) is None  # the ablation now pairs with the kept run
