@@ -282,11 +282,12 @@ def keep_replaced_main(folder: Path, new: Mapping[str, Any]) -> Path | None:
         return None
     old = json.loads(main_file.read_text())
     new = json.loads(json.dumps(new, default=str))  # as it will be stored
-    ablations = {d.name.removeprefix("ablation-"): json.loads((d / "results.json").read_text())
-                 for d in sorted(folder.glob("ablation-*")) if (d / "results.json").is_file()}
-    orphaned = [name for name, run in ablations.items()
-                if (reference(old, run, ablations) or ("",))[0] == "main"
-                and (reference(new, run, ablations) or ("",))[0] != "main"]
+    ablations = stored_runs(folder, "ablation-")
+
+    def pairs_with(main: Mapping[str, Any], run: Mapping[str, Any]) -> bool:
+        return (reference(main, run, ablations) or ("",))[0] == "main"
+
+    orphaned = [name for name, run in ablations.items() if pairs_with(old, run) and not pairs_with(new, run)]
     if not orphaned:
         return None
     stamp = str(old.get("finished", "unknown")).removesuffix(" UTC").replace(" ", "-").replace(":", "")
@@ -299,20 +300,26 @@ def keep_replaced_main(folder: Path, new: Mapping[str, Any]) -> Path | None:
     return keep
 
 
+def stored_runs(folder: Path, prefix: str) -> dict[str, dict[str, Any]]:
+    """The ``results.json`` of every ``{folder}/{prefix}NAME/``, by name: the ablations (``ablation-``, named
+    without the prefix) or the earlier main runs (``earlier-main-``, named with it)."""
+    keep = "" if prefix == "ablation-" else prefix
+    return {keep + d.name.removeprefix(prefix): json.loads((d / "results.json").read_text())
+            for d in sorted(folder.glob(f"{prefix}*")) if (d / "results.json").is_file()}
+
+
 def write_ablation_table(folder: Path, readme: Path | None) -> str:
     main_file = folder / "results.json"
     if not main_file.is_file():
         raise SystemExit(f"{main_file}: no main run to compare with (run the benchmark first)")
-    ablations = {d.name.removeprefix("ablation-"): json.loads((d / "results.json").read_text())
-                 for d in sorted(folder.glob("ablation-*")) if (d / "results.json").is_file()}
-    earlier = {d.name: json.loads((d / "results.json").read_text())
-               for d in sorted(folder.glob("earlier-main-*")) if (d / "results.json").is_file()}
-    text = render_ablations(json.loads(main_file.read_text()), ablations, earlier)
+    main = json.loads(main_file.read_text())
+    ablations, earlier = stored_runs(folder, "ablation-"), stored_runs(folder, "earlier-main-")
+    text = render_ablations(main, ablations, earlier)
     print(text)
     (folder / "ablations.md").write_text(text)
     log(f"wrote {folder / 'ablations.md'} ({len(ablations)} ablation runs)")
     if readme is not None:
-        write_block(readme, readme_ablations(json.loads(main_file.read_text()), ablations, earlier), README_BEGIN, README_END,
+        write_block(readme, readme_ablations(main, ablations, earlier), README_BEGIN, README_END,
                     demote="#")
         log(f"updated the ablation block of {readme}")
     return text

@@ -204,14 +204,14 @@ def window_features(job: FeatureJob, ctx: Context, data) -> np.ndarray:
     import torch
     from accelerate.utils import set_seed
 
-    from finetune.model import TaskModel, load_backbone, read_depth
+    from finetune.model import TaskModel, load_backbone, reading_layer
     from finetune.probe import task_features
     from finetune.train import head_input
 
     set_seed(job.seed)  # the random-init backbone of a linear-probe run from scratch with this seed
-    backbone, _ = load_backbone(job.checkpoint if job.method == PROBE else None)
+    backbone, provenance = load_backbone(job.checkpoint if job.method == PROBE else None)
     read = finetune_settings(ctx.finetune_overrides)  # the head an EEGMamba run of this ablation builds
-    backbone = backbone.first_layers(read_depth(read.read_layer, backbone.config.n_layers))
+    backbone = reading_layer(backbone, read.read_layer, provenance)
     heads = {ctx.recipe: {"n_classes": data.recipe.n_classes, "task_id": data.recipe.task_id, "norm": "standard",
                           "classes": list(data.recipe.classes),
                           **head_input(read.pool, data, backbone.config.adapter, gain=read.gain)}}

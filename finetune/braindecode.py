@@ -38,7 +38,7 @@ from torch import nn
 
 from finetune.contract import check_montage, contract_of, notice
 from finetune.heads import ClassificationHead
-from finetune.model import load_backbone, read_depth
+from finetune.model import load_backbone, reading_layer
 from foundation.contract import ContractError
 from runtime.signal import SFREQ, UNIT_SCALE, UNITS, check_sfreq
 from shards.vocabulary import canonical_name, channel_ids
@@ -154,8 +154,7 @@ class EEGMambaClassifier(EEGModuleMixin, nn.Module):
         if input_units not in UNIT_FACTORS:
             raise ContractError(f"EEGMambaClassifier: input_units={input_units!r}; expected one of {sorted(UNIT_FACTORS)}")
         backbone, info = load_backbone(checkpoint)
-        self.backbone = backbone.first_layers(read_depth(read_layer, backbone.config.n_layers,
-                                                         finetuned=info.get("kind") == "finetuned"))
+        self.backbone = reading_layer(backbone, read_layer, info)
         contract = contract_of(info.get("checkpoint"))
         target = contract.sfreq if contract is not None else SFREQ
         names = [str(ch["ch_name"]) for ch in self.chs_info]

@@ -34,7 +34,7 @@ from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_bac
 from runtime.atomic import atomic_save, atomic_write_text, refuse_link
 from shards.vocabulary import channel_ids
 
-__all__ = ["TaskModel", "load_backbone", "read_depth", "FORMAT", "FEATURE_NORMS", "CheckpointError"]
+__all__ = ["TaskModel", "load_backbone", "read_depth", "reading_layer", "FORMAT", "FEATURE_NORMS", "CheckpointError"]
 
 FORMAT = "eegfm-finetuned/1"
 CONFIG_NAME = "config.json"
@@ -324,6 +324,15 @@ def read_depth(read_layer: int | None, n_layers: int, *, finetuned: bool = False
         raise ValueError(f"read_layer={read_layer}: the backbone has {n_layers} layer(s) "
                          f"(expected 1..{n_layers}, or -1..-{n_layers} counted from the top)")
     return k
+
+
+def reading_layer(backbone: EEGMamba, read_layer: int | None, provenance: dict[str, Any]) -> EEGMamba:
+    """The backbone a head reading ``read_layer`` needs (:func:`read_depth`; the layers above dropped), from one
+    ``load_backbone`` returned with its ``provenance``, which records ``layers``: ``{"read", "of"}``."""
+    n_layers = backbone.config.n_layers
+    depth = read_depth(read_layer, n_layers, finetuned=provenance.get("kind") == "finetuned")
+    provenance["layers"] = {"read": depth, "of": n_layers}
+    return backbone.first_layers(depth)
 
 
 def _load_state_checked(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> None:

@@ -57,7 +57,7 @@ from finetune.data import TaskBatches, TaskData, WindowList, batch_tensors, clas
 from finetune.heads import param_groups
 from finetune.metrics import (MIN_VAL_WINDOWS, choose_threshold, classification_metrics, is_constant_predictor, responds,
                               selection_score, selection_se)
-from finetune.model import TaskModel, load_backbone, read_depth
+from finetune.model import TaskModel, load_backbone, reading_layer
 from finetune.probe import fit_probe, task_features
 from finetune.recipes import get_recipe
 from finetune.recipes.base import Hyper, merge_hyper
@@ -202,13 +202,11 @@ def build_model(config: FinetuneConfig, tasks: Mapping[str, TaskData], hyper: Hy
     input contract the model is saved with (the tasks' windows are converted to the checkpoint's, in place)."""
     backbone, provenance = load_backbone(checkpoint, model_overrides=backbone_overrides(config, checkpoint),
                                          drop_path=hyper.drop_path if config.mode == "finetune" else None)
-    n_layers = backbone.config.n_layers
-    depth = read_depth(config.read_layer, n_layers, finetuned=provenance.get("kind") == "finetuned")
-    backbone = backbone.first_layers(depth)
-    provenance["layers"] = {"read": depth, "of": n_layers}
-    if announce and depth < n_layers:
-        print(f"finetune: heads read layer {depth} of the backbone's {n_layers} (read_layer; -1 = the last), the "
-              f"layers above are dropped", file=sys.stderr, flush=True)
+    backbone = reading_layer(backbone, config.read_layer, provenance)
+    layers = provenance["layers"]
+    if announce and layers["read"] < layers["of"]:
+        print(f"finetune: heads read layer {layers['read']} of the backbone's {layers['of']} (read_layer; -1 = the "
+              f"last), the layers above are dropped", file=sys.stderr, flush=True)
     contract = conform_tasks(provenance.get("checkpoint"), tasks, announce=announce)
     _check_lengths(tasks, backbone.config)
     heads = {name: {"n_classes": d.recipe.n_classes, "task_id": d.recipe.task_id, "classes": list(d.recipe.classes),
