@@ -71,21 +71,25 @@ def reference(main: Mapping[str, Any], other: Mapping[str, Any], ablations: Mapp
     would carry their pretraining noise). In order: the main run; an earlier main run (``earlier``, newest first:
     the run it was measured against, kept when a rerun replaced it); a stored ablation whose only change is the
     readout. None when there is none."""
-    own, keeps = _own_finetune(other), not _changes_backbones(other)
-
     def fits(run: Mapping[str, Any]) -> bool:
-        return _same_readout(run, other, but=own) and (not keeps or _same_backbones(run, other))
+        return _measured_alike(run, other) and not_comparable(run, other) is None
 
     if fits(main):
         return "main", main
     for name, run in sorted((earlier or {}).items(), reverse=True):
-        if fits(run) and not_comparable(main, run) is None:
+        if fits(run):
             return name, run
     for name, run in sorted(ablations.items()):
-        if (run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS and fits(run)
-                and not_comparable(main, run) is None):
+        if run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS and fits(run):
             return name, run
     return None
+
+
+def _measured_alike(run: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether ``run``'s heads read what ``other``'s read (apart from ``other``'s own change) and, when ``other``
+    keeps the pretraining, from the same backbones."""
+    keeps = not _changes_backbones(other)
+    return _same_readout(run, other, but=_own_finetune(other)) and (not keeps or _same_backbones(run, other))
 
 
 def _same_backbones(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -105,16 +109,23 @@ def _same_readout(a: Mapping[str, Any], b: Mapping[str, Any], *, but: set[str]) 
 def _pairing(main, other, ablations, earlier=None) -> tuple[str | None, Mapping[str, Any] | None, str | None]:
     """``(reference name, reference run, why not comparable)`` of one ablation."""
     ref = reference(main, other, ablations, earlier)
-    if ref is None:
-        if _same_readout(main, other, but=_own_finetune(other)):
-            return None, None, "its backbones are not the main run's (pretrained again since); rerun it"
-        return None, None, (f"heads read {readout_of(other)} (main {readout_of(main)}) and no stored run reads "
-                            "the same with its backbones; rerun it")
-    why = not_comparable(ref[1], other)
-    return ref[0], ref[1], why
+    if ref is not None:
+        return ref[0], ref[1], None
+    if _measured_alike(main, other):
+        return None, None, not_comparable(main, other)
+    if _same_readout(main, other, but=_own_finetune(other)):
+        return None, None, "its backbones are not the main run's (pretrained again since); rerun it"
+    return None, None, (f"heads read {readout_of(other)} (main {readout_of(main)}) and no stored run reads "
+                        "the same with its backbones; rerun it")
 
 
-OLD_SELECTION = {"tolerance": 0.0}  # what a run stored without ``probe_selection`` used: the best-scoring step
+# What a run stored without ``probe_selection`` used: the best-scoring step, read at the last layer (a run that
+# records only its tolerance probed the last layer too).
+OLD_SELECTION = {"tolerance": 0.0, "read_layer": -1}
+
+
+def selection_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {**OLD_SELECTION, **(run.get("probe_selection") or {})}
 
 
 def same_finetune_selection(main: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
@@ -134,10 +145,10 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
         return f"mode {other.get('mode')} vs {main.get('mode')}"
     # Backbones exported by another selection rule are other backbones (runs stored before the rule name none:
     # they exported the best-scoring step).
-    ours_rule, their_rule = main.get("probe_selection") or OLD_SELECTION, other.get("probe_selection") or OLD_SELECTION
+    ours_rule, their_rule = selection_of(main), selection_of(other)
     if ours_rule != their_rule:
-        return (f"backbones selected with probe tolerance {their_rule.get('tolerance')} (main "
-                f"{ours_rule.get('tolerance')}); rerun it")
+        return (f"backbones selected with probe tolerance {their_rule['tolerance']}, read_layer "
+                f"{their_rule['read_layer']} (main {ours_rule['tolerance']}, {ours_rule['read_layer']}); rerun it")
     # The budget must be the main run's but for the ablation's own overrides: an ablation stored before the
     # mode's defaults changed (e.g. its pretraining length) would otherwise be paired as if it changed one thing.
     # Seeds may differ (only the seeds both ran are paired).

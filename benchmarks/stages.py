@@ -151,11 +151,11 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
 
 
 def probe_selection() -> dict[str, Any]:
-    """How the backbones' exported step is chosen (the suite's default validation-probe rule), for the report: runs
-    whose backbones were selected otherwise are not paired."""
+    """How the backbones' exported step is chosen (the suite's default validation-probe rule and the layer the
+    probe reads), for the report: runs whose backbones were selected otherwise are not paired."""
     from pretrain.config import ProbeConfig
 
-    return {"tolerance": ProbeConfig().tolerance}
+    return {"tolerance": ProbeConfig().tolerance, "read_layer": ProbeConfig().read_layer}
 
 
 def finetune_selection(ablation=None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
+from foundation.readout import check_read_layer
 from runtime.configfile import from_dict, option
 
 __all__ = ["FinetuneConfig", "TaskSpec", "HYPER_FIELDS"]
@@ -148,10 +149,7 @@ class FinetuneConfig:
                                                         where="model"))
         if not (isinstance(self.probe_margin, (int, float)) and self.probe_margin >= 0):
             raise ValueError(f"probe_margin must be a number >= 0 (standard errors), got {self.probe_margin!r}")
-        if self.read_layer is not None and (isinstance(self.read_layer, bool) or not isinstance(self.read_layer, int)
-                                            or self.read_layer == 0):
-            raise ValueError(f"read_layer must be a non-zero integer (1 = the first layer, -1 = the last) or None, "
-                             f"got {self.read_layer!r}")
+        check_read_layer(self.read_layer)
 
     def hyper_overrides(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in HYPER_FIELDS if getattr(self, k) is not None}

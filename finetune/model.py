@@ -31,6 +31,7 @@ from finetune.heads import ClassificationHead, set_mode
 from foundation.checkpoint import (check_config_fits_weights, check_finite_weights, config_from_checkpoint,
                                    resolve_checkpoint, runtime_fields, stored_config)
 from foundation.model import CheckpointError, EEGMamba, EEGMambaConfig, load_backbone_weights, read_config
+from foundation.readout import read_depth as foundation_read_depth
 from runtime.atomic import atomic_save, atomic_write_text, refuse_link
 from shards.vocabulary import channel_ids
 
@@ -306,24 +307,16 @@ def load_backbone(
 
 
 def read_depth(read_layer: int | None, n_layers: int, *, finetuned: bool = False) -> int:
-    """How many of a backbone's ``n_layers`` layers a head reads through (``FinetuneConfig.read_layer``):
-    ``k >= 1`` the first k, ``-k`` the k-th from the top, None the middle one (``ceil(n_layers / 2)``), or every
-    layer of a ``finetuned`` model, whose backbone was cut when it was finetuned.
-
-    Why the middle: a masked-reconstruction objective makes the top layers a decoder of the hidden spectra, so
-    features a linear head reads well sit lower (on the benchmark's 2-layer backbones the frozen probe reads layer
-    1 better than layer 2 on average: +0.009 balanced accuracy, +0.030 with each subject's features standardised).
+    """How many of a backbone's ``n_layers`` layers a head reads through (``FinetuneConfig.read_layer``): the rule
+    of :func:`foundation.readout.read_depth` (None = the middle layer), except that None keeps every layer of a
+    ``finetuned`` model, whose backbone was cut when it was finetuned.
 
     Raises:
         ValueError: a layer the backbone does not have, named with its count.
     """
-    if read_layer is None:
-        return n_layers if finetuned else (n_layers + 1) // 2
-    k = read_layer if read_layer > 0 else n_layers + 1 + read_layer
-    if not 1 <= k <= n_layers:
-        raise ValueError(f"read_layer={read_layer}: the backbone has {n_layers} layer(s) "
-                         f"(expected 1..{n_layers}, or -1..-{n_layers} counted from the top)")
-    return k
+    if read_layer is None and finetuned:
+        return n_layers
+    return foundation_read_depth(read_layer, n_layers)
 
 
 def reading_layer(backbone: EEGMamba, read_layer: int | None, provenance: dict[str, Any]) -> EEGMamba:

@@ -10,6 +10,12 @@ band-power model weighs each electrode (CBraMod's head reads all patch tokens fo
 away (``patch_norm="sample"``), which makes pretraining gain-free across amplifiers and corpora, but within
 one dataset a window's loudness is information (a seizure is several times louder than the background; slow-wave
 sleep is louder than wake). A head may read it back beside the tokens, one number per channel.
+
+``read_depth`` says which layer's tokens a head reads. By default the middle one: a masked-reconstruction
+objective makes the top layers a decoder of the hidden spectra, so features a linear head reads well sit lower
+(on the benchmark's 2-layer backbones the frozen probe reads layer 1 better than layer 2 on average: +0.009
+balanced accuracy, +0.030 with each subject's features standardised). Finetuning heads and the pretraining's
+validation probe share the rule, so the probe selects the weights heads will read.
 """
 
 from __future__ import annotations
@@ -17,7 +23,31 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-__all__ = ["channel_means", "channel_log_rms", "align_channels"]
+__all__ = ["channel_means", "channel_log_rms", "align_channels", "read_depth", "check_read_layer"]
+
+
+def check_read_layer(read_layer, where: str = "read_layer") -> None:
+    """Raise ``ValueError`` (naming ``where``) unless ``read_layer`` is None or a non-zero integer."""
+    if read_layer is not None and (isinstance(read_layer, bool) or not isinstance(read_layer, int) or read_layer == 0):
+        raise ValueError(f"{where} must be a non-zero integer (1 = the first layer, -1 = the last) or None, "
+                         f"got {read_layer!r}")
+
+
+def read_depth(read_layer: int | None, n_layers: int) -> int:
+    """How many of a backbone's ``n_layers`` layers a head reads through: ``k >= 1`` the first k, ``-k`` the k-th
+    from the top, None the middle one (``ceil(n_layers / 2)``).
+
+    Raises:
+        ValueError: a layer the backbone does not have, named with its count.
+    """
+    check_read_layer(read_layer)
+    if read_layer is None:
+        return (n_layers + 1) // 2
+    k = read_layer if read_layer > 0 else n_layers + 1 + read_layer
+    if not 1 <= k <= n_layers:
+        raise ValueError(f"read_layer={read_layer}: the backbone has {n_layers} layer(s) "
+                         f"(expected 1..{n_layers}, or -1..-{n_layers} counted from the top)")
+    return k
 
 
 def channel_means(tokens: torch.Tensor, token_mask: torch.Tensor, n_channels: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from foundation.augment import AugmentConfig
 from foundation.model import EEGMambaConfig
+from foundation.readout import check_read_layer, read_depth
 from runtime.configfile import option
 from tokenizer.spectral import MaskConfig, STFTConfig
 
@@ -136,8 +137,12 @@ class ProbeConfig:
     select: bool = option("export the weights of the step the probe selects instead of the last step", True)
     tolerance: float = option("select the latest step whose probe score is within this many standard errors of the "
                               "best (one-standard-error rule); 0 = the best-scoring step", 1.0)
+    read_layer: int | None = option(
+        "the backbone layer the probe reads, as finetuning heads do (FinetuneConfig.read_layer): k = the k-th, "
+        "-1 = the last; None = the middle one, ceil(n_layers / 2), which heads read by default", None)
 
     def __post_init__(self):
+        check_read_layer(self.read_layer, "probe.read_layer")
         if not (self.tolerance >= 0):
             raise ValueError(f"probe.tolerance: expected a number of standard errors >= 0, got {self.tolerance}")
 
@@ -153,3 +158,9 @@ class PretrainConfig:
     probe: ProbeConfig = option("validation probe of the frozen features ([probe])", factory=ProbeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        try:
+            read_depth(self.probe.read_layer, self.model.n_layers)
+        except ValueError as e:
+            raise ValueError(f"probe.{e}") from None

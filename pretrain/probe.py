@@ -20,8 +20,9 @@ preferred. The standard error counts windows as independent (Hanley & McNeil 198
 for balanced accuracy), which understates it when a subject gives many windows: the rule then tolerates too
 little rather than too much.
 
-Features are the tokens a finetuned head reads (``foundation.readout``): one token mean per channel (in vocabulary
-order) when every window has two or more channels, else the mean of all tokens. The head's other input, each
+Features are the tokens a finetuned head reads (``foundation.readout``), from the layer it reads (``probe.read_layer``,
+by default the middle one, as heads read; the layers above are not run): one token mean per channel (in
+vocabulary order) when every window has two or more channels, else the mean of all tokens. The head's other input, each
 channel's log RMS amplitude, is left out: it is the same at every step, so it cannot tell steps apart and would
 only blur the differences the probe is there to see.
 """
@@ -32,14 +33,14 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from foundation.readout import align_channels, channel_means
+from foundation.readout import align_channels, channel_means, read_depth
 from foundation.tasks import task_ids as task_ids_of
 from runtime.score_error import score_se
 from shards.dataset import collate, expand_urls, load_windows, read_manifest
@@ -70,6 +71,7 @@ class ProbeResult:
     scores: dict[str, dict[str, float]]
     score: float
     se: float = 0.0  # standard error of ``score`` (from each set's ``score_se``)
+    layer: dict[str, int] = field(default_factory=dict)  # the layer read: {"read": k, "of": n_layers}
 
 
 def load_probe_sets(specs: Sequence[str], *, max_windows: int, task: str = "", name_of=None) -> list[ProbeSet]:
@@ -201,17 +203,21 @@ def effective_rank(f: np.ndarray) -> float:
 
 
 def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: float = 0.01, seed: int = 0,
-                   batch_size: int = 64, device: torch.device | str = "cpu") -> ProbeResult:
-    """Cross-validated probe scores of ``backbone``'s frozen features on every set, with the features'
+                   batch_size: int = 64, device: torch.device | str = "cpu", read_layer: int | None = None) -> ProbeResult:
+    """Cross-validated probe scores of ``backbone``'s frozen features, read at ``read_layer``
+    (:func:`foundation.readout.read_depth`: None = the middle layer), on every set, with the features'
     ``effective_rank`` (the score itself is AUROC, else balanced accuracy)."""
+    n_layers = backbone.config.n_layers
+    depth = read_depth(read_layer, n_layers)
+    reader = backbone.first_layers(depth)
     scores = {}
     for probe in sets:
-        f = _features(backbone, probe, batch_size, device)
+        f = _features(reader, probe, batch_size, device)
         scores[probe.name] = _cross_validate(f, probe.labels, probe.groups, probe.n_classes, folds, C, seed)
         scores[probe.name]["effective_rank"] = effective_rank(f)
     main = [s.get("auroc", s["balanced_accuracy"]) for s in scores.values()]
     se = math.sqrt(sum(s["score_se"] ** 2 for s in scores.values())) / len(scores) if scores else math.nan
-    return ProbeResult(scores, float(np.mean(main)) if main else math.nan, float(se))
+    return ProbeResult(scores, float(np.mean(main)) if main else math.nan, float(se), {"read": depth, "of": n_layers})
 
 
 def keep_selected(out_dir: Path, backbone, step: int, result: ProbeResult, tolerance: float) -> bool:

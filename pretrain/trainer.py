@@ -136,6 +136,7 @@ class Trainer:
         self.micro_batches = 0  # the data position
         self.last_batch: dict | None = None
         self.probe_log: list[dict[str, Any]] = []
+        self.probe_layer: dict[str, int] = {}  # the layer the probe reads: {"read": k, "of": n_layers}
         self.lineage = ""  # a branch resume (runtime.engine.lineage_of) names its checkpoints step_N-bK
         self._lock = None  # the run folder's lock, held from _setup to the end of fit
 
@@ -298,13 +299,14 @@ class Trainer:
         if acc.is_main_process:
             backbone = self.inner.backbone
             result = probe_backbone(backbone, self.probe_sets, folds=self.probe.folds, C=self.probe.C,
-                                    seed=self.cfg.seed, device=acc.device)
+                                    seed=self.cfg.seed, device=acc.device, read_layer=self.probe.read_layer)
             scalars = {f"probe/{name}/{k}": v for name, s in result.scores.items() for k, v in s.items()}
             scalars["probe/score"] = result.score
             scalars["probe/score_se"] = result.se
             acc.log(scalars, step=self.step)
             keep_selected(self.out_dir, backbone, self.step, result, self.probe.tolerance)
             self.probe_log.append({"step": self.step, "score": result.score, "se": result.se, "scores": result.scores})
+            self.probe_layer = result.layer
         acc.wait_for_everyone()
 
     def _check_weights(self, model, writing: str) -> None:
@@ -347,7 +349,8 @@ class Trainer:
                 result.selected_step = int(best["step"])
             if best is not None:
                 (result.export_dir / "probe.json").write_text(json.dumps(
-                    {"selected_step": result.selected_step, "best": best, "history": self.probe_log}, indent=2))
+                    {"selected_step": result.selected_step, "best": best, "history": self.probe_log,
+                     "layer": self.probe_layer}, indent=2))
         acc.wait_for_everyone()
         return result
 

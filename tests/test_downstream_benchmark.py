@@ -355,9 +355,19 @@ def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
     assert "not comparable" not in render_ablations(main, {"shorter": other})
     # backbones exported by another selection rule (a run stored before the rule was recorded: the best step)
     main["probe_selection"] = {"tolerance": 1.0}
-    assert ("not comparable: backbones selected with probe tolerance 0.0 (main 1.0); rerun it"
+    assert ("not comparable: backbones selected with probe tolerance 0.0, read_layer -1 (main 1.0, -1); rerun it"
             in render_ablations(main, {"shorter": other}))
     other["probe_selection"] = {"tolerance": 1.0}
+    assert "not comparable" not in render_ablations(main, {"shorter": other})
+    # a probe reading another layer selected other backbones (a run recording only its tolerance read the last)
+    main["probe_selection"] = {"tolerance": 1.0, "read_layer": None}
+    assert ("not comparable: backbones selected with probe tolerance 1.0, read_layer -1 (main 1.0, None); rerun it"
+            in render_ablations(main, {"shorter": other}))
+    # ... unless an earlier main run, selected as the ablation was, is kept beside it: it pairs with that one
+    earlier = {**json.loads(json.dumps(main)), "probe_selection": {"tolerance": 1.0}}
+    shown = render_ablations(main, {"shorter": other}, {"earlier-main-2026-01-01": earlier})
+    assert "not comparable" not in shown and "shorter (minus earlier-main-2026-01-01)" in shown
+    other["probe_selection"] = {"tolerance": 1.0, "read_layer": None}
     assert "not comparable" not in render_ablations(main, {"shorter": other})
     # finetuned models kept by another LP-FT rule: the frozen rows pair, the finetuned row does not
     from benchmarks.report_ablations import differences

@@ -54,6 +54,7 @@ def test_run_logs_the_probe_and_exports_its_best_step(synth_shards, tmp_path):
     top = max(range(3), key=lambda i: (scores[i], -i))
     best = max(s for i, s in enumerate(steps) if s >= steps[top] and scores[i] >= scores[top] - record["history"][top]["se"] - 1e-9)
     assert record["selected_step"] == result.selected_step == best
+    assert record["layer"] == {"read": 1, "of": 2}  # the middle layer of the tiny backbone, as heads read
     exported = load_file(str(result.export_dir / "model.safetensors"))
     kept = load_file(str(tmp_path / "run" / "probe_best" / "model.safetensors"))
     assert exported.keys() == kept.keys() and all(torch.equal(exported[k], kept[k]) for k in kept)
@@ -76,6 +77,34 @@ def test_probe_scores_real_eegmat_subjects(eegmat_shards):
     assert 0.0 <= s["balanced_accuracy"] <= 1.0 and 0.0 <= s["auroc"] <= 1.0 and result.score == s["auroc"]
     # random-init features of 19 channels x d spread their energy over many directions
     assert 20.0 < s["effective_rank"] <= min(len(sets[0].labels), 19 * EEGMambaConfig.from_size("tiny").d_model)
+
+
+def test_probe_reads_the_layer_heads_read(eegmat_shards):
+    """The probe's features come from the middle layer by default (the layers above are not run): the same scores
+    as the 1-layer cut of the backbone read at its top, other scores than the full backbone's top layer."""
+    from foundation.model import EEGMamba, EEGMambaConfig
+
+    folder, _ = eegmat_shards
+    sets = load_probe_sets([str(folder)], max_windows=120)
+    torch.manual_seed(0)
+    backbone = EEGMamba(EEGMambaConfig.from_size("tiny"))
+    middle = probe_backbone(backbone, sets, folds=3)
+    cut = probe_backbone(backbone.first_layers(1), sets, folds=3, read_layer=-1)
+    top = probe_backbone(backbone, sets, folds=3, read_layer=-1)
+    assert (middle.layer, cut.layer, top.layer) == ({"read": 1, "of": 2}, {"read": 1, "of": 1}, {"read": 2, "of": 2})
+    assert middle.scores == cut.scores
+    assert middle.scores[folder.name]["effective_rank"] != top.scores[folder.name]["effective_rank"]
+    with pytest.raises(ValueError, match=r"read_layer=3: the backbone has 2 layer\(s\)"):
+        probe_backbone(backbone, sets, read_layer=3)
+
+
+def test_probe_layer_the_model_lacks_is_refused_with_the_config():
+    from foundation.model import EEGMambaConfig
+
+    with pytest.raises(ValueError, match=r"probe.read_layer=-3: the backbone has 2 layer\(s\)"):
+        PretrainConfig(model=EEGMambaConfig.from_size("tiny"), probe=ProbeConfig(read_layer=-3))
+    with pytest.raises(ValueError, match=r"probe.read_layer must be a non-zero integer .* got 0"):
+        ProbeConfig(read_layer=0)
 
 
 def test_effective_rank_counts_the_directions_features_use():
