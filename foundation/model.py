@@ -300,7 +300,10 @@ class EEGMamba(
             raise ValueError(f"first_layers: n_layers must be an integer in 1..{n} (this backbone's layers), got {n_layers!r}")
         if n_layers == n:
             return self
-        sub = EEGMamba(dataclasses.replace(self.config, n_layers=n_layers))
+        # Building the copy initialises weights it then overwrites; the caller's random stream must not move
+        # (a probe inside pretraining would otherwise change every later mask).
+        with torch.random.fork_rng(devices=[]):
+            sub = EEGMamba(dataclasses.replace(self.config, n_layers=n_layers))
         dropped = tuple(f"{kind}.{i}." for kind in ("blocks", "moes") for i in range(n_layers, n))
         sub.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith(dropped)}, strict=True)
         ref = next(self.parameters())

@@ -298,8 +298,11 @@ class Trainer:
         acc = self.accelerator
         if acc.is_main_process:
             backbone = self.inner.backbone
-            result = probe_backbone(backbone, self.probe_sets, folds=self.probe.folds, C=self.probe.C,
-                                    seed=self.cfg.seed, device=acc.device, read_layer=self.probe.read_layer)
+            # the run's random stream (masks, MoE noise) goes on as if no probe had run: probing never changes training
+            cuda = [acc.device] if acc.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                result = probe_backbone(backbone, self.probe_sets, folds=self.probe.folds, C=self.probe.C,
+                                        seed=self.cfg.seed, device=acc.device, read_layer=self.probe.read_layer)
             scalars = {f"probe/{name}/{k}": v for name, s in result.scores.items() for k, v in s.items()}
             scalars["probe/score"] = result.score
             scalars["probe/score_se"] = result.se

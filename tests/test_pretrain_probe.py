@@ -64,6 +64,16 @@ def test_run_logs_the_probe_and_exports_its_best_step(synth_shards, tmp_path):
     assert f"step {best} of 6, selected by the validation probe" in (result.export_dir / "README.md").read_text()
 
 
+def test_probing_leaves_the_training_unchanged(synth_shards, tmp_path):
+    """The probe (a cut copy of the backbone, its forward passes) must not move the run's random stream: the same
+    run with and without a probe every 2 steps trains through the same losses."""
+    probe = str(synth_shards / "{val,test}-*.tar")
+    plain = run(_config(synth_shards, tmp_path / "plain"))
+    probed = run(_config(synth_shards, tmp_path / "probed", shards=(probe,), task="sleep", every=2, folds=2,
+                         max_windows=60, select=False))
+    assert len(plain.losses) == 6 and [float(v) for v in probed.losses] == [float(v) for v in plain.losses]
+
+
 def test_probe_scores_real_eegmat_subjects(eegmat_shards):
     """Frozen random-init features of 3 real EEGMAT subjects (rest vs arithmetic), folds by subject."""
     from foundation.model import EEGMamba, EEGMambaConfig
