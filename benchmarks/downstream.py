@@ -261,7 +261,7 @@ def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list
                     for method in FEATURES:
                         pre = method == PROBE
                         job = FeatureJob(plan.name, seed, method, protocol, tuple(in_half), backbone["model"] if pre else None,
-                                         backbone["key"] if pre else None)
+                                         backbone["weights"] if pre else None)
                         work.append((job, [ctx[f] for f in in_half]))
                     if protocol == "standardised" or (protocol == "aligned" and not args.budget.aligned_finetune):
                         continue
@@ -269,7 +269,7 @@ def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list
                         for method in finetuned:
                             pre = method == PRETRAINED
                             unit = Unit(plan.name, fold, seed, method, protocol, backbone["model"] if pre else None,
-                                        backbone["key"] if pre else None)
+                                        backbone["weights"] if pre else None)
                             work.append((unit, [ctx[fold]]))
     order = {PRETRAINED: 0, SCRATCH: 1, EEGNET: 2}
     return sorted(work, key=lambda w: order.get(w[0].method, 3))

@@ -119,9 +119,9 @@ def _pairing(main, other, ablations, earlier=None) -> tuple[str | None, Mapping[
                         "the same with its backbones; rerun it")
 
 
-# What a run stored without ``probe_selection`` used: the best-scoring step, read at the last layer (a run that
-# records only its tolerance probed the last layer too).
-OLD_SELECTION = {"tolerance": 0.0, "read_layer": -1}
+# What a run stored without ``probe_selection`` used: the best-scoring step, read at the last layer, with the
+# window-level standard error (a run that records only some of these used the older rule for the rest).
+OLD_SELECTION = {"tolerance": 0.0, "read_layer": -1, "standard_error": "windows"}
 
 
 def selection_of(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,8 +147,9 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
     # they exported the best-scoring step).
     ours_rule, their_rule = selection_of(main), selection_of(other)
     if ours_rule != their_rule:
-        return (f"backbones selected with probe tolerance {their_rule['tolerance']}, read_layer "
-                f"{their_rule['read_layer']} (main {ours_rule['tolerance']}, {ours_rule['read_layer']}); rerun it")
+        differ = [f"{k} {their_rule.get(k)} (main {ours_rule.get(k)})" for k in sorted(ours_rule.keys() | their_rule.keys())
+                  if their_rule.get(k) != ours_rule.get(k)]
+        return f"backbones selected with probe {', '.join(differ)}; rerun it"
     # The budget must be the main run's but for the ablation's own overrides: an ablation stored before the
     # mode's defaults changed (e.g. its pretraining length) would otherwise be paired as if it changed one thing.
     # Seeds may differ (only the seeds both ran are paired).

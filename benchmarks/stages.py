@@ -106,7 +106,20 @@ def backbone_key(config: Mapping[str, Any]) -> str:
     train = {k: v for k, v in config["train"].items() if k != "out_dir"}
     folders = [c["urls"] for c in config["data"]["corpora"]] + list(config["probe"]["shards"])
     shards = {str(f): [s.get("sha256") for s in read_manifest(Path(f))["shards"]] for f in folders}
-    return key_of({"config": {**config, "train": train}, "shards": shards})
+    # the selection rule as the installed code applies it: a rule changed in code exports other weights
+    return key_of({"config": {**config, "train": train}, "shards": shards, "selection": probe_selection()})
+
+
+def weights_digest(model_dir: Path) -> str:
+    """A short digest of an exported backbone's weights: what the jobs that read it are keyed by, so a backbone
+    trained again (same settings, other weights) never reads back the results of the one it replaced."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget: Budget, seed: int, *,
@@ -133,7 +146,8 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
     stamp = folder / "benchmark_key.json"
     if (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
         # the folder may have moved since (the key leaves its path out)
-        return {**json.loads(stamp.read_text())["info"], "model": str(folder / "model"), "reused": True}
+        return {**json.loads(stamp.read_text())["info"], "model": str(folder / "model"),
+                "weights": weights_digest(folder / "model"), "reused": True}
     if folder.exists():
         shutil.rmtree(folder)  # this run's own backbone from other settings (an older default)
     t0 = time.time()
@@ -147,7 +161,12 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
     k = max(1, len(losses) // 10)
     log(f"pretrain {name}: {result.steps} steps, loss {np.mean(losses[:k]):.4f} -> {np.mean(losses[-k:]):.4f}, "
         f"exported step {result.selected_step or result.steps}, {info['seconds']:.0f} s")
-    return {**info, "reused": False}
+    return {**info, "weights": weights_digest(result.export_dir), "reused": False}
+
+
+# How the probe's standard error is taken (``runtime.score_error.score_se`` with the set's groups): the larger of
+# the window-level closed form and a bootstrap over subjects.
+SELECTION_SE = "windows or subjects"
 
 
 def probe_selection() -> dict[str, Any]:
@@ -155,7 +174,8 @@ def probe_selection() -> dict[str, Any]:
     probe reads), for the report: runs whose backbones were selected otherwise are not paired."""
     from pretrain.config import ProbeConfig
 
-    return {"tolerance": ProbeConfig().tolerance, "read_layer": ProbeConfig().read_layer}
+    return {"tolerance": ProbeConfig().tolerance, "read_layer": ProbeConfig().read_layer,
+            "standard_error": SELECTION_SE}
 
 
 def finetune_selection(ablation=None) -> dict[str, Any]:

@@ -77,7 +77,7 @@ class Unit:
     method: str
     protocol: str
     checkpoint: str | None = None
-    backbone: str | None = None  # the backbone's pretraining key: a retrained backbone is another unit
+    backbone: str | None = None  # the digest of the backbone's weights: a retrained backbone is another unit
 
     def key(self, context: Mapping[str, Any]) -> str:
         return key_of({**dataclasses.asdict(self), **context})

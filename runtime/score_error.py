@@ -4,6 +4,10 @@ Pretraining's validation probe and finetuning's LP-FT both keep a simpler model 
 more than its noise; these give that noise for the scores they select on (AUROC, macro one-vs-rest AUROC,
 balanced accuracy), windows taken as independent. Closed forms rather than a bootstrap: selection runs every
 few hundred steps or every epoch, and on the few windows where the rule matters the two agree within 25 %.
+
+Windows are not independent when a few subjects give many each: a probe set of 4 subjects and 193 windows varies
+between steps far more than 193 independent windows would. ``group_bootstrap_se`` resamples whole groups
+(subjects) instead; ``score_se`` with ``groups`` takes the larger of the two.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["auroc_se", "balanced_accuracy_se", "score_se"]
+__all__ = ["auroc_se", "balanced_accuracy_se", "score_se", "group_bootstrap_se"]
 
 
 def auroc_se(auroc: float, n_pos: int, n_neg: int) -> float:
@@ -38,14 +42,51 @@ def balanced_accuracy_se(y: np.ndarray, pred: np.ndarray) -> float:
     return float(math.sqrt(sum(var)) / len(var)) if var else math.nan
 
 
-def score_se(y: np.ndarray, proba: np.ndarray, scores: dict[str, float]) -> float:
+def score_se(y: np.ndarray, proba: np.ndarray, scores: dict[str, float], groups: np.ndarray | None = None) -> float:
     """Standard error of the score ``scores`` holds: ``auroc`` (binary), ``auroc_macro`` (each class against the
     rest at the macro value, averaged as independent), else ``balanced_accuracy`` of ``proba``'s argmax.
-    ``y [n]``, ``proba [n, classes]``."""
-    y = np.asarray(y)
-    if scores.get("auroc") is not None and math.isfinite(scores["auroc"]):
+    ``y [n]``, ``proba [n, classes]``; with ``groups [n]`` (subjects) the larger of that and
+    :func:`group_bootstrap_se` (of AUROC or balanced accuracy; a macro AUROC keeps the closed form)."""
+    closed = _closed_form_se(np.asarray(y), proba, scores)
+    binary = _finite(scores.get("auroc"))
+    if groups is None or (not binary and _finite(scores.get("auroc_macro"))):
+        return closed
+    boot = group_bootstrap_se(y, proba, groups, binary=binary)
+    return max(closed, boot) if math.isfinite(boot) else closed
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def group_bootstrap_se(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, *, binary: bool, n_boot: int = 200,
+                       seed: int = 0) -> float:
+    """Standard deviation of the score (AUROC when ``binary``, else balanced accuracy) over ``n_boot`` resamples
+    of whole groups with replacement; NaN with fewer than two groups or under 20 resamples holding every class.
+    ``y [n]``, ``proba [n, classes]``, ``groups [n]``."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    y, proba, groups = np.asarray(y), np.asarray(proba), np.asarray(groups)
+    names = np.unique(groups)
+    if len(names) < 2:
+        return math.nan
+    rows = [np.flatnonzero(groups == g) for g in names]
+    n_classes = len(np.unique(y))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+        if len(np.unique(y[idx])) < n_classes:
+            continue
+        values.append(roc_auc_score(y[idx], proba[idx, 1]) if binary
+                      else balanced_accuracy_score(y[idx], proba[idx].argmax(1)))
+    return float(np.std(values, ddof=1)) if len(values) >= 20 else math.nan
+
+
+def _closed_form_se(y: np.ndarray, proba: np.ndarray, scores: dict[str, float]) -> float:
+    if _finite(scores.get("auroc")):
         return auroc_se(scores["auroc"], int((y == 1).sum()), int((y == 0).sum()))
-    if scores.get("auroc_macro") is not None and math.isfinite(scores["auroc_macro"]):
+    if _finite(scores.get("auroc_macro")):
         classes = range(np.asarray(proba).shape[1])
         var = [auroc_se(scores["auroc_macro"], int((y == c).sum()), int((y != c).sum())) ** 2 for c in classes]
         return float(math.sqrt(sum(var)) / len(var))

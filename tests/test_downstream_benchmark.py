@@ -116,7 +116,8 @@ def test_an_ablation_keeps_its_own_backbones_only_when_it_changes_pretraining():
         assert backbone_root(out, name, ablations.ABLATIONS[name]) == out / "pretrain" / f"ablation-{name}"
 
 
-def test_a_backbone_keeps_its_key_when_its_work_dir_moves_and_not_when_its_inputs_change(synth_shards, tmp_path):
+def test_a_backbone_keeps_its_key_when_its_work_dir_moves_and_not_when_its_inputs_change(synth_shards, tmp_path,
+                                                                                           monkeypatch):
     import shutil
 
     from benchmarks.stages import backbone_key
@@ -130,6 +131,10 @@ def test_a_backbone_keeps_its_key_when_its_work_dir_moves_and_not_when_its_input
     longer = json.loads(json.dumps(config))
     longer["train"]["max_steps"] = 4800
     assert backbone_key(longer) != key
+    # a selection rule changed in code exports other weights from the same settings
+    monkeypatch.setattr("benchmarks.stages.SELECTION_SE", "windows")
+    assert backbone_key(config) != key
+    monkeypatch.undo()
     # the same paths rebuilt with other contents
     copy = tmp_path / "copy"
     shutil.copytree(synth_shards, copy)
@@ -355,13 +360,13 @@ def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
     assert "not comparable" not in render_ablations(main, {"shorter": other})
     # backbones exported by another selection rule (a run stored before the rule was recorded: the best step)
     main["probe_selection"] = {"tolerance": 1.0}
-    assert ("not comparable: backbones selected with probe tolerance 0.0, read_layer -1 (main 1.0, -1); rerun it"
+    assert ("not comparable: backbones selected with probe tolerance 0.0 (main 1.0); rerun it"
             in render_ablations(main, {"shorter": other}))
     other["probe_selection"] = {"tolerance": 1.0}
     assert "not comparable" not in render_ablations(main, {"shorter": other})
     # a probe reading another layer selected other backbones (a run recording only its tolerance read the last)
     main["probe_selection"] = {"tolerance": 1.0, "read_layer": None}
-    assert ("not comparable: backbones selected with probe tolerance 1.0, read_layer -1 (main 1.0, None); rerun it"
+    assert ("not comparable: backbones selected with probe read_layer -1 (main None); rerun it"
             in render_ablations(main, {"shorter": other}))
     # ... unless an earlier main run, selected as the ablation was, is kept beside it: it pairs with that one
     earlier = {**json.loads(json.dumps(main)), "probe_selection": {"tolerance": 1.0}}
@@ -762,7 +767,7 @@ def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):
     metas, y = _metas(8)
     plan = tasks.TASKS[-1]  # EEGMAT: alignable, so every protocol is listed
     tf = folds.assign_folds(plan.name, metas, y, 4, group_key="subject")
-    backbones = {f"s{s}-h{h}": {"model": f"m{s}{h}", "key": f"k{s}{h}"} for s in range(3) for h in (0, 1)}
+    backbones = {f"s{s}-h{h}": {"model": f"m{s}{h}", "key": f"k{s}{h}", "weights": f"w{s}{h}"} for s in range(3) for h in (0, 1)}
     work = {}
     for flag in ([], ["--frozen-only"]):
         args = bench.parse_args(["--tasks", plan.name, *flag])
@@ -771,6 +776,14 @@ def test_frozen_only_runs_the_feature_methods_and_no_finetuning(bench):
     assert {job.method for job, _ in work[False]} >= finetuned
     features = [(job, ctxs) for job, ctxs in work[False] if isinstance(job, units.FeatureJob)]
     assert work[True] == features and {job.method for job, _ in work[True]} == set(units.FEATURES)
+    # jobs are keyed by the weights they read: a backbone trained again (same settings) is other work
+    retrained = {**backbones, "s0-h0": {**backbones["s0-h0"], "weights": "other"}}
+    args = bench.parse_args(["--tasks", plan.name])
+    again = bench.unit_work(args, [plan], {plan.corpus: Path("s")}, {plan.name: tf}, retrained, False)
+    before, after = {job for job, _ in work[False]}, {job for job, _ in again}
+    changed = after - before
+    assert changed and {job.checkpoint for job in changed} == {"m00"} and {job.backbone for job in changed} == {"other"}
+    assert len(before - after) == len(changed)
     assert {job.protocol for job, _ in work[True]} == {"plain", "aligned", "standardised"}
 
 

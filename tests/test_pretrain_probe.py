@@ -176,3 +176,28 @@ def test_score_standard_error_matches_the_bootstrap():
     se_bacc = score_se(y, proba, {"balanced_accuracy": balanced_accuracy_score(y, proba.argmax(1))})
     assert 0.02 < se_auc < 0.05 and se_auc == pytest.approx(np.std(boot_auc), rel=0.25)
     assert se_bacc == pytest.approx(np.std(boot_bacc), rel=0.25)
+
+
+def test_probe_error_counts_subjects_when_their_windows_agree_with_each_other():
+    """Four subjects of 100 windows whose scores differ by subject: the window-level error takes 400 windows as
+    independent; resampling subjects sees the spread between them, and the probe's error is the larger one."""
+    from sklearn.metrics import roc_auc_score
+
+    from runtime.score_error import group_bootstrap_se, score_se
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(4), 100)
+    y = np.tile(np.r_[np.zeros(50, int), np.ones(50, int)], 4)
+    signal = np.array([0.0, 0.5, 1.5, 3.0])[groups]  # subject 0 at chance, subject 3 nearly separable
+    logit = rng.normal(size=400) + signal * (2 * y - 1)
+    proba = np.c_[1 - 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-logit))]
+    scores = {"auroc": roc_auc_score(y, proba[:, 1])}
+    window, subjects = score_se(y, proba, scores), group_bootstrap_se(y, proba, groups, binary=True)
+    assert window < 0.03 and subjects > 2 * window
+    assert score_se(y, proba, scores, groups) == subjects
+    # subjects alike: the window-level error stays
+    alike = rng.normal(size=400) + 1.0 * (2 * y - 1)
+    p2 = np.c_[1 - 1 / (1 + np.exp(-alike)), 1 / (1 + np.exp(-alike))]
+    s2 = {"auroc": roc_auc_score(y, p2[:, 1])}
+    assert score_se(y, p2, s2, groups) >= score_se(y, p2, s2)
+    assert np.isnan(group_bootstrap_se(y, proba, np.zeros(400), binary=True))  # one subject: nothing to resample
