@@ -164,9 +164,10 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
     return {**info, "weights": weights_digest(result.export_dir), "reused": False}
 
 
-# How the probe's standard error is taken (``runtime.score_error.score_se`` with the set's groups): the larger of
-# the window-level closed form and a bootstrap over subjects.
-SELECTION_SE = "windows or subjects"
+# How the probe's standard error is taken (``runtime.score_error.score_se`` with the set's groups: the larger of
+# the window-level closed form and a bootstrap over subjects) and compared (``pretrain.probe.keep_selected``: the
+# larger of the best step's and the candidate's).
+SELECTION_SE = "windows or subjects; best or candidate"
 
 
 def probe_selection() -> dict[str, Any]:

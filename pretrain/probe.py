@@ -13,14 +13,17 @@ the run exports the weights of the step the probe selects (``probe.select``), sa
 
 Selection is the one-standard-error rule (Breiman et al. 1984; Hastie et al., *Elements of Statistical
 Learning* 7.10): the latest step whose score is within ``probe.tolerance`` standard errors of the best score so
-far. A small probe set scores each step with noise of a few hundredths, so the maximum over many probes is
+far, the larger of the two scores' errors (the best of many noisy scores is biased upwards, and a later step
+scored with more noise is not measurably worse for falling short of it by less than that noise). A small probe set scores each step with noise of a few hundredths, so the maximum over many probes is
 mostly the luckiest draw (in the benchmark's 4800-step runs, a 4-subject EEGMAT probe hovering near chance
 exported step 300 of one backbone); later weights have seen more data, so a step that is not measurably worse is
 preferred. The standard error is the larger of the window-level one (Hanley & McNeil 1982 for AUROC, binomial per
 class for balanced accuracy) and a bootstrap over the set's subjects (``runtime.score_error.group_bootstrap_se``):
-windows of one subject are not independent, and counting them as if they were tolerated too little (a 4-subject
-EEGMAT probe, window-level error 0.044, exported step 600 of a 2,400-step run on one score 0.09 above the rest;
-resampling its four subjects gives 0.058 there, and 0.085-0.100 on other backbones).
+windows of one subject are not independent. Both matter on small sets: in the benchmark's 2,400-step runs a
+4-subject EEGMAT probe scored one backbone 0.745 at step 600 and 0.63-0.66 at every later step; counting windows
+(error 0.044) or the best's error alone (0.058 over subjects) exported step 600, and that backbone probed
+downstream 0.066 balanced accuracy below the same run's last step on average; the later steps' own errors
+(0.06-0.11 over subjects) let the rule keep the last step.
 
 Features are the tokens a finetuned head reads (``foundation.readout``), from the layer it reads (``probe.read_layer``,
 by default the middle one, as heads read; the layers above are not run): one token mean per channel (in
@@ -224,7 +227,8 @@ def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: flo
 
 def keep_selected(out_dir: Path, backbone, step: int, result: ProbeResult, tolerance: float) -> bool:
     """Save ``step``'s weights as the selected ones when its score is within ``tolerance`` standard errors of the
-    best score so far (the best's own standard error), a new best included; returns whether they were saved.
+    best score so far (the larger of the best's and this step's standard error), a new best included; returns
+    whether they were saved.
 
     Applied at every probe, in step order, this leaves the latest step within ``tolerance`` standard errors of the
     highest score of the run; ``probe.json`` keeps that highest score (``top``) so a resumed run goes on alike.
@@ -233,7 +237,7 @@ def keep_selected(out_dir: Path, backbone, step: int, result: ProbeResult, toler
     top = (saved.get("top") or {"step": saved["step"], "score": saved["score"], "se": 0.0}) if saved else None
     if top is None or result.score > top["score"] + 1e-9:
         top = {"step": step, "score": result.score, "se": result.se}
-    if saved is not None and not result.score >= top["score"] - tolerance * top["se"] - 1e-9:
+    if saved is not None and not result.score >= top["score"] - tolerance * max(top["se"], result.se) - 1e-9:
         return False
     folder = Path(out_dir) / BEST_DIR
     backbone.save_pretrained(folder)

@@ -151,8 +151,14 @@ def test_selection_keeps_the_latest_step_within_one_standard_error_of_the_best(t
     record = json.loads((old / "probe_best" / "probe.json").read_text())
     del record["top"]
     (old / "probe_best" / "probe.json").write_text(json.dumps(record))
-    assert not keep_selected(old, backbone, 200, ProbeResult({}, 0.69, 0.05), 1.0)
+    assert not keep_selected(old, backbone, 200, ProbeResult({}, 0.69, 0.005), 1.0)
     assert keep_selected(old, backbone, 300, ProbeResult({}, 0.71, 0.05), 1.0)
+    # a later step scored with more noise is compared within its own error when that is the larger one
+    spike = tmp_path / "e"
+    for step, score, se in [(300, 0.61, 0.06), (600, 0.745, 0.058), (900, 0.632, 0.069), (2400, 0.659, 0.112)]:
+        keep_selected(spike, backbone, step, ProbeResult({}, score, se), 1.0)
+    assert read_best(spike)["step"] == 2400  # 0.659 >= 0.745 - 0.112; 0.632 < 0.745 - 0.069 was not kept
+    assert read_best(spike)["top"] == {"step": 600, "score": 0.745, "se": 0.058}
     with pytest.raises(ValueError, match=r"probe.tolerance: expected a number of standard errors >= 0, got -1"):
         ProbeConfig(tolerance=-1)
 
