@@ -21,9 +21,9 @@ preferred. The standard error is the larger of the window-level one (Hanley & Mc
 class for balanced accuracy) and a bootstrap over the set's subjects (``runtime.score_error.group_bootstrap_se``):
 windows of one subject are not independent. Both matter on small sets: in the benchmark's 2,400-step runs a
 4-subject EEGMAT probe scored one backbone 0.745 at step 600 and 0.63-0.66 at every later step; counting windows
-(error 0.044) or the best's error alone (0.058 over subjects) exported step 600, and that backbone probed
-downstream 0.066 balanced accuracy below the same run's last step on average; the later steps' own errors
-(0.06-0.11 over subjects) let the rule keep the last step.
+(error 0.044) or the best's error alone (0.058 over subjects) exported step 600, and the benchmark's probes of
+that seed fell by 0.020 balanced accuracy on average over its five tasks against the same run's last step
+(motor imagery -0.067); the later steps' own errors (0.06-0.11 over subjects) let the rule keep the last step.
 
 Features are the tokens a finetuned head reads (``foundation.readout``), from the layer it reads (``probe.read_layer``,
 by default the middle one, as heads read; the layers above are not run): one token mean per channel (in
