@@ -136,8 +136,9 @@ def same_finetune_selection(main: Mapping[str, Any], other: Mapping[str, Any]) -
     return own or ours == theirs
 
 
-def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
-    """Why two runs cannot be paired (other folds, other mode), or None."""
+def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any], *, selection: bool = True) -> str | None:
+    """Why two runs cannot be paired (other folds, other mode, backbones exported by another probe rule unless
+    ``selection`` is False), or None."""
     for task in set(main.get("tasks", {})) & set(other.get("tasks", {})):
         if main["tasks"][task]["folds"] != other["tasks"][task]["folds"]:
             return f"{task}: other folds"
@@ -146,7 +147,7 @@ def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any]) -> str | N
     # Backbones exported by another selection rule are other backbones (runs stored before the rule name none:
     # they exported the best-scoring step).
     ours_rule, their_rule = selection_of(main), selection_of(other)
-    if ours_rule != their_rule:
+    if selection and ours_rule != their_rule:
         differ = [f"{k} {their_rule.get(k)} (main {ours_rule.get(k)})" for k in sorted(ours_rule.keys() | their_rule.keys())
                   if their_rule.get(k) != ours_rule.get(k)]
         return f"backbones selected with probe {', '.join(differ)}; rerun it"
@@ -244,13 +245,13 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
     each task's frozen-probe balanced accuracy of that seed and against its mean over tasks."""
     from scipy.stats import spearmanr
 
-    # One run per set of backbones, all read the same way: the readout most of them were run with (the main
-    # run's backbones enter through a readout-only ablation when the main run reads otherwise).
-    pool = [main, *[r for _, r in sorted(ablations.items()) if not_comparable(main, r) is None and (
+    # One run per set of backbones, all read and probed the same way: the readout and probe rule most of them were
+    # run with (the main run's backbones enter through a readout-only ablation when the main run reads otherwise).
+    pool = [main, *[r for _, r in sorted(ablations.items()) if not_comparable(main, r, selection=False) is None and (
         _changes_backbones(r) or (_own_finetune(r) and _own_finetune(r) <= READOUT_FIELDS and _same_backbones(r, main)))]]
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in pool:
-        groups.setdefault(json.dumps(readout_of(r), sort_keys=True), []).append(r)
+        groups.setdefault(json.dumps([readout_of(r), selection_of(r)], sort_keys=True), []).append(r)
     runs = max(groups.values(), key=len)
     tasks = list(main.get("tasks", {}))
     points: list[tuple[dict[str, float], dict[str, float]]] = []
@@ -264,7 +265,7 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
     if len(points) < MIN_POINTS or not tasks:
         return lines + [f"Too few backbones with a validation probe ({len(points)}; {MIN_POINTS} needed).", ""]
     lines += [f"One point per pretraining seed of the main run and of each ablation that changes the backbones, "
-              f"heads reading {readout_of(runs[0])} "
+              f"heads reading {readout_of(runs[0])}, the probe reading layer {selection_of(runs[0])['read_layer']} "
               f"({len(runs)} runs, {len(points)} points): the validation probe's score, and its features' effective "
               "rank, at the exported step (mean over the seed's halves) against that seed's frozen-probe balanced "
               "accuracy. Spearman's rho; points of one seed share their data, so p is indicative.", "",

@@ -819,6 +819,13 @@ def test_ablation_report_ranks_backbones_by_their_validation_probe():
     ablations = {f"a{i}": run(0.50 + 0.01 * i, 0.60 + 0.02 * i, {"description": "x", "objective": {"k": i}},
                               rank=9.0 - i) for i in range(1, 5)}
     assert "| T task | +1.00 | 0.000 | -1.00 | 0.000 |" in render_ablations(main, ablations)
+    # a main run probed at another layer scores its steps otherwise: the runs probed alike are ranked, without it
+    main["probe_selection"] = {"tolerance": 0.0, "read_layer": None}
+    text = render_ablations(main, ablations)
+    assert "the probe reading layer -1 (4 runs, 4 points)" not in text and "(4; 5 needed)" in text
+    ablations["a5"] = run(0.56, 0.70, {"description": "x", "objective": {"k": 5}}, rank=3.0)
+    text = render_ablations(main, ablations)
+    assert "the probe reading layer -1 (5 runs, 5 points)" in text and "| T task | +1.00 | 0.000 | -1.00 | 0.000 |" in text
 
 
 def test_a_main_rerun_with_other_backbones_keeps_the_run_its_ablations_were_measured_against(tmp_path):
