@@ -11,25 +11,26 @@ two-class sets, AUROC go to TensorBoard (``probe/<set>/...``), beside the featur
 the run exports the weights of the step the probe selects (``probe.select``), saved as they arrive in
 ``{out_dir}/probe_best``, so a resumed run keeps them.
 
-Selection is the one-standard-error rule (Breiman et al. 1984; Hastie et al., *Elements of Statistical
-Learning* 7.10): the latest step whose score is within ``probe.tolerance`` standard errors of the best score so
-far, the larger of the two scores' errors (the best of many noisy scores is biased upwards, and a later step
-scored with more noise is not measurably worse for falling short of it by less than that noise). A small probe set scores each step with noise of a few hundredths, so the maximum over many probes is
-mostly the luckiest draw (in the benchmark's 4800-step runs, a 4-subject EEGMAT probe hovering near chance
-exported step 300 of one backbone); later weights have seen more data, so a step that is not measurably worse is
-preferred. The standard error is the larger of the window-level one (Hanley & McNeil 1982 for AUROC, binomial per
-class for balanced accuracy) and a bootstrap over the set's subjects (``runtime.score_error.group_bootstrap_se``):
-windows of one subject are not independent. Both matter on small sets: in the benchmark's 2,400-step runs a
-4-subject EEGMAT probe scored one backbone 0.745 at step 600 and 0.63-0.66 at every later step; counting windows
-(error 0.044) or the best's error alone (0.058 over subjects) exported step 600, and the benchmark's probes of
-that seed fell by 0.020 balanced accuracy on average over its five tasks against the same run's last step
-(motor imagery -0.067); the later steps' own errors (0.06-0.11 over subjects) let the rule keep the last step.
+Selection is the one-standard-error rule (Breiman et al. 1984; Hastie et al., *Elements of Statistical Learning*
+7.10): the latest step whose score is within ``probe.tolerance`` standard errors of the best score so far, the
+larger of the two scores' errors (the best of many noisy scores is biased upwards, and a later step scored with more
+noise is not measurably worse for falling short of it by less than that noise). A small probe set scores each step
+with noise of a few hundredths, so the maximum over many probes is mostly the luckiest draw (in the benchmark's
+4800-step runs, a 4-subject EEGMAT probe hovering near chance exported step 300 of one backbone); later weights have
+seen more data, so a step that is not measurably worse is preferred. The standard error is the larger of the
+window-level one (Hanley & McNeil 1982 for AUROC, binomial per class for balanced accuracy) and a bootstrap over the
+set's subjects (``runtime.score_error.group_bootstrap_se``): windows of one subject are not independent. Both matter
+on small sets: in the benchmark's 2,400-step runs a 4-subject EEGMAT probe scored one backbone 0.745 at step 600 and
+0.63-0.66 at every later step; counting windows (error 0.044) or the best's error alone (0.058 over subjects)
+exported step 600, and the benchmark's probes of that seed fell by 0.020 balanced accuracy on average over its five
+tasks against the same run's last step (motor imagery -0.067); the later steps' own errors (0.06-0.11 over subjects)
+let the rule keep the last step.
 
-Features are the tokens a finetuned head reads (``foundation.readout``), from the layer it reads (``probe.read_layer``,
-by default the middle one, as heads read; the layers above are not run): one token mean per channel (in
-vocabulary order) when every window has two or more channels, else the mean of all tokens. The head's other input, each
-channel's log RMS amplitude, is left out: it is the same at every step, so it cannot tell steps apart and would
-only blur the differences the probe is there to see.
+Features are the tokens a finetuned head reads (``foundation.readout``), from the layer it reads
+(``probe.read_layer``, by default the middle one, as heads read; the layers above are not run): one token mean per
+channel (in vocabulary order) when every window has two or more channels, else the mean of all tokens. The head's
+other input, each channel's log RMS amplitude, is left out: it is the same at every step, so it cannot tell steps
+apart and would only blur the differences the probe is there to see.
 """
 
 from __future__ import annotations
