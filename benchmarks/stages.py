@@ -113,13 +113,9 @@ def backbone_key(config: Mapping[str, Any]) -> str:
 def weights_digest(model_dir: Path) -> str:
     """A short digest of an exported backbone's weights: what the jobs that read it are keyed by, so a backbone
     trained again (same settings, other weights) never reads back the results of the one it replaced."""
-    import hashlib
+    from pretrain.release import file_sha256
 
-    h = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(Path(model_dir) / "model.safetensors")[:16]
 
 
 def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget: Budget, seed: int, *,

@@ -53,7 +53,7 @@ from shards.dataset import collate, expand_urls, load_windows, read_manifest
 from shards.vocabulary import channel_id
 
 __all__ = ["ProbeSet", "ProbeResult", "load_probe_sets", "probe_backbone", "effective_rank", "score_se", "check_probe_leak",
-           "keep_selected", "BEST_DIR"]
+           "keep_selected", "probe_layer", "BEST_DIR"]
 
 BEST_DIR = "probe_best"
 
@@ -213,9 +213,8 @@ def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: flo
     """Cross-validated probe scores of ``backbone``'s frozen features, read at ``read_layer``
     (:func:`foundation.readout.read_depth`: None = the middle layer), on every set, with the features'
     ``effective_rank`` (the score itself is AUROC, else balanced accuracy)."""
-    n_layers = backbone.config.n_layers
-    depth = read_depth(read_layer, n_layers)
-    reader = backbone.first_layers(depth)
+    layer = probe_layer(read_layer, backbone)
+    reader = backbone.first_layers(layer["read"])
     scores = {}
     for probe in sets:
         f = _features(reader, probe, batch_size, device)
@@ -223,7 +222,13 @@ def probe_backbone(backbone, sets: Sequence[ProbeSet], *, folds: int = 5, C: flo
         scores[probe.name]["effective_rank"] = effective_rank(f)
     main = [s.get("auroc", s["balanced_accuracy"]) for s in scores.values()]
     se = math.sqrt(sum(s["score_se"] ** 2 for s in scores.values())) / len(scores) if scores else math.nan
-    return ProbeResult(scores, float(np.mean(main)) if main else math.nan, float(se), {"read": depth, "of": n_layers})
+    return ProbeResult(scores, float(np.mean(main)) if main else math.nan, float(se), layer)
+
+
+def probe_layer(read_layer: int | None, backbone) -> dict[str, int]:
+    """The layer a probe at ``read_layer`` reads of ``backbone``: ``{"read": k, "of": n_layers}``."""
+    n_layers = backbone.config.n_layers
+    return {"read": read_depth(read_layer, n_layers), "of": n_layers}
 
 
 def keep_selected(out_dir: Path, backbone, step: int, result: ProbeResult, tolerance: float) -> bool:

@@ -52,7 +52,7 @@ from foundation.contract import CONTRACT_NAME, ContractError, InputContract, rea
 from foundation.model import EEGMamba
 from pretrain.card import CARD_NAME, backbone_summary, contract_table, filters, fmt, yaml_list
 
-__all__ = ["ReleaseError", "release", "model_card", "write_checksums", "verify_checksums", "main"]
+__all__ = ["ReleaseError", "release", "model_card", "write_checksums", "verify_checksums", "file_sha256", "main"]
 
 SUMS_NAME = "SHA256SUMS"
 _RESTRICTED = re.compile(r"(^|[^A-Za-z])(NC|ND)([^A-Za-z]|$)|non-?commercial|no-?deriv", re.IGNORECASE)
@@ -247,7 +247,8 @@ def _card_use(name: str, contract: InputContract) -> list[str]:
     ]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -259,7 +260,7 @@ def write_checksums(folder: Path) -> Path:
     """``SHA256SUMS`` over every other file of ``folder`` (``sha256sum -c`` format, sorted)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != SUMS_NAME)
     path = folder / SUMS_NAME
-    path.write_text("".join(f"{_sha256(p)}  {p.name}\n" for p in files))
+    path.write_text("".join(f"{file_sha256(p)}  {p.name}\n" for p in files))
     return path
 
 
@@ -268,7 +269,7 @@ def verify_checksums(folder: Path) -> list[str]:
     bad = []
     for line in (folder / SUMS_NAME).read_text().splitlines():
         digest, _, name = line.partition("  ")
-        if not (folder / name).is_file() or _sha256(folder / name) != digest:
+        if not (folder / name).is_file() or file_sha256(folder / name) != digest:
             bad.append(name)
     return bad
 

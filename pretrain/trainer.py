@@ -41,7 +41,8 @@ from pretrain.card import CARD_NAME, backbone_summary, export_card
 from pretrain.config import OptimConfig, ProbeConfig, TrainConfig
 from pretrain.contract import write_run_contract
 from pretrain.data import BatchStream, Corpus, batch_tokens, make_batch_stream, preprocessing_record, sample_log_lines, to_device
-from pretrain.probe import BEST_DIR, check_probe_leak, keep_selected, load_probe_sets, probe_backbone, read_best
+from pretrain.probe import (BEST_DIR, check_probe_leak, keep_selected, load_probe_sets, probe_backbone, probe_layer,
+                            read_best)
 from pretrain.resume_settings import apply_overrides, check_resume_settings
 from runtime import run_folder
 from runtime.atomic import LinkedPathError, atomic_write_text
@@ -136,7 +137,6 @@ class Trainer:
         self.micro_batches = 0  # the data position
         self.last_batch: dict | None = None
         self.probe_log: list[dict[str, Any]] = []
-        self.probe_layer: dict[str, int] = {}  # the layer the probe reads: {"read": k, "of": n_layers}
         self.lineage = ""  # a branch resume (runtime.engine.lineage_of) names its checkpoints step_N-bK
         self._lock = None  # the run folder's lock, held from _setup to the end of fit
 
@@ -309,7 +309,6 @@ class Trainer:
             acc.log(scalars, step=self.step)
             keep_selected(self.out_dir, backbone, self.step, result, self.probe.tolerance)
             self.probe_log.append({"step": self.step, "score": result.score, "se": result.se, "scores": result.scores})
-            self.probe_layer = result.layer
         acc.wait_for_everyone()
 
     def _check_weights(self, model, writing: str) -> None:
@@ -353,7 +352,7 @@ class Trainer:
             if best is not None:
                 (result.export_dir / "probe.json").write_text(json.dumps(
                     {"selected_step": result.selected_step, "best": best, "history": self.probe_log,
-                     "layer": self.probe_layer}, indent=2))
+                     "layer": probe_layer(self.probe.read_layer, self.inner.backbone)}, indent=2))
         acc.wait_for_everyone()
         return result
 
