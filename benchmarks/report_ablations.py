@@ -35,7 +35,9 @@ README_END = "<!-- ablation-results:end -->"
 ROWS = (PRETRAINED, PROBE, row_name(PROBE, "standardised"), SCRATCH)
 
 
-OLD_FINETUNE_SELECTION = {"probe_margin": 0.0}  # runs stored without ``finetune_selection``: the best epoch
+# What a run stored without (part of) ``finetune_selection`` used: the best epoch, and where a margin was set, the
+# probe's window-level standard error
+OLD_FINETUNE_SELECTION = {"probe_margin": 0.0, "standard_error": "windows"}
 
 
 def differences(main: Mapping[str, Any], other: Mapping[str, Any], task: str, row: str, metric: str) -> dict | None:
@@ -70,18 +72,21 @@ def reference(main: Mapping[str, Any], other: Mapping[str, Any], ablations: Mapp
     when ``other`` keeps the pretraining, with the same backbones (a finetuning change measured on other backbones
     would carry their pretraining noise). In order: the main run; an earlier main run (``earlier``, newest first:
     the run it was measured against, kept when a rerun replaced it); a stored ablation whose only change is the
-    readout. None when there is none."""
-    def fits(run: Mapping[str, Any]) -> bool:
-        return _measured_alike(run, other) and not_comparable(run, other) is None
+    readout. A run whose LP-FT chose between probe and epochs by the same rule comes first; failing one, the
+    finetuned row is left out (``differences``) and the others pair. None when there is none."""
+    for strict in (True, False):
+        def fits(run: Mapping[str, Any]) -> bool:
+            return (_measured_alike(run, other) and not_comparable(run, other) is None
+                    and (not strict or not _has_row(other, PRETRAINED) or same_finetune_selection(run, other)))
 
-    if fits(main):
-        return "main", main
-    for name, run in sorted((earlier or {}).items(), reverse=True):
-        if fits(run):
-            return name, run
-    for name, run in sorted(ablations.items()):
-        if run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS and fits(run):
-            return name, run
+        if fits(main):
+            return "main", main
+        for name, run in sorted((earlier or {}).items(), reverse=True):
+            if fits(run):
+                return name, run
+        for name, run in sorted(ablations.items()):
+            if run is not other and _own_finetune(run) and _own_finetune(run) <= READOUT_FIELDS and fits(run):
+                return name, run
     return None
 
 
@@ -128,12 +133,18 @@ def selection_of(run: Mapping[str, Any]) -> dict[str, Any]:
     return {**OLD_SELECTION, **(run.get("probe_selection") or {})}
 
 
+def finetune_selection_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {**OLD_FINETUNE_SELECTION, **(run.get("finetune_selection") or {})}
+
+
 def same_finetune_selection(main: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
     """Whether the finetuned rows of ``other`` differ from ``main``'s only by the ablation's own change."""
-    ours = main.get("finetune_selection") or OLD_FINETUNE_SELECTION
-    theirs = other.get("finetune_selection") or OLD_FINETUNE_SELECTION
     own = "probe_margin" in ((other.get("ablation") or {}).get("finetune") or {})
-    return own or ours == theirs
+    return own or finetune_selection_of(main) == finetune_selection_of(other)
+
+
+def _has_row(run: Mapping[str, Any], row: str) -> bool:
+    return any(row in rows for rows in (run.get("table") or {}).values())
 
 
 def not_comparable(main: Mapping[str, Any], other: Mapping[str, Any], *, selection: bool = True) -> str | None:

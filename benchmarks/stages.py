@@ -19,7 +19,7 @@ import torch
 from benchmarks.ablations import apply
 from benchmarks.report import log
 from benchmarks.tasks import SHARD_SETS, Budget, shard_adapter
-from benchmarks.units import finetune_settings, key_of
+from benchmarks.units import LPFT_STANDARD_ERROR, finetune_settings, key_of
 
 
 def build_shards(data_root: Path, out: Path, *, sets: Sequence[str] | None = None,
@@ -178,7 +178,8 @@ def probe_selection() -> dict[str, Any]:
 def finetune_selection(ablation=None) -> dict[str, Any]:
     """How LP-FT chooses between its probe and its finetuned epochs (the suite's default, or the ablation's), for
     the report: finetuned rows of runs selected otherwise are not paired."""
-    return {"probe_margin": finetune_settings(ablation.finetune if ablation else {}).probe_margin}
+    return {"probe_margin": finetune_settings(ablation.finetune if ablation else {}).probe_margin,
+            "standard_error": LPFT_STANDARD_ERROR}
 
 
 def head_readout(ablation=None) -> dict[str, Any]:

@@ -37,6 +37,9 @@ FEATURES = (PROBE, RANDOM_PROBE, BAND)  # one feature pass for several folds (``
 # frozen features standardised by their own statistics (the frozen-feature methods only: a finetuned backbone's
 # features move every step).
 PROTOCOLS = ("plain", "aligned", "standardised")
+# How LP-FT measures the noise a finetuned epoch must beat the probe by (``finetune.train.keep_if_best``): the larger
+# of the window-level and the validation-subject error, of the probe's score or the epoch's.
+LPFT_STANDARD_ERROR = "windows or subjects; probe or epoch"
 
 
 def key_of(obj: Any) -> str:
@@ -80,7 +83,9 @@ class Unit:
     backbone: str | None = None  # the digest of the backbone's weights: a retrained backbone is another unit
 
     def key(self, context: Mapping[str, Any]) -> str:
-        return key_of({**dataclasses.asdict(self), **context})
+        # LP-FT's choice between probe and epochs is code, not a config default: its rule keys the units it decides
+        rule = {"lpft_standard_error": LPFT_STANDARD_ERROR} if self.method == PRETRAINED else {}
+        return key_of({**dataclasses.asdict(self), **context, **rule})
 
 
 @dataclass(frozen=True)

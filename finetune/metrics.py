@@ -200,11 +200,13 @@ def selection_score(metrics: dict) -> float:
     return float(metrics["balanced_accuracy"])
 
 
-def selection_se(y_true: np.ndarray, proba: np.ndarray, metrics: dict) -> float:
+def selection_se(y_true: np.ndarray, proba: np.ndarray, metrics: dict, groups: np.ndarray | None = None) -> float:
     """Standard error of ``selection_score(metrics)`` on the windows it was measured on (``y_true [n]``,
     ``proba [n, classes]``): the noise a finetuned epoch's gain over the probe must exceed to count. ``score_se``
-    picks the same score ``selection_score`` does (AUROC, macro AUROC, else balanced accuracy of the argmax)."""
-    return score_se(y_true, proba, metrics)
+    picks the same score ``selection_score`` does (AUROC, macro AUROC, else balanced accuracy of the argmax); with
+    ``groups [n]`` (each window's subject) the larger of the window-level error and a bootstrap over the groups,
+    since a few subjects giving many windows each vary far more than as many independent windows would."""
+    return score_se(y_true, proba, metrics, groups)
 
 
 def chance_level(n_classes: int) -> float:

@@ -10,9 +10,10 @@ keeps the weights with the best mean selection score across tasks (``finetune.me
 AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to the lower validation loss;
 an epoch whose validation probabilities barely move never wins over one whose do, since on a few windows its
 ties can rank them perfectly by chance). The probe stays the model unless a finetuned epoch beats its
-validation score by more than ``probe_margin`` standard errors of that score (``finetune.metrics.selection_se``):
-on a few validation windows the best epoch is mostly the luckiest one, and finetuning that only looks better
-there ended below its own probe on test. ``patience`` epochs without a higher validation score stop the run.
+validation score by more than ``probe_margin`` standard errors (``finetune.metrics.selection_se``: the larger of
+the window-level error and a bootstrap over the validation subjects; of the probe's score or the epoch's, whichever
+is larger): on a few validation windows or subjects the best epoch is mostly the luckiest one, and finetuning that
+only looks better there ended below its own probe on test. ``patience`` epochs without a higher validation score stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
 with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone; with
@@ -259,6 +260,7 @@ class Fit:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)
     best_se: float = 0.0  # standard error of the kept epoch's selection score
+    val_groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # each validation window's subject
     best_epoch: int = -2
     top_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)  # the best of any epoch: patience
     best_state: dict[str, torch.Tensor] | None = None
@@ -299,7 +301,15 @@ def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: 
     return Fit(model, optimizer, scheduler, train_windows, losses,
                val_loaders={n: loader(n, splits[n].val) for n in tasks},
                test_loaders={n: loader(n, splits[n].test) for n in tasks if splits[n].test.size},
-               warmup_steps=warmup_steps, total_steps=total_steps)
+               warmup_steps=warmup_steps, total_steps=total_steps,
+               val_groups={n: np.asarray(split_groups(tasks[n], splits[n], "val")) for n in tasks})
+
+
+def split_groups(data: TaskData, split: Split, side: str) -> list[str]:
+    """The group (``corpus/subject``, else ``corpus/recording``) of each window of one side of ``split``, in split
+    order."""
+    key = split.group_key if split.group_key in ("subject", "recording") else "recording"
+    return group_names([data.metas[i] for i in getattr(split, side)], key)
 
 
 def _feature_batch(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -372,7 +382,9 @@ def validate(fit: Fit, tasks: Mapping[str, TaskData], acc: Accelerator,
             raise NonFiniteLossError(f"non-finite value in the validation outputs of task {name!r} after epoch {epoch}: "
                                      f"the weights diverged. Stopped; no model was written. {ADVICE}")
         val[name] = classification_metrics(y, p, n_classes=tasks[name].recipe.n_classes)
-        se[name] = selection_se(y, p, val[name])
+        groups = fit.val_groups.get(name)
+        # the outputs come back in split order (ordered, unshuffled loaders; gathered in rank order)
+        se[name] = selection_se(y, p, val[name], groups if groups is not None and len(groups) == len(y) else None)
     score = float(np.mean([selection_score(val[n]) for n in tasks]))
     responsive = all(responds(val[n]) for n in tasks)
     mean_se = math.sqrt(sum(se[n] ** 2 for n in tasks)) / len(tasks)
@@ -396,10 +408,11 @@ def improves(score: tuple[bool, float, float], best: tuple[bool, float, float], 
 def keep_if_best(fit: Fit, epoch: int, score: tuple[bool, float, float], se: float, acc: Accelerator,
                  probe_margin: float = 0.0) -> bool:
     """Keep ``epoch``'s weights when they beat the kept ones (``improves``); while the kept model is the probe
-    (epoch -1 of an LP-FT run, ``probe_margin > 0``), only by more than ``probe_margin`` standard errors of the
-    probe's score. Applied in epoch order this keeps the best finetuned epoch if it beats the probe by that much,
-    else the probe. True when ``epoch`` was kept."""
-    margin = probe_margin * fit.best_se if fit.best_epoch == -1 else 0.0
+    (epoch -1 of an LP-FT run, ``probe_margin > 0``), only by more than ``probe_margin`` standard errors: the larger
+    of the probe's score's and the epoch's (``se``), since an epoch whose score is noisier than the probe's is not
+    shown better by less than its own noise. Applied in epoch order this keeps the best finetuned epoch if it beats
+    the probe by that much, else the probe. True when ``epoch`` was kept."""
+    margin = probe_margin * max(fit.best_se, se) if fit.best_epoch == -1 else 0.0
     if not improves(score, fit.best_score, margin):
         return False
     fit.best_score, fit.best_se, fit.best_epoch = score, se, epoch
@@ -509,10 +522,8 @@ def final_results(fit: Fit, tasks: Mapping[str, TaskData], splits: Mapping[str, 
                 per_split[side] = classification_metrics(y, p, n_classes=data.recipe.n_classes, threshold=threshold)
                 per_split[side]["constant_predictor"] = is_constant_predictor(per_split[side])
                 if side == "test" and acc.num_processes == 1:  # one process: outputs in split order
-                    split = splits[name]
-                    key = split.group_key if split.group_key in ("subject", "recording") else "recording"
                     fit.predictions[name] = {"y": y.tolist(), "proba": p.tolist(), "threshold": threshold,
-                                             "groups": group_names([data.metas[i] for i in split.test], key)}
+                                             "groups": split_groups(data, splits[name], "test")}
         classes = data.recipe.classes
         results[name] = {
             "classes": list(classes), "splits": per_split, "split": splits[name].describe(),

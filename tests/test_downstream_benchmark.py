@@ -382,6 +382,17 @@ def test_an_ablation_run_on_another_budget_is_not_paired(tmp_path):
     assert differences(main, other, "t", units.PROBE, "balanced_accuracy") is not None
     other["ablation"]["finetune"] = {"probe_margin": 0.0}  # unless that rule is what the ablation changes
     assert differences(main, other, "t", units.PRETRAINED, "balanced_accuracy") is not None
+    # a finetuning ablation measured under the window-level LP-FT error pairs with the earlier main run measured so
+    other["ablation"]["finetune"] = {"lr": 1e-4}
+    other["finetune_selection"] = {"probe_margin": 1.0}
+    main["finetune_selection"] = {"probe_margin": 1.0, "standard_error": units.LPFT_STANDARD_ERROR}
+    earlier = {**json.loads(json.dumps(main)), "finetune_selection": {"probe_margin": 1.0}}
+    shown = render_ablations(main, {"shorter": other}, {"earlier-main-2026-01-01": earlier})
+    assert "shorter (minus earlier-main-2026-01-01)" in shown
+    # with none kept, the frozen rows pair with the main run and the finetuned row is left out
+    shown = render_ablations(main, {"shorter": other})
+    assert "| shorter | EEGMamba pretrained, finetuned (LP-FT) | – | – |" in shown
+    assert "| shorter | EEGMamba pretrained, linear probe | +0.000" in shown
 
 
 def test_the_readme_gets_one_line_per_ablation(tmp_path):
@@ -493,7 +504,10 @@ def test_benchmark_runs_end_to_end_on_motor_imagery(shared_data, tmp_path, bench
     assert units.PRETRAINED in rows and units.BAND + report.ALIGNED in rows and units.PROBE + report.STANDARDISED in rows
     assert units.PRETRAINED + report.STANDARDISED not in rows  # frozen-feature methods only
     assert payload["tasks"]["motor_imagery"]["windows"] == 30 and len(payload["predictions"]["motor_imagery"]["y"]) == 30
-    assert payload["probe_selection"] == {"tolerance": 1.0} and payload["finetune_selection"] == {"probe_margin": 1.0}
+    from benchmarks.stages import finetune_selection, probe_selection
+
+    assert payload["probe_selection"] == probe_selection() and payload["finetune_selection"] == finetune_selection()
+    assert payload["finetune_selection"] == {"probe_margin": 1.0, "standard_error": units.LPFT_STANDARD_ERROR}
 
 # ---- bootstrap over test groups ------------------------------------------------------------------------
 
@@ -672,6 +686,13 @@ def test_a_default_changed_in_code_recomputes_the_jobs(monkeypatch):
     monkeypatch.setattr(units, "finetune_defaults", lambda: {**defaults, "gain": not defaults["gain"]})
     after = job.key([ctx]), unit.key(units._unit_context(ctx))
     assert after[0] != before[0] and after[1] != before[1]
+    # LP-FT's error rule is code: it keys the units it decides (finetuned from the pretrained backbone) and no others
+    monkeypatch.setattr(units, "finetune_defaults", lambda: defaults)
+    scratch = units.Unit("t", 0, 1, units.SCRATCH, "plain")
+    keys = unit.key(units._unit_context(ctx)), scratch.key(units._unit_context(ctx)), job.key([ctx])
+    monkeypatch.setattr(units, "LPFT_STANDARD_ERROR", "windows")
+    assert unit.key(units._unit_context(ctx)) != keys[0]
+    assert (scratch.key(units._unit_context(ctx)), job.key([ctx])) == keys[1:]
 
 
 def test_an_ablation_run_with_another_readout_pairs_with_the_ablation_that_reads_the_same(tmp_path):

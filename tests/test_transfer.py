@@ -99,15 +99,51 @@ def test_a_finetuned_epoch_replaces_the_probe_only_by_more_than_the_margin(margi
 
     acc = SimpleNamespace(unwrap_model=lambda m: m)
     fit = _fit()
-    # the probe scores 0.70 +- 0.05; then the epochs' validation scores (their own errors do not matter)
+    # the probe scores 0.70 +- 0.05; then the epochs' validation scores, each as noisy as the probe's
     scores = {-1: 0.70, 0: 0.74, 1: 0.76, 2: 0.755, 3: 0.78, 4: 0.81}
-    got = [e for e, v in scores.items() if keep_if_best(fit, e, (True, v, 0.0), 0.05 if e == -1 else 0.5, acc, margin)]
+    got = [e for e, v in scores.items() if keep_if_best(fit, e, (True, v, 0.0), 0.05, acc, margin)]
     assert got == kept and fit.best_epoch == 4
     # once a finetuned epoch is kept, the next must only beat it (no margin against a finetuned epoch)
     fit = _fit()
     for e, v in [(-1, 0.70), (0, 0.76), (1, 0.761)]:
         keep_if_best(fit, e, (True, v, 0.0), 0.05, acc, 1.0)
     assert fit.best_epoch == 1 and fit.best_se == 0.05
+
+
+def test_an_epoch_noisier_than_the_probe_must_beat_it_by_its_own_error():
+    from types import SimpleNamespace
+
+    from finetune.train import keep_if_best
+
+    acc = SimpleNamespace(unwrap_model=lambda m: m)
+    fit = _fit()
+    assert keep_if_best(fit, -1, (True, 0.70, 0.0), 0.02, acc, 1.0)
+    # 0.75 is 2.5 probe errors above the probe, but within the epoch's own error of 0.06
+    assert not keep_if_best(fit, 0, (True, 0.75, 0.0), 0.06, acc, 1.0) and fit.best_epoch == -1
+    assert keep_if_best(fit, 1, (True, 0.77, 0.0), 0.06, acc, 1.0) and fit.best_epoch == 1
+    # with no margin the errors play no part: the best validation score is kept
+    fit = _fit()
+    for e, v in [(-1, 0.70), (0, 0.75)]:
+        keep_if_best(fit, e, (True, v, 0.0), 0.02 if e < 0 else 0.06, acc, 0.0)
+    assert fit.best_epoch == 0
+
+
+def test_selection_error_counts_validation_subjects():
+    from finetune.metrics import selection_se
+
+    # 4 validation subjects of 50 windows each, two of them much easier than the others: the score depends on
+    # which subjects were drawn far more than 200 independent windows would say
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"s{i}" for i in range(4)], 50)
+    y = np.tile(np.r_[np.zeros(25, int), np.ones(25, int)], 4)
+    shift = np.repeat([2.0, 2.0, 0.0, 0.1], 50)
+    p1 = 1 / (1 + np.exp(-(y - 0.5) * shift - rng.normal(0, 0.5, 200)))
+    proba = np.c_[1 - p1, p1]
+    m = classification_metrics(y, proba)
+    windows, subjects = selection_se(y, proba, m), selection_se(y, proba, m, groups)
+    assert subjects > 2 * windows
+    # one subject: nothing to resample, the window-level error stands
+    assert selection_se(y, proba, m, np.repeat("s0", 200)) == pytest.approx(windows)
 
 
 def test_selection_error_is_the_score_error_of_the_windows():
@@ -260,7 +296,7 @@ def test_subject_standardisation_removes_each_subjects_offset_and_scale():
         standardize_groups(raw, groups[:-1])
 
 
-def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path):
+def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path, monkeypatch):
     ckpt = tmp_path / "pre"
     torch.manual_seed(0)
     EEGMamba(EEGMambaConfig.from_size("tiny", **SMALL)).save_pretrained(ckpt)
@@ -272,11 +308,24 @@ def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path):
     best = max(h["val_score"] for h in history if h["val_responsive"])
     assert result["run"]["best_val_score"] == pytest.approx(best) and best >= probe_score
     # with the default margin the probe is kept unless an epoch beats it by one standard error of its score
+    import finetune.train
+    from finetune.metrics import selection_se
+
+    seen = []
+
+    def recording(y, p, metrics, groups=None):
+        seen.append((len(y), None if groups is None else list(groups)))
+        return selection_se(y, p, metrics, groups)
+
+    monkeypatch.setattr(finetune.train, "selection_se", recording)
     kept = _small_run(tmp_path / "margin", synth_shards, checkpoint=str(ckpt), lr=5e-2)
     h = kept["history"]
     assert [r["val_score"] for r in h] == pytest.approx([r["val_score"] for r in history])  # the same training
     assert h[0]["val_score_se"] > 0 and kept["run"]["probe_margin"] == 1.0
-    gains = [r for r in h[1:] if r["val_responsive"] and r["val_score"] > h[0]["val_score"] + h[0]["val_score_se"]]
+    # every epoch's error is taken with each validation window's subject (the synthetic split validates on sub-03)
+    assert len(seen) == len(h) and all(groups == ["synth/sub-03"] * n for n, groups in seen)
+    gains = [r for r in h[1:] if r["val_responsive"]
+             and r["val_score"] > h[0]["val_score"] + max(h[0]["val_score_se"], r["val_score_se"])]
     expected = max(gains, key=lambda r: r["val_score"])["epoch"] if gains else -1
     assert kept["best_epoch"] == expected
     res = result["results"]["seizure"]
