@@ -56,6 +56,17 @@ def protocol_of(row: str) -> str:
     return next((p for p, suffix in SUFFIXES.items() if suffix and row.endswith(suffix)), "plain")
 
 
+METHOD_ORDER = (PRETRAINED, SCRATCH, PROBE, RANDOM_PROBE, BAND, EEGNET)
+
+
+def row_order(row: str) -> tuple[int, int, str]:
+    """Where a row goes in the table: by protocol, then by method (not in the order its jobs happened to finish)."""
+    protocol = protocol_of(row)
+    method = row[: len(row) - len(SUFFIXES[protocol])] if SUFFIXES[protocol] else row
+    return (list(SUFFIXES).index(protocol), METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER),
+            method)
+
+
 # ------------------------------------------------------------------------------------------- pooling the folds
 def pool_predictions(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per task: the windows of every fold in fold order (``y``, ``groups``) and per row and seed the pooled
@@ -242,7 +253,7 @@ def results_table(table: Mapping[str, Any], titles: Mapping[str, str]) -> str:
             + " | 95 % CI of bal. acc. (groups) | constant fold models |")
     lines = [head, "|" + "---|" * (len(METRICS) + 4)]
     for task, rows in table.items():
-        for row, cell in rows.items():
+        for row, cell in sorted(rows.items(), key=lambda item: row_order(item[0])):
             ci = cell.get("ci")
             ci_text = f"[{ci['lo']:.3f}, {ci['hi']:.3f}] ({ci['n_groups']} groups)" if ci else "–"
             flag = f"**{cell['constant_folds']}** of {cell['folds_run']}" if cell["constant_folds"] else f"0 of {cell['folds_run']}"

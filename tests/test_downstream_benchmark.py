@@ -874,3 +874,13 @@ def test_a_main_rerun_with_other_backbones_keeps_the_run_its_ablations_were_meas
     assert ("| finetune-lr-1e-4 (minus earlier-main-2026-12-05-1200) | EEGMamba pretrained, finetuned (LP-FT) | "
             "-0.040 / +0.000 (0/2) |") in text
     assert keep_replaced_main(tmp_path, rerun) is None  # the ablation now pairs with the kept run
+
+
+def test_the_table_lists_rows_by_protocol_then_method_whatever_order_the_jobs_finished():
+    cell = {**{m: {"mean": 0.5, "std": 0.0, "n": 1} for m in report.METRICS}, "constant_folds": 0, "folds_run": 2}
+    finished = [units.PROBE + report.ALIGNED, units.BAND, units.RANDOM_PROBE + report.ALIGNED, units.PRETRAINED,
+                units.BAND + report.ALIGNED, units.PROBE, units.SCRATCH]
+    text = report.results_table({"t": {row: cell for row in finished}}, {"t": "T"})
+    shown = [line.split(" | ")[1] for line in text.splitlines()[2:]]
+    assert shown == [units.PRETRAINED, units.SCRATCH, units.PROBE, units.BAND, units.PROBE + report.ALIGNED,
+                     units.RANDOM_PROBE + report.ALIGNED, units.BAND + report.ALIGNED]
