@@ -60,6 +60,9 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-mix-sqrt": Ablation("each corpus weighted in the pretraining mix by the square root of its windows "
                                   "instead of by its windows (small corpora sampled more often)",
                                   budget={"pretrain_mix_power": 0.5}),
+    "pretrain-other-seeds": Ablation("nothing but the pretraining's random stream: each backbone pretrained with seed "
+                                     "s + 1000 instead of s (the same data, folds and finetuning seeds); its differences "
+                                     "are how far pretraining noise alone moves a row", budget={"pretrain_seed_offset": 1000}),
     "pretrain-lr-2e-3": Ablation("pretraining's peak learning rate 2e-3 instead of the mode's 1e-3",
                                  budget={"pretrain_lr": 2e-3}),
     "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "

@@ -136,7 +136,7 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
         probe=ProbeConfig(shards=tuple(str(p) for p in probe), every=budget.probe_every),
         optim=OptimConfig(lr=budget.pretrain_lr, warmup_steps=max(1, budget.pretrain_steps // 20)),
         train=TrainConfig(out_dir=str(folder), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,
-                          keep_checkpoints=1, log_every=10, seed=seed, progress=False),
+                          keep_checkpoints=1, log_every=10, seed=seed + budget.pretrain_seed_offset, progress=False),
     )
     key = backbone_key(to_dict(config))
     stamp = folder / "benchmark_key.json"

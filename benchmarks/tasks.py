@@ -130,6 +130,10 @@ class Budget:
     # each corpus's weight in the pretraining mix is (its windows) ** this: 1 = every window equally likely; below 1
     # tempers the mix towards the small corpora (temperature sampling, as multilingual language models mix languages)
     pretrain_mix_power: float = 1.0
+    # added to each seed's pretraining seed only: other pretraining randomness (initialisation, masks, data order)
+    # with the same folds and finetuning seeds, so a rerun so offset measures how far pretraining noise alone moves
+    # the paired differences
+    pretrain_seed_offset: int = 0
 
 
 # the fields a stored run may lack (added since) with the value it ran at

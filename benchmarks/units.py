@@ -64,10 +64,17 @@ def finetune_settings(overrides: Mapping[str, Any]):
     return apply(FinetuneConfig(), overrides, where="ablation finetune")
 
 
+# Budget fields a job does not compute from: the seed count, and what only pretraining reads (a job reads its
+# backbone by the digest of its weights, ``Unit.backbone``).
+NOT_JOB_BUDGET = frozenset({"seeds", "pretrain_steps", "pretrain_batch", "pretrain_lr", "probe_every",
+                            "pretrain_mix_power", "pretrain_seed_offset"})
+
+
 def job_budget(budget: Mapping[str, Any]) -> dict[str, Any]:
-    """The budget as one job sees it: how many seeds the run has does not change what a job of one seed computes,
-    so adding a seed to a finished run reuses every cached job."""
-    return {k: v for k, v in budget.items() if k != "seeds"}
+    """The budget as one job sees it: how many seeds the run has, and how its backbones were pretrained, do not
+    change what a job computes from a backbone, so adding a seed to a finished run reuses every cached job, and a
+    run that changes only the pretraining reuses the main run's scratch, random-init and band-power jobs."""
+    return {k: v for k, v in budget.items() if k not in NOT_JOB_BUDGET}
 
 
 @dataclass(frozen=True)

@@ -655,6 +655,14 @@ def test_adding_a_seed_to_a_run_reuses_every_cached_job():
     assert job.key([ctx(seeds=2)]) == job.key([ctx(seeds=5)])  # the seed count is not what a job computes from
     assert job.key([ctx(finetune_epochs=9)]) != job.key([ctx()])  # everything else is
     assert units.job_budget(ctx(seeds=2).budget) == units.job_budget(ctx(seeds=5).budget)
+    # how the backbones were pretrained reaches a job only through its backbone's weights
+    scratch = units.Unit("t", 0, 1, units.SCRATCH, "plain")
+    other_pretraining = ctx(pretrain_steps=4800, pretrain_seed_offset=1000, pretrain_lr=2e-3)
+    assert scratch.key(units._unit_context(other_pretraining)) == scratch.key(units._unit_context(ctx()))
+    assert job.key([other_pretraining]) == job.key([ctx()])
+    probe = units.FeatureJob("t", 1, units.PROBE, "plain", (0, 1), checkpoint="b", backbone="digest-a")
+    assert probe.key([ctx()]) != dataclasses.replace(probe, backbone="digest-b").key([ctx()])
+    assert set(units.NOT_JOB_BUDGET) - {"seeds"} <= {f.name for f in dataclasses.fields(tasks.Budget)}
 
 
 def test_each_unit_writes_its_own_run_folder_named_by_its_cache_key(tmp_path):
