@@ -109,6 +109,11 @@ ABLATIONS: dict[str, Ablation] = {
 }
 
 
+# The ablation that changes nothing but the pretraining's random stream: the report reads its differences as the
+# noise of a pretraining change.
+NULL_ABLATION = "pretrain-other-seeds"
+
+
 def ablation(name: str) -> Ablation:
     try:
         return ABLATIONS[name]

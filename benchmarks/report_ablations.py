@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.ablations import Ablation
+from benchmarks.ablations import NULL_ABLATION, Ablation
 from benchmarks.tasks import BUDGET_DEFAULTS
 from benchmarks.report import exported_step, log, paired, row_name, summarize, write_block
 from benchmarks.units import PRETRAINED, PROBE, SCRATCH
@@ -214,7 +214,8 @@ def render_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
             mean = summarize(means)["mean"]
             mean_text = f"{mean:+.3f}" if means and math.isfinite(mean) else "–"
             lines.append(f"| {label} | {row} | " + " | ".join(cells) + f" | {mean_text} |")
-    lines += ["", *[f"- **{n}**: {(o.get('ablation') or {}).get('description', '')}" for n, o in sorted(ablations.items())], ""]
+    lines += ["", *[f"- **{n}**: {(o.get('ablation') or {}).get('description', '')}" for n, o in sorted(ablations.items())]]
+    lines += [*noise_lines(main, ablations, earlier), ""]
     lines += validation_agreement(main, ablations)
     return "\n".join(lines)
 
@@ -373,4 +374,26 @@ def readme_ablations(main: Mapping[str, Any], ablations: Mapping[str, Mapping[st
             cells.append(f"{mean:+.3f}" if math.isfinite(mean) else "–")
         label = name if ref_name == "main" else f"{name} (minus {ref_name})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + noise_lines(main, ablations, earlier))
+
+
+def noise_lines(main: Mapping[str, Any], ablations: Mapping[str, Mapping[str, Any]],
+                earlier: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """What the null ablation (``NULL_ABLATION``: other pretraining seeds, nothing else) says of the table: how far
+    pretraining noise alone moves the frozen probe, per task. Empty without it."""
+    other = ablations.get(NULL_ABLATION)
+    if other is None:
+        return []
+    ref_name, ref, why = _pairing(main, other, ablations, earlier)
+    if why or ref is None:
+        return []
+    titles = {t: main["tasks"][t]["title"].split(" (")[0] for t in main.get("tasks", {})}
+    diffs = {t: d["mean"] for t in titles if (d := differences(ref, other, t, PROBE, "balanced_accuracy"))}
+    if not diffs:
+        return []
+    size = sum(abs(v) for v in diffs.values()) / len(diffs)
+    worst = max(diffs, key=lambda t: abs(diffs[t]))
+    return ["", f"Pretraining noise: `{NULL_ABLATION}` changes nothing but the pretraining's random stream, yet moves the "
+            f"frozen probe by {size:.3f} balanced accuracy per task on average (up to {diffs[worst]:+.3f} on "
+            f"{titles[worst]}; mean over tasks {sum(diffs.values()) / len(diffs):+.3f}): a pretraining change that moves "
+            "a task by less is not told apart from noise at this size."]
