@@ -13,7 +13,8 @@ ties can rank them perfectly by chance). The probe stays the model unless a fine
 validation score by more than ``probe_margin`` standard errors (``finetune.metrics.selection_se``: the larger of
 the window-level error and a bootstrap over the validation subjects; of the probe's score or the epoch's, whichever
 is larger): on a few validation windows or subjects the best epoch is mostly the luckiest one, and finetuning that
-only looks better there ended below its own probe on test. ``patience`` epochs without a higher validation score stop the run.
+only looks better there ended below its own probe on test. ``patience`` epochs without a higher validation score
+stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
 with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone; with
@@ -260,11 +261,11 @@ class Fit:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)
     best_se: float = 0.0  # standard error of the kept epoch's selection score
-    val_groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # each validation window's subject
     best_epoch: int = -2
     top_score: tuple[bool, float, float] = (False, -math.inf, -math.inf)  # the best of any epoch: patience
     best_state: dict[str, torch.Tensor] | None = None
     predictions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # test outputs, one process only
+    val_groups: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # each validation window's group
 
 
 def prepare_fit(config: FinetuneConfig, model: TaskModel, tasks, splits, hyper: Hyper, losses,
