@@ -307,7 +307,7 @@ def test_lpft_never_ends_below_its_probe_on_validation(synth_shards, tmp_path, m
     assert history[0]["val_responsive"]
     best = max(h["val_score"] for h in history if h["val_responsive"])
     assert result["run"]["best_val_score"] == pytest.approx(best) and best >= probe_score
-    # with the default margin the probe is kept unless an epoch beats it by one standard error of its score
+    # with the default margin the probe is kept unless an epoch beats it by one standard error (its own or the probe's)
     import finetune.train
     from finetune.metrics import selection_se
 
