@@ -1,9 +1,12 @@
 """The stages of ``benchmarks/downstream.py`` before the per-fold runs: shards from the data folder, the
 pretraining shards of each half (``benchmarks.folds``), the probe pool's shards, and the backbones (one per
-pretraining seed and half). Each stage reuses a finished build or run of the same settings in the work dir."""
+pretraining seed and half). Each stage reuses a finished build or run of the same settings in the work dir, and
+never deletes one of other settings: a run on other folds or settings (a subset of the tasks, another budget) in
+the same work dir keeps its shards and backbones beside the others', in folders named by a key of their settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -56,19 +59,33 @@ def excluding(held: Mapping[str, set[str]]) -> Callable[[Any], bool]:
     return lambda rec: rec.recording not in recordings and rec.subject not in subjects
 
 
+def own_folder(plain: Path, key: str, finished_key: Callable[[Path], str | None]) -> Path:
+    """Where the work of settings ``key`` goes: ``plain``, unless it holds finished work of other settings
+    (``finished_key(folder)``: the key of the finished work a folder holds, None when it holds none), then the
+    sibling ``{plain}-{key[:8]}``. A folder holding finished work is never handed to other settings."""
+    found = finished_key(plain)
+    return plain if found is None or found == key else plain.with_name(f"{plain.name}-{key[:8]}")
+
+
 def subset_shards(data_root: Path, out: Path, name: str, sets: Sequence[str],
                   keep: Mapping[str, Callable[[Any], bool]], stamp: Mapping[str, Any]) -> dict[str, Path]:
-    """``{out}/{name}/{set}``: the sets with ``keep`` applied, rebuilt when ``stamp`` (what ``keep`` keeps)
-    differs from the one the folder was built with."""
+    """``{out}/{name}/{set}``: the sets with ``keep`` applied, built once per ``stamp`` (what ``keep`` keeps): when
+    that folder holds a build for other folds, in ``{out}/{name}-KEY/{set}`` beside it (``own_folder``)."""
     folders = {}
     for corpus in sets:
-        stamp_file = out / name / f"{corpus}.keep.json"
         text = json.dumps(stamp.get(corpus), sort_keys=True, default=str)
-        if (out / name / corpus).exists() and (not stamp_file.is_file() or stamp_file.read_text() != text):
-            log(f"{name}/{corpus}: built for other folds; rebuilding")
-            shutil.rmtree(out / name / corpus)
+
+        def built_for(base: Path, corpus=corpus) -> str | None:
+            stamp_file = base / f"{corpus}.keep.json"
+            return key_of(stamp_file.read_text()) if (base / corpus).exists() and stamp_file.is_file() else None
+
+        base = own_folder(out / name, key_of(text), built_for)
+        stamp_file = base / f"{corpus}.keep.json"
+        if (base / corpus).exists() and built_for(base) != key_of(text):
+            log(f"{base.name}/{corpus}: an unfinished build; rebuilding")
+            shutil.rmtree(base / corpus)
         folders.update(build_shards(data_root, out, sets=[corpus], keep={corpus: keep[corpus]} if corpus in keep else None,
-                                    folder_name=name))
+                                    folder_name=base.name))
         stamp_file.write_text(text)
     return folders
 
@@ -128,24 +145,31 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
     from pretrain.run import run
     from runtime.configfile import to_dict
 
-    folder = root / name
     config = PretrainConfig(
         data=pretrain_data_config(folders, budget),
         model=apply(EEGMambaConfig.from_size("tiny"), ablation.model if ablation else {}, where="ablation model"),
         objective=apply(ObjectiveConfig(), ablation.objective if ablation else {}, where="ablation objective"),
         probe=ProbeConfig(shards=tuple(str(p) for p in probe), every=budget.probe_every),
         optim=OptimConfig(lr=budget.pretrain_lr, warmup_steps=max(1, budget.pretrain_steps // 20)),
-        train=TrainConfig(out_dir=str(folder), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,
+        train=TrainConfig(out_dir=str(root / name), max_steps=budget.pretrain_steps, save_every=budget.pretrain_steps,
                           keep_checkpoints=1, log_every=10, seed=seed + budget.pretrain_seed_offset, progress=False),
     )
     key = backbone_key(to_dict(config))
+
+    def trained_from(folder: Path) -> str | None:
+        stamp = folder / "benchmark_key.json"
+        finished = (folder / "model" / "config.json").is_file() and stamp.is_file()
+        return json.loads(stamp.read_text()).get("key") if finished else None
+
+    folder = own_folder(root / name, key, trained_from)
     stamp = folder / "benchmark_key.json"
-    if (folder / "model" / "config.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+    if trained_from(folder) == key:
         # the folder may have moved since (the key leaves its path out)
         return {**json.loads(stamp.read_text())["info"], "model": str(folder / "model"),
                 "weights": weights_digest(folder / "model"), "reused": True}
     if folder.exists():
-        shutil.rmtree(folder)  # this run's own backbone from other settings (an older default)
+        shutil.rmtree(folder)  # an unfinished run (no finished backbone of any settings is ever removed)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, out_dir=str(folder)))
     t0 = time.time()
     result = run(config)
     losses = [float(v) for v in result.losses]

@@ -910,3 +910,59 @@ def test_the_null_ablation_states_how_far_pretraining_noise_moves_the_probe():
     assert (f"Pretraining noise: `{NULL_ABLATION}` changes nothing but the pretraining's random stream, yet moves the "
             "frozen probe by 0.030 balanced accuracy per task on average (up to -0.030 on T task") in text
     assert "Pretraining noise" not in readme_ablations(main, {"other": null})
+
+
+def test_runs_of_other_settings_in_one_work_dir_keep_each_others_backbones(synth_shards, tmp_path, monkeypatch):
+    """A run on a subset of the tasks (other held-out halves) or another budget trains its own backbones beside
+    the main run's, never over them; the main run then finds its own again without training."""
+    from types import SimpleNamespace
+
+    import pretrain.run
+    from benchmarks import stages
+
+    trained = []
+
+    def fake_run(config):
+        out = Path(config.train.out_dir) / "model"
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(str(config.train.max_steps).encode())
+        trained.append(config.train.out_dir)
+        return SimpleNamespace(losses=[2.0, 1.0], export_dir=out, selected_step=None, steps=config.train.max_steps)
+
+    monkeypatch.setattr(pretrain.run, "run", fake_run)
+    folders, root = {"synth": synth_shards}, tmp_path / "pretrain"
+    main = stages.pretrain_backbone("s0-h0", folders, root, tasks.FAST, 0)
+    assert not main["reused"] and Path(main["model"]) == root / "s0-h0" / "model"
+    other = stages.pretrain_backbone("s0-h0", folders, root, dataclasses.replace(tasks.FAST, pretrain_steps=8), 0)
+    assert not other["reused"] and Path(other["model"]).parent.parent == root and Path(other["model"]).parent.name.startswith("s0-h0-")
+    assert (root / "s0-h0" / "model" / "model.safetensors").read_bytes() == b"2400"  # the main run's, untouched
+    again = stages.pretrain_backbone("s0-h0", folders, root, tasks.FAST, 0)
+    assert again["reused"] and again["weights"] == main["weights"] and len(trained) == 2
+    assert stages.pretrain_backbone("s0-h0", folders, root, dataclasses.replace(tasks.FAST, pretrain_steps=8), 0)["reused"]
+    # an unfinished run (no stamp) is no one's finished work: it is started again in place
+    (root / "s0-h0" / "benchmark_key.json").unlink()
+    assert not stages.pretrain_backbone("s0-h0", folders, root, tasks.FAST, 0)["reused"] and len(trained) == 3
+
+
+def test_pretraining_shards_for_other_folds_are_built_beside_the_others(tmp_path, monkeypatch):
+    from benchmarks import stages
+
+    builds = []
+
+    def fake_build(data_root, out, *, sets, keep=None, folder_name="shards"):
+        folder = out / folder_name / sets[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "built").write_text(str(len(builds)))
+        builds.append(folder_name)
+        return {sets[0]: folder}
+
+    monkeypatch.setattr(stages, "build_shards", fake_build)
+    keep = {"eegmat": lambda rec: True}
+    first = stages.subset_shards(tmp_path, tmp_path, "shards-pretrain-h0", ["eegmat"], keep, {"eegmat": {"held": ["a"]}})
+    assert first["eegmat"] == tmp_path / "shards-pretrain-h0" / "eegmat"
+    other = stages.subset_shards(tmp_path, tmp_path, "shards-pretrain-h0", ["eegmat"], keep, {"eegmat": {"held": ["b"]}})
+    assert other["eegmat"].parent.name.startswith("shards-pretrain-h0-") and other["eegmat"] != first["eegmat"]
+    assert (first["eegmat"] / "built").read_text() == "0"  # the first build is left as it was
+    assert stages.subset_shards(tmp_path, tmp_path, "shards-pretrain-h0", ["eegmat"], keep,
+                                {"eegmat": {"held": ["a"]}})["eegmat"] == first["eegmat"]
