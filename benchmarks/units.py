@@ -40,6 +40,9 @@ PROTOCOLS = ("plain", "aligned", "standardised")
 # How LP-FT measures the noise a finetuned epoch must beat the probe by (``finetune.train.keep_if_best``): the larger
 # of the window-level and the validation-subject error, of the probe's score or the epoch's.
 LPFT_STANDARD_ERROR = "windows or subjects; probe or epoch"
+# How an EEGMamba probe of the frozen-feature jobs decides a binary task: as a linear-probe run does, at the
+# validation-chosen threshold when ``calibrate`` is on, else at 0.5 (band power, a baseline, always chooses).
+PROBE_THRESHOLD = "validation if calibrate"
 
 
 def key_of(obj: Any) -> str:
@@ -191,8 +194,9 @@ def eegnet_unit(unit: Unit, ctx: Context) -> dict[str, Any]:
 class FeatureJob:
     """The frozen-feature methods (linear probes, band power + LR) of one task, seed and protocol over several folds:
     features are computed once for every window, then each fold fits its own classifier on its own split. The
-    probe is the one ``finetune.probe`` fits in a linear-probe run (same features, C chosen on validation,
-    threshold chosen on validation); only the feature pass is shared between folds."""
+    probe is the one ``finetune.probe`` fits in a linear-probe run (same features, C chosen on validation, a
+    binary threshold chosen on validation unless the run's ``calibrate`` is off); only the feature pass is shared
+    between folds."""
 
     task: str
     seed: int
@@ -203,7 +207,9 @@ class FeatureJob:
     backbone: str | None = None
 
     def key(self, contexts: Sequence[Context]) -> str:
-        return key_of({**dataclasses.asdict(self), "defaults": finetune_defaults(),
+        # how an EEGMamba probe takes its threshold is code: it keys the jobs it decides
+        rule = {"probe_threshold": PROBE_THRESHOLD} if self.method != BAND else {}
+        return key_of({**dataclasses.asdict(self), **rule, "defaults": finetune_defaults(),
                        "contexts": [{**dataclasses.asdict(c), "budget": job_budget(c.budget)} for c in contexts]})
 
 
@@ -259,8 +265,10 @@ def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, 
                 p[:, model.classes_] = model.predict_proba(feats[idx])
                 return p
             extra = {"C": float(model[-1].C)}
+            calibrate = True
         else:
             probe = fit_probe(feats[split.train], y[split.train], feats[split.val], y[split.val], k, seed=job.seed)
+            calibrate = finetune_settings(ctx.finetune_overrides).calibrate
 
             def proba_of(idx, probe=probe):
                 z = probe.logits(feats[idx])
@@ -271,7 +279,7 @@ def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, 
         out.append({"task": job.task, "fold": fold, "seed": job.seed, "method": job.method, "protocol": job.protocol,
                     "checkpoint": job.checkpoint, "y": y[test].tolist(), "proba": proba_of(test).tolist(),
                     "groups": group_names([data.metas[i] for i in test], split.group_key),
-                    "threshold": choose_threshold(y[split.val], proba_of(split.val)),
+                    "threshold": choose_threshold(y[split.val], proba_of(split.val)) if calibrate else None,
                     "seconds": time.time() - t1 + shared / len(job.folds), **extra})
     return out
 

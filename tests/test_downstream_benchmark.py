@@ -441,6 +441,13 @@ def test_feature_job_fits_one_classifier_per_fold_on_the_units_split(eegmat_shar
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2
     again = units.run_units(work, tmp_path / "cache")  # read back, not recomputed
     assert [r["proba"] for r in again] == [r["proba"] for r in results]
+    # a run with calibration off decides its probes at 0.5, as a linear-probe run with calibrate=False does
+    assert any(by[(units.RANDOM_PROBE, f)]["threshold"] is not None for f in range(tf.k))
+    off = [dataclasses.replace(c, finetune_overrides={"calibrate": False}) for c in ctxs]
+    uncalibrated = units.run_units([(units.FeatureJob("eegmat", 0, units.RANDOM_PROBE, "plain", tuple(range(tf.k))), off)],
+                                   tmp_path / "cache")
+    assert all(r["threshold"] is None for r in uncalibrated)
+    assert [r["proba"] for r in uncalibrated] == [by[(units.RANDOM_PROBE, r["fold"])]["proba"] for r in uncalibrated]
 
 
 def test_the_probe_jobs_read_what_the_ablations_heads_read(eegmat_shards, tmp_path):
