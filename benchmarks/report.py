@@ -253,7 +253,7 @@ def results_table(table: Mapping[str, Any], titles: Mapping[str, str]) -> str:
             + " | 95 % CI of bal. acc. (groups) | constant fold models |")
     lines = [head, "|" + "---|" * (len(METRICS) + 4)]
     for task, rows in table.items():
-        for row, cell in sorted(rows.items(), key=lambda item: row_order(item[0])):
+        for row, cell in rows.items():
             ci = cell.get("ci")
             ci_text = f"[{ci['lo']:.3f}, {ci['hi']:.3f}] ({ci['n_groups']} groups)" if ci else "–"
             flag = f"**{cell['constant_folds']}** of {cell['folds_run']}" if cell["constant_folds"] else f"0 of {cell['folds_run']}"
@@ -312,7 +312,8 @@ def render(payload: Mapping[str, Any]) -> str:
     """The Markdown report of one run (a pure function of its results.json payload)."""
     tasks = payload["tasks"]
     titles = {t: v["title"] for t, v in tasks.items()}
-    table = payload["table"]
+    # rows in one order (protocol, then method), not in the order a run's jobs happened to finish
+    table = {t: dict(sorted(rows.items(), key=lambda item: row_order(item[0]))) for t, rows in payload["table"].items()}
     b = payload["budget"]
     schedule = ("the recipes' own schedule" if b["finetune_epochs"] is None else
                 f"{b['finetune_epochs']} epochs ({b['warmup_epochs']} warm-up, patience {b['patience']})")

@@ -891,14 +891,17 @@ def test_a_main_rerun_with_other_backbones_keeps_the_run_its_ablations_were_meas
     assert keep_replaced_main(tmp_path, rerun) is None  # the ablation now pairs with the kept run
 
 
-def test_the_table_lists_rows_by_protocol_then_method_whatever_order_the_jobs_finished():
-    cell = {**{m: {"mean": 0.5, "std": 0.0, "n": 1} for m in report.METRICS}, "constant_folds": 0, "folds_run": 2}
-    finished = [units.PROBE + report.ALIGNED, units.BAND, units.RANDOM_PROBE + report.ALIGNED, units.PRETRAINED,
-                units.BAND + report.ALIGNED, units.PROBE, units.SCRATCH]
-    text = report.results_table({"t": {row: cell for row in finished}}, {"t": "T"})
-    shown = [line.split(" | ")[1] for line in text.splitlines()[2:]]
-    assert shown == [units.PRETRAINED, units.SCRATCH, units.PROBE, units.BAND, units.PROBE + report.ALIGNED,
-                     units.RANDOM_PROBE + report.ALIGNED, units.BAND + report.ALIGNED]
+def test_the_tables_list_rows_by_protocol_then_method_whatever_order_the_jobs_finished():
+    payload = report._json_safe(_payload())
+    rows = payload["table"]["t"]
+    payload["table"]["t"] = {row: rows[row] for row in reversed(list(rows))}  # as a run whose jobs finished otherwise
+    payload["tasks"]["eegmat"] = {**payload["tasks"].pop("t"), "title": "EEGMAT"}  # the published-results table too
+    payload["table"] = {"eegmat": payload["table"]["t"]}
+    text = report.render(payload)
+    order = [units.PRETRAINED, units.SCRATCH, units.PROBE, units.BAND]
+    main = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| EEGMAT | ")]
+    published = [row for line in text.split("Measured here")[1].splitlines() if (row := line.split(" | ")[0][2:]) in order]
+    assert main == order and published == order
 
 
 def test_the_null_ablation_states_how_far_pretraining_noise_moves_the_probe():
