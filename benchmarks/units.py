@@ -265,10 +265,8 @@ def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, 
                 p[:, model.classes_] = model.predict_proba(feats[idx])
                 return p
             extra = {"C": float(model[-1].C)}
-            calibrate = True
         else:
             probe = fit_probe(feats[split.train], y[split.train], feats[split.val], y[split.val], k, seed=job.seed)
-            calibrate = finetune_settings(ctx.finetune_overrides).calibrate
 
             def proba_of(idx, probe=probe):
                 z = probe.logits(feats[idx])
@@ -276,6 +274,7 @@ def feature_job(job: FeatureJob, contexts: Sequence[Context]) -> list[dict[str, 
                 return z / z.sum(1, keepdims=True)
             extra = {"C": probe.C}
         test = split.test
+        calibrate = job.method == BAND or finetune_settings(ctx.finetune_overrides).calibrate  # band power: a baseline
         out.append({"task": job.task, "fold": fold, "seed": job.seed, "method": job.method, "protocol": job.protocol,
                     "checkpoint": job.checkpoint, "y": y[test].tolist(), "proba": proba_of(test).tolist(),
                     "groups": group_names([data.metas[i] for i in test], split.group_key),

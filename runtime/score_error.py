@@ -2,8 +2,9 @@
 
 Pretraining's validation probe and finetuning's LP-FT both keep a simpler model unless a score beats it by
 more than its noise; these give that noise for the scores they select on (AUROC, macro one-vs-rest AUROC,
-balanced accuracy), windows taken as independent. Closed forms rather than a bootstrap: selection runs every
-few hundred steps or every epoch, and on the few windows where the rule matters the two agree within 25 %.
+balanced accuracy). Taking windows as independent they are closed forms rather than a bootstrap over windows:
+selection runs every few hundred steps or every epoch, and on the few windows where the rule matters the two agree
+within 25 %.
 
 Windows are not independent when a few subjects give many each: a probe set of 4 subjects and 193 windows varies
 between steps far more than 193 independent windows would. ``group_bootstrap_se`` resamples whole groups
