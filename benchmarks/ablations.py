@@ -63,6 +63,9 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-other-seeds": Ablation("nothing but the pretraining's random stream: each backbone pretrained with seed "
                                      "s + 1000 instead of s (the same data, folds and finetuning seeds); its differences "
                                      "are how far pretraining noise alone moves a row", budget={"pretrain_seed_offset": 1000}),
+    "pretrain-task-lengths": Ablation("each pretraining window cropped to the longest of 4 s and 5 s it holds (5 s, the "
+                                      "seizure, sleep and EEGMAT windows' length, for all but the 4-s motor-imagery "
+                                      "cues) instead of every window to 4 s", budget={"pretrain_longer_crops_s": (5.0,)}),
     "pretrain-lr-2e-3": Ablation("pretraining's peak learning rate 2e-3 instead of the mode's 1e-3",
                                  budget={"pretrain_lr": 2e-3}),
     "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "

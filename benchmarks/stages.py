@@ -101,8 +101,8 @@ def pretrain_data_config(folders: Mapping[str, Path], budget: Budget):
         n = read_manifest(folder)["totals"]["samples"]
         corpora.append(CorpusConfig(urls=str(folder), weight=float(n) ** budget.pretrain_mix_power, name=corpus))
     # 4-s crops: the shortest windows (EEGMMIDB cues) are 4 s.
-    return DataConfig(corpora=tuple(corpora), crop_s=4.0, batch_size=budget.pretrain_batch, shuffle_buffer=512,
-                      num_workers=0, epoch_steps=100)
+    return DataConfig(corpora=tuple(corpora), crop_s=4.0, longer_crops_s=budget.pretrain_longer_crops_s,
+                      batch_size=budget.pretrain_batch, shuffle_buffer=512, num_workers=0, epoch_steps=100)
 
 
 def backbone_root(out: Path, ablation_name: str | None = None, ablation=None) -> Path:
@@ -114,12 +114,19 @@ def backbone_root(out: Path, ablation_name: str | None = None, ablation=None) ->
     return out / "pretrain"
 
 
+# Pretraining settings added after backbones were stored, left out of a backbone's key while off (None): a
+# backbone trained before the setting existed was trained with it off, and keeps its key.
+KEY_OMITTED_WHEN_OFF = {"data": ("longer_crops_s",)}
+
+
 def backbone_key(config: Mapping[str, Any]) -> str:
     """What a backbone was trained from: its pretraining config (as a dict) without its own folder, so a work dir
     moved or renamed keeps its backbones, and the digests of the shards it read and probed, so a folder rebuilt
     with other contents (same paths, same counts) retrains."""
     from shards.dataset import read_manifest
 
+    config = {**config, **{section: {k: v for k, v in config[section].items() if not (k in names and v is None)}
+                           for section, names in KEY_OMITTED_WHEN_OFF.items()}}
     train = {k: v for k, v in config["train"].items() if k != "out_dir"}
     folders = [c["urls"] for c in config["data"]["corpora"]] + list(config["probe"]["shards"])
     shards = {str(f): [s.get("sha256") for s in read_manifest(Path(f))["shards"]] for f in folders}

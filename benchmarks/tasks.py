@@ -134,6 +134,8 @@ class Budget:
     # with the same folds and finetuning seeds, so a rerun so offset measures how far pretraining noise alone moves
     # the paired differences
     pretrain_seed_offset: int = 0
+    # longer pretraining crops (``DataConfig.longer_crops_s``): each window at the longest of 4 s and these it holds
+    pretrain_longer_crops_s: tuple[float, ...] | None = None
 
 
 # the fields a stored run may lack (added since) with the value it ran at

@@ -117,7 +117,9 @@ def export_card(model_dir: str | Path, contract: InputContract, *, what: str, ob
         f"- objective `{objective}`, {contract.steps} optimiser steps, seed {train.get('seed', '?')}"
         + (f", final loss {final_loss:.4f}" if final_loss is not None else ""),
         f"- AdamW lr {optim.get('lr')} -> {optim.get('min_lr')}, warm-up {optim.get('warmup_steps')} steps, weight decay "
-        f"{optim.get('weight_decay')}, batch {data.get('batch_size')} x {fmt(data.get('crop_s'))} s crops per process, "
+        f"{optim.get('weight_decay')}, batch {data.get('batch_size')} x {fmt(data.get('crop_s'))} s crops per process"
+        + (f" (a window holding {' / '.join(fmt(c) for c in data['longer_crops_s'])} s is cropped to the longest it "
+           "holds)" if data.get("longer_crops_s") else "") + ", "
         f"mixed precision {train.get('mixed_precision', '?')}",
         *([f"- exported weights: step {selected_step} of {contract.steps}, selected by the validation probe (the "
            "latest step within `probe.tolerance` standard errors of its best score; `probe.json` holds every probe)"]

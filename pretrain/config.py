@@ -48,6 +48,10 @@ class DataConfig:
     )
     corpora: tuple[CorpusConfig, ...] = option("several corpora mixed by weight ([[data.corpora]] tables)", ())
     crop_s: float = option("training length in seconds; windows are randomly cropped to it (whole patches)", 4.0)
+    longer_crops_s: tuple[float, ...] | None = option(
+        "longer training lengths in seconds: each window is cropped to the longest of crop_s and these that it holds, "
+        "one length per batch (e.g. [5.0] trains 5-s windows whole and 4-s ones at crop_s); none = every window at crop_s",
+        None)
     batch_size: int = option("windows per batch per process", 8)
     shuffle_buffer: int = option("samples held in the shuffle buffer of each worker", 256)
     num_workers: int = option("DataLoader worker processes per training process", 0)

@@ -17,6 +17,10 @@ Determinism: the stream of epoch ``e`` on (rank, worker) is driven only by
 crop offsets). A run resumed at batch ``n`` restarts epoch ``n // epoch_batches`` and discards the
 first ``n % epoch_batches`` batches, so it sees exactly the batches the uninterrupted run saw.
 
+Crop lengths: every window is cropped to ``data.crop_s``, or, with ``data.longer_crops_s``, to the longest listed
+length it holds, so a mix of 4-s and 5-s windows trains each at its own length. A batch holds one length (each
+length fills its own batch; what is left in a bucket when a data epoch ends is dropped with the epoch's tail).
+
 Batch layout (``shards.dataset.collate`` over cropped windows)::
 
     x             [B, C_max, T]  float32, 100 µV units, zero padded channels
@@ -178,20 +182,22 @@ class ShardStream(IterableDataset):
         corpora: Sequence[Corpus],
         *,
         batch_size: int,
-        crop_samples: int,
+        crop_samples: int | Sequence[int],
         sfreq: float,
         epoch_batches: int,
         shuffle_buffer: int = 256,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or crop_samples < 1 or epoch_batches < 1:
+        lengths = (crop_samples,) if isinstance(crop_samples, int) else tuple(crop_samples)
+        if batch_size < 1 or not lengths or min(lengths) < 1 or epoch_batches < 1:
             raise DataError(
                 f"batch_size ({batch_size}), crop length ({crop_samples}) and epoch_batches ({epoch_batches}) must be >= 1"
             )
         self.corpora = list(corpora)
         self.batch_size = batch_size
-        self.crop_samples = crop_samples
+        self.crop_lengths = tuple(sorted(set(lengths)))  # samples, shortest first
+        self.crop_samples = self.crop_lengths[0]
         self.sfreq = sfreq
         self.epoch_batches = epoch_batches
         self.shuffle_buffer = shuffle_buffer
@@ -256,7 +262,7 @@ class ShardStream(IterableDataset):
             yield next(streams[rng.choices(indices, weights)[0]])
 
     def _crop(self, sample: dict, rng: random.Random):
-        """Decode one raw sample and cut a random ``crop_samples`` stretch; None if too short."""
+        """Decode one raw sample and cut a random stretch of the longest crop length it holds; None if too short."""
         window = decode_sample(sample)
         meta = dict(window.meta)
         sfreq = float(meta.get("sfreq", self.sfreq))
@@ -267,13 +273,14 @@ class ShardStream(IterableDataset):
             )
         eeg = window.eeg
         n = eeg.shape[-1]
-        if n < self.crop_samples:
+        length = max((c for c in self.crop_lengths if c <= n), default=None)
+        if length is None:
             return None
-        start = rng.randrange(n - self.crop_samples + 1)
+        start = rng.randrange(n - length + 1)
         meta["__key__"] = sample.get("__key__")
         meta["__url__"] = sample.get("__url__")
         meta["crop_start"] = start
-        cropped = np.ascontiguousarray(eeg[:, start : start + self.crop_samples], dtype=np.float32)
+        cropped = np.ascontiguousarray(eeg[:, start : start + length], dtype=np.float32)
         return dataclasses.replace(window, eeg=cropped, meta=meta)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -283,7 +290,7 @@ class ShardStream(IterableDataset):
         quota = self.epoch_batches // workers + (1 if worker < self.epoch_batches % workers else 0)
         samples = wds.filters._shuffle(self._mixed(rng), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
         produced, seen, short = 0, 0, 0
-        batch = []
+        buckets: dict[int, list] = {length: [] for length in self.crop_lengths}
         for sample in samples:
             if produced >= quota:
                 return
@@ -297,10 +304,11 @@ class ShardStream(IterableDataset):
                         f"({self.crop_samples / self.sfreq:g} s): lower data.crop_s or rebuild shards with longer windows"
                     )
                 continue
+            batch = buckets[window.eeg.shape[-1]]
             batch.append(window)
             if len(batch) == self.batch_size:
                 yield collate(batch)
-                batch = []
+                batch.clear()
                 produced += 1
 
 
@@ -375,15 +383,27 @@ def corpus_specs(data) -> list[tuple[str, str, float]]:
     return []
 
 
-def crop_length(crop_s: float, sfreq: float, patch_size: int) -> int:
+def crop_length(crop_s: float, sfreq: float, patch_size: int, field: str = "data.crop_s") -> int:
     """Samples in a training crop; must be a positive whole number of patches."""
     n = crop_s * sfreq
     if n <= 0 or abs(n - round(n)) > 1e-6 or round(n) % patch_size:
         raise DataError(
-            f"data.crop_s={crop_s} gives {n:g} samples at {sfreq:g} Hz, not a whole number of "
+            f"{field}={crop_s} gives {n:g} samples at {sfreq:g} Hz, not a whole number of "
             f"{patch_size}-sample patches (use a multiple of {patch_size / sfreq:g} s)"
         )
     return int(round(n))
+
+
+def crop_lengths(data, sfreq: float, patch_size: int) -> tuple[int, ...]:
+    """Samples in each training crop of a :class:`pretrain.config.DataConfig`: ``crop_s``, then its
+    ``longer_crops_s`` in ascending order; each a whole number of patches, each longer one longer than ``crop_s``."""
+    lengths = [crop_length(data.crop_s, sfreq, patch_size)]
+    for seconds in getattr(data, "longer_crops_s", None) or ():
+        if not seconds > data.crop_s:
+            raise DataError(f"data.longer_crops_s holds {seconds:g} s, not longer than data.crop_s={data.crop_s:g} s "
+                            "(crop_s is the shortest training length)")
+        lengths.append(crop_length(seconds, sfreq, patch_size, field="data.longer_crops_s"))
+    return tuple(sorted(set(lengths)))
 
 
 def make_batch_stream(data, corpora: Sequence[Corpus], *, patch_size: int, sfreq: float, seed: int,
@@ -396,7 +416,7 @@ def make_batch_stream(data, corpora: Sequence[Corpus], *, patch_size: int, sfreq
     stream = ShardStream(
         corpora,
         batch_size=data.batch_size,
-        crop_samples=crop_length(data.crop_s, sfreq, patch_size),
+        crop_samples=crop_lengths(data, sfreq, patch_size),
         sfreq=sfreq,
         epoch_batches=data.epoch_steps * grad_accum,
         shuffle_buffer=data.shuffle_buffer,

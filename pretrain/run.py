@@ -35,7 +35,7 @@ from accelerate.utils import set_seed
 
 from foundation.model import EEGMamba
 from pretrain.config import PretrainConfig
-from pretrain.data import Corpus, crop_length
+from pretrain.data import Corpus, crop_lengths
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import MaskedSTFTObjective, MaskedTokenObjective, Objective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
@@ -83,7 +83,7 @@ def tokenizer_dir(config: PretrainConfig, accelerator: Accelerator, corpora: lis
 def build_objective(config: PretrainConfig, accelerator: Accelerator, corpora: list[Corpus]) -> Objective:
     """The configured objective around a fresh backbone sized for the crop length (in its own patches)."""
     patch_size = config.model.patch_size
-    crop_patches = crop_length(config.data.crop_s, SFREQ, patch_size) // patch_size
+    crop_patches = max(crop_lengths(config.data, SFREQ, patch_size)) // patch_size
     backbone = EEGMamba(replace(config.model, max_patches=max(config.model.max_patches, crop_patches)))
     obj = config.objective
     if obj.name == "masked_token":

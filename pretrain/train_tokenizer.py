@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pretrain.config import DataConfig, OptimConfig, TrainConfig
-from pretrain.data import crop_length
+from pretrain.data import crop_lengths
 from pretrain.demo import corpora_or_demo
 from pretrain.objectives import TokenizerObjective
 from pretrain.trainer import TrainResult, accelerator_for, fit_and_export, run_entry
@@ -67,7 +67,7 @@ def train_tokenizer(config: TokenizerRunConfig, resume: str | None = None, accel
         corpora = corpora_or_demo(config.data, config.train.out_dir, acc, seed=config.train.seed,
                                   progress=config.train.progress)
     patch_size = config.model.patch_size
-    crop = crop_length(config.data.crop_s, SFREQ, patch_size)
+    crop = max(crop_lengths(config.data, SFREQ, patch_size))
     tokenizer = build_tokenizer(config.model, crop // patch_size)
     objective = TokenizerObjective(tokenizer)
     announce = (

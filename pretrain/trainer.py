@@ -435,7 +435,8 @@ def fit_and_export(objective: nn.Module, corpora: list[Corpus], config: Any, acc
                                grad_accum=config.optim.grad_accum, world_size=accelerator.num_processes)
     hparams = to_dict(config)
     accelerator.print(announce)
-    record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "corpora": preprocessing_record(corpora)}
+    record = {"sfreq": SFREQ, "crop_s": config.data.crop_s, "longer_crops_s": config.data.longer_crops_s,
+              "corpora": preprocessing_record(corpora)}
     probe = getattr(config, "probe", None)
     sets = []
     if probe is not None and probe.shards and hasattr(objective, "backbone"):

@@ -18,6 +18,7 @@ from pretrain.data import (
     check_shard_counts,
     corpus_specs,
     crop_length,
+    crop_lengths,
     make_batch_stream,
     resolve_corpora,
 )
@@ -34,9 +35,21 @@ def demo_spec(tmp_path_factory) -> str:
     return build_demo_shards(root, DemoConfig(n_subjects=6, duration_s=40.0, shard_size=8), progress=False)
 
 
-def _stream(spec, *, batch=4, crop_s=2.0, epoch_steps=5, seed=0, workers=0, buffer=32) -> BatchStream:
+@pytest.fixture(scope="session")
+def long_spec(demo_spec, tmp_path_factory) -> str:
+    """The demo corpus's recordings cut into 6-s windows (the demo's are 4 s): a corpus of longer windows."""
+    from pretrain.demo import CORPUS
+    from shards.writer import build
+
+    raw = tmp_path_factory.getbasetemp() / "pretrain_demo" / "raw"
+    out = tmp_path_factory.mktemp("long_windows")
+    build(CORPUS, raw, out, overrides={"window_s": 6.0, "stride_s": 6.0}, max_samples_per_shard=8, progress=False)
+    return str(out / CORPUS / "train-*.tar")
+
+
+def _stream(spec, *, batch=4, crop_s=2.0, epoch_steps=5, seed=0, workers=0, buffer=32, longer=None) -> BatchStream:
     data = DataConfig(shards=spec, batch_size=batch, crop_s=crop_s, epoch_steps=epoch_steps,
-                      num_workers=workers, shuffle_buffer=buffer)
+                      num_workers=workers, shuffle_buffer=buffer, longer_crops_s=longer)
     corpora = resolve_corpora(corpus_specs(data))
     return make_batch_stream(data, corpora, patch_size=200, sfreq=SFREQ, seed=seed, grad_accum=1, world_size=1)
 
@@ -141,6 +154,45 @@ def test_crop_must_be_whole_patches():
         crop_length(2.5, 200.0, 200)
     with pytest.raises(DataError, match="crop_s=0"):
         crop_length(0, 200.0, 200)
+
+
+def test_each_window_trains_at_the_longest_crop_it_holds(demo_spec, long_spec):
+    stored = {(url, w.meta["__key__"]): w for spec in (demo_spec, long_spec) for url in expand_urls(spec)
+              for w in load_windows([url])}
+    assert {w.eeg.shape[1] for w in stored.values()} == {800, 1200}
+    data = DataConfig(corpora=(CorpusConfig(urls=demo_spec, name="short"), CorpusConfig(urls=long_spec, name="long")),
+                      batch_size=4, crop_s=2.0, longer_crops_s=(6.0, 4.0), epoch_steps=12, shuffle_buffer=16)
+    assert crop_lengths(data, SFREQ, 200) == (400, 800, 1200)
+
+    def stream():
+        return make_batch_stream(data, resolve_corpora(corpus_specs(data)), patch_size=200, sfreq=SFREQ, seed=0,
+                                 grad_accum=1, world_size=1)
+
+    batches = _take(stream(), 12)
+    lengths = Counter()
+    for batch in batches:
+        n = batch["x"].shape[-1]
+        lengths[n] += 1
+        for row, meta in enumerate(batch["meta"]):
+            window = stored[meta["__url__"], meta["__key__"]]
+            # 4-s windows train whole at 4 s, 6-s ones whole at 6 s; none is cut to the 2-s crop_s
+            assert window.eeg.shape[1] == n and meta["crop_start"] == 0
+            np.testing.assert_array_equal(batch["x"][row].numpy(), window.eeg)
+    assert set(lengths) == {800, 1200}, lengths
+    # one length per batch does not change what a resumed run reads
+    for start in (0, 5):
+        again = _take(stream(), 3, start)
+        for a, b in zip(again, batches[start:start + 3]):
+            assert [m["__key__"] for m in a["meta"]] == [m["__key__"] for m in b["meta"]]
+            assert torch.equal(a["x"], b["x"])
+
+
+def test_longer_crops_must_be_longer_whole_patches():
+    with pytest.raises(DataError, match=r"data.longer_crops_s holds 3 s, not longer than data.crop_s=4 s"):
+        crop_lengths(DataConfig(crop_s=4.0, longer_crops_s=(3.0, 6.0)), SFREQ, 200)
+    with pytest.raises(DataError, match=r"data.longer_crops_s=4.5 gives 900 samples"):
+        crop_lengths(DataConfig(crop_s=4.0, longer_crops_s=(4.5,)), SFREQ, 200)
+    assert crop_lengths(DataConfig(crop_s=4.0), SFREQ, 200) == (800,)
 
 
 def test_windows_shorter_than_the_crop_are_an_error(demo_spec):

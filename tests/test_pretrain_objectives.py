@@ -194,6 +194,9 @@ def test_backbone_is_sized_in_its_own_patches():
     batch = {"x": torch.randn(1, 2, 8100), "channel_ids": torch.tensor([[1, 2]]),
              "channel_mask": torch.ones(1, 2, dtype=torch.bool)}
     assert torch.isfinite(objective(batch)["loss"])
+    # the longest crop sizes it when windows may train at a longer length than crop_s
+    config = PretrainConfig(data=DataConfig(crop_s=4.0, longer_crops_s=(70.0,)), model=EEGMambaConfig.from_size("tiny"))
+    assert build_objective(config, Accelerator(cpu=True), []).backbone.config.max_patches == 70
 
 
 def test_frozen_codes_equal_the_tokenizers_encode_with_padding(demo_spec):
