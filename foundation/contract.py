@@ -45,7 +45,8 @@ class InputContract:
     Fields:
         sfreq: sampling rate in Hz of every input. units: value scale (``"100uV"`` = µV / 100).
         l_freq, h_freq, notch: band-pass edges and mains notch in Hz applied to the training data (None = off).
-        patch_samples: samples per token (1 s at ``sfreq``). window_s: crop length the backbone was trained on.
+        patch_samples: samples per token (1 s at ``sfreq``). window_s: crop length the backbone was trained on
+            (the shortest, ``data.crop_s``, when windows also trained at ``data.longer_crops_s``).
         vocabulary_size: number of names in the append-only channel vocabulary when the checkpoint was made
             (ids below it keep their meaning in every later vocabulary: it is the vocabulary's version).
         channels: canonical names seen in pretraining (their spatial embeddings are trained), sorted.

@@ -132,6 +132,19 @@ def test_short_run_checkpoints_logs_and_exports(demo_spec, tmp_path):
     assert "| synth | " in card and f'EEGMamba.from_pretrained("{result.export_dir}")' in card
 
 
+def test_a_run_with_longer_crops_records_the_lengths(demo_spec, tmp_path):
+    import dataclasses
+
+    config = _config(demo_spec, tmp_path / "run", max_steps=2, save_every=2)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, longer_crops_s=(4.0,)))
+    result = run(config)
+    assert result.steps == 2 and all(map(torch.isfinite, torch.tensor(result.losses)))
+    pre = json.loads((result.export_dir / "preprocess.json").read_text())
+    assert pre["crop_s"] == 2.0 and pre["longer_crops_s"] == [4.0]
+    card = (result.export_dir / "README.md").read_text()
+    assert "4 x 2 s crops per process (a window holding 4 s is cropped to the longest it holds)" in card
+
+
 @pytest.mark.slow
 def test_loss_falls_over_a_run(demo_spec, tmp_path):
     result = run(_config(demo_spec, tmp_path / "run", max_steps=40, save_every=40))
