@@ -193,7 +193,8 @@ def pretrain_backbone(name: str, folders: Mapping[str, Path], root: Path, budget
 
 # How the probe's standard error is taken (``runtime.score_error.score_se`` with the set's groups: the larger of
 # the window-level closed form and a bootstrap over subjects) and compared (``pretrain.probe.keep_selected``: the
-# larger of the best step's and the candidate's).
+# larger of the best step's and the candidate's). A probe set of one recording resamples blocks of it instead; the
+# benchmark's probe set holds four subjects and a binary task, so its backbones are selected as before.
 SELECTION_SE = "windows or subjects; best or candidate"
 
 

@@ -38,8 +38,9 @@ FEATURES = (PROBE, RANDOM_PROBE, BAND)  # one feature pass for several folds (``
 # features move every step).
 PROTOCOLS = ("plain", "aligned", "standardised")
 # How LP-FT measures the noise a finetuned epoch must beat the probe by (``finetune.train.keep_if_best``): the larger
-# of the window-level and the validation-subject error, of the probe's score or the epoch's.
-LPFT_STANDARD_ERROR = "windows or subjects; probe or epoch"
+# of the window-level and the validation-subject error (blocks of the recording when validation holds one; macro
+# AUROC too), of the probe's score or the epoch's.
+LPFT_STANDARD_ERROR = "windows, subjects or blocks of one; probe or epoch"
 # How an EEGMamba probe of the frozen-feature jobs decides a binary task: as a linear-probe run does, at the
 # validation-chosen threshold when ``calibrate`` is on, else at 0.5 (band power, a baseline, always chooses).
 PROBE_THRESHOLD = "validation if calibrate"

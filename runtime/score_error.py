@@ -8,7 +8,9 @@ within 25 %.
 
 Windows are not independent when a few subjects give many each: a probe set of 4 subjects and 193 windows varies
 between steps far more than 193 independent windows would. ``group_bootstrap_se`` resamples whole groups
-(subjects) instead; ``score_se`` with ``groups`` takes the larger of the two.
+(subjects) instead; ``score_se`` with ``groups`` takes the larger of the two. Nor are the windows of one recording
+independent (a sleep stage lasts minutes): with a single group, ``group_bootstrap_se`` resamples contiguous blocks
+of its windows instead (a block bootstrap, Carlstein 1986), the windows taken in the order given (time order).
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ def balanced_accuracy_se(y: np.ndarray, pred: np.ndarray) -> float:
 def score_se(y: np.ndarray, proba: np.ndarray, scores: dict[str, float], groups: np.ndarray | None = None) -> float:
     """Standard error of the score ``scores`` holds: ``auroc`` (binary), ``auroc_macro`` (each class against the
     rest at the macro value, averaged as independent), else ``balanced_accuracy`` of ``proba``'s argmax.
-    ``y [n]``, ``proba [n, classes]``; with ``groups [n]`` (subjects) the larger of that and
-    :func:`group_bootstrap_se` (of AUROC or balanced accuracy; a macro AUROC keeps the closed form)."""
+    ``y [n]``, ``proba [n, classes]``; with ``groups [n]`` (subjects, windows of each in time order) the larger of
+    that and :func:`group_bootstrap_se` of the same score."""
     closed = _closed_form_se(np.asarray(y), proba, scores)
-    binary = _finite(scores.get("auroc"))
-    if groups is None or (not binary and _finite(scores.get("auroc_macro"))):
+    if groups is None:
         return closed
-    boot = group_bootstrap_se(y, proba, groups, binary=binary)
+    kind = next((k for k in ("auroc", "auroc_macro") if _finite(scores.get(k))), "balanced_accuracy")
+    boot = group_bootstrap_se(y, proba, groups, score=kind)
     return max(closed, boot) if math.isfinite(boot) else closed
 
 
@@ -60,27 +62,44 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(v)
 
 
-def group_bootstrap_se(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, *, binary: bool, n_boot: int = 200,
-                       seed: int = 0) -> float:
-    """Standard deviation of the score (AUROC when ``binary``, else balanced accuracy) over ``n_boot`` resamples
-    of whole groups with replacement; NaN with fewer than two groups or under 20 resamples holding every class.
-    ``y [n]``, ``proba [n, classes]``, ``groups [n]``."""
+#: Blocks a single group's windows are cut into for the block bootstrap: as if the recording were ten sessions, each
+#: long enough (minutes, for a recording of half an hour) to hold a sleep stage's or a task's bout whole.
+BLOCKS = 10
+
+
+def group_bootstrap_se(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, *, score: str = "auroc",
+                       n_boot: int = 200, seed: int = 0, blocks: int = BLOCKS) -> float:
+    """Standard deviation of ``score`` (``"auroc"``, ``"auroc_macro"`` or ``"balanced_accuracy"``) over ``n_boot``
+    resamples of whole groups with replacement. With a single group its windows, in the order given, are cut into
+    ``blocks`` contiguous blocks and the blocks are resampled. NaN with fewer than two groups or blocks, or under 20
+    resamples holding every class. ``y [n]``, ``proba [n, classes]``, ``groups [n]``."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     y, proba, groups = np.asarray(y), np.asarray(proba), np.asarray(groups)
     names = np.unique(groups)
-    if len(names) < 2:
+    if len(names) >= 2:
+        rows = [np.flatnonzero(groups == g) for g in names]
+    else:
+        rows = [part for part in np.array_split(np.arange(len(y)), min(blocks, len(y))) if part.size]
+    if len(rows) < 2:
         return math.nan
-    rows = [np.flatnonzero(groups == g) for g in names]
-    n_classes = len(np.unique(y))
+    n_classes = proba.shape[1]
+
+    def value(idx: np.ndarray) -> float:
+        if score == "auroc":
+            return roc_auc_score(y[idx], proba[idx, 1])
+        if score == "auroc_macro":
+            return roc_auc_score(y[idx], proba[idx], multi_class="ovr", average="macro", labels=list(range(n_classes)))
+        return balanced_accuracy_score(y[idx], proba[idx].argmax(1))
+
+    present = len(np.unique(y))
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
         idx = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-        if len(np.unique(y[idx])) < n_classes:
+        if len(np.unique(y[idx])) < present:
             continue
-        values.append(roc_auc_score(y[idx], proba[idx, 1]) if binary
-                      else balanced_accuracy_score(y[idx], proba[idx].argmax(1)))
+        values.append(value(idx))
     return float(np.std(values, ddof=1)) if len(values) >= 20 else math.nan
 
 

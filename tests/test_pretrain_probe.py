@@ -198,13 +198,18 @@ def test_probe_error_counts_subjects_when_their_windows_agree_with_each_other():
     logit = rng.normal(size=400) + signal * (2 * y - 1)
     proba = np.c_[1 - 1 / (1 + np.exp(-logit)), 1 / (1 + np.exp(-logit))]
     scores = {"auroc": roc_auc_score(y, proba[:, 1])}
-    window, subjects = score_se(y, proba, scores), group_bootstrap_se(y, proba, groups, binary=True)
+    window, subjects = score_se(y, proba, scores), group_bootstrap_se(y, proba, groups, score="auroc")
     assert window < 0.03 and subjects > 2 * window
     assert score_se(y, proba, scores, groups) == subjects
     # subjects alike: resampling them agrees with the window-level error, which the probe's error stays near
     alike = rng.normal(size=400) + 1.0 * (2 * y - 1)
     p2 = np.c_[1 - 1 / (1 + np.exp(-alike)), 1 / (1 + np.exp(-alike))]
     s2 = {"auroc": roc_auc_score(y, p2[:, 1])}
-    assert group_bootstrap_se(y, p2, groups, binary=True) == pytest.approx(score_se(y, p2, s2), rel=0.25)
+    assert group_bootstrap_se(y, p2, groups, score="auroc") == pytest.approx(score_se(y, p2, s2), rel=0.25)
     assert score_se(y, p2, s2, groups) == pytest.approx(score_se(y, p2, s2), rel=0.25)
-    assert np.isnan(group_bootstrap_se(y, proba, np.zeros(400), binary=True))  # one subject: nothing to resample
+    # one recording: blocks of its windows in time order are resampled. The same windows as one recording whose
+    # separability drifts (the subjects above in turn) vary like the subjects; alike windows, like independent ones
+    one = np.zeros(400)
+    assert group_bootstrap_se(y, proba, one, score="auroc") > 2 * window
+    assert group_bootstrap_se(y, p2, one, score="auroc") == pytest.approx(score_se(y, p2, s2), rel=0.25)
+    assert np.isnan(group_bootstrap_se(y[:1], proba[:1], one[:1], score="auroc"))  # one window: nothing to resample

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,26 @@ def test_selection_error_counts_validation_subjects():
     m = classification_metrics(y, proba)
     windows, subjects = selection_se(y, proba, m), selection_se(y, proba, m, groups)
     assert subjects > 2 * windows
-    # one subject: nothing to resample, the window-level error stands
-    assert selection_se(y, proba, m, np.repeat("s0", 200)) == pytest.approx(windows)
+    # one recording whose windows drift the same way in time: blocks of it are resampled and show the drift
+    assert selection_se(y, proba, m, np.repeat("s0", 200)) > 1.5 * windows
+    # the same windows in an order that mixes them: the blocks are alike and the window-level error stands
+    mixed = np.argsort(np.tile(np.arange(50), 4), kind="stable")
+    assert selection_se(y[mixed], proba[mixed], m, np.repeat("s0", 200)) == pytest.approx(windows, rel=0.3)
+
+
+def test_selection_error_of_macro_auroc_counts_one_recordings_drift():
+    from finetune.metrics import selection_se
+
+    # one sleep-like recording of 400 windows in stage bouts of 10, four classes; the model separates the stages
+    # well in its first half and barely in its second: resampling windows alone misses that the halves differ
+    rng = np.random.default_rng(1)
+    y = np.repeat(rng.permutation(np.repeat(np.arange(4), 10)), 10)
+    strength = np.r_[np.full(200, 3.0), np.full(200, 0.3)]
+    logits = rng.normal(size=(400, 4)) + strength[:, None] * np.eye(4)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = classification_metrics(y, proba)
+    windows = selection_se(y, proba, m)
+    assert math.isfinite(m["auroc_macro"]) and selection_se(y, proba, m, np.repeat("night", 400)) > 2 * windows
 
 
 def test_selection_error_is_the_score_error_of_the_windows():
