@@ -299,9 +299,10 @@ def validation_agreement(main: Mapping[str, Any], ablations: Mapping[str, Mappin
 
 def keep_replaced_main(folder: Path, new: Mapping[str, Any]) -> Path | None:
     """Before ``new`` replaces ``{folder}/results.json``: when a stored ablation pairs with the current main run and
-    would not pair with ``new`` (other backbones, another readout), copy the current run's ``results.json`` and
-    ``results.md`` to ``{folder}/earlier-main-DATE/``, so that ablation keeps the reference it was measured
-    against. Returns the folder written, or None when nothing needed keeping."""
+    would not pair with ``new`` (other backbones, another readout), or would lose its finetuned row (LP-FT selected
+    by another rule), copy the current run's ``results.json`` and ``results.md`` to ``{folder}/earlier-main-DATE/``,
+    so that ablation keeps the reference it was measured against. Returns the folder written, or None when nothing
+    needed keeping."""
     main_file = folder / "results.json"
     if not main_file.is_file():
         return None
@@ -310,7 +311,8 @@ def keep_replaced_main(folder: Path, new: Mapping[str, Any]) -> Path | None:
     ablations = stored_runs(folder, "ablation-")
 
     def pairs_with(main: Mapping[str, Any], run: Mapping[str, Any]) -> bool:
-        return (reference(main, run, ablations) or ("",))[0] == "main"
+        whole = not _has_row(run, PRETRAINED) or same_finetune_selection(main, run)
+        return (reference(main, run, ablations) or ("",))[0] == "main" and whole
 
     orphaned = [name for name, run in ablations.items() if pairs_with(old, run) and not pairs_with(new, run)]
     if not orphaned:

@@ -204,8 +204,9 @@ def selection_se(y_true: np.ndarray, proba: np.ndarray, metrics: dict, groups: n
     """Standard error of ``selection_score(metrics)`` on the windows it was measured on (``y_true [n]``,
     ``proba [n, classes]``): the noise a finetuned epoch's gain over the probe must exceed to count. ``score_se``
     picks the same score ``selection_score`` does (AUROC, macro AUROC, else balanced accuracy of the argmax); with
-    ``groups [n]`` (each window's subject) the larger of the window-level error and a bootstrap over the groups,
-    since a few subjects giving many windows each vary far more than as many independent windows would."""
+    ``groups [n]`` (each window's subject, windows in time order) the larger of the window-level error and a
+    bootstrap over the groups (over blocks of the windows when there is one group), since a few subjects giving many
+    windows each, or one recording's neighbouring windows, vary far more than as many independent windows would."""
     return score_se(y_true, proba, metrics, groups)
 
 

@@ -11,10 +11,10 @@ AUROC, which ranks windows and so cannot prefer a constant predictor; ties go to
 an epoch whose validation probabilities barely move never wins over one whose do, since on a few windows its
 ties can rank them perfectly by chance). The probe stays the model unless a finetuned epoch beats its
 validation score by more than ``probe_margin`` standard errors (``finetune.metrics.selection_se``: the larger of
-the window-level error and a bootstrap over the validation subjects; of the probe's score or the epoch's, whichever
-is larger): on a few validation windows or subjects the best epoch is mostly the luckiest one, and finetuning that
-only looks better there ended below its own probe on test. ``patience`` epochs without a higher validation score
-stop the run.
+the window-level error and a bootstrap over the validation subjects, or over blocks of the one validation
+recording; of the probe's score or the epoch's, whichever is larger): on a few validation windows or subjects
+the best epoch is mostly the luckiest one, and finetuning that only looks better there ended below its own probe on
+test. ``patience`` epochs without a higher validation score stop the run.
 Binary heads then take the decision threshold that maximises validation balanced accuracy
 (``calibrate``), and the best weights are evaluated on the validation and held-out test splits and saved
 with their recipe, threshold and metrics. A linear-probe run (``mode="linear_probe"``) is the probe alone; with

@@ -891,6 +891,27 @@ def test_a_main_rerun_with_other_backbones_keeps_the_run_its_ablations_were_meas
     assert keep_replaced_main(tmp_path, rerun) is None  # the ablation now pairs with the kept run
 
 
+def test_a_main_rerun_under_another_lpft_rule_keeps_the_run_its_finetuned_rows_pair_with(tmp_path):
+    from benchmarks.report_ablations import keep_replaced_main, write_ablation_table
+
+    old = report._json_safe(_payload())
+    old["head_readout"] = {"gain": True, "read_layer": None}
+    old["finetune_selection"] = {"probe_margin": 1.0, "standard_error": "rule A"}
+    aug = json.loads(json.dumps(old))
+    aug["ablation"] = {"description": "aug", "finetune": {"augment.channel_dropout": 0.1}}
+    aug["table"]["t"][units.PRETRAINED]["seeds"]["0"]["balanced_accuracy"] -= 0.04
+    (tmp_path / "ablation-aug").mkdir()
+    (tmp_path / "ablation-aug" / "results.json").write_text(json.dumps(aug))
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    rerun = json.loads(json.dumps(old))  # the same backbones and readout, LP-FT selected by another rule
+    rerun["finetune_selection"] = {"probe_margin": 1.0, "standard_error": "rule B"}
+    kept = keep_replaced_main(tmp_path, rerun)
+    assert kept is not None and json.loads((kept / "results.json").read_text()) == old
+    (tmp_path / "results.json").write_text(json.dumps(rerun))
+    text = write_ablation_table(tmp_path, None)
+    assert f"| aug (minus {kept.name}) | EEGMamba pretrained, finetuned (LP-FT) | -0.020 / +0.000 (0/2) |" in text
+
+
 def test_the_tables_list_rows_by_protocol_then_method_whatever_order_the_jobs_finished():
     payload = report._json_safe(_payload())
     rows = payload["table"]["t"]
