@@ -71,8 +71,8 @@ def group_bootstrap_se(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, *, 
                        n_boot: int = 200, seed: int = 0, blocks: int = BLOCKS) -> float:
     """Standard deviation of ``score`` (``"auroc"``, ``"auroc_macro"`` or ``"balanced_accuracy"``) over ``n_boot``
     resamples of whole groups with replacement. With a single group its windows, in the order given, are cut into
-    ``blocks`` contiguous blocks and the blocks are resampled. NaN with fewer than two groups or blocks, or under 20
-    resamples holding every class. ``y [n]``, ``proba [n, classes]``, ``groups [n]``."""
+    ``blocks`` contiguous blocks and the blocks are resampled. NaN with fewer than two groups or blocks (a single
+    window), or under 20 resamples holding every class. ``y [n]``, ``proba [n, classes]``, ``groups [n]``."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     y, proba, groups = np.asarray(y), np.asarray(proba), np.asarray(groups)
