@@ -66,6 +66,9 @@ ABLATIONS: dict[str, Ablation] = {
     "pretrain-task-lengths": Ablation("each pretraining window cropped to the longest of 4 s and 5 s it holds (5 s, the "
                                       "seizure, sleep and EEGMAT windows' length, for all but the 4-s motor-imagery "
                                       "cues) instead of every window to 4 s", budget={"pretrain_longer_crops_s": (5.0,)}),
+    "pretrain-half-data": Ablation("pretraining on half of each set's recordings (a stable hash of the recording id; the "
+                                   "held-out groups removed as before) instead of all of them: how far the amount of "
+                                   "pretraining data moves the features", budget={"pretrain_data_fraction": 0.5}),
     "pretrain-lr-2e-3": Ablation("pretraining's peak learning rate 2e-3 instead of the mode's 1e-3",
                                  budget={"pretrain_lr": 2e-3}),
     "objective-masked-token": Ablation("the suite's other objective: LaBraM masked prediction of VQ-NSP codes (a small "

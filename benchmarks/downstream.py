@@ -50,8 +50,8 @@ if __package__ in (None, ""):
 from benchmarks.ablations import ABLATIONS, ablation, apply
 from benchmarks.folds import TaskFolds, assign_folds, probe_pool, published_folds
 from benchmarks.report import log, pool_predictions, table_of, update_readme, write_results
-from benchmarks.stages import (backbone_root, build_shards, excluding, finetune_selection, head_readout, machine,
-                               pretrain_backbone, probe_selection, subset_shards)
+from benchmarks.stages import (backbone_root, both, build_shards, excluding, finetune_selection, head_readout,
+                               in_fraction, machine, pretrain_backbone, probe_selection, subset_shards)
 from benchmarks.tasks import FAST, FULL, SHARD_SETS, TASKS, TaskPlan
 from benchmarks.units import EEGNET, FEATURES, PRETRAINED, PROBE, SCRATCH, Context, FeatureJob, Unit, run_units
 
@@ -201,8 +201,12 @@ def pretraining_sets(args, sets: Sequence[str], plans: Sequence[TaskPlan], folds
             for kind in entry:
                 entry[kind] |= h[kind]
         stamp = {c: {k: sorted(v) for k, v in h.items()} for c, h in held.items()}
-        halves[half] = subset_shards(args.data, args.out, f"shards-pretrain-h{half}", sets,
-                                     {c: excluding(h) for c, h in held.items()}, stamp)
+        keep = {c: excluding(h) for c, h in held.items()}
+        fraction = args.budget.pretrain_data_fraction
+        if fraction < 1:  # the main run's stamps stay as they were
+            keep = {c: both(keep.get(c), in_fraction(fraction)) for c in sets}
+            stamp = {c: {**stamp.get(c, {}), "fraction": fraction} for c in sets}
+        halves[half] = subset_shards(args.data, args.out, f"shards-pretrain-h{half}", sets, keep, stamp)
     probe = []
     for plan in plans:
         if plan.name.endswith("_published"):

@@ -7,6 +7,7 @@ the same work dir keeps its shards and backbones beside the others', in folders 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -57,6 +58,21 @@ def excluding(held: Mapping[str, set[str]]) -> Callable[[Any], bool]:
     """``keep(recording)``: not one of the held-out recordings or subjects."""
     recordings, subjects = set(held.get("recordings", ())), set(held.get("subjects", ()))
     return lambda rec: rec.recording not in recordings and rec.subject not in subjects
+
+
+def in_fraction(fraction: float) -> Callable[[Any], bool]:
+    """``keep(recording)``: the recordings whose id hashes (SHA-256, so every run and machine draws the same ones)
+    below ``fraction`` of the range: about that share of a set's recordings."""
+    def keep(rec) -> bool:
+        digest = hashlib.sha256(str(rec.recording).encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+    return keep
+
+
+def both(*keeps: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
+    """``keep(recording)``: every given filter keeps it."""
+    given = [k for k in keeps if k is not None]
+    return lambda rec: all(k(rec) for k in given)
 
 
 def own_folder(plain: Path, key: str, finished_key: Callable[[Path], str | None]) -> Path:

@@ -136,6 +136,9 @@ class Budget:
     pretrain_seed_offset: int = 0
     # longer pretraining crops (``DataConfig.longer_crops_s``): each window at the longest of 4 s and these it holds
     pretrain_longer_crops_s: tuple[float, ...] | None = None
+    # the share of each set's recordings (by a stable hash of the recording id) the pretraining shards keep, after the
+    # held-out groups are removed: below 1 measures how the features depend on the amount of pretraining data
+    pretrain_data_fraction: float = 1.0
 
 
 # the fields a stored run may lack (added since) with the value it ran at

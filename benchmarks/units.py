@@ -71,7 +71,8 @@ def finetune_settings(overrides: Mapping[str, Any]):
 # Budget fields a job does not compute from: the seed count, and what only pretraining reads (a job reads its
 # backbone by the digest of its weights, ``Unit.backbone``).
 NOT_JOB_BUDGET = frozenset({"seeds", "pretrain_steps", "pretrain_batch", "pretrain_lr", "probe_every",
-                            "pretrain_mix_power", "pretrain_seed_offset", "pretrain_longer_crops_s"})
+                            "pretrain_mix_power", "pretrain_seed_offset", "pretrain_longer_crops_s",
+                            "pretrain_data_fraction"})
 
 
 def job_budget(budget: Mapping[str, Any]) -> dict[str, Any]:

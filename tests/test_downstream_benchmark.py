@@ -997,3 +997,18 @@ def test_pretraining_shards_for_other_folds_are_built_beside_the_others(tmp_path
     assert (first["eegmat"] / "built").read_text() == "0"  # the first build is left as it was
     assert stages.subset_shards(tmp_path, tmp_path, "shards-pretrain-h0", ["eegmat"], keep,
                                 {"eegmat": {"held": ["a"]}})["eegmat"] == first["eegmat"]
+
+
+def test_a_data_fraction_keeps_the_same_share_of_recordings_on_every_run():
+    from types import SimpleNamespace
+
+    from benchmarks.stages import both, excluding, in_fraction
+
+    recs = [SimpleNamespace(recording=f"rec{i:04d}", subject=f"s{i % 40}") for i in range(2000)]
+    half, quarter = in_fraction(0.5), in_fraction(0.25)
+    kept = {r.recording for r in recs if half(r)}
+    assert 0.45 < len(kept) / len(recs) < 0.55 and kept == {r.recording for r in recs if in_fraction(0.5)(r)}
+    assert {r.recording for r in recs if quarter(r)} < kept  # a smaller share is drawn from within a larger one
+    keep = both(excluding({"subjects": {"s0"}}), half)
+    assert {r.recording for r in recs if keep(r)} == {r.recording for r in recs if half(r) and r.subject != "s0"}
+    assert both(None, half)(recs[0]) == half(recs[0])
