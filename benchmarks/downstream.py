@@ -204,8 +204,8 @@ def pretraining_sets(args, sets: Sequence[str], plans: Sequence[TaskPlan], folds
         keep = {c: excluding(h) for c, h in held.items()}
         fraction = args.budget.pretrain_data_fraction
         if fraction < 1:  # the main run's stamps stay as they were
-            keep = {c: both(keep.get(c), in_fraction(fraction)) for c in sets}
-            stamp = {c: {**stamp.get(c, {}), "fraction": fraction} for c in sets}
+            keep = {c: both(keep.get(c), in_fraction(fraction, salt=c)) for c in sets}
+            stamp = {c: {**stamp.get(c, {}), "fraction": fraction, "draw": "sha256 of set/recording"} for c in sets}
         halves[half] = subset_shards(args.data, args.out, f"shards-pretrain-h{half}", sets, keep, stamp)
     probe = []
     for plan in plans:

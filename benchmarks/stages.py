@@ -60,11 +60,12 @@ def excluding(held: Mapping[str, set[str]]) -> Callable[[Any], bool]:
     return lambda rec: rec.recording not in recordings and rec.subject not in subjects
 
 
-def in_fraction(fraction: float) -> Callable[[Any], bool]:
-    """``keep(recording)``: the recordings whose id hashes (SHA-256, so every run and machine draws the same ones)
-    below ``fraction`` of the range: about that share of a set's recordings."""
+def in_fraction(fraction: float, salt: str = "") -> Callable[[Any], bool]:
+    """``keep(recording)``: the recordings whose ``{salt}/{id}`` hashes (SHA-256, so every run and machine draws the
+    same ones) below ``fraction`` of the range: about that share of a set's recordings. The salt (the set's name)
+    draws each set on its own, so sets that name their recordings alike are not all kept or dropped together."""
     def keep(rec) -> bool:
-        digest = hashlib.sha256(str(rec.recording).encode()).digest()
+        digest = hashlib.sha256(f"{salt}/{rec.recording}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
     return keep
 

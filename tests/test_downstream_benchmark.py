@@ -1012,3 +1012,6 @@ def test_a_data_fraction_keeps_the_same_share_of_recordings_on_every_run():
     keep = both(excluding({"subjects": {"s0"}}), half)
     assert {r.recording for r in recs if keep(r)} == {r.recording for r in recs if half(r) and r.subject != "s0"}
     assert both(None, half)(recs[0]) == half(recs[0])
+    # each set draws on its own: six recordings named alike are not all kept (or dropped) in both sets
+    names = [SimpleNamespace(recording=f"excerpt{i}") for i in range(1, 7)]
+    assert [in_fraction(0.5, salt="a")(r) for r in names] != [in_fraction(0.5, salt="b")(r) for r in names]
