@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 
@@ -179,6 +180,11 @@ def test_each_window_trains_at_the_longest_crop_it_holds(demo_spec, long_spec):
             assert window.eeg.shape[1] == n and meta["crop_start"] == 0
             np.testing.assert_array_equal(batch["x"][row].numpy(), window.eeg)
     assert set(lengths) == {800, 1200}, lengths
+    # each DataLoader worker keeps its own buckets: still one length per batch, each window whole
+    workers = dataclasses.replace(data, num_workers=2)
+    for batch in _take(make_batch_stream(workers, resolve_corpora(corpus_specs(workers)), patch_size=200, sfreq=SFREQ,
+                                         seed=0, grad_accum=1, world_size=1), 8):
+        assert {stored[m["__url__"], m["__key__"]].eeg.shape[1] for m in batch["meta"]} == {batch["x"].shape[-1]}
     # one length per batch does not change what a resumed run reads
     for start in (0, 5):
         again = _take(stream(), 3, start)
