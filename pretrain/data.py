@@ -197,7 +197,6 @@ class ShardStream(IterableDataset):
         self.corpora = list(corpora)
         self.batch_size = batch_size
         self.crop_lengths = tuple(sorted(set(lengths)))  # samples, shortest first
-        self.crop_samples = self.crop_lengths[0]
         self.sfreq = sfreq
         self.epoch_batches = epoch_batches
         self.shuffle_buffer = shuffle_buffer
@@ -300,8 +299,9 @@ class ShardStream(IterableDataset):
                 short += 1
                 if short == seen and seen >= 64:
                     raise DataError(
-                        f"the first {seen} windows are all shorter than the crop of {self.crop_samples} samples "
-                        f"({self.crop_samples / self.sfreq:g} s): lower data.crop_s or rebuild shards with longer windows"
+                        f"the first {seen} windows are all shorter than the crop of {self.crop_lengths[0]} samples "
+                        f"({self.crop_lengths[0] / self.sfreq:g} s): lower data.crop_s or rebuild shards with longer "
+                        "windows"
                     )
                 continue
             batch = buckets[window.eeg.shape[-1]]
@@ -398,7 +398,7 @@ def crop_lengths(data, sfreq: float, patch_size: int) -> tuple[int, ...]:
     """Samples in each training crop of a :class:`pretrain.config.DataConfig`: ``crop_s``, then its
     ``longer_crops_s`` in ascending order; each a whole number of patches, each longer one longer than ``crop_s``."""
     lengths = [crop_length(data.crop_s, sfreq, patch_size)]
-    for seconds in getattr(data, "longer_crops_s", None) or ():
+    for seconds in data.longer_crops_s or ():
         if not seconds > data.crop_s:
             raise DataError(f"data.longer_crops_s holds {seconds:g} s, not longer than data.crop_s={data.crop_s:g} s "
                             "(crop_s is the shortest training length)")
