@@ -5,6 +5,7 @@ One run does everything, from raw files to the results table::
     python benchmarks/downstream.py --jobs 2 --readme README.md   # fast default (about 40 minutes on 2 cores)
     python benchmarks/downstream.py --full --jobs 2               # the recipes' own schedule (many hours on a CPU)
     python benchmarks/downstream.py --tasks eegmat,sleep --seeds 2 # a subset
+    python benchmarks/downstream.py --full --score eegmat --jobs 2  # one task finetuned on the whole run's backbones
     python benchmarks/downstream.py --render benchmarks/results/results.json   # re-render the report only
     python benchmarks/downstream.py --ablation no-band-power      # -> benchmarks/results/ablation-no-band-power/
     python benchmarks/downstream.py --ablation-table --readme README.md       # ablations vs the main run
@@ -72,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true", help="the recipes' own finetuning schedule, aligned finetuned rows, EEGNet")
     p.add_argument("--seeds", type=int, default=None, help="pretraining (and finetuning) seeds (default: the mode's, 3)")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset of the tasks")
+    p.add_argument("--score", default=None, metavar="TASKS",
+                   help="finetune and score only these of --tasks (comma-separated); the others still keep their "
+                        "held-out halves out of pretraining, so the backbones of a run of every task are reused")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the mode's pretraining steps (quick trials)")
     p.add_argument("--epochs", type=int, default=None, help="override the mode's finetuning epochs (quick trials)")
@@ -94,6 +98,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.task_names) - known)
     if unknown or not args.task_names:
         p.error(f"--tasks: unknown task(s) {unknown}; known: {sorted(known)}")
+    args.scored = args.task_names if args.score is None else [t.strip() for t in args.score.split(",") if t.strip()]
+    outside = sorted(set(args.scored) - set(args.task_names))
+    if outside or not args.scored:
+        p.error(f"--score: {outside or 'no task'} not among --tasks {args.task_names}")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     args.ablation_spec = ablation(args.ablation) if args.ablation else None
@@ -244,6 +252,13 @@ def pretraining(args, halves: Mapping[int, Mapping[str, Path]], probe: Sequence[
         return dict(pool.map(_pretrain_job, jobs))
 
 
+def scored_plans(plans: Sequence[TaskPlan], extends: Mapping[str, str], scored: Sequence[str]) -> list[TaskPlan]:
+    """The plans to finetune and score: those of the ``scored`` tasks, with a published-split plan (named in
+    ``extends``: its name -> the task it splits) kept or left out with its task. Called after the pretraining sets
+    are drawn, so every task of the run still keeps its held-out half out of pretraining."""
+    return [p for p in plans if extends.get(p.name, p.name) in scored]
+
+
 def unit_work(args, plans, folders, folds, backbones, braindecode: bool) -> list[tuple[Any, list[Context]]]:
     """Every job of the run with its contexts: one ``Unit`` per finetuned model and fold, one ``FeatureJob`` per
     frozen-feature method, task, seed, protocol and half; the slow finetuning first so the workers stay busy."""
@@ -295,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     log("stage 2/5: folds and the pretraining shards of each half")
     t0 = time.time()
-    folds, counts = {}, {}
+    folds, counts, extends = {}, {}, {}
     for plan in list(plans):
         folds[plan.name], data, published = task_folds(plan, folders[plan.corpus])
         counts[plan.name] = {"windows": len(data.windows), "classes": dict(zip(plan.classes, data.class_counts()))}
@@ -304,11 +319,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if published is not None:
             extra = dataclasses.replace(plan, name=published.task, title=f"{plan.title}, published split", folds=1)
             plans.append(extra)
+            extends[extra.name] = plan.name
             folds[extra.name], counts[extra.name] = published, counts[plan.name]
         elif plan.name == "eegmat":
             notes.append("EEGMAT's published split (subjects 00-27 / 28-31 / 32-35) is not scored: the data folder "
                          f"holds {len({m['subject'] for m in data.metas})} of its 36 subjects")
     halves, probe = pretraining_sets(args, sets, plans, folds, notes)
+    plans = scored_plans(plans, extends, args.scored)
     stages["2 folds and pretraining shards"] = time.time() - t0
 
     log(f"stage 3/5: pretraining, {args.budget.seeds} seeds x 2 halves")

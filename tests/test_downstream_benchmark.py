@@ -90,9 +90,23 @@ def test_parse_args_modes_and_errors(bench):
     full = bench.parse_args(["--full", "--seeds", "5", "--pretrain-steps", "100"])
     assert full.budget.seeds == 5 and full.budget.pretrain_steps == 100 and full.budget.finetune_epochs is None
     assert full.budget.probe_every == 50 and full.budget.aligned_finetune
-    for bad in (["--tasks", "nope"], ["--jobs", "0"], ["--seeds", "0"], ["--ablation", "nope"]):
+    assert args.scored == args.task_names
+    assert bench.parse_args(["--tasks", "sleep,eegmat", "--score", "eegmat"]).scored == ["eegmat"]
+    for bad in (["--tasks", "nope"], ["--jobs", "0"], ["--seeds", "0"], ["--ablation", "nope"],
+                ["--tasks", "sleep", "--score", "eegmat"], ["--score", ","]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
+
+
+def test_scoring_a_subset_keeps_a_published_split_with_its_task(bench):
+    plans = list(tasks.TASKS)
+    extra = dataclasses.replace(plans[-1], name="eegmat_published")
+    plans.append(extra)
+    extends = {extra.name: plans[-2].name}
+    kept = bench.scored_plans(plans, extends, ["eegmat"])
+    assert [p.name for p in kept] == ["eegmat", "eegmat_published"]
+    kept = bench.scored_plans(plans, extends, ["sleep", "motor_imagery"])
+    assert [p.name for p in kept] == ["sleep", "motor_imagery"]
 
 
 def test_ablation_flag_picks_its_folders_and_overrides(bench):
