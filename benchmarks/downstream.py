@@ -5,7 +5,7 @@ One run does everything, from raw files to the results table::
     python benchmarks/downstream.py --jobs 2 --readme README.md   # fast default (about 40 minutes on 2 cores)
     python benchmarks/downstream.py --full --jobs 2               # the recipes' own schedule (many hours on a CPU)
     python benchmarks/downstream.py --tasks eegmat,sleep --seeds 2 # a subset
-    python benchmarks/downstream.py --full --score eegmat --jobs 2  # one task finetuned on the whole run's backbones
+    python benchmarks/downstream.py --full --score eegmat --jobs 2  # -> benchmarks/results/full-eegmat/, same backbones
     python benchmarks/downstream.py --render benchmarks/results/results.json   # re-render the report only
     python benchmarks/downstream.py --ablation no-band-power      # -> benchmarks/results/ablation-no-band-power/
     python benchmarks/downstream.py --ablation-table --readme README.md       # ablations vs the main run
@@ -68,8 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the real-data folder (../shared/data)")
     p.add_argument("--out", type=Path, default=None, help="work dir (default runs/downstream[-ablation-NAME])")
     p.add_argument("--results", type=Path, default=None,
-                   help="where results.json/md go (default benchmarks/results); an ablation's go to "
-                        "RESULTS/ablation-NAME, and --ablation-table compares those with RESULTS/results.json")
+                   help="where results.json/md go (default benchmarks/results; a run scoring a subset of the "
+                        "tasks: benchmarks/results/[full-]TASK[-TASK...]); an ablation's go to RESULTS/ablation-NAME, "
+                        "and --ablation-table compares those with RESULTS/results.json")
     p.add_argument("--full", action="store_true", help="the recipes' own finetuning schedule, aligned finetuned rows, EEGNet")
     p.add_argument("--seeds", type=int, default=None, help="pretraining (and finetuning) seeds (default: the mode's, 3)")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset of the tasks")
@@ -107,9 +108,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.ablation_spec = ablation(args.ablation) if args.ablation else None
     suffix = f"-ablation-{args.ablation}" if args.ablation else ""
     args.out = args.out or Path(f"runs/downstream{suffix}")
-    # An ablation writes beside the main run, never over it: DIR/ablation-NAME.
+    # An ablation writes beside the main run, never over it: DIR/ablation-NAME; so does a run that scores a
+    # subset of the tasks unless --results names its folder: DIR/[full-]TASK[-TASK...].
     args.results_root = args.results or REPO / "benchmarks" / "results"
-    args.results = args.results_root / f"ablation-{args.ablation}" if args.ablation else args.results_root
+    if args.ablation:
+        args.results = args.results_root / f"ablation-{args.ablation}"
+    elif args.results is None and set(args.scored) != known:
+        args.results = args.results_root / "-".join((["full"] if args.full else []) + args.scored)
+    else:
+        args.results = args.results_root
     args.budget = budget_of(args, p)
     return args
 

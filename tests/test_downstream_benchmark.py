@@ -118,6 +118,12 @@ def test_ablation_flag_picks_its_folders_and_overrides(bench):
     args = bench.parse_args(["--ablation", "no-calibration", "--results", "res"])
     assert args.results == Path("res") / "ablation-no-calibration" and args.results_root == Path("res")
     assert bench.parse_args(["--results", "res"]).results == Path("res")
+    # a subset never replaces the main run's report unless told to
+    results = REPO / "benchmarks" / "results"
+    assert bench.parse_args(["--full", "--score", "eegmat"]).results == results / "full-eegmat"
+    assert bench.parse_args(["--tasks", "sleep,eegmat"]).results == results / "sleep-eegmat"
+    assert bench.parse_args(["--full"]).results == results
+    assert bench.parse_args(["--score", "eegmat", "--results", "res"]).results == Path("res")
 
 
 def test_an_ablation_keeps_its_own_backbones_only_when_it_changes_pretraining():
